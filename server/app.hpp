@@ -1,0 +1,53 @@
+#pragma once
+// The composition root: builds every component from the config and wires them together.
+// Nothing else constructs components, so swapping an implementation (a policy engine, a ledger)
+// is a change here only.
+#include <boost/asio/io_context.hpp>
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "policies/audit.hpp"
+#include "policies/ledger.hpp"
+#include "policies/policy.hpp"
+#include "server/auth/api_keys.hpp"
+#include "server/config/config.hpp"
+#include "server/observability/metrics.hpp"
+#include "server/pipeline/tool_call_pipeline.hpp"
+#include "server/protocol/mcp_dispatcher.hpp"
+#include "server/state/database.hpp"
+#include "tools/registry.hpp"
+
+namespace scigate {
+
+class App {
+ public:
+  explicit App(Config config);
+  ~App();
+
+  // Serves Streamable HTTP until SIGTERM/SIGINT; returns the exit code. `port_file`, when set,
+  // receives the bound port once listening (useful with port 0).
+  int serve_http(const std::string& host, uint16_t port, const std::string& port_file);
+  // Serves stdio until EOF on stdin; returns the exit code.
+  int serve_stdio();
+
+  auth::ApiKeyStore& keys() { return keys_; }
+  const Config& config() const { return config_; }
+
+ private:
+  int thread_count() const;
+
+  Config config_;
+  state::Database db_;
+  auth::ApiKeyStore keys_;
+  ToolRegistry registry_;
+  MembershipPolicy policy_;
+  UnmeteredLedger ledger_;
+  LogAuditLog audit_;
+  Metrics metrics_;
+  ToolCallPipeline pipeline_;
+  mcp::Dispatcher dispatcher_;
+};
+
+}  // namespace scigate

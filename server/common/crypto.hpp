@@ -1,0 +1,21 @@
+#pragma once
+// Small wrappers over OpenSSL for what the server needs: random tokens, SHA-256, base64 and
+// constant-time comparison.
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace scigate::crypto {
+
+// `bytes` bytes from the OS CSPRNG, hex-encoded. Throws on RNG failure (a bug-class event).
+std::string random_hex(std::size_t bytes);
+// `bytes` bytes from the CSPRNG, base64url without padding.
+std::string random_token(std::size_t bytes);
+std::string sha256_hex(std::string_view data);
+std::string base64_encode(std::string_view data);
+// Standard alphabet, padding optional; nullopt when the input is not base64.
+std::optional<std::string> base64_decode(std::string_view data);
+bool constant_time_equal(std::string_view a, std::string_view b);
+
+}  // namespace scigate::crypto

@@ -1,0 +1,154 @@
+#include "server/config/config.hpp"
+
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+namespace scigate {
+namespace {
+
+std::string where(const toml::source_region& r, const std::string& source) {
+  return source + ":" + std::to_string(r.begin.line) + ":" + std::to_string(r.begin.column);
+}
+
+template <typename T>
+T get(const toml::table& t, std::string_view key, T fallback, const std::string& source) {
+  const toml::node* n = t.get(key);
+  if (!n) return fallback;
+  if constexpr (std::is_same_v<T, bool>) {
+    if (auto v = n->value<bool>()) return *v;
+  } else if constexpr (std::is_integral_v<T>) {
+    if (auto v = n->value<int64_t>(); v && *v >= 0) return static_cast<T>(*v);
+  } else {
+    if (auto v = n->value<std::string>()) return *v;
+  }
+  throw ConfigError(where(n->source(), source) + ": \"" + std::string(key) + "\" has the wrong type");
+}
+
+std::vector<std::string> get_strings(const toml::table& t, std::string_view key, std::vector<std::string> fallback,
+                                     const std::string& source) {
+  const toml::node* n = t.get(key);
+  if (!n) return fallback;
+  const toml::array* a = n->as_array();
+  if (!a) throw ConfigError(where(n->source(), source) + ": \"" + std::string(key) + "\" must be an array of strings");
+  std::vector<std::string> out;
+  for (const auto& e : *a) {
+    auto s = e.value<std::string>();
+    if (!s) throw ConfigError(where(e.source(), source) + ": \"" + std::string(key) + "\" must hold strings");
+    out.push_back(*s);
+  }
+  return out;
+}
+
+const toml::table* section(const toml::table& root, std::string_view name, const std::string& source) {
+  const toml::node* n = root.get(name);
+  if (!n) return nullptr;
+  if (!n->is_table()) throw ConfigError(where(n->source(), source) + ": [" + std::string(name) + "] must be a table");
+  return n->as_table();
+}
+
+void parse_listen(const std::string& listen, HttpConfig& http, const std::string& source) {
+  auto colon = listen.rfind(':');
+  if (colon == std::string::npos) throw ConfigError(source + ": http.listen must be HOST:PORT, got \"" + listen + "\"");
+  http.host = listen.substr(0, colon);
+  if (http.host.size() > 2 && http.host.front() == '[' && http.host.back() == ']')
+    http.host = http.host.substr(1, http.host.size() - 2);
+  try {
+    int port = std::stoi(listen.substr(colon + 1));
+    if (port < 0 || port > 65535) throw std::out_of_range("port");
+    http.port = static_cast<uint16_t>(port);
+  } catch (const std::exception&) {
+    throw ConfigError(source + ": http.listen has a bad port in \"" + listen + "\"");
+  }
+}
+
+}  // namespace
+
+std::vector<std::string> Config::projects_of(const std::string& principal) const {
+  std::vector<std::string> out;
+  for (const auto& p : projects)
+    if (std::find(p.members.begin(), p.members.end(), principal) != p.members.end()) out.push_back(p.id);
+  return out;
+}
+
+Config parse_config(std::string_view text, const std::filesystem::path& base_dir, const std::string& source) {
+  toml::table root;
+  try {
+    root = toml::parse(text, source);
+  } catch (const toml::parse_error& e) {
+    throw ConfigError(where(e.source(), source) + ": " + std::string(e.description()));
+  }
+  Config c;
+  c.base_dir = base_dir;
+  if (auto* s = section(root, "server", source)) {
+    c.server_name = get<std::string>(*s, "name", c.server_name, source);
+    c.database = get<std::string>(*s, "database", c.database.string(), source);
+    c.log_level = get<std::string>(*s, "log_level", c.log_level, source);
+    c.log_format = get<std::string>(*s, "log_format", c.log_format, source);
+    c.threads = get<int>(*s, "threads", c.threads, source);
+    c.instructions = get<std::string>(*s, "instructions", c.instructions, source);
+  }
+  if (auto* s = section(root, "limits", source)) {
+    c.max_message_bytes = get<std::size_t>(*s, "max_message_bytes", c.max_message_bytes, source);
+    c.max_depth = get<int>(*s, "max_depth", c.max_depth, source);
+    c.tool_timeout = std::chrono::seconds(get<int64_t>(*s, "tool_timeout_s", c.tool_timeout.count(), source));
+  }
+  c.http.max_body_bytes = c.max_message_bytes;
+  if (auto* s = section(root, "http", source)) {
+    if (auto listen = get<std::string>(*s, "listen", "", source); !listen.empty()) parse_listen(listen, c.http, source);
+    c.http.allowed_origins = get_strings(*s, "allowed_origins", c.http.allowed_origins, source);
+    c.http.max_header_bytes = get<std::size_t>(*s, "max_header_bytes", c.http.max_header_bytes, source);
+    auto secs = [&](std::string_view k, std::chrono::seconds d) {
+      return std::chrono::seconds(get<int64_t>(*s, k, d.count(), source));
+    };
+    c.http.header_timeout = secs("header_timeout_s", c.http.header_timeout);
+    c.http.body_timeout = secs("body_timeout_s", c.http.body_timeout);
+    c.http.idle_timeout = secs("idle_timeout_s", c.http.idle_timeout);
+    c.http.session_idle_timeout = secs("session_idle_timeout_s", c.http.session_idle_timeout);
+    c.http.shutdown_grace = secs("shutdown_grace_s", c.http.shutdown_grace);
+    c.http.max_connections = get<std::size_t>(*s, "max_connections", c.http.max_connections, source);
+    c.http.max_sessions = get<std::size_t>(*s, "max_sessions", c.http.max_sessions, source);
+    c.http.tls_cert = get<std::string>(*s, "tls_cert", "", source);
+    c.http.tls_key = get<std::string>(*s, "tls_key", "", source);
+    if (c.http.tls_cert.empty() != c.http.tls_key.empty())
+      throw ConfigError(source + ": http.tls_cert and http.tls_key must be set together");
+  }
+  if (auto* s = section(root, "stdio", source)) c.stdio_principal = get<std::string>(*s, "principal", "", source);
+  if (auto* s = section(root, "tools", source)) c.demo_tools = get<bool>(*s, "demo", false, source);
+  if (const toml::node* n = root.get("projects")) {
+    const toml::array* a = n->as_array();
+    if (!a) throw ConfigError(where(n->source(), source) + ": projects must be an array of tables ([[projects]])");
+    for (const auto& e : *a) {
+      const toml::table* t = e.as_table();
+      if (!t) throw ConfigError(where(e.source(), source) + ": each [[projects]] entry must be a table");
+      ProjectConfig p;
+      p.id = get<std::string>(*t, "id", "", source);
+      if (p.id.empty()) throw ConfigError(where(e.source(), source) + ": a project needs an \"id\"");
+      p.name = get<std::string>(*t, "name", p.id, source);
+      p.members = get_strings(*t, "members", {}, source);
+      c.projects.push_back(std::move(p));
+    }
+  }
+  auto resolve = [&](std::filesystem::path p) { return p.is_absolute() ? p : base_dir / p; };
+  c.database = resolve(c.database);
+  if (!c.http.tls_cert.empty()) {
+    c.http.tls_cert = resolve(c.http.tls_cert).string();
+    c.http.tls_key = resolve(c.http.tls_key).string();
+  }
+  return c;
+}
+
+Config load_config(const std::filesystem::path& file) {
+  std::ifstream in(file);
+  if (!in) throw ConfigError("cannot read config file " + file.string());
+  std::stringstream ss;
+  ss << in.rdbuf();
+  auto abs = std::filesystem::absolute(file);
+  Config c = parse_config(ss.str(), abs.parent_path(), file.string());
+  c.path = abs;
+  return c;
+}
+
+}  // namespace scigate

@@ -1,0 +1,66 @@
+#pragma once
+// The server's configuration, read from one TOML file. Relative paths are resolved against the
+// file's directory. Loading never half-succeeds: it returns a Config or throws ConfigError that
+// names file, line and column.
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace scigate {
+
+struct ConfigError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct ProjectConfig {
+  std::string id;
+  std::string name;
+  std::vector<std::string> members;  // principal names
+};
+
+struct HttpConfig {
+  std::string host = "127.0.0.1";
+  uint16_t port = 8750;
+  std::vector<std::string> allowed_origins = {"http://localhost", "http://127.0.0.1", "https://localhost",
+                                              "https://127.0.0.1", "http://[::1]"};
+  std::size_t max_body_bytes = 4 * 1024 * 1024;
+  std::size_t max_header_bytes = 16 * 1024;
+  std::chrono::seconds header_timeout{10};
+  std::chrono::seconds body_timeout{30};
+  std::chrono::seconds idle_timeout{120};
+  std::chrono::seconds session_idle_timeout{3600};
+  std::chrono::seconds shutdown_grace{30};
+  std::size_t max_connections = 20000;
+  std::size_t max_sessions = 100000;
+  std::string tls_cert;  // PEM chain; TLS is on when both are set
+  std::string tls_key;
+};
+
+struct Config {
+  std::filesystem::path path;       // the file this came from (empty for built-in defaults)
+  std::filesystem::path base_dir;   // relative paths resolve here
+  std::string server_name = "scigate";
+  std::filesystem::path database = "scigate.db";
+  std::string log_level = "info";
+  std::string log_format = "json";  // json | text
+  int threads = 0;                  // 0: one per core, at least 2
+  std::size_t max_message_bytes = 4 * 1024 * 1024;
+  int max_depth = 64;
+  std::chrono::seconds tool_timeout{300};
+  std::string stdio_principal;      // principal for stdio callers without SCIGATE_API_KEY
+  bool demo_tools = false;          // register the echo and sleep tools
+  std::string instructions;
+  HttpConfig http;
+  std::vector<ProjectConfig> projects;
+
+  // Projects the principal is a member of, in config order.
+  std::vector<std::string> projects_of(const std::string& principal) const;
+};
+
+Config load_config(const std::filesystem::path& file);
+Config parse_config(std::string_view toml_text, const std::filesystem::path& base_dir, const std::string& source_name);
+
+}  // namespace scigate

@@ -1,0 +1,51 @@
+#include "server/observability/log.hpp"
+
+#include <spdlog/sinks/stdout_sinks.h>
+
+#include <chrono>
+#include <ctime>
+
+#include "server/protocol/jsonrpc.hpp"
+
+namespace scigate::log {
+namespace {
+bool g_json = true;
+
+std::string iso_now() {
+  using namespace std::chrono;
+  auto now = system_clock::now();
+  auto t = system_clock::to_time_t(now);
+  auto ms = duration_cast<milliseconds>(now.time_since_epoch()).count() % 1000;
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[40];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  char out[48];
+  std::snprintf(out, sizeof out, "%s.%03lldZ", buf, static_cast<long long>(ms));
+  return out;
+}
+}  // namespace
+
+void init(const std::string& format, const std::string& level) {
+  g_json = format != "text";
+  auto logger = spdlog::stderr_logger_mt("scigate");
+  logger->set_pattern(g_json ? "%v" : "%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  logger->set_level(spdlog::level::from_str(level));
+  logger->flush_on(spdlog::level::info);
+  spdlog::set_default_logger(logger);
+}
+
+void event(spdlog::level::level_enum level, std::string_view name, const nlohmann::json& fields) {
+  auto logger = spdlog::default_logger_raw();
+  if (!logger->should_log(level)) return;
+  if (g_json) {
+    nlohmann::json line{{"ts", iso_now()}, {"level", std::string(spdlog::level::to_string_view(level).data(), spdlog::level::to_string_view(level).size())}, {"event", name}};
+    if (fields.is_object())
+      for (auto it = fields.begin(); it != fields.end(); ++it) line[it.key()] = it.value();
+    logger->log(level, "{}", jsonrpc::dump(line));
+  } else {
+    logger->log(level, "{} {}", name, fields.is_null() ? "" : jsonrpc::dump(fields));
+  }
+}
+
+}  // namespace scigate::log

@@ -1,0 +1,61 @@
+#pragma once
+// The one path every tools/call takes, in order:
+//   find tool -> resolve project -> validate arguments -> policy decision -> credit hold
+//   -> run the tool (deadline, cancellation) -> check output -> settle or release -> audit.
+// Transports and the MCP dispatcher call run(); nothing else calls tools.
+#include <boost/asio/awaitable.hpp>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "policies/audit.hpp"
+#include "policies/ledger.hpp"
+#include "policies/policy.hpp"
+#include "server/observability/metrics.hpp"
+#include "server/pipeline/call_context.hpp"
+#include "server/protocol/jsonrpc.hpp"
+#include "tools/registry.hpp"
+
+namespace scigate {
+
+struct ToolCallRequest {
+  std::string tool;
+  json arguments = json::object();
+  Principal principal;
+  std::string requested_project;  // from _meta or a header; empty: the principal's default
+  std::string request_id;         // correlation id
+  std::string protocol_version;
+  std::string client_name;
+  ProgressReporter progress;
+  std::shared_ptr<CancellationFlag> cancellation = std::make_shared<CancellationFlag>();
+};
+
+struct ToolCallOutcome {
+  std::optional<jsonrpc::ProtocolError> protocol_error;  // unknown tool, malformed params
+  json result;             // the CallToolResult, when there is no protocol error
+  bool cancelled = false;  // the caller cancelled: send nothing
+};
+
+class ToolCallPipeline {
+ public:
+  ToolCallPipeline(const ToolRegistry& registry, const PolicyEngine& policy, Ledger& ledger, AuditLog& audit,
+                   Metrics& metrics, std::chrono::seconds tool_timeout);
+
+  boost::asio::awaitable<ToolCallOutcome> run(ToolCallRequest request);
+
+  // The CallToolResult for a failure the model can act on: text for the model, the structured
+  // error in _meta (not structuredContent, which must match the tool's outputSchema).
+  static json error_result(const Error& e);
+
+ private:
+  const ToolRegistry& registry_;
+  const PolicyEngine& policy_;
+  Ledger& ledger_;
+  AuditLog& audit_;
+  Metrics& metrics_;
+  std::chrono::seconds tool_timeout_;
+};
+
+}  // namespace scigate

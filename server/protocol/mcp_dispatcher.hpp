@@ -1,0 +1,109 @@
+#pragma once
+// MCP method dispatch for both protocol eras, chosen per request:
+//  - a request whose params._meta carries io.modelcontextprotocol/protocolVersion is served
+//    statelessly under 2026-07-28 (server/discover, per-request capabilities, resultType);
+//  - anything else belongs to a 2025-11-25-era session (initialize, ping, ...).
+// Transport-neutral: the stdio and HTTP transports build an Inbound and send what comes back.
+//
+// Thread-safety: handle() may run concurrently for many requests.
+#include <boost/asio/awaitable.hpp>
+
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+
+#include "server/config/config.hpp"
+#include "server/pipeline/tool_call_pipeline.hpp"
+#include "server/protocol/jsonrpc.hpp"
+#include "server/protocol/mcp_session.hpp"
+
+namespace scigate::mcp {
+
+inline constexpr const char* kModernVersion = "2026-07-28";
+inline constexpr const char* kLatestLegacyVersion = "2025-11-25";
+inline constexpr const char* kMetaProtocolVersion = "io.modelcontextprotocol/protocolVersion";
+inline constexpr const char* kMetaClientCapabilities = "io.modelcontextprotocol/clientCapabilities";
+inline constexpr const char* kMetaClientInfo = "io.modelcontextprotocol/clientInfo";
+inline constexpr const char* kMetaServerInfo = "io.modelcontextprotocol/serverInfo";
+inline constexpr const char* kMetaSubscriptionId = "io.modelcontextprotocol/subscriptionId";
+inline constexpr const char* kMetaProject = "io.scigate/project";
+
+// MCP-specific JSON-RPC error codes (2026-07-28).
+inline constexpr int kHeaderMismatch = -32020;
+inline constexpr int kMissingRequiredClientCapability = -32021;
+inline constexpr int kUnsupportedProtocolVersion = -32022;
+
+// Every version this server speaks, newest first.
+const std::vector<std::string>& supported_versions();
+bool is_legacy_version(const std::string& v);
+
+enum class Transport { kStdio, kHttp };
+
+struct Inbound {
+  jsonrpc::Message message;
+  Transport transport = Transport::kStdio;
+  std::optional<Principal> principal;        // already authenticated by the transport
+  std::shared_ptr<LegacySession> session;    // the legacy session, when there is one
+  std::string project_header;                // X-Scigate-Project, if sent
+  std::string channel;                       // scope of request ids for notifications/cancelled
+  Notifier notify;                           // request-scoped notifications; empty if none can be sent
+  std::shared_ptr<CancellationFlag> cancellation = std::make_shared<CancellationFlag>();
+  std::function<void()> cancel;              // cancels this request (flag + coroutine)
+};
+
+struct Outbound {
+  std::optional<json> response;  // nothing for notifications and cancelled requests
+  int http_status = 200;         // what Streamable HTTP should answer with
+};
+
+class Dispatcher {
+ public:
+  Dispatcher(const Config& config, ToolCallPipeline& pipeline, const ToolRegistry& registry,
+             const PolicyEngine& policy, Metrics& metrics);
+
+  boost::asio::awaitable<Outbound> handle(Inbound in);
+
+  // Ends every subscriptions/listen stream gracefully (server shutdown).
+  void close_subscriptions();
+  // Announces a changed tool list to every listener that asked for it.
+  void broadcast_tools_changed();
+  std::function<void()> on_tools_changed_legacy;  // set by the composition root
+
+  std::size_t page_size = 50;
+
+ private:
+  boost::asio::awaitable<Outbound> handle_modern(Inbound& in, const std::string& version, const json& meta);
+  boost::asio::awaitable<Outbound> handle_legacy(Inbound& in);
+  boost::asio::awaitable<Outbound> tools_call(Inbound& in, const std::string& version, const std::string& client_name,
+                                              const json& meta);
+  boost::asio::awaitable<Outbound> subscriptions_listen(Inbound& in, const json& meta);
+  Outbound tools_list(const Inbound& in, bool modern);
+  Outbound initialize(Inbound& in);
+  json server_info() const;
+  json capabilities(bool modern) const;
+  void cancel_request(const std::string& channel, const json& request_id);
+
+  const Config& config_;
+  ToolCallPipeline& pipeline_;
+  const ToolRegistry& registry_;
+  const PolicyEngine& policy_;
+  Metrics& metrics_;
+
+  std::mutex in_flight_mutex_;
+  std::unordered_map<std::string, std::function<void()>> in_flight_;  // channel + id -> cancel
+
+  struct Listener {
+    Notifier notify;
+    json subscription_id;
+    bool tools;
+    std::function<void()> close;
+  };
+  std::mutex listeners_mutex_;
+  std::unordered_map<uint64_t, Listener> listeners_;
+  uint64_t next_listener_ = 0;
+};
+
+}  // namespace scigate::mcp

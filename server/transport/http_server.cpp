@@ -1,0 +1,824 @@
+#include "server/transport/http_server.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
+
+#include <deque>
+#include <unordered_map>
+
+#include "server/common/crypto.hpp"
+#include "server/observability/log.hpp"
+
+namespace scigate::transport {
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+using Request = http::request<http::string_body>;
+using Response = http::response<http::string_body>;
+constexpr auto kAwait = asio::as_tuple(asio::use_awaitable);
+using namespace asio::experimental::awaitable_operators;
+
+namespace {
+
+constexpr int kTransportError = -32000;
+constexpr int kSessionNotFound = -32001;
+constexpr auto kKeepAlive = std::chrono::seconds(15);
+
+std::string lower(std::string_view s) {
+  std::string o(s);
+  for (auto& c : o) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return o;
+}
+
+std::string header(const Request& req, std::string_view name) {
+  auto it = req.find(name);
+  return it == req.end() ? std::string() : std::string(it->value());
+}
+
+// "scheme://host[:port]" of an Origin, compared against allow-list entries that either name a
+// port (exact match) or not (any port).
+bool origin_allowed(const std::string& origin, const std::vector<std::string>& allowed) {
+  auto scheme_end = origin.find("://");
+  if (scheme_end == std::string::npos) return false;
+  std::string o = lower(origin);
+  std::string without_port = o;
+  auto host_start = scheme_end + 3;
+  auto colon = o.rfind(':');
+  if (colon != std::string::npos && colon > host_start && o.find(']', colon) == std::string::npos)
+    without_port = o.substr(0, colon);
+  for (const auto& a : allowed) {
+    std::string la = lower(a);
+    if (la == "*" || la == o || la == without_port) return true;
+  }
+  return false;
+}
+
+// Mcp-Name and Mcp-Param-* values may be "=?base64?...?=".
+std::optional<std::string> decode_header_value(const std::string& v) {
+  constexpr std::string_view kPre = "=?base64?", kPost = "?=";
+  if (v.size() >= kPre.size() + kPost.size() && v.compare(0, kPre.size(), kPre) == 0 &&
+      v.compare(v.size() - kPost.size(), kPost.size(), kPost) == 0)
+    return crypto::base64_decode(std::string_view(v).substr(kPre.size(), v.size() - kPre.size() - kPost.size()));
+  for (unsigned char c : v)
+    if ((c < 0x20 && c != '\t') || c > 0x7e) return std::nullopt;
+  return v;
+}
+
+bool accepts(const std::string& accept, std::string_view type) {
+  std::string a = lower(accept);
+  if (a.empty() || a.find("*/*") != std::string::npos) return true;
+  if (a.find(type) != std::string::npos) return true;
+  auto slash = type.find('/');
+  return a.find(std::string(type.substr(0, slash)) + "/*") != std::string::npos;
+}
+
+// GCC 12 miscompiles brace-initialised json with string literals inside coroutines ("array used
+// as initializer"), so coroutine bodies build their JSON through these plain functions.
+json status_body(const std::string& status) {
+  json j = json::object();
+  j["status"] = status;
+  return j;
+}
+
+json unsupported_version_data(const std::string& requested) {
+  json j = json::object();
+  j["supported"] = mcp::supported_versions();
+  j["requested"] = requested;
+  return j;
+}
+
+struct EventQueue {
+  explicit EventQueue(const asio::any_io_executor& ex) : wake(ex) {}
+  std::deque<std::string> items;
+  bool done = false;
+  asio::steady_timer wake;
+};
+
+}  // namespace
+
+class HttpServer::Impl : public std::enable_shared_from_this<HttpServer::Impl> {
+ public:
+  Impl(asio::io_context& io, HttpDeps deps) : io_(io), deps_(std::move(deps)), acceptor_(asio::make_strand(io)) {
+    const auto& h = deps_.config.http;
+    if (!h.tls_cert.empty()) {
+      tls_ = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_server);
+      tls_->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                        asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 | asio::ssl::context::no_tlsv1_1);
+      tls_->use_certificate_chain_file(h.tls_cert);
+      tls_->use_private_key_file(h.tls_key, asio::ssl::context::pem);
+    }
+  }
+
+  tcp::endpoint listen(const std::string& host, uint16_t port) {
+    tcp::endpoint ep(asio::ip::make_address(host), port);
+    acceptor_.open(ep.protocol());
+    acceptor_.set_option(asio::socket_base::reuse_address(true));
+    acceptor_.bind(ep);
+    acceptor_.listen(asio::socket_base::max_listen_connections);
+    return acceptor_.local_endpoint();
+  }
+
+  void start() {
+    asio::co_spawn(acceptor_.get_executor(), accept_loop(shared_from_this()), asio::detached);
+    asio::co_spawn(asio::make_strand(io_), reap_sessions(shared_from_this()), asio::detached);
+  }
+
+  void shutdown(std::function<void()> done) {
+    asio::post(acceptor_.get_executor(), [self = shared_from_this(), done = std::move(done)]() mutable {
+      self->shutting_down_ = true;
+      beast::error_code ec;
+      self->acceptor_.close(ec);
+      self->deps_.dispatcher.close_subscriptions();
+      self->close_connections(false);
+      asio::co_spawn(self->acceptor_.get_executor(), self->drain(std::move(done)), asio::detached);
+    });
+  }
+
+  // --- connection registry (for graceful shutdown) -------------------------------------------
+  struct ConnHandle {
+    std::function<void(bool force)> close;
+  };
+  uint64_t add_connection(ConnHandle h) {
+    std::lock_guard g(conn_mutex_);
+    uint64_t id = next_conn_++;
+    conns_.emplace(id, std::move(h));
+    deps_.metrics.connections.fetch_add(1);
+    return id;
+  }
+  void remove_connection(uint64_t id) {
+    std::lock_guard g(conn_mutex_);
+    if (conns_.erase(id)) deps_.metrics.connections.fetch_sub(1);
+  }
+  void close_connections(bool force) {
+    std::vector<std::function<void(bool)>> closers;
+    {
+      std::lock_guard g(conn_mutex_);
+      for (auto& [id, h] : conns_) closers.push_back(h.close);
+    }
+    for (auto& c : closers) c(force);
+  }
+  std::size_t connection_count() {
+    std::lock_guard g(conn_mutex_);
+    return conns_.size();
+  }
+
+  asio::io_context& io_;
+  HttpDeps deps_;
+  tcp::acceptor acceptor_;
+  std::unique_ptr<asio::ssl::context> tls_;
+  std::atomic<bool> shutting_down_{false};
+  std::mutex conn_mutex_;
+  std::unordered_map<uint64_t, ConnHandle> conns_;
+  uint64_t next_conn_ = 0;
+
+ private:
+  static asio::awaitable<void> accept_loop(std::shared_ptr<Impl> self);
+  static asio::awaitable<void> reap_sessions(std::shared_ptr<Impl> self) {
+    asio::steady_timer t(co_await asio::this_coro::executor);
+    while (!self->shutting_down_) {
+      t.expires_after(std::chrono::seconds(30));
+      co_await t.async_wait(kAwait);
+      auto n = self->deps_.sessions.expire(self->deps_.config.http.session_idle_timeout);
+      self->deps_.metrics.sessions.store(static_cast<int64_t>(self->deps_.sessions.size()));
+      if (n) log::info("sessions_expired", {{"count", n}});
+    }
+  }
+  asio::awaitable<void> drain(std::function<void()> done) {
+    asio::steady_timer t(co_await asio::this_coro::executor);
+    auto deadline = std::chrono::steady_clock::now() + deps_.config.http.shutdown_grace;
+    while (connection_count() > 0 && std::chrono::steady_clock::now() < deadline) {
+      t.expires_after(std::chrono::milliseconds(20));
+      co_await t.async_wait(kAwait);
+    }
+    if (connection_count() > 0) {
+      log::warn("shutdown_grace_expired", {{"connections", connection_count()}});
+      close_connections(true);
+      t.expires_after(std::chrono::milliseconds(100));
+      co_await t.async_wait(kAwait);
+    }
+    done();
+  }
+};
+
+// One HTTP connection: reads requests in a loop on its own strand.
+template <class Stream>
+class Connection : public std::enable_shared_from_this<Connection<Stream>> {
+ public:
+  Connection(std::shared_ptr<HttpServer::Impl> server, Stream stream)
+      : server_(std::move(server)), stream_(std::move(stream)), cfg_(server_->deps_.config.http) {}
+
+  static asio::awaitable<void> run(std::shared_ptr<Connection> self) {
+    self->id_ = self->server_->add_connection(HttpServer::Impl::ConnHandle{
+        [weak = std::weak_ptr<Connection>(self)](bool force) {
+          if (auto s = weak.lock())
+            asio::post(s->executor(), [s, force] {
+              if (force || !s->busy_) s->close_socket();
+            });
+        }});
+    try {
+      co_await self->serve();
+    } catch (const std::exception& e) {
+      log::debug("connection_error", {{"detail", e.what()}});
+    }
+    self->close_socket();
+    self->server_->remove_connection(self->id_);
+  }
+
+ private:
+  asio::any_io_executor executor() { return stream_.get_executor(); }
+  auto& tcp_layer() { return beast::get_lowest_layer(stream_); }
+
+  void close_socket() {
+    beast::error_code ec;
+    tcp_layer().socket().shutdown(tcp::socket::shutdown_both, ec);
+    tcp_layer().socket().close(ec);
+  }
+
+  asio::awaitable<void> serve() {
+    if constexpr (!std::is_same_v<Stream, beast::tcp_stream>) {
+      tcp_layer().expires_after(cfg_.header_timeout);
+      auto [ec] = co_await stream_.async_handshake(asio::ssl::stream_base::server, kAwait);
+      if (ec) co_return;
+    }
+    bool first = true;
+    for (;;) {
+      if (server_->shutting_down_) co_return;
+      http::request_parser<http::string_body> parser;
+      parser.header_limit(static_cast<std::uint32_t>(cfg_.max_header_bytes));
+      parser.body_limit(cfg_.max_body_bytes);
+      // Header time is bounded separately from idle keep-alive time, so a slow client that
+      // trickles bytes cannot hold the socket.
+      tcp_layer().expires_after(first ? cfg_.header_timeout : cfg_.idle_timeout);
+      auto [ec, n] = co_await http::async_read_header(stream_, buffer_, parser, kAwait);
+      if (!ec && !first) {
+        tcp_layer().expires_after(cfg_.header_timeout);
+      }
+      if (!ec && !parser.is_done()) {
+        tcp_layer().expires_after(cfg_.body_timeout);
+        std::tie(ec, n) = co_await http::async_read(stream_, buffer_, parser, kAwait);
+      }
+      first = false;
+      if (ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset ||
+          ec == beast::error::timeout || ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor)
+        co_return;
+      if (ec == http::error::body_limit) {
+        co_await send(error_response(http::status::payload_too_large, 11, false, kTransportError,
+                                     "request body exceeds the limit of " + std::to_string(cfg_.max_body_bytes) +
+                                         " bytes"));
+        co_return;
+      }
+      if (ec == http::error::header_limit) {
+        co_await send(error_response(http::status::request_header_fields_too_large, 11, false, kTransportError,
+                                     "request headers exceed " + std::to_string(cfg_.max_header_bytes) + " bytes"));
+        co_return;
+      }
+      if (ec) {
+        co_await send(error_response(http::status::bad_request, 11, false, kTransportError,
+                                     "malformed HTTP request: " + ec.message()));
+        co_return;
+      }
+      tcp_layer().expires_never();
+      Request req = parser.release();
+      busy_ = true;
+      bool keep = co_await handle(req);
+      busy_ = false;
+      if (!keep || !req.keep_alive()) co_return;
+    }
+  }
+
+  Response error_response(http::status status, unsigned version, bool keep_alive, int code, std::string message,
+                          const json& id = nullptr, json data = nullptr) {
+    return json_response(status, version, keep_alive, jsonrpc::make_error(id, code, message, data));
+  }
+
+  Response json_response(http::status status, unsigned version, bool keep_alive, const json& body) {
+    Response res{status, version};
+    res.set(http::field::server, std::string_view("scigate"));
+    res.set(http::field::content_type, std::string_view("application/json"));
+    res.keep_alive(keep_alive && !server_->shutting_down_);
+    res.body() = jsonrpc::dump(body);
+    res.prepare_payload();
+    return res;
+  }
+
+  asio::awaitable<void> send(Response res) {
+    server_->deps_.metrics.record_http(static_cast<int>(res.result_int()));
+    tcp_layer().expires_after(cfg_.body_timeout);
+    co_await http::async_write(stream_, res, kAwait);
+    tcp_layer().expires_never();
+  }
+
+  // Returns whether the connection may be kept open.
+  asio::awaitable<bool> handle(Request& req) {
+    std::string_view target = req.target();
+    auto q = target.find('?');
+    std::string path(target.substr(0, q));
+    const unsigned v = req.version();
+    const bool ka = req.keep_alive();
+    auto& deps = server_->deps_;
+
+    if (path == "/healthz" || path == "/readyz" || path == "/metrics") {
+      if (req.method() != http::verb::get && req.method() != http::verb::head) {
+        Response r = json_response(http::status::method_not_allowed, v, ka, status_body("use GET"));
+        r.set(http::field::allow, std::string_view("GET"));
+        co_await send(std::move(r));
+        co_return ka;
+      }
+      if (path == "/metrics") {
+        Response r{http::status::ok, v};
+        r.set(http::field::content_type, std::string_view("text/plain; version=0.0.4"));
+        r.keep_alive(ka);
+        r.body() = deps.metrics.render();
+        r.prepare_payload();
+        co_await send(std::move(r));
+      } else if (path == "/healthz") {
+        co_await send(json_response(http::status::ok, v, ka, status_body("ok")));
+      } else {
+        bool ready = !server_->shutting_down_ && (!deps.ready || deps.ready());
+        std::string status = ready ? "ready" : "not ready";
+        co_await send(json_response(ready ? http::status::ok : http::status::service_unavailable, v, ka,
+                                    status_body(status)));
+      }
+      co_return ka;
+    }
+    if (path != "/mcp") {
+      co_await send(error_response(http::status::not_found, v, ka, kTransportError,
+                                   "no such endpoint: " + path + " (the MCP endpoint is /mcp)"));
+      co_return ka;
+    }
+
+    // DNS-rebinding defence: a browser page from another origin may not talk to us.
+    if (std::string origin = header(req, "Origin"); !origin.empty() && !origin_allowed(origin, cfg_.allowed_origins)) {
+      co_await send(error_response(http::status::forbidden, v, ka, kTransportError,
+                                   "Origin " + origin + " is not allowed; add it to http.allowed_origins"));
+      co_return ka;
+    }
+
+    std::optional<Principal> principal = authenticate(req);
+    if (!principal) {
+      bool had_token = !header(req, "Authorization").empty();
+      std::string why = had_token ? std::string("the bearer token is not valid (unknown, malformed or revoked key)")
+                                  : std::string("authentication required: send Authorization: Bearer <API key>");
+      Response r = error_response(http::status::unauthorized, v, ka, kTransportError, why);
+      std::string challenge = "Bearer realm=\"scigate\"";
+      if (had_token) challenge += ", error=\"invalid_token\"";
+      r.set(http::field::www_authenticate, challenge);
+      co_await send(std::move(r));
+      co_return ka;
+    }
+
+    bool keep = ka;
+    if (req.method() == http::verb::post) {
+      keep = co_await handle_post(req, *principal);
+    } else if (req.method() == http::verb::get) {
+      keep = co_await handle_get(req, *principal);
+    } else if (req.method() == http::verb::delete_) {
+      keep = co_await handle_delete(req, *principal);
+    } else {
+      Response r = error_response(http::status::method_not_allowed, v, ka, kTransportError, "method not allowed on /mcp");
+      r.set(http::field::allow, std::string_view("GET, POST, DELETE"));
+      co_await send(std::move(r));
+    }
+    co_return keep;
+  }
+
+  std::optional<Principal> authenticate(const Request& req) {
+    std::string auth = header(req, "Authorization");
+    if (auth.size() < 8 || lower(auth.substr(0, 7)) != "bearer ") return std::nullopt;
+    std::string token = auth.substr(7);
+    while (!token.empty() && token.front() == ' ') token.erase(token.begin());
+    return server_->deps_.keys.authenticate(token);
+  }
+
+  // GET and DELETE exist only for 2025-11-25 sessions; the 2026-07-28 era is POST-only.
+  std::optional<Response> reject_sessionless(const Request& req) {
+    const unsigned v = req.version();
+    std::string pv = header(req, "MCP-Protocol-Version");
+    if (pv == mcp::kModernVersion || header(req, "Mcp-Session-Id").empty()) {
+      Response r = error_response(http::status::method_not_allowed, v, req.keep_alive(), kTransportError,
+                                  "only POST is supported without an Mcp-Session-Id (and in protocol 2026-07-28)");
+      r.set(http::field::allow, std::string_view("POST"));
+      return r;
+    }
+    return std::nullopt;
+  }
+
+  std::shared_ptr<mcp::LegacySession> find_session(const Request& req, const Principal& p) {
+    auto s = server_->deps_.sessions.find(header(req, "Mcp-Session-Id"));
+    // A session belongs to the principal that created it; to anyone else it does not exist.
+    if (s && s->owner && s->owner->name != p.name) return nullptr;
+    return s;
+  }
+
+  asio::awaitable<bool> handle_delete(Request& req, const Principal& p) {
+    if (auto r = reject_sessionless(req)) {
+      co_await send(std::move(*r));
+      co_return req.keep_alive();
+    }
+    auto s = find_session(req, p);
+    if (!s) {
+      co_await send(error_response(http::status::not_found, req.version(), req.keep_alive(), kSessionNotFound,
+                                   "Session not found"));
+      co_return req.keep_alive();
+    }
+    server_->deps_.sessions.erase(s->id());
+    server_->deps_.metrics.sessions.store(static_cast<int64_t>(server_->deps_.sessions.size()));
+    Response r{http::status::no_content, req.version()};
+    r.keep_alive(req.keep_alive());
+    r.prepare_payload();
+    co_await send(std::move(r));
+    co_return req.keep_alive();
+  }
+
+  asio::awaitable<bool> handle_get(Request& req, const Principal& p) {
+    const unsigned v = req.version();
+    const bool ka = req.keep_alive();
+    if (auto r = reject_sessionless(req)) {
+      co_await send(std::move(*r));
+      co_return ka;
+    }
+    if (!accepts(header(req, "Accept"), "text/event-stream") || header(req, "Accept").empty()) {
+      co_await send(error_response(http::status::not_acceptable, v, ka, kTransportError,
+                                   "GET /mcp opens an SSE stream: send Accept: text/event-stream"));
+      co_return ka;
+    }
+    auto s = find_session(req, p);
+    if (!s) {
+      co_await send(error_response(http::status::not_found, v, ka, kSessionNotFound, "Session not found"));
+      co_return ka;
+    }
+    if (s->has_outlet()) {
+      co_await send(error_response(http::status::conflict, v, ka, kTransportError,
+                                   "this session already has an open GET stream"));
+      co_return ka;
+    }
+    // The standalone stream: server-initiated notifications until the client or server ends it.
+    busy_ = false;  // long-lived and idle for shutdown purposes
+    auto q = std::make_shared<EventQueue>(executor());
+    auto self = this->shared_from_this();
+    s->set_outlet([self, q](const json& m) { self->push(q, jsonrpc::dump(m)); });
+    auto cancel_flag = std::make_shared<CancellationFlag>();
+    std::string sid = s->id();
+    co_await run_with_disconnect_watch(cancel_flag, [&]() -> asio::awaitable<void> {
+      co_await write_sse_header(v, sid);
+      co_await pump_events(q, [&] { return server_->shutting_down_ || !server_->deps_.sessions.find(sid); });
+    });
+    s->set_outlet(nullptr);
+    co_return false;
+  }
+
+  asio::awaitable<bool> handle_post(Request& req, const Principal& principal) {
+    auto& deps = server_->deps_;
+    const unsigned v = req.version();
+    const bool ka = req.keep_alive();
+    std::string ctype = lower(header(req, "Content-Type"));
+    if (ctype.rfind("application/json", 0) != 0) {
+      co_await send(error_response(http::status::unsupported_media_type, v, ka, kTransportError,
+                                   "Content-Type must be application/json"));
+      co_return ka;
+    }
+    std::string accept = header(req, "Accept");
+    if (!accepts(accept, "application/json")) {
+      co_await send(error_response(http::status::not_acceptable, v, ka, kTransportError,
+                                   "Accept must include application/json (and text/event-stream for streaming)"));
+      co_return ka;
+    }
+    auto parsed = jsonrpc::parse(req.body(), {cfg_.max_body_bytes, deps.config.max_depth});
+    if (!parsed.message) {
+      co_await send(error_response(http::status::bad_request, v, ka, parsed.error->code, parsed.error->message,
+                                   parsed.error->id));
+      co_return ka;
+    }
+    jsonrpc::Message& msg = *parsed.message;
+    const json* meta = nullptr;
+    if (msg.params.is_object())
+      if (auto it = msg.params.find("_meta"); it != msg.params.end() && it->is_object()) meta = &*it;
+    const bool modern = meta && meta->contains(mcp::kMetaProtocolVersion);
+    const std::string pv = header(req, "MCP-Protocol-Version");
+
+    mcp::Inbound in;
+    in.transport = mcp::Transport::kHttp;
+    in.principal = principal;
+    in.project_header = header(req, "X-Scigate-Project");
+    std::shared_ptr<mcp::LegacySession> new_session;
+
+    if (modern) {
+      if (auto bad = check_modern_headers(req, msg, *meta)) {
+        co_await send(error_response(http::status::bad_request, v, ka, mcp::kHeaderMismatch, *bad, msg.id));
+        co_return ka;
+      }
+    } else if (pv == mcp::kModernVersion) {
+      if (msg.kind == jsonrpc::Kind::kRequest) {
+        co_await send(error_response(http::status::bad_request, v, ka, jsonrpc::kInvalidParams,
+                                     std::string("protocol 2026-07-28 requires params._meta[\"") +
+                                         mcp::kMetaProtocolVersion + "\"] on every request",
+                                     msg.id));
+        co_return ka;
+      }
+    } else {
+      if (!pv.empty() && !mcp::is_legacy_version(pv)) {
+        co_await send(error_response(http::status::bad_request, v, ka, mcp::kUnsupportedProtocolVersion,
+                                     "Unsupported protocol version " + pv, msg.id,
+                                     unsupported_version_data(pv)));
+        co_return ka;
+      }
+      if (msg.kind == jsonrpc::Kind::kRequest && msg.method == "initialize") {
+        new_session = deps.sessions.create();
+        if (!new_session) {
+          co_await send(error_response(http::status::service_unavailable, v, ka, kTransportError,
+                                       "too many open sessions; try again later", msg.id));
+          co_return ka;
+        }
+        new_session->owner = principal;
+        in.session = new_session;
+      } else {
+        if (header(req, "Mcp-Session-Id").empty()) {
+          co_await send(error_response(
+              http::status::bad_request, v, ka, kTransportError,
+              "Bad Request: Mcp-Session-Id header is required (send initialize first, or use protocol 2026-07-28)",
+              msg.id));
+          co_return ka;
+        }
+        in.session = find_session(req, principal);
+        if (!in.session) {
+          co_await send(error_response(http::status::not_found, v, ka, kSessionNotFound,
+                                       "Session not found: it ended or expired; initialize a new one", msg.id));
+          co_return ka;
+        }
+        if (!pv.empty() && in.session->initialized() && pv != in.session->version()) {
+          co_await send(error_response(http::status::bad_request, v, ka, mcp::kUnsupportedProtocolVersion,
+                                       "MCP-Protocol-Version " + pv + " does not match the session's " +
+                                           in.session->version(),
+                                       msg.id));
+          co_return ka;
+        }
+      }
+      in.channel = in.session->id();
+    }
+
+    if (msg.kind != jsonrpc::Kind::kRequest) {
+      in.message = std::move(msg);
+      co_await deps.dispatcher.handle(std::move(in));
+      Response r{http::status::accepted, v};
+      r.keep_alive(ka);
+      r.prepare_payload();
+      co_await send(std::move(r));
+      co_return ka;
+    }
+
+    // Stream (SSE) when there will be something to say before the answer: progress for a tool
+    // call, or the notifications of a subscription. Otherwise one JSON object.
+    const bool wants_progress = msg.method == "tools/call" && meta && meta->contains("progressToken");
+    const bool stream = accepts(accept, "text/event-stream") && !accept.empty() &&
+                        (wants_progress || msg.method == "subscriptions/listen");
+    std::string session_header = new_session ? new_session->id() : "";
+    in.message = std::move(msg);
+    auto flag = in.cancellation;
+    mcp::Outbound out;
+
+    if (!stream) {
+      co_await run_with_disconnect_watch(flag, [&]() -> asio::awaitable<void> {
+        out = co_await deps.dispatcher.handle(std::move(in));
+      });
+      if (disconnected_) co_return false;
+      finish_session(new_session, out);
+      if (!out.response) {
+        Response r{http::status::accepted, v};
+        r.keep_alive(ka);
+        r.prepare_payload();
+        co_await send(std::move(r));
+        co_return ka;
+      }
+      Response r = json_response(static_cast<http::status>(out.http_status), v, ka, *out.response);
+      if (new_session && out.http_status == 200 && out.response->contains("result"))
+        r.set("Mcp-Session-Id", session_header);
+      co_await send(std::move(r));
+      co_return ka;
+    }
+
+    auto q = std::make_shared<EventQueue>(executor());
+    auto self = this->shared_from_this();
+    in.notify = [self, q](const json& m) { self->push(q, jsonrpc::dump(m)); };
+    co_await run_with_disconnect_watch(flag, [&]() -> asio::awaitable<void> {
+      co_await write_sse_header(v, session_header);
+      // The dispatch and the event pump run side by side; `&&` waits for both, and a
+      // disconnect cancels both.
+      auto dispatch = [&]() -> asio::awaitable<void> {
+        out = co_await deps.dispatcher.handle(std::move(in));
+        // Posted, so it lands after notifications that were posted before it.
+        asio::post(executor(), [q] {
+          q->done = true;
+          q->wake.cancel();
+        });
+      };
+      co_await (dispatch() && pump_events(q, [] { return false; }));
+      if (out.response) co_await write_event(jsonrpc::dump(*out.response));
+      co_await write_last_chunk();
+    });
+    finish_session(new_session, out);
+    co_return !disconnected_ && ka;
+  }
+
+  void finish_session(const std::shared_ptr<mcp::LegacySession>& s, const mcp::Outbound& out) {
+    if (!s) return;
+    bool ok = out.response && out.response->contains("result");
+    if (!ok) server_->deps_.sessions.erase(s->id());
+    server_->deps_.metrics.sessions.store(static_cast<int64_t>(server_->deps_.sessions.size()));
+  }
+
+  // The 2026-07-28 header rules: MCP-Protocol-Version, Mcp-Method and (for named methods)
+  // Mcp-Name must be present and agree with the body. Returns the problem, if any.
+  std::optional<std::string> check_modern_headers(const Request& req, const jsonrpc::Message& msg, const json& meta) {
+    std::string pv = header(req, "MCP-Protocol-Version");
+    const json& body_pv = meta[mcp::kMetaProtocolVersion];
+    if (pv.empty()) return "Header mismatch: the MCP-Protocol-Version header is required";
+    if (!body_pv.is_string() || pv != body_pv.get<std::string>())
+      return "Header mismatch: MCP-Protocol-Version header value '" + pv + "' does not match body value '" +
+             (body_pv.is_string() ? body_pv.get<std::string>() : body_pv.dump()) + "'";
+    if (msg.kind != jsonrpc::Kind::kRequest) return std::nullopt;
+    std::string method = header(req, "Mcp-Method");
+    if (method.empty()) return "Header mismatch: the Mcp-Method header is required";
+    if (method != msg.method)
+      return "Header mismatch: Mcp-Method header value '" + method + "' does not match body value '" + msg.method + "'";
+    const char* name_field = msg.method == "tools/call" || msg.method == "prompts/get" ? "name"
+                             : msg.method == "resources/read"                         ? "uri"
+                                                                                      : nullptr;
+    if (name_field) {
+      std::string raw = header(req, "Mcp-Name");
+      if (raw.empty()) return "Header mismatch: the Mcp-Name header is required for " + msg.method;
+      auto name = decode_header_value(raw);
+      if (!name) return "Header mismatch: the Mcp-Name header has invalid characters or bad base64";
+      const json& body_name = msg.params.is_object() ? msg.params.value(name_field, json()) : json();
+      if (!body_name.is_string() || *name != body_name.get<std::string>())
+        return "Header mismatch: Mcp-Name header value '" + *name + "' does not match body value '" +
+               (body_name.is_string() ? body_name.get<std::string>() : body_name.dump()) + "'";
+    }
+    return std::nullopt;
+  }
+
+  // --- SSE ------------------------------------------------------------------------------------
+  void push(const std::shared_ptr<EventQueue>& q, std::string data) {
+    auto ex = executor();
+    auto deliver = [q, data = std::move(data)]() mutable {
+      q->items.push_back(std::move(data));
+      q->wake.cancel();
+    };
+    asio::post(ex, std::move(deliver));
+  }
+
+  asio::awaitable<void> write_sse_header(unsigned version, const std::string& session_id) {
+    http::response<http::empty_body> res{http::status::ok, version};
+    res.set(http::field::server, std::string_view("scigate"));
+    res.set(http::field::content_type, std::string_view("text/event-stream"));
+    res.set(http::field::cache_control, std::string_view("no-cache"));
+    res.set("X-Accel-Buffering", std::string_view("no"));
+    if (!session_id.empty()) res.set("Mcp-Session-Id", session_id);
+    res.chunked(true);
+    http::response_serializer<http::empty_body> sr{res};
+    server_->deps_.metrics.record_http(200);
+    auto [ec, n] = co_await http::async_write_header(stream_, sr, kAwait);
+    if (ec) throw boost::system::system_error(ec);
+  }
+
+  asio::awaitable<void> write_chunk(const std::string& data) {
+    auto [ec, n] = co_await asio::async_write(stream_, http::make_chunk(asio::buffer(data)), kAwait);
+    if (ec) throw boost::system::system_error(ec);
+  }
+  asio::awaitable<void> write_event(const std::string& data) {
+    co_await write_chunk("event: message\ndata: " + data + "\n\n");
+  }
+  asio::awaitable<void> write_last_chunk() {
+    auto [ec, n] = co_await asio::async_write(stream_, http::make_chunk_last(), kAwait);
+    if (ec) throw boost::system::system_error(ec);
+  }
+
+  // Writes queued events until the queue is marked done (or `stop()` says so), with a comment
+  // line as keep-alive when quiet.
+  template <class Stop>
+  asio::awaitable<void> pump_events(std::shared_ptr<EventQueue> q, Stop stop) {
+    for (;;) {
+      while (!q->items.empty()) {
+        std::string s = std::move(q->items.front());
+        q->items.pop_front();
+        co_await write_event(s);
+      }
+      if (q->done || stop() || disconnected_) co_return;
+      q->wake.expires_after(kKeepAlive);
+      auto [ec] = co_await q->wake.async_wait(kAwait);
+      auto cs = co_await asio::this_coro::cancellation_state;
+      if (cs.cancelled() != asio::cancellation_type::none) co_return;
+      if (!ec) co_await write_chunk(":\n\n");
+    }
+  }
+
+  // Runs `work` while watching the socket: if the client closes the connection the request is
+  // cancelled (the MCP cancellation signal for Streamable HTTP). Bytes that arrive meanwhile (a
+  // pipelined request) are kept for the next read.
+  template <class Work>
+  asio::awaitable<void> run_with_disconnect_watch(std::shared_ptr<CancellationFlag> flag, Work work) {
+    auto self = this->shared_from_this();
+    auto watch_done = std::make_shared<asio::steady_timer>(executor(), asio::steady_timer::time_point::max());
+    auto watching = std::make_shared<bool>(true);
+    asio::co_spawn(
+        executor(),
+        [self, flag, watch_done, watching]() -> asio::awaitable<void> {
+          auto [ec, n] = co_await self->read_some_raw();
+          if (!ec) {
+            self->buffer_.commit(n);
+          } else if (ec != asio::error::operation_aborted) {
+            self->disconnected_ = true;
+            flag->cancel();
+            self->work_cancel_.emit(asio::cancellation_type::terminal);
+          }
+          *watching = false;
+          watch_done->cancel();
+        },
+        asio::detached);
+    try {
+      co_await asio::co_spawn(executor(), work(), asio::bind_cancellation_slot(work_cancel_.slot(), asio::use_awaitable));
+    } catch (const std::exception& e) {
+      if (!disconnected_) log::debug("http_stream_error", {{"detail", e.what()}});
+      disconnected_ = true;
+    }
+    if (*watching) {
+      beast::error_code ec;
+      tcp_layer().socket().cancel(ec);
+      while (*watching) co_await watch_done->async_wait(kAwait);
+    }
+    if constexpr (!std::is_same_v<Stream, beast::tcp_stream>) {
+      // A TLS read cancelled mid-record leaves the stream unusable; do not reuse it.
+      disconnected_ = true;
+    }
+  }
+
+  asio::awaitable<std::tuple<beast::error_code, std::size_t>> read_some_raw() {
+    auto buf = buffer_.prepare(4096);
+    if constexpr (std::is_same_v<Stream, beast::tcp_stream>) {
+      auto [ec, n] = co_await tcp_layer().socket().async_read_some(buf, kAwait);
+      co_return std::make_tuple(beast::error_code(ec), n);
+    } else {
+      auto [ec, n] = co_await stream_.async_read_some(buf, kAwait);
+      co_return std::make_tuple(beast::error_code(ec), n);
+    }
+  }
+
+  std::shared_ptr<HttpServer::Impl> server_;
+  Stream stream_;
+  const HttpConfig& cfg_;
+  beast::flat_buffer buffer_;
+  uint64_t id_ = 0;
+  bool busy_ = false;
+  bool disconnected_ = false;
+  asio::cancellation_signal work_cancel_;
+};
+
+asio::awaitable<void> HttpServer::Impl::accept_loop(std::shared_ptr<Impl> self) {
+  for (;;) {
+    auto [ec, socket] = co_await self->acceptor_.async_accept(asio::make_strand(self->io_), kAwait);
+    if (ec) {
+      if (self->shutting_down_ || ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor) co_return;
+      // EMFILE and friends: back off briefly rather than spin.
+      log::warn("accept_failed", {{"detail", ec.message()}});
+      asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::milliseconds(50));
+      co_await t.async_wait(kAwait);
+      continue;
+    }
+    if (self->connection_count() >= self->deps_.config.http.max_connections) {
+      beast::error_code ignore;
+      socket.close(ignore);  // over capacity: refuse fast instead of queueing unboundedly
+      continue;
+    }
+    socket.set_option(tcp::no_delay(true));
+    auto ex = socket.get_executor();
+    if (self->tls_) {
+      using TlsStream = beast::ssl_stream<beast::tcp_stream>;
+      auto conn = std::make_shared<Connection<TlsStream>>(self, TlsStream(beast::tcp_stream(std::move(socket)), *self->tls_));
+      asio::co_spawn(ex, Connection<TlsStream>::run(conn), asio::detached);
+    } else {
+      auto conn = std::make_shared<Connection<beast::tcp_stream>>(self, beast::tcp_stream(std::move(socket)));
+      asio::co_spawn(ex, Connection<beast::tcp_stream>::run(conn), asio::detached);
+    }
+  }
+}
+
+HttpServer::HttpServer(asio::io_context& io, HttpDeps deps) : impl_(std::make_shared<Impl>(io, std::move(deps))) {}
+HttpServer::~HttpServer() = default;
+tcp::endpoint HttpServer::listen(const std::string& host, uint16_t port) { return impl_->listen(host, port); }
+void HttpServer::start() { impl_->start(); }
+void HttpServer::shutdown(std::function<void()> done) { impl_->shutdown(std::move(done)); }
+
+}  // namespace scigate::transport

@@ -1,0 +1,49 @@
+#pragma once
+// Streamable HTTP transport on Boost.Beast: POST /mcp for both MCP eras (JSON or SSE answers),
+// GET/DELETE /mcp for 2025-11-25 sessions, /healthz, /readyz and /metrics. Origin allow-list,
+// bearer-key authentication, header/body/idle timeouts, optional TLS, graceful shutdown.
+//
+// Thread-safety: one strand per connection; the server object itself is used from the
+// io_context's threads and from shutdown(), which is thread-safe.
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include <functional>
+#include <memory>
+
+#include "server/auth/api_keys.hpp"
+#include "server/config/config.hpp"
+#include "server/observability/metrics.hpp"
+#include "server/protocol/mcp_dispatcher.hpp"
+#include "server/protocol/mcp_session.hpp"
+
+namespace scigate::transport {
+
+struct HttpDeps {
+  const Config& config;
+  mcp::Dispatcher& dispatcher;
+  mcp::SessionStore& sessions;
+  auth::ApiKeyStore& keys;
+  Metrics& metrics;
+  std::function<bool()> ready;  // for /readyz
+};
+
+class HttpServer {
+ public:
+  HttpServer(boost::asio::io_context& io, HttpDeps deps);
+  ~HttpServer();
+
+  // Binds and listens; throws std::system_error when the address is unusable.
+  boost::asio::ip::tcp::endpoint listen(const std::string& host, uint16_t port);
+  void start();
+  // Stops accepting, closes idle connections and streams, lets in-flight requests finish for up
+  // to the configured grace, then calls `done` (on an io thread).
+  void shutdown(std::function<void()> done);
+
+  class Impl;
+
+ private:
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace scigate::transport

@@ -1,0 +1,26 @@
+#pragma once
+// MCP over stdio: newline-delimited JSON-RPC on stdin/stdout. Only MCP messages go to stdout
+// (logs go to stderr). Requests run concurrently. On EOF the calls still running get a grace
+// period to answer, then are cancelled, and the transport ends.
+#include <boost/asio/io_context.hpp>
+
+#include <chrono>
+
+#include "server/protocol/mcp_dispatcher.hpp"
+
+namespace scigate::transport {
+
+struct StdioOptions {
+  int in_fd = 0;
+  int out_fd = 1;
+  std::size_t max_message_bytes = 4 * 1024 * 1024;
+  int max_depth = 64;
+  std::chrono::milliseconds grace{30000};  // after EOF, how long running calls may finish
+};
+
+// Runs until EOF on in_fd (or io is stopped). Blocks the calling thread; `io` must be run by
+// other threads meanwhile (the caller's pool).
+void run_stdio(boost::asio::io_context& io, mcp::Dispatcher& dispatcher, const Principal& principal,
+               const StdioOptions& options);
+
+}  // namespace scigate::transport

@@ -1,0 +1,18 @@
+#include "tools/builtin.hpp"
+
+#include "tools/demo/demo_tools.hpp"
+#include "tools/whoami/whoami.hpp"
+
+namespace scigate::tools {
+
+ToolRegistry make_registry(const Config& config) {
+  ToolRegistry r;
+  r.add(std::make_unique<WhoamiTool>(config.server_name));
+  if (config.demo_tools) {
+    r.add(std::make_unique<EchoTool>());
+    r.add(std::make_unique<SleepTool>());
+  }
+  return r;
+}
+
+}  // namespace scigate::tools

@@ -1,0 +1,61 @@
+#pragma once
+// The agent-facing tool interface. A tool is a descriptor plus an async handler; the pipeline
+// validates arguments against `input_schema` before `call` runs, so handlers may rely on the
+// schema's types and required members. Handlers return domain failures the model can act on as
+// ToolResult::failure; they throw only for bugs.
+#include <boost/asio/awaitable.hpp>
+#include <nlohmann/json.hpp>
+
+#include <optional>
+#include <string>
+
+#include "server/common/error.hpp"
+#include "server/pipeline/call_context.hpp"
+
+namespace scigate {
+
+struct ToolAnnotations {
+  bool read_only = false;
+  bool destructive = true;   // MCP's defaults for a tool that says nothing
+  bool idempotent = false;
+  bool open_world = true;
+};
+
+// Whether a call may run as a task (the MCP tasks extension) instead of answering inline.
+enum class TaskSupport { kForbidden, kOptional, kRequired };
+
+struct ToolDescriptor {
+  std::string name;
+  std::string title;
+  std::string description;  // under 2 KB: it is sent to models on every tools/list
+  json input_schema;
+  json output_schema;       // null when the tool returns no structured content
+  ToolAnnotations annotations;
+  TaskSupport task_support = TaskSupport::kForbidden;
+};
+
+struct ToolResult {
+  json structured;          // matches output_schema on success
+  std::string text;         // a short human/model-readable rendering
+  std::optional<Error> error;
+  int64_t cost = 0;         // micro-credits actually used; never more than the hold
+
+  static ToolResult success(json structured, std::string text) {
+    return ToolResult{std::move(structured), std::move(text), std::nullopt, 0};
+  }
+  static ToolResult failure(Error e) { return ToolResult{nullptr, {}, std::move(e), 0}; }
+};
+
+class Tool {
+ public:
+  virtual ~Tool() = default;
+  virtual const ToolDescriptor& descriptor() const = 0;
+  // The most this call can cost, in micro-credits, from its validated arguments. Held before
+  // the call runs.
+  virtual int64_t worst_case_cost(const json& args) const { return 0; }
+  // Runs on the call's executor. Cancellation arrives through the coroutine's cancellation
+  // slot (awaited Asio operations fail with operation_aborted) and through ctx.cancelled().
+  virtual boost::asio::awaitable<ToolResult> call(const json& args, CallContext& ctx) = 0;
+};
+
+}  // namespace scigate
