@@ -6,6 +6,7 @@
 #include <valijson/validation_results.hpp>
 #include <valijson/validator.hpp>
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace scigate {
@@ -39,10 +40,11 @@ class CompiledSchema {
     for (const auto& c : last.context) {
       if (c == "<root>") continue;
       // context entries look like ["name"] or [3]
+      // valijson writes context entries as "[name]" for properties and "[3]" for items.
       std::string seg = c;
       if (seg.size() >= 2 && seg.front() == '[' && seg.back() == ']') seg = seg.substr(1, seg.size() - 2);
-      if (!seg.empty() && seg.front() == '"') path += "." + seg.substr(1, seg.size() - 2);
-      else path += "[" + seg + "]";
+      bool index = !seg.empty() && std::all_of(seg.begin(), seg.end(), [](unsigned char ch) { return std::isdigit(ch); });
+      path += index ? "[" + seg + "]" : "." + seg;
     }
     return path + ": " + last.description;
   }

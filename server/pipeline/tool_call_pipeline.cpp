@@ -120,11 +120,22 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
   std::optional<ToolResult> result;
   std::string outcome;
   Error failure;
+  // `||` completes on the first *success*, so the handler's exceptions are caught inside and
+  // carried out as a value: a throwing tool must not wait for the deadline.
+  auto guarded = [&]() -> asio::awaitable<std::pair<std::optional<ToolResult>, std::exception_ptr>> {
+    try {
+      co_return std::make_pair(std::optional<ToolResult>(co_await tool->call(req.arguments, ctx)), nullptr);
+    } catch (...) {
+      co_return std::make_pair(std::optional<ToolResult>(), std::current_exception());
+    }
+  };
   try {
     asio::steady_timer deadline(co_await asio::this_coro::executor, tool_timeout_);
-    auto winner = co_await (tool->call(req.arguments, ctx) || deadline.async_wait(asio::use_awaitable));
+    auto winner = co_await (guarded() || deadline.async_wait(asio::use_awaitable));
     if (winner.index() == 0) {
-      result = std::move(std::get<0>(winner));
+      auto& [value, thrown] = std::get<0>(winner);
+      if (thrown) std::rethrow_exception(thrown);
+      result = std::move(value);
     } else {
       ctx.cancellation->cancel();
       outcome = "timeout";

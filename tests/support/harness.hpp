@@ -1,0 +1,149 @@
+#pragma once
+// In-process wiring of the dispatcher and pipeline for unit tests, with small implementations
+// of the governance interfaces that record what the pipeline asked of them.
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <mutex>
+#include <optional>
+#include <vector>
+
+#include "server/protocol/mcp_dispatcher.hpp"
+#include "tools/builtin.hpp"
+
+namespace scigate::test {
+
+namespace asio = boost::asio;
+
+template <class T>
+T run_blocking(asio::io_context& io, asio::awaitable<T> aw) {
+  std::optional<T> out;
+  std::exception_ptr ep;
+  asio::co_spawn(io, std::move(aw), [&](std::exception_ptr e, T v) {
+    ep = e;
+    if (!e) out = std::move(v);
+  });
+  io.restart();
+  io.run();
+  if (ep) std::rethrow_exception(ep);
+  return std::move(*out);
+}
+
+class RecordingAudit : public AuditLog {
+ public:
+  void append(AuditRecord r) override {
+    std::lock_guard g(mutex);
+    records.push_back(std::move(r));
+  }
+  std::mutex mutex;
+  std::vector<AuditRecord> records;
+};
+
+// Permits everything except calls to `denied_tool`, which it forbids with rule "test-deny".
+class ScriptedPolicy : public PolicyEngine {
+ public:
+  Decision decide(const PolicyQuery& q) const override {
+    Decision d;
+    if (q.tool == denied_tool) {
+      d.rule_ids = {"test-deny"};
+      d.reason = "calls to " + q.tool + " are forbidden here";
+      d.hint = "use another tool";
+    } else {
+      d.effect = Decision::Effect::kPermit;
+      d.rule_ids = {"test-permit"};
+    }
+    return d;
+  }
+  bool may_list(const Principal&, const std::string& tool) const override { return tool != hidden_tool; }
+  std::string denied_tool;
+  std::string hidden_tool;
+};
+
+// Holds succeed while `balance` covers them; records settle/release calls.
+class CountingLedger : public Ledger {
+ public:
+  std::optional<Error> reserve(const HoldRequest& r, Hold& out) override {
+    std::lock_guard g(mutex);
+    if (r.amount > balance) return Error{ErrorCode::kInsufficientCredits, "not enough credits", "top up", {}};
+    balance -= r.amount;
+    out = Hold{"h" + std::to_string(++holds), r.amount};
+    return std::nullopt;
+  }
+  void settle(const Hold& h, MicroCredits actual) override {
+    std::lock_guard g(mutex);
+    balance += h.amount - actual;
+    ++settled;
+  }
+  void release(const Hold& h) override {
+    std::lock_guard g(mutex);
+    balance += h.amount;
+    ++released;
+  }
+  std::mutex mutex;
+  MicroCredits balance = 1'000'000;
+  int holds = 0, settled = 0, released = 0;
+};
+
+struct Harness {
+  explicit Harness(std::chrono::seconds tool_timeout = std::chrono::seconds(30)) : pipeline_timeout(tool_timeout) {
+    config.demo_tools = true;
+    config.projects.push_back(ProjectConfig{"demo", "Demo", {"alice"}});
+    config.projects.push_back(ProjectConfig{"other", "Other", {"alice"}});
+    registry = tools::make_registry(config);
+    pipeline = std::make_unique<ToolCallPipeline>(registry, policy, ledger, audit, metrics, pipeline_timeout);
+    dispatcher = std::make_unique<mcp::Dispatcher>(config, *pipeline, registry, policy, metrics);
+    alice.name = "alice";
+    alice.auth_method = "api_key";
+    alice.projects = config.projects_of("alice");
+  }
+
+  static json modern_meta() {
+    return json{{mcp::kMetaProtocolVersion, mcp::kModernVersion}, {mcp::kMetaClientCapabilities, json::object()}};
+  }
+  static json request(json id, const std::string& method, json params = json::object()) {
+    return json{{"jsonrpc", "2.0"}, {"id", std::move(id)}, {"method", method}, {"params", std::move(params)}};
+  }
+  static json modern(json id, const std::string& method, json params = json::object()) {
+    params["_meta"] = modern_meta();
+    return request(std::move(id), method, std::move(params));
+  }
+
+  mcp::Inbound inbound(const json& message, mcp::Transport t = mcp::Transport::kStdio) {
+    auto parsed = jsonrpc::parse(message.dump(), {});
+    REQUIRE(parsed.message);
+    mcp::Inbound in;
+    in.message = *parsed.message;
+    in.transport = t;
+    in.principal = alice;
+    in.session = session;
+    in.channel = "stdio";
+    return in;
+  }
+
+  mcp::Outbound call(const json& message) { return run_blocking(io, dispatcher->handle(inbound(message))); }
+
+  json initialize(const std::string& version = "2025-11-25") {
+    auto out = call(request(0, "initialize", {{"protocolVersion", version}, {"capabilities", json::object()},
+                                              {"clientInfo", {{"name", "t"}, {"version", "1"}}}}));
+    return *out.response;
+  }
+
+  asio::io_context io;
+  Config config;
+  ToolRegistry registry;
+  ScriptedPolicy policy;
+  CountingLedger ledger;
+  RecordingAudit audit;
+  Metrics metrics;
+  std::chrono::seconds pipeline_timeout;
+  std::unique_ptr<ToolCallPipeline> pipeline;
+  std::unique_ptr<mcp::Dispatcher> dispatcher;
+  std::shared_ptr<mcp::LegacySession> session = std::make_shared<mcp::LegacySession>("stdio");
+  Principal alice;
+};
+
+}  // namespace scigate::test
