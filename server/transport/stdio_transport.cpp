@@ -90,13 +90,15 @@ void run_stdio(asio::io_context& io, mcp::Dispatcher& dispatcher, const Principa
   Running running;
   jsonrpc::Limits limits{options.max_message_bytes, options.max_depth};
 
+  // One strand for the whole stream: requests start in the order they were read (initialize
+  // before what follows it) and interleave only where a handler awaits.
+  auto strand = asio::make_strand(io);
   auto dispatch_line = [&](std::string line) {
     auto parsed = jsonrpc::parse(line, limits);
     if (!parsed.message) {
       writer.write(jsonrpc::make_error(*parsed.error));
       return;
     }
-    auto strand = asio::make_strand(io);
     auto signal = std::make_shared<asio::cancellation_signal>();
     mcp::Inbound in;
     in.message = std::move(*parsed.message);

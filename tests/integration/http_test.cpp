@@ -1,0 +1,356 @@
+// The real server over real sockets: what each kind of bad or good request gets back.
+#include <catch2/catch.hpp>
+
+#include <sys/resource.h>
+
+#include <regex>
+#include <thread>
+
+#include "server_process.hpp"
+
+using namespace scigate::itest;
+using http::verb;
+
+namespace {
+
+// One server shared by the tests in this file that do not need a special config.
+ServerProcess& shared_server() {
+  static ServerProcess s("[limits]\nmax_message_bytes = 65536\n");
+  return s;
+}
+
+json call(Client& c, const std::string& key, const json& req) {
+  std::string name = req["params"].value("name", "");
+  auto r = c.request(verb::post, "/mcp", modern_headers(key, req["method"], name), req.dump());
+  return r.json_body();
+}
+
+int metric(uint16_t port, const std::string& series) {
+  Client c(port);
+  auto r = c.request(verb::get, "/metrics", {});
+  auto p = r.body.find(series + " ");
+  if (p == std::string::npos) return 0;
+  return std::stoi(r.body.substr(p + series.size() + 1));
+}
+
+}  // namespace
+
+TEST_CASE("http: health, readiness and metrics endpoints") {
+  auto& s = shared_server();
+  Client c(s.port());
+  auto h = c.request(verb::get, "/healthz", {});
+  CHECK(h.status == 200);
+  CHECK(h.json_body()["status"] == "ok");
+  CHECK(c.request(verb::get, "/readyz", {}).status == 200);
+  auto m = c.request(verb::get, "/metrics", {});
+  CHECK(m.status == 200);
+  CHECK(m.body.find("# TYPE scigate_tool_calls_total counter") != std::string::npos);
+  CHECK(m.body.find("scigate_http_connections") != std::string::npos);
+  CHECK(c.request(verb::post, "/healthz", {}).status == 405);
+  CHECK(c.request(verb::get, "/nope", {}).status == 404);
+}
+
+TEST_CASE("http: authentication at the edge") {
+  auto& s = shared_server();
+  Client c(s.port());
+  auto req = modern_request(1, "tools/list");
+  auto h = modern_headers("", "tools/list");
+  h.erase("Authorization");
+  auto r = c.request(verb::post, "/mcp", h, req.dump());
+  CHECK(r.status == 401);
+  CHECK(r.header("www-authenticate").rfind("Bearer", 0) == 0);
+  CHECK(r.json_body()["error"]["message"].get<std::string>().find("Authorization: Bearer") != std::string::npos);
+
+  auto bad = c.request(verb::post, "/mcp", modern_headers("sgk_000000000000_nope", "tools/list"), req.dump());
+  CHECK(bad.status == 401);
+  CHECK(bad.header("www-authenticate").find("invalid_token") != std::string::npos);
+
+  auto ok = c.request(verb::post, "/mcp", modern_headers(s.service_key(), "tools/list"), req.dump());
+  CHECK(ok.status == 200);
+  auto who = call(c, s.service_key(), modern_request(2, "tools/call", {{"name", "whoami"}}));
+  CHECK(who["result"]["structuredContent"]["principal"] == "lab-controller");
+  CHECK(who["result"]["structuredContent"]["kind"] == "service");
+}
+
+TEST_CASE("http: Origin is checked against the allow-list") {
+  auto& s = shared_server();
+  Client c(s.port());
+  auto req = modern_request(1, "tools/list");
+  auto h = modern_headers(s.user_key(), "tools/list");
+  h["Origin"] = "https://evil.example";
+  auto r = c.request(verb::post, "/mcp", h, req.dump());
+  CHECK(r.status == 403);
+  CHECK(r.json_body()["error"]["message"].get<std::string>().find("evil.example") != std::string::npos);
+  h["Origin"] = "http://localhost:6274";
+  CHECK(c.request(verb::post, "/mcp", h, req.dump()).status == 200);
+}
+
+TEST_CASE("http: malformed bodies get clear JSON-RPC errors and the connection survives") {
+  auto& s = shared_server();
+  Client c(s.port());
+  auto h = modern_headers(s.user_key(), "tools/list");
+  struct Case {
+    std::string body;
+    int status;
+    int code;
+  };
+  std::string deep = R"({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"x":)" + std::string(100, '[') +
+                     std::string(100, ']') + "}}";
+  std::vector<Case> cases = {
+      {"{not json", 400, -32700},
+      {R"({"jsonrpc":"2.0","id":1,"method":"tools/li)", 400, -32700},
+      {std::string("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"\xc3\x28\"}"), 400, -32700},
+      {deep, 400, -32600},
+      {R"([{"jsonrpc":"2.0","id":1,"method":"tools/list"}])", 400, -32600},
+      {R"({"jsonrpc":"1.0","id":1,"method":"tools/list"})", 400, -32600},
+      {R"({"jsonrpc":"2.0","id":{"a":1},"method":"tools/list"})", 400, -32600},
+      {R"("just a string")", 400, -32600},
+  };
+  for (const auto& k : cases) {
+    INFO(k.body.substr(0, 60));
+    auto r = c.request(verb::post, "/mcp", h, k.body);
+    CHECK(r.status == k.status);
+    auto j = r.json_body();
+    REQUIRE(j.is_object());
+    CHECK(j["error"]["code"] == k.code);
+    CHECK(j["error"]["message"].get<std::string>().size() > 5);
+  }
+  // Still serving on the same connection.
+  CHECK(c.request(verb::post, "/mcp", h, modern_request(9, "tools/list").dump()).status == 200);
+}
+
+TEST_CASE("http: wrong content type, accept and oversize bodies") {
+  auto& s = shared_server();
+  {
+    Client c(s.port());
+    auto h = modern_headers(s.user_key(), "tools/list");
+    h["Content-Type"] = "text/plain";
+    CHECK(c.request(verb::post, "/mcp", h, modern_request(1, "tools/list").dump()).status == 415);
+    h["Content-Type"] = "application/json";
+    h["Accept"] = "text/html";
+    CHECK(c.request(verb::post, "/mcp", h, modern_request(1, "tools/list").dump()).status == 406);
+  }
+  {
+    Client c(s.port());
+    std::string big = R"({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"pad":")" + std::string(70000, 'x') + "\"}}";
+    auto r = c.request(verb::post, "/mcp", modern_headers(s.user_key(), "tools/list"), big);
+    CHECK(r.status == 413);
+    CHECK(r.json_body()["error"]["message"].get<std::string>().find("65536") != std::string::npos);
+  }
+  Client again(s.port());
+  CHECK(again.request(verb::get, "/healthz", {}).status == 200);
+}
+
+TEST_CASE("http: 2026-07-28 header rules") {
+  auto& s = shared_server();
+  Client c(s.port());
+  auto req = modern_request(1, "tools/call", {{"name", "echo"}, {"arguments", {{"text", "x"}}}});
+  auto body = req.dump();
+  auto code_of = [&](std::map<std::string, std::string> h) {
+    auto r = c.request(verb::post, "/mcp", h, body);
+    return std::make_pair(r.status, r.json_body()["error"].value("code", 0));
+  };
+  auto good = modern_headers(s.user_key(), "tools/call", "echo");
+  CHECK(c.request(verb::post, "/mcp", good, body).json_body()["result"]["structuredContent"]["text"] == "x");
+
+  auto h = good;
+  h.erase("MCP-Protocol-Version");
+  CHECK(code_of(h) == std::make_pair(400, -32020));
+  h = good;
+  h["MCP-Protocol-Version"] = "2025-11-25";
+  CHECK(code_of(h) == std::make_pair(400, -32020));
+  h = good;
+  h.erase("Mcp-Method");
+  CHECK(code_of(h) == std::make_pair(400, -32020));
+  h = good;
+  h["Mcp-Method"] = "tools/list";
+  CHECK(code_of(h) == std::make_pair(400, -32020));
+  h = good;
+  h.erase("Mcp-Name");
+  CHECK(code_of(h) == std::make_pair(400, -32020));
+  h = good;
+  h["Mcp-Name"] = "whoami";
+  auto mismatch = c.request(verb::post, "/mcp", h, body);
+  CHECK(mismatch.status == 400);
+  CHECK(mismatch.json_body()["error"]["message"].get<std::string>().find("'whoami'") != std::string::npos);
+  h = good;
+  h["Mcp-Name"] = "=?base64?ZWNobw==?=";  // "echo"
+  CHECK(c.request(verb::post, "/mcp", h, body).status == 200);
+
+  // Unsupported version in both header and body.
+  auto old = req;
+  old["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] = "2030-01-01";
+  h = good;
+  h["MCP-Protocol-Version"] = "2030-01-01";
+  auto uv = c.request(verb::post, "/mcp", h, old.dump());
+  CHECK(uv.status == 400);
+  CHECK(uv.json_body()["error"]["code"] == -32022);
+  CHECK(uv.json_body()["error"]["data"]["supported"][0] == "2026-07-28");
+
+  // The modern header without _meta in the body.
+  auto bare = json{{"jsonrpc", "2.0"}, {"id", 3}, {"method", "tools/list"}};
+  auto r = c.request(verb::post, "/mcp", modern_headers(s.user_key(), "tools/list"), bare.dump());
+  CHECK(r.status == 400);
+  CHECK(r.json_body()["error"]["code"] == -32602);
+
+  // Unknown method: 404 with -32601.
+  auto um = c.request(verb::post, "/mcp", modern_headers(s.user_key(), "prompts/list"),
+                      modern_request(4, "prompts/list").dump());
+  CHECK(um.status == 404);
+  CHECK(um.json_body()["error"]["code"] == -32601);
+
+  // GET and DELETE are not part of this era.
+  auto g = modern_headers(s.user_key(), "x");
+  CHECK(c.request(verb::get, "/mcp", g).status == 405);
+  CHECK(c.request(verb::delete_, "/mcp", g).status == 405);
+}
+
+TEST_CASE("http: 2025-11-25 sessions") {
+  auto& s = shared_server();
+  Client c(s.port());
+  json init{{"jsonrpc", "2.0"}, {"id", 1}, {"method", "initialize"},
+            {"params", {{"protocolVersion", "2025-11-25"}, {"capabilities", json::object()},
+                        {"clientInfo", {{"name", "itest"}, {"version", "1"}}}}}};
+  auto r = c.request(verb::post, "/mcp", legacy_headers(s.user_key()), init.dump());
+  REQUIRE(r.status == 200);
+  std::string sid = r.header("mcp-session-id");
+  CHECK(std::regex_match(sid, std::regex("[0-9a-f]{32}")));
+  CHECK(r.json_body()["result"]["protocolVersion"] == "2025-11-25");
+
+  auto note = c.request(verb::post, "/mcp", legacy_headers(s.user_key(), sid),
+                        R"({"jsonrpc":"2.0","method":"notifications/initialized"})");
+  CHECK(note.status == 202);
+  CHECK(note.body.empty());
+
+  json list{{"jsonrpc", "2.0"}, {"id", 2}, {"method", "tools/list"}};
+  auto l = c.request(verb::post, "/mcp", legacy_headers(s.user_key(), sid), list.dump());
+  CHECK(l.status == 200);
+  CHECK(l.json_body()["result"]["tools"].size() == 3);
+
+  auto no_sid = c.request(verb::post, "/mcp", legacy_headers(s.user_key()), list.dump());
+  CHECK(no_sid.status == 400);
+  CHECK(no_sid.json_body()["error"]["message"].get<std::string>().find("Mcp-Session-Id") != std::string::npos);
+  CHECK(c.request(verb::post, "/mcp", legacy_headers(s.user_key(), std::string(32, 'a')), list.dump()).status == 404);
+  // Someone else's session does not exist for you.
+  CHECK(c.request(verb::post, "/mcp", legacy_headers(s.service_key(), sid), list.dump()).status == 404);
+  // A version header that contradicts the session.
+  auto h = legacy_headers(s.user_key(), sid);
+  h["MCP-Protocol-Version"] = "2025-03-26";
+  CHECK(c.request(verb::post, "/mcp", h, list.dump()).status == 400);
+
+  // The standalone GET stream: one per session.
+  Client stream(s.port());
+  auto gh = legacy_headers(s.user_key(), sid);
+  gh["Accept"] = "text/event-stream";
+  stream.send_raw("GET /mcp HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + s.user_key() +
+                  "\r\nAccept: text/event-stream\r\nMcp-Session-Id: " + sid + "\r\n\r\n");
+  auto head = stream.read_head();
+  CHECK(head.status == 200);
+  CHECK(head.header("content-type") == "text/event-stream");
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(c.request(verb::get, "/mcp", gh).status == 409);
+
+  auto del = c.request(verb::delete_, "/mcp", legacy_headers(s.user_key(), sid));
+  CHECK(del.status == 204);
+  CHECK(c.request(verb::post, "/mcp", legacy_headers(s.user_key(), sid), list.dump()).status == 404);
+  CHECK(c.request(verb::delete_, "/mcp", legacy_headers(s.user_key(), sid)).status == 404);
+}
+
+TEST_CASE("http: progress streams as SSE and closing the stream cancels the call") {
+  auto& s = shared_server();
+  int before = metric(s.port(), R"(scigate_tool_calls_total{tool="sleep",outcome="cancelled"})");
+  auto req = modern_request(5, "tools/call", {{"name", "sleep"}, {"arguments", {{"seconds", 30}, {"steps", 300}}}});
+  req["params"]["_meta"]["progressToken"] = "pt";
+  Client c(s.port());
+  auto h = modern_headers(s.user_key(), "tools/call", "sleep");
+  std::string raw = "POST /mcp HTTP/1.1\r\nHost: x\r\n";
+  for (auto& [k, v] : h) raw += k + ": " + v + "\r\n";
+  raw += "Content-Length: " + std::to_string(req.dump().size()) + "\r\n\r\n" + req.dump();
+  c.send_raw(raw);
+  auto head = c.read_head();
+  REQUIRE(head.status == 200);
+  CHECK(head.header("content-type") == "text/event-stream");
+  auto ev = c.next_event();
+  REQUIRE(ev);
+  CHECK((*ev)["method"] == "notifications/progress");
+  CHECK((*ev)["params"]["progressToken"] == "pt");
+  c.close();
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  int after = before;
+  while (std::chrono::steady_clock::now() < deadline && after == before) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    after = metric(s.port(), R"(scigate_tool_calls_total{tool="sleep",outcome="cancelled"})");
+  }
+  CHECK(after == before + 1);
+  CHECK(s.log().find("\"outcome\":\"cancelled\"") != std::string::npos);
+}
+
+TEST_CASE("http: a short SSE call ends with its response and the connection is reusable") {
+  auto& s = shared_server();
+  auto req = modern_request(6, "tools/call", {{"name", "sleep"}, {"arguments", {{"seconds", 0.05}, {"steps", 2}}}});
+  req["params"]["_meta"]["progressToken"] = 17;
+  Client c(s.port());
+  auto r = c.request(verb::post, "/mcp", modern_headers(s.user_key(), "tools/call", "sleep"), req.dump());
+  CHECK(r.header("content-type") == "text/event-stream");
+  auto last = r.body.rfind("data: ");
+  REQUIRE(last != std::string::npos);
+  auto final_msg = json::parse(r.body.substr(last + 6, r.body.find('\n', last) - last - 6));
+  CHECK(final_msg["id"] == 6);
+  CHECK(final_msg["result"]["structuredContent"]["slept_seconds"] == 0.05);
+  CHECK(r.body.find("\"progress\":2") != std::string::npos);
+  CHECK(c.request(verb::get, "/healthz", {}).status == 200);
+}
+
+TEST_CASE("http: thousands of idle connections do not stop others being served") {
+  auto& s = shared_server();
+  rlimit rl{};
+  getrlimit(RLIMIT_NOFILE, &rl);
+  rl.rlim_cur = rl.rlim_max;
+  setrlimit(RLIMIT_NOFILE, &rl);
+  const int n = std::min<int>(3000, static_cast<int>(rl.rlim_cur) - 100);
+  asio::io_context io;
+  std::vector<tcp::socket> idle;
+  for (int i = 0; i < n; ++i) {
+    idle.emplace_back(io);
+    idle.back().connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), s.port()));
+  }
+  Client c(s.port());
+  auto who = call(c, s.user_key(), modern_request(1, "tools/call", {{"name", "whoami"}}));
+  CHECK(who["result"]["structuredContent"]["principal"] == "demo");
+  for (auto& sock : idle) sock.close();
+}
+
+TEST_CASE("http: a slow client is cut off at the header timeout while others are served") {
+  ServerProcess s("[http]\nheader_timeout_s = 1\n");
+  Client slow(s.port());
+  slow.send_raw("POST /mcp HTTP/1.1\r\nHost: x\r\n");
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 3; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    slow.send_raw("X-Slow: 1\r\n");
+  }
+  Client other(s.port());
+  CHECK(other.request(verb::get, "/healthz", {}).status == 200);
+  CHECK(slow.closed_by_peer(std::chrono::seconds(3)));
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(4));
+}
+
+TEST_CASE("http: SIGTERM lets an in-flight call finish, then the server exits cleanly") {
+  ServerProcess s;
+  std::optional<Reply> reply;
+  std::thread t([&] {
+    Client c(s.port());
+    auto req = modern_request(1, "tools/call", {{"name", "sleep"}, {"arguments", {{"seconds", 1.0}}}});
+    reply = c.request(verb::post, "/mcp", modern_headers(s.user_key(), "tools/call", "sleep"), req.dump());
+  });
+  Client idle(s.port());  // an idle keep-alive connection must not hold up shutdown
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  auto t0 = std::chrono::steady_clock::now();
+  int code = s.stop();
+  t.join();
+  CHECK(code == 0);
+  REQUIRE(reply);
+  CHECK(reply->status == 200);
+  CHECK(reply->json_body()["result"]["structuredContent"]["slept_seconds"] == 1.0);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+}

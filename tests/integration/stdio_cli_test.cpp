@@ -1,0 +1,116 @@
+// The real binary over stdio, and the command line.
+#include <catch2/catch.hpp>
+
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "server_process.hpp"
+
+using namespace scigate::itest;
+
+namespace {
+std::vector<json> lines_of(const std::string& out) {
+  std::vector<json> v;
+  std::istringstream in(out);
+  std::string line;
+  while (std::getline(in, line)) {
+    auto j = json::parse(line, nullptr, false);
+    REQUIRE_FALSE(j.is_discarded());  // stdout carries MCP messages only
+    v.push_back(j);
+  }
+  return v;
+}
+}  // namespace
+
+TEST_CASE("stdio: a session over pipes, bad lines included, ends at EOF") {
+  ServerProcess s("", false);
+  std::string input;
+  input += "this is not json\n";
+  input += R"({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"pipe","version":"0"}}})" "\n";
+  input += R"({"jsonrpc":"2.0","method":"notifications/initialized"})" "\n";
+  input += R"({"jsonrpc":"2.0","id":2,"method":"tools/list"})" "\n";
+  input += R"({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"text":"over stdio"}}})" "\n";
+  input += modern_request("m", "tools/call", {{"name", "whoami"}}).dump() + "\n";
+  input += R"([1,2])" "\n";
+  auto t0 = std::chrono::steady_clock::now();
+  std::string out;
+  int code = run_command({binary(), "serve", "--config", s.config_path(), "--stdio"}, &out, input);
+  CHECK(code == 0);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+  auto msgs = lines_of(out);
+  REQUIRE(msgs.size() == 6);
+  std::map<std::string, json> by_id;
+  std::vector<json> errors_without_id;
+  for (auto& m : msgs) {
+    if (m.contains("id")) by_id[m["id"].dump()] = m;
+    else errors_without_id.push_back(m);
+  }
+  REQUIRE(errors_without_id.size() == 2);
+  CHECK(errors_without_id[0]["error"]["code"] == -32700);
+  CHECK(errors_without_id[1]["error"]["code"] == -32600);
+  CHECK(by_id["1"]["result"]["protocolVersion"] == "2025-06-18");
+  CHECK(by_id["2"]["result"]["tools"].size() == 3);
+  CHECK(by_id["3"]["result"]["structuredContent"]["text"] == "over stdio");
+  CHECK(by_id["\"m\""]["result"]["structuredContent"]["principal"] == "demo");
+  CHECK(by_id["\"m\""]["result"]["structuredContent"]["auth_method"] == "stdio");
+  CHECK(by_id["\"m\""]["result"]["resultType"] == "complete");
+}
+
+TEST_CASE("stdio: SCIGATE_API_KEY selects the principal; a bad key refuses to start") {
+  ServerProcess s("", false);
+  std::string input = modern_request(1, "tools/call", {{"name", "whoami"}}).dump() + "\n";
+  setenv("SCIGATE_API_KEY", s.service_key().c_str(), 1);
+  std::string out;
+  CHECK(run_command({binary(), "serve", "--config", s.config_path(), "--stdio"}, &out, input) == 0);
+  auto msgs = lines_of(out);
+  REQUIRE(msgs.size() == 1);
+  CHECK(msgs[0]["result"]["structuredContent"]["principal"] == "lab-controller");
+  setenv("SCIGATE_API_KEY", "sgk_bad_bad", 1);
+  CHECK(run_command({binary(), "serve", "--config", s.config_path(), "--stdio"}, &out, input) == 2);
+  CHECK(out.empty());
+  unsetenv("SCIGATE_API_KEY");
+}
+
+TEST_CASE("cli: version, usage errors and config errors") {
+  std::string out;
+  CHECK(run_command({binary(), "version"}, &out) == 0);
+  CHECK(out.rfind("scigate ", 0) == 0);
+  CHECK(run_command({binary(), "frobnicate"}, &out) == 2);
+  ServerProcess s("", false);
+  s.merge_config("[server]\nthreads = \"many\"\n");
+  CHECK(run_command({binary(), "serve", "--config", s.config_path(), "--stdio"}, &out, "") == 2);
+  CHECK(run_command({binary(), "init", s.dir().string()}, &out) == 3);  // never overwrites
+}
+
+TEST_CASE("cli: keys are created, listed and revoked; a running server stops accepting a revoked key") {
+  ServerProcess s;
+  std::string token;
+  REQUIRE(run_command({binary(), "key", "create", "--config", s.config_path(), "--principal", "demo", "--description",
+                       "itest"},
+                      &token) == 0);
+  while (!token.empty() && token.back() == '\n') token.pop_back();
+  CHECK(token.rfind("sgk_", 0) == 0);
+  Client c(s.port());
+  auto req = modern_request(1, "tools/call", {{"name", "whoami"}});
+  CHECK(c.request(http::verb::post, "/mcp", modern_headers(token, "tools/call", "whoami"), req.dump()).status == 200);
+
+  std::string list;
+  REQUIRE(run_command({binary(), "key", "list", "--config", s.config_path()}, &list) == 0);
+  std::string key_id = token.substr(4, token.find('_', 4) - 4);
+  CHECK(list.find(key_id) != std::string::npos);
+  CHECK(list.find("itest") != std::string::npos);
+  CHECK(list.find("secret") == std::string::npos);
+  CHECK(list.find(token.substr(token.rfind('_') + 1)) == std::string::npos);  // never shown again
+
+  REQUIRE(run_command({binary(), "key", "revoke", "--config", s.config_path(), key_id}) == 0);
+  CHECK(run_command({binary(), "key", "revoke", "--config", s.config_path(), key_id}) == 1);
+  int status = 200;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(8);
+  while (status == 200 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    Client c2(s.port());
+    status = c2.request(http::verb::post, "/mcp", modern_headers(token, "tools/call", "whoami"), req.dump()).status;
+  }
+  CHECK(status == 401);
+}
