@@ -17,7 +17,7 @@ pkgs=(build-essential cmake ninja-build ccache pkg-config git ca-certificates cu
 if (( want_test )); then
   pkgs+=(clang-14 libclang-rt-14-dev  # libFuzzer target and sanitizer runtime
          nodejs npm                   # official MCP clients from npm
-         procps psmisc)
+         procps psmisc openssl)  # openssl: self-signed certificates for the TLS test
 fi
 
 missing=()

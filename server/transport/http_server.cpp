@@ -296,7 +296,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
       busy_ = true;
       bool keep = co_await handle(req);
       busy_ = false;
-      if (!keep || !req.keep_alive()) co_return;
+      if (!keep || !req.keep_alive() || !reusable_) co_return;
     }
   }
 
@@ -309,7 +309,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     Response res{status, version};
     res.set(http::field::server, std::string_view("scigate"));
     res.set(http::field::content_type, std::string_view("application/json"));
-    res.keep_alive(keep_alive && !server_->shutting_down_);
+    res.keep_alive(keep_alive && !server_->shutting_down_ && reusable_);
     res.body() = jsonrpc::dump(body);
     res.prepare_payload();
     return res;
@@ -733,13 +733,15 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     auto self = this->shared_from_this();
     auto watch_done = std::make_shared<asio::steady_timer>(executor(), asio::steady_timer::time_point::max());
     auto watching = std::make_shared<bool>(true);
+    watch_stopped_ = false;
     asio::co_spawn(
         executor(),
         [self, flag, watch_done, watching]() -> asio::awaitable<void> {
           auto [ec, n] = co_await self->read_some_raw();
           if (!ec) {
             self->buffer_.commit(n);
-          } else if (ec != asio::error::operation_aborted) {
+          } else if (!self->watch_stopped_) {
+            // The peer closed or reset, or shutdown closed the socket: stop the work.
             self->disconnected_ = true;
             flag->cancel();
             self->work_cancel_.emit(asio::cancellation_type::terminal);
@@ -756,12 +758,13 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     }
     if (*watching) {
       beast::error_code ec;
+      watch_stopped_ = true;
       tcp_layer().socket().cancel(ec);
       while (*watching) co_await watch_done->async_wait(kAwait);
     }
     if constexpr (!std::is_same_v<Stream, beast::tcp_stream>) {
-      // A TLS read cancelled mid-record leaves the stream unusable; do not reuse it.
-      disconnected_ = true;
+      // A TLS read cancelled mid-record leaves the stream unusable: answer, then close.
+      reusable_ = false;
     }
   }
 
@@ -783,6 +786,8 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
   uint64_t id_ = 0;
   bool busy_ = false;
   bool disconnected_ = false;
+  bool reusable_ = true;
+  bool watch_stopped_ = false;  // we cancelled the watch ourselves: not a disconnect
   asio::cancellation_signal work_cancel_;
 };
 

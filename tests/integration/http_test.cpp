@@ -344,6 +344,17 @@ TEST_CASE("http: SIGTERM lets an in-flight call finish, then the server exits cl
     reply = c.request(verb::post, "/mcp", modern_headers(s.user_key(), "tools/call", "sleep"), req.dump());
   });
   Client idle(s.port());  // an idle keep-alive connection must not hold up shutdown
+  // Nor may a 2025-11-25 session's open GET stream.
+  Client init(s.port());
+  json hello{{"jsonrpc", "2.0"}, {"id", 1}, {"method", "initialize"},
+             {"params", {{"protocolVersion", "2025-11-25"}, {"capabilities", json::object()},
+                         {"clientInfo", {{"name", "itest"}, {"version", "1"}}}}}};
+  std::string sid = init.request(verb::post, "/mcp", legacy_headers(s.user_key()), hello.dump()).header("mcp-session-id");
+  REQUIRE_FALSE(sid.empty());
+  Client stream(s.port());
+  stream.send_raw("GET /mcp HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + s.user_key() +
+                  "\r\nAccept: text/event-stream\r\nMcp-Session-Id: " + sid + "\r\n\r\n");
+  REQUIRE(stream.read_head().status == 200);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   auto t0 = std::chrono::steady_clock::now();
   int code = s.stop();
@@ -353,4 +364,27 @@ TEST_CASE("http: SIGTERM lets an in-flight call finish, then the server exits cl
   CHECK(reply->status == 200);
   CHECK(reply->json_body()["result"]["structuredContent"]["slept_seconds"] == 1.0);
   CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+}
+
+TEST_CASE("http: optional TLS serves the same endpoint") {
+  ServerProcess s("", false);
+  auto cert = (s.dir() / "cert.pem").string(), key = (s.dir() / "key.pem").string();
+  REQUIRE(run_command({"/usr/bin/openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                       "-days", "1", "-subj", "/CN=127.0.0.1"}) == 0);
+  s.merge_config("[http]\ntls_cert = \"" + cert + "\"\ntls_key = \"" + key + "\"\n");
+  s.start();
+  auto req = modern_request(1, "tools/call", {{"name", "whoami"}});
+  std::string out;
+  std::string url = "https://127.0.0.1:" + std::to_string(s.port()) + "/mcp";
+  int rc = run_command({"/usr/bin/curl", "-s", "--cacert", cert, url, "-H", "Authorization: Bearer " + s.user_key(), "-H",
+                        "Content-Type: application/json", "-H", "Accept: application/json, text/event-stream", "-H",
+                        "MCP-Protocol-Version: 2026-07-28", "-H", "Mcp-Method: tools/call", "-H", "Mcp-Name: whoami",
+                        "--data-binary", req.dump()},
+                       &out);
+  REQUIRE(rc == 0);
+  auto j = json::parse(out, nullptr, false);
+  REQUIRE(j.is_object());
+  CHECK(j["result"]["structuredContent"]["principal"] == "demo");
+  // Plain HTTP to the TLS port is not served.
+  CHECK(run_command({"/usr/bin/curl", "-s", "-m", "3", "http://127.0.0.1:" + std::to_string(s.port()) + "/healthz"}, &out) != 0);
 }
