@@ -117,7 +117,6 @@ int App::serve_stdio() {
   transport::StdioOptions opts;
   opts.max_message_bytes = config_.max_message_bytes;
   opts.max_depth = config_.max_depth;
-  opts.grace = config_.http.shutdown_grace;
   log::info("stdio_ready", {{"principal", principal.name}, {"tools", registry_.tools().size()}});
   transport::run_stdio(io, dispatcher_, principal, opts);
   work.reset();

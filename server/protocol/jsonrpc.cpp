@@ -81,7 +81,8 @@ ParseResult parse(std::string_view text, const Limits& limits) {
     }
     m.method = method->get<std::string>();
     m.kind = j.contains("id") ? Kind::kRequest : Kind::kNotification;
-    if (auto p = j.find("params"); p != j.end()) {
+    m.params = json::object();  // absent params read as empty, so handlers need not null-check
+    if (auto p = j.find("params"); p != j.end() && !p->is_null()) {
       if (!p->is_object()) {
         // MCP only uses by-name params; by-position arrays are a malformed request here.
         if (m.kind == Kind::kRequest) {

@@ -29,7 +29,7 @@ struct Message {
   Kind kind = Kind::kRequest;
   json id;             // string or integer for requests and responses; null for notifications
   std::string method;  // empty for responses
-  json params;         // object, or null when absent
+  json params;         // always an object for requests and notifications (empty when absent)
   json raw;            // the whole message
 };
 

@@ -9,6 +9,8 @@
 
 #include "scigate/version.hpp"
 #include "server/common/crypto.hpp"
+#include "server/common/json_util.hpp"
+#include "server/observability/log.hpp"
 
 namespace scigate::mcp {
 namespace asio = boost::asio;
@@ -69,6 +71,20 @@ json Dispatcher::capabilities(bool modern) const {
 }
 
 asio::awaitable<Outbound> Dispatcher::handle(Inbound in) {
+  std::string failure;
+  try {
+    co_return co_await route(in);
+  } catch (const std::exception& e) {
+    failure = e.what();
+  }
+  // Only a bug gets here. The caller learns that, and a correlation id; the log learns the rest.
+  std::string correlation = "req-" + crypto::random_hex(8);
+  log::error("request_failed", {{"request_id", correlation}, {"method", in.message.method}, {"detail", failure}});
+  if (in.message.kind != jsonrpc::Kind::kRequest) co_return accepted();
+  co_return error(in.message.id, jsonrpc::kInternalError, "internal error (correlation id " + correlation + ")", 500);
+}
+
+asio::awaitable<Outbound> Dispatcher::route(Inbound& in) {
   const auto& msg = in.message;
   if (msg.kind == jsonrpc::Kind::kResponse) co_return accepted();  // we send no requests; nothing to match
   metrics_.record_rpc(msg.method);
@@ -106,7 +122,7 @@ asio::awaitable<Outbound> Dispatcher::handle_modern(Inbound& in, const std::stri
     co_return error(msg.id, jsonrpc::kInvalidParams,
                     std::string("missing required _meta field \"") + kMetaClientCapabilities + "\" (an object)", 400);
   std::string client_name;
-  if (auto ci = meta.find(kMetaClientInfo); ci != meta.end() && ci->is_object()) client_name = ci->value("name", "");
+  client_name = string_member(object_member(meta, kMetaClientInfo), "name");
 
   Outbound out;
   if (msg.method == "server/discover") {
@@ -149,8 +165,10 @@ asio::awaitable<Outbound> Dispatcher::handle_legacy(Inbound& in) {
                     "params._meta",
                     400);
   if (msg.method == "tools/list") co_return tools_list(in, false);
-  if (msg.method == "tools/call") co_return co_await tools_call(in, session->version(), session->client_name(),
-                                                                msg.params.value("_meta", json::object()));
+  if (msg.method == "tools/call") {
+    json meta = object_member(msg.params, "_meta");
+    co_return co_await tools_call(in, session->version(), session->client_name(), meta);
+  }
   co_return error(msg.id, jsonrpc::kMethodNotFound, "Method not found: " + msg.method);
 }
 
@@ -164,7 +182,7 @@ Outbound Dispatcher::initialize(Inbound& in) {
   std::string requested = p["protocolVersion"].get<std::string>();
   // Version negotiation: echo a version we speak, else offer our latest of this era.
   std::string chosen = is_legacy_version(requested) ? requested : kLatestLegacyVersion;
-  in.session->initialize(chosen, p.value("capabilities", json::object()), p.value("clientInfo", json::object()));
+  in.session->initialize(chosen, object_member(p, "capabilities"), object_member(p, "clientInfo"));
   json r{{"protocolVersion", chosen}, {"capabilities", capabilities(false)}, {"serverInfo", server_info()}};
   if (!config_.instructions.empty()) r["instructions"] = config_.instructions;
   return result(msg.id, std::move(r));
@@ -264,9 +282,9 @@ asio::awaitable<Outbound> Dispatcher::subscriptions_listen(Inbound& in, const js
   if (!in.notify)
     co_return error(msg.id, jsonrpc::kInvalidRequest,
                     "subscriptions/listen needs a streaming response: send Accept: text/event-stream");
-  json filter = msg.params.value("notifications", json::object());
+  json filter = object_member(msg.params, "notifications");
   json acknowledged = json::object();
-  bool tools = filter.is_object() && filter.value("toolsListChanged", false);
+  bool tools = bool_member(filter, "toolsListChanged");
   if (tools) acknowledged["toolsListChanged"] = true;  // the only list this server has
 
   auto executor = co_await asio::this_coro::executor;

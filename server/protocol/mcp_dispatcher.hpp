@@ -64,6 +64,7 @@ class Dispatcher {
   Dispatcher(const Config& config, ToolCallPipeline& pipeline, const ToolRegistry& registry,
              const PolicyEngine& policy, Metrics& metrics);
 
+  // Never throws: a bug below answers -32603 with a correlation id (details go to the log).
   boost::asio::awaitable<Outbound> handle(Inbound in);
 
   // Ends every subscriptions/listen stream gracefully (server shutdown).
@@ -75,6 +76,7 @@ class Dispatcher {
   std::size_t page_size = 50;
 
  private:
+  boost::asio::awaitable<Outbound> route(Inbound& in);
   boost::asio::awaitable<Outbound> handle_modern(Inbound& in, const std::string& version, const json& meta);
   boost::asio::awaitable<Outbound> handle_legacy(Inbound& in);
   boost::asio::awaitable<Outbound> tools_call(Inbound& in, const std::string& version, const std::string& client_name,

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "server/auth/principal.hpp"
+#include "server/common/json_util.hpp"
 
 namespace scigate::mcp {
 
@@ -42,7 +43,7 @@ class LegacySession {
   }
   std::string client_name() const {
     std::lock_guard g(mutex_);
-    return client_info_.is_object() ? client_info_.value("name", "") : "";
+    return string_member(client_info_, "name");
   }
 
   // The principal that created the session; later requests must present the same one.

@@ -467,6 +467,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
       co_return ka;
     }
     // The standalone stream: server-initiated notifications until the client or server ends it.
+    cancel_on_disconnect_ = true;
     busy_ = false;  // long-lived and idle for shutdown purposes
     auto q = std::make_shared<EventQueue>(executor());
     auto self = this->shared_from_this();
@@ -588,6 +589,18 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     std::string session_header = new_session ? new_session->id() : "";
     in.message = std::move(msg);
     auto flag = in.cancellation;
+    // notifications/cancelled (from another POST) reaches this request through the dispatcher.
+    const uint64_t generation = ++request_generation_;
+    auto self_ref = this->shared_from_this();
+    in.cancel = [self_ref, flag, generation] {
+      flag->cancel();
+      asio::post(self_ref->executor(), [self_ref, generation] {
+        if (self_ref->request_generation_ == generation) self_ref->work_cancel_.emit(asio::cancellation_type::terminal);
+      });
+    };
+    // 2026-07-28: closing the stream is the cancellation signal. 2025-11-25: a disconnect must
+    // not be read as cancellation; the call runs on and its answer is dropped.
+    cancel_on_disconnect_ = modern;
     mcp::Outbound out;
 
     if (!stream) {
@@ -694,16 +707,23 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     if (ec) throw boost::system::system_error(ec);
   }
 
+  // A failed write means the client is gone: that ends the work when a disconnect is a
+  // cancellation, and otherwise only stops further writes.
   asio::awaitable<void> write_chunk(const std::string& data) {
+    if (disconnected_ && !cancel_on_disconnect_) co_return;
     auto [ec, n] = co_await asio::async_write(stream_, http::make_chunk(asio::buffer(data)), kAwait);
-    if (ec) throw boost::system::system_error(ec);
+    if (ec) {
+      disconnected_ = true;
+      if (cancel_on_disconnect_) throw boost::system::system_error(ec);
+    }
   }
   asio::awaitable<void> write_event(const std::string& data) {
     co_await write_chunk("event: message\ndata: " + data + "\n\n");
   }
   asio::awaitable<void> write_last_chunk() {
+    if (disconnected_) co_return;
     auto [ec, n] = co_await asio::async_write(stream_, http::make_chunk_last(), kAwait);
-    if (ec) throw boost::system::system_error(ec);
+    if (ec) disconnected_ = true;
   }
 
   // Writes queued events until the queue is marked done (or `stop()` says so), with a comment
@@ -716,12 +736,12 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
         q->items.pop_front();
         co_await write_event(s);
       }
-      if (q->done || stop() || disconnected_) co_return;
+      if (q->done || stop() || (disconnected_ && cancel_on_disconnect_)) co_return;
       q->wake.expires_after(kKeepAlive);
       auto [ec] = co_await q->wake.async_wait(kAwait);
       auto cs = co_await asio::this_coro::cancellation_state;
       if (cs.cancelled() != asio::cancellation_type::none) co_return;
-      if (!ec) co_await write_chunk(":\n\n");
+      if (!ec && !disconnected_) co_await write_chunk(":\n\n");
     }
   }
 
@@ -741,10 +761,13 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
           if (!ec) {
             self->buffer_.commit(n);
           } else if (!self->watch_stopped_) {
-            // The peer closed or reset, or shutdown closed the socket: stop the work.
+            // The peer closed or reset, or shutdown closed the socket.
+            log::debug("http_client_gone", {{"detail", ec.message()}});
             self->disconnected_ = true;
-            flag->cancel();
-            self->work_cancel_.emit(asio::cancellation_type::terminal);
+            if (self->cancel_on_disconnect_) {
+              flag->cancel();
+              self->work_cancel_.emit(asio::cancellation_type::terminal);
+            }
           }
           *watching = false;
           watch_done->cancel();
@@ -788,6 +811,8 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
   bool disconnected_ = false;
   bool reusable_ = true;
   bool watch_stopped_ = false;  // we cancelled the watch ourselves: not a disconnect
+  bool cancel_on_disconnect_ = true;
+  uint64_t request_generation_ = 0;
   asio::cancellation_signal work_cancel_;
 };
 

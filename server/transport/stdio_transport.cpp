@@ -169,14 +169,13 @@ void run_stdio(asio::io_context& io, mcp::Dispatcher& dispatcher, const Principa
   }
   if (!discarding && !pending.empty()) dispatch_line(std::move(pending));
 
-  // EOF: no more requests. Answers to what is still running can still be read (a client may
-  // close its end after writing), so give them the grace period, then cancel the rest and wait
-  // for the handlers to unwind (holds released, audit records written).
+  // EOF: the client is gone or done, and the spec asks servers to exit promptly. End open
+  // subscriptions, cancel what still runs, and wait only for the handlers to unwind (holds
+  // released, audit records written). Calls that already finished have been answered.
+  dispatcher.close_subscriptions();
   std::unique_lock l(running.mutex);
-  if (!running.cv.wait_for(l, options.grace, [&] { return running.count == 0; })) {
-    for (auto& [id, cancel] : running.cancels) cancel();
-    running.cv.wait_for(l, std::chrono::seconds(10), [&] { return running.count == 0; });
-  }
+  for (auto& [id, cancel] : running.cancels) cancel();
+  running.cv.wait_for(l, std::chrono::seconds(10), [&] { return running.count == 0; });
   session->set_outlet(nullptr);
 }
 

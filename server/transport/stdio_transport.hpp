@@ -1,7 +1,7 @@
 #pragma once
 // MCP over stdio: newline-delimited JSON-RPC on stdin/stdout. Only MCP messages go to stdout
-// (logs go to stderr). Requests run concurrently. On EOF the calls still running get a grace
-// period to answer, then are cancelled, and the transport ends.
+// (logs go to stderr). Requests start in order and run concurrently. On EOF, subscriptions end,
+// calls still running are cancelled, and the transport returns once they have unwound.
 #include <boost/asio/io_context.hpp>
 
 #include <chrono>
@@ -15,7 +15,6 @@ struct StdioOptions {
   int out_fd = 1;
   std::size_t max_message_bytes = 4 * 1024 * 1024;
   int max_depth = 64;
-  std::chrono::milliseconds grace{30000};  // after EOF, how long running calls may finish
 };
 
 // Runs until EOF on in_fd (or io is stopped). Blocks the calling thread; `io` must be run by

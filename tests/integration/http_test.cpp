@@ -388,3 +388,55 @@ TEST_CASE("http: optional TLS serves the same endpoint") {
   // Plain HTTP to the TLS port is not served.
   CHECK(run_command({"/usr/bin/curl", "-s", "-m", "3", "http://127.0.0.1:" + std::to_string(s.port()) + "/healthz"}, &out) != 0);
 }
+
+TEST_CASE("http: 2025-11-25 cancellation is notifications/cancelled, not a dropped connection") {
+  auto& s = shared_server();
+  Client c(s.port());
+  json init{{"jsonrpc", "2.0"}, {"id", 1}, {"method", "initialize"},
+            {"params", {{"protocolVersion", "2025-11-25"}, {"capabilities", json::object()},
+                        {"clientInfo", {{"name", "itest"}, {"version", "1"}}}}}};
+  std::string sid = c.request(verb::post, "/mcp", legacy_headers(s.user_key()), init.dump()).header("mcp-session-id");
+  REQUIRE_FALSE(sid.empty());
+  const std::string cancelled = R"(scigate_tool_calls_total{tool="sleep",outcome="cancelled"})";
+  const std::string ok = R"(scigate_tool_calls_total{tool="sleep",outcome="ok"})";
+
+  // A notifications/cancelled on another POST stops the running call.
+  int before = metric(s.port(), cancelled);
+  std::optional<Reply> reply;
+  auto t0 = std::chrono::steady_clock::now();
+  std::thread t([&] {
+    Client caller(s.port());
+    json call{{"jsonrpc", "2.0"}, {"id", "long-1"}, {"method", "tools/call"},
+              {"params", {{"name", "sleep"}, {"arguments", {{"seconds", 20}}}}}};
+    try {
+      reply = caller.request(verb::post, "/mcp", legacy_headers(s.user_key(), sid), call.dump());
+    } catch (...) {
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  json cancel{{"jsonrpc", "2.0"}, {"method", "notifications/cancelled"}, {"params", {{"requestId", "long-1"}, {"reason", "test"}}}};
+  CHECK(c.request(verb::post, "/mcp", legacy_headers(s.user_key(), sid), cancel.dump()).status == 202);
+  t.join();
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+  CHECK(metric(s.port(), cancelled) == before + 1);
+  if (reply) CHECK(reply->body.find("slept_seconds") == std::string::npos);
+
+  // Dropping the connection does not cancel in this era: the call runs to the end.
+  int ok_before = metric(s.port(), ok);
+  {
+    Client dropper(s.port());
+    json call{{"jsonrpc", "2.0"}, {"id", "short-1"}, {"method", "tools/call"},
+              {"params", {{"name", "sleep"}, {"arguments", {{"seconds", 0.5}}}}}};
+    auto h = legacy_headers(s.user_key(), sid);
+    std::string raw = "POST /mcp HTTP/1.1\r\nHost: x\r\n";
+    for (auto& [k, v] : h) raw += k + ": " + v + "\r\n";
+    raw += "Content-Length: " + std::to_string(call.dump().size()) + "\r\n\r\n" + call.dump();
+    dropper.send_raw(raw);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    dropper.close();
+  }
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (metric(s.port(), ok) == ok_before && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK(metric(s.port(), ok) == ok_before + 1);
+}

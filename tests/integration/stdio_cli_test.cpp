@@ -114,3 +114,24 @@ TEST_CASE("cli: keys are created, listed and revoked; a running server stops acc
   }
   CHECK(status == 401);
 }
+
+TEST_CASE("stdio: EOF ends the server promptly even with a long call and a subscription open") {
+  ServerProcess s("", false);
+  std::string input;
+  input += modern_request("listen", "subscriptions/listen", {{"notifications", {{"toolsListChanged", true}}}}).dump() + "\n";
+  input += modern_request("long", "tools/call", {{"name", "sleep"}, {"arguments", {{"seconds", 30}}}}).dump() + "\n";
+  auto t0 = std::chrono::steady_clock::now();
+  std::string out;
+  CHECK(run_command({binary(), "serve", "--config", s.config_path(), "--stdio"}, &out, input) == 0);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+  auto msgs = lines_of(out);
+  bool acked = false, ended = false, long_answered = false;
+  for (auto& m : msgs) {
+    if (m.value("method", "") == "notifications/subscriptions/acknowledged") acked = true;
+    if (m.contains("id") && m["id"] == "listen" && m.contains("result")) ended = true;
+    if (m.contains("id") && m["id"] == "long") long_answered = true;
+  }
+  CHECK(acked);
+  CHECK(ended);               // the subscription closed gracefully
+  CHECK_FALSE(long_answered);  // the cancelled call sends nothing
+}

@@ -28,7 +28,9 @@ export function startAuthProxy({ upstream, key, record, port = 0 }) {
       const body = Buffer.concat(chunks);
       const headers = { ...req.headers };
       if (!headers.authorization && key) headers.authorization = `Bearer ${key}`;
-      if (body.length > 0) headers['content-length'] = String(body.length);
+      // The body is buffered: forward it with an exact length.
+      delete headers['transfer-encoding'];
+      if (body.length > 0 || req.headers['content-length'] !== undefined) headers['content-length'] = String(body.length);
       const upReq = http.request({
         host: up.hostname,
         port: up.port,
@@ -39,11 +41,23 @@ export function startAuthProxy({ upstream, key, record, port = 0 }) {
       });
       let entry = null;
       if (record) {
-        entry = { http: req.method, path: req.url, mcpMethod: req.headers['mcp-method'] ?? null, rpc: [] };
+        entry = {
+          http: req.method,
+          path: req.url,
+          mcpMethod: req.headers['mcp-method'] ?? null,
+          mcpName: req.headers['mcp-name'] ?? null,
+          protocolVersion: req.headers['mcp-protocol-version'] ?? null,
+          session: req.headers['mcp-session-id'] ?? null,
+          rpc: [],
+          names: [],
+        };
         try {
           const parsed = JSON.parse(body.toString('utf8'));
           for (const m of Array.isArray(parsed) ? parsed : [parsed]) {
-            if (m && typeof m === 'object') entry.rpc.push(m.method ?? (m.result !== undefined ? 'response' : 'error-response'));
+            if (m && typeof m === 'object') {
+              entry.rpc.push(m.method ?? (m.result !== undefined ? 'response' : 'error-response'));
+              entry.names.push(m.params?.name ?? null);
+            }
           }
         } catch {
           /* not JSON (GET/DELETE or garbage on purpose) */

@@ -10,7 +10,7 @@ TEST_CASE("jsonrpc: a request with an integer id parses") {
   CHECK(r.message->kind == Kind::kRequest);
   CHECK(r.message->id == 7);
   CHECK(r.message->method == "ping");
-  CHECK(r.message->params.is_null());
+  CHECK(r.message->params == nlohmann::json::object());
 }
 
 TEST_CASE("jsonrpc: notifications and responses are told apart") {
