@@ -12,7 +12,7 @@
 namespace scigate {
 
 struct AuditRecord {
-  int64_t time_ms = 0;         // unix time of the decision
+  int64_t time_ms = 0;         // unix time the request reached the gateway
   std::string request_id;
   std::string principal;       // empty when unauthenticated
   std::string project;
@@ -31,8 +31,8 @@ class AuditLog {
   virtual void append(AuditRecord record) = 0;
 };
 
-// Writes each record as one structured log line (logger "audit"). Not tamper-evident; the
-// hash-chained store replaces it.
+// Writes each record as one structured log line (event "audit"), whatever the log level. Not
+// tamper-evident; the hash-chained store replaces it.
 class LogAuditLog final : public AuditLog {
  public:
   void append(AuditRecord record) override;

@@ -42,7 +42,7 @@ int App::serve_http(const std::string& host, uint16_t port, const std::string& p
   dispatcher_.on_tools_changed_legacy = [&sessions] {
     for (auto& s : sessions.all()) s->send(jsonrpc::make_notification("notifications/tools/list_changed", nullptr));
   };
-  transport::HttpServer server(io, transport::HttpDeps{config_, dispatcher_, sessions, keys_, metrics_, [this] {
+  transport::HttpServer server(io, transport::HttpDeps{config_, dispatcher_, sessions, keys_, metrics_, audit_, [this] {
                                                          try {
                                                            db_.schema_version();
                                                            return true;
@@ -77,7 +77,10 @@ int App::serve_http(const std::string& host, uint16_t port, const std::string& p
   std::function<void()> wait_hup = [&] {
     hup.async_wait([&](const boost::system::error_code& ec, int) {
       if (ec) return;
-      log::info("sighup", {{"detail", "nothing to reload yet: policies arrive with the governance layer"}});
+      // Nothing is reloaded yet (policies will be); clients are told to re-list tools, which is
+      // what a reload changes.
+      log::info("sighup", {{"detail", "sending notifications/tools/list_changed"}});
+      dispatcher_.broadcast_tools_changed();
       wait_hup();
     });
   };

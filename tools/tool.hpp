@@ -32,6 +32,8 @@ struct ToolDescriptor {
   json output_schema;       // null when the tool returns no structured content
   ToolAnnotations annotations;
   TaskSupport task_support = TaskSupport::kForbidden;
+  // Whether a call must be charged to a project. Only introspection (whoami) works without one.
+  bool needs_project = true;
 };
 
 struct ToolResult {

@@ -20,7 +20,10 @@ T get(const toml::table& t, std::string_view key, T fallback, const std::string&
   if constexpr (std::is_same_v<T, bool>) {
     if (auto v = n->value<bool>()) return *v;
   } else if constexpr (std::is_integral_v<T>) {
-    if (auto v = n->value<int64_t>(); v && *v >= 0) return static_cast<T>(*v);
+    if (auto v = n->value<int64_t>()) {
+      if (*v >= 0) return static_cast<T>(*v);
+      throw ConfigError(where(n->source(), source) + ": \"" + std::string(key) + "\" must be zero or more");
+    }
   } else {
     if (auto v = n->value<std::string>()) return *v;
   }
@@ -40,6 +43,21 @@ std::vector<std::string> get_strings(const toml::table& t, std::string_view key,
     out.push_back(*s);
   }
   return out;
+}
+
+// Typos must not pass silently: every key of a table must be one this version knows.
+void reject_unknown(const toml::table& t, std::initializer_list<std::string_view> allowed, const std::string& table_name,
+                    const std::string& source) {
+  for (const auto& [key, node] : t) {
+    bool known = false;
+    for (auto a : allowed) known = known || key.str() == a;
+    if (!known) {
+      std::string list;
+      for (auto a : allowed) list += (list.empty() ? "" : ", ") + std::string(a);
+      throw ConfigError(where(node.source(), source) + ": unknown key \"" + std::string(key.str()) + "\" in " +
+                        table_name + " (known: " + list + ")");
+    }
+  }
 }
 
 const toml::table* section(const toml::table& root, std::string_view name, const std::string& source) {
@@ -82,7 +100,9 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
   }
   Config c;
   c.base_dir = base_dir;
+  reject_unknown(root, {"server", "limits", "http", "stdio", "tools", "projects"}, "the top level", source);
   if (auto* s = section(root, "server", source)) {
+    reject_unknown(*s, {"name", "database", "log_level", "log_format", "threads", "instructions"}, "[server]", source);
     c.server_name = get<std::string>(*s, "name", c.server_name, source);
     c.database = get<std::string>(*s, "database", c.database.string(), source);
     c.log_level = get<std::string>(*s, "log_level", c.log_level, source);
@@ -90,13 +110,25 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
     c.threads = get<int>(*s, "threads", c.threads, source);
     c.instructions = get<std::string>(*s, "instructions", c.instructions, source);
   }
+  static const std::vector<std::string> kLevels = {"trace", "debug", "info", "warn", "error", "off"};
+  if (std::find(kLevels.begin(), kLevels.end(), c.log_level) == kLevels.end())
+    throw ConfigError(source + ": server.log_level must be one of trace, debug, info, warn, error, off (got \"" +
+                      c.log_level + "\")");
+  if (c.log_format != "json" && c.log_format != "text")
+    throw ConfigError(source + ": server.log_format must be json or text (got \"" + c.log_format + "\")");
   if (auto* s = section(root, "limits", source)) {
+    reject_unknown(*s, {"max_message_bytes", "max_depth", "tool_timeout_s"}, "[limits]", source);
     c.max_message_bytes = get<std::size_t>(*s, "max_message_bytes", c.max_message_bytes, source);
     c.max_depth = get<int>(*s, "max_depth", c.max_depth, source);
     c.tool_timeout = std::chrono::seconds(get<int64_t>(*s, "tool_timeout_s", c.tool_timeout.count(), source));
   }
   c.http.max_body_bytes = c.max_message_bytes;
   if (auto* s = section(root, "http", source)) {
+    reject_unknown(*s,
+                   {"listen", "allowed_origins", "max_header_bytes", "header_timeout_s", "body_timeout_s",
+                    "idle_timeout_s", "session_idle_timeout_s", "shutdown_grace_s", "max_connections", "max_sessions",
+                    "tls_cert", "tls_key"},
+                   "[http]", source);
     if (auto listen = get<std::string>(*s, "listen", "", source); !listen.empty()) parse_listen(listen, c.http, source);
     c.http.allowed_origins = get_strings(*s, "allowed_origins", c.http.allowed_origins, source);
     c.http.max_header_bytes = get<std::size_t>(*s, "max_header_bytes", c.http.max_header_bytes, source);
@@ -115,14 +147,21 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
     if (c.http.tls_cert.empty() != c.http.tls_key.empty())
       throw ConfigError(source + ": http.tls_cert and http.tls_key must be set together");
   }
-  if (auto* s = section(root, "stdio", source)) c.stdio_principal = get<std::string>(*s, "principal", "", source);
-  if (auto* s = section(root, "tools", source)) c.demo_tools = get<bool>(*s, "demo", false, source);
+  if (auto* s = section(root, "stdio", source)) {
+    reject_unknown(*s, {"principal"}, "[stdio]", source);
+    c.stdio_principal = get<std::string>(*s, "principal", "", source);
+  }
+  if (auto* s = section(root, "tools", source)) {
+    reject_unknown(*s, {"demo"}, "[tools]", source);
+    c.demo_tools = get<bool>(*s, "demo", false, source);
+  }
   if (const toml::node* n = root.get("projects")) {
     const toml::array* a = n->as_array();
     if (!a) throw ConfigError(where(n->source(), source) + ": projects must be an array of tables ([[projects]])");
     for (const auto& e : *a) {
       const toml::table* t = e.as_table();
       if (!t) throw ConfigError(where(e.source(), source) + ": each [[projects]] entry must be a table");
+      reject_unknown(*t, {"id", "name", "members"}, "[[projects]]", source);
       ProjectConfig p;
       p.id = get<std::string>(*t, "id", "", source);
       if (p.id.empty()) throw ConfigError(where(e.source(), source) + ": a project needs an \"id\"");

@@ -10,6 +10,7 @@
 namespace scigate::log {
 namespace {
 bool g_json = true;
+std::shared_ptr<spdlog::logger> g_audit;
 
 std::string iso_now() {
   using namespace std::chrono;
@@ -33,6 +34,20 @@ void init(const std::string& format, const std::string& level) {
   logger->set_level(spdlog::level::from_str(level));
   logger->flush_on(spdlog::level::info);
   spdlog::set_default_logger(logger);
+  g_audit = std::make_shared<spdlog::logger>("audit", logger->sinks().begin(), logger->sinks().end());
+  g_audit->set_pattern(g_json ? "%v" : "%Y-%m-%dT%H:%M:%S.%e audit %v");
+  g_audit->set_level(spdlog::level::info);
+  g_audit->flush_on(spdlog::level::info);
+}
+
+void audit(const nlohmann::json& fields) {
+  if (!g_audit) {  // logging not initialised (unit tests): fall back to the default logger
+    event(spdlog::level::info, "audit", fields);
+    return;
+  }
+  nlohmann::json line{{"ts", iso_now()}, {"level", "info"}, {"event", "audit"}};
+  for (auto it = fields.begin(); it != fields.end(); ++it) line[it.key()] = it.value();
+  g_audit->info("{}", jsonrpc::dump(line));
 }
 
 void event(spdlog::level::level_enum level, std::string_view name, const nlohmann::json& fields) {

@@ -13,6 +13,8 @@ namespace scigate::log {
 // format: "json" or "text"; level: trace|debug|info|warn|error|off
 void init(const std::string& format, const std::string& level);
 void event(spdlog::level::level_enum level, std::string_view name, const nlohmann::json& fields = {});
+// Audit records are written whatever the log level: they are a record, not diagnostics.
+void audit(const nlohmann::json& fields);
 
 inline void info(std::string_view name, const nlohmann::json& fields = {}) { event(spdlog::level::info, name, fields); }
 inline void warn(std::string_view name, const nlohmann::json& fields = {}) { event(spdlog::level::warn, name, fields); }

@@ -63,8 +63,8 @@ std::string Metrics::render() const {
   for (const auto& [s, v] : http_) o << "scigate_http_responses_total{status=\"" << s << "\"} " << v << "\n";
   o << "# HELP scigate_sessions Open MCP sessions (2025-11-25 era).\n# TYPE scigate_sessions gauge\n"
     << "scigate_sessions " << sessions.load() << "\n";
-  o << "# HELP scigate_in_flight_requests Requests being handled.\n# TYPE scigate_in_flight_requests gauge\n"
-    << "scigate_in_flight_requests " << in_flight.load() << "\n";
+  o << "# HELP scigate_tool_calls_in_flight Tool calls being handled.\n# TYPE scigate_tool_calls_in_flight gauge\n"
+    << "scigate_tool_calls_in_flight " << in_flight.load() << "\n";
   o << "# HELP scigate_http_connections Open HTTP connections.\n# TYPE scigate_http_connections gauge\n"
     << "scigate_http_connections " << connections.load() << "\n";
   return o.str();

@@ -54,6 +54,7 @@ struct CallContext {
   std::string project;            // the project this call is for (may be empty for whoami)
   std::string request_id;         // correlation id, in logs and audit records
   std::string protocol_version;   // the MCP version the call was made under
+  std::string era;                // "2026-07-28" (stateless) or "2025-11-25" (session) era
   std::string client_name;        // from clientInfo, for display and logs
   std::chrono::steady_clock::time_point deadline;
   ProgressReporter progress;

@@ -82,6 +82,13 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
   // 2. The project the call is for.
   std::string project = req.requested_project.empty() ? req.principal.default_project() : req.requested_project;
   audit.project = project;
+  if (project.empty() && tool->descriptor().needs_project) {
+    Error e{ErrorCode::kForbidden, req.principal.name + " is not a member of any project, and " + req.tool +
+                                       " must be charged to one",
+            "ask an administrator to add " + req.principal.name + " to a project", {}};
+    fail("denied", e);
+    co_return out;
+  }
 
   // 3. Arguments against the tool's inputSchema.
   if (auto e = registry_.validate_arguments(*tool, req.arguments)) {
@@ -112,6 +119,7 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
   ctx.project = project;
   ctx.request_id = req.request_id;
   ctx.protocol_version = req.protocol_version;
+  ctx.era = req.era;
   ctx.client_name = req.client_name;
   ctx.deadline = started + tool_timeout_;
   ctx.progress = std::move(req.progress);

@@ -27,6 +27,7 @@ struct ToolCallRequest {
   std::string requested_project;  // from _meta or a header; empty: the principal's default
   std::string request_id;         // correlation id
   std::string protocol_version;
+  std::string era;
   std::string client_name;
   ProgressReporter progress;
   std::shared_ptr<CancellationFlag> cancellation = std::make_shared<CancellationFlag>();

@@ -230,6 +230,7 @@ asio::awaitable<Outbound> Dispatcher::tools_call(Inbound& in, const std::string&
   else req.requested_project = in.project_header;
   req.request_id = "req-" + crypto::random_hex(8);
   req.protocol_version = version;
+  req.era = version == kModernVersion ? kModernVersion : kLatestLegacyVersion;
   req.client_name = client_name;
   req.cancellation = in.cancellation;
   if (auto tok = meta.find("progressToken"); tok != meta.end() && (tok->is_string() || tok->is_number_integer()) &&

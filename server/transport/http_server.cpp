@@ -207,8 +207,11 @@ class HttpServer::Impl : public std::enable_shared_from_this<HttpServer::Impl> {
     if (connection_count() > 0) {
       log::warn("shutdown_grace_expired", {{"connections", connection_count()}});
       close_connections(true);
-      t.expires_after(std::chrono::milliseconds(100));
-      co_await t.async_wait(kAwait);
+      auto unwind = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+      while (connection_count() > 0 && std::chrono::steady_clock::now() < unwind) {
+        t.expires_after(std::chrono::milliseconds(20));
+        co_await t.async_wait(kAwait);
+      }
     }
     done();
   }
@@ -226,6 +229,12 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
         [weak = std::weak_ptr<Connection>(self)](bool force) {
           if (auto s = weak.lock())
             asio::post(s->executor(), [s, force] {
+              if (force) {
+                // Grace is over: whatever still runs is cancelled, so it unwinds (holds
+                // released, audit written) before the process exits.
+                s->cancel_on_disconnect_ = true;
+                s->work_cancel_.emit(asio::cancellation_type::terminal);
+              }
               if (force || !s->busy_) s->close_socket();
             });
         }});
@@ -333,7 +342,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
 
     if (path == "/healthz" || path == "/readyz" || path == "/metrics") {
       if (req.method() != http::verb::get && req.method() != http::verb::head) {
-        Response r = json_response(http::status::method_not_allowed, v, ka, status_body("use GET"));
+        Response r = error_response(http::status::method_not_allowed, v, ka, kTransportError, path + " takes GET");
         r.set(http::field::allow, std::string_view("GET"));
         co_await send(std::move(r));
         co_return ka;
@@ -373,6 +382,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
       bool had_token = !header(req, "Authorization").empty();
       std::string why = had_token ? std::string("the bearer token is not valid (unknown, malformed or revoked key)")
                                   : std::string("authentication required: send Authorization: Bearer <API key>");
+      audit_refusal(req, std::nullopt, "unauthenticated", why);
       Response r = error_response(http::status::unauthorized, v, ka, kTransportError, why);
       std::string challenge = "Bearer realm=\"scigate\"";
       if (had_token) challenge += ", error=\"invalid_token\"";
@@ -394,6 +404,26 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
       co_await send(std::move(r));
     }
     co_return keep;
+  }
+
+  // Requests refused before the tool pipeline still leave an audit record.
+  void audit_refusal(const Request& req, const std::optional<Principal>& who, const std::string& outcome,
+                     const std::string& reason) {
+    AuditRecord r;
+    r.time_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::system_clock::now().time_since_epoch()).count();
+    r.request_id = "http-" + crypto::random_hex(8);
+    if (who) r.principal = who->name;
+    r.outcome = outcome;
+    r.error_code = outcome == "unauthenticated" ? "unauthenticated" : "invalid_request";
+    beast::error_code ec;
+    auto remote = tcp_layer().socket().remote_endpoint(ec);
+    r.details = json::object();
+    r.details["reason"] = reason;
+    r.details["method"] = std::string(req.method_string());
+    r.details["path"] = std::string(req.target().substr(0, 200));
+    if (!ec) r.details["remote"] = remote.address().to_string();
+    server_->deps_.audit.append(std::move(r));
   }
 
   std::optional<Principal> authenticate(const Request& req) {
@@ -500,6 +530,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     }
     auto parsed = jsonrpc::parse(req.body(), {cfg_.max_body_bytes, deps.config.max_depth});
     if (!parsed.message) {
+      audit_refusal(req, principal, "invalid", parsed.error->message);
       co_await send(error_response(http::status::bad_request, v, ka, parsed.error->code, parsed.error->message,
                                    parsed.error->id));
       co_return ka;
@@ -519,6 +550,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
 
     if (modern) {
       if (auto bad = check_modern_headers(req, msg, *meta)) {
+        audit_refusal(req, principal, "invalid", *bad);
         co_await send(error_response(http::status::bad_request, v, ka, mcp::kHeaderMismatch, *bad, msg.id));
         co_return ka;
       }
@@ -584,7 +616,11 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     // Stream (SSE) when there will be something to say before the answer: progress for a tool
     // call, or the notifications of a subscription. Otherwise one JSON object.
     const bool wants_progress = msg.method == "tools/call" && meta && meta->contains("progressToken");
-    const bool stream = accepts(accept, "text/event-stream") && !accept.empty() &&
+    // A modern request the dispatcher will refuse (version, _meta) gets its 400 as plain JSON.
+    const bool valid_modern = modern && (*meta)[mcp::kMetaProtocolVersion] == mcp::kModernVersion &&
+                              meta->contains(mcp::kMetaClientCapabilities) &&
+                              (*meta)[mcp::kMetaClientCapabilities].is_object();
+    const bool stream = accepts(accept, "text/event-stream") && !accept.empty() && (!modern || valid_modern) &&
                         (wants_progress || msg.method == "subscriptions/listen");
     std::string session_header = new_session ? new_session->id() : "";
     in.message = std::move(msg);
@@ -609,13 +645,9 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
       });
       if (disconnected_) co_return false;
       finish_session(new_session, out);
-      if (!out.response) {
-        Response r{http::status::accepted, v};
-        r.keep_alive(ka);
-        r.prepare_payload();
-        co_await send(std::move(r));
-        co_return ka;
-      }
+      // A cancelled request gets no response (the spec's rule); closing the connection is the
+      // only honest way to say so over HTTP/1.1.
+      if (!out.response) co_return false;
       Response r = json_response(static_cast<http::status>(out.http_status), v, ka, *out.response);
       if (new_session && out.http_status == 200 && out.response->contains("result"))
         r.set("Mcp-Session-Id", session_header);
@@ -703,7 +735,9 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     res.chunked(true);
     http::response_serializer<http::empty_body> sr{res};
     server_->deps_.metrics.record_http(200);
+    tcp_layer().expires_after(cfg_.body_timeout);
     auto [ec, n] = co_await http::async_write_header(stream_, sr, kAwait);
+    tcp_layer().expires_never();
     if (ec) throw boost::system::system_error(ec);
   }
 
@@ -711,7 +745,10 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
   // cancellation, and otherwise only stops further writes.
   asio::awaitable<void> write_chunk(const std::string& data) {
     if (disconnected_ && !cancel_on_disconnect_) co_return;
+    // A client that stops reading must not hold the connection: writes share the body timeout.
+    tcp_layer().expires_after(cfg_.body_timeout);
     auto [ec, n] = co_await asio::async_write(stream_, http::make_chunk(asio::buffer(data)), kAwait);
+    tcp_layer().expires_never();
     if (ec) {
       disconnected_ = true;
       if (cancel_on_disconnect_) throw boost::system::system_error(ec);
@@ -722,7 +759,9 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
   }
   asio::awaitable<void> write_last_chunk() {
     if (disconnected_) co_return;
+    tcp_layer().expires_after(cfg_.body_timeout);
     auto [ec, n] = co_await asio::async_write(stream_, http::make_chunk_last(), kAwait);
+    tcp_layer().expires_never();
     if (ec) disconnected_ = true;
   }
 

@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 
+#include "policies/audit.hpp"
 #include "server/auth/api_keys.hpp"
 #include "server/config/config.hpp"
 #include "server/observability/metrics.hpp"
@@ -25,6 +26,7 @@ struct HttpDeps {
   mcp::SessionStore& sessions;
   auth::ApiKeyStore& keys;
   Metrics& metrics;
+  AuditLog& audit;              // requests refused before the pipeline are recorded here
   std::function<bool()> ready;  // for /readyz
 };
 

@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <condition_variable>
 #include <deque>
+#include <future>
 #include <thread>
 
 #include "server/observability/log.hpp"
@@ -172,9 +173,17 @@ void run_stdio(asio::io_context& io, mcp::Dispatcher& dispatcher, const Principa
   // EOF: the client is gone or done, and the spec asks servers to exit promptly. End open
   // subscriptions, cancel what still runs, and wait only for the handlers to unwind (holds
   // released, audit records written). Calls that already finished have been answered.
-  dispatcher.close_subscriptions();
+  // Posted to the strand so it runs after every request read so far has started (and, for
+  // subscriptions/listen, registered itself).
+  std::promise<void> stopped;
+  asio::post(strand, [&] {
+    dispatcher.close_subscriptions();
+    std::lock_guard g(running.mutex);
+    for (auto& [id, cancel] : running.cancels) cancel();
+    stopped.set_value();
+  });
+  stopped.get_future().wait();
   std::unique_lock l(running.mutex);
-  for (auto& [id, cancel] : running.cancels) cancel();
   running.cv.wait_for(l, std::chrono::seconds(10), [&] { return running.count == 0; });
   session->set_outlet(nullptr);
 }

@@ -440,3 +440,43 @@ TEST_CASE("http: 2025-11-25 cancellation is notifications/cancelled, not a dropp
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   CHECK(metric(s.port(), ok) == ok_before + 1);
 }
+
+TEST_CASE("http: refused requests are audited; an invalid modern request gets its 400 even when it asked for SSE") {
+  ServerProcess s("[server]\nlog_level = \"warn\"\n");  // audit lines survive a quiet log level
+  Client c(s.port());
+  auto req = modern_request(1, "tools/call", {{"name", "sleep"}, {"arguments", {{"seconds", 0}}}});
+  req["params"]["_meta"]["progressToken"] = "p";
+  req["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] = "2031-01-01";
+  auto h = modern_headers(s.user_key(), "tools/call", "sleep");
+  h["MCP-Protocol-Version"] = "2031-01-01";
+  auto r = c.request(verb::post, "/mcp", h, req.dump());
+  CHECK(r.status == 400);
+  CHECK(r.header("content-type") == "application/json");
+  CHECK(r.json_body()["error"]["code"] == -32022);
+
+  h = modern_headers("sgk_nobody_nothing", "tools/list");
+  CHECK(c.request(verb::post, "/mcp", h, modern_request(2, "tools/list").dump()).status == 401);
+  CHECK(c.request(verb::post, "/mcp", modern_headers(s.user_key(), "tools/list"), "{oops").status == 400);
+  std::string log = s.log();
+  CHECK(log.find(R"("outcome":"unauthenticated")") != std::string::npos);
+  CHECK(log.find(R"("outcome":"invalid")") != std::string::npos);
+  CHECK(log.find(R"("principal":"demo")") != std::string::npos);
+}
+
+TEST_CASE("http: SIGHUP announces a changed tool list on open session streams") {
+  auto& s = shared_server();
+  Client c(s.port());
+  json init{{"jsonrpc", "2.0"}, {"id", 1}, {"method", "initialize"},
+            {"params", {{"protocolVersion", "2025-11-25"}, {"capabilities", json::object()},
+                        {"clientInfo", {{"name", "itest"}, {"version", "1"}}}}}};
+  std::string sid = c.request(verb::post, "/mcp", legacy_headers(s.user_key()), init.dump()).header("mcp-session-id");
+  Client stream(s.port());
+  stream.send_raw("GET /mcp HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + s.user_key() +
+                  "\r\nAccept: text/event-stream\r\nMcp-Session-Id: " + sid + "\r\n\r\n");
+  REQUIRE(stream.read_head().status == 200);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  kill(s.pid(), SIGHUP);
+  auto ev = stream.next_event(std::chrono::seconds(5));
+  REQUIRE(ev);
+  CHECK((*ev)["method"] == "notifications/tools/list_changed");
+}

@@ -80,9 +80,32 @@ void ServerProcess::merge_config(const std::string& extra) {
     auto pos = sec.rfind("[[", 0) == 0 ? std::string::npos : cfg.find("\n" + sec + "\n");
     if (pos == std::string::npos) {
       cfg += "\n" + sec + "\n" + blocks[sec];
-    } else {
-      auto after = pos + sec.size() + 2;
-      cfg.insert(after, blocks[sec]);
+      continue;
+    }
+    // Within the section, a key already set is replaced, a new one inserted after the header.
+    std::size_t body = pos + sec.size() + 2;
+    std::istringstream kv(blocks[sec]);
+    std::string entry;
+    while (std::getline(kv, entry)) {
+      auto eq = entry.find('=');
+      if (eq == std::string::npos) continue;
+      std::string key = entry.substr(0, entry.find_first_of(" =", 0));
+      std::size_t end = cfg.find("\n[", body);
+      if (end == std::string::npos) end = cfg.size();
+      std::size_t line = body;
+      bool replaced = false;
+      while (line < end) {
+        std::size_t nl = cfg.find('\n', line);
+        if (nl == std::string::npos) nl = cfg.size();
+        std::string existing = cfg.substr(line, nl - line);
+        if (existing.rfind(key + " ", 0) == 0 || existing.rfind(key + "=", 0) == 0) {
+          cfg.replace(line, nl - line, entry);
+          replaced = true;
+          break;
+        }
+        line = nl + 1;
+      }
+      if (!replaced) cfg.insert(body, entry + "\n");
     }
   }
   std::ofstream o(config_path());

@@ -1,7 +1,6 @@
 #include "tools/whoami/whoami.hpp"
 
 #include "scigate/version.hpp"
-#include "server/protocol/mcp_dispatcher.hpp"
 
 namespace scigate::tools {
 
@@ -32,11 +31,11 @@ WhoamiTool::WhoamiTool(std::string server_name) : server_name_(std::move(server_
     "required": ["principal", "kind", "auth_method", "projects", "project", "server", "protocol"]
   })");
   descriptor_.annotations = ToolAnnotations{.read_only = true, .destructive = false, .idempotent = true, .open_world = false};
+  descriptor_.needs_project = false;
 }
 
 boost::asio::awaitable<ToolResult> WhoamiTool::call(const json&, CallContext& ctx) {
   const auto& p = ctx.principal;
-  bool modern = ctx.protocol_version == mcp::kModernVersion;
   json out{{"principal", p.name},
            {"kind", p.kind},
            {"auth_method", p.auth_method},
@@ -44,7 +43,7 @@ boost::asio::awaitable<ToolResult> WhoamiTool::call(const json&, CallContext& ct
            {"default_project", p.default_project()},
            {"project", ctx.project},
            {"server", {{"name", server_name_}, {"version", kVersion}}},
-           {"protocol", {{"version", ctx.protocol_version}, {"era", modern ? "2026-07-28" : "2025-11-25"}}}};
+           {"protocol", {{"version", ctx.protocol_version}, {"era", ctx.era}}}};
   std::string text = "You are " + p.name + " (" + p.kind + ", via " + p.auth_method + ")";
   text += ctx.project.empty() ? ", not acting for any project." : ", acting for project " + ctx.project + ".";
   co_return ToolResult::success(std::move(out), std::move(text));

@@ -65,4 +65,29 @@ TEST_CASE("config: errors name file, line and column") {
   CHECK_THROWS_AS(parse_config("[http]\nlisten = \"h:99999\"\n", "/x", "t"), ConfigError);
   CHECK_THROWS_AS(parse_config("[http]\ntls_cert = \"a.pem\"\n", "/x", "t"), ConfigError);
   CHECK_THROWS_AS(parse_config("[[projects]]\nname = \"no id\"\n", "/x", "t"), ConfigError);
+  CHECK_THROWS_AS(parse_config("[server]\nlog_level = \"verbose\"\n", "/x", "t"), ConfigError);
+  CHECK_THROWS_AS(parse_config("[server]\nlog_format = \"xml\"\n", "/x", "t"), ConfigError);
+}
+
+TEST_CASE("config: typos and negative numbers are refused with their place") {
+  try {
+    parse_config("[server]\nname = \"x\"\n[htp]\nlisten = \"1\"\n", "/x", "typo.toml");
+    FAIL("expected ConfigError");
+  } catch (const ConfigError& e) {
+    std::string w = e.what();
+    CHECK(w.find("typo.toml:3:") == 0);
+    CHECK(w.find("unknown key \"htp\"") != std::string::npos);
+  }
+  try {
+    parse_config("[http]\nheader_timeout = 5\n", "/x", "typo.toml");
+    FAIL("expected ConfigError");
+  } catch (const ConfigError& e) {
+    CHECK(std::string(e.what()).find("header_timeout_s") != std::string::npos);  // the list of known keys
+  }
+  try {
+    parse_config("[server]\nthreads = -2\n", "/x", "neg.toml");
+    FAIL("expected ConfigError");
+  } catch (const ConfigError& e) {
+    CHECK(std::string(e.what()).find("must be zero or more") != std::string::npos);
+  }
 }

@@ -169,6 +169,15 @@ TEST_CASE("tools/call: results, tool errors and protocol errors") {
     auto out = h.call(Harness::request(1, "tools/call", params));
     CHECK((*out.response)["result"]["structuredContent"]["project"] == "other");
   }
+  SECTION("a principal in no project may ask whoami but nothing that must be charged") {
+    h.alice.projects.clear();
+    auto who = h.call(Harness::modern(1, "tools/call", {{"name", "whoami"}}));
+    CHECK((*who.response)["result"]["isError"] == false);
+    CHECK((*who.response)["result"]["structuredContent"]["project"] == "");
+    auto echo = h.call(Harness::modern(2, "tools/call", {{"name", "echo"}, {"arguments", {{"text", "a"}}}}));
+    CHECK((*echo.response)["result"]["isError"] == true);
+    CHECK((*echo.response)["result"]["_meta"]["io.scigate/error"]["code"] == "forbidden");
+  }
   SECTION("a project the caller is not in is denied by the membership policy") {
     MembershipPolicy membership;
     PolicyQuery q{h.alice, "secret", "whoami", json::object()};
