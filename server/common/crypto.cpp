@@ -5,6 +5,7 @@
 #include <openssl/rand.h>
 
 #include <array>
+#include <atomic>
 #include <stdexcept>
 #include <vector>
 
@@ -77,6 +78,12 @@ std::optional<std::string> base64_decode(std::string_view in) {
   if (n < 0 || static_cast<std::size_t>(n) < pad) return std::nullopt;
   out.resize(static_cast<std::size_t>(n) - pad);
   return out;
+}
+
+std::string request_id() {
+  static const std::string prefix = "req-" + random_hex(4) + "-";
+  static std::atomic<uint64_t> counter{0};
+  return prefix + std::to_string(counter.fetch_add(1, std::memory_order_relaxed) + 1);
 }
 
 bool constant_time_equal(std::string_view a, std::string_view b) {

@@ -17,5 +17,8 @@ std::string base64_encode(std::string_view data);
 // Standard alphabet, padding optional; nullopt when the input is not base64.
 std::optional<std::string> base64_decode(std::string_view data);
 bool constant_time_equal(std::string_view a, std::string_view b);
+// A correlation id, unique across processes and restarts ("req-<random>-<counter>"), cheap
+// enough for every request: the CSPRNG is read once per process.
+std::string request_id();
 
 }  // namespace scigate::crypto

@@ -1,5 +1,6 @@
 #include "server/pipeline/tool_call_pipeline.hpp"
 
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -139,11 +140,14 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
   };
   try {
     asio::steady_timer deadline(co_await asio::this_coro::executor, tool_timeout_);
-    auto winner = co_await (guarded() || deadline.async_wait(asio::use_awaitable));
+    // as_tuple: the timer cancelled after every normal call must not cost an exception.
+    auto winner = co_await (guarded() || deadline.async_wait(asio::as_tuple(asio::use_awaitable)));
     if (winner.index() == 0) {
       auto& [value, thrown] = std::get<0>(winner);
       if (thrown) std::rethrow_exception(thrown);
       result = std::move(value);
+    } else if (std::get<0>(std::get<1>(winner)) == asio::error::operation_aborted) {
+      outcome = "cancelled";  // the caller's cancellation reached the timer first
     } else {
       ctx.cancellation->cancel();
       outcome = "timeout";

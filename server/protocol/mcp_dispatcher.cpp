@@ -78,7 +78,7 @@ asio::awaitable<Outbound> Dispatcher::handle(Inbound in) {
     failure = e.what();
   }
   // Only a bug gets here. The caller learns that, and a correlation id; the log learns the rest.
-  std::string correlation = "req-" + crypto::random_hex(8);
+  std::string correlation = crypto::request_id();
   log::error("request_failed", {{"request_id", correlation}, {"method", in.message.method}, {"detail", failure}});
   if (in.message.kind != jsonrpc::Kind::kRequest) co_return accepted();
   co_return error(in.message.id, jsonrpc::kInternalError, "internal error (correlation id " + correlation + ")", 500);
@@ -228,7 +228,7 @@ asio::awaitable<Outbound> Dispatcher::tools_call(Inbound& in, const std::string&
   req.principal = *in.principal;
   if (auto pj = meta.find(kMetaProject); pj != meta.end() && pj->is_string()) req.requested_project = *pj;
   else req.requested_project = in.project_header;
-  req.request_id = "req-" + crypto::random_hex(8);
+  req.request_id = crypto::request_id();
   req.protocol_version = version;
   req.era = version == kModernVersion ? kModernVersion : kLatestLegacyVersion;
   req.client_name = client_name;
