@@ -26,6 +26,7 @@ App::App(Config config)
       db_(config_.database),
       keys_(migrated(db_), config_),
       registry_(tools::make_registry(config_)),
+      audit_(config_.database),
       pipeline_(registry_, policy_, ledger_, audit_, metrics_, config_.tool_timeout),
       dispatcher_(config_, pipeline_, registry_, policy_, metrics_) {}
 

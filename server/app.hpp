@@ -8,7 +8,7 @@
 #include <optional>
 #include <string>
 
-#include "policies/audit.hpp"
+#include "policies/audit_store.hpp"
 #include "policies/ledger.hpp"
 #include "policies/policy.hpp"
 #include "server/auth/api_keys.hpp"
@@ -44,7 +44,7 @@ class App {
   ToolRegistry registry_;
   MembershipPolicy policy_;
   UnmeteredLedger ledger_;
-  LogAuditLog audit_;
+  SqliteAuditLog audit_;  // after keys_, whose construction migrates the schema
   Metrics metrics_;
   ToolCallPipeline pipeline_;
   mcp::Dispatcher dispatcher_;

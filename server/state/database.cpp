@@ -111,6 +111,31 @@ const std::vector<Migration>& schema_migrations() {
         );
         CREATE INDEX api_keys_principal ON api_keys(principal);
       )sql"},
+      {2, R"sql(
+        -- Append-only, hash-chained: hash = sha256(prev_hash || record), see policies/audit_store.cpp.
+        CREATE TABLE audit_log (
+          seq         INTEGER PRIMARY KEY,
+          time_ms     INTEGER NOT NULL,
+          request_id  TEXT NOT NULL,
+          principal   TEXT NOT NULL,
+          project     TEXT NOT NULL,
+          tool        TEXT NOT NULL,
+          outcome     TEXT NOT NULL,
+          error_code  TEXT NOT NULL,
+          rules       TEXT NOT NULL,
+          cost        INTEGER NOT NULL,
+          duration_us INTEGER NOT NULL,
+          details     TEXT NOT NULL,
+          prev_hash   TEXT NOT NULL,
+          hash        TEXT NOT NULL
+        );
+        CREATE INDEX audit_log_time ON audit_log(time_ms);
+        CREATE INDEX audit_log_project ON audit_log(project, time_ms);
+        CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+          BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+        CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+          BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+      )sql"},
   };
   return kMigrations;
 }

@@ -282,7 +282,7 @@ TEST_CASE("http: progress streams as SSE and closing the stream cancels the call
     after = metric(s.port(), R"(scigate_tool_calls_total{tool="sleep",outcome="cancelled"})");
   }
   CHECK(after == before + 1);
-  CHECK(s.log().find("\"outcome\":\"cancelled\"") != std::string::npos);
+  CHECK(s.wait_for_log("\"outcome\":\"cancelled\""));
 }
 
 TEST_CASE("http: a short SSE call ends with its response and the connection is reusable") {
@@ -457,10 +457,9 @@ TEST_CASE("http: refused requests are audited; an invalid modern request gets it
   h = modern_headers("sgk_nobody_nothing", "tools/list");
   CHECK(c.request(verb::post, "/mcp", h, modern_request(2, "tools/list").dump()).status == 401);
   CHECK(c.request(verb::post, "/mcp", modern_headers(s.user_key(), "tools/list"), "{oops").status == 400);
-  std::string log = s.log();
-  CHECK(log.find(R"("outcome":"unauthenticated")") != std::string::npos);
-  CHECK(log.find(R"("outcome":"invalid")") != std::string::npos);
-  CHECK(log.find(R"("principal":"demo")") != std::string::npos);
+  CHECK(s.wait_for_log(R"("outcome":"unauthenticated")"));
+  CHECK(s.wait_for_log(R"("outcome":"invalid")"));
+  CHECK(s.wait_for_log(R"("principal":"demo")"));
 }
 
 TEST_CASE("http: SIGHUP announces a changed tool list on open session streams") {

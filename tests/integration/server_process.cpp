@@ -182,6 +182,15 @@ ServerProcess::~ServerProcess() {
   std::filesystem::remove_all(dir_, ec);
 }
 
+bool ServerProcess::wait_for_log(const std::string& text, std::chrono::milliseconds timeout) const {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (log().find(text) != std::string::npos) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
 std::string ServerProcess::log() const {
   std::ifstream in(dir_ / "server.log");
   std::stringstream ss;

@@ -41,6 +41,8 @@ class ServerProcess {
   const std::filesystem::path& dir() const { return dir_; }
   std::string config_path() const { return (dir_ / "scigate.toml").string(); }
   std::string log() const;
+  // Waits until the server's log contains `text` (audit lines are written asynchronously).
+  bool wait_for_log(const std::string& text, std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
   pid_t pid() const { return pid_; }
   void merge_config(const std::string& extra);
 

@@ -135,3 +135,23 @@ TEST_CASE("stdio: EOF ends the server promptly even with a long call and a subsc
   CHECK(ended);               // the subscription closed gracefully
   CHECK_FALSE(long_answered);  // the cancelled call sends nothing
 }
+
+TEST_CASE("cli: audit verify checks the hash chain the server wrote, and finds tampering") {
+  ServerProcess s;
+  Client c(s.port());
+  for (int i = 0; i < 5; ++i) {
+    auto req = modern_request(i, "tools/call", {{"name", "echo"}, {"arguments", {{"text", "a" + std::to_string(i)}}}});
+    REQUIRE(c.request(http::verb::post, "/mcp", modern_headers(s.user_key(), "tools/call", "echo"), req.dump()).status == 200);
+  }
+  CHECK(c.request(http::verb::post, "/mcp", modern_headers("sgk_x_y", "tools/list"), modern_request(9, "tools/list").dump()).status == 401);
+  REQUIRE(s.stop() == 0);  // drains the audit writer
+  std::string out;
+  CHECK(run_command({binary(), "audit", "verify", "--config", s.config_path()}, &out) == 0);
+  CHECK(out.find("intact: 6 records") != std::string::npos);
+  std::string db = (s.dir() / "scigate.db").string();
+  // Someone with write access to the file rewrites history.
+  REQUIRE(run_command({"/usr/bin/sqlite3", db,
+                       "DROP TRIGGER audit_log_no_update; UPDATE audit_log SET outcome='ok' WHERE seq=6;"}) == 0);
+  CHECK(run_command({binary(), "audit", "verify", "--config", s.config_path()}, &out) == 1);
+  CHECK(out.find("BROKEN at record 6") != std::string::npos);
+}
