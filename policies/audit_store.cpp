@@ -42,12 +42,16 @@ SqliteAuditLog::~SqliteAuditLog() {
 }
 
 void SqliteAuditLog::append(AuditRecord record) {
+  bool wake;
   {
     std::lock_guard g(mutex_);
+    // The writer only sleeps on an empty queue, so only the first record of a batch wakes it:
+    // under load the writer drains big batches instead of being woken once per call.
+    wake = queue_.empty();
     queue_.push_back(std::move(record));
     ++appended_;
   }
-  cv_.notify_one();
+  if (wake) cv_.notify_one();
 }
 
 void SqliteAuditLog::flush() {
@@ -85,10 +89,12 @@ void SqliteAuditLog::write_batch(std::deque<AuditRecord>& batch) {
     state::Statement last(db_.handle(), "SELECT COALESCE(MAX(seq), 0) FROM audit_log");
     last.step();
     int64_t seq = last.column_int(0);
-    state::Statement ins(db_.handle(),
-                         "INSERT INTO audit_log(seq, time_ms, request_id, principal, project, tool, outcome, "
-                         "error_code, rules, cost, duration_us, details, prev_hash, hash) "
-                         "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+    if (!insert_)
+      insert_.emplace(db_.handle(),
+                      "INSERT INTO audit_log(seq, time_ms, request_id, principal, project, tool, outcome, "
+                      "error_code, rules, cost, duration_us, details, prev_hash, hash) "
+                      "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+    auto& ins = *insert_;
     for (const auto& r : batch) {
       ++seq;
       std::string details = jsonrpc::dump(r.details.is_null() ? nlohmann::json::object() : r.details);
@@ -106,8 +112,12 @@ void SqliteAuditLog::write_batch(std::deque<AuditRecord>& batch) {
     throw;
   }
   last_hash_ = hash;
-  if (also_log_)
-    for (const auto& r : batch) log::audit(to_json(r));
+  if (also_log_) {
+    std::vector<nlohmann::json> lines;
+    lines.reserve(batch.size());
+    for (const auto& r : batch) lines.push_back(to_json(r));
+    log::audit_batch(lines);
+  }
 }
 
 AuditVerification verify_audit_chain(state::Database& db) {

@@ -42,6 +42,7 @@ class SqliteAuditLog final : public AuditLog {
   uint64_t appended_ = 0, committed_ = 0;
   bool stop_ = false;
   std::string last_hash_;
+  std::optional<state::Statement> insert_;  // prepared once, used by the writer thread only
   std::thread writer_;
 };
 

@@ -15,6 +15,8 @@ void init(const std::string& format, const std::string& level);
 void event(spdlog::level::level_enum level, std::string_view name, const nlohmann::json& fields = {});
 // Audit records are written whatever the log level: they are a record, not diagnostics.
 void audit(const nlohmann::json& fields);
+// Several records in one write (JSON format), for the audit writer's batches.
+void audit_batch(const std::vector<nlohmann::json>& records);
 
 inline void info(std::string_view name, const nlohmann::json& fields = {}) { event(spdlog::level::info, name, fields); }
 inline void warn(std::string_view name, const nlohmann::json& fields = {}) { event(spdlog::level::warn, name, fields); }
