@@ -72,8 +72,12 @@ void SqliteAuditLog::run() {
     try {
       write_batch(batch);
     } catch (const std::exception& e) {
-      // The database is unusable (disk full, removed): say so loudly; records stay in the log.
+      // The database is unusable (disk full, removed): say so loudly, and keep the records in
+      // the log at least, whether or not the log mirror is on.
       log::error("audit_write_failed", {{"detail", e.what()}, {"records", n}});
+      std::vector<nlohmann::json> lines;
+      for (const auto& r : batch) lines.push_back(to_json(r));
+      log::audit_batch(lines);
     }
     l.lock();
     committed_ += n;

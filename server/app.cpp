@@ -116,6 +116,16 @@ int App::serve_stdio() {
   }
   asio::io_context io;
   auto work = asio::make_work_guard(io);
+  // SIGHUP must not kill a stdio server; it announces a changed tool list, as over HTTP.
+  asio::signal_set hup(io, SIGHUP);
+  std::function<void()> wait_hup = [&] {
+    hup.async_wait([&](const boost::system::error_code& ec, int) {
+      if (ec) return;
+      dispatcher_.broadcast_tools_changed();
+      wait_hup();
+    });
+  };
+  wait_hup();
   std::vector<std::thread> threads;
   for (int i = 0; i < thread_count(); ++i) threads.emplace_back([&io] { io.run(); });
   transport::StdioOptions opts;
@@ -123,6 +133,7 @@ int App::serve_stdio() {
   opts.max_depth = config_.max_depth;
   log::info("stdio_ready", {{"principal", principal.name}, {"tools", registry_.tools().size()}});
   transport::run_stdio(io, dispatcher_, principal, opts);
+  hup.cancel();
   work.reset();
   io.stop();
   for (auto& t : threads) t.join();

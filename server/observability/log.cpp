@@ -34,7 +34,9 @@ void init(const std::string& format, const std::string& level) {
   logger->set_level(spdlog::level::from_str(level));
   logger->flush_on(spdlog::level::info);
   spdlog::set_default_logger(logger);
-  g_audit = std::make_shared<spdlog::logger>("audit", logger->sinks().begin(), logger->sinks().end());
+  // Its own sink: a logger's pattern belongs to its sinks, and audit lines carry no level. Both
+  // sinks write whole lines to the same stderr FILE, whose lock keeps lines from interleaving.
+  g_audit = std::make_shared<spdlog::logger>("audit", std::make_shared<spdlog::sinks::stderr_sink_mt>());
   g_audit->set_pattern(g_json ? "%v" : "%Y-%m-%dT%H:%M:%S.%e audit %v");
   g_audit->set_level(spdlog::level::info);
   g_audit->flush_on(spdlog::level::info);

@@ -372,6 +372,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
 
     // DNS-rebinding defence: a browser page from another origin may not talk to us.
     if (std::string origin = header(req, "Origin"); !origin.empty() && !origin_allowed(origin, cfg_.allowed_origins)) {
+      audit_refusal(req, std::nullopt, "forbidden", "Origin " + origin + " is not allowed");
       co_await send(error_response(http::status::forbidden, v, ka, kTransportError,
                                    "Origin " + origin + " is not allowed; add it to http.allowed_origins"));
       co_return ka;
@@ -415,7 +416,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     r.request_id = "http-" + crypto::random_hex(8);
     if (who) r.principal = who->name;
     r.outcome = outcome;
-    r.error_code = outcome == "unauthenticated" ? "unauthenticated" : "invalid_request";
+    r.error_code = outcome == "invalid" ? "invalid_request" : outcome;
     beast::error_code ec;
     auto remote = tcp_layer().socket().remote_endpoint(ec);
     r.details = json::object();

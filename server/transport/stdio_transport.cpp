@@ -88,6 +88,9 @@ void run_stdio(asio::io_context& io, mcp::Dispatcher& dispatcher, const Principa
   auto session = std::make_shared<mcp::LegacySession>("stdio");
   session->owner = principal;
   session->set_outlet([&writer](const json& m) { writer.write(m); });
+  dispatcher.on_tools_changed_legacy = [session] {
+    session->send(jsonrpc::make_notification("notifications/tools/list_changed", nullptr));
+  };
   Running running;
   jsonrpc::Limits limits{options.max_message_bytes, options.max_depth};
 
@@ -185,6 +188,7 @@ void run_stdio(asio::io_context& io, mcp::Dispatcher& dispatcher, const Principa
   stopped.get_future().wait();
   std::unique_lock l(running.mutex);
   running.cv.wait_for(l, std::chrono::seconds(10), [&] { return running.count == 0; });
+  dispatcher.on_tools_changed_legacy = nullptr;
   session->set_outlet(nullptr);
 }
 
