@@ -65,10 +65,7 @@ json Dispatcher::server_info() const {
   return json{{"name", config_.server_name}, {"title", "scigate research computing gateway"}, {"version", kVersion}};
 }
 
-json Dispatcher::capabilities(bool modern) const {
-  json caps{{"tools", {{"listChanged", true}}}};
-  return caps;
-}
+json Dispatcher::capabilities() const { return json{{"tools", {{"listChanged", true}}}}; }
 
 asio::awaitable<Outbound> Dispatcher::handle(Inbound in) {
   std::string failure;
@@ -126,7 +123,7 @@ asio::awaitable<Outbound> Dispatcher::handle_modern(Inbound& in, const std::stri
 
   Outbound out;
   if (msg.method == "server/discover") {
-    json r{{"supportedVersions", supported_versions()}, {"capabilities", capabilities(true)}, {"ttlMs", 3600000},
+    json r{{"supportedVersions", supported_versions()}, {"capabilities", capabilities()}, {"ttlMs", 3600000},
            {"cacheScope", "public"}};
     if (!config_.instructions.empty()) r["instructions"] = config_.instructions;
     out = result(msg.id, std::move(r));
@@ -177,13 +174,11 @@ Outbound Dispatcher::initialize(Inbound& in) {
   const json& p = msg.params;
   if (!p.is_object() || !p.contains("protocolVersion") || !p["protocolVersion"].is_string())
     return error(msg.id, jsonrpc::kInvalidParams, "initialize needs params.protocolVersion (a string)");
-  if (in.session->initialized() && in.transport == Transport::kHttp)
-    return error(msg.id, jsonrpc::kInvalidRequest, "this session is already initialized", 400);
   std::string requested = p["protocolVersion"].get<std::string>();
   // Version negotiation: echo a version we speak, else offer our latest of this era.
   std::string chosen = is_legacy_version(requested) ? requested : kLatestLegacyVersion;
   in.session->initialize(chosen, object_member(p, "capabilities"), object_member(p, "clientInfo"));
-  json r{{"protocolVersion", chosen}, {"capabilities", capabilities(false)}, {"serverInfo", server_info()}};
+  json r{{"protocolVersion", chosen}, {"capabilities", capabilities()}, {"serverInfo", server_info()}};
   if (!config_.instructions.empty()) r["instructions"] = config_.instructions;
   return result(msg.id, std::move(r));
 }
@@ -253,23 +248,19 @@ asio::awaitable<Outbound> Dispatcher::tools_call(Inbound& in, const std::string&
     if (!in_flight_.emplace(key, in.cancel ? in.cancel : [] {}).second)
       co_return error(msg.id, jsonrpc::kInvalidRequest, "request id " + msg.id.dump() + " is already in use");
   }
-  metrics_.in_flight.fetch_add(1);
-  ToolCallOutcome outcome;
-  try {
-    outcome = co_await pipeline_.run(std::move(req));
-  } catch (...) {
-    metrics_.in_flight.fetch_sub(1);
-    if (!key.empty()) {
-      std::lock_guard g(in_flight_mutex_);
-      in_flight_.erase(key);
+  // Undone however the call ends, exceptions included.
+  struct InFlight {
+    Dispatcher& d;
+    std::string key;
+    ~InFlight() {
+      d.metrics_.in_flight.fetch_sub(1);
+      if (key.empty()) return;
+      std::lock_guard g(d.in_flight_mutex_);
+      d.in_flight_.erase(key);
     }
-    throw;
-  }
-  metrics_.in_flight.fetch_sub(1);
-  if (!key.empty()) {
-    std::lock_guard g(in_flight_mutex_);
-    in_flight_.erase(key);
-  }
+  } in_flight{*this, key};
+  metrics_.in_flight.fetch_add(1);
+  ToolCallOutcome outcome = co_await pipeline_.run(std::move(req));
   if (outcome.cancelled) co_return Outbound{std::nullopt, 200};
   if (outcome.protocol_error) {
     auto e = *outcome.protocol_error;

@@ -85,7 +85,7 @@ class Dispatcher {
   Outbound tools_list(const Inbound& in, bool modern);
   Outbound initialize(Inbound& in);
   json server_info() const;
-  json capabilities(bool modern) const;
+  json capabilities() const;
   void cancel_request(const std::string& channel, const json& request_id);
 
   const Config& config_;
