@@ -208,9 +208,7 @@ TEST_CASE("http: 2026-07-28 header rules") {
 TEST_CASE("http: 2025-11-25 sessions") {
   auto& s = shared_server();
   Client c(s.port());
-  json init{{"jsonrpc", "2.0"}, {"id", 1}, {"method", "initialize"},
-            {"params", {{"protocolVersion", "2025-11-25"}, {"capabilities", json::object()},
-                        {"clientInfo", {{"name", "itest"}, {"version", "1"}}}}}};
+  json init = legacy_initialize();
   auto r = c.request(verb::post, "/mcp", legacy_headers(s.user_key()), init.dump());
   REQUIRE(r.status == 200);
   std::string sid = r.header("mcp-session-id");
@@ -263,10 +261,7 @@ TEST_CASE("http: progress streams as SSE and closing the stream cancels the call
   req["params"]["_meta"]["progressToken"] = "pt";
   Client c(s.port());
   auto h = modern_headers(s.user_key(), "tools/call", "sleep");
-  std::string raw = "POST /mcp HTTP/1.1\r\nHost: x\r\n";
-  for (auto& [k, v] : h) raw += k + ": " + v + "\r\n";
-  raw += "Content-Length: " + std::to_string(req.dump().size()) + "\r\n\r\n" + req.dump();
-  c.send_raw(raw);
+  c.send_raw(raw_post(h, req.dump()));
   auto head = c.read_head();
   REQUIRE(head.status == 200);
   CHECK(head.header("content-type") == "text/event-stream");
@@ -346,9 +341,7 @@ TEST_CASE("http: SIGTERM lets an in-flight call finish, then the server exits cl
   Client idle(s.port());  // an idle keep-alive connection must not hold up shutdown
   // Nor may a 2025-11-25 session's open GET stream.
   Client init(s.port());
-  json hello{{"jsonrpc", "2.0"}, {"id", 1}, {"method", "initialize"},
-             {"params", {{"protocolVersion", "2025-11-25"}, {"capabilities", json::object()},
-                         {"clientInfo", {{"name", "itest"}, {"version", "1"}}}}}};
+  json hello = legacy_initialize();
   std::string sid = init.request(verb::post, "/mcp", legacy_headers(s.user_key()), hello.dump()).header("mcp-session-id");
   REQUIRE_FALSE(sid.empty());
   Client stream(s.port());
@@ -392,9 +385,7 @@ TEST_CASE("http: optional TLS serves the same endpoint") {
 TEST_CASE("http: 2025-11-25 cancellation is notifications/cancelled, not a dropped connection") {
   auto& s = shared_server();
   Client c(s.port());
-  json init{{"jsonrpc", "2.0"}, {"id", 1}, {"method", "initialize"},
-            {"params", {{"protocolVersion", "2025-11-25"}, {"capabilities", json::object()},
-                        {"clientInfo", {{"name", "itest"}, {"version", "1"}}}}}};
+  json init = legacy_initialize();
   std::string sid = c.request(verb::post, "/mcp", legacy_headers(s.user_key()), init.dump()).header("mcp-session-id");
   REQUIRE_FALSE(sid.empty());
   const std::string cancelled = R"(scigate_tool_calls_total{tool="sleep",outcome="cancelled"})";
@@ -428,10 +419,7 @@ TEST_CASE("http: 2025-11-25 cancellation is notifications/cancelled, not a dropp
     json call{{"jsonrpc", "2.0"}, {"id", "short-1"}, {"method", "tools/call"},
               {"params", {{"name", "sleep"}, {"arguments", {{"seconds", 0.5}}}}}};
     auto h = legacy_headers(s.user_key(), sid);
-    std::string raw = "POST /mcp HTTP/1.1\r\nHost: x\r\n";
-    for (auto& [k, v] : h) raw += k + ": " + v + "\r\n";
-    raw += "Content-Length: " + std::to_string(call.dump().size()) + "\r\n\r\n" + call.dump();
-    dropper.send_raw(raw);
+    dropper.send_raw(raw_post(h, call.dump()));
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     dropper.close();
   }
@@ -465,9 +453,7 @@ TEST_CASE("http: refused requests are audited; an invalid modern request gets it
 TEST_CASE("http: SIGHUP announces a changed tool list on open session streams") {
   auto& s = shared_server();
   Client c(s.port());
-  json init{{"jsonrpc", "2.0"}, {"id", 1}, {"method", "initialize"},
-            {"params", {{"protocolVersion", "2025-11-25"}, {"capabilities", json::object()},
-                        {"clientInfo", {{"name", "itest"}, {"version", "1"}}}}}};
+  json init = legacy_initialize();
   std::string sid = c.request(verb::post, "/mcp", legacy_headers(s.user_key()), init.dump()).header("mcp-session-id");
   Client stream(s.port());
   stream.send_raw("GET /mcp HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + s.user_key() +

@@ -320,4 +320,16 @@ json modern_request(json id, const std::string& method, json params) {
   return json{{"jsonrpc", "2.0"}, {"id", std::move(id)}, {"method", method}, {"params", std::move(params)}};
 }
 
+json legacy_initialize() {
+  return json{{"jsonrpc", "2.0"}, {"id", 1}, {"method", "initialize"},
+              {"params", {{"protocolVersion", "2025-11-25"}, {"capabilities", json::object()},
+                          {"clientInfo", {{"name", "itest"}, {"version", "1"}}}}}};
+}
+
+std::string raw_post(const std::map<std::string, std::string>& headers, const std::string& body) {
+  std::string raw = "POST /mcp HTTP/1.1\r\nHost: x\r\n";
+  for (auto& [k, v] : headers) raw += k + ": " + v + "\r\n";
+  return raw + "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
 }  // namespace scigate::itest

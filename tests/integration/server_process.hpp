@@ -92,5 +92,9 @@ std::map<std::string, std::string> modern_headers(const std::string& key, const 
                                                   const std::string& name = "");
 std::map<std::string, std::string> legacy_headers(const std::string& key, const std::string& session = "");
 json modern_request(json id, const std::string& method, json params = json::object());
+// A 2025-11-25 initialize request (id 1).
+json legacy_initialize();
+// The bytes of a POST /mcp, for tests that read the answer as a stream or drop the connection.
+std::string raw_post(const std::map<std::string, std::string>& headers, const std::string& body);
 
 }  // namespace scigate::itest
