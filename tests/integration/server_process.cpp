@@ -14,7 +14,7 @@ namespace scigate::itest {
 
 std::string binary() { return SCIGATE_BINARY; }
 
-int run_command(const std::vector<std::string>& argv, std::string* out, const std::string& stdin_data) {
+Child spawn(const std::vector<std::string>& argv) {
   int out_pipe[2], in_pipe[2];
   if (pipe(out_pipe) != 0 || pipe(in_pipe) != 0) throw std::runtime_error("pipe");
   pid_t pid = fork();
@@ -31,17 +31,26 @@ int run_command(const std::vector<std::string>& argv, std::string* out, const st
   }
   close(in_pipe[0]);
   close(out_pipe[1]);
-  if (!stdin_data.empty()) (void)!write(in_pipe[1], stdin_data.data(), stdin_data.size());
-  close(in_pipe[1]);
+  return Child{pid, in_pipe[1], out_pipe[0]};
+}
+
+int finish(Child& child, std::string* out) {
+  close(child.in_fd);
   std::string collected;
   char buf[4096];
   ssize_t n;
-  while ((n = read(out_pipe[0], buf, sizeof buf)) > 0) collected.append(buf, static_cast<std::size_t>(n));
-  close(out_pipe[0]);
+  while ((n = read(child.out_fd, buf, sizeof buf)) > 0) collected.append(buf, static_cast<std::size_t>(n));
+  close(child.out_fd);
   int status = 0;
-  waitpid(pid, &status, 0);
+  waitpid(child.pid, &status, 0);
   if (out) *out = collected;
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+int run_command(const std::vector<std::string>& argv, std::string* out, const std::string& stdin_data) {
+  Child child = spawn(argv);
+  if (!stdin_data.empty()) (void)!write(child.in_fd, stdin_data.data(), stdin_data.size());
+  return finish(child, out);
 }
 
 namespace {

@@ -21,6 +21,15 @@ namespace http = beast::http;
 using tcp = asio::ip::tcp;
 
 std::string binary();
+// A child process with its stdin and stdout on pipes.
+struct Child {
+  pid_t pid;
+  int in_fd;   // write end of its stdin
+  int out_fd;  // read end of its stdout
+};
+Child spawn(const std::vector<std::string>& argv);
+// Closes its stdin, reads all of its stdout into *out, waits; returns the exit code (-1 on signal).
+int finish(Child& child, std::string* out);
 // Runs a command to completion; returns exit code and stdout (stderr goes to the test log).
 int run_command(const std::vector<std::string>& argv, std::string* out = nullptr, const std::string& stdin_data = "");
 

@@ -162,41 +162,19 @@ TEST_CASE("cli: audit verify checks the hash chain the server wrote, and finds t
 
 TEST_CASE("stdio: SIGHUP announces a changed tool list instead of killing the server") {
   ServerProcess s("", false);
-  int in_pipe[2], out_pipe[2];
-  REQUIRE(pipe(in_pipe) == 0);
-  REQUIRE(pipe(out_pipe) == 0);
-  pid_t pid = fork();
-  if (pid == 0) {
-    dup2(in_pipe[0], 0);
-    dup2(out_pipe[1], 1);
-    close(in_pipe[1]);
-    close(out_pipe[0]);
-    std::string b = binary(), cfg = s.config_path();
-    execl(b.c_str(), b.c_str(), "serve", "--config", cfg.c_str(), "--stdio", nullptr);
-    _exit(127);
-  }
-  close(in_pipe[0]);
-  close(out_pipe[1]);
+  Child child = spawn({binary(), "serve", "--config", s.config_path(), "--stdio"});
   std::string init =
       R"({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}})"
       "\n";
-  REQUIRE(write(in_pipe[1], init.data(), init.size()) == static_cast<ssize_t>(init.size()));
+  REQUIRE(write(child.in_fd, init.data(), init.size()) == static_cast<ssize_t>(init.size()));
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  kill(pid, SIGHUP);
+  kill(child.pid, SIGHUP);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   std::string ping = R"({"jsonrpc":"2.0","id":2,"method":"ping"})" "\n";
-  REQUIRE(write(in_pipe[1], ping.data(), ping.size()) == static_cast<ssize_t>(ping.size()));
+  REQUIRE(write(child.in_fd, ping.data(), ping.size()) == static_cast<ssize_t>(ping.size()));
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  close(in_pipe[1]);
   std::string out;
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(out_pipe[0], buf, sizeof buf)) > 0) out.append(buf, static_cast<std::size_t>(n));
-  close(out_pipe[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  CHECK(WIFEXITED(status));
-  CHECK(WEXITSTATUS(status) == 0);
+  CHECK(finish(child, &out) == 0);
   auto msgs = lines_of(out);
   REQUIRE(msgs.size() == 3);
   CHECK(msgs[1]["method"] == "notifications/tools/list_changed");
