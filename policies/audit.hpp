@@ -4,6 +4,7 @@
 //
 // Thread-safety: append() may be called concurrently and must not block for long; an
 // implementation that writes to disk queues to one writer.
+#include <boost/asio/awaitable.hpp>
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
@@ -29,6 +30,12 @@ class AuditLog {
  public:
   virtual ~AuditLog() = default;
   virtual void append(AuditRecord record) = 0;
+  // Appends and resumes once the record is durable, so that a call is acknowledged only after
+  // its audit record can survive a crash. The default does not wait.
+  virtual boost::asio::awaitable<void> append_durable(AuditRecord record) {
+    append(std::move(record));
+    co_return;
+  }
 };
 
 // Writes each record as one structured log line (event "audit"), whatever the log level. Not

@@ -41,17 +41,26 @@ SqliteAuditLog::~SqliteAuditLog() {
   writer_.join();
 }
 
-void SqliteAuditLog::append(AuditRecord record) {
+void SqliteAuditLog::append(AuditRecord record) { enqueue(std::move(record)); }
+
+uint64_t SqliteAuditLog::enqueue(AuditRecord record) {
   bool wake;
+  uint64_t seq;
   {
     std::lock_guard g(mutex_);
     // The writer only sleeps on an empty queue, so only the first record of a batch wakes it:
     // under load the writer drains big batches instead of being woken once per call.
     wake = queue_.empty();
     queue_.push_back(std::move(record));
-    ++appended_;
+    seq = ++appended_;
   }
   if (wake) cv_.notify_one();
+  return seq;
+}
+
+boost::asio::awaitable<void> SqliteAuditLog::append_durable(AuditRecord record) {
+  uint64_t seq = enqueue(std::move(record));
+  co_await waiters_.wait(seq);
 }
 
 void SqliteAuditLog::flush() {
@@ -82,6 +91,7 @@ void SqliteAuditLog::run() {
     l.lock();
     committed_ += n;
     drained_.notify_all();
+    waiters_.notify(committed_);
   }
 }
 

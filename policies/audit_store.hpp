@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "policies/audit.hpp"
+#include "server/common/commit_waiters.hpp"
 #include "server/state/database.hpp"
 
 namespace scigate {
@@ -26,10 +27,12 @@ class SqliteAuditLog final : public AuditLog {
   ~SqliteAuditLog() override;  // drains the queue
 
   void append(AuditRecord record) override;
+  boost::asio::awaitable<void> append_durable(AuditRecord record) override;
   // Blocks until every record appended so far is committed.
   void flush();
 
  private:
+  uint64_t enqueue(AuditRecord record);
   void run();
   void write_batch(std::deque<AuditRecord>& batch);
 
@@ -42,6 +45,7 @@ class SqliteAuditLog final : public AuditLog {
   uint64_t appended_ = 0, committed_ = 0;
   bool stop_ = false;
   std::string last_hash_;
+  CommitWaiters waiters_;
   std::optional<state::Statement> insert_;  // prepared once, used by the writer thread only
   std::thread writer_;
 };

@@ -1,51 +1,100 @@
 #pragma once
-// The credit stage of the pipeline: two-phase charging in integer micro-credits. A call's
-// worst-case cost is held before it runs; afterwards the actual cost is posted and the rest
-// released. A hold is always either settled or released.
+// The credit stage of the pipeline: two-phase charging in integer micro-credits (1 credit =
+// 1,000,000 micro-credits). Tools state what a call uses in resource units (Usage); the ledger
+// prices it with its rates table, so one currency covers GPU-hours, tokens, shots and bytes.
+//
+//   reserve  before the call: hold the priced worst case, or refuse (not enough credits)
+//   settle   after the call: post the priced actual usage (never more than the hold), release
+//            the rest
+//   release  on failure or cancellation: void the hold
+//
+// A hold is always either settled or released; one left behind by a crash is voided when it
+// times out or at restart recovery. All three are coroutines so that an implementation can
+// commit durably (and in batches) without blocking an I/O thread.
 //
 // Thread-safety: all methods may be called concurrently.
+#include <boost/asio/awaitable.hpp>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "server/common/error.hpp"
 
 namespace scigate {
 
 using MicroCredits = int64_t;
+constexpr MicroCredits kMicroPerCredit = 1'000'000;
+
+// One priced quantity: `quantity` units of `resource`, a key of the rates table such as
+// "cpu_core_hour", "gpu_hour:a100", "tokens_in:llama-3-8b", "quantum_shot:ibm_kyiv", "gb_staged"
+// or "call:echo" (a flat rate per call, which the pipeline adds for every tool). `detail` says
+// how the quantity was reached, for the caller ("2 GPU x 4 h").
+struct UsageLine {
+  std::string resource;
+  double quantity = 0;
+  std::string detail;
+};
+
+struct Usage {
+  std::vector<UsageLine> lines;
+
+  Usage& add(std::string resource, double quantity, std::string detail = {}) {
+    lines.push_back(UsageLine{std::move(resource), quantity, std::move(detail)});
+    return *this;
+  }
+  bool empty() const { return lines.empty(); }
+};
 
 struct HoldRequest {
   std::string project;
   std::string principal;
   std::string tool;
   std::string request_id;
-  MicroCredits amount = 0;
+  Usage worst_case;
+  // Retried calls with the same key (per project) are charged once: see Hold::replay.
+  std::string idempotency_key;
+  std::string arguments_hash;  // a reused key with other arguments is a conflict
+  std::chrono::seconds timeout{3600};  // voided after this if never settled
 };
 
 struct Hold {
-  std::string id;  // empty for a zero-amount (unmetered) hold
-  MicroCredits amount = 0;
+  std::string id;           // empty when nothing was held (a free call)
+  MicroCredits amount = 0;  // what was held
+  std::string project;
+  // Set when the idempotency key was already settled: the stored result of that call, to be
+  // returned again without running the tool or charging.
+  std::optional<nlohmann::json> replay;
+};
+
+struct ReserveResult {
+  std::optional<Error> error;  // insufficient credits, unknown account, key conflict, ...
+  Hold hold;
 };
 
 class Ledger {
  public:
   virtual ~Ledger() = default;
-  // A hold for the request, or the reason it cannot be held (insufficient credits, ...).
-  virtual std::optional<Error> reserve(const HoldRequest& request, Hold& out) = 0;
-  virtual void settle(const Hold& hold, MicroCredits actual) = 0;
-  virtual void release(const Hold& hold) = 0;
+  virtual boost::asio::awaitable<ReserveResult> reserve(HoldRequest request) = 0;
+  // Posts min(price(actual), hold.amount) and releases the rest; returns what was posted.
+  // `result` is stored for replay when the hold carried an idempotency key.
+  virtual boost::asio::awaitable<MicroCredits> settle(Hold hold, Usage actual, nlohmann::json result) = 0;
+  virtual boost::asio::awaitable<void> release(Hold hold) = 0;
 };
 
-// No metering: every hold succeeds with amount zero. The core's default until the ledger is
-// configured.
+// No metering: every hold succeeds with amount zero. Used when [credits] is disabled.
 class UnmeteredLedger final : public Ledger {
  public:
-  std::optional<Error> reserve(const HoldRequest&, Hold& out) override {
-    out = Hold{};
-    return std::nullopt;
+  boost::asio::awaitable<ReserveResult> reserve(HoldRequest request) override {
+    ReserveResult r;
+    r.hold.project = request.project;
+    co_return r;
   }
-  void settle(const Hold&, MicroCredits) override {}
-  void release(const Hold&) override {}
+  boost::asio::awaitable<MicroCredits> settle(Hold, Usage, nlohmann::json) override { co_return 0; }
+  boost::asio::awaitable<void> release(Hold) override { co_return; }
 };
 
 }  // namespace scigate

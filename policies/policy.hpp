@@ -5,6 +5,8 @@
 // Thread-safety: decide() and may_list() are called concurrently from any thread.
 #include <nlohmann/json.hpp>
 
+#include <chrono>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,6 +19,10 @@ struct PolicyQuery {
   const std::string& project;
   const std::string& tool;
   const nlohmann::json& arguments;
+  std::chrono::system_clock::time_point now = std::chrono::system_clock::now();
+  // False when explaining a decision (scigate policy check): rate limits are looked at but no
+  // token is taken from a bucket.
+  bool consume = true;
 };
 
 struct Decision {
@@ -24,6 +30,9 @@ struct Decision {
   std::vector<std::string> rule_ids;
   std::string reason;  // for the caller: what was wrong and the limit that applies
   std::string hint;    // what the caller can do instead
+  // Set when the denial is a rate limit: when a retry can succeed.
+  std::optional<std::chrono::milliseconds> retry_after;
+  std::string policy_hash;  // hex SHA-256 of the policy text that decided (for the audit)
 
   bool permitted() const { return effect == Effect::kPermit; }
 };
@@ -34,10 +43,13 @@ class PolicyEngine {
   virtual Decision decide(const PolicyQuery& query) const = 0;
   // Whether the tool may appear in the principal's tools/list (some call could be permitted).
   virtual bool may_list(const Principal& principal, const std::string& tool) const = 0;
+  // Re-reads policy sources; on any error the previous policy stays in force and the error
+  // (file:line:column: what) is returned. The built-in engine has nothing to reload.
+  virtual std::optional<std::string> reload() { return std::nullopt; }
 };
 
-// The core's built-in policy until per-project policies are configured: every authenticated
-// principal may call every tool, for any project it is a member of.
+// The built-in policy for projects without a policy file: a principal holding the member role
+// (or manager/admin) may call every tool for that project.
 class MembershipPolicy final : public PolicyEngine {
  public:
   Decision decide(const PolicyQuery& query) const override;

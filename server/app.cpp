@@ -6,6 +6,7 @@
 #include <fstream>
 #include <thread>
 
+#include "server/auth/directory.hpp"
 #include "server/observability/log.hpp"
 #include "server/transport/http_server.hpp"
 #include "server/transport/stdio_transport.hpp"
@@ -108,7 +109,7 @@ int App::serve_stdio() {
     principal.name = config_.stdio_principal;
     principal.kind = "user";
     principal.auth_method = "stdio";
-    principal.projects = config_.projects_of(principal.name);
+    auth::assign_projects(principal, config_);
   } else {
     log::error("stdio_no_principal",
                {{"detail", "set [stdio] principal in the config, or SCIGATE_API_KEY in the environment"}});

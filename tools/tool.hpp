@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 
+#include "policies/ledger.hpp"
 #include "server/common/error.hpp"
 #include "server/pipeline/call_context.hpp"
 
@@ -34,27 +35,32 @@ struct ToolDescriptor {
   TaskSupport task_support = TaskSupport::kForbidden;
   // Whether a call must be charged to a project. Only introspection (whoami) works without one.
   bool needs_project = true;
+  // The role the caller must hold in the project (see known_roles()); the tool is not even
+  // listed to principals holding it nowhere. Audit tools require "auditor".
+  std::string required_role = "member";
 };
 
 struct ToolResult {
   json structured;          // matches output_schema on success
   std::string text;         // a short human/model-readable rendering
   std::optional<Error> error;
-  int64_t cost = 0;         // micro-credits actually used; never more than the hold
+  // What the call actually used, priced by the ledger at settlement (capped at the hold). A
+  // failed call that used resources (a job that ran and failed) reports them too.
+  Usage usage;
 
   static ToolResult success(json structured, std::string text) {
-    return ToolResult{std::move(structured), std::move(text), std::nullopt, 0};
+    return ToolResult{std::move(structured), std::move(text), std::nullopt, {}};
   }
-  static ToolResult failure(Error e) { return ToolResult{nullptr, {}, std::move(e), 0}; }
+  static ToolResult failure(Error e) { return ToolResult{nullptr, {}, std::move(e), {}}; }
 };
 
 class Tool {
  public:
   virtual ~Tool() = default;
   virtual const ToolDescriptor& descriptor() const = 0;
-  // The most this call can cost, in micro-credits, from its validated arguments. Held before
-  // the call runs.
-  virtual int64_t worst_case_cost(const json& args) const { return 0; }
+  // The most this call can use, from its validated arguments; priced and held before the call
+  // runs. The pipeline adds one "call:<tool>" unit itself.
+  virtual Usage worst_case_usage(const json& args) const { return {}; }
   // Runs on the call's executor. Cancellation arrives through the coroutine's cancellation
   // slot (awaited Asio operations fail with operation_aborted) and through ctx.cancelled().
   virtual boost::asio::awaitable<ToolResult> call(const json& args, CallContext& ctx) = 0;

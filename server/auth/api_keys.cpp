@@ -1,5 +1,7 @@
 #include "server/auth/api_keys.hpp"
 
+#include "server/auth/directory.hpp"
+
 #include <ctime>
 
 #include "server/common/crypto.hpp"
@@ -82,7 +84,7 @@ std::optional<Principal> ApiKeyStore::authenticate(const std::string& token) {
       p.kind = st.column_text(2);
       p.auth_method = "api_key";
       p.key_id = key_id;
-      p.projects = config_.projects_of(p.name);
+      assign_projects(p, config_);
       result = std::move(p);
     }
   }

@@ -1,6 +1,7 @@
 #pragma once
 // One error type for the whole server. `message` and `hint` are for the caller (a model or a
 // person); `detail` is for the logs only and never leaves the process.
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -29,6 +30,7 @@ struct Error {
   std::string message;  // safe to show the caller
   std::string hint;     // what the caller can do about it (may be empty)
   std::string detail;   // for the logs only
+  int64_t retry_after_ms = 0;  // for kRateLimited (and busy backends): when a retry can succeed
 
   static Error invalid_arguments(std::string message, std::string hint = {}) {
     return {ErrorCode::kInvalidArguments, std::move(message), std::move(hint), {}};

@@ -84,10 +84,24 @@ void parse_listen(const std::string& listen, HttpConfig& http, const std::string
 
 }  // namespace
 
+const ProjectConfig* Config::project(const std::string& id) const {
+  for (const auto& p : projects)
+    if (p.id == id) return &p;
+  return nullptr;
+}
+
+const UserConfig* Config::user(const std::string& name) const {
+  for (const auto& u : users)
+    if (u.name == name) return &u;
+  return nullptr;
+}
+
 std::vector<std::string> Config::projects_of(const std::string& principal) const {
   std::vector<std::string> out;
+  auto in = [&](const std::vector<std::string>& v) { return std::find(v.begin(), v.end(), principal) != v.end(); };
   for (const auto& p : projects)
-    if (std::find(p.members.begin(), p.members.end(), principal) != p.members.end()) out.push_back(p.id);
+    if (in(p.members) || in(p.managers) || in(p.auditors) || in(p.admins) || in(p.service_accounts))
+      out.push_back(p.id);
   return out;
 }
 
@@ -100,7 +114,7 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
   }
   Config c;
   c.base_dir = base_dir;
-  reject_unknown(root, {"server", "limits", "http", "stdio", "tools", "projects"}, "the top level", source);
+  reject_unknown(root, {"server", "limits", "http", "stdio", "tools", "projects", "users"}, "the top level", source);
   if (auto* s = section(root, "server", source)) {
     reject_unknown(*s, {"name", "database", "log_level", "log_format", "threads", "instructions"}, "[server]", source);
     c.server_name = get<std::string>(*s, "name", c.server_name, source);
@@ -161,17 +175,56 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
     for (const auto& e : *a) {
       const toml::table* t = e.as_table();
       if (!t) throw ConfigError(where(e.source(), source) + ": each [[projects]] entry must be a table");
-      reject_unknown(*t, {"id", "name", "members"}, "[[projects]]", source);
+      reject_unknown(*t,
+                     {"id", "name", "members", "managers", "auditors", "admins", "service_accounts", "policy",
+                      "credit_account", "credit_line"},
+                     "[[projects]]", source);
       ProjectConfig p;
       p.id = get<std::string>(*t, "id", "", source);
       if (p.id.empty()) throw ConfigError(where(e.source(), source) + ": a project needs an \"id\"");
+      if (c.project(p.id)) throw ConfigError(where(e.source(), source) + ": project \"" + p.id + "\" is defined twice");
       p.name = get<std::string>(*t, "name", p.id, source);
       p.members = get_strings(*t, "members", {}, source);
+      p.managers = get_strings(*t, "managers", {}, source);
+      p.auditors = get_strings(*t, "auditors", {}, source);
+      p.admins = get_strings(*t, "admins", {}, source);
+      p.service_accounts = get_strings(*t, "service_accounts", {}, source);
+      for (const auto& sa : p.service_accounts)
+        if (sa.rfind("group:", 0) == 0)
+          throw ConfigError(where(e.source(), source) + ": service_accounts name accounts, not groups (\"" + sa + "\")");
+      p.policy = get<std::string>(*t, "policy", "", source);
+      p.credit_account = get<std::string>(*t, "credit_account", p.id, source);
+      if (const toml::node* cl = t->get("credit_line")) {
+        auto v = cl->value<double>();
+        if (!v || *v < 0)
+          throw ConfigError(where(cl->source(), source) + ": \"credit_line\" must be a number of credits, zero or more");
+        p.credit_line = *v;
+      }
       c.projects.push_back(std::move(p));
+    }
+  }
+  if (const toml::node* n = root.get("users")) {
+    const toml::array* a = n->as_array();
+    if (!a) throw ConfigError(where(n->source(), source) + ": users must be an array of tables ([[users]])");
+    for (const auto& e : *a) {
+      const toml::table* t = e.as_table();
+      if (!t) throw ConfigError(where(e.source(), source) + ": each [[users]] entry must be a table");
+      reject_unknown(*t, {"name", "groups", "default_project"}, "[[users]]", source);
+      UserConfig u;
+      u.name = get<std::string>(*t, "name", "", source);
+      if (u.name.empty()) throw ConfigError(where(e.source(), source) + ": a user needs a \"name\"");
+      u.groups = get_strings(*t, "groups", {}, source);
+      u.default_project = get<std::string>(*t, "default_project", "", source);
+      if (!u.default_project.empty() && !c.project(u.default_project))
+        throw ConfigError(where(e.source(), source) + ": default_project \"" + u.default_project +
+                          "\" is not a configured project");
+      c.users.push_back(std::move(u));
     }
   }
   auto resolve = [&](std::filesystem::path p) { return p.is_absolute() ? p : base_dir / p; };
   c.database = resolve(c.database);
+  for (auto& p : c.projects)
+    if (!p.policy.empty()) p.policy = resolve(p.policy);
   if (!c.http.tls_cert.empty()) {
     c.http.tls_cert = resolve(c.http.tls_cert).string();
     c.http.tls_key = resolve(c.http.tls_key).string();

@@ -15,10 +15,27 @@ struct ConfigError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A project: who belongs to it and in which role, its policy and its credit account. Entries of
+// members/managers/auditors/admins are user names or "group:NAME"; service_accounts name
+// principals of kind "service" (API keys created with --service), which act as members.
 struct ProjectConfig {
   std::string id;
   std::string name;
-  std::vector<std::string> members;  // principal names
+  std::vector<std::string> members;
+  std::vector<std::string> managers;
+  std::vector<std::string> auditors;
+  std::vector<std::string> admins;
+  std::vector<std::string> service_accounts;
+  std::filesystem::path policy;  // per-project policy file; empty: the built-in membership policy
+  std::string credit_account;    // defaults to the project id
+  double credit_line = 0;        // post-paid credit line in credits: the balance may go this far below 0
+};
+
+// Per-user facts the identity provider does not carry (API-key users have no token claims).
+struct UserConfig {
+  std::string name;
+  std::vector<std::string> groups;
+  std::string default_project;
 };
 
 struct HttpConfig {
@@ -55,8 +72,11 @@ struct Config {
   std::string instructions;
   HttpConfig http;
   std::vector<ProjectConfig> projects;
+  std::vector<UserConfig> users;
 
-  // Projects the principal is a member of, in config order.
+  const ProjectConfig* project(const std::string& id) const;
+  const UserConfig* user(const std::string& name) const;
+  // Projects where the user (by name, ignoring groups) holds any role, in config order.
   std::vector<std::string> projects_of(const std::string& principal) const;
 };
 

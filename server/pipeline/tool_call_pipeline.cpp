@@ -8,7 +8,9 @@
 
 #include <algorithm>
 
+#include "policies/redact.hpp"
 #include "server/common/crypto.hpp"
+#include "server/protocol/jsonrpc.hpp"
 #include "server/observability/log.hpp"
 
 namespace scigate {
@@ -28,6 +30,15 @@ std::string join(const std::vector<std::string>& v) {
   return s;
 }
 
+// Not inside the coroutine: GCC 12 miscompiles brace-initialised json there.
+json success_result(ToolResult& result) {
+  json r = json::object();
+  r["content"] = json::array({json{{"type", "text"}, {"text", std::move(result.text)}}});
+  if (!result.structured.is_null()) r["structuredContent"] = std::move(result.structured);
+  r["isError"] = false;
+  return r;
+}
+
 }  // namespace
 
 ToolCallPipeline::ToolCallPipeline(const ToolRegistry& registry, const PolicyEngine& policy, Ledger& ledger,
@@ -40,6 +51,7 @@ json ToolCallPipeline::error_result(const Error& e) {
   if (!e.hint.empty()) text += "\nHint: " + e.hint;
   json err{{"code", to_string(e.code)}, {"message", e.message}};
   if (!e.hint.empty()) err["hint"] = e.hint;
+  if (e.retry_after_ms > 0) err["retry_after_ms"] = e.retry_after_ms;
   return json{{"content", json::array({{{"type", "text"}, {"text", text}}})},
               {"isError", true},
               {"_meta", {{"io.scigate/error", err}}}};
@@ -47,72 +59,121 @@ json ToolCallPipeline::error_result(const Error& e) {
 
 asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
   const auto started = std::chrono::steady_clock::now();
+  // Cancellation stops the tool, never the bookkeeping around it: holds are released and the
+  // audit record written whatever happens to the caller.
+  co_await asio::this_coro::throw_if_cancelled(false);
   ToolCallOutcome out;
   AuditRecord audit;
   audit.time_ms = now_ms();
   audit.request_id = req.request_id;
   audit.principal = req.principal.name;
   audit.tool = req.tool;
+  json facts = json::object();  // merged into the record's details
+  facts["auth"] = req.principal.auth_method;
+  if (!req.client_name.empty()) facts["client"] = req.client_name;
+  if (!req.idempotency_key.empty()) facts["idempotency_key"] = req.idempotency_key;
 
-  auto finish = [&](std::string outcome, const Error* err) {
+  // Every path ends here: one audit record, durable before the caller gets an answer.
+  auto finish = [&](std::string outcome, const Error* err) -> asio::awaitable<void> {
     auto elapsed = std::chrono::steady_clock::now() - started;
     audit.outcome = outcome;
     if (err) {
       audit.error_code = std::string(to_string(err->code));
-      if (!err->detail.empty()) audit.details["detail"] = err->detail;
+      if (!err->detail.empty()) facts["detail"] = err->detail;
     }
     audit.duration_us = std::chrono::duration_cast<std::chrono::microseconds>(elapsed).count();
+    if (!audit.details.is_object()) audit.details = json::object();
+    for (auto it = facts.begin(); it != facts.end(); ++it) audit.details[it.key()] = std::move(it.value());
     metrics_.record_call(registry_.find(req.tool) ? req.tool : "(unknown)", outcome,
                          std::chrono::duration<double>(elapsed).count());
-    audit_.append(std::move(audit));
+    co_await audit_.append_durable(std::move(audit));
   };
-  auto fail = [&](std::string outcome, const Error& e) {
+  auto fail = [&](std::string outcome, const Error& e) -> asio::awaitable<void> {
     out.result = error_result(e);
-    finish(std::move(outcome), &e);
+    co_await finish(std::move(outcome), &e);
   };
 
   // 1. The tool, which must also be one the caller may see.
   Tool* tool = registry_.find(req.tool);
-  if (!tool || !policy_.may_list(req.principal, req.tool)) {
+  if (!tool || !visible(req.principal, *tool)) {
     out.protocol_error = jsonrpc::ProtocolError{jsonrpc::kInvalidParams, "Unknown tool: " + req.tool, nullptr, nullptr};
     Error e{ErrorCode::kNotFound, "unknown tool", {}, {}};
-    finish("invalid", &e);
+    co_await finish("invalid", &e);
     co_return out;
   }
+  const ToolDescriptor& desc = tool->descriptor();
 
-  // 2. The project the call is for.
+  // 2. The project the call is for, and the caller's role there.
   std::string project = req.requested_project.empty() ? req.principal.default_project() : req.requested_project;
   audit.project = project;
-  if (project.empty() && tool->descriptor().needs_project) {
+  if (project.empty() && desc.needs_project) {
     Error e{ErrorCode::kForbidden, req.principal.name + " is not a member of any project, and " + req.tool +
                                        " must be charged to one",
             "ask an administrator to add " + req.principal.name + " to a project", {}};
-    fail("denied", e);
+    co_await fail("denied", e);
+    co_return out;
+  }
+  if (!project.empty() && !req.principal.member_of(project)) {
+    std::string mine;
+    for (const auto& p : req.principal.projects) mine += (mine.empty() ? "" : ", ") + p;
+    Error e{ErrorCode::kForbidden, req.principal.name + " is not a member of project " + project,
+            mine.empty() ? "ask an administrator to add you to a project"
+                         : "act for one of your projects (" + mine + ") with _meta[\"io.scigate/project\"] or the X-Scigate-Project header",
+            {}};
+    co_await fail("denied", e);
+    co_return out;
+  }
+  if (!project.empty() && !req.principal.has_role(project, desc.required_role)) {
+    Error e{ErrorCode::kForbidden,
+            req.tool + " needs the " + desc.required_role + " role in project " + project + ", which " +
+                req.principal.name + " does not hold",
+            "ask a project admin to grant the " + desc.required_role + " role", {}};
+    co_await fail("denied", e);
     co_return out;
   }
 
-  // 3. Arguments against the tool's inputSchema.
+  // 3. Arguments against the tool's inputSchema; the audit keeps them, secrets redacted.
   if (auto e = registry_.validate_arguments(*tool, req.arguments)) {
-    fail("invalid", *e);
+    co_await fail("invalid", *e);
     co_return out;
   }
+  facts["arguments"] = redact_arguments(req.arguments, desc.input_schema);
 
-  // 4. Policy.
+  // 4. Policy (rules, then rate limits).
   Decision decision = policy_.decide(PolicyQuery{req.principal, project, req.tool, req.arguments});
   audit.decision_rules = join(decision.rule_ids);
+  if (!decision.policy_hash.empty()) facts["policy_hash"] = decision.policy_hash;
   if (!decision.permitted()) {
-    Error e{ErrorCode::kPolicyDenied, decision.reason + " (rule " + audit.decision_rules + ")", decision.hint, {}};
-    fail("denied", e);
+    Error e{decision.retry_after ? ErrorCode::kRateLimited : ErrorCode::kPolicyDenied, decision.reason,
+            decision.hint, {}};
+    if (decision.retry_after) e.retry_after_ms = std::max<int64_t>(1, decision.retry_after->count());
+    if (e.message.find("(rule ") == std::string::npos && !audit.decision_rules.empty())
+      e.message += " (rule " + audit.decision_rules + ")";
+    co_await fail(decision.retry_after ? "rate_limited" : "denied", e);
     co_return out;
   }
 
-  // 5. Credit hold for the worst case.
-  Hold hold;
-  HoldRequest hr{project, req.principal.name, req.tool, req.request_id, tool->worst_case_cost(req.arguments)};
-  if (auto e = ledger_.reserve(hr, hold)) {
-    fail("denied", *e);
+  // 5. Credit hold for the worst case (plus the tool's flat per-call rate, if it has one).
+  Usage worst = tool->worst_case_usage(req.arguments);
+  worst.add("call:" + req.tool, 1);
+  HoldRequest hr{project, req.principal.name, req.tool, req.request_id, std::move(worst), req.idempotency_key,
+                 req.idempotency_key.empty() ? std::string() : crypto::sha256_hex(req.tool + "\n" + jsonrpc::dump(req.arguments)),
+                 std::chrono::duration_cast<std::chrono::seconds>(tool_timeout_) + std::chrono::seconds(60)};
+  ReserveResult reserved = co_await ledger_.reserve(std::move(hr));
+  if (reserved.error) {
+    co_await fail(reserved.error->code == ErrorCode::kConflict ? "invalid" : "denied", *reserved.error);
     co_return out;
   }
+  Hold hold = std::move(reserved.hold);
+  if (hold.replay) {
+    // A retry of a call that already completed under this idempotency key: the same answer,
+    // charged once.
+    out.result = std::move(*hold.replay);
+    facts["replayed"] = true;
+    co_await finish("replayed", nullptr);
+    co_return out;
+  }
+  facts["held"] = hold.amount;
 
   // 6. The tool itself, bounded by the deadline and stopped by cancellation.
   CallContext ctx;
@@ -166,6 +227,7 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
     failure = Error::internal(std::string("tool threw: ") + e.what());
   }
   if (!result && ctx.cancelled() && outcome != "timeout") outcome = "cancelled";
+  co_await asio::this_coro::reset_cancellation_state(asio::disable_cancellation());
 
   // 7. Settle what was used, release the rest; then audit.
   if (result && !result->error) {
@@ -176,27 +238,26 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
       failure = Error::internal("output does not match outputSchema: " + *problem);
     }
   }
-  audit.details = std::move(ctx.audit_fields);
+  if (!ctx.audit_fields.empty()) audit.details = std::move(ctx.audit_fields);
   if (result) {
-    int64_t cost = std::clamp<int64_t>(result->cost, 0, hold.amount);
-    ledger_.settle(hold, cost);
-    audit.cost = cost;
+    json r = result->error ? error_result(*result->error) : success_result(*result);
+    // A tool error that used resources (a job that ran and failed) pays for them; the flat
+    // per-call rate is charged for every call that ran.
+    result->usage.add("call:" + req.tool, 1);
+    audit.cost = co_await ledger_.settle(hold, std::move(result->usage), r);
+    out.result = std::move(r);
     if (result->error) {
-      fail("tool_error", *result->error);
+      co_await finish("tool_error", &*result->error);
     } else {
-      json r{{"content", json::array({{{"type", "text"}, {"text", result->text}}})}};
-      if (!result->structured.is_null()) r["structuredContent"] = std::move(result->structured);
-      r["isError"] = false;
-      out.result = std::move(r);
-      finish("ok", nullptr);
+      co_await finish("ok", nullptr);
     }
     co_return out;
   }
-  ledger_.release(hold);
+  co_await ledger_.release(hold);
   if (outcome == "cancelled") {
     out.cancelled = true;
     Error e{ErrorCode::kCancelled, "cancelled by the caller", {}, {}};
-    finish("cancelled", &e);
+    co_await finish("cancelled", &e);
     co_return out;
   }
   if (outcome == "internal") {
@@ -205,8 +266,14 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
     failure.message = "internal error (correlation id " + correlation + ")";
     failure.hint = "this is a server fault, not a problem with the arguments; report the correlation id";
   }
-  fail(outcome, failure);
+  co_await fail(outcome, failure);
   co_return out;
+}
+
+bool ToolCallPipeline::visible(const Principal& principal, const Tool& tool) const {
+  const ToolDescriptor& d = tool.descriptor();
+  if (d.needs_project && !principal.has_role_anywhere(d.required_role)) return false;
+  return policy_.may_list(principal, d.name);
 }
 
 }  // namespace scigate

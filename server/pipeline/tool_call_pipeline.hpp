@@ -25,6 +25,7 @@ struct ToolCallRequest {
   json arguments = json::object();
   Principal principal;
   std::string requested_project;  // from _meta or a header; empty: the principal's default
+  std::string idempotency_key;    // from _meta or the Idempotency-Key header; empty: none
   std::string request_id;         // correlation id
   std::string protocol_version;
   std::string era;
@@ -49,6 +50,10 @@ class ToolCallPipeline {
   // The CallToolResult for a failure the model can act on: text for the model, the structured
   // error in _meta (not structuredContent, which must match the tool's outputSchema).
   static json error_result(const Error& e);
+
+  // Whether the tool appears in the principal's tools/list: it holds the tool's role in some
+  // project, and the policy could permit a call.
+  bool visible(const Principal& principal, const Tool& tool) const;
 
  private:
   const ToolRegistry& registry_;

@@ -189,7 +189,7 @@ Outbound Dispatcher::tools_list(const Inbound& in, bool modern) {
   if (!offset) return error(msg.id, jsonrpc::kInvalidParams, "invalid cursor: pass back nextCursor unchanged");
   std::vector<Tool*> visible;
   for (Tool* t : registry_.tools())
-    if (!in.principal || policy_.may_list(*in.principal, t->descriptor().name)) visible.push_back(t);
+    if (!in.principal || pipeline_.visible(*in.principal, *t)) visible.push_back(t);
   if (*offset > visible.size()) return error(msg.id, jsonrpc::kInvalidParams, "invalid cursor: past the end of the list");
   json tools = json::array();
   std::size_t end = std::min(visible.size(), *offset + page_size);
@@ -223,6 +223,10 @@ asio::awaitable<Outbound> Dispatcher::tools_call(Inbound& in, const std::string&
   req.principal = *in.principal;
   if (auto pj = meta.find(kMetaProject); pj != meta.end() && pj->is_string()) req.requested_project = *pj;
   else req.requested_project = in.project_header;
+  if (auto ik = meta.find(kMetaIdempotencyKey); ik != meta.end() && ik->is_string()) req.idempotency_key = *ik;
+  else req.idempotency_key = in.idempotency_header;
+  if (req.idempotency_key.size() > 200)
+    co_return error(msg.id, jsonrpc::kInvalidParams, "the idempotency key is longer than 200 characters");
   req.request_id = crypto::request_id();
   req.protocol_version = version;
   req.era = version == kModernVersion ? kModernVersion : kLatestLegacyVersion;

@@ -30,6 +30,7 @@ inline constexpr const char* kMetaClientInfo = "io.modelcontextprotocol/clientIn
 inline constexpr const char* kMetaServerInfo = "io.modelcontextprotocol/serverInfo";
 inline constexpr const char* kMetaSubscriptionId = "io.modelcontextprotocol/subscriptionId";
 inline constexpr const char* kMetaProject = "io.scigate/project";
+inline constexpr const char* kMetaIdempotencyKey = "io.scigate/idempotency_key";
 
 // MCP-specific JSON-RPC error codes (2026-07-28).
 inline constexpr int kHeaderMismatch = -32020;
@@ -48,6 +49,7 @@ struct Inbound {
   std::optional<Principal> principal;        // already authenticated by the transport
   std::shared_ptr<LegacySession> session;    // the legacy session, when there is one
   std::string project_header;                // X-Scigate-Project, if sent
+  std::string idempotency_header;            // Idempotency-Key, if sent
   std::string channel;                       // scope of request ids for notifications/cancelled
   Notifier notify;                           // request-scoped notifications; empty if none can be sent
   std::shared_ptr<CancellationFlag> cancellation = std::make_shared<CancellationFlag>();

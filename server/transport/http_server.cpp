@@ -547,6 +547,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     in.transport = mcp::Transport::kHttp;
     in.principal = principal;
     in.project_header = header(req, "X-Scigate-Project");
+    in.idempotency_header = header(req, "Idempotency-Key");
     std::shared_ptr<mcp::LegacySession> new_session;
 
     if (modern) {

@@ -8,10 +8,12 @@
 
 #include <catch2/catch.hpp>
 
+#include <map>
 #include <mutex>
 #include <optional>
 #include <vector>
 
+#include "server/auth/directory.hpp"
 #include "server/protocol/mcp_dispatcher.hpp"
 #include "tools/builtin.hpp"
 
@@ -63,27 +65,43 @@ class ScriptedPolicy : public PolicyEngine {
   std::string hidden_tool;
 };
 
-// Holds succeed while `balance` covers them; records settle/release calls.
+// Prices usage with `rates` (micro-credits per unit; unpriced resources are free); holds
+// succeed while `balance` covers them; records settle/release calls.
 class CountingLedger : public Ledger {
  public:
-  std::optional<Error> reserve(const HoldRequest& r, Hold& out) override {
-    std::lock_guard g(mutex);
-    if (r.amount > balance) return Error{ErrorCode::kInsufficientCredits, "not enough credits", "top up", {}};
-    balance -= r.amount;
-    out = Hold{"h" + std::to_string(++holds), r.amount};
-    return std::nullopt;
+  MicroCredits price(const Usage& u) {
+    double total = 0;
+    for (const auto& l : u.lines)
+      if (auto it = rates.find(l.resource); it != rates.end()) total += l.quantity * static_cast<double>(it->second);
+    return static_cast<MicroCredits>(total);
   }
-  void settle(const Hold& h, MicroCredits actual) override {
+  asio::awaitable<ReserveResult> reserve(HoldRequest r) override {
     std::lock_guard g(mutex);
-    balance += h.amount - actual;
+    ReserveResult out;
+    MicroCredits amount = price(r.worst_case);
+    if (amount > balance) {
+      out.error = Error{ErrorCode::kInsufficientCredits, "not enough credits", "top up", {}};
+      co_return out;
+    }
+    balance -= amount;
+    out.hold = Hold{"h" + std::to_string(++holds), amount, r.project, std::nullopt};
+    co_return out;
+  }
+  asio::awaitable<MicroCredits> settle(Hold h, Usage actual, json) override {
+    std::lock_guard g(mutex);
+    MicroCredits posted = std::min(price(actual), h.amount);
+    balance += h.amount - posted;
     ++settled;
+    co_return posted;
   }
-  void release(const Hold& h) override {
+  asio::awaitable<void> release(Hold h) override {
     std::lock_guard g(mutex);
     balance += h.amount;
     ++released;
+    co_return;
   }
   std::mutex mutex;
+  std::map<std::string, MicroCredits> rates;
   MicroCredits balance = 1'000'000;
   int holds = 0, settled = 0, released = 0;
 };
@@ -98,7 +116,7 @@ struct Harness {
     dispatcher = std::make_unique<mcp::Dispatcher>(config, *pipeline, registry, policy, metrics);
     alice.name = "alice";
     alice.auth_method = "api_key";
-    alice.projects = config.projects_of("alice");
+    auth::assign_projects(alice, config);
   }
 
   static json modern_meta() {

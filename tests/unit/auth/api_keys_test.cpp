@@ -24,7 +24,10 @@ TEST_CASE("api keys: created, authenticated, listed and revoked against a real S
   db.migrate(state::schema_migrations());
   CHECK(db.schema_version() == static_cast<int>(state::schema_migrations().size()));
   Config cfg;
-  cfg.projects.push_back(ProjectConfig{"p1", "P1", {"carol"}});
+  ProjectConfig p1;
+  p1.id = "p1";
+  p1.service_accounts = {"carol"};  // a service key gets memberships only as a service account
+  cfg.projects.push_back(p1);
   auth::ApiKeyStore keys(db, cfg, std::chrono::milliseconds(0));
 
   auto k = keys.create("carol", "service", "robot arm");

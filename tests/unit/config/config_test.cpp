@@ -91,3 +91,37 @@ TEST_CASE("config: typos and negative numbers are refused with their place") {
     CHECK(std::string(e.what()).find("must be zero or more") != std::string::npos);
   }
 }
+
+TEST_CASE("config: projects carry roles, service accounts, policy and credit settings; users their defaults") {
+  Config c = parse_config(R"(
+[[projects]]
+id = "chem"
+members = ["alice"]
+managers = ["bob"]
+service_accounts = ["robot-1"]
+policy = "policies/chem.toml"
+credit_line = 12.5
+
+[[users]]
+name = "alice"
+groups = ["g1"]
+default_project = "chem"
+)",
+                          "/etc/scigate", "t.toml");
+  REQUIRE(c.projects.size() == 1);
+  CHECK(c.projects[0].policy == std::filesystem::path("/etc/scigate/policies/chem.toml"));
+  CHECK(c.projects[0].credit_account == "chem");
+  CHECK(c.projects[0].credit_line == 12.5);
+  CHECK(c.projects_of("bob") == std::vector<std::string>{"chem"});
+  REQUIRE(c.user("alice"));
+  CHECK(c.user("alice")->groups == std::vector<std::string>{"g1"});
+
+  CHECK_THROWS_WITH(parse_config("[[projects]]\nid = \"a\"\n[[projects]]\nid = \"a\"\n", ".", "t.toml"),
+                    Catch::Contains("defined twice"));
+  CHECK_THROWS_WITH(parse_config("[[projects]]\nid = \"a\"\nservice_accounts = [\"group:x\"]\n", ".", "t.toml"),
+                    Catch::Contains("not groups"));
+  CHECK_THROWS_WITH(parse_config("[[users]]\nname = \"a\"\ndefault_project = \"nope\"\n", ".", "t.toml"),
+                    Catch::Contains("t.toml:1:1: default_project \"nope\""));
+  CHECK_THROWS_WITH(parse_config("[[projects]]\nid = \"a\"\ncredit_line = -1\n", ".", "t.toml"),
+                    Catch::Contains("t.toml:3:15"));
+}

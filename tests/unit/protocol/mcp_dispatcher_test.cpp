@@ -255,7 +255,7 @@ TEST_CASE("tools/call: a hold that cannot be made stops the call before it runs"
   struct Costly : Tool {
     ToolDescriptor d{"costly", "", "costs", json::parse(R"({"type":"object"})"), nullptr, {}, TaskSupport::kForbidden};
     const ToolDescriptor& descriptor() const override { return d; }
-    int64_t worst_case_cost(const json&) const override { return 5'000'000; }
+    Usage worst_case_usage(const json&) const override { return Usage().add("gpu_hour:test", 5); }
     boost::asio::awaitable<ToolResult> call(const json&, CallContext&) override {
       ran = true;
       co_return ToolResult::success(nullptr, "ran");
@@ -265,11 +265,13 @@ TEST_CASE("tools/call: a hold that cannot be made stops the call before it runs"
   auto tool = std::make_unique<Costly>();
   auto* raw = tool.get();
   h.registry.add(std::move(tool));
+  h.ledger.rates["gpu_hour:test"] = 1'000'000;
   auto out = h.call(Harness::modern(1, "tools/call", {{"name", "costly"}}));
   auto& r = (*out.response)["result"];
   CHECK(r["isError"] == true);
   CHECK(r["_meta"]["io.scigate/error"]["code"] == "insufficient_credits");
   CHECK_FALSE(raw->ran);
+  CHECK(h.ledger.balance == 1'000'000);
 }
 
 TEST_CASE("tools/call: a tool that throws yields an internal error with a correlation id, not its text") {
