@@ -10,6 +10,7 @@
 
 #include "scigate/version.hpp"
 #include "server/app.hpp"
+#include "server/auth/directory.hpp"
 #include "server/observability/log.hpp"
 
 namespace scigate::cli {
@@ -52,7 +53,9 @@ demo = true
 [[projects]]
 id = "demo"
 name = "Demo project"
-members = ["demo", "lab-controller"]
+members = ["demo"]
+# Lab automation controllers act through service accounts (API keys created with --kind service).
+service_accounts = ["lab-controller"]
 )";
 
 struct Args {
@@ -133,7 +136,7 @@ int cmd_init(const Args& args) {
   std::cout << "Initialised " << fs::absolute(dir).string() << "\n"
             << "  config:   " << fs::absolute(cfg_file).string() << "\n"
             << "  database: " << cfg.database.string() << "\n"
-            << "  project:  demo (members: demo, lab-controller)\n\n"
+            << "  project:  demo (member: demo; service account: lab-controller)\n\n"
             << "Demo API key for user 'demo' (shown once, keep it):\n  " << key.token << "\n"
             << "Service key for 'lab-controller' (shown once):\n  " << lab.token << "\n";
   return 0;
@@ -153,8 +156,13 @@ int cmd_key(const std::vector<std::string>& a) {
     std::cerr << "Created key " << k.info.key_id << " for " << k.info.kind << " '" << principal
               << "'. The token below is shown once:\n";
     std::cout << k.token << "\n";
-    if (cfg.projects_of(principal).empty())
-      std::cerr << "note: '" << principal << "' is not a member of any project in " << cfg.path.string() << "\n";
+    Principal who;
+    who.name = principal;
+    who.kind = k.info.kind;
+    auth::assign_projects(who, cfg);
+    if (who.projects.empty())
+      std::cerr << "note: '" << principal << "' belongs to no project in " << cfg.path.string()
+                << (who.kind == "service" ? " (list it in a project's service_accounts)" : "") << "\n";
     return 0;
   }
   if (sub == "list") {
