@@ -12,6 +12,8 @@ struct Principal {
   std::string key_id;                 // for api_key: which key (never the secret)
   std::vector<std::string> projects;  // projects it may act for, default first
   std::vector<std::string> groups;
+  std::string subject;                // for jwt: the token's sub (the IdP's stable id), always set
+  std::vector<std::string> scopes;    // for jwt: the OAuth scopes the token grants
 
   const std::string& default_project() const {
     static const std::string kNone;
