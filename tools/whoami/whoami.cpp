@@ -9,9 +9,10 @@ WhoamiTool::WhoamiTool(std::string server_name) : server_name_(std::move(server_
   descriptor_.title = "Who am I";
   descriptor_.description =
       "Returns the identity this gateway sees for you: principal name and kind, how you "
-      "authenticated, the projects you may act for (the default first) and the project this call "
-      "counts against, plus the server version and the MCP protocol version in use. Call it when a "
-      "permission or project looks wrong.";
+      "authenticated (with an OIDC token: its subject, groups and scopes), the projects you may "
+      "act for (the default first) and the project this call counts against, plus the server "
+      "version and the MCP protocol version in use. Call it when a permission or project looks "
+      "wrong.";
   descriptor_.input_schema = json::parse(R"({"type":"object","properties":{},"additionalProperties":false})");
   descriptor_.output_schema = json::parse(R"({
     "type": "object",
@@ -21,6 +22,9 @@ WhoamiTool::WhoamiTool(std::string server_name) : server_name_(std::move(server_
       "auth_method": {"type": "string"},
       "projects": {"type": "array", "items": {"type": "string"}},
       "default_project": {"type": "string"},
+      "subject": {"type": "string"},
+      "groups": {"type": "array", "items": {"type": "string"}},
+      "scopes": {"type": "array", "items": {"type": "string"}},
       "project": {"type": "string"},
       "server": {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "string"}},
                  "required": ["name", "version"]},
@@ -44,6 +48,10 @@ boost::asio::awaitable<ToolResult> WhoamiTool::call(const json&, CallContext& ct
            {"project", ctx.project},
            {"server", {{"name", server_name_}, {"version", kVersion}}},
            {"protocol", {{"version", ctx.protocol_version}, {"era", ctx.era}}}};
+  // What an identity provider said (OIDC tokens): shown so a wrong mapping can be seen.
+  if (!p.subject.empty()) out["subject"] = p.subject;
+  if (!p.groups.empty()) out["groups"] = p.groups;
+  if (!p.scopes.empty()) out["scopes"] = p.scopes;
   std::string text = "You are " + p.name + " (" + p.kind + ", via " + p.auth_method + ")";
   text += ctx.project.empty() ? ", not acting for any project." : ", acting for project " + ctx.project + ".";
   co_return ToolResult::success(std::move(out), std::move(text));
