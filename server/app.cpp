@@ -26,6 +26,7 @@ App::App(Config config)
     : config_(std::move(config)),
       db_(config_.database),
       keys_(migrated(db_), config_),
+      authenticator_(config_, keys_),
       registry_(tools::make_registry(config_)),
       audit_(config_.database),
       pipeline_(registry_, policy_, ledger_, audit_, metrics_, config_.tool_timeout),
@@ -44,7 +45,7 @@ int App::serve_http(const std::string& host, uint16_t port, const std::string& p
   dispatcher_.on_tools_changed_legacy = [&sessions] {
     for (auto& s : sessions.all()) s->send(jsonrpc::make_notification("notifications/tools/list_changed", nullptr));
   };
-  transport::HttpServer server(io, transport::HttpDeps{config_, dispatcher_, sessions, keys_, metrics_, audit_, [this] {
+  transport::HttpServer server(io, transport::HttpDeps{config_, dispatcher_, sessions, authenticator_, metrics_, audit_, [this] {
                                                          try {
                                                            db_.schema_version();
                                                            return true;
@@ -59,10 +60,21 @@ int App::serve_http(const std::string& host, uint16_t port, const std::string& p
     log::error("listen_failed", {{"host", host}, {"port", port}, {"detail", e.what()}});
     return 1;
   }
-  server.start();
   std::string scheme = config_.http.tls_cert.empty() ? "http" : "https";
   std::string url = scheme + "://" + (ep.address().is_v6() ? "[" + ep.address().to_string() + "]" : ep.address().to_string()) +
                     ":" + std::to_string(ep.port()) + "/mcp";
+  if (authenticator_.oidc_enabled()) {
+    authenticator_.set_endpoint_url(url);
+    // The JWKS is fetched here, before serving, and then refreshed by a thread of its own, so no
+    // I/O thread ever waits on the IdP. An unreachable jwks_url is survivable (API keys still
+    // work, JWTs are refused until a refresh succeeds); an unreadable jwks_file is a mistake.
+    if (!authenticator_.start_background_refresh() && !config_.oidc->jwks_file.empty()) return 1;
+    if (config_.oidc->resource.empty())
+      log::warn("oidc_resource_derived",
+                {{"resource", authenticator_.resource()},
+                 {"detail", "[oidc] resource is not set; using the listen address (set it to the public URL)"}});
+  }
+  server.start();
   log::info("listening", {{"url", url}, {"threads", thread_count()}, {"tools", registry_.tools().size()}});
   if (!port_file.empty()) {
     std::ofstream(port_file + ".tmp") << ep.port() << "\n";
@@ -92,6 +104,7 @@ int App::serve_http(const std::string& host, uint16_t port, const std::string& p
   for (int i = 1; i < thread_count(); ++i) threads.emplace_back([&io] { io.run(); });
   io.run();
   for (auto& t : threads) t.join();
+  authenticator_.stop_background_refresh();
   log::info("stopped", {});
   return 0;
 }
@@ -99,12 +112,13 @@ int App::serve_http(const std::string& host, uint16_t port, const std::string& p
 int App::serve_stdio() {
   Principal principal;
   if (const char* key = std::getenv("SCIGATE_API_KEY"); key && *key) {
-    auto p = keys_.authenticate(key);
-    if (!p) {
-      log::error("stdio_auth_failed", {{"detail", "SCIGATE_API_KEY is not a valid key"}});
+    // An API key or, with [oidc], a JWT; checked once, at start (it may fetch the JWKS here).
+    auto r = authenticator_.authenticate_token(key);
+    if (!r.ok()) {
+      log::error("stdio_auth_failed", {{"detail", "SCIGATE_API_KEY is not accepted: " + r.reason}});
       return 2;
     }
-    principal = *p;
+    principal = *r.principal;
   } else if (!config_.stdio_principal.empty()) {
     principal.name = config_.stdio_principal;
     principal.kind = "user";

@@ -12,6 +12,7 @@
 #include "policies/ledger.hpp"
 #include "policies/policy.hpp"
 #include "server/auth/api_keys.hpp"
+#include "server/auth/authenticator.hpp"
 #include "server/config/config.hpp"
 #include "server/observability/metrics.hpp"
 #include "server/pipeline/tool_call_pipeline.hpp"
@@ -41,6 +42,7 @@ class App {
   Config config_;
   state::Database db_;
   auth::ApiKeyStore keys_;
+  auth::Authenticator authenticator_;  // API keys and, with [oidc], bearer JWTs
   ToolRegistry registry_;
   MembershipPolicy policy_;
   UnmeteredLedger ledger_;

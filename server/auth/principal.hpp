@@ -24,7 +24,7 @@ struct Principal {
   std::string subject;                // for jwt: the token's `sub`
   std::vector<std::string> projects;  // projects it may act for, default first
   std::vector<std::string> groups;
-  std::vector<std::string> scopes;    // for jwt: granted OAuth scopes
+  std::vector<std::string> scopes;    // for jwt: the OAuth scopes the token grants
   std::map<std::string, std::vector<std::string>> roles;  // project -> roles held there
 
   const std::string& default_project() const {

@@ -37,13 +37,46 @@ std::string random_hex(std::size_t bytes) {
 
 std::string random_token(std::size_t bytes) {
   auto b = random_bytes(bytes);
-  std::string s = base64_encode(std::string_view(reinterpret_cast<const char*>(b.data()), b.size()));
+  return base64url_encode(std::string_view(reinterpret_cast<const char*>(b.data()), b.size()));
+}
+
+std::string base64url_encode(std::string_view data) {
+  std::string s = base64_encode(data);
   for (auto& c : s) {
     if (c == '+') c = '-';
     else if (c == '/') c = '_';
   }
   while (!s.empty() && s.back() == '=') s.pop_back();
   return s;
+}
+
+std::optional<std::string> base64url_decode(std::string_view in) {
+  auto value = [](char c) -> int {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '-') return 62;
+    if (c == '_') return 63;
+    return -1;
+  };
+  if (in.size() % 4 == 1) return std::nullopt;
+  std::string out;
+  out.reserve(in.size() * 3 / 4);
+  uint32_t acc = 0;
+  int bits = 0;
+  for (char c : in) {
+    int v = value(c);
+    if (v < 0) return std::nullopt;
+    acc = (acc << 6) | static_cast<uint32_t>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out.push_back(static_cast<char>((acc >> bits) & 0xff));
+    }
+  }
+  // Leftover bits (2 or 4) must be zero, or two strings would decode to the same bytes.
+  if (bits > 0 && (acc & ((1u << bits) - 1)) != 0) return std::nullopt;
+  return out;
 }
 
 std::string sha256_hex(std::string_view data) {

@@ -16,6 +16,11 @@ std::string sha256_hex(std::string_view data);
 std::string base64_encode(std::string_view data);
 // Standard alphabet, padding optional; nullopt when the input is not base64.
 std::optional<std::string> base64_decode(std::string_view data);
+// base64url (RFC 4648 section 5) without padding.
+std::string base64url_encode(std::string_view data);
+// Strict base64url as JWS requires: only [A-Za-z0-9_-], no padding, no whitespace, and unused
+// trailing bits zero (one encoding per value). nullopt otherwise.
+std::optional<std::string> base64url_decode(std::string_view data);
 bool constant_time_equal(std::string_view a, std::string_view b);
 // A correlation id, unique across processes and restarts ("req-<random>-<counter>"), cheap
 // enough for every request: the CSPRNG is read once per process.

@@ -45,6 +45,28 @@ std::vector<std::string> get_strings(const toml::table& t, std::string_view key,
   return out;
 }
 
+// A string or an array of strings (OAuth's "aud" shape).
+std::vector<std::string> get_string_or_strings(const toml::table& t, std::string_view key,
+                                               std::vector<std::string> fallback, const std::string& source) {
+  const toml::node* n = t.get(key);
+  if (!n) return fallback;
+  if (auto v = n->value<std::string>()) return {*v};
+  if (!n->is_array())
+    throw ConfigError(where(n->source(), source) + ": \"" + std::string(key) +
+                      "\" must be a string or an array of strings");
+  return get_strings(t, key, fallback, source);
+}
+
+bool is_http_url(const std::string& s) { return s.rfind("https://", 0) == 0 || s.rfind("http://", 0) == 0; }
+
+// Scopes are sent inside a quoted WWW-Authenticate parameter: RFC 6749 scope-token characters only.
+bool is_scope_token(const std::string& s) {
+  if (s.empty()) return false;
+  for (unsigned char c : s)
+    if (c < 0x21 || c == 0x22 || c == 0x5c || c > 0x7e) return false;
+  return true;
+}
+
 // Typos must not pass silently: every key of a table must be one this version knows.
 void reject_unknown(const toml::table& t, std::initializer_list<std::string_view> allowed, const std::string& table_name,
                     const std::string& source) {
@@ -65,6 +87,51 @@ const toml::table* section(const toml::table& root, std::string_view name, const
   if (!n) return nullptr;
   if (!n->is_table()) throw ConfigError(where(n->source(), source) + ": [" + std::string(name) + "] must be a table");
   return n->as_table();
+}
+
+OidcConfig parse_oidc(const toml::table& s, const std::string& source) {
+  reject_unknown(s,
+                 {"issuer", "audience", "jwks_file", "jwks_url", "username_claim", "groups_claim", "clock_skew_s",
+                  "jwks_refresh_min_interval_s", "jwks_cache_ttl_s", "required_scopes", "resource",
+                  "authorization_servers"},
+                 "[oidc]", source);
+  OidcConfig o;
+  auto fail = [&](std::string_view key, const std::string& why) {
+    const toml::node* n = s.get(key);
+    throw ConfigError((n ? where(n->source(), source) : source) + ": oidc." + std::string(key) + " " + why);
+  };
+  o.issuer = get<std::string>(s, "issuer", "", source);
+  if (o.issuer.empty()) fail("issuer", "is required (the iss of the tokens to accept)");
+  if (!is_http_url(o.issuer)) fail("issuer", "must be the issuer URL (https://...), as in the IdP's discovery");
+  o.audience = get_string_or_strings(s, "audience", {}, source);
+  for (const auto& a : o.audience)
+    if (a.empty()) fail("audience", "must not hold an empty string");
+  o.jwks_file = get<std::string>(s, "jwks_file", "", source);
+  o.jwks_url = get<std::string>(s, "jwks_url", "", source);
+  if (o.jwks_file.empty() == o.jwks_url.empty()) fail("jwks_url", "or oidc.jwks_file: set exactly one of the two");
+  if (!o.jwks_url.empty() && !is_http_url(o.jwks_url)) fail("jwks_url", "must be an https:// (or http://) URL");
+  o.username_claim = get<std::string>(s, "username_claim", o.username_claim, source);
+  if (o.username_claim.empty()) fail("username_claim", "must not be empty");
+  o.groups_claim = get<std::string>(s, "groups_claim", o.groups_claim, source);
+  if (o.groups_claim.empty()) fail("groups_claim", "must not be empty");
+  auto secs = [&](std::string_view k, std::chrono::seconds d) {
+    return std::chrono::seconds(get<int64_t>(s, k, d.count(), source));
+  };
+  o.clock_skew = secs("clock_skew_s", o.clock_skew);
+  o.jwks_refresh_min_interval = secs("jwks_refresh_min_interval_s", o.jwks_refresh_min_interval);
+  o.jwks_cache_ttl = secs("jwks_cache_ttl_s", o.jwks_cache_ttl);
+  if (o.jwks_cache_ttl.count() == 0) fail("jwks_cache_ttl_s", "must be at least 1");
+  o.required_scopes = get_strings(s, "required_scopes", {}, source);
+  for (const auto& sc : o.required_scopes)
+    if (!is_scope_token(sc)) fail("required_scopes", "holds \"" + sc + "\", which is not one OAuth scope");
+  o.resource = get<std::string>(s, "resource", "", source);
+  if (!o.resource.empty() && (!is_http_url(o.resource) || o.resource.find('#') != std::string::npos))
+    fail("resource", "must be an absolute https:// (or http://) URL without a fragment");
+  o.authorization_servers = get_strings(s, "authorization_servers", {o.issuer}, source);
+  if (o.authorization_servers.empty()) fail("authorization_servers", "must name at least one server");
+  for (const auto& a : o.authorization_servers)
+    if (!is_http_url(a)) fail("authorization_servers", "must hold https:// (or http://) URLs");
+  return o;
 }
 
 void parse_listen(const std::string& listen, HttpConfig& http, const std::string& source) {
@@ -114,7 +181,8 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
   }
   Config c;
   c.base_dir = base_dir;
-  reject_unknown(root, {"server", "limits", "http", "stdio", "tools", "projects", "users"}, "the top level", source);
+  reject_unknown(root, {"server", "limits", "http", "stdio", "tools", "projects", "users", "oidc"}, "the top level",
+                 source);
   if (auto* s = section(root, "server", source)) {
     reject_unknown(*s, {"name", "database", "log_level", "log_format", "threads", "instructions"}, "[server]", source);
     c.server_name = get<std::string>(*s, "name", c.server_name, source);
@@ -221,10 +289,12 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
       c.users.push_back(std::move(u));
     }
   }
+  if (auto* s = section(root, "oidc", source)) c.oidc = parse_oidc(*s, source);
   auto resolve = [&](std::filesystem::path p) { return p.is_absolute() ? p : base_dir / p; };
   c.database = resolve(c.database);
   for (auto& p : c.projects)
     if (!p.policy.empty()) p.policy = resolve(p.policy);
+  if (c.oidc && !c.oidc->jwks_file.empty()) c.oidc->jwks_file = resolve(c.oidc->jwks_file);
   if (!c.http.tls_cert.empty()) {
     c.http.tls_cert = resolve(c.http.tls_cert).string();
     c.http.tls_key = resolve(c.http.tls_key).string();

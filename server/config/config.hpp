@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -56,6 +57,23 @@ struct HttpConfig {
   std::string tls_key;
 };
 
+// [oidc]: bearer JWTs from an OpenID Connect provider, and the RFC 9728 metadata that tells
+// MCP clients where to get them. Present only when the file has an [oidc] table.
+struct OidcConfig {
+  std::string issuer;                           // required; the token's iss must equal it
+  std::vector<std::string> audience;            // the token's aud must contain one; default: [resource]
+  std::filesystem::path jwks_file;              // exactly one of jwks_file and jwks_url
+  std::string jwks_url;
+  std::string username_claim = "preferred_username";  // falls back to sub when absent
+  std::string groups_claim = "groups";
+  std::chrono::seconds clock_skew{60};
+  std::chrono::seconds jwks_refresh_min_interval{30};  // at most one JWKS fetch per interval
+  std::chrono::seconds jwks_cache_ttl{600};             // keys are re-fetched this often
+  std::vector<std::string> required_scopes;      // all must be granted, else 403 insufficient_scope
+  std::string resource;                          // empty: the MCP endpoint URL the server listens on
+  std::vector<std::string> authorization_servers;  // default: [issuer]
+};
+
 struct Config {
   std::filesystem::path path;       // the file this came from (empty for built-in defaults)
   std::filesystem::path base_dir;   // relative paths resolve here
@@ -73,6 +91,7 @@ struct Config {
   HttpConfig http;
   std::vector<ProjectConfig> projects;
   std::vector<UserConfig> users;
+  std::optional<OidcConfig> oidc;
 
   const ProjectConfig* project(const std::string& id) const;
   const UserConfig* user(const std::string& name) const;

@@ -364,6 +364,20 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
       }
       co_return ka;
     }
+    // RFC 9728: where MCP clients learn which authorization server issues tokens for us. Public.
+    if (deps.auth.is_metadata_path(path)) {
+      if (req.method() != http::verb::get && req.method() != http::verb::head) {
+        Response r = error_response(http::status::method_not_allowed, v, ka, kTransportError, path + " takes GET");
+        r.set(http::field::allow, std::string_view("GET"));
+        co_await send(std::move(r));
+        co_return ka;
+      }
+      Response r = json_response(http::status::ok, v, ka, *deps.auth.protected_resource_metadata());
+      // Public metadata: browser-based clients (MCP Inspector) read it cross-origin.
+      r.set(http::field::access_control_allow_origin, std::string_view("*"));
+      co_await send(std::move(r));
+      co_return ka;
+    }
     if (path != "/mcp") {
       co_await send(error_response(http::status::not_found, v, ka, kTransportError,
                                    "no such endpoint: " + path + " (the MCP endpoint is /mcp)"));
@@ -378,27 +392,26 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
       co_return ka;
     }
 
-    std::optional<Principal> principal = authenticate(req);
-    if (!principal) {
-      bool had_token = !header(req, "Authorization").empty();
-      std::string why = had_token ? std::string("the bearer token is not valid (unknown, malformed or revoked key)")
-                                  : std::string("authentication required: send Authorization: Bearer <API key>");
-      audit_refusal(req, std::nullopt, "unauthenticated", why);
-      Response r = error_response(http::status::unauthorized, v, ka, kTransportError, why);
-      std::string challenge = "Bearer realm=\"scigate\"";
-      if (had_token) challenge += ", error=\"invalid_token\"";
-      r.set(http::field::www_authenticate, challenge);
+    auth::AuthResult authn = co_await deps.auth.authenticate_async(header(req, "Authorization"));
+    if (!authn.ok()) {
+      // 401 for no or a bad token; 403 for a valid one without the required scopes.
+      const bool scope = authn.status == auth::AuthResult::Status::kInsufficientScope;
+      audit_refusal(req, authn.principal, scope ? "forbidden" : "unauthenticated", authn.reason);
+      Response r = error_response(scope ? http::status::forbidden : http::status::unauthorized, v, ka,
+                                  kTransportError, authn.message);
+      r.set(http::field::www_authenticate, authn.challenge);
       co_await send(std::move(r));
       co_return ka;
     }
+    const Principal& principal = *authn.principal;
 
     bool keep = ka;
     if (req.method() == http::verb::post) {
-      keep = co_await handle_post(req, *principal);
+      keep = co_await handle_post(req, principal);
     } else if (req.method() == http::verb::get) {
-      keep = co_await handle_get(req, *principal);
+      keep = co_await handle_get(req, principal);
     } else if (req.method() == http::verb::delete_) {
-      keep = co_await handle_delete(req, *principal);
+      keep = co_await handle_delete(req, principal);
     } else {
       Response r = error_response(http::status::method_not_allowed, v, ka, kTransportError, "method not allowed on /mcp");
       r.set(http::field::allow, std::string_view("GET, POST, DELETE"));
@@ -425,14 +438,6 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     r.details["path"] = std::string(req.target().substr(0, 200));
     if (!ec) r.details["remote"] = remote.address().to_string();
     server_->deps_.audit.append(std::move(r));
-  }
-
-  std::optional<Principal> authenticate(const Request& req) {
-    std::string auth = header(req, "Authorization");
-    if (auth.size() < 8 || lower(auth.substr(0, 7)) != "bearer ") return std::nullopt;
-    std::string token = auth.substr(7);
-    while (!token.empty() && token.front() == ' ') token.erase(token.begin());
-    return server_->deps_.keys.authenticate(token);
   }
 
   // GET and DELETE exist only for 2025-11-25 sessions; the 2026-07-28 era is POST-only.

@@ -1,7 +1,9 @@
 #pragma once
 // Streamable HTTP transport on Boost.Beast: POST /mcp for both MCP eras (JSON or SSE answers),
-// GET/DELETE /mcp for 2025-11-25 sessions, /healthz, /readyz and /metrics. Origin allow-list,
-// bearer-key authentication, header/body/idle timeouts, optional TLS, graceful shutdown.
+// GET/DELETE /mcp for 2025-11-25 sessions, /healthz, /readyz, /metrics and (with [oidc]) the
+// RFC 9728 metadata under /.well-known/oauth-protected-resource. Origin allow-list, bearer
+// authentication (API keys, OIDC JWTs) through auth::Authenticator, header/body/idle timeouts,
+// optional TLS, graceful shutdown.
 //
 // Thread-safety: one strand per connection; the server object itself is used from the
 // io_context's threads and from shutdown(), which is thread-safe.
@@ -12,7 +14,7 @@
 #include <memory>
 
 #include "policies/audit.hpp"
-#include "server/auth/api_keys.hpp"
+#include "server/auth/authenticator.hpp"
 #include "server/config/config.hpp"
 #include "server/observability/metrics.hpp"
 #include "server/protocol/mcp_dispatcher.hpp"
@@ -24,7 +26,7 @@ struct HttpDeps {
   const Config& config;
   mcp::Dispatcher& dispatcher;
   mcp::SessionStore& sessions;
-  auth::ApiKeyStore& keys;
+  auth::Authenticator& auth;    // bearer token -> Principal or refusal; RFC 9728 metadata
   Metrics& metrics;
   AuditLog& audit;              // requests refused before the pipeline are recorded here
   std::function<bool()> ready;  // for /readyz

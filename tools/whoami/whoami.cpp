@@ -9,9 +9,10 @@ WhoamiTool::WhoamiTool(std::string server_name) : server_name_(std::move(server_
   descriptor_.title = "Who am I";
   descriptor_.description =
       "Returns the identity this gateway sees for you: principal name and kind, how you "
-      "authenticated, the projects you may act for (the default first) and the project this call "
-      "counts against, your roles and groups, plus the server version and the MCP protocol version in use. Call it when a "
-      "permission or project looks wrong.";
+      "authenticated (with an OIDC token: its subject and scopes), the projects you may act for "
+      "(the default first), your roles and groups, and the project this call counts against, plus "
+      "the server version and the MCP protocol version in use. Call it when a permission or project "
+      "looks wrong.";
   descriptor_.input_schema = json::parse(R"({"type":"object","properties":{},"additionalProperties":false})");
   descriptor_.output_schema = json::parse(R"({
     "type": "object",
@@ -24,6 +25,8 @@ WhoamiTool::WhoamiTool(std::string server_name) : server_name_(std::move(server_
       "roles": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}},
                 "description": "roles held in each project"},
       "groups": {"type": "array", "items": {"type": "string"}},
+      "subject": {"type": "string"},
+      "scopes": {"type": "array", "items": {"type": "string"}},
       "project": {"type": "string"},
       "server": {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "string"}},
                  "required": ["name", "version"]},
@@ -59,6 +62,9 @@ json describe(const CallContext& ctx, const std::string& server_name) {
 boost::asio::awaitable<ToolResult> WhoamiTool::call(const json&, CallContext& ctx) {
   const auto& p = ctx.principal;
   json out = describe(ctx, server_name_);
+  // What an identity provider said (OIDC tokens): shown so a wrong mapping can be seen.
+  if (!p.subject.empty()) out["subject"] = p.subject;
+  if (!p.scopes.empty()) out["scopes"] = p.scopes;
   std::string text = "You are " + p.name + " (" + p.kind + ", via " + p.auth_method + ")";
   text += ctx.project.empty() ? ", not acting for any project." : ", acting for project " + ctx.project + ".";
   co_return ToolResult::success(std::move(out), std::move(text));

@@ -125,3 +125,72 @@ default_project = "chem"
   CHECK_THROWS_WITH(parse_config("[[projects]]\nid = \"a\"\ncredit_line = -1\n", ".", "t.toml"),
                     Catch::Contains("t.toml:3:15"));
 }
+
+TEST_CASE("config: [oidc]") {
+  Config none = parse_config("", "/etc/scigate", "t.toml");
+  CHECK_FALSE(none.oidc);
+
+  Config c = parse_config(R"(
+[oidc]
+issuer = "https://idp.example.org/realms/science"
+jwks_file = "keys/jwks.json"
+)",
+                          "/etc/scigate", "t.toml");
+  REQUIRE(c.oidc);
+  CHECK(c.oidc->jwks_file == std::filesystem::path("/etc/scigate/keys/jwks.json"));
+  CHECK(c.oidc->audience.empty());  // the resource, decided when the server knows its URL
+  CHECK(c.oidc->username_claim == "preferred_username");
+  CHECK(c.oidc->groups_claim == "groups");
+  CHECK(c.oidc->clock_skew == std::chrono::seconds(60));
+  CHECK(c.oidc->jwks_refresh_min_interval == std::chrono::seconds(30));
+  CHECK(c.oidc->jwks_cache_ttl == std::chrono::seconds(600));
+  CHECK(c.oidc->required_scopes.empty());
+  CHECK(c.oidc->authorization_servers == std::vector<std::string>{"https://idp.example.org/realms/science"});
+
+  c = parse_config(R"(
+[oidc]
+issuer = "https://idp.example.org"
+audience = ["https://gw.example.org/mcp", "scigate"]
+jwks_url = "https://idp.example.org/certs"
+username_claim = "email"
+groups_claim = "realm_access.roles"
+clock_skew_s = 5
+jwks_refresh_min_interval_s = 10
+jwks_cache_ttl_s = 300
+required_scopes = ["mcp:tools"]
+resource = "https://gw.example.org/mcp"
+authorization_servers = ["https://idp.example.org", "https://backup.example.org"]
+)",
+                   "/x", "t.toml");
+  CHECK(c.oidc->audience == std::vector<std::string>{"https://gw.example.org/mcp", "scigate"});
+  CHECK(c.oidc->jwks_url == "https://idp.example.org/certs");
+  CHECK(c.oidc->clock_skew == std::chrono::seconds(5));
+  CHECK(c.oidc->required_scopes == std::vector<std::string>{"mcp:tools"});
+  CHECK(c.oidc->authorization_servers.size() == 2);
+  const std::string base = "[oidc]\nissuer = \"https://i\"\njwks_file = \"j\"\n";
+  CHECK(parse_config(base + "audience = \"one\"\n", "/x", "t").oidc->audience == std::vector<std::string>{"one"});
+
+  auto error_of = [](const std::string& text) {
+    try {
+      parse_config(text, "/x", "o.toml");
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  auto has = [](const std::string& error, const std::string& part) { return error.find(part) != std::string::npos; };
+  CHECK(error_of(base + "issuerr = 1\n").rfind("o.toml:4:11: unknown key \"issuerr\" in [oidc]", 0) == 0);
+  CHECK(has(error_of("[oidc]\njwks_file = \"j\"\n"), "oidc.issuer is required"));
+  CHECK(error_of("[oidc]\nissuer = \"idp\"\njwks_file = \"j\"\n").rfind("o.toml:2:10: oidc.issuer must be", 0) == 0);
+  CHECK(has(error_of("[oidc]\nissuer = \"https://i\"\n"), "set exactly one"));
+  CHECK(has(error_of(base + "jwks_url = \"https://x\"\n"), "set exactly one"));
+  CHECK(error_of("[oidc]\nissuer = \"https://i\"\njwks_url = \"file:///etc/passwd\"\n")
+            .rfind("o.toml:3:12: oidc.jwks_url", 0) == 0);
+  CHECK(has(error_of(base + "audience = 3\n"), "string or an array"));
+  CHECK(has(error_of(base + "required_scopes = [\"a b\"]\n"), "not one OAuth scope"));
+  CHECK(has(error_of(base + "clock_skew_s = -1\n"), "must be zero or more"));
+  CHECK(has(error_of(base + "resource = \"gw/mcp\"\n"), "oidc.resource"));
+  CHECK(has(error_of(base + "jwks_cache_ttl_s = 0\n"), "at least 1"));
+  CHECK(has(error_of(base + "authorization_servers = []\n"), "at least one"));
+  CHECK(error_of("oidc = 1\n").find("[oidc] must be a table") != std::string::npos);
+}
