@@ -71,8 +71,6 @@ bool ProjectPolicies::may_list(const Principal& principal, const std::string& to
   return false;
 }
 
-std::optional<std::string> ProjectPolicies::reload() { return reload_from("request"); }
-
 std::optional<std::string> ProjectPolicies::reload_from(const char* trigger) {
   std::lock_guard lock(reload_mutex_);
   std::shared_ptr<const Snapshot> fresh;

@@ -56,7 +56,9 @@ class ProjectPolicies final : public PolicyEngine {
   bool may_list(const Principal& principal, const std::string& tool) const override;
   // Re-reads every file; all are swapped in, or none (the error names file:line:column).
   // Logs policy_reloaded or policy_reload_failed.
-  std::optional<std::string> reload() override;
+  std::optional<std::string> reload() override { return reload_from("request"); }
+  // The same, with what asked for it ("sighup", "file_change") in the log line.
+  std::optional<std::string> reload_from(const char* trigger);
 
   // Polls the files every `interval` (size, mtime, inode; then the content hash) and reloads
   // when a file's content changed; after a successful reload calls `on_reloaded` on the
@@ -72,7 +74,6 @@ class ProjectPolicies final : public PolicyEngine {
     std::map<std::string, std::shared_ptr<const policy::Policy>> by_project;
   };
   std::shared_ptr<const Snapshot> load_all() const;
-  std::optional<std::string> reload_from(const char* trigger);
   void watch_loop(std::chrono::milliseconds interval, std::function<void()> on_reloaded);
 
   std::vector<Source> sources_;
