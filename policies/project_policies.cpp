@@ -139,7 +139,9 @@ void ProjectPolicies::watch_loop(std::chrono::milliseconds interval, std::functi
     for (const auto& s : sources_) fps.push_back(fingerprint(s.file));
     return fps;
   };
-  std::vector<Fingerprint> seen = take();
+  // Empty: the first poll compares the files with what was loaded, so a change made between
+  // loading and watching is not missed.
+  std::vector<Fingerprint> seen;
   std::string failed_content;  // the content whose reload failed, so it is reported once
   bool warned_missing = false;
   for (;;) {

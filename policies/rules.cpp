@@ -69,7 +69,11 @@ std::string join(const std::vector<std::string>& v, std::string_view sep) {
 // A caller-supplied value in a message: bounded, so a huge argument cannot bloat the reason.
 std::string shown(const json& v, bool quote_strings) {
   std::string s = (v.is_string() && !quote_strings) ? v.get<std::string>() : v.dump(-1, ' ', false, json::error_handler_t::replace);
-  if (s.size() > 80) s = s.substr(0, 77) + "...";
+  if (s.size() > 80) {
+    std::size_t cut = 77;
+    while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;  // not inside a UTF-8 sequence
+    s = s.substr(0, cut) + "...";
+  }
   return s;
 }
 

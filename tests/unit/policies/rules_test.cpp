@@ -728,3 +728,15 @@ burst = 1000000
   CHECK(permitted == n);
   std::cerr << "policy decide (20 rules, permit, with a rate limit): " << ns << " ns/decision\n";
 }
+
+TEST_CASE("policy: a long multi-byte argument is cut at a character boundary in the reason") {
+  Policy p = Policy::parse(kJobs, "jobs.toml");
+  auto alice = member("alice", "p", {"member"}, {"physics"});
+  std::string name = "x";  // so that byte 77 of the quoted value is the middle of a character
+  for (int i = 0; i < 60; ++i) name += "\xc3\xa9";  // é, two bytes each
+  auto d = decide(p, alice, "submit_job", {{"resources", {{"gpus", 1}}}, {"walltime", "1:00:00"}, {"partition", name}});
+  CHECK_FALSE(d.permitted());
+  CHECK(d.reason.find("...") != std::string::npos);
+  // Valid UTF-8 throughout: dumping it with the strict handler does not throw.
+  CHECK_NOTHROW(json(d.reason).dump());
+}
