@@ -62,7 +62,7 @@ demo = true
 id = "demo"
 name = "Demo project"
 members = ["demo"]
-# API keys created with --kind service act for the project through this list.
+# Lab automation controllers act through service accounts (API keys created with --kind service).
 service_accounts = ["lab-controller"]
 # Who may call what, with which arguments: docs/POLICY.md. Reloaded when the file changes.
 policy = "policies/demo.toml"
@@ -262,8 +262,13 @@ int cmd_key(const std::vector<std::string>& a) {
     std::cerr << "Created key " << k.info.key_id << " for " << k.info.kind << " '" << principal
               << "'. The token below is shown once:\n";
     std::cout << k.token << "\n";
-    if (cfg.projects_of(principal).empty())
-      std::cerr << "note: '" << principal << "' is not a member of any project in " << cfg.path.string() << "\n";
+    Principal who;
+    who.name = principal;
+    who.kind = k.info.kind;
+    auth::assign_projects(who, cfg);
+    if (who.projects.empty())
+      std::cerr << "note: '" << principal << "' belongs to no project in " << cfg.path.string()
+                << (who.kind == "service" ? " (list it in a project's service_accounts)" : "") << "\n";
     return 0;
   }
   if (sub == "list") {

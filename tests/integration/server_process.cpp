@@ -185,6 +185,14 @@ int ServerProcess::stop(std::chrono::milliseconds wait) {
   return -2;
 }
 
+void ServerProcess::kill_hard() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGKILL);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+}
+
 ServerProcess::~ServerProcess() {
   if (pid_ > 0) stop(std::chrono::seconds(5));
   std::error_code ec;

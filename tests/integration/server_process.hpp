@@ -42,6 +42,8 @@ class ServerProcess {
   void start();
   // SIGTERM, then wait; returns the exit status (or -1 on signal).
   int stop(std::chrono::milliseconds wait = std::chrono::seconds(20));
+  // SIGKILL, as a crash or the OOM killer would, and reap it.
+  void kill_hard();
   bool running();
 
   uint16_t port() const { return port_; }

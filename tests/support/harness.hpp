@@ -50,7 +50,11 @@ class ScriptedPolicy : public PolicyEngine {
  public:
   Decision decide(const PolicyQuery& q) const override {
     Decision d;
-    if (q.tool == denied_tool) {
+    if (q.tool == limited_tool) {
+      d.rule_ids = {"test-rate"};
+      d.reason = "rate limit test-rate: 1 call per minute";
+      d.retry_after = std::chrono::milliseconds(4200);
+    } else if (q.tool == denied_tool) {
       d.rule_ids = {"test-deny"};
       d.reason = "calls to " + q.tool + " are forbidden here";
       d.hint = "use another tool";
@@ -63,6 +67,7 @@ class ScriptedPolicy : public PolicyEngine {
   bool may_list(const Principal&, const std::string& tool) const override { return tool != hidden_tool; }
   std::string denied_tool;
   std::string hidden_tool;
+  std::string limited_tool;
 };
 
 // Prices usage with `rates` (micro-credits per unit; unpriced resources are free); holds
@@ -78,6 +83,12 @@ class CountingLedger : public Ledger {
   asio::awaitable<ReserveResult> reserve(HoldRequest r) override {
     std::lock_guard g(mutex);
     ReserveResult out;
+    if (!r.idempotency_key.empty()) {
+      if (auto it = done.find(r.idempotency_key); it != done.end()) {
+        out.hold.replay = it->second;
+        co_return out;
+      }
+    }
     MicroCredits amount = price(r.worst_case);
     if (amount > balance) {
       out.error = Error{ErrorCode::kInsufficientCredits, "not enough credits", "top up", {}};
@@ -85,10 +96,12 @@ class CountingLedger : public Ledger {
     }
     balance -= amount;
     out.hold = Hold{"h" + std::to_string(++holds), amount, r.project, std::nullopt};
+    if (!r.idempotency_key.empty()) keys[out.hold.id] = r.idempotency_key;
     co_return out;
   }
-  asio::awaitable<MicroCredits> settle(Hold h, Usage actual, json) override {
+  asio::awaitable<MicroCredits> settle(Hold h, Usage actual, json result) override {
     std::lock_guard g(mutex);
+    if (auto it = keys.find(h.id); it != keys.end()) done[it->second] = std::move(result);
     MicroCredits posted = std::min(price(actual), h.amount);
     balance += h.amount - posted;
     ++settled;
@@ -102,6 +115,8 @@ class CountingLedger : public Ledger {
   }
   std::mutex mutex;
   std::map<std::string, MicroCredits> rates;
+  std::map<std::string, std::string> keys;  // hold id -> idempotency key
+  std::map<std::string, json> done;         // idempotency key -> stored result
   MicroCredits balance = 1'000'000;
   int holds = 0, settled = 0, released = 0;
 };

@@ -4,6 +4,8 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <cstdio>
+
 namespace scigate::tools {
 namespace asio = boost::asio;
 
@@ -49,6 +51,16 @@ SleepTool::SleepTool() {
   descriptor_.annotations = ToolAnnotations{.read_only = true, .destructive = false, .idempotent = true, .open_world = false};
 }
 
+namespace {
+Usage core_time(double seconds) {
+  char detail[64];
+  std::snprintf(detail, sizeof detail, "1 core x %.3g s", seconds);
+  return Usage().add("cpu_core_hour", seconds / 3600.0, detail);
+}
+}  // namespace
+
+Usage SleepTool::worst_case_usage(const json& args) const { return core_time(args["seconds"].get<double>()); }
+
 asio::awaitable<ToolResult> SleepTool::call(const json& args, CallContext& ctx) {
   double seconds = args["seconds"].get<double>();
   int steps = args.value("steps", 10);
@@ -59,7 +71,9 @@ asio::awaitable<ToolResult> SleepTool::call(const json& args, CallContext& ctx) 
     co_await timer.async_wait(asio::use_awaitable);  // throws operation_aborted when cancelled
     ctx.progress.report(i, steps, "step " + std::to_string(i) + " of " + std::to_string(steps));
   }
-  co_return ToolResult::success(json{{"slept_seconds", seconds}}, "slept " + std::to_string(seconds) + " s");
+  ToolResult r = ToolResult::success(json{{"slept_seconds", seconds}}, "slept " + std::to_string(seconds) + " s");
+  r.usage = core_time(seconds);
+  co_return r;
 }
 
 }  // namespace scigate::tools
