@@ -1,5 +1,6 @@
 #include "server/app.hpp"
 
+#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 
 #include <cstdlib>
@@ -28,11 +29,28 @@ App::App(Config config)
       keys_(migrated(db_), config_),
       authenticator_(config_, keys_),
       registry_(tools::make_registry(config_)),
+      policy_(ProjectPolicies::sources_from(config_)),
       audit_(config_.database),
       pipeline_(registry_, policy_, ledger_, audit_, metrics_, config_.tool_timeout),
-      dispatcher_(config_, pipeline_, registry_, policy_, metrics_) {}
+      dispatcher_(config_, pipeline_, registry_, policy_, metrics_) {
+  policy_.set_schema_lookup([this](const std::string& tool) -> const json* {
+    const Tool* t = registry_.find(tool);
+    return t ? &t->descriptor().input_schema : nullptr;
+  });
+}
 
 App::~App() = default;
+
+void App::reload_policies() {
+  // A broken file keeps the policy in force (ProjectPolicies logs why); clients re-list tools
+  // only when something was loaded.
+  if (!policy_.reload_from("sighup")) dispatcher_.broadcast_tools_changed();
+}
+
+void App::watch_policies(asio::io_context& io) {
+  // The watcher thread only posts: notifications are sent from the I/O threads, as for SIGHUP.
+  policy_.watch(std::chrono::seconds(1), [this, &io] { asio::post(io, [this] { dispatcher_.broadcast_tools_changed(); }); });
+}
 
 int App::thread_count() const {
   if (config_.threads > 0) return config_.threads;
@@ -91,20 +109,20 @@ int App::serve_http(const std::string& host, uint16_t port, const std::string& p
   std::function<void()> wait_hup = [&] {
     hup.async_wait([&](const boost::system::error_code& ec, int) {
       if (ec) return;
-      // Nothing is reloaded yet (policies will be); clients are told to re-list tools, which is
-      // what a reload changes.
-      log::info("sighup", {{"detail", "sending notifications/tools/list_changed"}});
-      dispatcher_.broadcast_tools_changed();
+      log::info("sighup", {{"detail", "reloading policies"}});
+      reload_policies();
       wait_hup();
     });
   };
   wait_hup();
+  watch_policies(io);
 
   std::vector<std::thread> threads;
   for (int i = 1; i < thread_count(); ++i) threads.emplace_back([&io] { io.run(); });
   io.run();
   for (auto& t : threads) t.join();
   authenticator_.stop_background_refresh();
+  policy_.stop_watching();
   log::info("stopped", {});
   return 0;
 }
@@ -131,16 +149,18 @@ int App::serve_stdio() {
   }
   asio::io_context io;
   auto work = asio::make_work_guard(io);
-  // SIGHUP must not kill a stdio server; it announces a changed tool list, as over HTTP.
+  // SIGHUP must not kill a stdio server; it reloads the policies, as over HTTP.
   asio::signal_set hup(io, SIGHUP);
   std::function<void()> wait_hup = [&] {
     hup.async_wait([&](const boost::system::error_code& ec, int) {
       if (ec) return;
-      dispatcher_.broadcast_tools_changed();
+      log::info("sighup", {{"detail", "reloading policies"}});
+      reload_policies();
       wait_hup();
     });
   };
   wait_hup();
+  watch_policies(io);
   std::vector<std::thread> threads;
   for (int i = 0; i < thread_count(); ++i) threads.emplace_back([&io] { io.run(); });
   transport::StdioOptions opts;
@@ -149,6 +169,7 @@ int App::serve_stdio() {
   log::info("stdio_ready", {{"principal", principal.name}, {"tools", registry_.tools().size()}});
   transport::run_stdio(io, dispatcher_, principal, opts);
   hup.cancel();
+  policy_.stop_watching();
   work.reset();
   io.stop();
   for (auto& t : threads) t.join();

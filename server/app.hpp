@@ -10,7 +10,7 @@
 
 #include "policies/audit_store.hpp"
 #include "policies/ledger.hpp"
-#include "policies/policy.hpp"
+#include "policies/project_policies.hpp"
 #include "server/auth/api_keys.hpp"
 #include "server/auth/authenticator.hpp"
 #include "server/config/config.hpp"
@@ -38,13 +38,15 @@ class App {
 
  private:
   int thread_count() const;
+  void reload_policies();
+  void watch_policies(boost::asio::io_context& io);
 
   Config config_;
   state::Database db_;
   auth::ApiKeyStore keys_;
   auth::Authenticator authenticator_;  // API keys and, with [oidc], bearer JWTs
   ToolRegistry registry_;
-  MembershipPolicy policy_;
+  ProjectPolicies policy_;  // per-project policy files; reloaded on SIGHUP and on change
   UnmeteredLedger ledger_;
   SqliteAuditLog audit_;  // after keys_, whose construction migrates the schema
   Metrics metrics_;

@@ -8,10 +8,13 @@
 #include <map>
 #include <optional>
 
+#include "policies/policy_tests.hpp"
+#include "policies/project_policies.hpp"
 #include "scigate/version.hpp"
 #include "server/app.hpp"
 #include "server/auth/directory.hpp"
 #include "server/observability/log.hpp"
+#include "tools/builtin.hpp"
 
 namespace scigate::cli {
 namespace fs = std::filesystem;
@@ -26,6 +29,11 @@ usage:
   scigate key list   [--config FILE]
   scigate key revoke [--config FILE] KEY_ID
   scigate audit verify [--config FILE]   check the audit log's hash chain
+  scigate policy check [--config FILE] [--project P] --as NAME [--kind user|service] [--group G]...
+                       --tool TOOL [--args JSON] [--at 2025-01-06T10:00:00Z]
+                                   explain the decision on one call (exit 0 allow, 1 deny)
+  scigate policy test FILE...      run policy test cases (exit 1 if any fails)
+  scigate policy validate FILE...  check policy files; the first error with line:column
   scigate version
 
 --config defaults to $SCIGATE_CONFIG, then ./scigate.toml.
@@ -56,11 +64,103 @@ name = "Demo project"
 members = ["demo"]
 # Lab automation controllers act through service accounts (API keys created with --kind service).
 service_accounts = ["lab-controller"]
+# Who may call what, with which arguments: docs/POLICY.md. Reloaded when the file changes.
+policy = "policies/demo.toml"
+)";
+
+constexpr const char* kDemoPolicy = R"(# Policy of the demo project, written by `scigate init`. Reference: docs/POLICY.md
+#
+# Default deny: a call runs only when a permit rule matches it and no forbid rule does.
+# A running server reloads this file within a second of a change (and on SIGHUP); a broken
+# file is refused with its line and column, and the previous policy stays in force.
+#
+#   scigate policy check --project demo --as demo --tool sleep --args '{"seconds": 900}'
+#   scigate policy test policies/demo.test.toml
+
+[[rules]]
+id = "members-introspect-and-echo"
+effect = "permit"
+description = "Members may call whoami and echo"
+principals = ["role:member"]
+tools = ["whoami", "echo"]
+
+[[rules]]
+id = "members-sleep-10-min"
+effect = "permit"
+description = "Members may sleep for up to ten minutes"
+principals = ["role:member"]
+tools = ["sleep"]
+[rules.when]
+seconds = { max = 600 }
+
+[[rules]]
+id = "robots-sleep-1-min"
+effect = "forbid"
+description = "Service accounts sleep for a minute at most"
+principals = ["service:*"]
+tools = ["sleep"]
+[rules.when]
+seconds = { above = 60 }
+
+[[rate_limits]]
+id = "sleep-rate"
+description = "Sleep calls per principal"
+tools = ["sleep"]
+per = "principal"
+rate = "120/minute"
+burst = 60
+)";
+
+constexpr const char* kDemoPolicyTests = R"(# Tests for demo.toml:  scigate policy test policies/demo.test.toml
+policy = "demo.toml"
+project = "demo"
+
+[[cases]]
+name = "a member may echo"
+principal = "demo"
+tool = "echo"
+args = { text = "hello" }
+expect = "allow"
+rule = "members-introspect-and-echo"
+
+[[cases]]
+name = "a member may sleep five minutes"
+principal = "demo"
+tool = "sleep"
+args = { seconds = 300 }
+expect = "allow"
+
+[[cases]]
+name = "a member may not sleep an hour"
+principal = "demo"
+tool = "sleep"
+args = { seconds = 3600 }
+expect = "deny"
+rule = "members-sleep-10-min"
+reason_contains = "exceeds the limit 600"
+
+[[cases]]
+name = "the lab controller may not sleep two minutes"
+principal = "lab-controller"
+kind = "service"
+tool = "sleep"
+args = { seconds = 120 }
+expect = "deny"
+rule = "robots-sleep-1-min"
+
+[[cases]]
+name = "someone outside the project may not echo"
+principal = "mallory"
+roles = []
+tool = "echo"
+args = { text = "hi" }
+expect = "deny"
 )";
 
 struct Args {
   std::vector<std::string> positional;
   std::map<std::string, std::string> options;
+  std::map<std::string, std::vector<std::string>> all;  // every value of a repeated option
   std::vector<std::string> flags;
   bool has_flag(const std::string& f) const { return std::find(flags.begin(), flags.end(), f) != flags.end(); }
   std::string opt(const std::string& k, const std::string& d = "") const {
@@ -78,9 +178,11 @@ Args parse_args(const std::vector<std::string>& a, std::size_t from, const std::
       std::string key = s.substr(2, eq == std::string::npos ? std::string::npos : eq - 2);
       if (eq != std::string::npos) {
         out.options[key] = s.substr(eq + 1);
+        out.all[key].push_back(out.options[key]);
       } else if (std::find(with_value.begin(), with_value.end(), key) != with_value.end()) {
         if (i + 1 >= a.size()) throw std::invalid_argument("--" + key + " needs a value");
         out.options[key] = a[++i];
+        out.all[key].push_back(out.options[key]);
       } else {
         out.flags.push_back(key);
       }
@@ -122,12 +224,15 @@ int cmd_init(const Args& args) {
               << cfg_file.string() << " --principal demo\n";
     return 3;
   }
-  fs::create_directories(dir);
-  {
-    std::ofstream out(cfg_file);
-    out << kDemoConfig;
-    if (!out) throw std::runtime_error("cannot write " + cfg_file.string());
-  }
+  fs::create_directories(dir / "policies");
+  auto write = [](const fs::path& f, const char* text) {
+    std::ofstream out(f);
+    out << text;
+    if (!out) throw std::runtime_error("cannot write " + f.string());
+  };
+  write(dir / "policies" / "demo.toml", kDemoPolicy);
+  write(dir / "policies" / "demo.test.toml", kDemoPolicyTests);
+  write(cfg_file, kDemoConfig);
   Config cfg = load_config(cfg_file);
   log::init("text", "warn");
   App app(cfg);
@@ -136,7 +241,8 @@ int cmd_init(const Args& args) {
   std::cout << "Initialised " << fs::absolute(dir).string() << "\n"
             << "  config:   " << fs::absolute(cfg_file).string() << "\n"
             << "  database: " << cfg.database.string() << "\n"
-            << "  project:  demo (member: demo; service account: lab-controller)\n\n"
+            << "  project:  demo (member: demo; service account: lab-controller)\n"
+            << "  policy:   " << fs::absolute(dir / "policies" / "demo.toml").string() << " (tests: demo.test.toml beside it)\n\n"
             << "Demo API key for user 'demo' (shown once, keep it):\n  " << key.token << "\n"
             << "Service key for 'lab-controller' (shown once):\n  " << lab.token << "\n";
   return 0;
@@ -201,6 +307,144 @@ int cmd_audit(const std::vector<std::string>& a) {
   return 1;
 }
 
+std::string joined(const std::vector<std::string>& v, const char* sep = ", ") {
+  std::string s;
+  for (const auto& x : v) s += (s.empty() ? "" : sep) + x;
+  return s;
+}
+
+void print_decision(const Decision& d) {
+  std::cout << "decision: " << (d.permitted() ? "allow" : "deny") << "\n"
+            << "rules:    " << (d.rule_ids.empty() ? "-" : joined(d.rule_ids)) << "\n"
+            << "reason:   " << d.reason << "\n";
+  if (!d.hint.empty()) std::cout << "hint:     " << d.hint << "\n";
+  if (d.retry_after) std::cout << "retry after: " << d.retry_after->count() << " ms\n";
+}
+
+// scigate policy check: the pipeline's steps 2-4 (project and role, arguments, policy) for one
+// call, without running it or taking a rate-limit token.
+int policy_check(const Args& args) {
+  Config cfg = load_config(config_path(args));
+  log::init("text", "warn");
+  Principal p;
+  p.name = args.opt("as");
+  if (p.name.empty()) throw std::invalid_argument("policy check needs --as NAME");
+  p.kind = args.opt("kind", "user");
+  if (p.kind != "user" && p.kind != "service") throw std::invalid_argument("--kind must be user or service");
+  p.auth_method = "cli";
+  if (auto it = args.all.find("group"); it != args.all.end()) p.groups = it->second;
+  auth::assign_projects(p, cfg);
+  std::string tool_name = args.opt("tool");
+  if (tool_name.empty()) throw std::invalid_argument("policy check needs --tool TOOL");
+  json arguments = json::parse(args.opt("args", "{}"), nullptr, false);
+  if (arguments.is_discarded() || !arguments.is_object())
+    throw std::invalid_argument("--args must be a JSON object, e.g. '{\"seconds\": 5}'");
+  auto now = std::chrono::system_clock::now();
+  if (auto at = args.opt("at"); !at.empty()) {
+    auto t = policy::parse_time(at);
+    if (!t) throw std::invalid_argument("--at must be a date-time like 2025-01-06T10:00:00Z");
+    now = *t;
+  }
+  std::string project = args.opt("project", p.default_project());
+
+  std::cout << "principal: " << p.name << " (" << p.kind;
+  if (!p.groups.empty()) std::cout << "; groups " << joined(p.groups);
+  if (auto it = p.roles.find(project); it != p.roles.end()) std::cout << "; roles in " << project << ": " << joined(it->second);
+  std::cout << ")\n";
+  auto deny = [](const std::string& stage, const std::string& reason, const std::string& hint) {
+    std::cout << "decision: deny\nstage:    " << stage << "\nreason:   " << reason << "\n";
+    if (!hint.empty()) std::cout << "hint:     " << hint << "\n";
+    return 1;
+  };
+
+  ToolRegistry registry = tools::make_registry(cfg);
+  Tool* tool = registry.find(tool_name);
+  if (!tool) std::cerr << "note: no tool '" << tool_name << "' is registered with this config; the policy is checked anyway\n";
+  if (project.empty()) {
+    if (!tool || tool->descriptor().needs_project)
+      return deny("project", p.name + " is not a member of any project", "add --project or a membership in the config");
+  } else {
+    if (!cfg.project(project)) return deny("project", "no project '" + project + "' in " + cfg.path.string(), "");
+    if (!p.member_of(project)) return deny("membership", p.name + " is not a member of project " + project, "");
+    if (tool && !p.has_role(project, tool->descriptor().required_role))
+      return deny("role", tool_name + " needs the " + tool->descriptor().required_role + " role in project " + project, "");
+  }
+  if (tool) {
+    if (auto e = registry.validate_arguments(*tool, arguments)) return deny("arguments", e->message, e->hint);
+  }
+
+  ProjectPolicies engine(ProjectPolicies::sources_from(cfg));
+  engine.set_schema_lookup([&registry](const std::string& name) -> const json* {
+    const Tool* t = registry.find(name);
+    return t ? &t->descriptor().input_schema : nullptr;
+  });
+  PolicyQuery q{p, project, tool_name, arguments, now, false};
+  Decision d = engine.decide(q);
+  if (auto pol = engine.policy_for(project); pol && !project.empty())
+    std::cout << "policy:   " << pol->source() << " (sha256 " << pol->hash() << ")\n";
+  else
+    std::cout << "policy:   built-in membership policy (project " << (project.empty() ? "none" : project) << " has no policy file)\n";
+  print_decision(d);
+  return d.permitted() ? 0 : 1;
+}
+
+int policy_test(const Args& args) {
+  if (args.positional.empty()) throw std::invalid_argument("usage: scigate policy test FILE...");
+  int passed = 0, failed = 0, errors = 0;
+  for (const auto& file : args.positional) {
+    try {
+      auto r = policy::run_policy_tests(file);
+      std::cout << r.file << " (policy " << r.policy_file << "):\n";
+      for (const auto& c : r.cases) {
+        if (c.passed) {
+          ++passed;
+          std::cout << "  PASS: " << c.name << "\n";
+        } else {
+          ++failed;
+          std::cout << "  FAIL: " << c.name << " (line " << c.line << "): " << c.failure << "\n"
+                    << "        decided by " << (c.decision.rule_ids.empty() ? "-" : joined(c.decision.rule_ids, ","))
+                    << ": " << c.decision.reason << "\n";
+        }
+      }
+    } catch (const PolicyError& e) {
+      ++errors;
+      std::cout << "ERROR: " << e.what() << "\n";
+    }
+  }
+  std::cout << std::string(60, '-') << "\n"
+            << "PASS: " << passed << "/" << (passed + failed) << "\n";
+  if (failed) std::cout << "FAIL: " << failed << "/" << (passed + failed) << "\n";
+  if (errors) std::cout << "ERROR: " << errors << " file(s) could not be run\n";
+  return failed || errors ? 1 : 0;
+}
+
+int policy_validate(const Args& args) {
+  if (args.positional.empty()) throw std::invalid_argument("usage: scigate policy validate FILE...");
+  int bad = 0;
+  for (const auto& file : args.positional) {
+    try {
+      auto p = policy::Policy::load(file);
+      std::cout << file << ": ok (" << p.rules().size() << " rules, " << p.rate_limits().size()
+                << " rate limits; sha256 " << p.hash() << ")\n";
+    } catch (const PolicyError& e) {
+      ++bad;
+      std::cout << e.what() << "\n";
+    }
+  }
+  return bad ? 1 : 0;
+}
+
+int cmd_policy(const std::vector<std::string>& a) {
+  const char* usage = "usage: scigate policy check|test|validate ...";
+  if (a.size() < 3) throw std::invalid_argument(usage);
+  const std::string sub = a[2];
+  if (sub == "check")
+    return policy_check(parse_args(a, 3, {"config", "project", "as", "kind", "group", "tool", "args", "at"}));
+  if (sub == "test") return policy_test(parse_args(a, 3, {}));
+  if (sub == "validate") return policy_validate(parse_args(a, 3, {}));
+  throw std::invalid_argument(usage);
+}
+
 }  // namespace
 
 int run(const std::vector<std::string>& a) {
@@ -218,10 +462,14 @@ int run(const std::vector<std::string>& a) {
     if (cmd == "init") return cmd_init(parse_args(a, 2, {}));
     if (cmd == "key") return cmd_key(a);
     if (cmd == "audit") return cmd_audit(a);
+    if (cmd == "policy") return cmd_policy(a);
     std::cerr << "scigate: unknown command '" << cmd << "'\n\n" << kUsage;
     return 2;
   } catch (const ConfigError& e) {
     std::cerr << "scigate: config error: " << e.what() << "\n";
+    return 2;
+  } catch (const PolicyError& e) {
+    std::cerr << "scigate: policy error: " << e.what() << "\n";
     return 2;
   } catch (const std::invalid_argument& e) {
     std::cerr << "scigate: " << e.what() << "\n";

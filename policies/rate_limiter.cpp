@@ -1,0 +1,82 @@
+#include "policies/rate_limiter.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+
+namespace scigate {
+namespace {
+
+int64_t to_ns(RateLimiter::Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
+
+double refilled(double tokens, int64_t last_ns, int64_t now_ns, double per_second, double burst) {
+  if (now_ns <= last_ns) return tokens;
+  return std::min(burst, tokens + static_cast<double>(now_ns - last_ns) * 1e-9 * per_second);
+}
+
+std::chrono::milliseconds wait_for_one(double tokens, double per_second) {
+  double seconds = (1.0 - tokens) / per_second;
+  return std::chrono::milliseconds(std::max<int64_t>(1, static_cast<int64_t>(std::ceil(seconds * 1000.0))));
+}
+
+}  // namespace
+
+RateLimiter::Shard& RateLimiter::shard_for(std::string_view key) const {
+  return shards_[std::hash<std::string_view>{}(key) % shards_.size()];
+}
+
+void RateLimiter::sweep(Shard& s, int64_t now_ns) {
+  for (auto it = s.buckets.begin(); it != s.buckets.end();) {
+    const Bucket& b = it->second;
+    if (refilled(b.tokens, b.last_ns, now_ns, b.per_second, b.burst) >= b.burst)
+      it = s.buckets.erase(it);
+    else
+      ++it;
+  }
+  s.sweep_at = std::max<std::size_t>(256, s.buckets.size() * 2);
+}
+
+RateLimiter::Result RateLimiter::acquire(const std::string& key, double per_second, double burst, Clock::time_point now,
+                                         bool consume) {
+  const int64_t now_ns = to_ns(now);
+  Shard& s = shard_for(key);
+  std::lock_guard lock(s.mutex);
+  auto it = s.buckets.find(key);
+  if (it == s.buckets.end()) {
+    if (burst < 1.0) return Result{false, wait_for_one(burst, per_second)};
+    if (!consume) return Result{};
+    if (s.buckets.size() >= s.sweep_at) sweep(s, now_ns);
+    s.buckets.emplace(key, Bucket{burst - 1.0, now_ns, per_second, burst});
+    return Result{};
+  }
+  Bucket& b = it->second;
+  b.per_second = per_second;
+  b.burst = burst;
+  double tokens = refilled(b.tokens, b.last_ns, now_ns, per_second, burst);
+  if (tokens < 1.0) return Result{false, wait_for_one(tokens, per_second)};
+  if (consume) {
+    b.tokens = tokens - 1.0;
+    b.last_ns = std::max(b.last_ns, now_ns);
+  }
+  return Result{};
+}
+
+void RateLimiter::refund(const std::string& key, double burst) {
+  Shard& s = shard_for(key);
+  std::lock_guard lock(s.mutex);
+  auto it = s.buckets.find(key);
+  if (it != s.buckets.end()) it->second.tokens = std::min(burst, it->second.tokens + 1.0);
+}
+
+std::size_t RateLimiter::size() const {
+  std::size_t n = 0;
+  for (const auto& s : shards_) {
+    std::lock_guard lock(s.mutex);
+    n += s.buckets.size();
+  }
+  return n;
+}
+
+}  // namespace scigate
