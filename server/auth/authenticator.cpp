@@ -127,6 +127,13 @@ AuthResult Authenticator::from_api_key(std::string_view token) const {
     r.principal = std::move(p);
     return r;
   }
+  if (cache_ && token.rfind("sgk_", 0) != 0) {
+    // Some IdPs hand out opaque access tokens unless the client names an audience (resource).
+    r.message = "the bearer token is neither an API key nor a JWT (opaque access tokens are not accepted)";
+    r.reason = r.message;
+    r.challenge = challenge("invalid_token", "the token is neither an API key nor a JWT");
+    return r;
+  }
   r.message = "the bearer token is not valid (unknown, malformed or revoked key)";
   r.reason = r.message;
   if (!cache_ && looks_like_jwt(token)) r.reason += "; it looks like a JWT, but [oidc] is not configured";

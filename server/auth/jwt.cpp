@@ -4,6 +4,7 @@
 #include <openssl/ec.h>
 #include <openssl/evp.h>
 
+#include <cctype>
 #include <cmath>
 
 #include "server/common/crypto.hpp"

@@ -463,6 +463,9 @@ TEST_CASE("jwt: authenticator challenges, scopes and metadata") {
   CHECK(by_key.principal->auth_method == "api_key");
   CHECK(f.authn->authenticate_header("Bearer sgk_000000000000_nope").challenge.find("invalid_token") !=
         std::string::npos);
+  auto opaque = f.authn->authenticate_header("Bearer 8xLOxBtZp8");
+  CHECK(opaque.status == AuthResult::Status::kUnauthenticated);
+  CHECK(opaque.message.find("neither an API key nor a JWT") != std::string::npos);
 
   auto prm = f.authn->protected_resource_metadata();
   REQUIRE(prm);
