@@ -9,6 +9,7 @@
 #include <string>
 
 #include "policies/audit_store.hpp"
+#include "policies/credit_ledger.hpp"
 #include "policies/ledger.hpp"
 #include "policies/policy.hpp"
 #include "server/auth/api_keys.hpp"
@@ -20,6 +21,9 @@
 #include "tools/registry.hpp"
 
 namespace scigate {
+
+// The credit ledger's settings from the config: accounts and credit lines per project, rates.
+CreditLedgerOptions credit_ledger_options(const Config& config);
 
 class App {
  public:
@@ -33,6 +37,7 @@ class App {
   int serve_stdio();
 
   auth::ApiKeyStore& keys() { return keys_; }
+  Ledger& ledger() { return *ledger_; }
   const Config& config() const { return config_; }
 
  private:
@@ -41,9 +46,12 @@ class App {
   Config config_;
   state::Database db_;
   auth::ApiKeyStore keys_;
+  // SqliteLedger when [credits] enabled (the default), else UnmeteredLedger. Before registry_,
+  // whose get_usage tool uses it; after keys_, whose construction migrates the schema.
+  SqliteLedger* sqlite_ledger_ = nullptr;  // set by ledger_'s initialiser, so declared first
+  std::unique_ptr<Ledger> ledger_;
   ToolRegistry registry_;
   MembershipPolicy policy_;
-  UnmeteredLedger ledger_;
   SqliteAuditLog audit_;  // after keys_, whose construction migrates the schema
   Metrics metrics_;
   ToolCallPipeline pipeline_;

@@ -10,6 +10,7 @@
 
 #include "scigate/version.hpp"
 #include "server/app.hpp"
+#include "server/cli/credits_cli.hpp"
 #include "server/observability/log.hpp"
 
 namespace scigate::cli {
@@ -25,6 +26,11 @@ usage:
   scigate key list   [--config FILE]
   scigate key revoke [--config FILE] KEY_ID
   scigate audit verify [--config FILE]   check the audit log's hash chain
+  scigate credits grant --project P AMOUNT [--expires DATE | --days N] [--note TEXT] [--user U]
+  scigate credits balance [--project P] [--format text|json]
+  scigate credits statement --project P [--since DATE] [--format text|jsonl]
+  scigate credits rates [--history]
+  scigate credits verify                 check the ledger's invariants
   scigate version
 
 --config defaults to $SCIGATE_CONFIG, then ./scigate.toml.
@@ -48,6 +54,15 @@ principal = "demo"
 [tools]
 # echo and sleep: for trying things out and for tests.
 demo = true
+
+[credits]
+# Calls are charged in credits (docs/CREDITS.md); `scigate init` grants the demo project 1000.
+# A resource without a rate is free (echo, whoami, get_usage here).
+hold_timeout_s = 0        # 0: a hold lives as long as the call may (tool timeout + 60 s)
+
+[credits.rates]
+"call:sleep" = 0.1                           # flat, per call
+"sleep_second" = { credits = 1, unit = "s" } # per second asked for (held) and slept (charged)
 
 [[projects]]
 id = "demo"
@@ -130,10 +145,13 @@ int cmd_init(const Args& args) {
   App app(cfg);
   auto key = app.keys().create("demo", "user", "demo key created by scigate init");
   auto lab = app.keys().create("lab-controller", "service", "demo service key created by scigate init");
+  grant_credits(cfg, "demo", "", 1000 * kMicroPerCredit, std::nullopt, "scigate init", "demo credits");
   std::cout << "Initialised " << fs::absolute(dir).string() << "\n"
             << "  config:   " << fs::absolute(cfg_file).string() << "\n"
             << "  database: " << cfg.database.string() << "\n"
-            << "  project:  demo (members: demo, lab-controller)\n\n"
+            << "  project:  demo (members: demo, lab-controller)\n"
+            << "  credits:  1000 granted to project demo (scigate credits balance --config "
+            << fs::absolute(cfg_file).string() << ")\n\n"
             << "Demo API key for user 'demo' (shown once, keep it):\n  " << key.token << "\n"
             << "Service key for 'lab-controller' (shown once):\n  " << lab.token << "\n";
   return 0;
@@ -193,6 +211,17 @@ int cmd_audit(const std::vector<std::string>& a) {
   return 1;
 }
 
+int cmd_credits(const std::vector<std::string>& a) {
+  if (a.size() < 3)
+    throw std::invalid_argument("usage: scigate credits grant|balance|statement|rates|verify [--config FILE] ...");
+  Args args = parse_args(a, 3, {"config", "project", "user", "expires", "days", "note", "by", "since", "format"});
+  Config cfg = load_config(config_path(args));
+  log::init("text", "warn");
+  CreditsArgs c{a[2], args.positional, args.options, args.flags};
+  c.options.erase("config");
+  return credits_command(cfg, c, std::cout);
+}
+
 }  // namespace
 
 int run(const std::vector<std::string>& a) {
@@ -210,6 +239,7 @@ int run(const std::vector<std::string>& a) {
     if (cmd == "init") return cmd_init(parse_args(a, 2, {}));
     if (cmd == "key") return cmd_key(a);
     if (cmd == "audit") return cmd_audit(a);
+    if (cmd == "credits") return cmd_credits(a);
     std::cerr << "scigate: unknown command '" << cmd << "'\n\n" << kUsage;
     return 2;
   } catch (const ConfigError& e) {

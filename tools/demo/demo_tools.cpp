@@ -4,6 +4,8 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "server/common/decimal.hpp"
+
 namespace scigate::tools {
 namespace asio = boost::asio;
 
@@ -49,6 +51,19 @@ SleepTool::SleepTool() {
   descriptor_.annotations = ToolAnnotations{.read_only = true, .destructive = false, .idempotent = true, .open_world = false};
 }
 
+namespace {
+Usage sleep_usage(double seconds) {
+  Usage u;
+  u.add("sleep_second", seconds, decimal::shortest(seconds) + " s");
+  return u;
+}
+}  // namespace
+
+Usage SleepTool::worst_case_usage(const json& args) const {
+  auto it = args.find("seconds");
+  return sleep_usage(it != args.end() && it->is_number() ? it->get<double>() : 0);
+}
+
 asio::awaitable<ToolResult> SleepTool::call(const json& args, CallContext& ctx) {
   double seconds = args["seconds"].get<double>();
   int steps = args.value("steps", 10);
@@ -59,7 +74,9 @@ asio::awaitable<ToolResult> SleepTool::call(const json& args, CallContext& ctx) 
     co_await timer.async_wait(asio::use_awaitable);  // throws operation_aborted when cancelled
     ctx.progress.report(i, steps, "step " + std::to_string(i) + " of " + std::to_string(steps));
   }
-  co_return ToolResult::success(json{{"slept_seconds", seconds}}, "slept " + std::to_string(seconds) + " s");
+  ToolResult result = ToolResult::success(json{{"slept_seconds", seconds}}, "slept " + std::to_string(seconds) + " s");
+  result.usage = sleep_usage(seconds);
+  co_return result;
 }
 
 }  // namespace scigate::tools
