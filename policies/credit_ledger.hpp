@@ -2,12 +2,14 @@
 // The SQLite credit ledger (docs/CREDITS.md): two-phase charging with holds, in integer
 // micro-credits, durable before the caller resumes.
 //
-// Group commit: one writer thread owns a connection (WAL, synchronous=FULL) and executes the
-// queued operations in arrival order, many per BEGIN IMMEDIATE … COMMIT. Each operation checks
-// and updates the balances in turn inside that transaction, so concurrent calls can never
-// overspend; each caller's coroutine resumes on its own executor once the transaction has
-// committed. If the database refuses the batch, it is rolled back and its operations are
-// retried one per transaction, so one bad operation fails alone.
+// Group commit: one writer thread owns a connection (WAL) and executes the queued operations
+// in arrival order, many per BEGIN IMMEDIATE … COMMIT. Each operation checks and updates the
+// balances in turn inside that transaction, so concurrent calls can never overspend; each
+// caller's coroutine resumes on its own executor once the transaction has committed — and for
+// a settle (a charge) once a WalSyncer has fsynced the WAL after it, so a charge the caller was
+// told of survives power loss. Holds need no fsync: restart recovery voids them all anyway. If
+// the database refuses the batch, it is rolled back and its operations are retried one per
+// transaction, so one bad operation fails alone.
 //
 // Free calls stay off the writer: a hold whose worst case prices to zero and carries no
 // idempotency key returns at once, and its settle and release do nothing.
@@ -31,6 +33,7 @@
 #include "policies/credits.hpp"
 #include "policies/ledger.hpp"
 #include "server/state/database.hpp"
+#include "server/state/wal_syncer.hpp"
 
 namespace scigate {
 
@@ -42,7 +45,7 @@ struct CreditLedgerOptions {
   std::chrono::seconds idempotency_ttl{86400};   // a settled key replays its result this long
   credits::Clock clock;                          // unix ms; tests inject one
   std::size_t max_batch = 1024;                  // operations per transaction at most
-  bool durable = true;                           // synchronous=FULL: a commit survives power loss
+  bool durable = true;                           // charges survive power loss (fsync before the answer)
 };
 
 class SqliteLedger final : public Ledger {
@@ -70,6 +73,7 @@ class SqliteLedger final : public Ledger {
   struct Stats {
     uint64_t operations = 0, transactions = 0, retried_batches = 0, failed_operations = 0, reloads = 0;
     uint64_t busy_waits = 0;  // waits for the write lock (held by the audit writer or the CLI)
+    uint64_t syncs = 0;       // WAL fsyncs, each covering every charge committed before it
   };
   Stats stats() const;
 
@@ -84,7 +88,7 @@ class SqliteLedger final : public Ledger {
   void run();
   void process(std::vector<std::shared_ptr<Op>>& ops, std::size_t begin, std::size_t end);
   void apply(Op& op);
-  void complete(Op& op);
+  static void complete(Op& op);
   void note_unpriced(const Usage& usage) const;
 
   CreditLedgerOptions options_;
@@ -92,7 +96,7 @@ class SqliteLedger final : public Ledger {
   state::Database db_;
   credits::CreditStore store_;  // writer thread only (and the constructor, before it starts)
   bool needs_reload_ = false;
-  bool synchronous_full_ = true;  // the connection's current PRAGMA synchronous
+  std::unique_ptr<state::WalSyncer> syncer_;  // when durable; outlives the writer thread
 
   std::mutex mutex_;
   std::condition_variable cv_;
