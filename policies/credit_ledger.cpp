@@ -128,6 +128,7 @@ SqliteLedger::SqliteLedger(const std::filesystem::path& db_path, CreditLedgerOpt
     store_.ensure_accounts();
     int rates_added = store_.sync_rates(options_.rates);
     store_.flush();
+    store_.bump_epoch();
     store_.commit();
     if (rates_added > 0) log::info("credit_rates_changed", {{"rows", rates_added}});
   } catch (...) {
@@ -358,6 +359,7 @@ void SqliteLedger::process(std::vector<std::shared_ptr<Op>>& ops, std::size_t be
     }
     for (std::size_t i = begin; i < end; ++i) apply(*ops[i]);
     store_.flush();
+    store_.bump_epoch();
     store_.commit();
     ++transactions_;
   } catch (const std::exception& e) {
@@ -394,7 +396,7 @@ void SqliteLedger::apply(Op& op) {
       break;
     }
     case Op::Kind::kRecover:
-      op.swept.voided = store_.void_all_open("restart");
+      op.swept.voided = store_.void_orphaned("restart");
       op.swept.lapsed = store_.sweep().lapsed;
       break;
     case Op::Kind::kUsage:

@@ -60,10 +60,10 @@ class SqliteLedger final : public Ledger {
   boost::asio::awaitable<void> release(Hold hold) override;
   boost::asio::awaitable<UsageReport> usage(std::string project, std::string user) override;
 
-  // Restart recovery, for a server about to serve: every hold still open belongs to a call that
-  // died with the previous process; each is voided (reason "restart"), then a sweep runs.
-  // Returns how many were voided. Not in the constructor, so that CLI commands that build the
-  // App (scigate key ...) never void a running server's holds. One server per database.
+  // Restart recovery, for a server about to serve: every open hold whose process is gone (the
+  // previous server, killed) is voided (reason "restart"), then a sweep runs. Holds of another
+  // live server on the same database are left alone. Returns how many were voided. Not in the
+  // constructor, so that CLI commands that build the App (scigate key ...) do no recovery.
   int recover_after_restart();
   // Runs a sweep now and waits for it (tests and operators; the writer also sweeps every
   // sweep_interval).

@@ -1,7 +1,13 @@
 #include "policies/credit_store.hpp"
 
+#include <signal.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+
+#include "server/common/crypto.hpp"
 
 namespace scigate::credits {
 namespace {
@@ -28,9 +34,9 @@ int64_t system_now_ms() {
 struct CreditStore::Statements {
   explicit Statements(sqlite3* db)
       : insert_hold(db,
-                    "INSERT INTO credit_holds(id, account, project, user, tool, request_id, amount, sub_budget, "
-                    "created_ms, expires_ms, state, idempotency_key, args_hash) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,'open',?,?)"),
+                    "INSERT INTO credit_holds(account, project, user, tool, request_id, amount, sub_budget, "
+                    "created_ms, expires_ms, state, idempotency_key, args_hash, owner) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,'open',?,?,?)"),
         settle_hold(db,
                     "UPDATE credit_holds SET state = 'settled', posted = ?, closed_ms = ?, result = ? "
                     "WHERE id = ? AND state = 'open'"),
@@ -46,13 +52,15 @@ struct CreditStore::Statements {
         find_key(db,
                  "SELECT state, args_hash, result, created_ms FROM credit_holds "
                  "WHERE project = ? AND idempotency_key = ? ORDER BY id DESC LIMIT 1"),
-        epoch(db, "SELECT epoch FROM credit_meta WHERE id = 1") {}
+        epoch(db, "SELECT epoch FROM credit_meta WHERE id = 1"),
+        bump(db, "UPDATE credit_meta SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch") {}
   Statement insert_hold, settle_hold, void_hold, insert_posting, update_account, update_user, update_grant, find_key,
-      epoch;
+      epoch, bump;
 };
 
 CreditStore::CreditStore(sqlite3* db, std::vector<ProjectAccount> projects, Clock clock)
-    : db_(db), projects_(std::move(projects)), clock_(clock ? std::move(clock) : Clock(system_now_ms)) {
+    : db_(db), projects_(std::move(projects)), clock_(clock ? std::move(clock) : Clock(system_now_ms)),
+      instance_(std::to_string(::getpid()) + "/" + crypto::random_hex(4)) {
   for (const auto& p : projects_) account_of_[p.project] = p.account;
   st_ = std::make_unique<Statements>(db_);
 }
@@ -74,7 +82,8 @@ void CreditStore::commit() { exec(db_, "COMMIT"); }
 void CreditStore::rollback() noexcept {
   // A statement left mid-step by an exception would keep its read open past the rollback.
   for (Statement* st : {&st_->insert_hold, &st_->settle_hold, &st_->void_hold, &st_->insert_posting,
-                        &st_->update_account, &st_->update_user, &st_->update_grant, &st_->find_key, &st_->epoch})
+                        &st_->update_account, &st_->update_user, &st_->update_grant, &st_->find_key, &st_->epoch,
+                        &st_->bump})
     st->reset();
   if (!sqlite3_get_autocommit(db_)) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
 }
@@ -119,11 +128,11 @@ void CreditStore::load() {
   {
     Statement st(db_,
                  "SELECT id, account, project, user, tool, request_id, amount, created_ms, expires_ms, sub_budget, "
-                 "idempotency_key IS NOT NULL FROM credit_holds WHERE state = 'open'");
+                 "idempotency_key IS NOT NULL, owner FROM credit_holds WHERE state = 'open'");
     while (st.step()) {
       OpenHold h{st.column_int(0), st.column_text(1), st.column_text(2), st.column_text(3), st.column_text(4),
                  st.column_text(5), st.column_int(6), st.column_int(7), st.column_int(8), st.column_int(9) != 0,
-                 st.column_int(10) != 0};
+                 st.column_int(10) != 0, st.column_text(11)};
       auto it = accounts_.find(h.account);
       if (it != accounts_.end()) {
         it->second.purse.held += h.amount;
@@ -131,11 +140,6 @@ void CreditStore::load() {
       }
       open_.emplace(h.id, std::move(h));
     }
-  }
-  {
-    Statement st(db_, "SELECT COALESCE(MAX(id), 0) + 1 FROM credit_holds");
-    st.step();
-    next_hold_id_ = st.column_int(0);
   }
   st_->epoch.reset();
   epoch_ = st_->epoch.step() ? st_->epoch.column_int(0) : 0;
@@ -151,7 +155,10 @@ bool CreditStore::changed_elsewhere() {
 }
 
 void CreditStore::bump_epoch() {
-  exec(db_, "UPDATE credit_meta SET epoch = epoch + 1 WHERE id = 1");
+  auto& st = st_->bump;
+  st.reset();
+  if (st.step()) epoch_ = st.column_int(0);
+  st.reset();
 }
 
 void CreditStore::ensure_accounts() {
@@ -264,14 +271,17 @@ ReserveOutcome CreditStore::reserve(const HoldSpec& s) {
       return out;
     }
   }
-  OpenHold h{next_hold_id_++, out.account, s.project, s.user, s.tool, s.request_id, s.amount,
-             now, s.expires_ms, user_purse != nullptr, !s.idempotency_key.empty()};
+  OpenHold h{0, out.account, s.project, s.user, s.tool, s.request_id, s.amount,
+             now, s.expires_ms, user_purse != nullptr, !s.idempotency_key.empty(), instance_};
   auto& st = st_->insert_hold;
   st.reset();
-  st.bind(1, h.id).bind(2, h.account).bind(3, h.project).bind(4, h.user).bind(5, h.tool).bind(6, h.request_id);
-  st.bind(7, h.amount).bind(8, int64_t(h.sub_budget ? 1 : 0)).bind(9, h.created_ms).bind(10, h.expires_ms);
-  if (h.keyed) st.bind(11, s.idempotency_key).bind(12, s.args_hash); else st.bind_null(11).bind_null(12);
+  st.bind(1, h.account).bind(2, h.project).bind(3, h.user).bind(4, h.tool).bind(5, h.request_id);
+  st.bind(6, h.amount).bind(7, int64_t(h.sub_budget ? 1 : 0)).bind(8, h.created_ms).bind(9, h.expires_ms);
+  if (h.keyed) st.bind(10, s.idempotency_key).bind(11, s.args_hash); else st.bind_null(10).bind_null(11);
+  st.bind(12, h.owner);
   st.step();
+  // SQLite picks the id under the write lock: unique across processes sharing the file.
+  h.id = sqlite3_last_insert_rowid(db_);
   if (a) a->purse.held += h.amount;
   if (user_purse) user_purse->held += h.amount;
   out.hold_id = h.id;
@@ -338,9 +348,17 @@ bool CreditStore::void_hold(int64_t hold_id, const std::string& reason) {
   return true;
 }
 
-int CreditStore::void_all_open(const std::string& reason) {
+int CreditStore::void_orphaned(const std::string& reason) {
+  auto orphaned = [&](const std::string& owner) {
+    if (owner == instance_) return false;
+    long pid = std::strtol(owner.c_str(), nullptr, 10);
+    if (pid <= 0 || pid == ::getpid()) return true;  // a dead process whose PID we now have
+    return ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+  };
   std::vector<int64_t> ids;
-  for (const auto& [id, h] : open_) ids.push_back(id);
+  for (const auto& [id, h] : open_)
+    if (orphaned(h.owner)) ids.push_back(id);
+  std::sort(ids.begin(), ids.end());
   for (auto id : ids) void_hold(id, reason);
   return static_cast<int>(ids.size());
 }

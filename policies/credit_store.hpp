@@ -7,9 +7,10 @@
 // and account rows are written once per transaction (flush()). After a rollback the mirror is
 // stale: reload with load().
 //
-// The mirror is what makes check-and-hold cheap (no SUM over holds or grants per call). It is
-// the server's; other writers (scigate credits grant) change the database directly and bump
-// credit_meta.epoch, and the server reloads when it sees the epoch move (changed_elsewhere()).
+// The mirror is what makes check-and-hold cheap (no SUM over holds or grants per call). Every
+// writing transaction bumps credit_meta.epoch (bump_epoch()); a store that finds the epoch
+// moved under it (scigate credits grant, a second server on the same file) reloads before it
+// decides anything (changed_elsewhere()). One server per database reloads never.
 //
 // Not thread-safe.
 #include <sqlite3.h>
@@ -51,6 +52,7 @@ struct OpenHold {
   int64_t created_ms = 0, expires_ms = 0;
   bool sub_budget = false;  // also held against the user's sub-budget
   bool keyed = false;       // carries an idempotency key: settle stores the result
+  std::string owner;        // "PID/instance" of the store that made it
 };
 
 struct HoldSpec {
@@ -93,9 +95,10 @@ class CreditStore {
 
   // (Re)loads the mirror from the database. Inside a transaction.
   void load();
-  // Whether another connection changed credit state since load() (credit_meta.epoch moved).
+  // Whether another connection changed credit state since this store last loaded or wrote
+  // (credit_meta.epoch moved).
   bool changed_elsewhere();
-  // For writers other than the server's ledger: tells a running server to reload.
+  // Marks this transaction's changes for other stores (call before commit when writing).
   void bump_epoch();
   // Creates the configured projects' accounts and sets their credit lines.
   void ensure_accounts();
@@ -109,8 +112,10 @@ class CreditStore {
   std::optional<MicroCredits> settle(int64_t hold_id, MicroCredits price, const std::string& usage_json,
                                      const nlohmann::json& result);
   bool void_hold(int64_t hold_id, const std::string& reason);
-  // Voids every open hold (restart recovery: their calls died with the previous process).
-  int void_all_open(const std::string& reason);
+  // Restart recovery: voids the open holds whose owner process is gone (another ledger in this
+  // process included: one ledger per database per process). Processes sharing a SQLite file in
+  // WAL mode share a host, so "gone" is a PID that no longer exists.
+  int void_orphaned(const std::string& reason);
   // Voids open holds past their expiry and lapses expired grants.
   SweepCounts sweep();
   // Adds credits to a project account (`user` empty) or to a user's sub-budget within it.
@@ -150,7 +155,7 @@ class CreditStore {
   std::map<int64_t, MicroCredits> dirty_grants_;
   std::set<std::string> dirty_accounts_;
   std::set<std::pair<std::string, std::string>> dirty_users_;
-  int64_t next_hold_id_ = 1;
+  std::string instance_;  // this store's owner tag: "PID/random"
   int64_t epoch_ = -1;
 };
 

@@ -157,8 +157,8 @@ const std::vector<Migration>& schema_migrations() {
       {3, R"sql(
         -- The credit ledger (policies/credit_store.cpp, docs/CREDITS.md). Amounts are integer
         -- micro-credits; times unix milliseconds.
-        -- Bumped by writers other than the server's ledger (scigate credits grant), which
-        -- reloads its in-memory mirror when it sees the value move.
+        -- Bumped by every transaction that changes credit state; a server's ledger reloads its
+        -- in-memory mirror when the value moved under it (scigate credits grant, another server).
         CREATE TABLE credit_meta (id INTEGER PRIMARY KEY CHECK (id = 1), epoch INTEGER NOT NULL);
         INSERT INTO credit_meta VALUES (1, 0);
         -- balance = Σ grants − Σ charges − Σ lapses (= Σ credit_postings.amount of the account)
@@ -217,7 +217,8 @@ const std::vector<Migration>& schema_migrations() {
           void_reason     TEXT,
           idempotency_key TEXT,
           args_hash       TEXT,
-          result          TEXT                  -- the CallToolResult a keyed call replays
+          result          TEXT,                 -- the CallToolResult a keyed call replays
+          owner           TEXT NOT NULL DEFAULT ''  -- "PID/instance" of the ledger that holds it
         );
         CREATE INDEX credit_holds_open ON credit_holds(expires_ms) WHERE state = 'open';
         CREATE INDEX credit_holds_key ON credit_holds(project, idempotency_key) WHERE idempotency_key IS NOT NULL;

@@ -425,15 +425,63 @@ TEST_CASE("credit ledger: restart recovery voids the holds of calls that died wi
     r.run(ledger.settle(done.hold, units(1), json::object()));
   }  // "crash": two holds left open
   CHECK(db.scalar("SELECT COUNT(*) FROM credit_holds WHERE state = 'open'") == 2);
+  {
+    // Two more: one of a live process (PID 1 always exists), one of a process long gone.
+    state::Database conn(db.path);
+    conn.exec("INSERT INTO credit_holds(account, project, user, tool, request_id, amount, created_ms, expires_ms, "
+              "state, owner) VALUES ('acct-p', 'P', 'bob', 'job', 'r-live', 5000000, 0, 9000000000000, 'open', "
+              "'1/other-server'), ('acct-p', 'P', 'bob', 'job', 'r-dead', 7000000, 0, 9000000000000, 'open', "
+              "'2147483000/gone')");
+  }
   SqliteLedger again(db.path, make_options(clock));
   Runner r;
-  CHECK(r.run(again.usage("P", "alice")).held == 30 * C);
-  CHECK(again.recover_after_restart() == 2);
+  CHECK(r.run(again.usage("P", "alice")).held == 42 * C);
+  CHECK(again.recover_after_restart() == 3);
   auto u = r.run(again.usage("P", "alice"));
-  CHECK(u.held == 0);
+  CHECK(u.held == 5 * C);  // the live server's hold stays
   CHECK(u.balance == 99 * C);
-  CHECK(db.scalar("SELECT COUNT(*) FROM credit_holds WHERE state = 'voided' AND void_reason = 'restart'") == 2);
+  CHECK(db.scalar("SELECT COUNT(*) FROM credit_holds WHERE state = 'voided' AND void_reason = 'restart'") == 3);
+  CHECK(db.scalar("SELECT state = 'open' FROM credit_holds WHERE request_id = 'r-live'") == 1);
   CHECK(db.verify(clock.ms).ok);
+}
+
+TEST_CASE("credit ledger: two ledgers writing one database (two servers) never overspend together") {
+  TempDb db;
+  TestClock clock;
+  grant(db, clock, "acct-p", 50 * C);
+  SqliteLedger a(db.path, make_options(clock));
+  SqliteLedger b(db.path, make_options(clock));
+  asio::io_context io;
+  std::atomic<MicroCredits> told{0};
+  std::atomic<int> held{0}, refused{0};
+  std::vector<std::future<void>> done;
+  for (int c = 0; c < 16; ++c)
+    done.push_back(asio::co_spawn(
+        io,
+        [&, c]() -> asio::awaitable<void> {
+          SqliteLedger& ledger = c % 2 ? a : b;
+          for (int i = 0; i < 20; ++i) {
+            auto res = co_await ledger.reserve(request("P", units(0.5 + (c + i) % 3)));
+            if (res.error) {
+              ++refused;
+              continue;
+            }
+            ++held;
+            told += co_await ledger.settle(res.hold, units(0.5 + (c + i) % 3), json::object());
+          }
+        },
+        asio::use_future));
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2; ++t) threads.emplace_back([&] { io.run(); });
+  for (auto& f : done) f.get();
+  for (auto& t : threads) t.join();
+  CHECK(refused > 0);
+  CHECK(held > 0);
+  MicroCredits balance = db.scalar("SELECT balance FROM credit_accounts WHERE account = 'acct-p'");
+  CHECK(balance >= 0);
+  CHECK(balance == 50 * C - told.load());
+  CHECK(db.verify(clock.ms).ok);
+  CHECK(a.stats().reloads + b.stats().reloads > 0);  // each saw the other's writes
 }
 
 TEST_CASE("credit ledger: the sweeper voids holds past their timeout, and a late settle posts nothing") {
