@@ -75,6 +75,47 @@ struct ReserveResult {
   Hold hold;
 };
 
+// What a project's credits look like to one of its members (the get_usage tool). Amounts in
+// micro-credits; times in unix milliseconds.
+struct UsageReport {
+  bool metered = false;  // false: no ledger (every call is free); the rest is empty
+  std::string project;
+  std::string account;
+  MicroCredits balance = 0;     // grants − charges − lapses; negative while the credit line is used
+  MicroCredits held = 0;        // open holds
+  MicroCredits available = 0;   // balance + credit_line − held
+  MicroCredits credit_line = 0;
+  struct Grant {
+    int64_t id = 0;
+    MicroCredits amount = 0, remaining = 0;
+    std::optional<int64_t> expires_ms;
+    std::string note;
+  };
+  std::vector<Grant> grants;    // with something left, earliest expiry first
+  struct OpenHold {
+    std::string id, user, tool;
+    MicroCredits amount = 0;
+    int64_t created_ms = 0, expires_ms = 0;
+  };
+  std::vector<OpenHold> holds;  // newest first, bounded
+  struct Charge {
+    int64_t time_ms = 0;
+    std::string user, tool, request_id;
+    MicroCredits amount = 0;
+  };
+  std::vector<Charge> recent_charges;  // newest first, bounded
+  struct Rate {
+    std::string resource, unit;
+    int64_t pico_per_unit = 0;  // 10^-12 credits per unit
+  };
+  std::vector<Rate> rates;
+  struct SubBudget {
+    std::string user;
+    MicroCredits balance = 0, held = 0, available = 0;
+  };
+  std::optional<SubBudget> sub_budget;  // the caller's, when it has one
+};
+
 class Ledger {
  public:
   virtual ~Ledger() = default;
@@ -83,6 +124,12 @@ class Ledger {
   // `result` is stored for replay when the hold carried an idempotency key.
   virtual boost::asio::awaitable<MicroCredits> settle(Hold hold, Usage actual, nlohmann::json result) = 0;
   virtual boost::asio::awaitable<void> release(Hold hold) = 0;
+  // The state of `project`'s account as `user` (a member) may see it.
+  virtual boost::asio::awaitable<UsageReport> usage(std::string project, std::string user) {
+    UsageReport r;
+    r.project = std::move(project);
+    co_return r;
+  }
 };
 
 // No metering: every hold succeeds with amount zero. Used when [credits] is disabled.

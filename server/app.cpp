@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "server/auth/directory.hpp"
+#include "server/common/decimal.hpp"
 #include "server/observability/log.hpp"
 #include "server/transport/http_server.hpp"
 #include "server/transport/stdio_transport.hpp"
@@ -21,17 +22,37 @@ state::Database& migrated(state::Database& db) {
   db.migrate(state::schema_migrations());
   return db;
 }
+
+std::unique_ptr<Ledger> make_ledger(const Config& config, SqliteLedger** sqlite) {
+  if (!config.credits.enabled) return std::make_unique<UnmeteredLedger>();
+  auto ledger = std::make_unique<SqliteLedger>(config.database, credit_ledger_options(config));
+  *sqlite = ledger.get();
+  return ledger;
+}
 }  // namespace
+
+CreditLedgerOptions credit_ledger_options(const Config& config) {
+  CreditLedgerOptions o;
+  for (const auto& p : config.projects)
+    o.projects.push_back(credits::ProjectAccount{
+        p.id, p.credit_account, decimal::parse(decimal::shortest(p.credit_line), 6).value_or(0)});  // checked at load
+  for (const auto& r : config.credits.rates) o.rates.push_back(credits::Rate{r.resource, r.pico_per_unit, r.unit});
+  o.hold_timeout = config.credits.hold_timeout;
+  o.sweep_interval = config.credits.sweep_interval;
+  o.idempotency_ttl = config.credits.idempotency_ttl;
+  return o;
+}
 
 App::App(Config config)
     : config_(std::move(config)),
       db_(config_.database),
       keys_(migrated(db_), config_),
       authenticator_(config_, keys_),
-      registry_(tools::make_registry(config_)),
+      ledger_(make_ledger(config_, &sqlite_ledger_)),
+      registry_(tools::make_registry(config_, tools::ToolServices{ledger_.get()})),
       policy_(ProjectPolicies::sources_from(config_)),
       audit_(config_.database),
-      pipeline_(registry_, policy_, ledger_, audit_, metrics_, config_.tool_timeout),
+      pipeline_(registry_, policy_, *ledger_, audit_, metrics_, config_.tool_timeout),
       dispatcher_(config_, pipeline_, registry_, policy_, metrics_) {
   policy_.set_schema_lookup([this](const std::string& tool) -> const json* {
     const Tool* t = registry_.find(tool);
@@ -58,6 +79,7 @@ int App::thread_count() const {
 }
 
 int App::serve_http(const std::string& host, uint16_t port, const std::string& port_file) {
+  if (sqlite_ledger_) sqlite_ledger_->recover_after_restart();
   asio::io_context io;
   mcp::SessionStore sessions(config_.http.max_sessions);
   dispatcher_.on_tools_changed_legacy = [&sessions] {
@@ -147,6 +169,7 @@ int App::serve_stdio() {
                {{"detail", "set [stdio] principal in the config, or SCIGATE_API_KEY in the environment"}});
     return 2;
   }
+  if (sqlite_ledger_) sqlite_ledger_->recover_after_restart();
   asio::io_context io;
   auto work = asio::make_work_guard(io);
   // SIGHUP must not kill a stdio server; it reloads the policies, as over HTTP.

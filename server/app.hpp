@@ -9,6 +9,7 @@
 #include <string>
 
 #include "policies/audit_store.hpp"
+#include "policies/credit_ledger.hpp"
 #include "policies/ledger.hpp"
 #include "policies/project_policies.hpp"
 #include "server/auth/api_keys.hpp"
@@ -22,6 +23,9 @@
 
 namespace scigate {
 
+// The credit ledger's settings from the config: accounts and credit lines per project, rates.
+CreditLedgerOptions credit_ledger_options(const Config& config);
+
 class App {
  public:
   explicit App(Config config);
@@ -34,6 +38,10 @@ class App {
   int serve_stdio();
 
   auth::ApiKeyStore& keys() { return keys_; }
+  // For in-process benchmarks (bench/governance): the governed pipeline and its tools.
+  ToolCallPipeline& pipeline() { return pipeline_; }
+  ToolRegistry& registry() { return registry_; }
+  Ledger& ledger() { return *ledger_; }
   const Config& config() const { return config_; }
 
  private:
@@ -45,9 +53,12 @@ class App {
   state::Database db_;
   auth::ApiKeyStore keys_;
   auth::Authenticator authenticator_;  // API keys and, with [oidc], bearer JWTs
+  // SqliteLedger when [credits] enabled (the default), else UnmeteredLedger. Before registry_,
+  // whose get_usage tool uses it; after keys_, whose construction migrates the schema.
+  SqliteLedger* sqlite_ledger_ = nullptr;  // set by ledger_'s initialiser, so declared first
+  std::unique_ptr<Ledger> ledger_;
   ToolRegistry registry_;
   ProjectPolicies policy_;  // per-project policy files; reloaded on SIGHUP and on change
-  UnmeteredLedger ledger_;
   SqliteAuditLog audit_;  // after keys_, whose construction migrates the schema
   Metrics metrics_;
   ToolCallPipeline pipeline_;

@@ -1,13 +1,15 @@
 #include "tools/builtin.hpp"
 
 #include "tools/demo/demo_tools.hpp"
+#include "tools/usage/usage_tool.hpp"
 #include "tools/whoami/whoami.hpp"
 
 namespace scigate::tools {
 
-ToolRegistry make_registry(const Config& config) {
+ToolRegistry make_registry(const Config& config, const ToolServices& services) {
   ToolRegistry r;
   r.add(std::make_unique<WhoamiTool>(config.server_name));
+  if (services.ledger) r.add(std::make_unique<UsageTool>(*services.ledger));
   if (config.demo_tools) {
     r.add(std::make_unique<EchoTool>());
     r.add(std::make_unique<SleepTool>());

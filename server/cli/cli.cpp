@@ -13,6 +13,7 @@
 #include "scigate/version.hpp"
 #include "server/app.hpp"
 #include "server/auth/directory.hpp"
+#include "server/cli/credits_cli.hpp"
 #include "server/observability/log.hpp"
 #include "tools/builtin.hpp"
 
@@ -34,6 +35,11 @@ usage:
                                    explain the decision on one call (exit 0 allow, 1 deny)
   scigate policy test FILE...      run policy test cases (exit 1 if any fails)
   scigate policy validate FILE...  check policy files; the first error with line:column
+  scigate credits grant --project P AMOUNT [--expires DATE | --days N] [--note TEXT] [--user U]
+  scigate credits balance [--project P] [--format text|json]
+  scigate credits statement --project P [--since DATE] [--format text|jsonl]
+  scigate credits rates [--history]
+  scigate credits verify                 check the ledger's invariants
   scigate version
 
 --config defaults to $SCIGATE_CONFIG, then ./scigate.toml.
@@ -58,6 +64,15 @@ principal = "demo"
 # echo and sleep: for trying things out and for tests.
 demo = true
 
+[credits]
+# Calls are charged in credits (docs/CREDITS.md); `scigate init` grants the demo project 1000.
+# A resource without a rate is free (echo, whoami, get_usage here).
+hold_timeout_s = 0        # 0: a hold lives as long as the call may (tool timeout + 60 s)
+
+[credits.rates]
+"call:sleep" = 0.1                           # flat, per call
+"sleep_second" = { credits = 1, unit = "s" } # per second asked for (held) and slept (charged)
+
 [[projects]]
 id = "demo"
 name = "Demo project"
@@ -80,9 +95,9 @@ constexpr const char* kDemoPolicy = R"(# Policy of the demo project, written by 
 [[rules]]
 id = "members-introspect-and-echo"
 effect = "permit"
-description = "Members may call whoami and echo"
+description = "Members may call whoami, echo and get_usage"
 principals = ["role:member"]
-tools = ["whoami", "echo"]
+tools = ["whoami", "echo", "get_usage"]
 
 [[rules]]
 id = "members-sleep-10-min"
@@ -238,11 +253,14 @@ int cmd_init(const Args& args) {
   App app(cfg);
   auto key = app.keys().create("demo", "user", "demo key created by scigate init");
   auto lab = app.keys().create("lab-controller", "service", "demo service key created by scigate init");
+  grant_credits(cfg, "demo", "", 1000 * kMicroPerCredit, std::nullopt, "scigate init", "demo credits");
   std::cout << "Initialised " << fs::absolute(dir).string() << "\n"
             << "  config:   " << fs::absolute(cfg_file).string() << "\n"
             << "  database: " << cfg.database.string() << "\n"
             << "  project:  demo (member: demo; service account: lab-controller)\n"
-            << "  policy:   " << fs::absolute(dir / "policies" / "demo.toml").string() << " (tests: demo.test.toml beside it)\n\n"
+            << "  policy:   " << fs::absolute(dir / "policies" / "demo.toml").string() << " (tests: demo.test.toml beside it)\n"
+            << "  credits:  1000 granted to project demo (scigate credits balance --config "
+            << fs::absolute(cfg_file).string() << ")\n\n"
             << "Demo API key for user 'demo' (shown once, keep it):\n  " << key.token << "\n"
             << "Service key for 'lab-controller' (shown once):\n  " << lab.token << "\n";
   return 0;
@@ -445,6 +463,17 @@ int cmd_policy(const std::vector<std::string>& a) {
   throw std::invalid_argument(usage);
 }
 
+int cmd_credits(const std::vector<std::string>& a) {
+  if (a.size() < 3)
+    throw std::invalid_argument("usage: scigate credits grant|balance|statement|rates|verify [--config FILE] ...");
+  Args args = parse_args(a, 3, {"config", "project", "user", "expires", "days", "note", "by", "since", "format"});
+  Config cfg = load_config(config_path(args));
+  log::init("text", "warn");
+  CreditsArgs c{a[2], args.positional, args.options, args.flags};
+  c.options.erase("config");
+  return credits_command(cfg, c, std::cout);
+}
+
 }  // namespace
 
 int run(const std::vector<std::string>& a) {
@@ -463,6 +492,7 @@ int run(const std::vector<std::string>& a) {
     if (cmd == "key") return cmd_key(a);
     if (cmd == "audit") return cmd_audit(a);
     if (cmd == "policy") return cmd_policy(a);
+    if (cmd == "credits") return cmd_credits(a);
     std::cerr << "scigate: unknown command '" << cmd << "'\n\n" << kUsage;
     return 2;
   } catch (const ConfigError& e) {

@@ -1,9 +1,13 @@
 #include "server/config/config.hpp"
 
+#include "server/common/decimal.hpp"
+
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 namespace scigate {
@@ -149,6 +153,79 @@ void parse_listen(const std::string& listen, HttpConfig& http, const std::string
   }
 }
 
+// A decimal amount from a TOML number or string, as an exact count of 10^-scale units. TOML
+// floats arrive as doubles; their shortest round-trip text is what the file said.
+int64_t exact_amount(const toml::node& n, int scale, const std::string& what, const std::string& source) {
+  std::string text;
+  if (auto i = n.as_integer()) {
+    text = std::to_string(i->get());
+  } else if (auto f = n.as_floating_point()) {
+    if (!std::isfinite(f->get()))
+      throw ConfigError(where(n.source(), source) + ": " + what + " must be a finite number");
+    text = decimal::shortest(f->get());
+  } else if (auto s = n.as_string()) {
+    text = s->get();
+  } else {
+    throw ConfigError(where(n.source(), source) + ": " + what + " must be a number");
+  }
+  std::string why;
+  auto v = decimal::parse(text, scale, &why);
+  if (!v)
+    throw ConfigError(where(n.source(), source) + ": " + what + " \"" + text + "\" is not usable (" + why +
+                      "; at most " + std::to_string(scale) + " decimal places)");
+  if (*v < 0) throw ConfigError(where(n.source(), source) + ": " + what + " must be zero or more");
+  return *v;
+}
+
+// The unit label a rate gets when the file names none, from the resource's kind.
+std::string default_unit(const std::string& resource) {
+  std::string kind = resource.substr(0, resource.find(':'));
+  static const std::map<std::string, std::string> kUnits = {
+      {"cpu_core_hour", "core-h"}, {"gpu_hour", "GPU-h"},       {"tokens_in", "token"},
+      {"tokens_out", "token"},     {"quantum_shot", "shot"},    {"qubit_second", "qubit-s"},
+      {"gb_staged", "GB"},         {"call", "call"}};
+  auto it = kUnits.find(kind);
+  return it == kUnits.end() ? "unit" : it->second;
+}
+
+void parse_credits(const toml::table& s, CreditsConfig& c, const std::string& source) {
+  reject_unknown(s, {"enabled", "hold_timeout_s", "sweep_interval_s", "idempotency_ttl_s", "rates"}, "[credits]",
+                 source);
+  c.enabled = get<bool>(s, "enabled", c.enabled, source);
+  auto secs = [&](std::string_view k, std::chrono::seconds d) {
+    return std::chrono::seconds(get<int64_t>(s, k, d.count(), source));
+  };
+  c.hold_timeout = secs("hold_timeout_s", c.hold_timeout);
+  c.sweep_interval = secs("sweep_interval_s", c.sweep_interval);
+  c.idempotency_ttl = secs("idempotency_ttl_s", c.idempotency_ttl);
+  if (c.sweep_interval.count() == 0) {
+    const toml::node* n = s.get("sweep_interval_s");
+    throw ConfigError(where(n->source(), source) + ": \"sweep_interval_s\" must be at least 1");
+  }
+  const toml::node* rn = s.get("rates");
+  if (!rn) return;
+  const toml::table* rates = rn->as_table();
+  if (!rates) throw ConfigError(where(rn->source(), source) + ": [credits.rates] must be a table");
+  for (const auto& [key, node] : *rates) {
+    CreditRateConfig r;
+    r.resource = std::string(key.str());
+    if (r.resource.empty() || r.resource.find_first_of(" \t\r\n") != std::string::npos)
+      throw ConfigError(where(node.source(), source) + ": a rate's resource name must be non-empty, without spaces");
+    std::string what = "the rate of \"" + r.resource + "\"";
+    if (const toml::table* t = node.as_table()) {
+      reject_unknown(*t, {"credits", "unit"}, "rate \"" + r.resource + "\"", source);
+      const toml::node* amount = t->get("credits");
+      if (!amount) throw ConfigError(where(node.source(), source) + ": " + what + " needs \"credits\" (per unit)");
+      r.pico_per_unit = exact_amount(*amount, 12, what, source);
+      r.unit = get<std::string>(*t, "unit", "", source);
+    } else {
+      r.pico_per_unit = exact_amount(node, 12, what, source);
+    }
+    if (r.unit.empty()) r.unit = default_unit(r.resource);
+    c.rates.push_back(std::move(r));
+  }
+}
+
 }  // namespace
 
 const ProjectConfig* Config::project(const std::string& id) const {
@@ -181,7 +258,8 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
   }
   Config c;
   c.base_dir = base_dir;
-  reject_unknown(root, {"server", "limits", "http", "stdio", "tools", "projects", "users", "oidc"}, "the top level",
+  reject_unknown(root, {"server", "limits", "http", "stdio", "tools", "credits", "projects", "users", "oidc"},
+                 "the top level",
                  source);
   if (auto* s = section(root, "server", source)) {
     reject_unknown(*s, {"name", "database", "log_level", "log_format", "threads", "instructions"}, "[server]", source);
@@ -237,6 +315,7 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
     reject_unknown(*s, {"demo"}, "[tools]", source);
     c.demo_tools = get<bool>(*s, "demo", false, source);
   }
+  if (auto* s = section(root, "credits", source)) parse_credits(*s, c.credits, source);
   if (const toml::node* n = root.get("projects")) {
     const toml::array* a = n->as_array();
     if (!a) throw ConfigError(where(n->source(), source) + ": projects must be an array of tables ([[projects]])");
@@ -266,8 +345,13 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
         auto v = cl->value<double>();
         if (!v || *v < 0)
           throw ConfigError(where(cl->source(), source) + ": \"credit_line\" must be a number of credits, zero or more");
+        exact_amount(*cl, 6, "\"credit_line\"", source);  // whole micro-credits only
         p.credit_line = *v;
       }
+      for (const auto& other : c.projects)
+        if (other.credit_account == p.credit_account && other.credit_line != p.credit_line)
+          throw ConfigError(where(e.source(), source) + ": projects \"" + other.id + "\" and \"" + p.id +
+                            "\" share credit account \"" + p.credit_account + "\" but give it different credit lines");
       c.projects.push_back(std::move(p));
     }
   }

@@ -30,6 +30,7 @@ struct ProjectConfig {
   std::filesystem::path policy;  // per-project policy file; empty: the built-in membership policy
   std::string credit_account;    // defaults to the project id
   double credit_line = 0;        // post-paid credit line in credits: the balance may go this far below 0
+                                 // (at most 6 decimals; loading checks it converts exactly)
 };
 
 // Per-user facts the identity provider does not carry (API-key users have no token claims).
@@ -74,6 +75,24 @@ struct OidcConfig {
   std::vector<std::string> authorization_servers;  // default: [issuer]
 };
 
+// One entry of [credits.rates]: what one unit of a resource costs. Rates are kept in
+// pico-credits per unit (1 credit = 10^12) so that per-token prices below a micro-credit are
+// exact; charges are rounded up to whole micro-credits per call.
+struct CreditRateConfig {
+  std::string resource;        // "gpu_hour:a100", "call:sleep", ...
+  int64_t pico_per_unit = 0;
+  std::string unit;            // label for people: "GPU-h", "token", "s"
+};
+
+// [credits]: the SQLite credit ledger (docs/CREDITS.md).
+struct CreditsConfig {
+  bool enabled = true;
+  std::chrono::seconds hold_timeout{0};         // least life of a hold; 0: tool_timeout_s + 60
+  std::chrono::seconds sweep_interval{30};      // how often expired holds and grants are swept
+  std::chrono::seconds idempotency_ttl{86400};  // how long a settled key replays its result
+  std::vector<CreditRateConfig> rates;          // in file order
+};
+
 struct Config {
   std::filesystem::path path;       // the file this came from (empty for built-in defaults)
   std::filesystem::path base_dir;   // relative paths resolve here
@@ -89,6 +108,7 @@ struct Config {
   bool demo_tools = false;          // register the echo and sleep tools
   std::string instructions;
   HttpConfig http;
+  CreditsConfig credits;
   std::vector<ProjectConfig> projects;
   std::vector<UserConfig> users;
   std::optional<OidcConfig> oidc;

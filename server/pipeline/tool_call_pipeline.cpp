@@ -174,6 +174,15 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
     co_return out;
   }
   facts["held"] = hold.amount;
+  // A cancellation that arrived while the hold was being committed found no operation to
+  // cancel (the ledger's are not cancellable): do not start the tool only to wait for it.
+  if (req.cancellation->cancelled()) {
+    co_await ledger_.release(hold);
+    out.cancelled = true;
+    Error e{ErrorCode::kCancelled, "cancelled by the caller", {}, {}};
+    co_await finish("cancelled", &e);
+    co_return out;
+  }
 
   // 6. The tool itself, bounded by the deadline and stopped by cancellation.
   CallContext ctx;

@@ -1,6 +1,24 @@
 #include "server/state/database.hpp"
 
+#include <chrono>
+#include <thread>
+
 namespace scigate::state {
+namespace {
+
+// Waiting for another connection's write lock (the audit writer, the ledger writer, a CLI
+// command). SQLite's busy_timeout sleeps 1, 2, 5, 10 ... ms between tries, but these writers
+// hold the lock for tens of microseconds per batch: a first sleep of a millisecond would be most
+// of a call's latency. Try every 20 µs for 2 ms, then every millisecond, for about 5 s in all.
+int busy_wait(void* counter, int tries) {
+  static_cast<std::atomic<uint64_t>*>(counter)->fetch_add(1, std::memory_order_relaxed);
+  if (tries < 100) std::this_thread::sleep_for(std::chrono::microseconds(20));
+  else if (tries < 100 + 5000) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  else return 0;
+  return 1;
+}
+
+}  // namespace
 
 Statement::Statement(sqlite3* db, std::string_view sql) : db_(db) {
   if (sqlite3_prepare_v2(db, sql.data(), static_cast<int>(sql.size()), &stmt_, nullptr) != SQLITE_OK)
@@ -54,7 +72,7 @@ Database::Database(const std::filesystem::path& path) {
     db_ = nullptr;
     throw DbError("cannot open database " + path.string() + ": " + msg);
   }
-  sqlite3_busy_timeout(db_, 5000);
+  sqlite3_busy_handler(db_, busy_wait, &busy_waits_);
   exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;");
 }
 
@@ -135,6 +153,97 @@ const std::vector<Migration>& schema_migrations() {
           BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
         CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
           BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+      )sql"},
+      {3, R"sql(
+        -- The credit ledger (policies/credit_store.cpp, docs/CREDITS.md). Amounts are integer
+        -- micro-credits; times unix milliseconds.
+        -- Bumped by every transaction that changes credit state; a server's ledger reloads its
+        -- in-memory mirror when the value moved under it (scigate credits grant, another server).
+        CREATE TABLE credit_meta (id INTEGER PRIMARY KEY CHECK (id = 1), epoch INTEGER NOT NULL);
+        INSERT INTO credit_meta VALUES (1, 0);
+        -- balance = Σ grants − Σ charges − Σ lapses (= Σ credit_postings.amount of the account)
+        --         = Σ credit_grants.remaining − debt; debt is the credit line in use.
+        CREATE TABLE credit_accounts (
+          account     TEXT PRIMARY KEY,
+          balance     INTEGER NOT NULL DEFAULT 0,
+          debt        INTEGER NOT NULL DEFAULT 0 CHECK (debt >= 0),
+          credit_line INTEGER NOT NULL DEFAULT 0 CHECK (credit_line >= 0),
+          created_ms  INTEGER NOT NULL
+        );
+        -- A user's sub-budget within an account: allowances (grants with a user) it may spend
+        -- of the account's credits.
+        CREATE TABLE credit_sub_budgets (
+          account    TEXT NOT NULL,
+          user       TEXT NOT NULL,
+          balance    INTEGER NOT NULL DEFAULT 0,
+          debt       INTEGER NOT NULL DEFAULT 0 CHECK (debt >= 0),
+          created_ms INTEGER NOT NULL,
+          PRIMARY KEY (account, user)
+        );
+        CREATE TABLE credit_grants (
+          id         INTEGER PRIMARY KEY,
+          account    TEXT NOT NULL,
+          user       TEXT NOT NULL DEFAULT '',  -- '': credits for the account; else an allowance
+          amount     INTEGER NOT NULL CHECK (amount > 0),
+          remaining  INTEGER NOT NULL CHECK (remaining >= 0 AND remaining <= amount),
+          granted_ms INTEGER NOT NULL,
+          expires_ms INTEGER,                   -- NULL: never
+          granted_by TEXT NOT NULL,
+          note       TEXT NOT NULL DEFAULT ''
+        );
+        CREATE INDEX credit_grants_account ON credit_grants(account, user);
+        -- Rate history: a row per change; the latest row per resource is in force.
+        CREATE TABLE credit_rates (
+          resource      TEXT NOT NULL,
+          pico_per_unit INTEGER NOT NULL CHECK (pico_per_unit >= 0),  -- 10^-12 credits per unit
+          unit          TEXT NOT NULL,
+          effective_ms  INTEGER NOT NULL,
+          PRIMARY KEY (resource, effective_ms)
+        );
+        CREATE TABLE credit_holds (
+          id              INTEGER PRIMARY KEY,
+          account         TEXT NOT NULL,
+          project         TEXT NOT NULL,
+          user            TEXT NOT NULL,
+          tool            TEXT NOT NULL,
+          request_id      TEXT NOT NULL,
+          amount          INTEGER NOT NULL CHECK (amount >= 0),
+          sub_budget      INTEGER NOT NULL DEFAULT 0,
+          created_ms      INTEGER NOT NULL,
+          expires_ms      INTEGER NOT NULL,
+          state           TEXT NOT NULL CHECK (state IN ('open', 'settled', 'voided')),
+          posted          INTEGER CHECK (posted IS NULL OR (posted >= 0 AND posted <= amount)),
+          closed_ms       INTEGER,
+          void_reason     TEXT,
+          idempotency_key TEXT,
+          args_hash       TEXT,
+          result          TEXT,                 -- the CallToolResult a keyed call replays
+          owner           TEXT NOT NULL DEFAULT ''  -- "PID/instance" of the ledger that holds it
+        );
+        CREATE INDEX credit_holds_open ON credit_holds(expires_ms) WHERE state = 'open';
+        CREATE INDEX credit_holds_key ON credit_holds(project, idempotency_key) WHERE idempotency_key IS NOT NULL;
+        CREATE INDEX credit_holds_results ON credit_holds(created_ms) WHERE result IS NOT NULL;
+        -- Append-only: every settle of a priced hold (charge), grant, allowance and lapse.
+        CREATE TABLE credit_postings (
+          seq           INTEGER PRIMARY KEY,
+          time_ms       INTEGER NOT NULL,
+          account       TEXT NOT NULL,
+          user          TEXT NOT NULL DEFAULT '',
+          kind          TEXT NOT NULL CHECK (kind IN ('grant', 'charge', 'lapse', 'allowance', 'allowance_lapse')),
+          amount        INTEGER NOT NULL,       -- signed change of the balance it names
+          balance_after INTEGER NOT NULL,       -- the account's (allowance kinds: the sub-budget's)
+          sub_budget    INTEGER NOT NULL DEFAULT 0,  -- a charge also drawn from the user's sub-budget
+          hold_id       INTEGER,
+          grant_id      INTEGER,
+          tool          TEXT NOT NULL DEFAULT '',
+          request_id    TEXT NOT NULL DEFAULT '',
+          detail        TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX credit_postings_account ON credit_postings(account, kind, seq);
+        CREATE TRIGGER credit_postings_no_update BEFORE UPDATE ON credit_postings
+          BEGIN SELECT RAISE(ABORT, 'credit postings are append-only'); END;
+        CREATE TRIGGER credit_postings_no_delete BEFORE DELETE ON credit_postings
+          BEGIN SELECT RAISE(ABORT, 'credit postings are append-only'); END;
       )sql"},
   };
   return kMigrations;

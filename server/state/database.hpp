@@ -6,6 +6,7 @@
 // they still block: callers on I/O threads keep them to indexed point queries.
 #include <sqlite3.h>
 
+#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <mutex>
@@ -62,8 +63,11 @@ class Database {
   // user_version. Safe to call from several processes at once.
   void migrate(const std::vector<Migration>& migrations);
   int schema_version();
+  // How often this connection waited for another's write lock (contention, for benchmarks).
+  uint64_t busy_waits() const { return busy_waits_.load(std::memory_order_relaxed); }
 
  private:
+  std::atomic<uint64_t> busy_waits_{0};
   std::recursive_mutex mutex_;
   sqlite3* db_ = nullptr;
 };

@@ -48,7 +48,7 @@ for (const kind of ['http', 'stdio']) {
         assert.equal(r.code, 0, `exit ${r.code}\n${r.stderr}\n${r.stdout}`);
         const tools = r.json?.result?.tools;
         assert.ok(Array.isArray(tools), `no result.tools in: ${r.stdout.slice(0, 500)}`);
-        assert.deepEqual(tools.map((t) => t.name).sort(), ['echo', 'sleep', 'whoami']);
+        assert.deepEqual(tools.map((t) => t.name).sort(), ['echo', 'get_usage', 'sleep', 'whoami']);
         for (const t of tools) {
           assert.equal(t.inputSchema?.type, 'object', t.name);
           assert.equal(t.outputSchema?.type, 'object', t.name);

@@ -4,7 +4,7 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
-#include <cstdio>
+#include "server/common/decimal.hpp"
 
 namespace scigate::tools {
 namespace asio = boost::asio;
@@ -52,14 +52,17 @@ SleepTool::SleepTool() {
 }
 
 namespace {
-Usage core_time(double seconds) {
-  char detail[64];
-  std::snprintf(detail, sizeof detail, "1 core x %.3g s", seconds);
-  return Usage().add("cpu_core_hour", seconds / 3600.0, detail);
+Usage sleep_usage(double seconds) {
+  Usage u;
+  u.add("sleep_second", seconds, decimal::shortest(seconds) + " s");
+  return u;
 }
 }  // namespace
 
-Usage SleepTool::worst_case_usage(const json& args) const { return core_time(args["seconds"].get<double>()); }
+Usage SleepTool::worst_case_usage(const json& args) const {
+  auto it = args.find("seconds");
+  return sleep_usage(it != args.end() && it->is_number() ? it->get<double>() : 0);
+}
 
 asio::awaitable<ToolResult> SleepTool::call(const json& args, CallContext& ctx) {
   double seconds = args["seconds"].get<double>();
@@ -71,9 +74,9 @@ asio::awaitable<ToolResult> SleepTool::call(const json& args, CallContext& ctx) 
     co_await timer.async_wait(asio::use_awaitable);  // throws operation_aborted when cancelled
     ctx.progress.report(i, steps, "step " + std::to_string(i) + " of " + std::to_string(steps));
   }
-  ToolResult r = ToolResult::success(json{{"slept_seconds", seconds}}, "slept " + std::to_string(seconds) + " s");
-  r.usage = core_time(seconds);
-  co_return r;
+  ToolResult result = ToolResult::success(json{{"slept_seconds", seconds}}, "slept " + std::to_string(seconds) + " s");
+  result.usage = sleep_usage(seconds);
+  co_return result;
 }
 
 }  // namespace scigate::tools

@@ -2,9 +2,9 @@
 // Two small tools for demos, client tests and benchmarks, registered only when the config
 // says `[tools] demo = true`:
 //   echo  returns its text unchanged (the no-op the benchmarks call);
-//   sleep waits, reporting progress once per step, and stops at once when cancelled. It is
-//         metered like a one-core job ("cpu_core_hour"): the requested time is held, the time
-//         actually slept is charged.
+//   sleep waits, reporting progress once per step, and stops at once when cancelled. It uses
+//         "sleep_second" (one unit per second asked for), so a rates table can price it: the
+//         demo config does, to show holds (the seconds asked) and charges (the seconds slept).
 #include "tools/tool.hpp"
 
 namespace scigate::tools {

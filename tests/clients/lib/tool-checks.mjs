@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { waitFor } from './harness.mjs';
 
-const DEMO_TOOLS = ['echo', 'sleep', 'whoami'];
+const DEMO_TOOLS = ['echo', 'get_usage', 'sleep', 'whoami'];
 
 /**
  * s: {

@@ -1,0 +1,195 @@
+#pragma once
+// The credit ledger's state in SQLite (tables credit_*, migration 3) and its in-memory mirror.
+//
+// A CreditStore owns no connection and no thread: it runs on the connection and thread of its
+// user — the server's ledger writer thread, or a CLI command — inside transactions that user
+// opens. Every operation changes the mirror and writes the rows in the same transaction; grant
+// and account rows are written once per transaction (flush()). After a rollback the mirror is
+// stale: reload with load().
+//
+// The mirror is what makes check-and-hold cheap (no SUM over holds or grants per call). Every
+// writing transaction bumps credit_meta.epoch (bump_epoch()); a store that finds the epoch
+// moved under it (scigate credits grant, a second server on the same file) reloads before it
+// decides anything (changed_elsewhere()). One server per database reloads never.
+//
+// Not thread-safe.
+#include <sqlite3.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "policies/credits.hpp"
+#include "policies/ledger.hpp"
+#include "server/state/database.hpp"
+
+namespace scigate::credits {
+
+using Clock = std::function<int64_t()>;  // unix milliseconds
+int64_t system_now_ms();
+
+// Which account pays for a project's calls (ProjectConfig::credit_account) and its credit line.
+struct ProjectAccount {
+  std::string project;
+  std::string account;
+  MicroCredits credit_line = 0;
+};
+
+struct AccountState {
+  Purse purse;
+  std::map<std::string, Purse> users;  // sub-budgets: users with allowance grants
+};
+
+struct OpenHold {
+  int64_t id = 0;
+  std::string account, project, user, tool, request_id;
+  MicroCredits amount = 0;
+  int64_t created_ms = 0, expires_ms = 0;
+  bool sub_budget = false;  // also held against the user's sub-budget
+  bool keyed = false;       // carries an idempotency key: settle stores the result
+  std::string owner;        // "PID/instance" of the store that made it
+};
+
+struct HoldSpec {
+  std::string project, user, tool, request_id;
+  MicroCredits amount = 0;
+  int64_t expires_ms = 0;
+  std::string idempotency_key, args_hash;  // key empty: none
+  int64_t key_ttl_ms = 86'400'000;
+};
+
+struct ReserveOutcome {
+  enum class Kind {
+    kHeld,              // hold_id is open
+    kReplay,            // the key was settled: `replay` is the stored result
+    kInsufficient,      // the account cannot cover it: `available`
+    kSubBudget,         // the user's sub-budget cannot cover it: `available` is the sub-budget's
+    kKeyRunning,        // the key's first call is still running
+    kKeyOtherArguments  // the key was used with other arguments
+  } kind = Kind::kHeld;
+  int64_t hold_id = 0;
+  std::string replay;
+  MicroCredits available = 0;
+  std::string account;
+};
+
+struct SweepCounts {
+  int voided = 0;
+  int lapsed = 0;
+};
+
+class CreditStore {
+ public:
+  CreditStore(sqlite3* db, std::vector<ProjectAccount> projects, Clock clock);
+  ~CreditStore();
+
+  void begin();   // BEGIN IMMEDIATE
+  void begin_read();  // BEGIN (a consistent snapshot for reports)
+  void commit();
+  void rollback() noexcept;
+
+  // (Re)loads the mirror from the database. Inside a transaction.
+  void load();
+  // Whether another connection changed credit state since this store last loaded or wrote
+  // (credit_meta.epoch moved).
+  bool changed_elsewhere();
+  // Marks this transaction's changes for other stores (call before commit when writing).
+  void bump_epoch();
+  // Creates the configured projects' accounts and sets their credit lines.
+  void ensure_accounts();
+  // Records the configured rates: a new effective row for each rate that changed (or appeared),
+  // a zero rate for one that is gone. Returns how many rows were added.
+  int sync_rates(const std::vector<Rate>& rates);
+
+  ReserveOutcome reserve(const HoldSpec& spec);
+  // Posts min(price, held) for an open hold and closes it; nullopt when the hold is not open
+  // (voided by the sweeper or at restart). `result` is stored for replay when the hold is keyed.
+  std::optional<MicroCredits> settle(int64_t hold_id, MicroCredits price, const std::string& usage_json,
+                                     const nlohmann::json& result);
+  bool void_hold(int64_t hold_id, const std::string& reason);
+  // Restart recovery: voids the open holds whose owner process is gone (another ledger in this
+  // process included: one ledger per database per process). Processes sharing a SQLite file in
+  // WAL mode share a host, so "gone" is a PID that no longer exists.
+  int void_orphaned(const std::string& reason);
+  // Voids open holds past their expiry and lapses expired grants.
+  SweepCounts sweep();
+  // Adds credits to a project account (`user` empty) or to a user's sub-budget within it.
+  // Returns the grant id.
+  int64_t grant(const std::string& account, const std::string& user, MicroCredits amount,
+                std::optional<int64_t> expires_ms, const std::string& granted_by, const std::string& note);
+  // Forgets stored results of keyed calls made before `before_ms` (their keys have expired).
+  int prune_results(int64_t before_ms);
+  // Writes the changed account, sub-budget and grant rows.
+  void flush();
+
+  // For reports, inside a transaction. recent: how many holds and charges to list.
+  UsageReport report(const std::string& project, const std::string& user, const RateTable& rates, int recent = 20);
+
+  const std::string& account_of(const std::string& project) const;
+  const AccountState* account(const std::string& account) const;
+  const std::unordered_map<std::string, AccountState>& accounts() const { return accounts_; }
+  const std::unordered_map<int64_t, OpenHold>& open_holds() const { return open_; }
+  int64_t now() const { return clock_(); }
+  sqlite3* db() const { return db_; }
+
+ private:
+  struct Statements;
+  void post(int64_t time_ms, const std::string& account, const std::string& user, const char* kind,
+            MicroCredits amount, MicroCredits balance_after, bool sub_budget, int64_t hold_id, int64_t grant_id,
+            const std::string& tool, const std::string& request_id, const std::string& detail);
+  void lapse(const std::string& account, AccountState& a);
+  void close_hold(OpenHold& h);
+
+  sqlite3* db_;
+  std::vector<ProjectAccount> projects_;
+  std::unordered_map<std::string, std::string> account_of_;
+  Clock clock_;
+  std::unique_ptr<Statements> st_;
+  std::unordered_map<std::string, AccountState> accounts_;
+  std::unordered_map<int64_t, OpenHold> open_;
+  std::map<int64_t, MicroCredits> dirty_grants_;
+  std::set<std::string> dirty_accounts_;
+  std::set<std::pair<std::string, std::string>> dirty_users_;
+  std::string instance_;  // this store's owner tag: "PID/random"
+  int64_t epoch_ = -1;
+};
+
+// Every posting of an account since `since_ms`, oldest first (for statements).
+struct PostingRow {
+  int64_t seq = 0, time_ms = 0;
+  std::string account, user, kind;
+  MicroCredits amount = 0, balance_after = 0;
+  bool sub_budget = false;
+  std::optional<int64_t> hold_id, grant_id;
+  std::string tool, request_id, detail;
+};
+std::vector<PostingRow> postings(sqlite3* db, const std::string& account, int64_t since_ms);
+// The balance of an account just before `since_ms` (the statement's opening balance).
+MicroCredits balance_before(sqlite3* db, const std::string& account, int64_t since_ms);
+
+// The rates table: current rates (latest row per resource, zero rates left out), or every row.
+struct RateRow {
+  std::string resource, unit;
+  int64_t pico_per_unit = 0, effective_ms = 0;
+};
+std::vector<RateRow> stored_rates(sqlite3* db, bool history);
+
+// Checks the ledger's invariants from the rows alone:
+//   per account   balance = Σ postings = Σ grants − Σ charges − Σ lapses = Σ remaining − debt,
+//                 debt ≤ credit line, balance − held ≥ −credit line
+//   per sub-budget the same, from its allowances and the charges drawn from it
+//   per hold      posted ≤ amount; a settled hold has exactly one charge of that amount
+//   no open hold past its expiry (`now_ms`)
+struct Verification {
+  bool ok = true;
+  int accounts = 0, holds_open = 0;
+  std::vector<std::string> problems;
+};
+Verification verify(sqlite3* db, int64_t now_ms);
+
+}  // namespace scigate::credits

@@ -1,0 +1,181 @@
+// The credit ledger through the real binary: what the server charges, what get_usage shows, what
+// `scigate credits` reports, and what survives SIGKILL.
+#include <catch2/catch.hpp>
+
+#include <signal.h>
+
+#include <atomic>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "server_process.hpp"
+
+using namespace scigate::itest;
+using http::verb;
+
+namespace {
+
+json call_tool(Client& c, const std::string& key, const std::string& tool, json args, json extra_meta = nullptr) {
+  auto req = modern_request(1, "tools/call", {{"name", tool}, {"arguments", std::move(args)}});
+  if (extra_meta.is_object())
+    for (auto it = extra_meta.begin(); it != extra_meta.end(); ++it) req["params"]["_meta"][it.key()] = it.value();
+  auto r = c.request(verb::post, "/mcp", modern_headers(key, "tools/call", tool), req.dump());
+  REQUIRE(r.status == 200);
+  return r.json_body()["result"];
+}
+
+json credits_json(const ServerProcess& s, const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {binary(), "credits"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  argv.push_back("--config");
+  argv.push_back(s.config_path());
+  std::string out;
+  REQUIRE(run_command(argv, &out) == 0);
+  std::vector<json> lines;
+  std::istringstream in(out);
+  std::string line;
+  while (std::getline(in, line))
+    if (!line.empty()) lines.push_back(json::parse(line));
+  REQUIRE_FALSE(lines.empty());
+  return lines.back();  // balance: the project; statement: the summary
+}
+
+std::string credits_text(const ServerProcess& s, const std::vector<std::string>& args, int expect = 0) {
+  std::vector<std::string> argv = {binary(), "credits"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  argv.push_back("--config");
+  argv.push_back(s.config_path());
+  std::string out;
+  CHECK(run_command(argv, &out) == expect);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("credits: a priced demo call is charged, shows in get_usage, and the CLI agrees") {
+  ServerProcess s;
+  Client c(s.port());
+  auto free_call = call_tool(c, s.user_key(), "echo", {{"text", "hi"}});
+  CHECK(free_call["isError"] == false);
+  auto slept = call_tool(c, s.user_key(), "sleep", {{"seconds", 0.2}, {"steps", 1}});
+  REQUIRE(slept["isError"] == false);
+
+  auto usage = call_tool(c, s.user_key(), "get_usage", json::object());
+  REQUIRE(usage["isError"] == false);
+  auto u = usage["structuredContent"];
+  CHECK(u["metered"] == true);
+  CHECK(u["project"] == "demo");
+  CHECK(u["balance"].dump() == "999.7");  // 1000 − (0.2 s × 1/s + 0.1 per call)
+  CHECK(u["available"].dump() == "999.7");
+  CHECK(u["held"] == 0);
+  REQUIRE(u["recent_charges"].size() == 1);  // echo is free: no charge, no hold
+  CHECK(u["recent_charges"][0]["tool"] == "sleep");
+  CHECK(u["recent_charges"][0]["amount"].dump() == "0.3");
+  CHECK(u["recent_charges"][0]["user"] == "demo");
+  CHECK(u["rates"].size() == 2);
+  CHECK(usage["content"][0]["text"].get<std::string>().find("balance 999.7 credits") != std::string::npos);
+  CHECK(s.wait_for_log("\"cost\":300000"));  // the audit record carries what was posted
+
+  auto bal = credits_json(s, {"balance", "--project", "demo", "--format", "json"});
+  CHECK(bal["balance"] == "999.7");
+  CHECK(bal["balance_micro"] == 999'700'000);
+  CHECK(bal["held"] == "0");
+  auto st = credits_json(s, {"statement", "--project", "demo", "--format", "jsonl"});
+  CHECK(st["kind"] == "summary");
+  CHECK(st["granted"] == "1000");
+  CHECK(st["charged"] == "0.3");
+  CHECK(st["charges"] == 1);
+  CHECK(st["closing_balance_micro"] == 999'700'000);
+  std::string text = credits_text(s, {"statement", "--project", "demo"});
+  CHECK(text.find("charge") != std::string::npos);
+  CHECK(text.find("closing balance 999.7") != std::string::npos);
+  std::string rates = credits_text(s, {"rates"});
+  CHECK(rates.find("sleep_second") != std::string::npos);
+  CHECK(rates.find("call:sleep") != std::string::npos);
+  CHECK(credits_text(s, {"verify"}).find("consistent") != std::string::npos);
+}
+
+TEST_CASE("credits: a call the project cannot pay is refused with the price, and a CLI grant lets it through") {
+  // 10,000 credits per second slept: a 0.2 s sleep needs 2000.1 of the demo's 1000.
+  ServerProcess s("[credits.rates]\n\"sleep_second\" = { credits = 10000, unit = \"s\" }\n");
+  Client c(s.port());
+  auto refused = call_tool(c, s.user_key(), "sleep", {{"seconds", 0.2}, {"steps", 1}});
+  REQUIRE(refused["isError"] == true);
+  auto err = refused["_meta"]["io.scigate/error"];
+  CHECK(err["code"] == "insufficient_credits");
+  CHECK(err["message"] ==
+        "sleep needs 2000.1 credits (0.2 s × 10000/s + 1 call × 0.1/call), 1000 available in project demo; a manager "
+        "can grant more with `scigate credits grant`");
+  CHECK(err["hint"].get<std::string>().find("scigate credits grant --project demo") != std::string::npos);
+  CHECK(s.wait_for_log("\"error_code\":\"insufficient_credits\""));
+
+  std::string out = credits_text(s, {"grant", "--project", "demo", "3000", "--days", "30", "--note", "top-up"});
+  CHECK(out.find("granted 3000 credits to project demo") != std::string::npos);
+  auto ok = call_tool(c, s.user_key(), "sleep", {{"seconds", 0.2}, {"steps", 1}});
+  CHECK(ok["isError"] == false);
+  auto bal = credits_json(s, {"balance", "--project", "demo", "--format", "json"});
+  CHECK(bal["balance"] == "1999.9");  // 1000 + 3000 − 2000.1, drawn from the expiring grant first
+  REQUIRE(bal["grants"].size() == 2);
+  CHECK(bal["grants"][0]["remaining"] == "999.9");
+  CHECK(bal["grants"][0]["note"] == "top-up");
+  CHECK(bal["grants"][1]["remaining"] == "1000");
+  auto u = call_tool(c, s.user_key(), "get_usage", json::object())["structuredContent"];
+  CHECK(u["balance"].dump() == "1999.9");
+}
+
+TEST_CASE("credits: a retried call with an idempotency key is answered again and charged once") {
+  ServerProcess s;
+  Client c(s.port());
+  json key = {{"io.scigate/idempotency_key", "retry-1"}};
+  auto first = call_tool(c, s.user_key(), "sleep", {{"seconds", 0.1}, {"steps", 1}}, key);
+  auto again = call_tool(c, s.user_key(), "sleep", {{"seconds", 0.1}, {"steps", 1}}, key);
+  CHECK(first["structuredContent"] == again["structuredContent"]);
+  auto other = call_tool(c, s.user_key(), "sleep", {{"seconds", 0.3}, {"steps", 1}}, key);
+  CHECK(other["isError"] == true);
+  CHECK(other["_meta"]["io.scigate/error"]["code"] == "conflict");
+  CHECK(s.wait_for_log("\"outcome\":\"replayed\""));
+  auto st = credits_json(s, {"statement", "--project", "demo", "--format", "jsonl"});
+  CHECK(st["charges"] == 1);
+  CHECK(st["charged"] == "0.2");
+}
+
+TEST_CASE("credits: SIGKILL under load, then restart, and the books balance with no hold left") {
+  ServerProcess s;
+  std::mt19937 rng(std::random_device{}());
+  for (int round = 0; round < 3; ++round) {
+    std::atomic<bool> stop{false};
+    std::atomic<int> answered{0};
+    std::vector<std::thread> clients;
+    for (int t = 0; t < 8; ++t)
+      clients.emplace_back([&, t] {
+        try {
+          Client c(s.port());
+          for (int i = 0; !stop; ++i) {
+            double seconds = 0.001 * ((t * 7 + i) % 40);
+            auto req = modern_request(i, "tools/call",
+                                      {{"name", "sleep"}, {"arguments", {{"seconds", seconds}, {"steps", 1}}}});
+            c.request(verb::post, "/mcp", modern_headers(s.user_key(), "tools/call", "sleep"), req.dump());
+            ++answered;
+          }
+        } catch (const std::exception&) {
+          // the server died under us
+        }
+      });
+    std::this_thread::sleep_for(std::chrono::milliseconds(200 + rng() % 600));
+    kill(s.pid(), SIGKILL);
+    while (s.running()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    stop = true;
+    for (auto& th : clients) th.join();
+    INFO("round " << round << ": " << answered << " calls answered before the kill");
+    CHECK(answered > 0);
+    s.start();  // restart recovery voids the holds of the calls that died
+    std::string v = credits_text(s, {"verify"});
+    CHECK(v.find("credit ledger consistent: 1 accounts, 0 open holds") != std::string::npos);
+  }
+  CHECK(s.wait_for_log("credit_holds_recovered"));
+  auto bal = credits_json(s, {"balance", "--project", "demo", "--format", "json"});
+  auto st = credits_json(s, {"statement", "--project", "demo", "--format", "jsonl"});
+  CHECK(st["closing_balance_micro"] == bal["balance_micro"]);
+  CHECK(bal["held"] == "0");
+}

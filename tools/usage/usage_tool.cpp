@@ -1,0 +1,166 @@
+#include "tools/usage/usage_tool.hpp"
+
+#include <ctime>
+
+#include "policies/credits.hpp"
+
+namespace scigate::tools {
+namespace {
+
+// Credits as a JSON number: micro-credits / 10^6 prints as the exact decimal (12.5, 0.000001)
+// because the shortest round-trip form of that double is the decimal itself.
+double credits_number(MicroCredits micro) { return static_cast<double>(micro) / 1e6; }
+
+std::string iso_time(int64_t ms) {
+  std::time_t t = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+const char* kOutputSchema = R"({
+  "type": "object",
+  "properties": {
+    "metered": {"type": "boolean", "description": "false: this server does not meter calls; all are free"},
+    "project": {"type": "string"},
+    "account": {"type": "string"},
+    "unit": {"type": "string", "enum": ["credits"]},
+    "balance": {"type": "number", "description": "grants minus charges; negative while the credit line is in use"},
+    "held": {"type": "number", "description": "worst-case costs of calls still running"},
+    "available": {"type": "number", "description": "what a new call may hold: balance + credit_line - held"},
+    "credit_line": {"type": "number"},
+    "credit_line_used": {"type": "number"},
+    "grants": {"type": "array", "items": {"type": "object", "properties": {
+      "amount": {"type": "number"}, "remaining": {"type": "number"},
+      "expires": {"type": ["string", "null"]}, "note": {"type": "string"}},
+      "required": ["amount", "remaining", "expires"]}},
+    "holds": {"type": "array", "items": {"type": "object", "properties": {
+      "id": {"type": "string"}, "user": {"type": "string"}, "tool": {"type": "string"}, "amount": {"type": "number"},
+      "created": {"type": "string"}, "expires": {"type": "string"}},
+      "required": ["id", "tool", "amount", "expires"]}},
+    "recent_charges": {"type": "array", "items": {"type": "object", "properties": {
+      "time": {"type": "string"}, "user": {"type": "string"}, "tool": {"type": "string"},
+      "request_id": {"type": "string"}, "amount": {"type": "number"}},
+      "required": ["time", "tool", "amount"]}},
+    "rates": {"type": "array", "items": {"type": "object", "properties": {
+      "resource": {"type": "string"}, "credits_per_unit": {"type": "number"}, "unit": {"type": "string"}},
+      "required": ["resource", "credits_per_unit", "unit"]}},
+    "sub_budget": {"type": ["object", "null"], "properties": {
+      "user": {"type": "string"}, "balance": {"type": "number"}, "held": {"type": "number"},
+      "available": {"type": "number"}}}
+  },
+  "required": ["metered", "project"]
+})";
+
+}  // namespace
+
+UsageTool::UsageTool(Ledger& ledger) : ledger_(ledger) {
+  descriptor_.name = "get_usage";
+  descriptor_.title = "Credit usage";
+  descriptor_.description =
+      "Shows the credits of the project this call is for: balance, what running calls hold, what is "
+      "available for new calls, the credit line, grants and when they expire, recent charges, the "
+      "rates (credits per GPU-hour, token, call, ...) and your own sub-budget if you have one. Call it "
+      "before expensive work, or when a call was refused for lack of credits.";
+  descriptor_.input_schema = json::parse(R"({"type":"object","properties":{},"additionalProperties":false})");
+  descriptor_.output_schema = json::parse(kOutputSchema);
+  descriptor_.annotations = ToolAnnotations{.read_only = true, .destructive = false, .idempotent = true, .open_world = false};
+  descriptor_.required_role = "member";
+}
+
+json UsageTool::to_json(const UsageReport& r) {
+  json out = json::object();
+  out["metered"] = r.metered;
+  out["project"] = r.project;
+  if (!r.metered) return out;
+  out["account"] = r.account;
+  out["unit"] = "credits";
+  out["balance"] = credits_number(r.balance);
+  out["held"] = credits_number(r.held);
+  out["available"] = credits_number(r.available);
+  out["credit_line"] = credits_number(r.credit_line);
+  out["credit_line_used"] = credits_number(std::max<MicroCredits>(0, -r.balance));
+  json grants = json::array();
+  for (const auto& g : r.grants) {
+    json j = json::object();
+    j["amount"] = credits_number(g.amount);
+    j["remaining"] = credits_number(g.remaining);
+    j["expires"] = g.expires_ms ? json(iso_time(*g.expires_ms)) : json(nullptr);
+    if (!g.note.empty()) j["note"] = g.note;
+    grants.push_back(std::move(j));
+  }
+  out["grants"] = std::move(grants);
+  json holds = json::array();
+  for (const auto& h : r.holds) {
+    json j = json::object();
+    j["id"] = h.id;
+    j["user"] = h.user;
+    j["tool"] = h.tool;
+    j["amount"] = credits_number(h.amount);
+    j["created"] = iso_time(h.created_ms);
+    j["expires"] = iso_time(h.expires_ms);
+    holds.push_back(std::move(j));
+  }
+  out["holds"] = std::move(holds);
+  json charges = json::array();
+  for (const auto& c : r.recent_charges) {
+    json j = json::object();
+    j["time"] = iso_time(c.time_ms);
+    j["user"] = c.user;
+    j["tool"] = c.tool;
+    j["request_id"] = c.request_id;
+    j["amount"] = credits_number(c.amount);
+    charges.push_back(std::move(j));
+  }
+  out["recent_charges"] = std::move(charges);
+  json rates = json::array();
+  for (const auto& rate : r.rates) {
+    json j = json::object();
+    j["resource"] = rate.resource;
+    j["credits_per_unit"] = static_cast<double>(rate.pico_per_unit) / 1e12;
+    j["unit"] = rate.unit;
+    rates.push_back(std::move(j));
+  }
+  out["rates"] = std::move(rates);
+  if (r.sub_budget) {
+    json j = json::object();
+    j["user"] = r.sub_budget->user;
+    j["balance"] = credits_number(r.sub_budget->balance);
+    j["held"] = credits_number(r.sub_budget->held);
+    j["available"] = credits_number(r.sub_budget->available);
+    out["sub_budget"] = std::move(j);
+  } else {
+    out["sub_budget"] = nullptr;
+  }
+  return out;
+}
+
+std::string UsageTool::to_text(const UsageReport& r) {
+  if (!r.metered) return "Calls are not metered on this server: every call is free.";
+  using credits::format;
+  std::string t = "Project " + r.project + ": balance " + format(r.balance) + " credits, " + format(r.held) +
+                  " held by running calls, " + format(r.available) + " available";
+  if (r.credit_line > 0) t += " (including a credit line of " + format(r.credit_line) + ")";
+  t += ".";
+  if (r.sub_budget)
+    t += " Your sub-budget (" + r.sub_budget->user + "): " + format(r.sub_budget->available) + " available.";
+  if (!r.rates.empty()) {
+    t += " Rates:";
+    for (std::size_t i = 0; i < r.rates.size(); ++i)
+      t += std::string(i ? "," : "") + " " + r.rates[i].resource + " " + credits::format_rate(r.rates[i].pico_per_unit) +
+           "/" + r.rates[i].unit;
+    t += ".";
+  } else {
+    t += " No resource is priced: calls are free.";
+  }
+  return t;
+}
+
+boost::asio::awaitable<ToolResult> UsageTool::call(const json&, CallContext& ctx) {
+  UsageReport report = co_await ledger_.usage(ctx.project, ctx.principal.name);
+  co_return ToolResult::success(to_json(report), to_text(report));
+}
+
+}  // namespace scigate::tools
