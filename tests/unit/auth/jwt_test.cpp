@@ -60,6 +60,14 @@ std::string with_segment(const std::string& token, int index, const std::string&
   return parts[0] + "." + parts[1] + "." + parts[2];
 }
 
+ProjectConfig project(const std::string& id, std::vector<std::string> members) {
+  ProjectConfig p;
+  p.id = id;
+  p.name = id;
+  p.members = std::move(members);
+  return p;
+}
+
 struct TempDir {
   TempDir() : path(std::filesystem::temp_directory_path() / ("scigate-jwt-" + crypto::random_hex(6))) {
     std::filesystem::create_directories(path);
@@ -86,7 +94,7 @@ struct Fixture {
     o.resource = kAud;
     o.authorization_servers = {kIss};
     config.oidc = o;
-    config.projects.push_back(ProjectConfig{"chem", "Chem", {"alice"}});
+    config.projects.push_back(project("chem", {"alice"}));
     db = std::make_unique<state::Database>(dir.path / "db.sqlite");
     db->migrate(state::schema_migrations());
     keys = std::make_unique<ApiKeyStore>(*db, config, std::chrono::milliseconds(0));
@@ -382,8 +390,8 @@ TEST_CASE("jwt: HTTP path waits for the background refresh without blocking its 
 TEST_CASE("jwt: claims map to a principal") {
   Config cfg;
   cfg.oidc = OidcConfig{};
-  cfg.projects.push_back(ProjectConfig{"chem", "Chem", {"alice"}});
-  cfg.projects.push_back(ProjectConfig{"bio", "Bio", {"f81d4fae"}});
+  cfg.projects.push_back(project("chem", {"alice"}));
+  cfg.projects.push_back(project("bio", {"f81d4fae"}));
   json c = test::claims(kIss, kAud, "f81d4fae");
   c["preferred_username"] = "alice";
   c["groups"] = json::array({"chemists", 7, "admins", "chemists"});
@@ -396,6 +404,16 @@ TEST_CASE("jwt: claims map to a principal") {
   CHECK(p.groups == std::vector<std::string>{"chemists", "admins"});
   CHECK(p.scopes == std::vector<std::string>{"openid", "mcp:tools", "profile"});
   CHECK(p.projects == std::vector<std::string>{"chem"});
+
+  // Membership through a group the token carries.
+  ProjectConfig lab;
+  lab.id = "lab";
+  lab.managers = {"group:admins"};
+  cfg.projects.push_back(lab);
+  p = principal_from_claims(c, cfg);
+  CHECK(p.projects == std::vector<std::string>{"chem", "lab"});
+  CHECK(p.has_role("lab", "manager"));
+  cfg.projects.pop_back();
 
   // No username claim: the name is sub (and so are the projects).
   c.erase("preferred_username");
