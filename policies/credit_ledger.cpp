@@ -64,7 +64,7 @@ std::string usage_detail(const Usage& usage, const credits::RateTable& rates, Mi
   json d = json::object();
   d["usage"] = std::move(lines);
   d["price"] = price;
-  return d.dump();
+  return d.dump(-1, ' ', false, json::error_handler_t::replace);  // a tool's detail may not be UTF-8
 }
 
 Error refusal(const HoldRequest& req, const credits::RateTable& rates, MicroCredits amount,

@@ -19,6 +19,12 @@ std::optional<int64_t> opt_int(const Statement& st, int col) {
   return st.column_int(col);
 }
 
+// Never throw over bad UTF-8 (a tool's output, a note typed at a terminal): the charge or grant
+// must be recorded all the same.
+std::string dump_text(const nlohmann::json& j) {
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 int64_t expiry_or_never(const Statement& st, int col) {
   return st.column_is_null(col) ? kNever : st.column_int(col);
 }
@@ -321,7 +327,7 @@ std::optional<MicroCredits> CreditStore::settle(int64_t hold_id, MicroCredits pr
   st.bind(1, posted).bind(2, now);
   std::string stored;
   if (h.keyed) {
-    stored = result.dump();
+    stored = dump_text(result);
     st.bind(3, stored);
   } else {
     st.bind_null(3);
@@ -419,10 +425,10 @@ int64_t CreditStore::grant(const std::string& account, const std::string& user, 
   if (expires_ms) detail["expires_ms"] = *expires_ms;
   if (user.empty()) {
     dirty_accounts_.insert(account);
-    post(now, account, "", "grant", amount, p.balance(), false, 0, id, "", "", detail.dump());
+    post(now, account, "", "grant", amount, p.balance(), false, 0, id, "", "", dump_text(detail));
   } else {
     dirty_users_.insert({account, user});
-    post(now, account, user, "allowance", amount, p.balance(), false, 0, id, "", "", detail.dump());
+    post(now, account, user, "allowance", amount, p.balance(), false, 0, id, "", "", dump_text(detail));
   }
   return id;
 }

@@ -267,6 +267,17 @@ TEST_CASE("credit ledger: idempotency keys charge once, replay the result, and r
   CHECK(other.error->code == ErrorCode::kConflict);
   CHECK(other.error->message.find("other arguments") != std::string::npos);
 
+  SECTION("a stored result that is not valid UTF-8 is still stored, and the call charged") {
+    auto q = keyed("A");
+    q.idempotency_key = "key-utf8";
+    auto h = r.run(ledger.reserve(q));
+    json bad = json::object();
+    bad["text"] = std::string("\xff\xfe broken");
+    CHECK(r.run(ledger.settle(h.hold, units(2), bad)) == 2 * C);
+    auto again = r.run(ledger.reserve(q));
+    REQUIRE(again.hold.replay);
+    CHECK((*again.hold.replay)["text"].get<std::string>().find("broken") != std::string::npos);
+  }
   SECTION("the same key in another project is another key") {
     auto q = keyed("B");
     q.project = "Q";
