@@ -74,13 +74,26 @@ std::u16string utf16(std::string_view s) {
 
 }  // namespace
 
+// Bytes that cannot be copied as they are: controls, '"', '\\', and the start of anything
+// beyond ASCII (which must be checked for valid UTF-8).
+struct Special {
+  bool table[256] = {};
+  constexpr Special() {
+    for (int c = 0; c < 0x20; ++c) table[c] = true;
+    table[static_cast<unsigned char>('"')] = true;
+    table[static_cast<unsigned char>('\\')] = true;
+    for (int c = 0x80; c < 0x100; ++c) table[c] = true;
+  }
+};
+constexpr Special kSpecial;
+
 void append_string(std::string& out, std::string_view s) {
   static constexpr char kHex[] = "0123456789abcdef";
   out.push_back('"');
   std::size_t run = 0;  // start of the pending literal run
   for (std::size_t i = 0; i < s.size();) {
     unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c >= 0x20 && c != '"' && c != '\\' && c < 0x80) {
+    if (!kSpecial.table[c]) {
       ++i;
       continue;
     }

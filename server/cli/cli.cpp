@@ -10,6 +10,7 @@
 
 #include "scigate/version.hpp"
 #include "server/app.hpp"
+#include "server/cli/audit_cli.hpp"
 #include "server/observability/log.hpp"
 
 namespace scigate::cli {
@@ -24,7 +25,11 @@ usage:
   scigate key create [--config FILE] --principal NAME [--kind user|service] [--description TEXT]
   scigate key list   [--config FILE]
   scigate key revoke [--config FILE] KEY_ID
-  scigate audit verify [--config FILE]   check the audit log's hash chain
+  scigate audit verify [--config FILE] [--pubkey FILE]   check the audit chain and its signed checkpoints
+  scigate audit verify --export FILE [--checkpoints FILE] [--pubkey FILE]   the same, offline
+  scigate audit export [--since TIME] [--until TIME] [--project P] [--output FILE]
+  scigate audit tail [-n N] [--follow] [--format jsonl|text]
+  scigate audit pubkey             print the public key that verifies the checkpoints
   scigate version
 
 --config defaults to $SCIGATE_CONFIG, then ./scigate.toml.
@@ -176,23 +181,6 @@ int cmd_key(const std::vector<std::string>& a) {
   throw std::invalid_argument("unknown key command: " + sub);
 }
 
-int cmd_audit(const std::vector<std::string>& a) {
-  if (a.size() < 3 || a[2] != "verify") throw std::invalid_argument("usage: scigate audit verify [--config FILE]");
-  Args args = parse_args(a, 3, {"config"});
-  Config cfg = load_config(config_path(args));
-  if (!fs::exists(cfg.database)) throw std::runtime_error("no database at " + cfg.database.string());
-  state::Database db(cfg.database);
-  db.migrate(state::schema_migrations());
-  auto v = verify_audit_chain(db);
-  if (v.ok) {
-    std::cout << "audit log intact: " << v.records << " records, hash chain verified\n";
-    return 0;
-  }
-  std::cout << "audit log BROKEN at record " << *v.first_bad_seq << ": " << v.detail << " (" << v.records
-            << " records before it verified)\n";
-  return 1;
-}
-
 }  // namespace
 
 int run(const std::vector<std::string>& a) {
@@ -209,7 +197,7 @@ int run(const std::vector<std::string>& a) {
     if (cmd == "serve") return cmd_serve(parse_args(a, 2, {"config", "http", "port-file"}));
     if (cmd == "init") return cmd_init(parse_args(a, 2, {}));
     if (cmd == "key") return cmd_key(a);
-    if (cmd == "audit") return cmd_audit(a);
+    if (cmd == "audit") return run_audit(a);
     std::cerr << "scigate: unknown command '" << cmd << "'\n\n" << kUsage;
     return 2;
   } catch (const ConfigError& e) {
