@@ -20,14 +20,20 @@ state::Database& migrated(state::Database& db) {
   db.migrate(state::schema_migrations());
   return db;
 }
+
+AuditLogOptions audit_options(const Config& c) {
+  return AuditLogOptions{true, c.audit.signing_key, c.audit.checkpoint_file, c.audit.checkpoint_every_records,
+                         c.audit.checkpoint_every};
+}
 }  // namespace
 
 App::App(Config config)
     : config_(std::move(config)),
       db_(config_.database),
       keys_(migrated(db_), config_),
-      registry_(tools::make_registry(config_)),
-      audit_(config_.database),
+      audit_query_(std::make_unique<audit::AuditQueryService>(config_.database)),
+      registry_(tools::make_registry(config_, tools::ToolServices{audit_query_.get()})),
+      audit_(config_.database, audit_options(config_)),
       pipeline_(registry_, policy_, ledger_, audit_, metrics_, config_.tool_timeout),
       dispatcher_(config_, pipeline_, registry_, policy_, metrics_) {}
 
@@ -44,14 +50,16 @@ int App::serve_http(const std::string& host, uint16_t port, const std::string& p
   dispatcher_.on_tools_changed_legacy = [&sessions] {
     for (auto& s : sessions.all()) s->send(jsonrpc::make_notification("notifications/tools/list_changed", nullptr));
   };
-  transport::HttpServer server(io, transport::HttpDeps{config_, dispatcher_, sessions, keys_, metrics_, audit_, [this] {
+  transport::HttpServer server(io, transport::HttpDeps{config_, dispatcher_, sessions, keys_, metrics_, audit_,
+                                                       [this] {
                                                          try {
                                                            db_.schema_version();
                                                            return true;
                                                          } catch (...) {
                                                            return false;
                                                          }
-                                                       }});
+                                                       },
+                                                       audit_query_.get()});
   asio::ip::tcp::endpoint ep;
   try {
     ep = server.listen(host, port);
@@ -132,6 +140,7 @@ int App::serve_stdio() {
   transport::StdioOptions opts;
   opts.max_message_bytes = config_.max_message_bytes;
   opts.max_depth = config_.max_depth;
+  opts.audit = &audit_;
   log::info("stdio_ready", {{"principal", principal.name}, {"tools", registry_.tools().size()}});
   transport::run_stdio(io, dispatcher_, principal, opts);
   hup.cancel();

@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 
+#include "policies/audit_query.hpp"
 #include "policies/audit_store.hpp"
 #include "policies/ledger.hpp"
 #include "policies/policy.hpp"
@@ -41,6 +42,7 @@ class App {
   Config config_;
   state::Database db_;
   auth::ApiKeyStore keys_;
+  std::unique_ptr<audit::AuditQueryService> audit_query_;  // before registry_: query_audit_log uses it
   ToolRegistry registry_;
   MembershipPolicy policy_;
   UnmeteredLedger ledger_;

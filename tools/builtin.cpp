@@ -1,13 +1,15 @@
 #include "tools/builtin.hpp"
 
+#include "tools/audit/query_audit_log.hpp"
 #include "tools/demo/demo_tools.hpp"
 #include "tools/whoami/whoami.hpp"
 
 namespace scigate::tools {
 
-ToolRegistry make_registry(const Config& config) {
+ToolRegistry make_registry(const Config& config, const ToolServices& services) {
   ToolRegistry r;
   r.add(std::make_unique<WhoamiTool>(config.server_name));
+  if (services.audit_query) r.add(std::make_unique<QueryAuditLogTool>(*services.audit_query));
   if (config.demo_tools) {
     r.add(std::make_unique<EchoTool>());
     r.add(std::make_unique<SleepTool>());

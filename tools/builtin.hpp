@@ -2,7 +2,17 @@
 #include "server/config/config.hpp"
 #include "tools/registry.hpp"
 
+namespace scigate::audit {
+class AuditQueryService;
+}
+
 namespace scigate::tools {
+// What tools need from the rest of the server, owned by the composition root (App) and alive
+// as long as the registry. A null member leaves out the tools that need it.
+struct ToolServices {
+  audit::AuditQueryService* audit_query = nullptr;  // query_audit_log
+};
+
 // The explicit list of tools this build offers. Adding a tool is one line in builtin.cpp.
-ToolRegistry make_registry(const Config& config);
+ToolRegistry make_registry(const Config& config, const ToolServices& services = {});
 }  // namespace scigate::tools
