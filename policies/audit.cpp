@@ -60,7 +60,12 @@ AuditRecord edge_refusal_record(const EdgeRefusal& e) {
   r.outcome = outcome_for(e.http_status, e.rpc_code);
   r.error_code = error_code_for(e.http_status, e.rpc_code);
   nlohmann::json d = nlohmann::json::object();
-  d["reason"] = e.reason.size() > 500 ? e.reason.substr(0, 500) + "..." : e.reason;
+  std::string reason = e.reason;
+  if (reason.size() > 500) {
+    reason.resize(500);
+    reason += "...";
+  }
+  d["reason"] = std::move(reason);
   d["transport"] = e.transport;
   if (e.http_status) d["http_status"] = e.http_status;
   if (e.rpc_code) d["rpc_code"] = e.rpc_code;

@@ -10,6 +10,7 @@
 
 #include "scigate/version.hpp"
 #include "server/app.hpp"
+#include "policies/audit_checkpoint.hpp"
 #include "server/cli/audit_cli.hpp"
 #include "server/observability/log.hpp"
 
@@ -53,6 +54,12 @@ principal = "demo"
 [tools]
 # echo and sleep: for trying things out and for tests.
 demo = true
+
+[audit]
+# Signed checkpoints of the audit log, kept outside the database (docs/AUDIT.md). The Ed25519
+# key is created on first start; give auditors its public key (scigate audit pubkey).
+signing_key = "audit-signing-key.pem"
+checkpoint_file = "audit-checkpoints.jsonl"
 
 [[projects]]
 id = "demo"
@@ -135,9 +142,12 @@ int cmd_init(const Args& args) {
   App app(cfg);
   auto key = app.keys().create("demo", "user", "demo key created by scigate init");
   auto lab = app.keys().create("lab-controller", "service", "demo service key created by scigate init");
+  auto audit_key = audit::SigningKey::load(cfg.audit.signing_key);  // App created it
   std::cout << "Initialised " << fs::absolute(dir).string() << "\n"
             << "  config:   " << fs::absolute(cfg_file).string() << "\n"
             << "  database: " << cfg.database.string() << "\n"
+            << "  audit:    checkpoints signed with " << cfg.audit.signing_key.string() << " (key id "
+            << audit_key.key_id() << "; public key: scigate audit pubkey)\n"
             << "  project:  demo (members: demo, lab-controller)\n\n"
             << "Demo API key for user 'demo' (shown once, keep it):\n  " << key.token << "\n"
             << "Service key for 'lab-controller' (shown once):\n  " << lab.token << "\n";
