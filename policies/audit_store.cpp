@@ -155,15 +155,9 @@ SqliteAuditLog::SqliteAuditLog(const std::filesystem::path& db_path, AuditLogOpt
       last_hash_ = kAuditGenesisHash;
     }
   }
-  if (!options_.checkpoint_file.empty()) {
-    bool created = false;
-    key_ = std::make_unique<audit::SigningKey>(audit::SigningKey::load_or_create(options_.signing_key, &created));
-    if (created)
-      log::info("audit_key_created", {{"path", options_.signing_key.string()}, {"key_id", key_->key_id()}});
+  if (!options_.checkpoint_file.empty())
     if (auto last = audit::read_last_checkpoint(options_.checkpoint_file))
       last_checkpoint_ = std::make_unique<audit::Checkpoint>(std::move(*last));
-    check_checkpoint_against_log();
-  }
   writer_ = std::thread([this] { run(); });
 }
 
@@ -176,7 +170,32 @@ SqliteAuditLog::~SqliteAuditLog() {
   writer_.join();
 }
 
-std::string SqliteAuditLog::checkpoint_key_id() const { return key_ ? key_->key_id() : ""; }
+std::string SqliteAuditLog::checkpoint_key_id() {
+  std::lock_guard g(key_mutex_);
+  return key_ ? key_->key_id() : "";
+}
+
+const audit::SigningKey* SqliteAuditLog::signing_key() {
+  std::lock_guard g(key_mutex_);
+  if (!key_ && !options_.checkpoint_file.empty()) {
+    bool created = false;
+    try {
+      key_ = std::make_unique<audit::SigningKey>(audit::SigningKey::load_or_create(options_.signing_key, &created));
+    } catch (const std::exception& e) {
+      throw std::runtime_error(std::string("audit signing key: ") + e.what() +
+                               " (set [audit] signing_key to a path the server can read and write; docs/CONFIG.md)");
+    }
+    if (created)
+      log::info("audit_key_created", {{"path", options_.signing_key.string()}, {"key_id", key_->key_id()}});
+  }
+  return key_.get();
+}
+
+void SqliteAuditLog::prepare_checkpoints() {
+  if (options_.checkpoint_file.empty()) return;
+  signing_key();
+  check_checkpoint_against_log();
+}
 
 int64_t SqliteAuditLog::checkpointed_seq() const {
   if (checkpoints_) return checkpoints_->last() ? checkpoints_->last()->seq : 0;
@@ -190,13 +209,21 @@ int64_t SqliteAuditLog::checkpointed_seq() const {
 void SqliteAuditLog::check_checkpoint_against_log() {
   const auto& cp = last_checkpoint_;
   if (!cp) return;
-  if (cp->seq > last_seq_) {
+  int64_t last_seq = 0;
+  {
+    auto lock = db_.lock();
+    state::Statement st(db_.handle(), "SELECT COALESCE(MAX(seq), 0) FROM audit_log");
+    st.step();
+    last_seq = st.column_int(0);
+  }
+  if (cp->seq > last_seq) {
     log::error("audit_log_truncated", {{"detail", "the newest checkpoint is beyond the newest audit record: records "
                                                   "were removed; run scigate audit verify"},
                                        {"checkpoint_seq", cp->seq},
-                                       {"last_seq", last_seq_}});
+                                       {"last_seq", last_seq}});
     return;
   }
+  auto lock = db_.lock();
   state::Statement st(db_.handle(), "SELECT hash FROM audit_log WHERE seq = ?");
   st.bind(1, cp->seq);
   if (!st.step() || st.column_text(0) != cp->hash)
@@ -238,7 +265,8 @@ void SqliteAuditLog::run() {
   auto ready = [&] { return stop_ || !queue_.empty(); };
   for (;;) {
     // With time-based checkpoints and records not yet covered, wake when one is due.
-    bool pending = key_ && options_.checkpoint_every.count() > 0 && last_seq_ > checkpointed_seq();
+    bool pending = !options_.checkpoint_file.empty() && options_.checkpoint_every.count() > 0 &&
+                   last_seq_ > checkpointed_seq();
     if (pending) cv_.wait_until(l, last_checkpoint_time_ + options_.checkpoint_every, ready);
     else cv_.wait(l, ready);
     if (queue_.empty()) {
@@ -276,7 +304,7 @@ void SqliteAuditLog::run() {
 }
 
 void SqliteAuditLog::maybe_checkpoint(bool force) {
-  if (!key_) return;
+  if (options_.checkpoint_file.empty()) return;
   int64_t covered = checkpointed_seq();
   if (last_seq_ <= covered) return;
   auto now = std::chrono::steady_clock::now();
@@ -291,7 +319,7 @@ void SqliteAuditLog::maybe_checkpoint(bool force) {
     // database and its WAL go to disk first: two syncs per checkpoint rather than one per batch
     // (which would put a disk sync, milliseconds, into every call's latency).
     sync_files();
-    if (!checkpoints_) checkpoints_ = std::make_unique<audit::CheckpointWriter>(options_.checkpoint_file, *key_);
+    if (!checkpoints_) checkpoints_ = std::make_unique<audit::CheckpointWriter>(options_.checkpoint_file, *signing_key());
     checkpoints_->write(last_seq_, last_hash_, audit::now_ms());
   } catch (const std::exception& e) {
     log::error("audit_checkpoint_failed", {{"detail", e.what()}, {"seq", last_seq_}});

@@ -80,8 +80,15 @@ class SqliteAuditLog final : public AuditLog {
   boost::asio::awaitable<void> append_durable(AuditRecord record) override;
   // Blocks until every record appended so far is committed.
   void flush();
-  // The key id checkpoints are signed with (empty without checkpoints).
-  std::string checkpoint_key_id() const;
+  // Loads the signing key, creating it when missing, and compares the newest checkpoint with
+  // the log (logging audit_log_truncated/rewritten). The server calls this at start so that a
+  // key it cannot create stops it there; without the call the key is loaded at the first
+  // checkpoint, and a process that appends nothing (scigate key ...) never creates one.
+  // Throws std::runtime_error when the key cannot be read or created.
+  void prepare_checkpoints();
+  // The key id checkpoints are signed with (empty before the key is loaded, or without
+  // checkpoints).
+  std::string checkpoint_key_id();
 
  private:
   uint64_t enqueue(AuditRecord record);
@@ -89,6 +96,7 @@ class SqliteAuditLog final : public AuditLog {
   void write_batch(std::deque<AuditRecord>& batch);
   void maybe_checkpoint(bool force);
   void check_checkpoint_against_log();
+  const audit::SigningKey* signing_key();  // loads or creates it
   int64_t checkpointed_seq() const;
   void sync_files();
 
@@ -110,7 +118,8 @@ class SqliteAuditLog final : public AuditLog {
   // Checkpoints: the key is loaded (or created) at start; the file is opened for writing only
   // when this process first writes a checkpoint, so that commands which never append (scigate
   // key ...) leave a running server's file alone.
-  std::unique_ptr<audit::SigningKey> key_;
+  std::mutex key_mutex_;
+  std::unique_ptr<audit::SigningKey> key_;  // under key_mutex_
   std::unique_ptr<audit::Checkpoint> last_checkpoint_;  // as read at start
   std::unique_ptr<audit::CheckpointWriter> checkpoints_;
   std::chrono::steady_clock::time_point last_checkpoint_time_ = std::chrono::steady_clock::now();

@@ -45,6 +45,7 @@ int App::thread_count() const {
 }
 
 int App::serve_http(const std::string& host, uint16_t port, const std::string& port_file) {
+  audit_.prepare_checkpoints();
   asio::io_context io;
   mcp::SessionStore sessions(config_.http.max_sessions);
   dispatcher_.on_tools_changed_legacy = [&sessions] {
@@ -105,6 +106,7 @@ int App::serve_http(const std::string& host, uint16_t port, const std::string& p
 }
 
 int App::serve_stdio() {
+  audit_.prepare_checkpoints();
   Principal principal;
   if (const char* key = std::getenv("SCIGATE_API_KEY"); key && *key) {
     auto p = keys_.authenticate(key);

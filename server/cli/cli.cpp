@@ -142,7 +142,7 @@ int cmd_init(const Args& args) {
   App app(cfg);
   auto key = app.keys().create("demo", "user", "demo key created by scigate init");
   auto lab = app.keys().create("lab-controller", "service", "demo service key created by scigate init");
-  auto audit_key = audit::SigningKey::load(cfg.audit.signing_key);  // App created it
+  auto audit_key = audit::SigningKey::load_or_create(cfg.audit.signing_key);
   std::cout << "Initialised " << fs::absolute(dir).string() << "\n"
             << "  config:   " << fs::absolute(cfg_file).string() << "\n"
             << "  database: " << cfg.database.string() << "\n"

@@ -368,6 +368,13 @@ TEST_CASE("audit log: a checkpoint at a clean stop, by count and by time") {
   o.checkpoint_every_records = 0;
   o.checkpoint_every = std::chrono::seconds(1);
   {
+    // A process that appends nothing (scigate key ...) creates neither key nor file: the
+    // server's own account must own them.
+    SqliteAuditLog idle(t.db(), o);
+  }
+  CHECK_FALSE(fs::exists(t.key()));
+  CHECK_FALSE(fs::exists(t.checkpoints()));
+  {
     SqliteAuditLog log(t.db(), o);
     log.append(record(1));
     log.flush();
