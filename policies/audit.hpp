@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <string>
 
+#include "server/auth/principal.hpp"
+
 namespace scigate {
 
 struct AuditRecord {
@@ -18,7 +20,9 @@ struct AuditRecord {
   std::string principal;       // empty when unauthenticated
   std::string project;
   std::string tool;
-  std::string outcome;         // ok | tool_error | denied | invalid | unauthenticated | cancelled | timeout | internal
+  // ok | tool_error | denied | invalid | unauthenticated | rate_limited | replayed | cancelled |
+  // timeout | internal; requests refused at the edge also unavailable (503)
+  std::string outcome;
   std::string error_code;
   std::string decision_rules;  // comma-separated rule ids
   int64_t cost = 0;            // micro-credits posted
@@ -37,6 +41,26 @@ class AuditLog {
     co_return;
   }
 };
+
+// A request refused before the tool pipeline — by a transport (HTTP status, malformed JSON-RPC)
+// or by the dispatcher (unknown method, unsupported version) — described for its audit record.
+struct EdgeRefusal {
+  int http_status = 0;       // 0 over stdio
+  int rpc_code = 0;          // the JSON-RPC error code sent, 0 when none
+  std::string reason;        // the message the caller got
+  std::string transport;     // "http" | "stdio"
+  std::string method, path;  // HTTP request line, when one was read
+  std::string remote;        // peer address
+  std::string rpc_method;    // the JSON-RPC method, when the body was parsed that far
+  std::string tool;          // params.name of a tools/call, when parsed
+  std::string project;       // a project the caller asked for and belongs to
+  const Principal* principal = nullptr;  // null when unauthenticated
+};
+
+// The record for an edge refusal: outcome from the status (401 unauthenticated, 403 denied,
+// 5xx internal or unavailable, else invalid), error_code from the JSON-RPC code or the status
+// (parse_error, header_mismatch, payload_too_large, ...), the facts in details.
+AuditRecord edge_refusal_record(const EdgeRefusal& refusal);
 
 // Writes each record as one structured log line (event "audit"), whatever the log level. Not
 // tamper-evident; the hash-chained store replaces it.

@@ -1,34 +1,163 @@
 #include "policies/audit_store.hpp"
 
-#include "server/common/crypto.hpp"
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <openssl/sha.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include <stdexcept>
+
+#include "policies/audit_checkpoint.hpp"
+#include "policies/audit_time.hpp"
+#include "policies/canonical_json.hpp"
 #include "server/observability/log.hpp"
-#include "server/protocol/jsonrpc.hpp"
 
 namespace scigate {
 namespace {
-constexpr const char* kGenesis = "0000000000000000000000000000000000000000000000000000000000000000";
 
-nlohmann::json to_json(const AuditRecord& r) {
-  return nlohmann::json{{"time_ms", r.time_ms},       {"request_id", r.request_id}, {"principal", r.principal},
-                        {"project", r.project},       {"tool", r.tool},             {"outcome", r.outcome},
-                        {"error_code", r.error_code}, {"rules", r.decision_rules},  {"cost", r.cost},
-                        {"duration_us", r.duration_us}, {"details", r.details}};
+// SHA-256 through OpenSSL's low-level interface: per record, EVP's provider dispatch and
+// context set-up cost about as much as hashing the record itself, and verifying a large log is
+// mostly hashing. (Deprecated in OpenSSL 3 in favour of EVP, still supported; same code path
+// for the digest itself, SHA-NI included.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+class Sha256 {
+ public:
+  Sha256() { SHA256_Init(&ctx_); }
+  void update(std::string_view data) { SHA256_Update(&ctx_, data.data(), data.size()); }
+  std::string hex() {
+    static constexpr char kDigits[] = "0123456789abcdef";
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    SHA256_Final(md, &ctx_);
+    std::string out(64, '\0');
+    for (unsigned i = 0; i < 32; ++i) {
+      out[2 * i] = kDigits[md[i] >> 4];
+      out[2 * i + 1] = kDigits[md[i] & 0xf];
+    }
+    return out;
+  }
+
+ private:
+  SHA256_CTX ctx_;
+};
+#pragma GCC diagnostic pop
+
+// The record's members after details, in canonical order (see append_audit_message).
+void append_after_details(std::string& out, const AuditRowView& r, bool with_hash) {
+  out += ",\"duration_us\":";
+  canonical::append_int(out, r.duration_us);
+  out += ",\"error_code\":";
+  canonical::append_string(out, r.error_code);
+  if (with_hash) {
+    out += ",\"hash\":";
+    canonical::append_string(out, r.hash);
+  }
+  out += ",\"outcome\":";
+  canonical::append_string(out, r.outcome);
+  out += ",\"prev_hash\":";
+  canonical::append_string(out, r.prev_hash);
+  out += ",\"principal\":";
+  canonical::append_string(out, r.principal);
+  out += ",\"project\":";
+  canonical::append_string(out, r.project);
+  out += ",\"request_id\":";
+  canonical::append_string(out, r.request_id);
+  out += ",\"rules\":";
+  canonical::append_string(out, r.rules);
+  out += ",\"seq\":";
+  canonical::append_int(out, r.seq);
+  out += ",\"time_ms\":";
+  canonical::append_int(out, r.time_ms);
+  out += ",\"tool\":";
+  canonical::append_string(out, r.tool);
+  out += '}';
 }
+
+nlohmann::json to_json(const AuditRecord& r, int64_t seq) {
+  nlohmann::json j{{"time_ms", r.time_ms},       {"request_id", r.request_id}, {"principal", r.principal},
+                   {"project", r.project},       {"tool", r.tool},             {"outcome", r.outcome},
+                   {"error_code", r.error_code}, {"rules", r.decision_rules},  {"cost", r.cost},
+                   {"duration_us", r.duration_us}, {"details", r.details}};
+  if (seq > 0) j["seq"] = seq;
+  return j;
+}
+
+AuditRowView view_of(const AuditRecord& r, int64_t seq, std::string_view details, std::string_view prev_hash) {
+  AuditRowView v;
+  v.seq = seq;
+  v.time_ms = r.time_ms;
+  v.request_id = r.request_id;
+  v.principal = r.principal;
+  v.project = r.project;
+  v.tool = r.tool;
+  v.outcome = r.outcome;
+  v.error_code = r.error_code;
+  v.rules = r.decision_rules;
+  v.cost = r.cost;
+  v.duration_us = r.duration_us;
+  v.details = details;
+  v.prev_hash = prev_hash;
+  return v;
+}
+
 }  // namespace
+
+void append_audit_message(std::string& out, const AuditRowView& r, bool with_hash) {
+  // Members in RFC 8785 order (by key); details is canonical JSON text already.
+  out += "{\"cost\":";
+  canonical::append_int(out, r.cost);
+  out += ",\"details\":";
+  out += r.details;
+  append_after_details(out, r, with_hash);
+}
+
+std::string audit_row_hash(const AuditRowView& r) {
+  // The same bytes as append_audit_message(r, false), hashed in pieces so that the details,
+  // the bulk of a record, are not copied.
+  thread_local std::string buf;
+  Sha256 h;
+  buf = "{\"cost\":";
+  canonical::append_int(buf, r.cost);
+  buf += ",\"details\":";
+  h.update(buf);
+  h.update(r.details);
+  buf.clear();
+  append_after_details(buf, r, false);
+  h.update(buf);
+  return h.hex();
+}
+
+std::string audit_export_line(const AuditRowView& r) {
+  std::string out;
+  append_audit_message(out, r, true);
+  return out;
+}
 
 std::string audit_record_hash(const std::string& prev_hash, int64_t seq, const AuditRecord& r,
                               const std::string& details_json) {
-  // A JSON array in a fixed order is an unambiguous encoding of the fields.
-  nlohmann::json canonical = nlohmann::json::array(
-      {seq, r.time_ms, r.request_id, r.principal, r.project, r.tool, r.outcome, r.error_code, r.decision_rules,
-       r.cost, r.duration_us, details_json});
-  return crypto::sha256_hex(prev_hash + "\n" + jsonrpc::dump(canonical));
+  return audit_row_hash(view_of(r, seq, details_json, prev_hash));
 }
 
 SqliteAuditLog::SqliteAuditLog(const std::filesystem::path& db_path, bool also_log)
-    : db_(db_path), also_log_(also_log) {
-  state::Statement st(db_.handle(), "SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1");
-  last_hash_ = st.step() ? st.column_text(0) : kGenesis;
+    : SqliteAuditLog(db_path, AuditLogOptions{also_log, {}, {}, 0, std::chrono::seconds(0)}) {}
+
+SqliteAuditLog::SqliteAuditLog(const std::filesystem::path& db_path, AuditLogOptions options)
+    : db_(db_path), db_path_(db_path), options_(std::move(options)) {
+  {
+    state::Statement st(db_.handle(), "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1");
+    if (st.step()) {
+      last_seq_ = st.column_int(0);
+      last_hash_ = st.column_text(1);
+    } else {
+      last_hash_ = kAuditGenesisHash;
+    }
+  }
+  if (!options_.checkpoint_file.empty())
+    if (auto last = audit::read_last_checkpoint(options_.checkpoint_file))
+      last_checkpoint_ = std::make_unique<audit::Checkpoint>(std::move(*last));
   writer_ = std::thread([this] { run(); });
 }
 
@@ -39,6 +168,68 @@ SqliteAuditLog::~SqliteAuditLog() {
   }
   cv_.notify_one();
   writer_.join();
+}
+
+std::string SqliteAuditLog::checkpoint_key_id() {
+  std::lock_guard g(key_mutex_);
+  return key_ ? key_->key_id() : "";
+}
+
+const audit::SigningKey* SqliteAuditLog::signing_key() {
+  std::lock_guard g(key_mutex_);
+  if (!key_ && !options_.checkpoint_file.empty()) {
+    bool created = false;
+    try {
+      key_ = std::make_unique<audit::SigningKey>(audit::SigningKey::load_or_create(options_.signing_key, &created));
+    } catch (const std::exception& e) {
+      throw std::runtime_error(std::string("audit signing key: ") + e.what() +
+                               " (set [audit] signing_key to a path the server can read and write; docs/CONFIG.md)");
+    }
+    if (created)
+      log::info("audit_key_created", {{"path", options_.signing_key.string()}, {"key_id", key_->key_id()}});
+  }
+  return key_.get();
+}
+
+void SqliteAuditLog::prepare_checkpoints() {
+  if (options_.checkpoint_file.empty()) return;
+  signing_key();
+  check_checkpoint_against_log();
+}
+
+int64_t SqliteAuditLog::checkpointed_seq() const {
+  if (checkpoints_) return checkpoints_->last() ? checkpoints_->last()->seq : 0;
+  return last_checkpoint_ ? last_checkpoint_->seq : 0;
+}
+
+// A checkpoint beyond the newest record, or one that disagrees with it, means records were
+// removed or rewritten while the server was down. Say so loudly; serving goes on (refusing to
+// start would let whoever can delete rows stop the gateway), and `scigate audit verify` keeps
+// reporting it.
+void SqliteAuditLog::check_checkpoint_against_log() {
+  const auto& cp = last_checkpoint_;
+  if (!cp) return;
+  int64_t last_seq = 0;
+  {
+    auto lock = db_.lock();
+    state::Statement st(db_.handle(), "SELECT COALESCE(MAX(seq), 0) FROM audit_log");
+    st.step();
+    last_seq = st.column_int(0);
+  }
+  if (cp->seq > last_seq) {
+    log::error("audit_log_truncated", {{"detail", "the newest checkpoint is beyond the newest audit record: records "
+                                                  "were removed; run scigate audit verify"},
+                                       {"checkpoint_seq", cp->seq},
+                                       {"last_seq", last_seq}});
+    return;
+  }
+  auto lock = db_.lock();
+  state::Statement st(db_.handle(), "SELECT hash FROM audit_log WHERE seq = ?");
+  st.bind(1, cp->seq);
+  if (!st.step() || st.column_text(0) != cp->hash)
+    log::error("audit_log_rewritten", {{"detail", "the audit record at the newest checkpoint does not match it; run "
+                                                  "scigate audit verify"},
+                                       {"checkpoint_seq", cp->seq}});
 }
 
 void SqliteAuditLog::append(AuditRecord record) { enqueue(std::move(record)); }
@@ -71,9 +262,20 @@ void SqliteAuditLog::flush() {
 
 void SqliteAuditLog::run() {
   std::unique_lock l(mutex_);
+  auto ready = [&] { return stop_ || !queue_.empty(); };
   for (;;) {
-    cv_.wait(l, [&] { return stop_ || !queue_.empty(); });
-    if (queue_.empty() && stop_) return;
+    // With time-based checkpoints and records not yet covered, wake when one is due.
+    bool pending = !options_.checkpoint_file.empty() && options_.checkpoint_every.count() > 0 &&
+                   last_seq_ > checkpointed_seq();
+    if (pending) cv_.wait_until(l, last_checkpoint_time_ + options_.checkpoint_every, ready);
+    else cv_.wait(l, ready);
+    if (queue_.empty()) {
+      if (stop_) break;
+      l.unlock();
+      maybe_checkpoint(false);
+      l.lock();
+      continue;
+    }
     std::deque<AuditRecord> batch;
     batch.swap(queue_);
     l.unlock();
@@ -85,91 +287,105 @@ void SqliteAuditLog::run() {
       // the log at least, whether or not the log mirror is on.
       log::error("audit_write_failed", {{"detail", e.what()}, {"records", n}});
       std::vector<nlohmann::json> lines;
-      for (const auto& r : batch) lines.push_back(to_json(r));
+      for (const auto& r : batch) lines.push_back(to_json(r, 0));
       log::audit_batch(lines);
     }
     l.lock();
     committed_ += n;
     drained_.notify_all();
     waiters_.notify(committed_);
+    // The callers are answered; the checkpoint (a signature and a sync) runs after.
+    l.unlock();
+    maybe_checkpoint(false);
+    l.lock();
+  }
+  l.unlock();
+  maybe_checkpoint(true);  // a clean stop leaves a checkpoint at the very last record
+}
+
+void SqliteAuditLog::maybe_checkpoint(bool force) {
+  if (options_.checkpoint_file.empty()) return;
+  int64_t covered = checkpointed_seq();
+  if (last_seq_ <= covered) return;
+  auto now = std::chrono::steady_clock::now();
+  bool due = force ||
+             (options_.checkpoint_every_records > 0 && last_seq_ - covered >= options_.checkpoint_every_records) ||
+             (options_.checkpoint_every.count() > 0 && now - last_checkpoint_time_ >= options_.checkpoint_every);
+  if (!due) return;
+  last_checkpoint_time_ = now;
+  try {
+    // Commits run with synchronous=NORMAL (WAL): they survive a crash of the process, not yet a
+    // power loss. A checkpoint must never name a record that could still vanish, so the
+    // database and its WAL go to disk first: two syncs per checkpoint rather than one per batch
+    // (which would put a disk sync, milliseconds, into every call's latency).
+    sync_files();
+    if (!checkpoints_) checkpoints_ = std::make_unique<audit::CheckpointWriter>(options_.checkpoint_file, *signing_key());
+    checkpoints_->write(last_seq_, last_hash_, audit::now_ms());
+  } catch (const std::exception& e) {
+    log::error("audit_checkpoint_failed", {{"detail", e.what()}, {"seq", last_seq_}});
+  }
+}
+
+void SqliteAuditLog::sync_files() {
+  for (const std::string& path : {db_path_.string(), db_path_.string() + "-wal"}) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;  // no WAL file: everything is in the database file
+    int rc = ::fdatasync(fd);
+    int err = errno;
+    ::close(fd);
+    if (rc != 0) throw std::runtime_error("cannot sync " + path + ": " + std::strerror(err));
   }
 }
 
 void SqliteAuditLog::write_batch(std::deque<AuditRecord>& batch) {
   auto lock = db_.lock();
   db_.exec("BEGIN IMMEDIATE");
-  std::string hash = last_hash_;
+  int64_t seq = 0;
+  std::string hash(kAuditGenesisHash);
+  std::vector<int64_t> seqs;
+  seqs.reserve(batch.size());
   try {
-    state::Statement last(db_.handle(), "SELECT COALESCE(MAX(seq), 0) FROM audit_log");
-    last.step();
-    int64_t seq = last.column_int(0);
+    // Read inside the transaction: the chain continues from what is committed, whoever wrote it.
+    if (!last_) last_.emplace(db_.handle(), "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1");
+    last_->reset();
+    if (last_->step()) {
+      seq = last_->column_int(0);
+      hash = last_->column_text(1);
+    }
+    last_->reset();
     if (!insert_)
       insert_.emplace(db_.handle(),
                       "INSERT INTO audit_log(seq, time_ms, request_id, principal, project, tool, outcome, "
                       "error_code, rules, cost, duration_us, details, prev_hash, hash) "
                       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
     auto& ins = *insert_;
+    std::string details;
     for (const auto& r : batch) {
       ++seq;
-      std::string details = jsonrpc::dump(r.details.is_null() ? nlohmann::json::object() : r.details);
-      std::string next = audit_record_hash(hash, seq, r, details);
+      details.clear();
+      canonical::append(details, r.details.is_object() ? r.details : nlohmann::json::object());
+      std::string next = audit_row_hash(view_of(r, seq, details, hash));
       ins.reset();
       ins.bind(1, seq).bind(2, r.time_ms).bind(3, r.request_id).bind(4, r.principal).bind(5, r.project);
       ins.bind(6, r.tool).bind(7, r.outcome).bind(8, r.error_code).bind(9, r.decision_rules).bind(10, r.cost);
       ins.bind(11, r.duration_us).bind(12, details).bind(13, hash).bind(14, next);
       ins.step();
-      hash = next;
+      hash = std::move(next);
+      seqs.push_back(seq);
     }
     db_.exec("COMMIT");
   } catch (...) {
     db_.exec("ROLLBACK");
     throw;
   }
+  last_seq_ = seq;
   last_hash_ = hash;
-  if (also_log_) {
+  if (options_.also_log) {
     std::vector<nlohmann::json> lines;
     lines.reserve(batch.size());
-    for (const auto& r : batch) lines.push_back(to_json(r));
+    for (std::size_t i = 0; i < batch.size(); ++i) lines.push_back(to_json(batch[i], seqs[i]));
     log::audit_batch(lines);
   }
-}
-
-AuditVerification verify_audit_chain(state::Database& db) {
-  AuditVerification v;
-  auto lock = db.lock();
-  state::Statement st(db.handle(),
-                      "SELECT seq, time_ms, request_id, principal, project, tool, outcome, error_code, rules, cost, "
-                      "duration_us, details, prev_hash, hash FROM audit_log ORDER BY seq");
-  std::string prev = kGenesis;
-  int64_t expected_seq = 1;
-  while (st.step()) {
-    int64_t seq = st.column_int(0);
-    AuditRecord r;
-    r.time_ms = st.column_int(1);
-    r.request_id = st.column_text(2);
-    r.principal = st.column_text(3);
-    r.project = st.column_text(4);
-    r.tool = st.column_text(5);
-    r.outcome = st.column_text(6);
-    r.error_code = st.column_text(7);
-    r.decision_rules = st.column_text(8);
-    r.cost = st.column_int(9);
-    r.duration_us = st.column_int(10);
-    std::string details = st.column_text(11);
-    auto fail = [&](std::string why) {
-      v.ok = false;
-      v.first_bad_seq = seq;
-      v.detail = std::move(why);
-    };
-    if (seq != expected_seq) fail("record " + std::to_string(expected_seq) + " is missing");
-    else if (st.column_text(12) != prev) fail("prev_hash does not match the previous record's hash");
-    else if (audit_record_hash(prev, seq, r, details) != st.column_text(13)) fail("the record does not match its hash");
-    if (!v.ok) return v;
-    prev = st.column_text(13);
-    ++expected_seq;
-    ++v.records;
-  }
-  return v;
 }
 
 }  // namespace scigate

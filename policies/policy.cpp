@@ -8,13 +8,13 @@ Decision MembershipPolicy::decide(const PolicyQuery& q) const {
   Decision d;
   d.rule_ids = {"builtin-membership"};
   const auto& ps = q.principal.projects;
-  if (q.project.empty() || q.principal.has_role(q.project, "member")) {
+  // Any role in the project will do: the pipeline has already checked that the caller holds
+  // the tool's own required role there (member for most tools, auditor for query_audit_log).
+  if (q.project.empty() || q.principal.member_of(q.project)) {
     d.effect = Decision::Effect::kPermit;
     d.reason = "member of the project";
   } else {
-    d.reason = q.principal.member_of(q.project)
-                   ? q.principal.name + " holds no role in project " + q.project + " that may call tools"
-                   : q.principal.name + " is not a member of project " + q.project;
+    d.reason = q.principal.name + " is not a member of project " + q.project;
     d.hint = ps.empty() ? "ask an administrator to add you to a project"
                         : "use one of your projects: " + [&] {
                             std::string s;

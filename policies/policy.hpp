@@ -48,8 +48,8 @@ class PolicyEngine {
   virtual std::optional<std::string> reload() { return std::nullopt; }
 };
 
-// The built-in policy for projects without a policy file: a principal holding the member role
-// (or manager/admin) may call every tool for that project.
+// The built-in policy for projects without a policy file: a principal holding a role in the
+// project may call every tool for it whose required role it holds (the pipeline checks that).
 class MembershipPolicy final : public PolicyEngine {
  public:
   Decision decide(const PolicyQuery& query) const override;

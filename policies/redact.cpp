@@ -2,103 +2,325 @@
 
 #include <algorithm>
 #include <cctype>
-#include <string_view>
+#include <vector>
 
+#include "policies/canonical_json.hpp"
 #include "server/common/crypto.hpp"
-#include "server/protocol/jsonrpc.hpp"
 
 namespace scigate {
 namespace {
 
 using nlohmann::json;
 
-bool sensitive(const json& schema) {
-  if (!schema.is_object()) return false;
-  auto flag = [&](const char* k) {
-    auto it = schema.find(k);
-    return it != schema.end() && it->is_boolean() && it->get<bool>();
+constexpr int kMaxSchemaDepth = 16;  // $ref chains and nested combinators
+
+char lower(char c) { return static_cast<char>(std::tolower(static_cast<unsigned char>(c))); }
+bool is_alnum(char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; }
+bool is_upper(char c) { return c >= 'A' && c <= 'Z'; }
+bool is_lower(char c) { return c >= 'a' && c <= 'z'; }
+bool is_digit(char c) { return c >= '0' && c <= '9'; }
+
+// Case-insensitive find.
+std::size_t ifind(std::string_view hay, std::string_view needle, std::size_t from = 0) {
+  if (needle.size() > hay.size()) return std::string_view::npos;
+  for (std::size_t i = from; i + needle.size() <= hay.size(); ++i) {
+    std::size_t k = 0;
+    while (k < needle.size() && lower(hay[i + k]) == lower(needle[k])) ++k;
+    if (k == needle.size()) return i;
+  }
+  return std::string_view::npos;
+}
+
+// --- token formats ---------------------------------------------------------------------------
+
+enum class Chars {
+  kAlnum,     // A-Z a-z 0-9
+  kKey,       // and _ -
+  kJwt,       // and _ - .
+  kBase64,    // and _ - . ~ + / =  (bearer tokens)
+};
+
+bool in_class(char c, Chars k) {
+  if (is_alnum(c)) return true;
+  switch (k) {
+    case Chars::kAlnum: return false;
+    case Chars::kKey: return c == '_' || c == '-';
+    case Chars::kJwt: return c == '_' || c == '-' || c == '.';
+    case Chars::kBase64: return c == '_' || c == '-' || c == '.' || c == '~' || c == '+' || c == '/' || c == '=';
+  }
+  return false;
+}
+
+struct TokenFormat {
+  std::string_view prefix;
+  std::size_t min_run;  // characters of the class needed after the prefix
+  Chars chars;
+  bool mixed = false;   // the run must mix upper case, lower case and digits (random, not a word)
+  bool ignore_case = false;
+};
+
+constexpr TokenFormat kFormats[] = {
+    {"sgk_", 20, Chars::kKey},                       // scigate API keys
+    {"eyJ", 20, Chars::kJwt},                        // JWT (checked for two dots below)
+    {"bearer ", 16, Chars::kBase64, false, true},    // Authorization header values
+    {"sk-", 20, Chars::kKey, true},                  // OpenAI, Anthropic
+    {"sk_", 20, Chars::kKey, true},                  // Stripe
+    {"rk_live_", 20, Chars::kAlnum},                 // Stripe restricted
+    {"ghp_", 30, Chars::kAlnum},  {"gho_", 30, Chars::kAlnum}, {"ghs_", 30, Chars::kAlnum},
+    {"ghu_", 30, Chars::kAlnum},  {"ghr_", 30, Chars::kAlnum},  // GitHub
+    {"github_pat_", 30, Chars::kKey},
+    {"glpat-", 20, Chars::kKey},                     // GitLab
+    {"AKIA", 16, Chars::kAlnum},  {"ASIA", 16, Chars::kAlnum},  // AWS access key ids
+    {"AIza", 35, Chars::kKey},                       // Google API keys
+    {"hf_", 30, Chars::kAlnum},                      // Hugging Face
+    {"xoxb-", 20, Chars::kKey},   {"xoxp-", 20, Chars::kKey},   {"xoxa-", 20, Chars::kKey},
+    {"xoxr-", 20, Chars::kKey},   {"xoxs-", 20, Chars::kKey},   // Slack
+    {"npm_", 36, Chars::kAlnum},
+};
+
+bool matches_format(std::string_view v, const TokenFormat& f) {
+  for (std::size_t pos = f.ignore_case ? ifind(v, f.prefix) : v.find(f.prefix); pos != std::string_view::npos;
+       pos = f.ignore_case ? ifind(v, f.prefix, pos + 1) : v.find(f.prefix, pos + 1)) {
+    if (pos > 0 && is_alnum(v[pos - 1])) continue;  // "task-...", "disk_..." are not "sk-"
+    std::size_t start = pos + f.prefix.size(), n = 0;
+    while (start + n < v.size() && in_class(v[start + n], f.chars)) ++n;
+    if (n < f.min_run) continue;
+    std::string_view run = v.substr(start, n);
+    if (f.prefix == "eyJ" && std::count(run.begin(), run.end(), '.') < 2) continue;
+    if (f.prefix == "AKIA" || f.prefix == "ASIA") {
+      // Exactly 16 upper-case letters or digits.
+      if (!std::all_of(run.begin(), run.begin() + 16, [](char c) { return is_upper(c) || is_digit(c); })) continue;
+    }
+    if (f.mixed) {
+      bool up = std::any_of(run.begin(), run.end(), is_upper), lo = std::any_of(run.begin(), run.end(), is_lower),
+           dg = std::any_of(run.begin(), run.end(), is_digit);
+      if (!(up && lo && dg)) continue;
+    }
+    return true;
+  }
+  return false;
+}
+
+// "scheme://user:password@host": a password in a URL.
+bool url_with_password(std::string_view v) {
+  for (auto pos = v.find("://"); pos != std::string_view::npos; pos = v.find("://", pos + 3)) {
+    std::size_t start = pos + 3, end = start;
+    while (end < v.size() && v[end] != '/' && v[end] != '?' && v[end] != '#' && v[end] != ' ' && v[end] != '"' &&
+           v[end] != '\'' && v[end] != '\n')
+      ++end;
+    std::string_view authority = v.substr(start, end - start);
+    auto at = authority.rfind('@');
+    if (at == std::string_view::npos) continue;
+    auto colon = authority.substr(0, at).find(':');
+    if (colon != std::string_view::npos && at > colon + 1) return true;
+  }
+  return false;
+}
+
+// name=value in a query string, a connection string or a command line.
+bool secret_parameter(std::string_view v) {
+  struct Param {
+    std::string_view name;
+    std::size_t min_value;
   };
-  return flag("writeOnly") || flag("x-sensitive");
+  static constexpr Param kParams[] = {
+      {"password=", 4},         {"passwd=", 4},         {"pwd=", 4},           {"secret=", 8},
+      {"client_secret=", 8},    {"token=", 8},          {"access_token=", 8},  {"refresh_token=", 8},
+      {"id_token=", 8},         {"api_key=", 8},        {"apikey=", 8},        {"api-key=", 8},
+      {"key=", 16},             {"sig=", 16},           {"signature=", 16},    {"x-amz-signature=", 16},
+      {"x-amz-security-token=", 16}, {"x-goog-signature=", 16},
+  };
+  for (const auto& p : kParams) {
+    for (auto pos = ifind(v, p.name); pos != std::string_view::npos; pos = ifind(v, p.name, pos + 1)) {
+      // A parameter starts the string or follows a separator (not "monkey=", "my_token=").
+      if (pos > 0) {
+        char b = v[pos - 1];
+        if (!(b == '?' || b == '&' || b == ';' || b == ' ' || b == '\t' || b == '"' || b == '\'' || b == ',' || b == '-')) continue;
+      }
+      std::size_t start = pos + p.name.size(), n = 0;
+      while (start + n < v.size() && v[start + n] != '&' && v[start + n] != ';' && v[start + n] != ' ' &&
+             v[start + n] != '"' && v[start + n] != '\'' && v[start + n] != '\n')
+        ++n;
+      if (n >= p.min_value) return true;
+    }
+  }
+  return false;
 }
 
-const json* child_schema(const json& schema, const std::string& key) {
-  if (!schema.is_object()) return nullptr;
-  if (auto props = schema.find("properties"); props != schema.end() && props->is_object())
+// "Authorization: <anything>" or "X-Api-Key: <anything>" as header text.
+bool header_with_credentials(std::string_view v) {
+  for (std::string_view h : {std::string_view("authorization:"), std::string_view("x-api-key:"),
+                             std::string_view("proxy-authorization:")}) {
+    auto pos = ifind(v, h);
+    if (pos == std::string_view::npos) continue;
+    std::size_t i = pos + h.size();
+    while (i < v.size() && v[i] == ' ') ++i;
+    std::size_t n = 0;
+    while (i + n < v.size() && v[i + n] != '\n' && v[i + n] != '"' && v[i + n] != '\'') ++n;
+    if (n >= 8) return true;
+  }
+  return false;
+}
+
+// --- schemas ---------------------------------------------------------------------------------
+
+struct SchemaContext {
+  const json& root;
+};
+
+const json* resolve(const json* schema, const SchemaContext& ctx, int depth = 0) {
+  while (schema && schema->is_object() && depth++ < kMaxSchemaDepth) {
+    auto ref = schema->find("$ref");
+    if (ref == schema->end() || !ref->is_string()) return schema;
+    const std::string& r = ref->get_ref<const std::string&>();
+    if (r == "#") {
+      schema = &ctx.root;
+      continue;
+    }
+    if (r.rfind("#/", 0) != 0) return schema;  // remote refs: not followed
+    try {
+      json::json_pointer ptr(r.substr(1));
+      if (!ctx.root.contains(ptr)) return schema;
+      schema = &ctx.root.at(ptr);
+    } catch (const std::exception&) {
+      return schema;
+    }
+  }
+  return schema;
+}
+
+template <class Fn>
+void each_branch(const json& schema, Fn fn) {
+  for (const char* k : {"allOf", "anyOf", "oneOf"})
+    if (auto it = schema.find(k); it != schema.end() && it->is_array())
+      for (const auto& b : *it) fn(b);
+}
+
+bool sensitive(const json* schema, const SchemaContext& ctx, int depth = 0) {
+  schema = resolve(schema, ctx);
+  if (!schema || !schema->is_object() || depth > kMaxSchemaDepth) return false;
+  auto flag = [&](const char* k) {
+    auto it = schema->find(k);
+    return it != schema->end() && it->is_boolean() && it->get<bool>();
+  };
+  if (flag("writeOnly") || flag("x-sensitive")) return true;
+  if (auto f = schema->find("format"); f != schema->end() && f->is_string() && *f == "password") return true;
+  bool any = false;
+  each_branch(*schema, [&](const json& b) { any = any || sensitive(&b, ctx, depth + 1); });
+  return any;
+}
+
+const json* child_schema(const json* schema, const std::string& key, const SchemaContext& ctx, int depth = 0) {
+  schema = resolve(schema, ctx);
+  if (!schema || !schema->is_object() || depth > kMaxSchemaDepth) return nullptr;
+  if (auto props = schema->find("properties"); props != schema->end() && props->is_object())
     if (auto it = props->find(key); it != props->end()) return &*it;
-  if (auto ap = schema.find("additionalProperties"); ap != schema.end() && ap->is_object()) return &*ap;
+  const json* found = nullptr;
+  each_branch(*schema, [&](const json& b) {
+    if (!found) found = child_schema(&b, key, ctx, depth + 1);
+  });
+  if (found) return found;
+  if (auto ap = schema->find("additionalProperties"); ap != schema->end() && ap->is_object()) return &*ap;
   return nullptr;
 }
 
-const json* item_schema(const json& schema) {
-  if (!schema.is_object()) return nullptr;
-  if (auto it = schema.find("items"); it != schema.end() && it->is_object()) return &*it;
-  return nullptr;
+const json* item_schema(const json* schema, std::size_t index, const SchemaContext& ctx, int depth = 0) {
+  schema = resolve(schema, ctx);
+  if (!schema || !schema->is_object() || depth > kMaxSchemaDepth) return nullptr;
+  if (auto it = schema->find("items"); it != schema->end()) {
+    if (it->is_object()) return &*it;
+    if (it->is_array()) {  // draft 7 tuple form
+      if (index < it->size()) return &(*it)[index];
+      if (auto extra = schema->find("additionalItems"); extra != schema->end() && extra->is_object()) return &*extra;
+      return nullptr;
+    }
+  }
+  const json* found = nullptr;
+  each_branch(*schema, [&](const json& b) {
+    if (!found) found = item_schema(&b, index, ctx, depth + 1);
+  });
+  return found;
 }
 
-json hashed(const std::string& text) { return "[sha256:" + crypto::sha256_hex(text) + ", " + std::to_string(text.size()) + " bytes]"; }
+json hashed_text(std::string_view text) {
+  return "[sha256:" + crypto::sha256_hex(text) + ", " + std::to_string(text.size()) + " bytes]";
+}
 
-json walk(const json& v, const json* schema, const RedactOptions& o) {
-  static const json kNoSchema = json::object();
-  const json& s = schema ? *schema : kNoSchema;
-  if (sensitive(s)) return "[redacted]";
+json walk(const json& v, const json* schema, const SchemaContext& ctx, const RedactOptions& o) {
+  if (sensitive(schema, ctx)) return "[redacted]";
   if (v.is_object()) {
     json out = json::object();
-    for (auto it = v.begin(); it != v.end(); ++it) out[it.key()] = walk(it.value(), child_schema(s, it.key()), o);
+    for (auto it = v.begin(); it != v.end(); ++it) {
+      if (secret_member_name(it.key()) && !it.value().is_null() && !it.value().is_boolean()) {
+        out[it.key()] = "[redacted]";
+        continue;
+      }
+      out[it.key()] = walk(it.value(), child_schema(schema, it.key(), ctx), ctx, o);
+    }
     return out;
   }
   if (v.is_array()) {
     json out = json::array();
-    for (const auto& e : v) out.push_back(walk(e, item_schema(s), o));
+    std::size_t i = 0;
+    for (const auto& e : v) out.push_back(walk(e, item_schema(schema, i++, ctx), ctx, o));
     return out;
   }
   if (v.is_string()) {
     const auto& str = v.get_ref<const std::string&>();
     if (looks_like_secret(str)) return "[redacted]";
-    if (str.size() > o.max_string_bytes) return hashed(str);
+    if (str.size() > o.max_string_bytes) return hashed_text(str);
   }
   return v;
 }
 
 }  // namespace
 
-bool looks_like_secret(const std::string& value) {
-  // Plain scans, not std::regex: this runs on every string argument of every call.
-  if (value.size() < 16) return false;
-  auto token_char = [](char c) {
-    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.' || c == '~' || c == '+' ||
-           c == '/' || c == '=';
+bool secret_member_name(std::string_view name) {
+  std::string n;
+  n.reserve(name.size());
+  for (char c : name) n.push_back(c == '-' ? '_' : lower(c));
+  static const char* const kExact[] = {
+      "password",      "passwd",        "passphrase",   "pwd",          "secret",           "client_secret",
+      "api_key",       "apikey",        "api_token",    "access_token", "refresh_token",    "id_token",
+      "auth_token",    "token",         "bearer_token", "authorization", "private_key",     "secret_key",
+      "secret_access_key", "aws_secret_access_key", "session_token", "credentials", "credential", "cookie",
+      "set_cookie",    "x_api_key",
   };
-  auto run = [&](std::size_t pos) {
-    std::size_t n = 0;
-    while (pos + n < value.size() && token_char(value[pos + n])) ++n;
-    return n;
-  };
-  auto preceded_ok = [&](std::size_t pos) { return pos == 0 || !std::isalnum(static_cast<unsigned char>(value[pos - 1])); };
-  struct Prefix {
-    std::string_view text;
-    std::size_t min_run;  // token characters needed after the prefix
-  };
-  static constexpr Prefix kPrefixes[] = {
-      {"sgk_", 20},  {"eyJ", 20},  {"Bearer ", 16}, {"bearer ", 16}, {"sk-", 20}, {"sk_", 20}, {"ghp_", 30},
-      {"gho_", 30},  {"ghs_", 30}, {"ghu_", 30},    {"github_pat_", 30}, {"AKIA", 16}, {"hf_", 30}, {"xox", 20},
-  };
-  for (const auto& p : kPrefixes) {
-    for (auto pos = value.find(p.text); pos != std::string::npos; pos = value.find(p.text, pos + 1)) {
-      if (!preceded_ok(pos)) continue;
-      std::size_t n = run(pos + p.text.size());
-      if (n < p.min_run) continue;
-      if (p.text == "eyJ" && std::count(value.begin() + pos, value.begin() + pos + 3 + n, '.') < 2) continue;
-      return true;
-    }
-  }
-  return value.find("PRIVATE KEY-----") != std::string::npos;
+  for (const char* e : kExact)
+    if (n == e) return true;
+  for (std::string_view suffix : {"_password", "_passwd", "_secret", "_token", "_api_key", "_apikey", "_private_key"})
+    if (n.size() > suffix.size() && n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0) return true;
+  return false;
+}
+
+bool looks_like_secret(std::string_view value) {
+  if (value.size() < 8) return false;
+  for (const auto& f : kFormats)
+    if (matches_format(value, f)) return true;
+  if (value.find("PRIVATE KEY-----") != std::string_view::npos) return true;
+  return url_with_password(value) || secret_parameter(value) || header_with_credentials(value);
 }
 
 json redact_arguments(const json& arguments, const json& input_schema, const RedactOptions& o) {
-  json out = walk(arguments, &input_schema, o);
-  std::string text = jsonrpc::dump(out);
-  if (text.size() > o.max_total_bytes) return hashed(jsonrpc::dump(arguments));
-  return out;
+  SchemaContext ctx{input_schema};
+  json out = walk(arguments, &input_schema, ctx, o);
+  std::string text = canonical::dump(out);
+  if (text.size() <= o.max_total_bytes) return out;
+  // Too big: hash the largest members first, keeping the small ones readable.
+  if (out.is_object()) {
+    std::vector<std::pair<std::size_t, std::string>> sizes;
+    for (auto it = out.begin(); it != out.end(); ++it) sizes.emplace_back(canonical::dump(it.value()).size(), it.key());
+    std::sort(sizes.begin(), sizes.end(), std::greater<>());
+    std::size_t total = text.size();
+    for (const auto& [size, key] : sizes) {
+      if (total <= o.max_total_bytes) break;
+      json h = hashed_text(canonical::dump(out[key]));
+      total = total - size + canonical::dump(h).size();
+      out[key] = std::move(h);
+    }
+    if (total <= o.max_total_bytes) return out;
+  }
+  return hashed_text(text);
 }
 
 }  // namespace scigate

@@ -29,6 +29,11 @@ std::unique_ptr<Ledger> make_ledger(const Config& config, SqliteLedger** sqlite)
   *sqlite = ledger.get();
   return ledger;
 }
+
+AuditLogOptions audit_options(const Config& c) {
+  return AuditLogOptions{true, c.audit.signing_key, c.audit.checkpoint_file, c.audit.checkpoint_every_records,
+                         c.audit.checkpoint_every};
+}
 }  // namespace
 
 CreditLedgerOptions credit_ledger_options(const Config& config) {
@@ -49,9 +54,10 @@ App::App(Config config)
       keys_(migrated(db_), config_),
       authenticator_(config_, keys_),
       ledger_(make_ledger(config_, &sqlite_ledger_)),
-      registry_(tools::make_registry(config_, tools::ToolServices{ledger_.get()})),
+      audit_query_(std::make_unique<audit::AuditQueryService>(config_.database)),
+      registry_(tools::make_registry(config_, tools::ToolServices{ledger_.get(), audit_query_.get()})),
       policy_(ProjectPolicies::sources_from(config_)),
-      audit_(config_.database),
+      audit_(config_.database, audit_options(config_)),
       pipeline_(registry_, policy_, *ledger_, audit_, metrics_, config_.tool_timeout),
       dispatcher_(config_, pipeline_, registry_, policy_, metrics_) {
   policy_.set_schema_lookup([this](const std::string& tool) -> const json* {
@@ -80,19 +86,22 @@ int App::thread_count() const {
 
 int App::serve_http(const std::string& host, uint16_t port, const std::string& port_file) {
   if (sqlite_ledger_) sqlite_ledger_->recover_after_restart();
+  audit_.prepare_checkpoints();
   asio::io_context io;
   mcp::SessionStore sessions(config_.http.max_sessions);
   dispatcher_.on_tools_changed_legacy = [&sessions] {
     for (auto& s : sessions.all()) s->send(jsonrpc::make_notification("notifications/tools/list_changed", nullptr));
   };
-  transport::HttpServer server(io, transport::HttpDeps{config_, dispatcher_, sessions, authenticator_, metrics_, audit_, [this] {
+  transport::HttpServer server(io, transport::HttpDeps{config_, dispatcher_, sessions, authenticator_, metrics_, audit_,
+                                                       [this] {
                                                          try {
                                                            db_.schema_version();
                                                            return true;
                                                          } catch (...) {
                                                            return false;
                                                          }
-                                                       }});
+                                                       },
+                                                       audit_query_.get()});
   asio::ip::tcp::endpoint ep;
   try {
     ep = server.listen(host, port);
@@ -150,6 +159,7 @@ int App::serve_http(const std::string& host, uint16_t port, const std::string& p
 }
 
 int App::serve_stdio() {
+  audit_.prepare_checkpoints();
   Principal principal;
   if (const char* key = std::getenv("SCIGATE_API_KEY"); key && *key) {
     // An API key or, with [oidc], a JWT; checked once, at start (it may fetch the JWKS here).
@@ -189,6 +199,7 @@ int App::serve_stdio() {
   transport::StdioOptions opts;
   opts.max_message_bytes = config_.max_message_bytes;
   opts.max_depth = config_.max_depth;
+  opts.audit = &audit_;
   log::info("stdio_ready", {{"principal", principal.name}, {"tools", registry_.tools().size()}});
   transport::run_stdio(io, dispatcher_, principal, opts);
   hup.cancel();

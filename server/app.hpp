@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 
+#include "policies/audit_query.hpp"
 #include "policies/audit_store.hpp"
 #include "policies/credit_ledger.hpp"
 #include "policies/ledger.hpp"
@@ -57,6 +58,7 @@ class App {
   // whose get_usage tool uses it; after keys_, whose construction migrates the schema.
   SqliteLedger* sqlite_ledger_ = nullptr;  // set by ledger_'s initialiser, so declared first
   std::unique_ptr<Ledger> ledger_;
+  std::unique_ptr<audit::AuditQueryService> audit_query_;  // before registry_: query_audit_log uses it
   ToolRegistry registry_;
   ProjectPolicies policy_;  // per-project policy files; reloaded on SIGHUP and on change
   SqliteAuditLog audit_;  // after keys_, whose construction migrates the schema

@@ -1,5 +1,6 @@
 #include "tools/builtin.hpp"
 
+#include "tools/audit/query_audit_log.hpp"
 #include "tools/demo/demo_tools.hpp"
 #include "tools/usage/usage_tool.hpp"
 #include "tools/whoami/whoami.hpp"
@@ -10,6 +11,7 @@ ToolRegistry make_registry(const Config& config, const ToolServices& services) {
   ToolRegistry r;
   r.add(std::make_unique<WhoamiTool>(config.server_name));
   if (services.ledger) r.add(std::make_unique<UsageTool>(*services.ledger));
+  if (services.audit_query) r.add(std::make_unique<QueryAuditLogTool>(*services.audit_query));
   if (config.demo_tools) {
     r.add(std::make_unique<EchoTool>());
     r.add(std::make_unique<SleepTool>());

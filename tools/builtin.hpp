@@ -3,12 +3,17 @@
 #include "server/config/config.hpp"
 #include "tools/registry.hpp"
 
+namespace scigate::audit {
+class AuditQueryService;
+}
+
 namespace scigate::tools {
 
-// The server's components that tools may use, owned by App (the composition root). A tool whose
-// service is missing is not registered.
+// What tools need from the rest of the server, owned by the composition root (App) and alive
+// as long as the registry. A null member leaves out the tools that need it.
 struct ToolServices {
   Ledger* ledger = nullptr;  // get_usage
+  audit::AuditQueryService* audit_query = nullptr;  // query_audit_log
 };
 
 // The explicit list of tools this build offers. Adding a tool is one line in builtin.cpp.

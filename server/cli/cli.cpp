@@ -14,6 +14,8 @@
 #include "server/app.hpp"
 #include "server/auth/directory.hpp"
 #include "server/cli/credits_cli.hpp"
+#include "policies/audit_checkpoint.hpp"
+#include "server/cli/audit_cli.hpp"
 #include "server/observability/log.hpp"
 #include "tools/builtin.hpp"
 
@@ -29,7 +31,11 @@ usage:
   scigate key create [--config FILE] --principal NAME [--kind user|service] [--description TEXT]
   scigate key list   [--config FILE]
   scigate key revoke [--config FILE] KEY_ID
-  scigate audit verify [--config FILE]   check the audit log's hash chain
+  scigate audit verify [--config FILE] [--pubkey FILE]   check the audit chain and its signed checkpoints
+  scigate audit verify --export FILE [--checkpoints FILE] [--pubkey FILE]   the same, offline
+  scigate audit export [--since TIME] [--until TIME] [--project P] [--output FILE]
+  scigate audit tail [-n N] [--follow] [--format jsonl|text]
+  scigate audit pubkey             print the public key that verifies the checkpoints
   scigate policy check [--config FILE] [--project P] --as NAME [--kind user|service] [--group G]...
                        --tool TOOL [--args JSON] [--at 2025-01-06T10:00:00Z]
                                    explain the decision on one call (exit 0 allow, 1 deny)
@@ -73,6 +79,12 @@ hold_timeout_s = 0        # 0: a hold lives as long as the call may (tool timeou
 "call:sleep" = 0.1                           # flat, per call
 "sleep_second" = { credits = 1, unit = "s" } # per second asked for (held) and slept (charged)
 
+[audit]
+# Signed checkpoints of the audit log, kept outside the database (docs/AUDIT.md). The Ed25519
+# key is created on first start; give auditors its public key (scigate audit pubkey).
+signing_key = "audit-signing-key.pem"
+checkpoint_file = "audit-checkpoints.jsonl"
+
 [[projects]]
 id = "demo"
 name = "Demo project"
@@ -98,6 +110,13 @@ effect = "permit"
 description = "Members may call whoami, echo and get_usage"
 principals = ["role:member"]
 tools = ["whoami", "echo", "get_usage"]
+
+[[rules]]
+id = "auditors-read-the-trail"
+effect = "permit"
+description = "Auditors (and admins) may read the project's audit trail"
+principals = ["role:auditor"]
+tools = ["query_audit_log", "whoami"]
 
 [[rules]]
 id = "members-sleep-10-min"
@@ -162,6 +181,22 @@ tool = "sleep"
 args = { seconds = 120 }
 expect = "deny"
 rule = "robots-sleep-1-min"
+
+[[cases]]
+name = "an auditor may read the audit trail"
+principal = "ada"
+roles = ["auditor"]
+tool = "query_audit_log"
+args = {}
+expect = "allow"
+rule = "auditors-read-the-trail"
+
+[[cases]]
+name = "a member may not read the audit trail"
+principal = "demo"
+tool = "query_audit_log"
+args = {}
+expect = "deny"
 
 [[cases]]
 name = "someone outside the project may not echo"
@@ -254,9 +289,12 @@ int cmd_init(const Args& args) {
   auto key = app.keys().create("demo", "user", "demo key created by scigate init");
   auto lab = app.keys().create("lab-controller", "service", "demo service key created by scigate init");
   grant_credits(cfg, "demo", "", 1000 * kMicroPerCredit, std::nullopt, "scigate init", "demo credits");
+  auto audit_key = audit::SigningKey::load_or_create(cfg.audit.signing_key);
   std::cout << "Initialised " << fs::absolute(dir).string() << "\n"
             << "  config:   " << fs::absolute(cfg_file).string() << "\n"
             << "  database: " << cfg.database.string() << "\n"
+            << "  audit:    checkpoints signed with " << cfg.audit.signing_key.string() << " (key id "
+            << audit_key.key_id() << "; public key: scigate audit pubkey)\n"
             << "  project:  demo (member: demo; service account: lab-controller)\n"
             << "  policy:   " << fs::absolute(dir / "policies" / "demo.toml").string() << " (tests: demo.test.toml beside it)\n"
             << "  credits:  1000 granted to project demo (scigate credits balance --config "
@@ -306,23 +344,6 @@ int cmd_key(const std::vector<std::string>& a) {
     return 0;
   }
   throw std::invalid_argument("unknown key command: " + sub);
-}
-
-int cmd_audit(const std::vector<std::string>& a) {
-  if (a.size() < 3 || a[2] != "verify") throw std::invalid_argument("usage: scigate audit verify [--config FILE]");
-  Args args = parse_args(a, 3, {"config"});
-  Config cfg = load_config(config_path(args));
-  if (!fs::exists(cfg.database)) throw std::runtime_error("no database at " + cfg.database.string());
-  state::Database db(cfg.database);
-  db.migrate(state::schema_migrations());
-  auto v = verify_audit_chain(db);
-  if (v.ok) {
-    std::cout << "audit log intact: " << v.records << " records, hash chain verified\n";
-    return 0;
-  }
-  std::cout << "audit log BROKEN at record " << *v.first_bad_seq << ": " << v.detail << " (" << v.records
-            << " records before it verified)\n";
-  return 1;
 }
 
 std::string joined(const std::vector<std::string>& v, const char* sep = ", ") {
@@ -490,7 +511,7 @@ int run(const std::vector<std::string>& a) {
     if (cmd == "serve") return cmd_serve(parse_args(a, 2, {"config", "http", "port-file"}));
     if (cmd == "init") return cmd_init(parse_args(a, 2, {}));
     if (cmd == "key") return cmd_key(a);
-    if (cmd == "audit") return cmd_audit(a);
+    if (cmd == "audit") return run_audit(a);
     if (cmd == "policy") return cmd_policy(a);
     if (cmd == "credits") return cmd_credits(a);
     std::cerr << "scigate: unknown command '" << cmd << "'\n\n" << kUsage;

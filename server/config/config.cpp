@@ -258,7 +258,7 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
   }
   Config c;
   c.base_dir = base_dir;
-  reject_unknown(root, {"server", "limits", "http", "stdio", "tools", "credits", "projects", "users", "oidc"},
+  reject_unknown(root, {"server", "limits", "http", "stdio", "tools", "credits", "audit", "projects", "users", "oidc"},
                  "the top level",
                  source);
   if (auto* s = section(root, "server", source)) {
@@ -316,6 +316,18 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
     c.demo_tools = get<bool>(*s, "demo", false, source);
   }
   if (auto* s = section(root, "credits", source)) parse_credits(*s, c.credits, source);
+  if (auto* s = section(root, "audit", source)) {
+    reject_unknown(*s, {"signing_key", "checkpoint_file", "checkpoint_every_records", "checkpoint_every_s"}, "[audit]",
+                   source);
+    c.audit.signing_key = get<std::string>(*s, "signing_key", c.audit.signing_key.string(), source);
+    c.audit.checkpoint_file = get<std::string>(*s, "checkpoint_file", c.audit.checkpoint_file.string(), source);
+    c.audit.checkpoint_every_records =
+        get<int64_t>(*s, "checkpoint_every_records", c.audit.checkpoint_every_records, source);
+    c.audit.checkpoint_every =
+        std::chrono::seconds(get<int64_t>(*s, "checkpoint_every_s", c.audit.checkpoint_every.count(), source));
+    if (c.audit.signing_key.empty() || c.audit.checkpoint_file.empty())
+      throw ConfigError(source + ": audit.signing_key and audit.checkpoint_file must not be empty");
+  }
   if (const toml::node* n = root.get("projects")) {
     const toml::array* a = n->as_array();
     if (!a) throw ConfigError(where(n->source(), source) + ": projects must be an array of tables ([[projects]])");
@@ -376,6 +388,8 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
   if (auto* s = section(root, "oidc", source)) c.oidc = parse_oidc(*s, source);
   auto resolve = [&](std::filesystem::path p) { return p.is_absolute() ? p : base_dir / p; };
   c.database = resolve(c.database);
+  c.audit.signing_key = resolve(c.audit.signing_key);
+  c.audit.checkpoint_file = resolve(c.audit.checkpoint_file);
   for (auto& p : c.projects)
     if (!p.policy.empty()) p.policy = resolve(p.policy);
   if (c.oidc && !c.oidc->jwks_file.empty()) c.oidc->jwks_file = resolve(c.oidc->jwks_file);

@@ -93,6 +93,14 @@ struct CreditsConfig {
   std::vector<CreditRateConfig> rates;          // in file order
 };
 
+// The audit trail's signed checkpoints (docs/AUDIT.md). Paths are relative to the config file.
+struct AuditConfig {
+  std::filesystem::path signing_key = "audit-signing-key.pem";  // Ed25519 private key, created if missing
+  std::filesystem::path checkpoint_file = "audit-checkpoints.jsonl";
+  int64_t checkpoint_every_records = 1000;  // 0: not by count
+  std::chrono::seconds checkpoint_every{60};  // 0: not by time
+};
+
 struct Config {
   std::filesystem::path path;       // the file this came from (empty for built-in defaults)
   std::filesystem::path base_dir;   // relative paths resolve here
@@ -109,6 +117,7 @@ struct Config {
   std::string instructions;
   HttpConfig http;
   CreditsConfig credits;
+  AuditConfig audit;
   std::vector<ProjectConfig> projects;
   std::vector<UserConfig> users;
   std::optional<OidcConfig> oidc;

@@ -265,12 +265,17 @@ asio::awaitable<Outbound> Dispatcher::tools_call(Inbound& in, const std::string&
   } in_flight{*this, key};
   metrics_.in_flight.fetch_add(1);
   ToolCallOutcome outcome = co_await pipeline_.run(std::move(req));
-  if (outcome.cancelled) co_return Outbound{std::nullopt, 200};
-  if (outcome.protocol_error) {
+  Outbound out;
+  if (outcome.cancelled) {
+    out = Outbound{std::nullopt, 200};
+  } else if (outcome.protocol_error) {
     auto e = *outcome.protocol_error;
-    co_return error(msg.id, e.code, e.message);
+    out = error(msg.id, e.code, e.message);
+  } else {
+    out = result(msg.id, std::move(outcome.result));
   }
-  co_return result(msg.id, std::move(outcome.result));
+  out.audited = true;
+  co_return out;
 }
 
 asio::awaitable<Outbound> Dispatcher::subscriptions_listen(Inbound& in, const json& meta) {

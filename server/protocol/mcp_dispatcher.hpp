@@ -59,6 +59,9 @@ struct Inbound {
 struct Outbound {
   std::optional<json> response;  // nothing for notifications and cancelled requests
   int http_status = 200;         // what Streamable HTTP should answer with
+  // The tool pipeline wrote this request's audit record. Transports record the other error
+  // answers themselves (one record per refused request).
+  bool audited = false;
 };
 
 class Dispatcher {

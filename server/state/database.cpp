@@ -245,6 +245,12 @@ const std::vector<Migration>& schema_migrations() {
         CREATE TRIGGER credit_postings_no_delete BEFORE DELETE ON credit_postings
           BEGIN SELECT RAISE(ABORT, 'credit postings are append-only'); END;
       )sql"},
+      {4, R"sql(
+        -- Auditor queries page through one project's or one principal's records in seq order
+        -- (GET /audit/events, query_audit_log); without these they would sort every matching row.
+        CREATE INDEX audit_log_project_seq ON audit_log(project, seq);
+        CREATE INDEX audit_log_principal_seq ON audit_log(principal, seq);
+      )sql"},
   };
   return kMigrations;
 }

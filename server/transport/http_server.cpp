@@ -17,9 +17,13 @@
 #include <boost/beast/ssl.hpp>
 
 #include <deque>
+#include <map>
 #include <unordered_map>
 
+#include "policies/audit_query.hpp"
+#include "policies/audit_time.hpp"
 #include "server/common/crypto.hpp"
+#include "server/common/json_util.hpp"
 #include "server/observability/log.hpp"
 
 namespace scigate::transport {
@@ -98,6 +102,119 @@ json unsupported_version_data(const std::string& requested) {
   json j = json::object();
   j["supported"] = mcp::supported_versions();
   j["requested"] = requested;
+  return j;
+}
+
+// --- GET /audit/events: plain helpers (see above about coroutines) ------------------------------
+
+std::string url_decode(std::string_view s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '+') {
+      out.push_back(' ');
+    } else if (s[i] == '%' && i + 2 < s.size() && std::isxdigit(static_cast<unsigned char>(s[i + 1])) &&
+               std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
+      out.push_back(static_cast<char>(std::stoi(std::string(s.substr(i + 1, 2)), nullptr, 16)));
+      i += 2;
+    } else {
+      out.push_back(s[i]);
+    }
+  }
+  return out;
+}
+
+// The filter an auditor asked for, or the reason the query string is not one.
+struct EventsRequest {
+  audit::EventFilter filter;
+  std::string project;
+  std::string problem;
+};
+
+EventsRequest parse_events_query(std::string_view query) {
+  static const std::vector<std::string> kKnown = {"project", "principal", "tool",   "outcome", "since",
+                                                  "until",   "limit",     "cursor", "order"};
+  EventsRequest r;
+  std::map<std::string, std::string> params;
+  while (!query.empty()) {
+    auto amp = query.find('&');
+    std::string_view part = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+    if (part.empty()) continue;
+    auto eq = part.find('=');
+    std::string key = url_decode(part.substr(0, eq));
+    std::string value = eq == std::string_view::npos ? std::string() : url_decode(part.substr(eq + 1));
+    if (std::find(kKnown.begin(), kKnown.end(), key) == kKnown.end()) {
+      std::string list;
+      for (const auto& k : kKnown) list += (list.empty() ? "" : ", ") + k;
+      r.problem = "unknown parameter \"" + key.substr(0, 40) + "\" (known: " + list + ")";
+      return r;
+    }
+    if (!params.emplace(key, value).second) {
+      r.problem = "parameter \"" + key + "\" given twice";
+      return r;
+    }
+  }
+  auto get = [&](const char* k) { return params.count(k) ? params[k] : std::string(); };
+  r.project = get("project");
+  r.filter.principal = get("principal");
+  r.filter.tool = get("tool");
+  r.filter.outcome = get("outcome");
+  std::string order = get("order");
+  if (!order.empty() && order != "asc" && order != "desc") {
+    r.problem = "order must be asc or desc";
+    return r;
+  }
+  r.filter.descending = order != "asc";
+  auto integer = [](const std::string& v) -> std::optional<int64_t> {
+    if (v.empty() || v.size() > 15 || v.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+    return std::stoll(v);
+  };
+  r.filter.limit = audit::kDefaultPageSize;
+  if (params.count("limit")) {
+    auto n = integer(params["limit"]);
+    if (!n || *n < 1) {
+      r.problem = "limit must be a whole number from 1 to " + std::to_string(audit::kMaxPageSize);
+      return r;
+    }
+    r.filter.limit = std::min(*n, audit::kMaxPageSize);
+  }
+  if (params.count("cursor")) {
+    auto n = integer(params["cursor"]);
+    if (!n) {
+      r.problem = "cursor must be a next_cursor value returned by this endpoint";
+      return r;
+    }
+    r.filter.cursor = *n;
+  }
+  const int64_t now = audit::now_ms();
+  for (const char* k : {"since", "until"}) {
+    if (!params.count(k)) continue;
+    auto t = audit::parse_time(params[k], now);
+    if (!t) {
+      r.problem = std::string(k) + " must be RFC 3339 (2026-03-01T12:00:00Z), a date, Unix milliseconds, or a span "
+                                   "back from now (90m, 24h, 7d)";
+      return r;
+    }
+    (std::string(k) == "since" ? r.filter.since_ms : r.filter.until_ms) = *t;
+  }
+  return r;
+}
+
+json api_error_body(const std::string& code, const std::string& message) {
+  json e = json::object();
+  e["code"] = code;
+  e["message"] = message;
+  json j = json::object();
+  j["error"] = std::move(e);
+  return j;
+}
+
+json events_body(const audit::AuditPage& page) {
+  json events = json::array();
+  for (const auto& r : page.events) events.push_back(audit::event_json(r));
+  json j = json::object();
+  j["events"] = std::move(events);
+  j["next_cursor"] = page.next_cursor ? json(std::to_string(*page.next_cursor)) : json(nullptr);
   return j;
 }
 
@@ -284,7 +401,10 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
       if (ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset ||
           ec == beast::error::timeout || ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor)
         co_return;
+      facts_ = RequestFacts{};
       if (ec == http::error::body_limit) {
+        facts_.method = std::string(parser.get().method_string());
+        facts_.path = std::string(parser.get().target());
         co_await send(error_response(http::status::payload_too_large, 11, false, kTransportError,
                                      "request body exceeds the limit of " + std::to_string(cfg_.max_body_bytes) +
                                          " bytes"));
@@ -302,6 +422,8 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
       }
       tcp_layer().expires_never();
       Request req = parser.release();
+      facts_.method = std::string(req.method_string());
+      facts_.path = std::string(req.target());
       busy_ = true;
       bool keep = co_await handle(req);
       busy_ = false;
@@ -315,6 +437,13 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
   }
 
   Response json_response(http::status status, unsigned version, bool keep_alive, const json& body) {
+    if (body.is_object())
+      if (auto e = body.find("error"); e != body.end() && e->is_object()) {
+        facts_.has_error = true;
+        auto code = e->find("code");
+        facts_.rpc_code = code != e->end() && code->is_number_integer() ? code->get<int>() : 0;
+        facts_.message = string_member(*e, "message");
+      }
     Response res{status, version};
     res.set(http::field::server, std::string_view("scigate"));
     res.set(http::field::content_type, std::string_view("application/json"));
@@ -326,6 +455,9 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
 
   asio::awaitable<void> send(Response res) {
     server_->deps_.metrics.record_http(static_cast<int>(res.result_int()));
+    // One audit record per refused request: every error answer the pipeline did not record.
+    if ((res.result_int() >= 400 || facts_.has_error) && facts_.audit && !facts_.audited)
+      audit_refusal(static_cast<int>(res.result_int()));
     tcp_layer().expires_after(cfg_.body_timeout);
     co_await http::async_write(stream_, res, kAwait);
     tcp_layer().expires_never();
@@ -341,6 +473,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     auto& deps = server_->deps_;
 
     if (path == "/healthz" || path == "/readyz" || path == "/metrics") {
+      facts_.audit = false;  // probes are not requests to the gateway's services
       if (req.method() != http::verb::get && req.method() != http::verb::head) {
         Response r = error_response(http::status::method_not_allowed, v, ka, kTransportError, path + " takes GET");
         r.set(http::field::allow, std::string_view("GET"));
@@ -366,6 +499,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     }
     // RFC 9728: where MCP clients learn which authorization server issues tokens for us. Public.
     if (deps.auth.is_metadata_path(path)) {
+      facts_.audit = false;  // public metadata, like the probes
       if (req.method() != http::verb::get && req.method() != http::verb::head) {
         Response r = error_response(http::status::method_not_allowed, v, ka, kTransportError, path + " takes GET");
         r.set(http::field::allow, std::string_view("GET"));
@@ -378,6 +512,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
       co_await send(std::move(r));
       co_return ka;
     }
+    if (path == "/audit/events") co_return co_await handle_audit_events(req, q == std::string_view::npos ? std::string_view() : target.substr(q + 1));
     if (path != "/mcp") {
       co_await send(error_response(http::status::not_found, v, ka, kTransportError,
                                    "no such endpoint: " + path + " (the MCP endpoint is /mcp)"));
@@ -386,24 +521,14 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
 
     // DNS-rebinding defence: a browser page from another origin may not talk to us.
     if (std::string origin = header(req, "Origin"); !origin.empty() && !origin_allowed(origin, cfg_.allowed_origins)) {
-      audit_refusal(req, std::nullopt, "forbidden", "Origin " + origin + " is not allowed");
       co_await send(error_response(http::status::forbidden, v, ka, kTransportError,
                                    "Origin " + origin + " is not allowed; add it to http.allowed_origins"));
       co_return ka;
     }
 
-    auth::AuthResult authn = co_await deps.auth.authenticate_async(header(req, "Authorization"));
-    if (!authn.ok()) {
-      // 401 for no or a bad token; 403 for a valid one without the required scopes.
-      const bool scope = authn.status == auth::AuthResult::Status::kInsufficientScope;
-      audit_refusal(req, authn.principal, scope ? "forbidden" : "unauthenticated", authn.reason);
-      Response r = error_response(scope ? http::status::forbidden : http::status::unauthorized, v, ka,
-                                  kTransportError, authn.message);
-      r.set(http::field::www_authenticate, authn.challenge);
-      co_await send(std::move(r));
-      co_return ka;
-    }
-    const Principal& principal = *authn.principal;
+    std::optional<Principal> authenticated = co_await authenticate(req, /*api_style=*/false);
+    if (!authenticated) co_return ka;
+    const Principal& principal = *authenticated;
 
     bool keep = ka;
     if (req.method() == http::verb::post) {
@@ -420,24 +545,140 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     co_return keep;
   }
 
-  // Requests refused before the tool pipeline still leave an audit record.
-  void audit_refusal(const Request& req, const std::optional<Principal>& who, const std::string& outcome,
-                     const std::string& reason) {
-    AuditRecord r;
-    r.time_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                    std::chrono::system_clock::now().time_since_epoch()).count();
-    r.request_id = "http-" + crypto::random_hex(8);
-    if (who) r.principal = who->name;
-    r.outcome = outcome;
-    r.error_code = outcome == "invalid" ? "invalid_request" : outcome;
+  // What the audit record of a refused request says about it. Set as the request is read and
+  // handled; send() writes the record when the answer is an error (see there).
+  struct RequestFacts {
+    bool audit = true;      // false for the probe endpoints
+    bool audited = false;   // the request's record is written (by the pipeline or here)
+    bool has_error = false; // the answer is a JSON-RPC or API error
+    int rpc_code = 0;
+    std::string message;
+    std::string detail;     // why, when the caller is told less (a refused token)
+    std::string method, path, rpc_method, tool, project;
+    std::optional<Principal> principal;
+  };
+
+  void note_principal(const Request& req, const std::optional<Principal>& p) {
+    facts_.principal = p;
+    // A project the caller names and belongs to makes the record visible to its auditors.
+    if (p)
+      if (std::string pj = header(req, "X-Scigate-Project"); !pj.empty() && p->member_of(pj)) facts_.project = pj;
+  }
+
+  EdgeRefusal edge_facts(int status) {
+    EdgeRefusal e;
+    e.http_status = status;
+    e.rpc_code = facts_.rpc_code;
+    e.reason = facts_.detail.empty() ? facts_.message : facts_.detail;
+    e.transport = "http";
+    e.method = facts_.method;
+    e.path = facts_.path;
     beast::error_code ec;
     auto remote = tcp_layer().socket().remote_endpoint(ec);
-    r.details = json::object();
-    r.details["reason"] = reason;
-    r.details["method"] = std::string(req.method_string());
-    r.details["path"] = std::string(req.target().substr(0, 200));
-    if (!ec) r.details["remote"] = remote.address().to_string();
+    if (!ec) e.remote = remote.address().to_string();
+    e.rpc_method = facts_.rpc_method;
+    e.tool = facts_.tool.substr(0, 128);
+    e.project = facts_.project;
+    if (facts_.principal) e.principal = &*facts_.principal;
+    return e;
+  }
+
+  void audit_refusal(int status) {
+    facts_.audited = true;
+    server_->deps_.audit.append(edge_refusal_record(edge_facts(status)));
+  }
+
+  // Reading the audit trail is itself recorded.
+  void audit_access(std::size_t returned, const std::vector<std::string>& projects) {
+    facts_.audited = true;
+    AuditRecord r = edge_refusal_record(edge_facts(200));
+    r.outcome = "ok";
+    r.error_code.clear();
+    r.details.erase("reason");
+    r.details["returned"] = returned;
+    r.details["projects"] = projects;
     server_->deps_.audit.append(std::move(r));
+  }
+
+  Response api_error(http::status status, unsigned version, bool keep_alive, const std::string& code,
+                     const std::string& message) {
+    return json_response(status, version, keep_alive, api_error_body(code, message));
+  }
+
+  static void log_query_failure(const std::string& correlation, const std::string& detail) {
+    log::error("audit_query_failed", {{"request_id", correlation}, {"detail", detail}});
+  }
+
+  // GET /audit/events: the audit trail for auditors, authenticated like /mcp.
+  asio::awaitable<bool> handle_audit_events(Request& req, std::string_view query) {
+    const unsigned v = req.version();
+    const bool ka = req.keep_alive();
+    auto& deps = server_->deps_;
+    if (std::string origin = header(req, "Origin"); !origin.empty() && !origin_allowed(origin, cfg_.allowed_origins)) {
+      co_await send(api_error(http::status::forbidden, v, ka, "forbidden", "Origin " + origin + " is not allowed"));
+      co_return ka;
+    }
+    if (req.method() != http::verb::get) {
+      Response r = api_error(http::status::method_not_allowed, v, ka, "method_not_allowed", "/audit/events takes GET");
+      r.set(http::field::allow, std::string_view("GET"));
+      co_await send(std::move(r));
+      co_return ka;
+    }
+    std::optional<Principal> principal = co_await authenticate(req, /*api_style=*/true);
+    if (!principal) co_return ka;
+    if (!deps.audit_query) {
+      co_await send(api_error(http::status::not_found, v, ka, "not_found", "the audit API is not enabled"));
+      co_return ka;
+    }
+    EventsRequest er = parse_events_query(query);
+    if (!er.problem.empty()) {
+      co_await send(api_error(http::status::bad_request, v, ka, "invalid_arguments", er.problem));
+      co_return ka;
+    }
+    if (auto refused = audit::restrict_to_auditor(*principal, er.project, er.filter)) {
+      co_await send(api_error(http::status::forbidden, v, ka, "forbidden", *refused));
+      co_return ka;
+    }
+    // The record of this read belongs to the project read (so that its auditors see who
+    // looked), or, for a read across several, names them in details.
+    const std::vector<std::string>& scope = *er.filter.projects;
+    if (scope.size() == 1) facts_.project = scope.front();
+    audit::AuditPage page;
+    std::string failure;
+    try {
+      page = co_await deps.audit_query->query(er.filter);
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+    if (!failure.empty()) {
+      std::string correlation = crypto::request_id();
+      log_query_failure(correlation, failure);
+      co_await send(api_error(http::status::internal_server_error, v, ka, "internal",
+                              "internal error (correlation id " + correlation + ")"));
+      co_return ka;
+    }
+    audit_access(page.events.size(), scope);
+    co_await send(json_response(http::status::ok, v, ka, events_body(page)));
+    co_return ka;
+  }
+
+  // The caller of /mcp or /audit/events (API key or, with [oidc], a JWT). On refusal sends 401
+  // (no or a bad token) or 403 (a valid token without the required scopes) with the challenge
+  // that names the RFC 9728 metadata, and returns nothing; the audit record keeps the precise
+  // reason, which the caller is not told.
+  asio::awaitable<std::optional<Principal>> authenticate(const Request& req, bool api_style) {
+    auth::AuthResult authn = co_await server_->deps_.auth.authenticate_async(header(req, "Authorization"));
+    note_principal(req, authn.principal);
+    if (authn.ok()) co_return authn.principal;
+    facts_.detail = authn.reason;
+    const bool scope = authn.status == auth::AuthResult::Status::kInsufficientScope;
+    const http::status status = scope ? http::status::forbidden : http::status::unauthorized;
+    Response r = api_style ? api_error(status, req.version(), req.keep_alive(), scope ? "forbidden" : "unauthenticated",
+                                       authn.message)
+                           : error_response(status, req.version(), req.keep_alive(), kTransportError, authn.message);
+    r.set(http::field::www_authenticate, authn.challenge);
+    co_await send(std::move(r));
+    co_return std::nullopt;
   }
 
   // GET and DELETE exist only for 2025-11-25 sessions; the 2026-07-28 era is POST-only.
@@ -536,12 +777,13 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     }
     auto parsed = jsonrpc::parse(req.body(), {cfg_.max_body_bytes, deps.config.max_depth});
     if (!parsed.message) {
-      audit_refusal(req, principal, "invalid", parsed.error->message);
       co_await send(error_response(http::status::bad_request, v, ka, parsed.error->code, parsed.error->message,
                                    parsed.error->id));
       co_return ka;
     }
     jsonrpc::Message& msg = *parsed.message;
+    facts_.rpc_method = msg.method;
+    if (msg.method == "tools/call") facts_.tool = string_member(msg.params, "name");
     const json* meta = nullptr;
     if (msg.params.is_object())
       if (auto it = msg.params.find("_meta"); it != msg.params.end() && it->is_object()) meta = &*it;
@@ -557,7 +799,6 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
 
     if (modern) {
       if (auto bad = check_modern_headers(req, msg, *meta)) {
-        audit_refusal(req, principal, "invalid", *bad);
         co_await send(error_response(http::status::bad_request, v, ka, mcp::kHeaderMismatch, *bad, msg.id));
         co_return ka;
       }
@@ -650,6 +891,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
       co_await run_with_disconnect_watch(flag, [&]() -> asio::awaitable<void> {
         out = co_await deps.dispatcher.handle(std::move(in));
       });
+      if (out.audited) facts_.audited = true;
       if (disconnected_) co_return false;
       finish_session(new_session, out);
       // A cancelled request gets no response (the spec's rule); closing the connection is the
@@ -678,6 +920,12 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
         });
       };
       co_await (dispatch() && pump_events(q, [] { return false; }));
+      if (out.response && !out.audited && out.response->contains("error")) {
+        const json& err = (*out.response)["error"];
+        facts_.rpc_code = err.value("code", 0);
+        facts_.message = string_member(err, "message");
+        audit_refusal(200);
+      }
       if (out.response) co_await write_event(jsonrpc::dump(*out.response));
       co_await write_last_chunk();
     });
@@ -859,6 +1107,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
   bool watch_stopped_ = false;  // we cancelled the watch ourselves: not a disconnect
   bool cancel_on_disconnect_ = true;
   uint64_t request_generation_ = 0;
+  RequestFacts facts_;
   asio::cancellation_signal work_cancel_;
 };
 

@@ -1,9 +1,10 @@
 #pragma once
 // Streamable HTTP transport on Boost.Beast: POST /mcp for both MCP eras (JSON or SSE answers),
-// GET/DELETE /mcp for 2025-11-25 sessions, /healthz, /readyz, /metrics and (with [oidc]) the
-// RFC 9728 metadata under /.well-known/oauth-protected-resource. Origin allow-list, bearer
-// authentication (API keys, OIDC JWTs) through auth::Authenticator, header/body/idle timeouts,
-// optional TLS, graceful shutdown.
+// GET/DELETE /mcp for 2025-11-25 sessions, GET /audit/events for auditors, /healthz, /readyz,
+// /metrics and (with [oidc]) the RFC 9728 metadata under /.well-known/oauth-protected-resource.
+// Origin allow-list, bearer authentication (API keys, OIDC JWTs) through auth::Authenticator,
+// header/body/idle timeouts, optional TLS, graceful shutdown. Every refused request (other than
+// to the probes and the metadata) leaves one audit record.
 //
 // Thread-safety: one strand per connection; the server object itself is used from the
 // io_context's threads and from shutdown(), which is thread-safe.
@@ -20,6 +21,10 @@
 #include "server/protocol/mcp_dispatcher.hpp"
 #include "server/protocol/mcp_session.hpp"
 
+namespace scigate::audit {
+class AuditQueryService;
+}
+
 namespace scigate::transport {
 
 struct HttpDeps {
@@ -30,6 +35,7 @@ struct HttpDeps {
   Metrics& metrics;
   AuditLog& audit;              // requests refused before the pipeline are recorded here
   std::function<bool()> ready;  // for /readyz
+  audit::AuditQueryService* audit_query = nullptr;  // GET /audit/events (404 when null)
 };
 
 class HttpServer {

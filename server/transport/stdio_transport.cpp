@@ -97,9 +97,24 @@ void run_stdio(asio::io_context& io, mcp::Dispatcher& dispatcher, const Principa
   // One strand for the whole stream: requests start in the order they were read (initialize
   // before what follows it) and interleave only where a handler awaits.
   auto strand = asio::make_strand(io);
+  // One audit record per line refused before a tool call could record it: malformed JSON-RPC,
+  // and the dispatcher's error answers (unknown method, unsupported version, bad params).
+  auto audit_refusal = [&options, &principal](int code, const std::string& message, const std::string& method,
+                                              const std::string& tool) {
+    if (!options.audit) return;
+    EdgeRefusal e;
+    e.rpc_code = code;
+    e.reason = message;
+    e.transport = "stdio";
+    e.rpc_method = method;
+    e.tool = tool.substr(0, 128);
+    e.principal = &principal;
+    options.audit->append(edge_refusal_record(e));
+  };
   auto dispatch_line = [&](std::string line) {
     auto parsed = jsonrpc::parse(line, limits);
     if (!parsed.message) {
+      audit_refusal(parsed.error->code, parsed.error->message, "", "");
       writer.write(jsonrpc::make_error(*parsed.error));
       return;
     }
@@ -123,12 +138,23 @@ void run_stdio(asio::io_context& io, mcp::Dispatcher& dispatcher, const Principa
       ++running.count;
       running.cancels[id] = in.cancel;
     }
+    std::string method = in.message.method;
+    std::string tool = method == "tools/call" && in.message.params.is_object() && in.message.params.contains("name") &&
+                               in.message.params["name"].is_string()
+                           ? in.message.params["name"].get<std::string>()
+                           : std::string();
     asio::co_spawn(strand, dispatcher.handle(std::move(in)),
                    asio::bind_cancellation_slot(
-                       signal->slot(), [&running, &writer, id, signal](std::exception_ptr ep, mcp::Outbound out) {
+                       signal->slot(), [&running, &writer, id, signal, audit_refusal, method = std::move(method),
+                                        tool = std::move(tool)](std::exception_ptr ep, mcp::Outbound out) {
                          if (ep) {
                            log::error("stdio_request_failed", {{"detail", "exception escaped the dispatcher"}});
                          } else if (out.response) {
+                           // Tool calls that reached the pipeline were audited there.
+                           if (!out.audited && out.response->contains("error")) {
+                             const json& err = (*out.response)["error"];
+                             audit_refusal(err.value("code", 0), err.value("message", std::string()), method, tool);
+                           }
                            writer.write(*out.response);
                          }
                          std::lock_guard g(running.mutex);

@@ -6,6 +6,7 @@
 
 #include <chrono>
 
+#include "policies/audit.hpp"
 #include "server/protocol/mcp_dispatcher.hpp"
 
 namespace scigate::transport {
@@ -15,6 +16,7 @@ struct StdioOptions {
   int out_fd = 1;
   std::size_t max_message_bytes = 4 * 1024 * 1024;
   int max_depth = 64;
+  AuditLog* audit = nullptr;  // lines refused before the dispatcher (malformed JSON-RPC) are recorded here
 };
 
 // Runs until EOF on in_fd (or io is stopped). Blocks the calling thread; `io` must be run by
