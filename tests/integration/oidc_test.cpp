@@ -221,7 +221,9 @@ TEST_CASE("oidc: a valid token without the required scope gets 403 insufficient_
             0) == 0);
   CHECK(r.json_body()["error"]["message"].get<std::string>().find("mcp:tools") != std::string::npos);
   CHECK(o.s.wait_for_log("jwt insufficient_scope: missing mcp:tools"));
-  CHECK(o.s.wait_for_log(R"("outcome":"forbidden")"));
+  // One audit record: a 403 is a denial, the code says which kind.
+  CHECK(o.s.wait_for_log(R"("error_code":"forbidden","event":"audit")"));
+  CHECK(o.s.log().find(R"("outcome":"denied")") != std::string::npos);
   CHECK(o.s.log().find(R"("principal":"demo")") != std::string::npos);
 }
 
