@@ -2,6 +2,7 @@
 // One error type for the whole server. `message` and `hint` are for the caller (a model or a
 // person); `detail` is for the logs only and never leaves the process.
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 
@@ -38,6 +39,17 @@ struct Error {
   static Error internal(std::string detail) {
     return {ErrorCode::kInternal, "internal error", {}, std::move(detail)};
   }
+};
+
+// Carries an Error out of a connector (a scheduler, a storage area, a backend) through code that
+// returns something else; the tool turns it back into ToolResult::failure. Not for bugs.
+class ErrorException : public std::runtime_error {
+ public:
+  explicit ErrorException(Error e) : std::runtime_error(e.message), error_(std::move(e)) {}
+  const Error& error() const { return error_; }
+
+ private:
+  Error error_;
 };
 
 }  // namespace scigate

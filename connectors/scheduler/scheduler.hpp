@@ -1,0 +1,107 @@
+#pragma once
+// The scheduler connector interface: what the job tools and the job ledger need from a batch
+// system. One implementation per kind of site: `local` (child processes on this machine, under
+// sandbox/), `slurm` (slurmrestd or the CLI). PBS or another scheduler is one more class.
+//
+// The job ledger (jobs/ in connectors/scheduler/job_ledger.*) owns gateway ids, state history,
+// credits and polling; a Scheduler only translates. In particular:
+//   - submit() gets a spec whose paths are already confined and whose policy was decided;
+//   - poll() is called by ONE poller per site for ALL of its active jobs at once, so that the
+//     load on the scheduler does not grow with the number of agents asking;
+//   - jobs a scheduler no longer knows (Slurm after MinJobAge) are absent from poll()'s answer;
+//     the ledger then asks final_status() (sacct -c, or the wrapper's exit file).
+//
+// Every method is a coroutine and must not block an I/O thread: commands (sbatch, squeue,
+// sacct...) run with argument vectors, never a shell, off the I/O threads; HTTP to slurmrestd
+// goes through an asynchronous client. Failures throw scigate::ErrorException carrying an Error
+// (kBackendRejected for a job the scheduler refuses, with its message; kBackendUnavailable when
+// it cannot be reached).
+#include <boost/asio/awaitable.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace scigate::jobs {
+
+// PSI/J job states. Out-of-memory, timeout, node failure and preemption are kFailed, never
+// kCompleted; the scheduler's own word is kept in JobStatus::native_state.
+enum class JobState { kNew, kQueued, kActive, kCompleted, kFailed, kCanceled };
+
+std::string_view to_string(JobState s);                       // "NEW", "QUEUED", ...
+std::optional<JobState> parse_job_state(std::string_view s);  // the inverse (case-insensitive)
+inline bool is_final(JobState s) {
+  return s == JobState::kCompleted || s == JobState::kFailed || s == JobState::kCanceled;
+}
+
+struct Resources {
+  int nodes = 1;
+  int tasks = 1;          // tasks in all (Slurm --ntasks)
+  int cpus_per_task = 1;
+  int gpus = 0;           // per node
+  std::string gpu_type;   // "" = any
+  int64_t memory_mb = 0;  // per node; 0 = the site's default
+  std::chrono::seconds walltime{3600};
+
+  int cpus() const { return tasks * cpus_per_task; }
+};
+
+struct JobSpec {
+  std::string gateway_id;  // assigned by the job ledger before submit; put in the job's name/comment
+  std::string name;
+  // Exactly one of `script` (a bash script, "#!" line optional) and `executable` (+ arguments).
+  std::string script;
+  std::string executable;
+  std::vector<std::string> arguments;
+  Resources resources;
+  std::string partition;  // "" = the site's default
+  std::string account;    // the scheduler's account ("" = the site's mapping for the project)
+  std::map<std::string, std::string> environment;  // only these (plus what the site adds)
+  std::filesystem::path working_directory;  // absolute, confined to the project's area
+  std::filesystem::path stdout_path;        // absolute; the job's stdout and stderr land here
+  std::filesystem::path stderr_path;
+  std::vector<std::string> after_ok;  // native ids this job waits for (afterok)
+  std::string project;
+  std::string principal;
+  std::string run_as;  // the local account the job runs as ("" = the site's default)
+};
+
+// What the scheduler says about one job now.
+struct JobStatus {
+  std::string native_id;
+  JobState state = JobState::kNew;
+  std::string native_state;  // "PENDING", "OUT_OF_MEMORY", "exited", ...
+  std::string reason;        // "Resources", "Priority", "walltime exceeded", ...
+  std::optional<int> exit_code;    // of the batch script, when it ended
+  std::optional<int> term_signal;  // when killed by a signal
+  std::optional<int64_t> submit_ms, start_ms, end_ms;  // unix ms
+  // What was allocated, for charging: allocated resources x elapsed.
+  int alloc_nodes = 0;
+  int alloc_cpus = 0;
+  int alloc_gpus = 0;
+  std::string gpu_type;
+};
+
+class Scheduler {
+ public:
+  virtual ~Scheduler() = default;
+  virtual std::string kind() const = 0;  // "local", "slurm-cli", "slurm-rest"
+
+  // Submits and returns the native id. The job may be queued, or already running.
+  virtual boost::asio::awaitable<std::string> submit(JobSpec spec) = 0;
+  // One query for many jobs. Jobs the scheduler does not know (any more) are left out.
+  virtual boost::asio::awaitable<std::vector<JobStatus>> poll(std::vector<std::string> native_ids) = 0;
+  // Cancels the job (the whole process group / all steps). Cancelling a finished job is not an
+  // error.
+  virtual boost::asio::awaitable<void> cancel(std::string native_id) = 0;
+  // The final state of a job poll() no longer reports (sacct -c, the wrapper's exit file), or
+  // nothing when even that is gone.
+  virtual boost::asio::awaitable<std::optional<JobStatus>> final_status(std::string native_id) = 0;
+};
+
+}  // namespace scigate::jobs
