@@ -20,6 +20,7 @@ struct SqliteLedger::Op {
   enum class Kind { kReserve, kSettle, kRelease, kSweep, kRecover, kUsage } kind;
   explicit Op(Kind k) : kind(k) {}
 
+  bool counted = false;     // enqueued: flush() waits for it
   credits::HoldSpec spec;   // reserve
   int64_t hold_id = 0;      // settle, release
   MicroCredits price = 0;   // settle
@@ -173,6 +174,11 @@ asio::awaitable<void> SqliteLedger::submit(std::shared_ptr<Op> op) {
 
 void SqliteLedger::enqueue(std::shared_ptr<Op> op) {
   bool wake;
+  op->counted = true;
+  {
+    std::lock_guard g(idle_mutex_);
+    ++outstanding_;
+  }
   {
     std::lock_guard g(mutex_);
     // Only the first operation of a batch wakes the writer; under load it drains big batches.
@@ -339,7 +345,7 @@ void SqliteLedger::run() {
         else complete(*op);
       }
       if (!after_sync.empty())
-        syncer_->after_commit([ops = std::move(after_sync)](bool ok) {
+        syncer_->after_commit([this, ops = std::move(after_sync)](bool ok) {
           if (!ok) log::error("credit_fsync_failed", {{"operations", ops.size()}});
           for (const auto& op : ops) complete(*op);
         });
@@ -408,12 +414,19 @@ void SqliteLedger::apply(Op& op) {
 void SqliteLedger::complete(Op& op) {
   if (op.done) {
     op.done->set_value();
-    return;
+  } else if (op.handler) {  // (none for the writer's own sweep)
+    auto ex = op.executor;
+    asio::post(ex, std::move(*op.handler));
+    op.handler.reset();
   }
-  if (!op.handler) return;  // the writer's own sweep
-  auto ex = op.executor;
-  asio::post(ex, std::move(*op.handler));
-  op.handler.reset();
+  if (!op.counted) return;
+  std::lock_guard g(idle_mutex_);
+  if (--outstanding_ == 0) idle_cv_.notify_all();
+}
+
+void SqliteLedger::flush() {
+  std::unique_lock l(idle_mutex_);
+  idle_cv_.wait(l, [&] { return outstanding_ == 0; });
 }
 
 }  // namespace scigate

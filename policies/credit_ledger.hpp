@@ -68,6 +68,10 @@ class SqliteLedger final : public Ledger {
   // Runs a sweep now and waits for it (tests and operators; the writer also sweeps every
   // sweep_interval).
   credits::SweepCounts sweep_now();
+  // Blocks until every operation enqueued so far is complete: its caller resumed, or queued on
+  // its executor. The server calls it once its I/O threads have stopped and before their
+  // io_context is destroyed, so that no completion is posted to a dead executor.
+  void flush();
   const credits::RateTable& rates() const { return rates_; }
 
   struct Stats {
@@ -88,7 +92,7 @@ class SqliteLedger final : public Ledger {
   void run();
   void process(std::vector<std::shared_ptr<Op>>& ops, std::size_t begin, std::size_t end);
   void apply(Op& op);
-  static void complete(Op& op);
+  void complete(Op& op);
   void note_unpriced(const Usage& usage) const;
 
   CreditLedgerOptions options_;
@@ -103,6 +107,9 @@ class SqliteLedger final : public Ledger {
   std::deque<std::shared_ptr<Op>> queue_;
   bool stop_ = false;
   bool paused_ = false;
+  std::mutex idle_mutex_;  // guards outstanding_ (complete() also runs on the syncer's thread)
+  std::condition_variable idle_cv_;
+  int64_t outstanding_ = 0;  // enqueued, not yet completed
   std::atomic<uint64_t> operations_{0}, transactions_{0}, retried_{0}, failed_{0}, reloads_{0};
   std::thread writer_;
 };

@@ -79,6 +79,14 @@ void App::watch_policies(asio::io_context& io) {
   policy_.watch(std::chrono::seconds(1), [this, &io] { asio::post(io, [this] { dispatcher_.broadcast_tools_changed(); }); });
 }
 
+void App::drain_writers() {
+  // Coroutines may still be parked on the audit writer or the ledger (a call cut short by the
+  // stop). Their completions must reach the stopped io_context before it is destroyed; posted
+  // to a dead one they would touch freed strands.
+  audit_.flush();
+  if (sqlite_ledger_) sqlite_ledger_->flush();
+}
+
 int App::thread_count() const {
   if (config_.threads > 0) return config_.threads;
   return std::max(2u, std::thread::hardware_concurrency());
@@ -152,6 +160,7 @@ int App::serve_http(const std::string& host, uint16_t port, const std::string& p
   for (int i = 1; i < thread_count(); ++i) threads.emplace_back([&io] { io.run(); });
   io.run();
   for (auto& t : threads) t.join();
+  drain_writers();
   authenticator_.stop_background_refresh();
   policy_.stop_watching();
   log::info("stopped", {});
@@ -207,6 +216,7 @@ int App::serve_stdio() {
   work.reset();
   io.stop();
   for (auto& t : threads) t.join();
+  drain_writers();
   return 0;
 }
 

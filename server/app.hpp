@@ -49,6 +49,7 @@ class App {
   int thread_count() const;
   void reload_policies();
   void watch_policies(boost::asio::io_context& io);
+  void drain_writers();  // after the I/O threads stopped, before their io_context goes
 
   Config config_;
   state::Database db_;
