@@ -158,6 +158,7 @@ SqliteAuditLog::SqliteAuditLog(const std::filesystem::path& db_path, AuditLogOpt
   if (!options_.checkpoint_file.empty())
     if (auto last = audit::read_last_checkpoint(options_.checkpoint_file))
       last_checkpoint_ = std::make_unique<audit::Checkpoint>(std::move(*last));
+  if (options_.sync_before_answer) syncer_ = std::make_unique<state::WalSyncer>(db_path);
   writer_ = std::thread([this] { run(); });
 }
 
@@ -168,6 +169,7 @@ SqliteAuditLog::~SqliteAuditLog() {
   }
   cv_.notify_one();
   writer_.join();
+  flush();  // the syncer's callbacks for the last commits name this object
 }
 
 std::string SqliteAuditLog::checkpoint_key_id() {
@@ -257,7 +259,7 @@ boost::asio::awaitable<void> SqliteAuditLog::append_durable(AuditRecord record) 
 void SqliteAuditLog::flush() {
   std::unique_lock l(mutex_);
   uint64_t target = appended_;
-  drained_.wait(l, [&] { return committed_ >= target; });
+  drained_.wait(l, [&] { return notified_ >= target; });
 }
 
 void SqliteAuditLog::run() {
@@ -292,8 +294,19 @@ void SqliteAuditLog::run() {
     }
     l.lock();
     committed_ += n;
-    drained_.notify_all();
-    waiters_.notify(committed_);
+    if (syncer_) {
+      syncer_->after_commit([this, upto = committed_](bool ok) {
+        if (!ok) log::error("audit_fsync_failed", {{"seq", upto}});
+        std::lock_guard g(mutex_);
+        waiters_.notify(upto);
+        notified_ = std::max(notified_, upto);
+        drained_.notify_all();
+      });
+    } else {
+      waiters_.notify(committed_);
+      notified_ = committed_;
+      drained_.notify_all();
+    }
     // The callers are answered; the checkpoint (a signature and a sync) runs after.
     l.unlock();
     maybe_checkpoint(false);

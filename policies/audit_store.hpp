@@ -23,6 +23,7 @@
 #include "policies/audit.hpp"
 #include "server/common/commit_waiters.hpp"
 #include "server/state/database.hpp"
+#include "server/state/wal_syncer.hpp"
 
 namespace scigate {
 
@@ -66,6 +67,10 @@ struct AuditLogOptions {
   std::filesystem::path checkpoint_file;
   int64_t checkpoint_every_records = 1000;  // 0: not by count
   std::chrono::seconds checkpoint_every{60};  // 0: not by time
+  // append_durable() returns once the record's commit is fsynced (it survives power loss), not
+  // merely committed (it survives a crash of the process). One fsync covers every commit on the
+  // database before it, the ledger's included ([server] durability, docs/OPERATIONS.md).
+  bool sync_before_answer = false;
 };
 
 class SqliteAuditLog final : public AuditLog {
@@ -80,6 +85,7 @@ class SqliteAuditLog final : public AuditLog {
   boost::asio::awaitable<void> append_durable(AuditRecord record) override;
   // Blocks until every record appended so far is committed.
   void flush();
+  uint64_t syncs() const { return syncer_ ? syncer_->syncs() : 0; }  // fsyncs taken for answers
   // Loads the signing key, creating it when missing, and compares the newest checkpoint with
   // the log (logging audit_log_truncated/rewritten). The server calls this at start so that a
   // key it cannot create stops it there; without the call the key is loaded at the first
@@ -108,6 +114,7 @@ class SqliteAuditLog final : public AuditLog {
   std::condition_variable drained_;
   std::deque<AuditRecord> queue_;
   uint64_t appended_ = 0, committed_ = 0;
+  uint64_t notified_ = 0;  // waiters released up to here (after the fsync when syncing)
   bool stop_ = false;
   CommitWaiters waiters_;
   std::optional<state::Statement> insert_;  // prepared once, used by the writer thread only
@@ -123,6 +130,7 @@ class SqliteAuditLog final : public AuditLog {
   std::unique_ptr<audit::Checkpoint> last_checkpoint_;  // as read at start
   std::unique_ptr<audit::CheckpointWriter> checkpoints_;
   std::chrono::steady_clock::time_point last_checkpoint_time_ = std::chrono::steady_clock::now();
+  std::unique_ptr<state::WalSyncer> syncer_;  // with sync_before_answer; outlives writer_
   std::thread writer_;
 };
 

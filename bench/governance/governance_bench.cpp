@@ -6,7 +6,9 @@
 // in the same process and run, at 1 and 16 concurrent callers. The difference is what
 // governance adds to a call. Then `audit verify` over everything written.
 //
-//   scigate_governance_bench SCIGATE_BINARY [--calls N] [--out FILE.json]
+//   scigate_governance_bench SCIGATE_BINARY [--calls N] [--durability fsync|commit] [--out FILE.json]
+//
+// Both durability modes run by default, each in a fresh directory.
 //
 // It runs `scigate init` in a temp directory, writes a policy and rates, grants credits with
 // `scigate credits grant`, then builds the App from that config in-process.
@@ -117,119 +119,132 @@ Stats measure(ToolCallPipeline& pipeline, const std::function<Principal()>& auth
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::cerr << "usage: scigate_governance_bench SCIGATE_BINARY [--calls N] [--out FILE]\n";
+    std::cerr << "usage: scigate_governance_bench SCIGATE_BINARY [--calls N] [--durability fsync|commit] [--out FILE]\n";
     return 2;
   }
   std::string bin = argv[1];
   int calls = 50000;
   std::string out_file;
+  std::vector<std::string> modes = {"fsync", "commit"};
   for (int i = 2; i + 1 < argc; i += 2) {
     std::string k = argv[i];
     if (k == "--calls") calls = std::atoi(argv[i + 1]);
+    else if (k == "--durability") modes = {argv[i + 1]};
     else if (k == "--out") out_file = argv[i + 1];
   }
-  fs::path dir = fs::temp_directory_path() / ("scigate-govbench-" + std::to_string(getpid()));
-  fs::remove_all(dir);
-  std::string init = run(bin + " init " + dir.string() + " 2>&1");
-  auto key_at = init.find("sgk_");
-  std::string token = init.substr(key_at, init.find_first_of(" \n", key_at) - key_at);
-
-  // A realistic policy (replacing the demo's): several rules, a set condition on the argument,
-  // a forbid that does not fire, and a rate limit generous enough never to refuse.
-  std::ofstream(dir / "policies" / "demo.toml") << R"(
-[[rules]]
-id = "members-echo"
-effect = "permit"
-principals = ["role:member"]
-tools = ["echo", "whoami", "get_usage"]
-[rules.when]
-text = { not_in = ["forbidden", "also forbidden"] }
-
-[[rules]]
-id = "members-sleep"
-effect = "permit"
-principals = ["role:member"]
-tools = ["sleep"]
-[rules.when]
-seconds = { max = 600 }
-
-[[rules]]
-id = "no-sleep-at-night"
-effect = "forbid"
-tools = ["sleep"]
-[rules.context]
-hours = "00:00-06:00"
-
-[[rate_limits]]
-id = "generous"
-per = "principal"
-rate = "1000000/second"
-burst = 1000000
-)";
-  // Price every echo call, so each one really holds and settles credits, and fund the project.
-  {
-    std::ifstream in(dir / "scigate.toml");
-    std::stringstream ss;
-    ss << in.rdbuf();
-    std::string cfg = ss.str();
-    auto at = cfg.find("[credits.rates]\n");
-    if (at == std::string::npos) throw std::runtime_error("the demo config has no [credits.rates]");
-    cfg.insert(at + 16, "\"call:echo\" = 0.000001\n");
-    std::ofstream(dir / "scigate.toml") << cfg;
-  }
-  run(bin + " credits grant --config " + (dir / "scigate.toml").string() + " --project demo 1000000 2>&1");
+  // One App per [server] durability mode, in the same run: "fsync" answers a call once its
+  // audit record (committed after its charge) is fsynced; "commit" once it is in the WAL.
   log::init("json", "off");
-  Config config = load_config(dir / "scigate.toml");
-  App app(config);
-  auto governed_auth = [&]() -> Principal {
-    auto p = app.keys().authenticate(token);
-    if (!p) throw std::runtime_error("the bench key does not authenticate");
-    return *p;
+  auto run_mode = [&](const std::string& durability) -> nlohmann::json {
+    fs::path dir = fs::temp_directory_path() / ("scigate-govbench-" + durability + "-" + std::to_string(getpid()));
+    fs::remove_all(dir);
+    std::string init = run(bin + " init " + dir.string() + " 2>&1");
+    auto key_at = init.find("sgk_");
+    std::string token = init.substr(key_at, init.find_first_of(" \n", key_at) - key_at);
+
+    // A realistic policy (replacing the demo's): several rules, a set condition on the argument,
+    // a forbid that does not fire, and a rate limit generous enough never to refuse.
+    std::ofstream(dir / "policies" / "demo.toml") << R"(
+  [[rules]]
+  id = "members-echo"
+  effect = "permit"
+  principals = ["role:member"]
+  tools = ["echo", "whoami", "get_usage"]
+  [rules.when]
+  text = { not_in = ["forbidden", "also forbidden"] }
+
+  [[rules]]
+  id = "members-sleep"
+  effect = "permit"
+  principals = ["role:member"]
+  tools = ["sleep"]
+  [rules.when]
+  seconds = { max = 600 }
+
+  [[rules]]
+  id = "no-sleep-at-night"
+  effect = "forbid"
+  tools = ["sleep"]
+  [rules.context]
+  hours = "00:00-06:00"
+
+  [[rate_limits]]
+  id = "generous"
+  per = "principal"
+  rate = "1000000/second"
+  burst = 1000000
+  )";
+    // Price every echo call, so each one really holds and settles credits, and fund the project.
+    {
+      std::ifstream in(dir / "scigate.toml");
+      std::stringstream ss;
+      ss << in.rdbuf();
+      std::string cfg = ss.str();
+      auto at = cfg.find("[credits.rates]\n");
+      if (at == std::string::npos) throw std::runtime_error("the demo config has no [credits.rates]");
+      cfg.insert(at + 16, "\"call:echo\" = 0.000001\n");
+      auto server = cfg.find("[server]\n");
+      if (server == std::string::npos) throw std::runtime_error("the demo config has no [server]");
+      cfg.insert(server + 9, "durability = \"" + durability + "\"\n");
+      std::ofstream(dir / "scigate.toml") << cfg;
+    }
+    run(bin + " credits grant --config " + (dir / "scigate.toml").string() + " --project demo 1000000 2>&1");
+    Config config = load_config(dir / "scigate.toml");
+    App app(config);
+    auto governed_auth = [&]() -> Principal {
+      auto p = app.keys().authenticate(token);
+      if (!p) throw std::runtime_error("the bench key does not authenticate");
+      return *p;
+    };
+    Principal fixed = governed_auth();
+    auto bare_auth = [&]() -> Principal { return fixed; };
+
+    MembershipPolicy bare_policy;
+    UnmeteredLedger bare_ledger;
+    NullAudit bare_audit;
+    Metrics bare_metrics;
+    ToolRegistry& registry = app.registry();
+    ToolCallPipeline bare(registry, bare_policy, bare_ledger, bare_audit, bare_metrics, std::chrono::seconds(30));
+
+    nlohmann::json report = nlohmann::json::object();
+    std::printf("durability = \"%s\"\n", durability.c_str());
+    for (int c : {1, 16}) {
+      // Warm up both, then interleave: bare, governed, bare, governed; keep the better of each.
+      measure(bare, bare_auth, c, calls / 10);
+      measure(app.pipeline(), governed_auth, c, calls / 10);
+      Stats b1 = measure(bare, bare_auth, c, calls);
+      Stats g1 = measure(app.pipeline(), governed_auth, c, calls);
+      Stats b2 = measure(bare, bare_auth, c, calls);
+      Stats g2 = measure(app.pipeline(), governed_auth, c, calls);
+      Stats b = b1.p50_us <= b2.p50_us ? b1 : b2;
+      Stats g = g1.p50_us <= g2.p50_us ? g1 : g2;
+      auto j = [](const Stats& s) {
+        return nlohmann::json{{"calls_per_s", s.calls_per_s}, {"p50_us", s.p50_us}, {"p99_us", s.p99_us},
+                              {"mean_us", s.mean_us}, {"ok", s.ok}, {"refused", s.refused}};
+      };
+      nlohmann::json cell{{"bare", j(b)}, {"governed", j(g)},
+                          {"added_p50_us", g.p50_us - b.p50_us}, {"added_p99_us", g.p99_us - b.p99_us},
+                          {"throughput_ratio", g.calls_per_s / b.calls_per_s}};
+      report["concurrency_" + std::to_string(c)] = cell;
+      std::printf("%2d callers: bare p50 %.1f us p99 %.1f us %.0f/s | governed p50 %.1f us p99 %.1f us %.0f/s "
+                  "(%lld ok, %lld refused) | added p50 %.1f us p99 %.1f us\n",
+                  c, b.p50_us, b.p99_us, b.calls_per_s, g.p50_us, g.p99_us, g.calls_per_s,
+                  static_cast<long long>(g.ok), static_cast<long long>(g.refused), g.p50_us - b.p50_us,
+                  g.p99_us - b.p99_us);
+    }
+
+    // audit verify over everything the governed runs wrote.
+    auto t0 = Clock::now();
+    std::string verify = run(bin + " audit verify --config " + (dir / "scigate.toml").string() + " 2>&1");
+    double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    std::cout << verify;
+    report["audit_verify_seconds"] = secs;
+    fs::remove_all(dir);
+    return report;
   };
-  Principal fixed = governed_auth();
-  auto bare_auth = [&]() -> Principal { return fixed; };
-
-  MembershipPolicy bare_policy;
-  UnmeteredLedger bare_ledger;
-  NullAudit bare_audit;
-  Metrics bare_metrics;
-  ToolRegistry& registry = app.registry();
-  ToolCallPipeline bare(registry, bare_policy, bare_ledger, bare_audit, bare_metrics, std::chrono::seconds(30));
-
   nlohmann::json report = nlohmann::json::object();
   report["calls"] = calls;
-  for (int c : {1, 16}) {
-    // Warm up both, then interleave: bare, governed, bare, governed; keep the better of each.
-    measure(bare, bare_auth, c, calls / 10);
-    measure(app.pipeline(), governed_auth, c, calls / 10);
-    Stats b1 = measure(bare, bare_auth, c, calls);
-    Stats g1 = measure(app.pipeline(), governed_auth, c, calls);
-    Stats b2 = measure(bare, bare_auth, c, calls);
-    Stats g2 = measure(app.pipeline(), governed_auth, c, calls);
-    Stats b = b1.p50_us <= b2.p50_us ? b1 : b2;
-    Stats g = g1.p50_us <= g2.p50_us ? g1 : g2;
-    auto j = [](const Stats& s) {
-      return nlohmann::json{{"calls_per_s", s.calls_per_s}, {"p50_us", s.p50_us}, {"p99_us", s.p99_us},
-                            {"mean_us", s.mean_us}, {"ok", s.ok}, {"refused", s.refused}};
-    };
-    nlohmann::json cell{{"bare", j(b)}, {"governed", j(g)},
-                        {"added_p50_us", g.p50_us - b.p50_us}, {"added_p99_us", g.p99_us - b.p99_us},
-                        {"throughput_ratio", g.calls_per_s / b.calls_per_s}};
-    report["concurrency_" + std::to_string(c)] = cell;
-    std::printf("%2d callers: bare p50 %.1f us p99 %.1f us %.0f/s | governed p50 %.1f us p99 %.1f us %.0f/s "
-                "(%lld ok, %lld refused) | added p50 %.1f us p99 %.1f us\n",
-                c, b.p50_us, b.p99_us, b.calls_per_s, g.p50_us, g.p99_us, g.calls_per_s,
-                static_cast<long long>(g.ok), static_cast<long long>(g.refused), g.p50_us - b.p50_us,
-                g.p99_us - b.p99_us);
-  }
-
-  // audit verify over everything the governed runs wrote.
-  auto t0 = Clock::now();
-  std::string verify = run(bin + " audit verify --config " + (dir / "scigate.toml").string() + " 2>&1");
-  double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-  std::cout << verify;
-  report["audit_verify_seconds"] = secs;
+  for (const auto& mode : modes) report[mode] = run_mode(mode);
   if (!out_file.empty()) std::ofstream(out_file) << report.dump(2) << "\n";
-  fs::remove_all(dir);
   return 0;
 }

@@ -262,13 +262,18 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
                  "the top level",
                  source);
   if (auto* s = section(root, "server", source)) {
-    reject_unknown(*s, {"name", "database", "log_level", "log_format", "threads", "instructions"}, "[server]", source);
+    reject_unknown(*s, {"name", "database", "log_level", "log_format", "threads", "instructions", "durability"},
+                   "[server]", source);
     c.server_name = get<std::string>(*s, "name", c.server_name, source);
     c.database = get<std::string>(*s, "database", c.database.string(), source);
     c.log_level = get<std::string>(*s, "log_level", c.log_level, source);
     c.log_format = get<std::string>(*s, "log_format", c.log_format, source);
     c.threads = get<int>(*s, "threads", c.threads, source);
     c.instructions = get<std::string>(*s, "instructions", c.instructions, source);
+    c.durability = get<std::string>(*s, "durability", c.durability, source);
+    if (c.durability != "fsync" && c.durability != "commit")
+      throw ConfigError(source + ": server.durability must be \"fsync\" (an answered call's charge and audit record "
+                                 "survive power loss) or \"commit\" (they survive a crash of the server; faster)");
   }
   static const std::vector<std::string> kLevels = {"trace", "debug", "info", "warn", "error", "off"};
   if (std::find(kLevels.begin(), kLevels.end(), c.log_level) == kLevels.end())

@@ -108,6 +108,9 @@ struct Config {
   std::filesystem::path database = "scigate.db";
   std::string log_level = "info";
   std::string log_format = "json";  // json | text
+  // When an answered call's charge and audit record are safe: "fsync" (on disk: power loss) or
+  // "commit" (in the WAL: a crash of the server process). docs/OPERATIONS.md "Durability".
+  std::string durability = "fsync";
   int threads = 0;                  // 0: one per core, at least 2
   std::size_t max_message_bytes = 4 * 1024 * 1024;
   int max_depth = 64;

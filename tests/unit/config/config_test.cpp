@@ -194,3 +194,14 @@ authorization_servers = ["https://idp.example.org", "https://backup.example.org"
   CHECK(has(error_of(base + "authorization_servers = []\n"), "at least one"));
   CHECK(error_of("oidc = 1\n").find("[oidc] must be a table") != std::string::npos);
 }
+
+TEST_CASE("config: [server] durability is fsync by default, commit on request, nothing else") {
+  CHECK(parse_config("", "/x", "t.toml").durability == "fsync");
+  CHECK(parse_config("[server]\ndurability = \"commit\"\n", "/x", "t.toml").durability == "commit");
+  try {
+    parse_config("[server]\ndurability = \"sometimes\"\n", "/x", "t.toml");
+    FAIL("expected a ConfigError");
+  } catch (const ConfigError& e) {
+    CHECK(std::string(e.what()).find("server.durability must be \"fsync\"") != std::string::npos);
+  }
+}

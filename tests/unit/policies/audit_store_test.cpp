@@ -1,5 +1,9 @@
 #include <catch2/catch.hpp>
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/use_future.hpp>
+
 #include <filesystem>
 #include <thread>
 
@@ -92,5 +96,29 @@ TEST_CASE("audit store: the log refuses edits, and edits made behind its back ar
     CHECK_FALSE(v.ok);
     CHECK(v.first_bad_seq == 7);
     CHECK(v.detail.find("record 7 is missing") != std::string::npos);
+  }
+}
+
+TEST_CASE("audit store: with sync_before_answer, a durable append waits for an fsync") {
+  for (bool sync : {false, true}) {
+    TempDb tmp;
+    AuditLogOptions o;
+    o.also_log = false;
+    o.sync_before_answer = sync;
+    SqliteAuditLog log(tmp.path, o);
+    boost::asio::io_context io;
+    auto done = boost::asio::co_spawn(
+        io,
+        [&]() -> boost::asio::awaitable<void> {
+          for (int i = 0; i < 5; ++i) co_await log.append_durable(record(i));
+        },
+        boost::asio::use_future);
+    io.run();
+    done.get();
+    INFO("sync_before_answer " << sync);
+    // Each append waited for its own record; with syncing, each wait ended after an fsync.
+    CHECK(log.syncs() == (sync ? 5u : 0u));
+    state::Database db(tmp.path);
+    CHECK(verify_audit_chain(db).records == 5);
   }
 }
