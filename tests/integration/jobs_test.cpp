@@ -279,3 +279,47 @@ TEST_CASE("jobs: a server SIGKILLed while a job runs finds it COMPLETED after re
   for (const auto& ch : usage["recent_charges"]) job_charges += ch["tool"] == "job" ? 1 : 0;
   CHECK(job_charges == 1);
 }
+
+TEST_CASE("jobs: not enough credits refuses the submit before the scheduler; a queued job cancelled never runs "
+          "and pays nothing") {
+  JobServer js;
+  Client c(js.s.port());
+  // 2 CPUs x 10 min x 1 credit/s = 1200 credits > the 1000 granted.
+  auto poor = call(c, js.s.user_key(), "submit_job",
+                   {{"script", "touch should-not-run"}, {"resources", {{"tasks", 2}, {"walltime", "00:10:00"}}}});
+  CHECK(error_code(poor) == "insufficient_credits");
+  CHECK(call(c, js.s.user_key(), "list_jobs", json::object())["structuredContent"]["jobs"].empty());
+  CHECK_FALSE(fs::exists(js.jobs_root / "demo"));
+
+  // Both slots taken, so the second job queues; cancelled there, it never starts.
+  auto busy = submit(c, js.s.user_key(), {{"script", "sleep 30"}, {"resources", {{"tasks", 2}, {"walltime", "00:01:00"}}}});
+  REQUIRE(eventually([&] {
+    return call(c, js.s.user_key(), "get_job", {{"job_id", busy["job_id"]}})["structuredContent"]["state"] == "ACTIVE";
+  }));
+  auto queued = submit(c, js.s.user_key(), {{"script", "touch ran"}, {"resources", {{"walltime", "00:01:00"}}}});
+  auto q = call(c, js.s.user_key(), "get_job", {{"job_id", queued["job_id"]}})["structuredContent"];
+  CHECK(q["state"] == "QUEUED");
+  CHECK(call(c, js.s.user_key(), "cancel_job", {{"job_id", queued["job_id"]}})["isError"] == false);
+  auto fq = wait_final(c, js.s.user_key(), queued["job_id"]);
+  CHECK(fq["state"] == "CANCELED");
+  CHECK_FALSE(fq.contains("started"));
+  json got;
+  REQUIRE(eventually([&] {
+    got = call(c, js.s.user_key(), "get_job", {{"job_id", queued["job_id"]}})["structuredContent"];
+    return got["credits"].contains("cost");
+  }));
+  CHECK(got["credits"]["cost"].get<double>() == 0);
+  CHECK_FALSE(fs::exists(js.jobs_root / "demo" / queued["job_id"].get<std::string>() / "ran"));
+  // The running one, cancelled, pays for the seconds it ran.
+  CHECK(call(c, js.s.user_key(), "cancel_job", {{"job_id", busy["job_id"]}})["isError"] == false);
+  auto fb = wait_final(c, js.s.user_key(), busy["job_id"]);
+  CHECK(fb["state"] == "CANCELED");
+  REQUIRE(eventually([&] {
+    got = call(c, js.s.user_key(), "get_job", {{"job_id", busy["job_id"]}})["structuredContent"];
+    return got["credits"].contains("cost");
+  }));
+  CHECK(got["credits"]["cost"].get<double>() > 0);
+  CHECK(got["credits"]["cost"].get<double>() < 30);
+  auto usage = call(c, js.s.user_key(), "get_usage", json::object())["structuredContent"];
+  CHECK(usage["held"].get<double>() == 0);
+}
