@@ -1,6 +1,6 @@
 // Local executor throughput: N trivial jobs through the LocalScheduler (files, wrapper, rlimits,
 // bubblewrap when installed, the runner thread) against the same N `bash -c true` started with
-// fork/exec and waited for directly. Usage: scigate_jobs_bench [N] [slots]
+// fork/exec and waited for directly. Usage: scigate_jobs_bench [N] [slots] [nobwrap]
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -48,6 +48,7 @@ int main(int argc, char** argv) {
     o.jobs_root = root;
     o.slots_cpus = slots;
     o.tick = std::chrono::milliseconds(1);
+    o.use_bwrap = !(argc > 3 && std::string(argv[3]) == "nobwrap");
     LocalScheduler sched(o);
     sandboxed = sched.sandboxed();
     std::vector<std::string> ids;
