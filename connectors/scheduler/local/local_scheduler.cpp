@@ -1,5 +1,11 @@
 #include "connectors/scheduler/local/local_scheduler.hpp"
 
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <nlohmann/json.hpp>
+
 #include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
@@ -142,6 +148,59 @@ bool valid_native_id(const std::string& id) {
   return id.find("..") == std::string::npos && id[0] != '.';
 }
 
+// What a queued job needs to start after a restart (the script itself is in job.sh).
+std::string spec_to_text(const JobSpec& s) {
+  nlohmann::json j = nlohmann::json::object();
+  j["gateway_id"] = s.gateway_id;
+  j["name"] = s.name;
+  j["project"] = s.project;
+  j["principal"] = s.principal;
+  j["has_script"] = !s.script.empty();
+  j["executable"] = s.executable;
+  j["arguments"] = s.arguments;
+  j["nodes"] = s.resources.nodes;
+  j["tasks"] = s.resources.tasks;
+  j["cpus_per_task"] = s.resources.cpus_per_task;
+  j["memory_mb"] = s.resources.memory_mb;
+  j["walltime_s"] = s.resources.walltime.count();
+  j["environment"] = s.environment;
+  j["working_directory"] = s.working_directory.string();
+  j["after_ok"] = s.after_ok;
+  j["submit_ms"] = now_ms();
+  return j.dump();
+}
+
+std::optional<JobSpec> spec_from_text(const std::string& text, const fs::path& control, int64_t* submit_ms) {
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (!j.is_object()) return std::nullopt;
+  try {
+    JobSpec s;
+    s.gateway_id = j.at("gateway_id").get<std::string>();
+    s.name = j.at("name").get<std::string>();
+    s.project = j.at("project").get<std::string>();
+    s.principal = j.at("principal").get<std::string>();
+    if (j.at("has_script").get<bool>()) {
+      auto script = read_small(control / "job.sh");
+      if (!script) return std::nullopt;
+      s.script = *script;
+    }
+    s.executable = j.at("executable").get<std::string>();
+    s.arguments = j.at("arguments").get<std::vector<std::string>>();
+    s.resources.nodes = j.at("nodes").get<int>();
+    s.resources.tasks = j.at("tasks").get<int>();
+    s.resources.cpus_per_task = j.at("cpus_per_task").get<int>();
+    s.resources.memory_mb = j.at("memory_mb").get<int64_t>();
+    s.resources.walltime = std::chrono::seconds(j.at("walltime_s").get<int64_t>());
+    s.environment = j.at("environment").get<std::map<std::string, std::string>>();
+    s.working_directory = j.at("working_directory").get<std::string>();
+    s.after_ok = j.at("after_ok").get<std::vector<std::string>>();
+    *submit_ms = j.at("submit_ms").get<int64_t>();
+    return s;
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
 }  // namespace
 
 LocalScheduler::LocalScheduler(LocalSchedulerOptions options) : options_(std::move(options)) {
@@ -181,16 +240,63 @@ LocalScheduler::~LocalScheduler() {
 
 fs::path LocalScheduler::control_dir(const std::string& id) const { return options_.jobs_root / ".control" / id; }
 
-boost::asio::awaitable<std::string> LocalScheduler::submit(JobSpec spec) { co_return submit_now(spec); }
+template <typename R>
+boost::asio::awaitable<R> LocalScheduler::offload(std::function<R()> fn) {
+  namespace asio = boost::asio;
+  auto ex = co_await asio::this_coro::executor;
+  co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, R)>(
+      [this, ex](auto handler, std::function<R()> f) {
+        asio::post(files_, [ex, f = std::move(f), handler = std::move(handler)]() mutable {
+          std::exception_ptr error;
+          R value{};
+          try {
+            value = f();
+          } catch (...) {
+            error = std::current_exception();
+          }
+          asio::post(ex, [handler = std::move(handler), error, value = std::move(value)]() mutable {
+            std::move(handler)(error, std::move(value));
+          });
+        });
+      },
+      asio::use_awaitable, std::move(fn));
+}
+
+// The functions handed to offload() are built here, outside the coroutines (GCC 12 destroys
+// lambda temporaries inside co_await expressions twice).
+namespace {
+std::function<std::string()> submit_fn(LocalScheduler* s, JobSpec spec) {
+  return [s, spec = std::move(spec)] { return s->submit_now(spec); };
+}
+std::function<std::vector<JobStatus>()> poll_fn(LocalScheduler* s, std::vector<std::string> ids) {
+  return [s, ids = std::move(ids)] { return s->poll_now(ids); };
+}
+std::function<bool()> cancel_fn(LocalScheduler* s, std::string id) {
+  return [s, id = std::move(id)] {
+    s->cancel_now(id);
+    return true;
+  };
+}
+std::function<std::optional<JobStatus>()> final_fn(LocalScheduler* s, std::string id) {
+  return [s, id = std::move(id)] { return s->final_status_now(id); };
+}
+}  // namespace
+
+boost::asio::awaitable<std::string> LocalScheduler::submit(JobSpec spec) {
+  auto fn = submit_fn(this, std::move(spec));
+  co_return co_await offload<std::string>(std::move(fn));
+}
 boost::asio::awaitable<std::vector<JobStatus>> LocalScheduler::poll(std::vector<std::string> ids) {
-  co_return poll_now(ids);
+  auto fn = poll_fn(this, std::move(ids));
+  co_return co_await offload<std::vector<JobStatus>>(std::move(fn));
 }
 boost::asio::awaitable<void> LocalScheduler::cancel(std::string id) {
-  cancel_now(id);
-  co_return;
+  auto fn = cancel_fn(this, std::move(id));
+  co_await offload<bool>(std::move(fn));
 }
 boost::asio::awaitable<std::optional<JobStatus>> LocalScheduler::final_status(std::string id) {
-  co_return final_status_now(id);
+  auto fn = final_fn(this, std::move(id));
+  co_return co_await offload<std::optional<JobStatus>>(std::move(fn));
 }
 
 std::string LocalScheduler::submit_now(const JobSpec& spec) {
@@ -259,6 +365,9 @@ std::string LocalScheduler::submit_now(const JobSpec& spec) {
   Job job;
   job.spec = spec;
   job.spec.working_directory = *rel;  // relative to the project's area from here on
+  if (!write_file(control / "spec.json", spec_to_text(job.spec), 0600))
+    throw ErrorException(Error{ErrorCode::kBackendUnavailable, "the local site cannot write the job's files", {},
+                               (control / "spec.json").string() + ": " + std::strerror(errno)});
   job.control_dir = control;
   job.job_dir = job_dir;
   job.cpus = cpus;
@@ -302,6 +411,12 @@ std::vector<JobStatus> LocalScheduler::poll_now(const std::vector<std::string>& 
         if (options_.slots_memory_mb > 0) free_memory_mb_ -= it->second.memory_mb;
       }
       out.push_back(it->second.status);
+    } else if (auto queued = requeue(id)) {
+      std::lock_guard lk(mutex_);
+      auto [it, added] = jobs_.emplace(id, std::move(*queued));
+      if (added) queue_.push_back(id);
+      out.push_back(it->second.status);
+      cv_.notify_all();
     }
   }
   return out;
@@ -333,6 +448,32 @@ std::optional<LocalScheduler::Job> LocalScheduler::adopt(const std::string& id) 
   job.status.alloc_cpus = cpus;
   job.status.alloc_nodes = 1;
   log::info("local_job_adopted", {{"job", id}, {"pid", pid}});
+  return job;
+}
+
+std::optional<LocalScheduler::Job> LocalScheduler::requeue(const std::string& id) {
+  // A job that was waiting for slots when scigate stopped: nothing ran, so it queues again.
+  fs::path control = control_dir(id);
+  if (fs::exists(control / "final") || fs::exists(control / "pid") || fs::exists(control / "exit" / "code"))
+    return std::nullopt;
+  auto text = read_small(control / "spec.json");
+  if (!text) return std::nullopt;
+  int64_t submit_ms = 0;
+  auto spec = spec_from_text(*text, control, &submit_ms);
+  if (!spec) return std::nullopt;
+  Job job;
+  job.spec = std::move(*spec);
+  job.control_dir = control;
+  job.job_dir = options_.jobs_root / job.spec.project / job.spec.gateway_id;
+  job.cpus = std::max(1, job.spec.resources.cpus());
+  job.memory_mb = job.spec.resources.memory_mb;
+  job.status.native_id = id;
+  job.status.state = JobState::kQueued;
+  job.status.native_state = "queued";
+  job.status.submit_ms = submit_ms;
+  job.status.alloc_cpus = job.cpus;
+  job.status.alloc_nodes = 1;
+  log::info("local_job_requeued", {{"job", id}});
   return job;
 }
 

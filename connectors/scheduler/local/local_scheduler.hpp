@@ -28,6 +28,10 @@
 #include <mutex>
 #include <thread>
 
+#include <boost/asio/thread_pool.hpp>
+
+#include <functional>
+
 #include "connectors/scheduler/scheduler.hpp"
 
 namespace scigate::jobs {
@@ -82,6 +86,11 @@ class LocalScheduler final : public Scheduler {
   void signal_group(Job& job, int sig);
   std::filesystem::path control_dir(const std::string& native_id) const;
   std::optional<Job> adopt(const std::string& native_id);
+  std::optional<Job> requeue(const std::string& native_id);
+  // Runs `fn` (file system work: directories, chown, script files, exit files) on files_, and
+  // resumes the caller on its own executor: the coroutines never block an I/O thread.
+  template <typename R>
+  boost::asio::awaitable<R> offload(std::function<R()> fn);
 
   LocalSchedulerOptions options_;
   std::string bwrap_;  // path, empty: not used
@@ -97,6 +106,7 @@ class LocalScheduler final : public Scheduler {
   std::deque<std::string> queue_;     // native ids waiting for slots, FIFO
   bool stop_ = false;
   std::thread runner_;
+  boost::asio::thread_pool files_{1};
 };
 
 }  // namespace scigate::jobs

@@ -182,3 +182,27 @@ TEST_CASE("local scheduler: a working directory through a symlink out of the pro
   CHECK_THROWS_AS(sched.submit_now(spec), ErrorException);
   CHECK_FALSE(fs::exists(outside.path / "pwned"));
 }
+
+TEST_CASE("local scheduler: after a restart a running job is adopted and a queued one queues again") {
+  JobsRoot root;
+  auto o = options(root.path);
+  o.slots_cpus = 1;
+  std::string a, b;
+  {
+    LocalScheduler first(o);
+    a = first.submit_now(spec_for(root.path, "j-0000000000e1", "sleep 1; echo a"));
+    b = first.submit_now(spec_for(root.path, "j-0000000000e2", "echo b"));
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (first.poll_now({a})[0].state != JobState::kActive && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    REQUIRE(first.poll_now({b})[0].state == JobState::kQueued);
+  }  // "scigate stops": the runner goes, the job keeps running
+  LocalScheduler second(o);
+  auto st = second.poll_now({a, b});
+  REQUIRE(st.size() == 2);
+  CHECK(st[0].state == JobState::kActive);
+  CHECK(st[1].state == JobState::kQueued);
+  CHECK(wait_final(second, a).state == JobState::kCompleted);
+  CHECK(wait_final(second, b).state == JobState::kCompleted);
+  CHECK(slurp(root.path / "proj" / "j-0000000000e2" / "stdout") == "b\n");
+}
