@@ -323,3 +323,31 @@ TEST_CASE("jobs: not enough credits refuses the submit before the scheduler; a q
   auto usage = call(c, js.s.user_key(), "get_usage", json::object())["structuredContent"];
   CHECK(usage["held"].get<double>() == 0);
 }
+
+TEST_CASE("jobs: wait_job sends progress notifications with the state, then the final job") {
+  JobServer js;
+  Client c(js.s.port());
+  auto job = submit(c, js.s.user_key(), {{"script", "sleep 1"}, {"resources", {{"walltime", "00:01:00"}}}});
+  auto req = modern_request(7, "tools/call",
+                            {{"name", "wait_job"}, {"arguments", {{"job_id", job["job_id"]}, {"timeout_s", 30}}}});
+  req["params"]["_meta"]["progressToken"] = "w";
+  auto r = c.request(verb::post, "/mcp", modern_headers(js.s.user_key(), "tools/call", "wait_job"), req.dump());
+  REQUIRE(r.status == 200);
+  CHECK(r.header("content-type") == "text/event-stream");
+  CHECK(r.body.find("notifications/progress") != std::string::npos);
+  CHECK(r.body.find("is ACTIVE") != std::string::npos);
+  auto last = r.body.rfind("data: ");
+  REQUIRE(last != std::string::npos);
+  auto final_msg = json::parse(r.body.substr(last + 6, r.body.find('\n', last) - last - 6));
+  CHECK(final_msg["id"] == 7);
+  CHECK(final_msg["result"]["structuredContent"]["state"] == "COMPLETED");
+
+  // A deadline before the end answers with the job as it is, final = false.
+  auto slow = submit(c, js.s.user_key(), {{"script", "sleep 20"}, {"resources", {{"walltime", "00:01:00"}}}});
+  auto t0 = std::chrono::steady_clock::now();
+  auto w = call(c, js.s.user_key(), "wait_job", {{"job_id", slow["job_id"]}, {"timeout_s", 0.5}});
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+  CHECK(w["structuredContent"]["final"] == false);
+  CHECK(call(c, js.s.user_key(), "cancel_job", {{"job_id", slow["job_id"]}})["isError"] == false);
+  CHECK(wait_final(c, js.s.user_key(), slow["job_id"])["state"] == "CANCELED");
+}
