@@ -105,6 +105,9 @@ int make_dirs_beneath(const std::filesystem::path& root, const std::string& rel,
     }
     int next = ::openat(fd, part.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     int e = errno;
+    struct stat st{};
+    // A symlink (ELOOP, or ENOTDIR with O_DIRECTORY) might lead out of the root: refused as such.
+    if (next < 0 && ::fstatat(fd, part.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)) e = EXDEV;
     ::close(fd);
     if (next < 0) return e == ELOOP ? EXDEV : e;
     fd = next;

@@ -351,3 +351,43 @@ TEST_CASE("jobs: wait_job sends progress notifications with the state, then the 
   CHECK(call(c, js.s.user_key(), "cancel_job", {{"job_id", slow["job_id"]}})["isError"] == false);
   CHECK(wait_final(c, js.s.user_key(), slow["job_id"])["state"] == "CANCELED");
 }
+
+TEST_CASE("jobs: injection attempts, escaping paths and absurd resources are refused with a clear message") {
+  JobServer js;
+  Client c(js.s.port());
+  auto refused = [&](json args, const std::string& code) {
+    // Within the policy's walltime, so that what is refused is the thing under test.
+    if (!args.contains("resources")) args["resources"] = {{"walltime", "00:00:10"}};
+    if (!args["resources"].contains("walltime")) args["resources"]["walltime"] = "00:00:10";
+    auto r = call(c, js.s.user_key(), "submit_job", std::move(args));
+    INFO(r.dump());
+    CHECK(error_code(r) == code);
+    return r["isError"] == true ? r["content"][0]["text"].get<std::string>() : std::string();
+  };
+  refused({{"script", "true"}, {"name", "x; rm -rf /"}}, "invalid_arguments");
+  refused({{"script", "true"}, {"name", "a\nb"}}, "invalid_arguments");
+  refused({{"script", "true"}, {"name", "--wrap=id"}}, "invalid_arguments");
+  refused({{"script", "true"}, {"partition", "-o /etc/passwd"}}, "invalid_arguments");
+  refused({{"script", "true"}, {"account", "$(id)"}}, "invalid_arguments");
+  refused({{"script", "true"}, {"environment", {{"A;B", "1"}}}}, "invalid_arguments");
+  refused({{"script", "true"}, {"environment", {{"LD_PRELOAD", "/tmp/x.so"}}}}, "invalid_arguments");
+  auto esc = refused({{"script", "true"}, {"working_directory", "../../etc"}}, "invalid_arguments");
+  CHECK(esc.find("..") != std::string::npos);
+  refused({{"script", "true"}, {"working_directory", "/etc"}}, "invalid_arguments");
+  refused({{"script", "true"}, {"resources", {{"nodes", 1000000}}}}, "invalid_arguments");
+  refused({{"script", "true"}, {"resources", {{"walltime", "1:00:00; reboot"}}}}, "invalid_arguments");
+  refused({{"script", std::string(2 * 1024 * 1024, 'x')}}, "invalid_arguments");
+  refused({{"script", "true"}, {"executable", "/bin/true"}}, "invalid_arguments");
+  // More CPUs than the site has: the scheduler refuses, the job is FAILED, its hold released.
+  auto big = refused({{"script", "true"}, {"resources", {{"tasks", 64}, {"walltime", "00:00:10"}}}}, "backend_rejected");
+  CHECK(big.find("64 CPUs") != std::string::npos);
+  auto usage = call(c, js.s.user_key(), "get_usage", json::object())["structuredContent"];
+  CHECK(usage["held"].get<double>() == 0);
+  // A symlink planted in the project's area does not lead a job out of it.
+  fs::create_directories(js.jobs_root / "demo");
+  fs::create_directory_symlink("/etc", js.jobs_root / "demo" / "etc-link");
+  auto link = refused({{"script", "touch pwned"}, {"working_directory", "etc-link"}, {"resources", {{"walltime", "00:00:10"}}}},
+                      "backend_rejected");
+  CHECK(link.find("leaves the project") != std::string::npos);
+  CHECK_FALSE(fs::exists("/etc/pwned"));
+}
