@@ -718,7 +718,10 @@ bool LocalScheduler::try_start(Job& job, std::string* why) {
   // Everything the child needs is prepared here: after fork() it may only make system calls.
   std::vector<std::string> args;
   if (!bwrap_.empty()) {
+    // jobs_root is hidden (every project's jobs run as the same run_as user), then only this
+    // job's project area and control directory are put back.
     args = {bwrap_, "--ro-bind", "/", "/", "--dev", "/dev", "--tmpfs", "/tmp",
+            "--tmpfs", options_.jobs_root.string(),
             "--bind", project_dir.string(), project_dir.string(),
             // Again after /tmp became a tmpfs: jobs_root may live under /tmp.
             "--ro-bind", job.control_dir.string(), job.control_dir.string(),

@@ -206,3 +206,25 @@ TEST_CASE("local scheduler: after a restart a running job is adopted and a queue
   CHECK(wait_final(second, b).state == JobState::kCompleted);
   CHECK(slurp(root.path / "proj" / "j-0000000000e2" / "stdout") == "b\n");
 }
+
+TEST_CASE("local scheduler: under bubblewrap a job sees neither other projects nor the network") {
+  JobsRoot root;
+  LocalScheduler sched(options(root.path));
+  if (!sched.sandboxed()) {
+    WARN("bwrap is not installed: nothing to check");
+    return;
+  }
+  fs::create_directories(root.path / "otherproj" / "j-0000000000ff");
+  std::ofstream(root.path / "otherproj" / "j-0000000000ff" / "stdout") << "secret\n";
+  auto id = sched.submit_now(spec_for(root.path, "j-0000000000f1",
+                                      "ls -a " + root.path.string() + " > seen.txt; "
+                                      "cat /sys/class/net/*/operstate 2>/dev/null | sort -u > net.txt; "
+                                      "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' > ifaces.txt; touch /usr/x 2>/dev/null && echo rw > usr.txt; true"));
+  CHECK(wait_final(sched, id).state == JobState::kCompleted);
+  fs::path dir = root.path / "proj" / "j-0000000000f1";
+  std::string seen = slurp(dir / "seen.txt");
+  CHECK(seen.find("proj") != std::string::npos);
+  CHECK(seen.find("otherproj") == std::string::npos);
+  CHECK(slurp(dir / "ifaces.txt") == "lo\n");  // --unshare-net: loopback only
+  CHECK_FALSE(fs::exists(dir / "usr.txt"));    // a read-only system
+}
