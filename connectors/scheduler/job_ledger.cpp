@@ -228,7 +228,11 @@ void JobService::load() {
     r.stderr_path = text_of(r.spec, "stderr");
     jobs_.emplace(r.id, std::move(r));
   }
-  state::Statement ev(db_.handle(), "SELECT job_id, time_ms, state, native_state, reason FROM job_events ORDER BY seq");
+  state::Statement ev(db_.handle(),
+                      "SELECT job_id, time_ms, state, native_state, reason FROM job_events WHERE job_id IN "
+                      "(SELECT id FROM jobs WHERE state IN ('NEW','QUEUED','ACTIVE') OR settled = 0 OR created_ms > ?) "
+                      "ORDER BY seq");
+  ev.bind(1, now_ms() - int64_t(7) * 86'400'000);
   while (ev.step()) {
     auto it = jobs_.find(ev.column_text(0));
     if (it == jobs_.end()) continue;
@@ -409,6 +413,10 @@ asio::awaitable<std::variant<JobRecord, Error>> JobService::submit(SubmitRequest
     native_id = co_await rt->scheduler->submit(spec);
   } catch (const ErrorException& e) {
     refused = e.error();
+  } catch (const std::exception& e) {
+    // A connector bug or an OS failure: the job must not stay NEW with its credits held.
+    refused = Error{ErrorCode::kBackendUnavailable, "site \"" + rec.site + "\" could not take the job", "retry later",
+                    e.what()};
   }
   if (refused) {
     Hold h;
