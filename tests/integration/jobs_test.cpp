@@ -124,7 +124,7 @@ bool process_gone(pid_t pid) {
 
 }  // namespace
 
-TEST_CASE("jobs: submit -> COMPLETED with output; a failing script -> FAILED; credits held then settled; "
+TEST_CASE("jobs: submit -> COMPLETED with output, a failing script -> FAILED, credits held then settled, "
           "another project sees nothing") {
   JobServer js;
   Client c(js.s.port());
@@ -188,7 +188,7 @@ TEST_CASE("jobs: submit -> COMPLETED with output; a failing script -> FAILED; cr
   CHECK(mine["structuredContent"]["jobs"][0]["job_id"] == id);
 }
 
-TEST_CASE("jobs: walltime exceeded -> FAILED, never COMPLETED; cancel kills the process group; scrubbed "
+TEST_CASE("jobs: walltime exceeded -> FAILED never COMPLETED, cancel kills the process group, scrubbed "
           "environment as the unprivileged user") {
   JobServer js;
   Client c(js.s.port());
@@ -280,7 +280,7 @@ TEST_CASE("jobs: a server SIGKILLed while a job runs finds it COMPLETED after re
   CHECK(job_charges == 1);
 }
 
-TEST_CASE("jobs: not enough credits refuses the submit before the scheduler; a queued job cancelled never runs "
+TEST_CASE("jobs: not enough credits refuses the submit before the scheduler, a queued job cancelled never runs "
           "and pays nothing") {
   JobServer js;
   Client c(js.s.port());

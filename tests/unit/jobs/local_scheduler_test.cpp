@@ -118,7 +118,7 @@ TEST_CASE("local scheduler: exit codes, output files, scrubbed environment, unpr
   CHECK(again->exit_code == 3);
 }
 
-TEST_CASE("local scheduler: walltime exceeded is FAILED/TIMEOUT; cancel kills the whole group") {
+TEST_CASE("local scheduler: walltime exceeded is FAILED/TIMEOUT, cancel kills the whole group") {
   JobsRoot root;
   LocalScheduler sched(options(root.path));
   auto spec = spec_for(root.path, "j-000000000003", "sleep 30");
