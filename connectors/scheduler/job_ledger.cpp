@@ -475,14 +475,15 @@ std::vector<JobRecord> JobService::list(const std::string& project, const ListFi
     if (f.state && r.state != *f.state) continue;
     if (!f.name.empty() && r.name.find(f.name) == std::string::npos) continue;
     if (!f.site.empty() && r.site != f.site) continue;
+    if (f.before && std::make_pair(r.created_ms, r.id) >= *f.before) continue;
     hits.push_back(&r);
   }
   std::sort(hits.begin(), hits.end(), [](const JobRecord* a, const JobRecord* b) {
     return a->created_ms != b->created_ms ? a->created_ms > b->created_ms : a->id > b->id;
   });
   std::vector<JobRecord> out;
-  for (std::size_t i = f.offset; i < hits.size() && out.size() < f.limit; ++i) out.push_back(*hits[i]);
-  if (more) *more = f.offset + out.size() < hits.size();
+  for (std::size_t i = 0; i < hits.size() && out.size() < f.limit; ++i) out.push_back(*hits[i]);
+  if (more) *more = out.size() < hits.size();
   return out;
 }
 

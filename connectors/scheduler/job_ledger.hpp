@@ -77,7 +77,10 @@ struct SubmitRequest {
 struct ListFilter {
   std::optional<JobState> state;
   std::string name, site;
-  std::size_t offset = 0, limit = 50;
+  // Keyset paging, newest first: only jobs strictly older than (created_ms, id) of the last
+  // job of the previous page, so jobs submitted meanwhile neither shift nor repeat a page.
+  std::optional<std::pair<int64_t, std::string>> before;
+  std::size_t limit = 50;
 };
 
 class JobService {

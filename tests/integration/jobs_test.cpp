@@ -183,6 +183,13 @@ TEST_CASE("jobs: submit -> COMPLETED with output, a failing script -> FAILED, cr
   CHECK(error_code(call(c, js.bob_key, "read_job_output", {{"job_id", id}})) == "not_found");
   auto bobs = call(c, js.bob_key, "list_jobs", json::object());
   CHECK(bobs["structuredContent"]["jobs"].empty());
+  auto page1 = call(c, js.s.user_key(), "list_jobs", {{"limit", 1}})["structuredContent"];
+  REQUIRE(page1["jobs"].size() == 1);
+  REQUIRE(page1["next_cursor"].is_string());
+  auto page2 = call(c, js.s.user_key(), "list_jobs", {{"limit", 1}, {"cursor", page1["next_cursor"]}})["structuredContent"];
+  REQUIRE(page2["jobs"].size() == 1);
+  CHECK(page2["jobs"][0]["job_id"] != page1["jobs"][0]["job_id"]);
+  CHECK(page2["next_cursor"].is_null());
   auto mine = call(c, js.s.user_key(), "list_jobs", {{"state", "COMPLETED"}});
   REQUIRE(mine["structuredContent"]["jobs"].size() == 1);
   CHECK(mine["structuredContent"]["jobs"][0]["job_id"] == id);

@@ -309,7 +309,7 @@ ListJobsTool::ListJobsTool(jobs::JobService& jobs) : jobs_(jobs) {
       "name": {"type": "string", "maxLength": 128},
       "site": {"type": "string", "maxLength": 64},
       "limit": {"type": "integer", "minimum": 1, "maximum": 200},
-      "cursor": {"type": "string", "pattern": "^[0-9]{1,9}$"}
+      "cursor": {"type": "string", "pattern": "^[0-9]{1,16}[.]j-[0-9a-f]{12}$"}
     }})");
   descriptor_.output_schema = json::parse(R"({"type": "object", "properties": {
       "jobs": {"type": "array"}, "next_cursor": {"type": ["string", "null"]}}, "required": ["jobs"]})");
@@ -322,7 +322,11 @@ asio::awaitable<ToolResult> ListJobsTool::call(const json& args, CallContext& ct
   if (auto it = args.find("name"); it != args.end()) f.name = it->get<std::string>();
   if (auto it = args.find("site"); it != args.end()) f.site = it->get<std::string>();
   if (auto it = args.find("limit"); it != args.end()) f.limit = it->get<std::size_t>();
-  if (auto it = args.find("cursor"); it != args.end()) f.offset = std::stoul(it->get<std::string>());
+  if (auto it = args.find("cursor"); it != args.end()) {
+    std::string c = it->get<std::string>();
+    auto dot = c.find('.');
+    f.before = std::make_pair(std::stoll(c.substr(0, dot)), c.substr(dot + 1));
+  }
   bool more = false;
   auto list = jobs_.list(ctx.project, f, &more);
   json out = json::object();
@@ -333,7 +337,9 @@ asio::awaitable<ToolResult> ListJobsTool::call(const json& args, CallContext& ct
     text += job_text(r) + "\n";
   }
   out["jobs"] = std::move(arr);
-  out["next_cursor"] = more ? json(std::to_string(f.offset + list.size())) : json(nullptr);
+  out["next_cursor"] = more && !list.empty()
+                          ? json(std::to_string(list.back().created_ms) + "." + list.back().id)
+                          : json(nullptr);
   if (text.empty()) text = "no jobs";
   co_return ToolResult::success(std::move(out), text);
 }

@@ -181,6 +181,13 @@ TEST_CASE("job ledger: transitions are recorded, one poll covers every job, fina
     auto page = svc->list("p", lf, &more);
     CHECK(page.size() == 2);
     CHECK(more);
+    lf.before = std::make_pair(page.back().created_ms, page.back().id);
+    auto rest = svc->list("p", lf, &more);
+    REQUIRE(rest.size() == 1);
+    CHECK_FALSE(more);
+    CHECK(rest[0].id != page[0].id);
+    CHECK(rest[0].id != page[1].id);
+    lf.before.reset();
     lf.state = JobState::kQueued;
     lf.limit = 50;
     auto queued = svc->list("p", lf, &more);
