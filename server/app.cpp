@@ -77,6 +77,8 @@ App::App(Config config)
       audit_(config_.database, audit_options(config_)),
       pipeline_(registry_, policy_, *ledger_, audit_, metrics_, config_.tool_timeout),
       dispatcher_(config_, pipeline_, registry_, policy_, metrics_) {
+  if (sqlite_ledger_)
+    jobs_->set_pricer([ledger = sqlite_ledger_](const Usage& u) { return ledger->rates().price(u); });
   policy_.set_schema_lookup([this](const std::string& tool) -> const json* {
     const Tool* t = registry_.find(tool);
     return t ? &t->descriptor().input_schema : nullptr;

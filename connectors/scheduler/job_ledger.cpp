@@ -461,10 +461,19 @@ asio::awaitable<std::variant<JobRecord, Error>> JobService::submit(SubmitRequest
 }
 
 std::optional<JobRecord> JobService::get(const std::string& project, const std::string& id) const {
-  std::lock_guard g(mutex_);
-  auto it = jobs_.find(id);
-  if (it == jobs_.end() || it->second.project != project) return std::nullopt;
-  return it->second;
+  std::optional<JobRecord> r;
+  {
+    std::lock_guard g(mutex_);
+    auto it = jobs_.find(id);
+    if (it == jobs_.end() || it->second.project != project) return std::nullopt;
+    r = it->second;
+  }
+  if (pricer_ && r->state == JobState::kActive && r->start_ms && !r->hold_id.empty()) {
+    auto elapsed = std::chrono::milliseconds(std::max<int64_t>(0, now_ms() - *r->start_ms));
+    elapsed = std::min(elapsed, std::chrono::duration_cast<std::chrono::milliseconds>(r->resources.walltime));
+    r->cost_so_far = std::min(r->held, pricer_(job_usage(r->resources, elapsed, r->resources.gpu_type)));
+  }
+  return r;
 }
 
 std::vector<JobRecord> JobService::list(const std::string& project, const ListFilter& f, bool* more) const {

@@ -60,6 +60,7 @@ struct JobRecord {
   std::string hold_id;
   MicroCredits held = 0;
   std::optional<MicroCredits> cost;
+  std::optional<MicroCredits> cost_so_far;  // a running job: elapsed x resources, priced (not stored)
   bool settled = false;
   std::vector<JobEvent> events;
   std::filesystem::path stdout_path, stderr_path;
@@ -102,6 +103,10 @@ class JobService {
   std::vector<JobRecord> list(const std::string& project, const ListFilter& filter, bool* more) const;
   boost::asio::awaitable<std::variant<JobRecord, Error>> cancel(std::string project, std::string id);
 
+  // Prices a Usage with the ledger's rates, for get()'s cost_so_far of running jobs (the
+  // composition root sets it when credits are metered). Must be thread-safe.
+  void set_pricer(std::function<MicroCredits(const Usage&)> pricer) { pricer_ = std::move(pricer); }
+
   const std::vector<SiteConfig>& sites() const { return sites_; }
   const SiteConfig* site(const std::string& id) const;
   std::filesystem::path project_dir(const SiteConfig& site, const std::string& project) const {
@@ -130,6 +135,7 @@ class JobService {
   const Config& config_;
   Ledger& ledger_;
   SchedulerFactory factory_;
+  std::function<MicroCredits(const Usage&)> pricer_;
   std::vector<SiteConfig> sites_;
   std::map<std::string, std::unique_ptr<SiteRuntime>> runtimes_;
   state::Database db_;

@@ -208,6 +208,12 @@ TEST_CASE("jobs: walltime exceeded -> FAILED never COMPLETED, cancel kills the p
   auto bg = submit(c, js.s.user_key(), {{"script", "sleep 300 & echo $! > child.pid; wait"},
                                         {"resources", {{"walltime", "00:05:00"}}}});
   std::string bg_id = bg["job_id"];
+  json running;
+  CHECK(eventually([&] {
+    running = call(c, js.s.user_key(), "get_job", {{"job_id", bg_id}})["structuredContent"];
+    return running["state"] == "ACTIVE" && running["credits"].value("cost_so_far", 0.0) > 0;
+  }));
+  CHECK(running["credits"]["cost_so_far"].get<double>() <= running["credits"]["held"].get<double>());
   fs::path pid_file = js.jobs_root / "demo" / bg_id / "child.pid";
   REQUIRE(eventually([&] { return fs::exists(pid_file) && fs::file_size(pid_file) > 0; }));
   pid_t grandchild = std::stoi(slurp(pid_file));

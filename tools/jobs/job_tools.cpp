@@ -142,6 +142,7 @@ json job_to_json(const JobRecord& r, bool full) {
   json credits = json::object();
   credits["held"] = credits_number(r.held);
   if (r.cost) credits["cost"] = credits_number(*r.cost);
+  if (r.cost_so_far) credits["cost_so_far"] = credits_number(*r.cost_so_far);
   credits["settled"] = r.settled;
   j["credits"] = std::move(credits);
   json events = json::array();
