@@ -205,6 +205,7 @@ asio::awaitable<ReserveResult> SqliteLedger::reserve(HoldRequest req) {
   op->spec.expires_ms = store_.now() + std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count();
   op->spec.idempotency_key = req.idempotency_key;
   op->spec.args_hash = req.arguments_hash;
+  op->spec.owner = req.owner;
   op->spec.key_ttl_ms = std::chrono::duration_cast<std::chrono::milliseconds>(options_.idempotency_ttl).count();
   co_await submit(op);
 

@@ -278,7 +278,8 @@ ReserveOutcome CreditStore::reserve(const HoldSpec& s) {
     }
   }
   OpenHold h{0, out.account, s.project, s.user, s.tool, s.request_id, s.amount,
-             now, s.expires_ms, user_purse != nullptr, !s.idempotency_key.empty(), instance_};
+             now, s.expires_ms, user_purse != nullptr, !s.idempotency_key.empty(),
+             s.owner.empty() ? instance_ : s.owner};
   auto& st = st_->insert_hold;
   st.reset();
   st.bind(1, h.account).bind(2, h.project).bind(3, h.user).bind(4, h.tool).bind(5, h.request_id);
@@ -357,6 +358,7 @@ bool CreditStore::void_hold(int64_t hold_id, const std::string& reason) {
 int CreditStore::void_orphaned(const std::string& reason) {
   auto orphaned = [&](const std::string& owner) {
     if (owner == instance_) return false;
+    if (owner.rfind("job:", 0) == 0) return false;  // detached: settled by the job ledger
     long pid = std::strtol(owner.c_str(), nullptr, 10);
     if (pid <= 0 || pid == ::getpid()) return true;  // a dead process whose PID we now have
     return ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;

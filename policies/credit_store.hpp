@@ -61,6 +61,7 @@ struct HoldSpec {
   int64_t expires_ms = 0;
   std::string idempotency_key, args_hash;  // key empty: none
   int64_t key_ttl_ms = 86'400'000;
+  std::string owner;  // "job:<id>": detached, survives restart recovery; empty: this store
 };
 
 struct ReserveOutcome {

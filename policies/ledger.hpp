@@ -59,6 +59,11 @@ struct HoldRequest {
   std::string idempotency_key;
   std::string arguments_hash;  // a reused key with other arguments is a conflict
   std::chrono::seconds timeout{3600};  // voided after this if never settled
+  // Empty: the hold belongs to this server process and is voided at restart recovery if the
+  // process died. "job:<gateway id>": a detached hold that outlives the call and the process
+  // (a batch job's); restart recovery leaves it open for the job ledger to settle, and only
+  // its timeout voids it.
+  std::string owner;
 };
 
 struct Hold {

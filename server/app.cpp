@@ -7,6 +7,7 @@
 #include <fstream>
 #include <thread>
 
+#include "connectors/scheduler/local/local_scheduler.hpp"
 #include "server/auth/directory.hpp"
 #include "server/common/decimal.hpp"
 #include "server/observability/log.hpp"
@@ -28,6 +29,21 @@ std::unique_ptr<Ledger> make_ledger(const Config& config, SqliteLedger** sqlite)
   auto ledger = std::make_unique<SqliteLedger>(config.database, credit_ledger_options(config));
   *sqlite = ledger.get();
   return ledger;
+}
+
+// The scheduler of each [[sites]] entry. Slurm's connectors are registered here as they land.
+std::unique_ptr<jobs::Scheduler> make_scheduler(const SiteConfig& site) {
+  if (site.scheduler == "local") {
+    jobs::LocalSchedulerOptions o;
+    o.jobs_root = site.jobs_root;
+    o.run_as = site.run_as;
+    o.slots_cpus = site.slots_cpus;
+    o.slots_memory_mb = site.slots_memory_mb;
+    o.allow_network = site.allow_network;
+    if (const char* b = std::getenv("SCIGATE_NO_BWRAP"); b && *b == '1') o.use_bwrap = false;
+    return std::make_unique<jobs::LocalScheduler>(std::move(o));
+  }
+  return nullptr;
 }
 
 AuditLogOptions audit_options(const Config& c) {
@@ -63,11 +79,14 @@ App::App(Config config)
       authenticator_(config_, keys_),
       ledger_(make_ledger(config_, &sqlite_ledger_)),
       audit_query_(std::make_unique<audit::AuditQueryService>(config_.database)),
-      registry_(tools::make_registry(config_, tools::ToolServices{ledger_.get(), audit_query_.get()})),
+      jobs_(std::make_unique<jobs::JobService>(config_, config_.database, *ledger_, make_scheduler)),
+      registry_(tools::make_registry(config_, tools::ToolServices{ledger_.get(), audit_query_.get(), jobs_.get()})),
       policy_(ProjectPolicies::sources_from(config_)),
       audit_(config_.database, audit_options(config_)),
       pipeline_(registry_, policy_, *ledger_, audit_, metrics_, config_.tool_timeout),
       dispatcher_(config_, pipeline_, registry_, policy_, metrics_) {
+  if (sqlite_ledger_)
+    jobs_->set_pricer([ledger = sqlite_ledger_](const Usage& u) { return ledger->rates().price(u); });
   policy_.set_schema_lookup([this](const std::string& tool) -> const json* {
     const Tool* t = registry_.find(tool);
     return t ? &t->descriptor().input_schema : nullptr;
@@ -91,6 +110,7 @@ void App::drain_writers() {
   // Coroutines may still be parked on the audit writer or the ledger (a call cut short by the
   // stop). Their completions must reach the stopped io_context before it is destroyed; posted
   // to a dead one they would touch freed strands.
+  jobs_->stop();  // pollers end; queued database work finishes and posts back
   audit_.flush();
   if (sqlite_ledger_) sqlite_ledger_->flush();
 }
@@ -139,6 +159,7 @@ int App::serve_http(const std::string& host, uint16_t port, const std::string& p
                 {{"resource", authenticator_.resource()},
                  {"detail", "[oidc] resource is not set; using the listen address (set it to the public URL)"}});
   }
+  jobs_->start(io);
   server.start();
   log::info("listening", {{"url", url}, {"threads", thread_count()}, {"tools", registry_.tools().size()}});
   if (!port_file.empty()) {
@@ -199,6 +220,7 @@ int App::serve_stdio() {
   if (sqlite_ledger_) sqlite_ledger_->recover_after_restart();
   asio::io_context io;
   auto work = asio::make_work_guard(io);
+  jobs_->start(io);
   // SIGHUP must not kill a stdio server; it reloads the policies, as over HTTP.
   asio::signal_set hup(io, SIGHUP);
   std::function<void()> wait_hup = [&] {

@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 
+#include "connectors/scheduler/job_ledger.hpp"
 #include "policies/audit_query.hpp"
 #include "policies/audit_store.hpp"
 #include "policies/credit_ledger.hpp"
@@ -60,6 +61,7 @@ class App {
   SqliteLedger* sqlite_ledger_ = nullptr;  // set by ledger_'s initialiser, so declared first
   std::unique_ptr<Ledger> ledger_;
   std::unique_ptr<audit::AuditQueryService> audit_query_;  // before registry_: query_audit_log uses it
+  std::unique_ptr<jobs::JobService> jobs_;  // before registry_: the job tools use it; schedulers start in serve_*
   ToolRegistry registry_;
   ProjectPolicies policy_;  // per-project policy files; reloaded on SIGHUP and on change
   SqliteAuditLog audit_;  // after keys_, whose construction migrates the schema

@@ -2,6 +2,7 @@
 
 #include "tools/audit/query_audit_log.hpp"
 #include "tools/demo/demo_tools.hpp"
+#include "tools/jobs/job_tools.hpp"
 #include "tools/usage/usage_tool.hpp"
 #include "tools/whoami/whoami.hpp"
 
@@ -12,6 +13,14 @@ ToolRegistry make_registry(const Config& config, const ToolServices& services) {
   r.add(std::make_unique<WhoamiTool>(config.server_name));
   if (services.ledger) r.add(std::make_unique<UsageTool>(*services.ledger));
   if (services.audit_query) r.add(std::make_unique<QueryAuditLogTool>(*services.audit_query));
+  if (services.jobs) {
+    r.add(std::make_unique<SubmitJobTool>(*services.jobs));
+    r.add(std::make_unique<GetJobTool>(*services.jobs));
+    r.add(std::make_unique<ListJobsTool>(*services.jobs));
+    r.add(std::make_unique<CancelJobTool>(*services.jobs));
+    r.add(std::make_unique<ReadJobOutputTool>(*services.jobs));
+    r.add(std::make_unique<WaitJobTool>(*services.jobs));
+  }
   if (config.demo_tools) {
     r.add(std::make_unique<EchoTool>());
     r.add(std::make_unique<SleepTool>());

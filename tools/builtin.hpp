@@ -7,6 +7,10 @@ namespace scigate::audit {
 class AuditQueryService;
 }
 
+namespace scigate::jobs {
+class JobService;
+}
+
 namespace scigate::tools {
 
 // What tools need from the rest of the server, owned by the composition root (App) and alive
@@ -14,6 +18,7 @@ namespace scigate::tools {
 struct ToolServices {
   Ledger* ledger = nullptr;  // get_usage
   audit::AuditQueryService* audit_query = nullptr;  // query_audit_log
+  jobs::JobService* jobs = nullptr;  // submit_job, get_job, list_jobs, cancel_job, read_job_output, wait_job
 };
 
 // The explicit list of tools this build offers. Adding a tool is one line in builtin.cpp.

@@ -226,7 +226,55 @@ void parse_credits(const toml::table& s, CreditsConfig& c, const std::string& so
   }
 }
 
+SiteConfig parse_site(const toml::table& t, const toml::node& e, const std::string& source) {
+  reject_unknown(t,
+                 {"id", "scheduler", "jobs_root", "poll_interval_ms", "default_partition", "partitions", "run_as",
+                  "slots_cpus", "slots_memory_mb", "allow_network", "slurm"},
+                 "[[sites]]", source);
+  SiteConfig s;
+  s.id = get<std::string>(t, "id", "", source);
+  if (s.id.empty() || s.id.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") !=
+                          std::string::npos)
+    throw ConfigError(where(e.source(), source) + ": a site needs an \"id\" of letters, digits, '-' and '_'");
+  s.scheduler = get<std::string>(t, "scheduler", s.scheduler, source);
+  if (s.scheduler != "local" && s.scheduler != "slurm")
+    throw ConfigError(where(e.source(), source) + ": site \"" + s.id + "\": scheduler must be \"local\" or \"slurm\"");
+  s.jobs_root = get<std::string>(t, "jobs_root", "", source);
+  s.poll_interval = std::chrono::milliseconds(
+      get<int64_t>(t, "poll_interval_ms", s.scheduler == "slurm" ? 2000 : 250, source));
+  if (s.poll_interval.count() < 10)
+    throw ConfigError(where(e.source(), source) + ": site \"" + s.id + "\": poll_interval_ms must be at least 10");
+  s.default_partition = get<std::string>(t, "default_partition", "", source);
+  s.partitions = get_strings(t, "partitions", {}, source);
+  s.run_as = get<std::string>(t, "run_as", s.run_as, source);
+  if (s.run_as.empty()) throw ConfigError(where(e.source(), source) + ": site \"" + s.id + "\": run_as must not be empty");
+  s.slots_cpus = get<int>(t, "slots_cpus", 0, source);
+  s.slots_memory_mb = get<int64_t>(t, "slots_memory_mb", 0, source);
+  s.allow_network = get<bool>(t, "allow_network", false, source);
+  if (const toml::node* n = t.get("slurm")) {
+    const toml::table* st = n->as_table();
+    if (!st) throw ConfigError(where(n->source(), source) + ": [sites.slurm] must be a table");
+    reject_unknown(*st, {"mode", "rest_url", "rest_socket", "jwt_token_file", "user"}, "[sites.slurm]", source);
+    SlurmSiteConfig sl;
+    sl.mode = get<std::string>(*st, "mode", sl.mode, source);
+    if (sl.mode != "cli" && sl.mode != "rest")
+      throw ConfigError(where(n->source(), source) + ": sites.slurm.mode must be \"cli\" or \"rest\"");
+    sl.rest_url = get<std::string>(*st, "rest_url", "", source);
+    sl.rest_socket = get<std::string>(*st, "rest_socket", "", source);
+    sl.jwt_token_file = get<std::string>(*st, "jwt_token_file", "", source);
+    sl.user = get<std::string>(*st, "user", "", source);
+    s.slurm = std::move(sl);
+  }
+  return s;
+}
+
 }  // namespace
+
+const SiteConfig* Config::site(const std::string& id) const {
+  for (const auto& s : sites)
+    if (s.id == id) return &s;
+  return nullptr;
+}
 
 const ProjectConfig* Config::project(const std::string& id) const {
   for (const auto& p : projects)
@@ -258,7 +306,8 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
   }
   Config c;
   c.base_dir = base_dir;
-  reject_unknown(root, {"server", "limits", "http", "stdio", "tools", "credits", "audit", "projects", "users", "oidc"},
+  reject_unknown(root, {"server", "limits", "http", "stdio", "tools", "credits", "audit", "projects", "users", "oidc",
+                        "sites"},
                  "the top level",
                  source);
   if (auto* s = section(root, "server", source)) {
@@ -391,6 +440,22 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
     }
   }
   if (auto* s = section(root, "oidc", source)) c.oidc = parse_oidc(*s, source);
+  if (const toml::node* n = root.get("sites")) {
+    const toml::array* a = n->as_array();
+    if (!a) throw ConfigError(where(n->source(), source) + ": sites must be an array of tables ([[sites]])");
+    for (const auto& e : *a) {
+      const toml::table* t = e.as_table();
+      if (!t) throw ConfigError(where(e.source(), source) + ": each [[sites]] entry must be a table");
+      SiteConfig site = parse_site(*t, e, source);
+      if (c.site(site.id)) throw ConfigError(where(e.source(), source) + ": site \"" + site.id + "\" is defined twice");
+      c.sites.push_back(std::move(site));
+    }
+  }
+  if (c.sites.empty()) {
+    SiteConfig local;
+    local.id = "local";
+    c.sites.push_back(std::move(local));
+  }
   auto resolve = [&](std::filesystem::path p) { return p.is_absolute() ? p : base_dir / p; };
   c.database = resolve(c.database);
   c.audit.signing_key = resolve(c.audit.signing_key);
@@ -398,6 +463,12 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
   for (auto& p : c.projects)
     if (!p.policy.empty()) p.policy = resolve(p.policy);
   if (c.oidc && !c.oidc->jwks_file.empty()) c.oidc->jwks_file = resolve(c.oidc->jwks_file);
+  for (auto& site : c.sites) {
+    site.jobs_root = site.jobs_root.empty() ? base_dir / "jobs" : resolve(site.jobs_root);
+    if (site.slurm && !site.slurm->rest_socket.empty()) site.slurm->rest_socket = resolve(site.slurm->rest_socket);
+    if (site.slurm && !site.slurm->jwt_token_file.empty())
+      site.slurm->jwt_token_file = resolve(site.slurm->jwt_token_file);
+  }
   if (!c.http.tls_cert.empty()) {
     c.http.tls_cert = resolve(c.http.tls_cert).string();
     c.http.tls_key = resolve(c.http.tls_key).string();

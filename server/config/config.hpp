@@ -101,6 +101,30 @@ struct AuditConfig {
   std::chrono::seconds checkpoint_every{60};  // 0: not by time
 };
 
+// [sites.slurm]: how a Slurm site is reached (connectors/scheduler/slurm). Kept as given.
+struct SlurmSiteConfig {
+  std::string mode = "cli";  // cli | rest
+  std::string rest_url;      // slurmrestd over TCP (JWT)
+  std::filesystem::path rest_socket;     // slurmrestd on a unix socket (rest_auth/local)
+  std::filesystem::path jwt_token_file;  // the token for rest_url
+  std::string user;          // the Slurm user jobs are submitted as
+};
+
+// [[sites]]: where jobs run (docs/CONFIG.md#sites). Without any, one local site "local".
+struct SiteConfig {
+  std::string id;
+  std::string scheduler = "local";       // local | slurm
+  std::filesystem::path jobs_root;       // each project's jobs live in <jobs_root>/<project>/
+  std::chrono::milliseconds poll_interval{250};  // default 250 ms local, 2000 ms slurm
+  std::string default_partition;
+  std::vector<std::string> partitions;   // empty: any the scheduler accepts
+  std::string run_as = "nobody";         // local jobs' account when scigate runs as root
+  int slots_cpus = 0;                    // local: CPUs shared by running jobs (0: nproc)
+  int64_t slots_memory_mb = 0;           // local: memory shared by running jobs (0: unlimited)
+  bool allow_network = false;            // local: jobs get the network (else bwrap --unshare-net)
+  std::optional<SlurmSiteConfig> slurm;  // [sites.slurm], for scheduler = "slurm"
+};
+
 struct Config {
   std::filesystem::path path;       // the file this came from (empty for built-in defaults)
   std::filesystem::path base_dir;   // relative paths resolve here
@@ -124,7 +148,9 @@ struct Config {
   std::vector<ProjectConfig> projects;
   std::vector<UserConfig> users;
   std::optional<OidcConfig> oidc;
+  std::vector<SiteConfig> sites;    // never empty after loading
 
+  const SiteConfig* site(const std::string& id) const;
   const ProjectConfig* project(const std::string& id) const;
   const UserConfig* user(const std::string& name) const;
   // Projects where the user (by name, ignoring groups) holds any role, in config order.

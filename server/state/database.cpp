@@ -251,6 +251,43 @@ const std::vector<Migration>& schema_migrations() {
         CREATE INDEX audit_log_project_seq ON audit_log(project, seq);
         CREATE INDEX audit_log_principal_seq ON audit_log(principal, seq);
       )sql"},
+      {5, R"sql(
+        -- The job ledger (connectors/scheduler/job_ledger.cpp, docs/JOBS.md): one row per job
+        -- submitted through the gateway, whatever its site; state history in job_events.
+        CREATE TABLE jobs (
+          id           TEXT PRIMARY KEY,        -- gateway id, j-<12 hex>
+          site         TEXT NOT NULL,
+          native_id    TEXT NOT NULL DEFAULT '',
+          project      TEXT NOT NULL,
+          principal    TEXT NOT NULL,
+          name         TEXT NOT NULL DEFAULT '',
+          spec         TEXT NOT NULL,           -- the submitted spec as JSON
+          state        TEXT NOT NULL CHECK (state IN ('NEW','QUEUED','ACTIVE','COMPLETED','FAILED','CANCELED')),
+          native_state TEXT NOT NULL DEFAULT '',
+          reason       TEXT NOT NULL DEFAULT '',
+          exit_code    INTEGER,
+          term_signal  INTEGER,
+          created_ms   INTEGER NOT NULL,
+          submit_ms    INTEGER,
+          start_ms     INTEGER,
+          end_ms       INTEGER,
+          hold_id      TEXT NOT NULL DEFAULT '',  -- the job's own credit hold (owner job:<id>)
+          held         INTEGER NOT NULL DEFAULT 0,
+          cost         INTEGER,                   -- micro-credits posted at the end
+          settled      INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX jobs_project ON jobs(project, created_ms);
+        CREATE INDEX jobs_active ON jobs(site) WHERE state IN ('NEW','QUEUED','ACTIVE') OR settled = 0;
+        CREATE TABLE job_events (
+          seq          INTEGER PRIMARY KEY,
+          job_id       TEXT NOT NULL REFERENCES jobs(id),
+          time_ms      INTEGER NOT NULL,
+          state        TEXT NOT NULL,
+          native_state TEXT NOT NULL DEFAULT '',
+          reason       TEXT NOT NULL DEFAULT ''
+        );
+        CREATE INDEX job_events_job ON job_events(job_id, seq);
+      )sql"},
   };
   return kMigrations;
 }

@@ -456,6 +456,35 @@ TEST_CASE("credit ledger: restart recovery voids the holds of calls that died wi
   CHECK(db.verify(clock.ms).ok);
 }
 
+TEST_CASE("credit ledger: a detached job hold survives restart recovery and is settled once afterwards") {
+  TempDb db;
+  TestClock clock;
+  grant(db, clock, "acct-p", 100 * C);
+  Hold job_hold;
+  {
+    SqliteLedger ledger(db.path, make_options(clock));
+    Runner r;
+    auto req = request("P", units(30));
+    req.owner = "job:j-0123456789ab";
+    req.timeout = std::chrono::hours(24 * 14);
+    auto held = r.run(ledger.reserve(std::move(req)));
+    REQUIRE_FALSE(held.error);
+    job_hold = held.hold;
+    REQUIRE_FALSE(r.run(ledger.reserve(request("P", units(10)))).error);  // an ordinary call's
+  }  // "crash"
+  SqliteLedger again(db.path, make_options(clock));
+  Runner r;
+  CHECK(again.recover_after_restart() == 1);  // the call's hold only
+  CHECK(r.run(again.usage("P", "alice")).held == 30 * C);
+  CHECK(db.scalar("SELECT owner = 'job:j-0123456789ab' FROM credit_holds WHERE state = 'open'") == 1);
+  CHECK(r.run(again.settle(job_hold, units(12), json::object())) == 12 * C);
+  CHECK(r.run(again.settle(job_hold, units(12), json::object())) == 0);  // never twice
+  auto u = r.run(again.usage("P", "alice"));
+  CHECK(u.held == 0);
+  CHECK(u.balance == 88 * C);
+  CHECK(db.verify(clock.ms).ok);
+}
+
 TEST_CASE("credit ledger: two ledgers writing one database (two servers) never overspend together") {
   TempDb db;
   TestClock clock;

@@ -1,0 +1,119 @@
+#include "sandbox/confine.hpp"
+
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <sstream>
+#include <vector>
+
+namespace scigate::sandbox {
+
+std::optional<std::string> confine_relative(const std::filesystem::path& root, const std::string& path,
+                                            std::string* why) {
+  auto fail = [&](std::string w) -> std::optional<std::string> {
+    if (why) *why = std::move(w);
+    return std::nullopt;
+  };
+  for (unsigned char c : path)
+    if (c < 0x20 || c == 0x7f) return fail("contains a control character");
+  std::string rel = path;
+  if (!rel.empty() && rel.front() == '/') {
+    std::string r = root.lexically_normal().string();
+    while (r.size() > 1 && r.back() == '/') r.pop_back();
+    if (rel == r) return std::string();
+    if (rel.rfind(r + "/", 0) != 0) return fail("is an absolute path outside the project's job area " + r);
+    rel = rel.substr(r.size() + 1);
+  }
+  std::vector<std::string> parts;
+  std::stringstream ss(rel);
+  std::string part;
+  while (std::getline(ss, part, '/')) {
+    if (part.empty() || part == ".") continue;
+    if (part == "..") return fail("contains \"..\"");
+    parts.push_back(part);
+  }
+  std::string out;
+  for (const auto& p : parts) out += (out.empty() ? "" : "/") + p;
+  return out;
+}
+
+namespace {
+int open_walk(int root_fd, const char* rel) {
+  int fd = ::dup(root_fd);
+  if (fd < 0) return -1;
+  const char* p = rel;
+  char part[256];
+  while (*p) {
+    while (*p == '/') ++p;
+    if (!*p) break;
+    std::size_t n = 0;
+    while (p[n] && p[n] != '/') ++n;
+    if (n >= sizeof(part)) {
+      ::close(fd);
+      errno = ENAMETOOLONG;
+      return -1;
+    }
+    std::memcpy(part, p, n);
+    part[n] = 0;
+    p += n;
+    if (std::strcmp(part, "..") == 0) {
+      ::close(fd);
+      errno = EXDEV;
+      return -1;
+    }
+    int next = ::openat(fd, part, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    ::close(fd);
+    if (next < 0) return -1;
+    fd = next;
+  }
+  return fd;
+}
+}  // namespace
+
+int open_beneath(int root_fd, const char* rel) {
+  struct open_how how;
+  std::memset(&how, 0, sizeof how);
+  how.flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+  const char* path = (rel && *rel) ? rel : ".";
+  long fd = ::syscall(SYS_openat2, root_fd, path, &how, sizeof how);
+  if (fd >= 0) return static_cast<int>(fd);
+  if (errno == ENOSYS) return open_walk(root_fd, path);
+  return -1;
+}
+
+int make_dirs_beneath(const std::filesystem::path& root, const std::string& rel, unsigned mode) {
+  int fd = ::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return errno;
+  std::stringstream ss(rel);
+  std::string part;
+  while (std::getline(ss, part, '/')) {
+    if (part.empty() || part == ".") continue;
+    if (part == "..") {
+      ::close(fd);
+      return EXDEV;
+    }
+    if (::mkdirat(fd, part.c_str(), mode) != 0 && errno != EEXIST) {
+      int e = errno;
+      ::close(fd);
+      return e;
+    }
+    int next = ::openat(fd, part.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int e = errno;
+    struct stat st{};
+    // A symlink (ELOOP, or ENOTDIR with O_DIRECTORY) might lead out of the root: refused as such.
+    if (next < 0 && ::fstatat(fd, part.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)) e = EXDEV;
+    ::close(fd);
+    if (next < 0) return e == ELOOP ? EXDEV : e;
+    fd = next;
+  }
+  ::close(fd);
+  return 0;
+}
+
+}  // namespace scigate::sandbox

@@ -1,0 +1,406 @@
+// Jobs through the real binary on the embedded local scheduler: states, output, isolation,
+// credits, projects, and a server killed while a job runs.
+#include <catch2/catch.hpp>
+
+#include <pwd.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "server_process.hpp"
+
+using namespace scigate::itest;
+using http::verb;
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kJobsPolicy = R"(
+[[rules]]
+id = "members-submit"
+effect = "permit"
+principals = ["role:member"]
+tools = ["submit_job"]
+[rules.when]
+"resources.walltime" = { max = "00:10:00" }
+
+[[rules]]
+id = "members-follow"
+effect = "permit"
+principals = ["role:member"]
+tools = ["get_job", "list_jobs", "cancel_job", "read_job_output", "wait_job", "get_usage", "whoami"]
+)";
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// A server with a local site polled every 50 ms, 1 credit per core-second, 0.5 per submit, a
+// second project "other" for bob, and a policy that lets members run jobs of up to 10 minutes.
+struct JobServer {
+  ServerProcess s;
+  std::string bob_key;
+  fs::path jobs_root;
+
+  JobServer() : s(R"([credits.rates]
+"cpu_core_hour" = 3600
+"call:submit_job" = 0.5
+
+[[sites]]
+id = "local"
+jobs_root = "jobsroot"
+poll_interval_ms = 50
+slots_cpus = 2
+
+[[projects]]
+id = "other"
+members = ["bob"]
+)",
+                  false) {
+    ::chmod(s.dir().c_str(), 0755);  // the jobs' user must reach jobs_root
+    jobs_root = s.dir() / "jobsroot";
+    std::ofstream(s.dir() / "policies" / "demo.toml") << kJobsPolicy;
+    std::string out;
+    REQUIRE(run_command({binary(), "key", "create", "--config", s.config_path(), "--principal", "bob"}, &out) == 0);
+    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+    bob_key = out;
+    s.start();
+  }
+};
+
+json call(Client& c, const std::string& key, const std::string& tool, json args) {
+  auto req = modern_request(1, "tools/call", {{"name", tool}, {"arguments", std::move(args)}});
+  auto r = c.request(verb::post, "/mcp", modern_headers(key, "tools/call", tool), req.dump());
+  REQUIRE(r.status == 200);
+  auto body = r.json_body();
+  REQUIRE(body.contains("result"));
+  return body["result"];
+}
+
+std::string error_code(const json& result) {
+  if (!result.value("isError", false)) return "";
+  return result["_meta"]["io.scigate/error"].value("code", "");
+}
+
+json submit(Client& c, const std::string& key, json args) {
+  auto r = call(c, key, "submit_job", std::move(args));
+  INFO(r.dump());
+  REQUIRE(r["isError"] == false);
+  return r["structuredContent"];
+}
+
+json wait_final(Client& c, const std::string& key, const std::string& id, double timeout_s = 20) {
+  auto r = call(c, key, "wait_job", {{"job_id", id}, {"timeout_s", timeout_s}});
+  INFO(r.dump());
+  REQUIRE(r["isError"] == false);
+  return r["structuredContent"];
+}
+
+template <typename F>
+bool eventually(F f, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (f()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+bool process_gone(pid_t pid) {
+  if (::kill(pid, 0) != 0) return true;
+  std::string stat = slurp("/proc/" + std::to_string(pid) + "/stat");
+  auto close = stat.rfind(')');
+  return close != std::string::npos && stat.size() > close + 2 && stat[close + 2] == 'Z';
+}
+
+}  // namespace
+
+TEST_CASE("jobs: submit -> COMPLETED with output, a failing script -> FAILED, credits held then settled, "
+          "another project sees nothing") {
+  JobServer js;
+  Client c(js.s.port());
+  auto job = submit(c, js.s.user_key(),
+                    {{"script", "echo hello; sleep 1"}, {"name", "hello"}, {"resources", {{"walltime", "00:05:00"}}}});
+  std::string id = job["job_id"];
+  CHECK(id.rfind("j-", 0) == 0);
+  std::string state = job["state"];
+  CHECK((state == "QUEUED" || state == "ACTIVE"));
+  // Held at once: 5 min x 1 CPU x 1 credit/s.
+  auto usage = call(c, js.s.user_key(), "get_usage", json::object())["structuredContent"];
+  CHECK(usage["held"].get<double>() == Approx(300.0));
+
+  auto done = wait_final(c, js.s.user_key(), id);
+  CHECK(done["state"] == "COMPLETED");
+  CHECK(done["exit_code"] == 0);
+  auto out = call(c, js.s.user_key(), "read_job_output", {{"job_id", id}});
+  CHECK(out["structuredContent"]["text"] == "hello\n");
+  CHECK(out["structuredContent"]["truncated"] == false);
+  auto tail = call(c, js.s.user_key(), "read_job_output", {{"job_id", id}, {"tail", 3}});
+  CHECK(tail["structuredContent"]["text"] == "lo\n");
+  CHECK(tail["structuredContent"]["truncated"] == true);
+
+  // Settled: the hold is gone, the cost is what ran (about 0.5 s of one CPU), charged once.
+  json got;
+  CHECK(eventually([&] {
+    got = call(c, js.s.user_key(), "get_job", {{"job_id", id}})["structuredContent"];
+    return got["credits"].contains("cost");
+  }));
+  double cost = got["credits"]["cost"].get<double>();
+  CHECK(cost > 0.8);
+  CHECK(cost < 5.0);
+  usage = call(c, js.s.user_key(), "get_usage", json::object())["structuredContent"];
+  CHECK(usage["held"].get<double>() == 0);
+  CHECK(usage["balance"].get<double>() == Approx(1000 - 0.5 - cost).margin(1e-6));
+
+  auto failed = submit(c, js.s.user_key(), {{"script", "echo oops >&2; exit 7"}, {"resources", {{"walltime", "00:01:00"}}}});
+  auto f = wait_final(c, js.s.user_key(), failed["job_id"]);
+  CHECK(f["state"] == "FAILED");
+  CHECK(f["exit_code"] == 7);
+  auto err = call(c, js.s.user_key(), "read_job_output", {{"job_id", failed["job_id"]}, {"stream", "stderr"}});
+  CHECK(err["structuredContent"]["text"] == "oops\n");
+
+  // Policy before the scheduler: a walltime above the project's limit never reaches it.
+  auto denied = call(c, js.s.user_key(), "submit_job", {{"script", "true"}, {"resources", {{"walltime", "02:00:00"}}}});
+  CHECK(error_code(denied) == "policy_denied");
+  CHECK(denied["content"][0]["text"].get<std::string>().find("walltime") != std::string::npos);
+  // The schema refuses what is not a walltime at all.
+  auto malformed = call(c, js.s.user_key(), "submit_job", {{"script", "true"}, {"resources", {{"walltime", "soon"}}}});
+  CHECK(malformed["isError"] == true);
+
+  // Bob, of project "other", sees none of it.
+  auto foreign = call(c, js.bob_key, "get_job", {{"job_id", id}});
+  CHECK(error_code(foreign) == "not_found");
+  CHECK(error_code(call(c, js.bob_key, "cancel_job", {{"job_id", id}})) == "not_found");
+  CHECK(error_code(call(c, js.bob_key, "read_job_output", {{"job_id", id}})) == "not_found");
+  auto bobs = call(c, js.bob_key, "list_jobs", json::object());
+  CHECK(bobs["structuredContent"]["jobs"].empty());
+  auto page1 = call(c, js.s.user_key(), "list_jobs", {{"limit", 1}})["structuredContent"];
+  REQUIRE(page1["jobs"].size() == 1);
+  REQUIRE(page1["next_cursor"].is_string());
+  auto page2 = call(c, js.s.user_key(), "list_jobs", {{"limit", 1}, {"cursor", page1["next_cursor"]}})["structuredContent"];
+  REQUIRE(page2["jobs"].size() == 1);
+  CHECK(page2["jobs"][0]["job_id"] != page1["jobs"][0]["job_id"]);
+  CHECK(page2["next_cursor"].is_null());
+  auto mine = call(c, js.s.user_key(), "list_jobs", {{"state", "COMPLETED"}});
+  REQUIRE(mine["structuredContent"]["jobs"].size() == 1);
+  CHECK(mine["structuredContent"]["jobs"][0]["job_id"] == id);
+}
+
+TEST_CASE("jobs: walltime exceeded -> FAILED never COMPLETED, cancel kills the process group, scrubbed "
+          "environment as the unprivileged user") {
+  JobServer js;
+  Client c(js.s.port());
+  auto slow = submit(c, js.s.user_key(), {{"script", "sleep 60; echo finished"}, {"resources", {{"walltime", "00:00:01"}}}});
+  auto f = wait_final(c, js.s.user_key(), slow["job_id"], 30);
+  CHECK(f["state"] == "FAILED");
+  CHECK(f["native_state"] == "TIMEOUT");
+  CHECK(f["reason"].get<std::string>().find("walltime") != std::string::npos);
+
+  auto bg = submit(c, js.s.user_key(), {{"script", "sleep 300 & echo $! > child.pid; wait"},
+                                        {"resources", {{"walltime", "00:05:00"}}}});
+  std::string bg_id = bg["job_id"];
+  json running;
+  CHECK(eventually([&] {
+    running = call(c, js.s.user_key(), "get_job", {{"job_id", bg_id}})["structuredContent"];
+    return running["state"] == "ACTIVE" && running["credits"].value("cost_so_far", 0.0) > 0;
+  }));
+  CHECK(running["credits"]["cost_so_far"].get<double>() <= running["credits"]["held"].get<double>());
+  fs::path pid_file = js.jobs_root / "demo" / bg_id / "child.pid";
+  REQUIRE(eventually([&] { return fs::exists(pid_file) && fs::file_size(pid_file) > 0; }));
+  pid_t grandchild = std::stoi(slurp(pid_file));
+  CHECK_FALSE(process_gone(grandchild));
+  auto cancelled = call(c, js.s.user_key(), "cancel_job", {{"job_id", bg_id}});
+  CHECK(cancelled["isError"] == false);
+  auto fc = wait_final(c, js.s.user_key(), bg_id);
+  CHECK(fc["state"] == "CANCELED");
+  CHECK(eventually([&] { return process_gone(grandchild); }, std::chrono::seconds(5)));
+
+  auto env = submit(c, js.s.user_key(), {{"script", "env | cut -d= -f1 | sort; id -u"},
+                                         {"environment", {{"MY_SETTING", "42"}}},
+                                         {"resources", {{"walltime", "00:01:00"}}}});
+  auto fe = wait_final(c, js.s.user_key(), env["job_id"]);
+  REQUIRE(fe["state"] == "COMPLETED");
+  std::string text = call(c, js.s.user_key(), "read_job_output", {{"job_id", env["job_id"]}})["structuredContent"]["text"];
+  std::istringstream lines(text);
+  std::string line, last;
+  std::set<std::string> names;
+  while (std::getline(lines, line)) {
+    if (!line.empty()) names.insert(line);
+    last = line;
+  }
+  CHECK(names.count("MY_SETTING"));
+  CHECK(names.count("SCIGATE_JOB_ID"));
+  CHECK(names.count("PATH"));
+  for (const auto& n : names) {
+    if (n == last) continue;
+    bool allowed = n == "PATH" || n == "HOME" || n == "USER" || n == "LANG" || n == "TMPDIR" || n == "PWD" ||
+                   n == "SHLVL" || n == "_" || n == "OLDPWD" || n == "MY_SETTING" || n.rfind("SCIGATE_", 0) == 0;
+    INFO("variable " << n);
+    CHECK(allowed);
+  }
+  if (::geteuid() == 0) {
+    struct passwd* pw = ::getpwnam("nobody");
+    REQUIRE(pw);
+    CHECK(last == std::to_string(pw->pw_uid));
+  }
+}
+
+TEST_CASE("jobs: a server SIGKILLed while a job runs finds it COMPLETED after restart and charges it once") {
+  JobServer js;
+  std::string id;
+  {
+    Client c(js.s.port());
+    auto job = submit(c, js.s.user_key(), {{"script", "sleep 1.5; echo survived"}, {"resources", {{"walltime", "00:02:00"}}}});
+    id = job["job_id"];
+    REQUIRE(eventually([&] {
+      return call(c, js.s.user_key(), "get_job", {{"job_id", id}})["structuredContent"]["state"] == "ACTIVE";
+    }));
+  }
+  js.s.kill_hard();
+  // The job outlives the server and its wrapper records the exit code.
+  fs::path exit_file = js.jobs_root / ".control" / "demo" / id / "exit" / "code";
+  REQUIRE(eventually([&] { return fs::exists(exit_file); }, std::chrono::seconds(15)));
+  js.s.start();
+  Client c(js.s.port());
+  auto done = wait_final(c, js.s.user_key(), id);
+  CHECK(done["state"] == "COMPLETED");
+  CHECK(done["exit_code"] == 0);
+  CHECK(call(c, js.s.user_key(), "read_job_output", {{"job_id", id}})["structuredContent"]["text"] == "survived\n");
+  json got;
+  REQUIRE(eventually([&] {
+    got = call(c, js.s.user_key(), "get_job", {{"job_id", id}})["structuredContent"];
+    return got["credits"].contains("cost");
+  }));
+  double cost = got["credits"]["cost"].get<double>();
+  INFO(got.dump());
+  INFO(js.s.log());
+  CHECK(cost > 1.0);
+  CHECK(cost < 10.0);
+  auto usage = call(c, js.s.user_key(), "get_usage", json::object())["structuredContent"];
+  CHECK(usage["held"].get<double>() == 0);
+  CHECK(usage["balance"].get<double>() == Approx(1000 - 0.5 - cost).margin(1e-6));
+  int job_charges = 0;
+  for (const auto& ch : usage["recent_charges"]) job_charges += ch["tool"] == "job" ? 1 : 0;
+  CHECK(job_charges == 1);
+}
+
+TEST_CASE("jobs: not enough credits refuses the submit before the scheduler, a queued job cancelled never runs "
+          "and pays nothing") {
+  JobServer js;
+  Client c(js.s.port());
+  // 2 CPUs x 10 min x 1 credit/s = 1200 credits > the 1000 granted.
+  auto poor = call(c, js.s.user_key(), "submit_job",
+                   {{"script", "touch should-not-run"}, {"resources", {{"tasks", 2}, {"walltime", "00:10:00"}}}});
+  CHECK(error_code(poor) == "insufficient_credits");
+  CHECK(call(c, js.s.user_key(), "list_jobs", json::object())["structuredContent"]["jobs"].empty());
+  CHECK_FALSE(fs::exists(js.jobs_root / "demo"));
+
+  // Both slots taken, so the second job queues; cancelled there, it never starts.
+  auto busy = submit(c, js.s.user_key(), {{"script", "sleep 30"}, {"resources", {{"tasks", 2}, {"walltime", "00:01:00"}}}});
+  REQUIRE(eventually([&] {
+    return call(c, js.s.user_key(), "get_job", {{"job_id", busy["job_id"]}})["structuredContent"]["state"] == "ACTIVE";
+  }));
+  auto queued = submit(c, js.s.user_key(), {{"script", "touch ran"}, {"resources", {{"walltime", "00:01:00"}}}});
+  auto q = call(c, js.s.user_key(), "get_job", {{"job_id", queued["job_id"]}})["structuredContent"];
+  CHECK(q["state"] == "QUEUED");
+  CHECK(call(c, js.s.user_key(), "cancel_job", {{"job_id", queued["job_id"]}})["isError"] == false);
+  auto fq = wait_final(c, js.s.user_key(), queued["job_id"]);
+  CHECK(fq["state"] == "CANCELED");
+  CHECK_FALSE(fq.contains("started"));
+  json got;
+  REQUIRE(eventually([&] {
+    got = call(c, js.s.user_key(), "get_job", {{"job_id", queued["job_id"]}})["structuredContent"];
+    return got["credits"].contains("cost");
+  }));
+  CHECK(got["credits"]["cost"].get<double>() == 0);
+  CHECK_FALSE(fs::exists(js.jobs_root / "demo" / queued["job_id"].get<std::string>() / "ran"));
+  // The running one, cancelled, pays for the seconds it ran.
+  CHECK(call(c, js.s.user_key(), "cancel_job", {{"job_id", busy["job_id"]}})["isError"] == false);
+  auto fb = wait_final(c, js.s.user_key(), busy["job_id"]);
+  CHECK(fb["state"] == "CANCELED");
+  REQUIRE(eventually([&] {
+    got = call(c, js.s.user_key(), "get_job", {{"job_id", busy["job_id"]}})["structuredContent"];
+    return got["credits"].contains("cost");
+  }));
+  CHECK(got["credits"]["cost"].get<double>() > 0);
+  CHECK(got["credits"]["cost"].get<double>() < 30);
+  auto usage = call(c, js.s.user_key(), "get_usage", json::object())["structuredContent"];
+  CHECK(usage["held"].get<double>() == 0);
+}
+
+TEST_CASE("jobs: wait_job sends progress notifications with the state, then the final job") {
+  JobServer js;
+  Client c(js.s.port());
+  auto job = submit(c, js.s.user_key(), {{"script", "sleep 1"}, {"resources", {{"walltime", "00:01:00"}}}});
+  auto req = modern_request(7, "tools/call",
+                            {{"name", "wait_job"}, {"arguments", {{"job_id", job["job_id"]}, {"timeout_s", 30}}}});
+  req["params"]["_meta"]["progressToken"] = "w";
+  auto r = c.request(verb::post, "/mcp", modern_headers(js.s.user_key(), "tools/call", "wait_job"), req.dump());
+  REQUIRE(r.status == 200);
+  CHECK(r.header("content-type") == "text/event-stream");
+  CHECK(r.body.find("notifications/progress") != std::string::npos);
+  CHECK(r.body.find("is ACTIVE") != std::string::npos);
+  auto last = r.body.rfind("data: ");
+  REQUIRE(last != std::string::npos);
+  auto final_msg = json::parse(r.body.substr(last + 6, r.body.find('\n', last) - last - 6));
+  CHECK(final_msg["id"] == 7);
+  CHECK(final_msg["result"]["structuredContent"]["state"] == "COMPLETED");
+
+  // A deadline before the end answers with the job as it is, final = false.
+  auto slow = submit(c, js.s.user_key(), {{"script", "sleep 20"}, {"resources", {{"walltime", "00:01:00"}}}});
+  auto t0 = std::chrono::steady_clock::now();
+  auto w = call(c, js.s.user_key(), "wait_job", {{"job_id", slow["job_id"]}, {"timeout_s", 0.5}});
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+  CHECK(w["structuredContent"]["final"] == false);
+  CHECK(call(c, js.s.user_key(), "cancel_job", {{"job_id", slow["job_id"]}})["isError"] == false);
+  CHECK(wait_final(c, js.s.user_key(), slow["job_id"])["state"] == "CANCELED");
+}
+
+TEST_CASE("jobs: injection attempts, escaping paths and absurd resources are refused with a clear message") {
+  JobServer js;
+  Client c(js.s.port());
+  auto refused = [&](json args, const std::string& code) {
+    // Within the policy's walltime, so that what is refused is the thing under test.
+    if (!args.contains("resources")) args["resources"] = {{"walltime", "00:00:10"}};
+    if (!args["resources"].contains("walltime")) args["resources"]["walltime"] = "00:00:10";
+    auto r = call(c, js.s.user_key(), "submit_job", std::move(args));
+    INFO(r.dump());
+    CHECK(error_code(r) == code);
+    return r["isError"] == true ? r["content"][0]["text"].get<std::string>() : std::string();
+  };
+  refused({{"script", "true"}, {"name", "x; rm -rf /"}}, "invalid_arguments");
+  refused({{"script", "true"}, {"name", "a\nb"}}, "invalid_arguments");
+  refused({{"script", "true"}, {"name", "--wrap=id"}}, "invalid_arguments");
+  refused({{"script", "true"}, {"partition", "-o /etc/passwd"}}, "invalid_arguments");
+  refused({{"script", "true"}, {"account", "$(id)"}}, "invalid_arguments");
+  refused({{"script", "true"}, {"environment", {{"A;B", "1"}}}}, "invalid_arguments");
+  refused({{"script", "true"}, {"environment", {{"LD_PRELOAD", "/tmp/x.so"}}}}, "invalid_arguments");
+  auto esc = refused({{"script", "true"}, {"working_directory", "../../etc"}}, "invalid_arguments");
+  CHECK(esc.find("..") != std::string::npos);
+  refused({{"script", "true"}, {"working_directory", "/etc"}}, "invalid_arguments");
+  refused({{"script", "true"}, {"resources", {{"nodes", 1000000}}}}, "invalid_arguments");
+  refused({{"script", "true"}, {"resources", {{"walltime", "1:00:00; reboot"}}}}, "invalid_arguments");
+  refused({{"script", std::string(2 * 1024 * 1024, 'x')}}, "invalid_arguments");
+  refused({{"script", "true"}, {"executable", "/bin/true"}}, "invalid_arguments");
+  // More CPUs than the site has: the scheduler refuses, the job is FAILED, its hold released.
+  auto big = refused({{"script", "true"}, {"resources", {{"tasks", 64}, {"walltime", "00:00:10"}}}}, "backend_rejected");
+  CHECK(big.find("64 CPUs") != std::string::npos);
+  auto usage = call(c, js.s.user_key(), "get_usage", json::object())["structuredContent"];
+  CHECK(usage["held"].get<double>() == 0);
+  // A symlink planted in the project's area does not lead a job out of it.
+  fs::create_directories(js.jobs_root / "demo");
+  fs::create_directory_symlink("/etc", js.jobs_root / "demo" / "etc-link");
+  auto link = refused({{"script", "touch pwned"}, {"working_directory", "etc-link"}, {"resources", {{"walltime", "00:00:10"}}}},
+                      "backend_rejected");
+  CHECK(link.find("leaves the project") != std::string::npos);
+  CHECK_FALSE(fs::exists("/etc/pwned"));
+}
