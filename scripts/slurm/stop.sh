@@ -31,31 +31,38 @@ if alive "$RUN/slurmctld.pid" && [[ -s $STATE/etc/slurm.conf ]]; then
   fi
 fi
 
-stop_one() { # name pidfile program
-  local name=$1 pf=$2 exe pid i
+# Each daemon takes a second or two to shut down: signal all of them, then wait for all.
+declare -A STOPPING=()  # pid -> "name pidfile"
+signal_one() { # name pidfile program
+  local name=$1 pf=$2 exe pid
   exe=$(readlink -f "$(command -v "$3" || echo "/usr/sbin/$3")")
   [[ -s $pf ]] || return 0
   pid=$(cat "$pf")
-  if kill -0 "$pid" 2>/dev/null; then
-    if [[ "$(readlink -f "/proc/$pid/exe" 2>/dev/null)" != "$exe" ]]; then
-      echo "stop.sh: not stopping $name: pid $pid is not $exe"; SKIPPED=1; return 0
-    fi
-    kill -TERM "$pid"
-    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-    if kill -0 "$pid" 2>/dev/null; then
-      kill -KILL "$pid"; echo "stop.sh: $name ($pid) killed"
-    else
-      echo "stop.sh: $name ($pid) stopped"
-    fi
+  if ! kill -0 "$pid" 2>/dev/null; then rm -f "$pf"; return 0; fi
+  if [[ "$(readlink -f "/proc/$pid/exe" 2>/dev/null)" != "$exe" ]]; then
+    echo "stop.sh: not stopping $name: pid $pid is not $exe"; SKIPPED=1; return 0
   fi
-  rm -f "$pf"
+  kill -TERM "$pid" && STOPPING[$pid]="$name $pf"
 }
 
-stop_one slurmrestd-jwt   "$RUN/slurmrestd-jwt.pid"   slurmrestd
-stop_one slurmrestd-local "$RUN/slurmrestd-local.pid" slurmrestd
-stop_one slurmd           "$RUN/slurmd.pid"           slurmd
-stop_one slurmctld        "$RUN/slurmctld.pid"        slurmctld
-stop_one munged           "$RUN/munged.pid"           munged
+signal_one slurmrestd-jwt   "$RUN/slurmrestd-jwt.pid"   slurmrestd
+signal_one slurmrestd-local "$RUN/slurmrestd-local.pid" slurmrestd
+signal_one slurmd           "$RUN/slurmd.pid"           slurmd
+signal_one slurmctld        "$RUN/slurmctld.pid"        slurmctld
+signal_one munged           "$RUN/munged.pid"           munged
+for ((i = 0; i < 100 && ${#STOPPING[@]}; i++)); do
+  for pid in "${!STOPPING[@]}"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      read -r name pf <<<"${STOPPING[$pid]}"
+      echo "stop.sh: $name ($pid) stopped"; rm -f "$pf"; unset "STOPPING[$pid]"
+    fi
+  done
+  (( ${#STOPPING[@]} )) && sleep 0.1
+done
+for pid in "${!STOPPING[@]}"; do
+  read -r name pf <<<"${STOPPING[$pid]}"
+  kill -KILL "$pid" 2>/dev/null; echo "stop.sh: $name ($pid) killed after 10 s"; rm -f "$pf"
+done
 rm -f "$RUN/rest/slurmrestd.sock" "$RUN/munge/munge.socket.2" "$RUN/munge/munge.socket.2.lock"
 if (( PURGE )); then
   if (( SKIPPED )); then echo "stop.sh: not purging $STATE: some PID files did not match" >&2; exit 1; fi
