@@ -398,3 +398,29 @@ TEST_CASE("slurm: the JWT is re-read from its file when it changes", "[slurm]") 
   write_token(*cluster, cluster->token());
   CHECK_NOTHROW(block(rest.poll({"1"})));
 }
+
+TEST_CASE("slurm: with slurmctld stopped the site is unavailable, then usable again", "[slurm][slow]") {
+  SLURM_CLUSTER_OR_SKIP(cluster);
+  auto cli = make_cli(*cluster);
+  auto rest = make_rest_local(*cluster);
+  cluster->stop_controller();
+  // Slurm's own retries take 9-18 s before the commands give up.
+  try {
+    block(cli->poll({"1"}));
+    FAIL("squeue worked without slurmctld");
+  } catch (const ErrorException& e) {
+    CHECK(e.error().code == ErrorCode::kBackendUnavailable);
+    CHECK_THAT(e.error().message, Catch::Contains("the Slurm site is unavailable"));
+    CHECK_THAT(e.error().message, Catch::Contains("Unable to contact slurm controller"));
+  }
+  try {
+    block(rest->submit(spec_for(*cluster, "down", "true\n")));
+    FAIL("a submission worked without slurmctld");
+  } catch (const ErrorException& e) {
+    CHECK(e.error().code == ErrorCode::kBackendUnavailable);
+    CHECK_THAT(e.error().message, Catch::Contains("the Slurm site is unavailable"));
+  }
+  cluster->restart();
+  std::string id = block(cli->submit(spec_for(*cluster, "back", "true\n")));
+  CHECK(wait_final(*cli, id).state == JobState::kCompleted);
+}

@@ -18,6 +18,7 @@
 #include <optional>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 
 #include "server/common/command_runner.hpp"
 
@@ -170,6 +171,23 @@ SlurmCluster::~SlurmCluster() {
   } catch (const std::exception& e) {
     std::cerr << "stopping the slurm test cluster: " << e.what() << "\n";
   }
+}
+
+void SlurmCluster::stop_controller() {
+  std::ifstream in(state_ / "run" / "slurmctld.pid");
+  pid_t pid = 0;
+  if (!(in >> pid) || pid <= 0) throw std::runtime_error("no slurmctld pid file");
+  ::kill(pid, SIGTERM);
+  for (int i = 0; i < 200 && ::kill(pid, 0) == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  if (::kill(pid, 0) == 0) throw std::runtime_error("slurmctld did not stop");
+}
+
+void SlurmCluster::restart() {
+  CommandOptions o;
+  o.argv = {(scripts() / "start.sh").string(), state_.string()};
+  o.timeout = std::chrono::seconds(120);
+  auto r = run(o);
+  if (!r.success()) throw std::runtime_error("restarting slurm: " + r.describe() + "\n" + r.out + r.err);
 }
 
 std::string SlurmCluster::command(const std::vector<std::string>& argv, int* exit_code) const {

@@ -31,6 +31,11 @@ class SlurmCluster {
   // Runs a Slurm command against this cluster (argv, no shell); returns its stdout.
   std::string command(const std::vector<std::string>& argv, int* exit_code = nullptr) const;
 
+  // Stops slurmctld (SIGTERM by its PID file), as an outage would; restart() brings it back.
+  void stop_controller();
+  // scripts/slurm/start.sh on the same state directory: starts whatever is not running.
+  void restart();
+
   ~SlurmCluster();
 
  private:
