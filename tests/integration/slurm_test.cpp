@@ -276,6 +276,24 @@ TEST_CASE("slurm: a job Slurm refuses is kBackendRejected with Slurm's message",
   }
 }
 
+TEST_CASE("slurm: a 10 MB script is refused with a message that says why", "[slurm]") {
+  SLURM_CLUSTER_OR_SKIP(cluster);
+  std::vector<Site> sites;
+  sites.push_back({"cli", make_cli(*cluster)});
+  sites.push_back({"rest-local", make_rest_local(*cluster)});
+  for (auto& site : sites) {
+    INFO(site.label);
+    auto spec = spec_for(*cluster, site.label, "true\n" + std::string(10 << 20, '#') + "\n");
+    try {
+      block(site.scheduler->submit(spec));
+      FAIL("a 10 MB script was accepted");
+    } catch (const ErrorException& e) {
+      CHECK(e.error().code == ErrorCode::kBackendRejected);
+      CHECK_THAT(e.error().message, Catch::Contains("max_script_size"));
+    }
+  }
+}
+
 TEST_CASE("slurm: one poll answers for several jobs with one query", "[slurm]") {
   SLURM_CLUSTER_OR_SKIP(cluster);
   auto cli = make_cli(*cluster);

@@ -206,12 +206,14 @@ asio::awaitable<std::string> SlurmCliScheduler::submit(JobSpec spec) {
   check_spec(spec);
   auto argv = sbatch_argv(spec);
   auto env = sbatch_environment(spec);
-  auto r = co_await run(std::move(argv), std::move(env), batch_script(spec));
+  std::string script = batch_script(spec);
+  size_t script_bytes = script.size();
+  auto r = co_await run(std::move(argv), std::move(env), std::move(script));
   if (!r.started() || r.timed_out || r.cancelled || looks_unreachable(r.err)) throw ErrorException(unavailable("sbatch", r));
   if (!r.success()) {
     std::string msg = slurm_message(r.err);
     if (msg.empty()) msg = "sbatch " + r.describe();
-    throw ErrorException(Error{ErrorCode::kBackendRejected, "Slurm rejected the job: " + msg,
+    throw ErrorException(Error{ErrorCode::kBackendRejected, "Slurm rejected the job: " + explain_rejection(msg, script_bytes),
                                "check the partition, account and resources against what the site offers",
                                "sbatch: " + r.describe() + " stderr: " + r.err.substr(0, 2000)});
   }

@@ -278,6 +278,14 @@ std::string slurm_message(std::string_view text) {
   return out;
 }
 
+std::string explain_rejection(std::string message, size_t script_bytes) {
+  constexpr size_t kDefaultMaxScript = 4 << 20;  // SchedulerParameters=max_script_size
+  if (message.find("too long") != std::string::npos && script_bytes > kDefaultMaxScript)
+    message += " (the job script is " + std::to_string(script_bytes) +
+               " bytes; Slurm accepts 4 MiB unless the site raised max_script_size)";
+  return message;
+}
+
 bool looks_unreachable(std::string_view text) {
   for (std::string_view s : {"Unable to contact slurm controller", "Socket timed out", "Connection refused",
                              "Zero Bytes were transmitted", "Communication connection failure",

@@ -54,6 +54,9 @@ void check_spec(const JobSpec& spec);
 // "sbatch: error: Batch job submission failed: Invalid partition name specified" ->
 // "Invalid partition name specified" (the messages of all lines, joined with "; ").
 std::string slurm_message(std::string_view stderr_text);
+// Slurm's message for a refused job, with what the caller can do where Slurm's words do not
+// say it (a script over max_script_size reads "Pathname ... too long").
+std::string explain_rejection(std::string message, size_t script_bytes);
 // Whether a command's stderr says the controller could not be reached (not that it refused).
 bool looks_unreachable(std::string_view stderr_text);
 

@@ -288,7 +288,9 @@ asio::awaitable<std::string> SlurmRestScheduler::submit(JobSpec spec) {
   if (r.body.is_discarded())
     throw ErrorException(Error{ErrorCode::kBackendUnavailable, "the Slurm site gave an unexpected answer to a submission",
                                {}, "HTTP " + std::to_string(r.status) + " " + r.raw.substr(0, 2000)});
-  throw ErrorException(error_from(r.status, r.body, "the submission"));
+  Error e = error_from(r.status, r.body, "the submission");
+  if (e.code == ErrorCode::kBackendRejected) e.message = explain_rejection(e.message, batch_script(spec).size());
+  throw ErrorException(std::move(e));
 }
 
 asio::awaitable<std::vector<JobStatus>> SlurmRestScheduler::poll(std::vector<std::string> native_ids) {
