@@ -184,6 +184,21 @@ TEST_CASE("slurm: a script runs to completion through each connector", "[slurm]"
   }
 }
 
+TEST_CASE("slurm: run_as makes the job another user's (CLI --uid as root, REST local user header)", "[slurm]") {
+  SLURM_CLUSTER_OR_SKIP(cluster);
+  std::vector<Site> sites;
+  sites.push_back({"cli", make_cli(*cluster)});
+  sites.push_back({"rest-local", make_rest_local(*cluster)});
+  for (auto& site : sites) {
+    INFO(site.label);
+    auto spec = spec_for(*cluster, site.label, "id -un\n");
+    spec.run_as = cluster->job_user();
+    std::string id = block(site.scheduler->submit(spec));
+    CHECK(wait_final(*site.scheduler, id).state == JobState::kCompleted);
+    CHECK(read_output(spec.stdout_path) == cluster->job_user() + "\n");
+  }
+}
+
 TEST_CASE("slurm: a non-zero exit is FAILED with the script's exit code", "[slurm]") {
   SLURM_CLUSTER_OR_SKIP(cluster);
   for (auto& site : all_sites(*cluster)) {
