@@ -273,6 +273,17 @@ TEST_CASE("slurm: a dependency chain runs in order", "[slurm]") {
   std::string b = block(s->submit(second));
   CHECK(wait_final(*s, b).state == JobState::kCompleted);
   CHECK(slurp(cluster->jobs_dir() / "chain.log") == "first\nsecond\n");
+
+  // A failed dependency ends the dependent job (--kill-on-invalid-dep) instead of leaving it
+  // queued forever with DependencyNeverSatisfied.
+  std::string bad = block(s->submit(spec_for(*cluster, "chain", "exit 1\n")));
+  auto third = spec_for(*cluster, "chain", "echo never\n");
+  third.after_ok = {bad};
+  std::string c = block(s->submit(third));
+  auto st = wait_final(*s, c);
+  CHECK(st.state == JobState::kCanceled);
+  CHECK(st.native_state == "CANCELLED");
+  CHECK(slurp(third.stdout_path).empty());
 }
 
 TEST_CASE("slurm: a job Slurm refuses is kBackendRejected with Slurm's message", "[slurm]") {
