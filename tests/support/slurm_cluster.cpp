@@ -36,6 +36,7 @@ std::mutex g_mutex;
 std::unique_ptr<SlurmCluster> g_cluster;
 std::string g_missing;  // set once we know Slurm is not installed
 bool g_checked = false;
+std::string g_start_failure;  // installed, but start.sh failed
 
 std::filesystem::path scripts() { return std::filesystem::path(SCIGATE_SOURCE_DIR) / "scripts" / "slurm"; }
 
@@ -93,12 +94,20 @@ SlurmCluster* SlurmCluster::get(std::string* why) {
     }
     if (g_missing.empty()) {
       std::unique_ptr<SlurmCluster> c(new SlurmCluster());
-      c->start();  // throws: installed but broken is a failure, not a skip
-      g_cluster = std::move(c);
-      // Stop it at exit even when a test aborts the run with an exception.
-      std::atexit([] { g_cluster.reset(); });
+      try {
+        c->start();
+      } catch (const std::exception& e) {
+        g_start_failure = e.what();
+      }
+      if (g_start_failure.empty()) {
+        g_cluster = std::move(c);
+        // Stop it at exit even when a test aborts the run with an exception.
+        std::atexit([] { g_cluster.reset(); });
+      }
     }
   }
+  // Installed but broken is a failure for every test that wanted it, never a skip.
+  if (!g_start_failure.empty()) throw std::runtime_error("the Slurm test cluster did not start: " + g_start_failure);
   if (!g_cluster && why) *why = g_missing;
   return g_cluster.get();
 }
