@@ -2,7 +2,7 @@
 # Installs everything scigate needs to build, run and test, from Debian 12 packages and (for the
 # client tests) the npm registry. Idempotent: packages already present are skipped.
 #   scripts/install-deps.sh            build + runtime
-#   scripts/install-deps.sh --test     also the test tools (clang for fuzzing, node packages)
+#   scripts/install-deps.sh --test     also the test tools (clang for fuzzing, node packages, Slurm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +18,10 @@ pkgs=(build-essential cmake ninja-build ccache pkg-config git ca-certificates cu
 if (( want_test )); then
   pkgs+=(clang-14 libclang-rt-14-dev  # libFuzzer target and sanitizer runtime
          nodejs npm                   # official MCP clients from npm
-         procps psmisc openssl)  # openssl: self-signed certificates for the TLS test
+         procps psmisc openssl  # openssl: self-signed certificates for the TLS test
+         slurm-wlm slurmrestd munge  # a real single-node Slurm for the scheduler tests (scripts/slurm/);
+         slurm-wlm-jwt-plugin        # named: it is only a Recommends, and the JWT REST tests need it
+         bubblewrap)                 # the local executor's sandbox, when present
 fi
 
 missing=()

@@ -8,6 +8,8 @@
 #include <thread>
 
 #include "connectors/scheduler/local/local_scheduler.hpp"
+#include "connectors/scheduler/slurm/slurm_cli.hpp"
+#include "connectors/scheduler/slurm/slurm_rest.hpp"
 #include "server/auth/directory.hpp"
 #include "server/common/decimal.hpp"
 #include "server/observability/log.hpp"
@@ -31,7 +33,8 @@ std::unique_ptr<Ledger> make_ledger(const Config& config, SqliteLedger** sqlite)
   return ledger;
 }
 
-// The scheduler of each [[sites]] entry. Slurm's connectors are registered here as they land.
+// The scheduler of each [[sites]] entry: the embedded local executor, or Slurm through its CLI
+// or slurmrestd ([sites.slurm] mode).
 std::unique_ptr<jobs::Scheduler> make_scheduler(const SiteConfig& site) {
   if (site.scheduler == "local") {
     jobs::LocalSchedulerOptions o;
@@ -42,6 +45,21 @@ std::unique_ptr<jobs::Scheduler> make_scheduler(const SiteConfig& site) {
     o.allow_network = site.allow_network;
     if (const char* b = std::getenv("SCIGATE_NO_BWRAP"); b && *b == '1') o.use_bwrap = false;
     return std::make_unique<jobs::LocalScheduler>(std::move(o));
+  }
+  if (site.scheduler == "slurm") {
+    const SlurmSiteConfig slurm = site.slurm.value_or(SlurmSiteConfig{});
+    jobs::SlurmCliOptions cli;
+    cli.slurm_conf = slurm.slurm_conf;
+    if (slurm.mode == "rest") {
+      jobs::SlurmRestOptions rest;
+      rest.unix_socket = slurm.rest_socket;
+      rest.url = slurm.rest_url;
+      rest.user_name = slurm.user;
+      rest.token_file = slurm.jwt_token_file;
+      rest.sacct = cli;  // jobs slurmctld has forgotten: sacct -c
+      return std::make_unique<jobs::SlurmRestScheduler>(std::move(rest));
+    }
+    return std::make_unique<jobs::SlurmCliScheduler>(std::move(cli));
   }
   return nullptr;
 }

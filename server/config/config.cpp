@@ -254,7 +254,7 @@ SiteConfig parse_site(const toml::table& t, const toml::node& e, const std::stri
   if (const toml::node* n = t.get("slurm")) {
     const toml::table* st = n->as_table();
     if (!st) throw ConfigError(where(n->source(), source) + ": [sites.slurm] must be a table");
-    reject_unknown(*st, {"mode", "rest_url", "rest_socket", "jwt_token_file", "user"}, "[sites.slurm]", source);
+    reject_unknown(*st, {"mode", "rest_url", "rest_socket", "jwt_token_file", "user", "slurm_conf"}, "[sites.slurm]", source);
     SlurmSiteConfig sl;
     sl.mode = get<std::string>(*st, "mode", sl.mode, source);
     if (sl.mode != "cli" && sl.mode != "rest")
@@ -263,6 +263,13 @@ SiteConfig parse_site(const toml::table& t, const toml::node& e, const std::stri
     sl.rest_socket = get<std::string>(*st, "rest_socket", "", source);
     sl.jwt_token_file = get<std::string>(*st, "jwt_token_file", "", source);
     sl.user = get<std::string>(*st, "user", "", source);
+    sl.slurm_conf = get<std::string>(*st, "slurm_conf", "", source);
+    if (sl.mode == "rest" && sl.rest_url.empty() == sl.rest_socket.empty())
+      throw ConfigError(where(n->source(), source) +
+                        ": sites.slurm with mode = \"rest\" needs exactly one of rest_socket (rest_auth/local) and "
+                        "rest_url (JWT, with jwt_token_file and user)");
+    if (!sl.rest_url.empty() && (sl.jwt_token_file.empty() || sl.user.empty()))
+      throw ConfigError(where(n->source(), source) + ": sites.slurm.rest_url needs jwt_token_file and user");
     s.slurm = std::move(sl);
   }
   return s;
@@ -468,6 +475,7 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
     if (site.slurm && !site.slurm->rest_socket.empty()) site.slurm->rest_socket = resolve(site.slurm->rest_socket);
     if (site.slurm && !site.slurm->jwt_token_file.empty())
       site.slurm->jwt_token_file = resolve(site.slurm->jwt_token_file);
+    if (site.slurm && !site.slurm->slurm_conf.empty()) site.slurm->slurm_conf = resolve(site.slurm->slurm_conf);
   }
   if (!c.http.tls_cert.empty()) {
     c.http.tls_cert = resolve(c.http.tls_cert).string();

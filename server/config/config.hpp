@@ -108,6 +108,7 @@ struct SlurmSiteConfig {
   std::filesystem::path rest_socket;     // slurmrestd on a unix socket (rest_auth/local)
   std::filesystem::path jwt_token_file;  // the token for rest_url
   std::string user;          // the Slurm user jobs are submitted as
+  std::filesystem::path slurm_conf;      // SLURM_CONF for the CLI (and sacct); "" = Slurm's default
 };
 
 // [[sites]]: where jobs run (docs/CONFIG.md#sites). Without any, one local site "local".
