@@ -5,6 +5,9 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+
+#include <sys/stat.h>
+#include <unistd.h>
 #include <map>
 #include <optional>
 
@@ -78,6 +81,8 @@ hold_timeout_s = 0        # 0: a hold lives as long as the call may (tool timeou
 [credits.rates]
 "call:sleep" = 0.1                           # flat, per call
 "sleep_second" = { credits = 1, unit = "s" } # per second asked for (held) and slept (charged)
+"cpu_core_hour" = 10                         # jobs: held for cpus x walltime, charged for what ran
+"call:submit_job" = 0.01
 
 [audit]
 # Signed checkpoints of the audit log, kept outside the database (docs/AUDIT.md). The Ed25519
@@ -126,6 +131,25 @@ principals = ["role:member"]
 tools = ["sleep"]
 [rules.when]
 seconds = { max = 600 }
+
+[[rules]]
+id = "members-run-jobs"
+effect = "permit"
+description = "Members run jobs of up to an hour and two CPUs on the local site"
+principals = ["role:member"]
+tools = ["submit_job"]
+[rules.when]
+"resources.walltime" = { max = "01:00:00" }
+"resources.nodes" = { max = 1, optional = true }          # absent: submit_job's default, 1
+"resources.tasks" = { max = 2, optional = true }
+"resources.cpus_per_task" = { max = 2, optional = true }
+
+[[rules]]
+id = "members-follow-jobs"
+effect = "permit"
+description = "Members follow, read and cancel their project's jobs"
+principals = ["role:member"]
+tools = ["get_job", "list_jobs", "wait_job", "read_job_output", "cancel_job"]
 
 [[rules]]
 id = "robots-sleep-1-min"
@@ -181,6 +205,22 @@ tool = "sleep"
 args = { seconds = 120 }
 expect = "deny"
 rule = "robots-sleep-1-min"
+
+[[cases]]
+name = "a member may run a ten-minute job"
+principal = "demo"
+tool = "submit_job"
+args = { script = "echo hi", resources = { walltime = "00:10:00" } }
+expect = "allow"
+rule = "members-run-jobs"
+
+[[cases]]
+name = "a member may not run a two-hour job"
+principal = "demo"
+tool = "submit_job"
+args = { script = "echo hi", resources = { walltime = "02:00:00" } }
+expect = "deny"
+reason_contains = "exceeds the limit"
 
 [[cases]]
 name = "an auditor may read the audit trail"
@@ -264,6 +304,18 @@ int cmd_serve(const Args& args) {
   return app.serve_http(host, port, args.opt("port-file"));
 }
 
+// Whether every directory from / down to `dir` lets other users through (o+x): as root, local
+// jobs run as an unprivileged account that must reach the jobs root.
+bool reachable_by_others(const fs::path& dir) {
+  fs::path p;
+  for (const auto& part : fs::absolute(dir).lexically_normal()) {
+    p /= part;
+    struct stat st {};
+    if (::stat(p.c_str(), &st) != 0 || !(st.st_mode & S_IXOTH)) return false;
+  }
+  return true;
+}
+
 int cmd_init(const Args& args) {
   if (args.positional.size() != 1) throw std::invalid_argument("usage: scigate init DIR");
   fs::path dir = args.positional[0];
@@ -283,6 +335,20 @@ int cmd_init(const Args& args) {
   write(dir / "policies" / "demo.toml", kDemoPolicy);
   write(dir / "policies" / "demo.test.toml", kDemoPolicyTests);
   write(cfg_file, kDemoConfig);
+  // The local job site. As root, jobs run as `nobody`, which must reach the jobs root: beside the
+  // config when it can (not under root's 0700 home), else under /var/lib/scigate.
+  // Without [[sites]] the config has one local site with its jobs in DIR/jobs.
+  if (::geteuid() == 0 && !reachable_by_others(dir)) {
+    fs::path jobs_root =
+        fs::path("/var/lib/scigate") / (fs::absolute(dir).lexically_normal().filename().string() + "-jobs");
+    fs::create_directories(jobs_root);
+    fs::permissions(jobs_root, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                                   fs::perms::others_read | fs::perms::others_exec);
+    std::ofstream out(cfg_file, std::ios::app);
+    out << "\n[[sites]]\n# Jobs run on this machine (docs/JOBS.md) as run_as, which cannot reach this directory.\n"
+           "id = \"local\"\nscheduler = \"local\"\njobs_root = \""
+        << jobs_root.string() << "\"\nrun_as = \"nobody\"\n";
+  }
   Config cfg = load_config(cfg_file);
   log::init("text", "warn");
   App app(cfg);
@@ -297,6 +363,7 @@ int cmd_init(const Args& args) {
             << audit_key.key_id() << "; public key: scigate audit pubkey)\n"
             << "  project:  demo (member: demo; service account: lab-controller)\n"
             << "  policy:   " << fs::absolute(dir / "policies" / "demo.toml").string() << " (tests: demo.test.toml beside it)\n"
+            << "  jobs:     local executor, job directories in " << cfg.sites.front().jobs_root.string() << "\n"
             << "  credits:  1000 granted to project demo (scigate credits balance --config "
             << fs::absolute(cfg_file).string() << ")\n\n"
             << "Demo API key for user 'demo' (shown once, keep it):\n  " << key.token << "\n"

@@ -70,7 +70,7 @@ std::map<std::string, std::string> bearer(const std::string& key) { return {{"Au
 
 }  // namespace
 
-TEST_CASE("audit api: GET /audit/events for auditors, with filters and pages; 401 and 403 for the rest") {
+TEST_CASE("audit api: GET /audit/events for auditors, with filters and pages, 401 and 403 for the rest") {
   ServerProcess s(kProjects);
   std::string ann = create_key(s, "ann"), root = create_key(s, "root");
   Client c(s.port());

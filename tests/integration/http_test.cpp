@@ -223,7 +223,7 @@ TEST_CASE("http: 2025-11-25 sessions") {
   json list{{"jsonrpc", "2.0"}, {"id", 2}, {"method", "tools/list"}};
   auto l = c.request(verb::post, "/mcp", legacy_headers(s.user_key(), sid), list.dump());
   CHECK(l.status == 200);
-  CHECK(l.json_body()["result"]["tools"].size() == 4);  // echo, get_usage, sleep, whoami
+  CHECK(l.json_body()["result"]["tools"].size() == 10);  // demo policy: 4 + 6 job tools  // echo, get_usage, sleep, whoami
 
   auto no_sid = c.request(verb::post, "/mcp", legacy_headers(s.user_key()), list.dump());
   CHECK(no_sid.status == 400);
@@ -429,7 +429,7 @@ TEST_CASE("http: 2025-11-25 cancellation is notifications/cancelled, not a dropp
   CHECK(metric(s.port(), ok) == ok_before + 1);
 }
 
-TEST_CASE("http: refused requests are audited; an invalid modern request gets its 400 even when it asked for SSE") {
+TEST_CASE("http: refused requests are audited, an invalid modern request gets its 400 even when it asked for SSE") {
   ServerProcess s("[server]\nlog_level = \"warn\"\n");  // audit lines survive a quiet log level
   Client c(s.port());
   auto req = modern_request(1, "tools/call", {{"name", "sleep"}, {"arguments", {{"seconds", 0}}}});

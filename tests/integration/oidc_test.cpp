@@ -139,7 +139,7 @@ TEST_CASE("oidc: protected resource metadata and the 401 challenge that points t
   CHECK(c.request(verb::get, path, {}).json_body()["resource"] == o.resource());
 }
 
-TEST_CASE("oidc: a valid JWT reaches tools/call as its principal; API keys still work") {
+TEST_CASE("oidc: a valid JWT reaches tools/call as its principal, API keys still work") {
   OidcServer o;
   auto r = call_whoami(o.s.port(), rsa_key().sign(o.claims("demo")));
   REQUIRE(r.status == 200);
@@ -269,7 +269,7 @@ TEST_CASE("oidc: a JWKS from a real HTTP server, re-fetched when a token names a
   std::filesystem::remove(web_root.string() + ".log", ec);
 }
 
-TEST_CASE("oidc: an unreachable jwks_url does not stop the server; JWTs are refused, API keys work") {
+TEST_CASE("oidc: an unreachable jwks_url does not stop the server, JWTs are refused, API keys work") {
   // A port that was free a moment ago: connection refused.
   uint16_t dead_port;
   {

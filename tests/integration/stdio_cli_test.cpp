@@ -54,14 +54,14 @@ TEST_CASE("stdio: a session over pipes, bad lines included, ends at EOF") {
   CHECK(errors_without_id[0]["error"]["code"] == -32700);
   CHECK(errors_without_id[1]["error"]["code"] == -32600);
   CHECK(by_id["1"]["result"]["protocolVersion"] == "2025-06-18");
-  CHECK(by_id["2"]["result"]["tools"].size() == 4);  // echo, get_usage, sleep, whoami
+  CHECK(by_id["2"]["result"]["tools"].size() == 10);  // demo policy: 4 + 6 job tools  // echo, get_usage, sleep, whoami
   CHECK(by_id["3"]["result"]["structuredContent"]["text"] == "over stdio");
   CHECK(by_id["\"m\""]["result"]["structuredContent"]["principal"] == "demo");
   CHECK(by_id["\"m\""]["result"]["structuredContent"]["auth_method"] == "stdio");
   CHECK(by_id["\"m\""]["result"]["resultType"] == "complete");
 }
 
-TEST_CASE("stdio: SCIGATE_API_KEY selects the principal; a bad key refuses to start") {
+TEST_CASE("stdio: SCIGATE_API_KEY selects the principal, a bad key refuses to start") {
   ServerProcess s("", false);
   std::string input = modern_request(1, "tools/call", {{"name", "whoami"}}).dump() + "\n";
   setenv("SCIGATE_API_KEY", s.service_key().c_str(), 1);
@@ -87,7 +87,7 @@ TEST_CASE("cli: version, usage errors and config errors") {
   CHECK(run_command({binary(), "init", s.dir().string()}, &out) == 3);  // never overwrites
 }
 
-TEST_CASE("cli: keys are created, listed and revoked; a running server stops accepting a revoked key") {
+TEST_CASE("cli: keys are created, listed and revoked, a running server stops accepting a revoked key") {
   ServerProcess s;
   std::string token;
   REQUIRE(run_command({binary(), "key", "create", "--config", s.config_path(), "--principal", "demo", "--description",

@@ -41,7 +41,7 @@ Principal user(std::string name, std::vector<std::string> groups = {}, std::stri
 
 }  // namespace
 
-TEST_CASE("directory: roles come from names and groups; the configured default project comes first") {
+TEST_CASE("directory: roles come from names and groups, the configured default project comes first") {
   Config c = org();
   Principal alice = user("alice");
   auth::assign_projects(alice, c);
@@ -94,7 +94,7 @@ TEST_CASE("directory: service accounts match only service principals, and only a
   CHECK(fake_alice.projects.empty());
 }
 
-TEST_CASE("directory: unknown principals belong nowhere; recomputing replaces stale memberships") {
+TEST_CASE("directory: unknown principals belong nowhere, recomputing replaces stale memberships") {
   Config c = org();
   Principal eve = user("eve");
   eve.projects = {"chem"};  // whatever came before must not survive

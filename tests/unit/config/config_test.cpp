@@ -92,7 +92,7 @@ TEST_CASE("config: typos and negative numbers are refused with their place") {
   }
 }
 
-TEST_CASE("config: projects carry roles, service accounts, policy and credit settings; users their defaults") {
+TEST_CASE("config: projects carry roles, service accounts, policy and credit settings, users their defaults") {
   Config c = parse_config(R"(
 [[projects]]
 id = "chem"

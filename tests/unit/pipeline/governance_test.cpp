@@ -109,7 +109,7 @@ TEST_CASE("governance: a retried call with the same idempotency key is answered 
   CHECK(h.audit.records[1].details["idempotency_key"] == "retry-1");
 }
 
-TEST_CASE("governance: the flat per-call rate is held and posted; the audit keeps held and charged") {
+TEST_CASE("governance: the flat per-call rate is held and posted, the audit keeps held and charged") {
   Harness h;
   h.ledger.rates["call:echo"] = 1000;
   auto r = call_tool(h, "echo", {{"text", "x"}});

@@ -395,7 +395,7 @@ TEST_CASE("audit log: a checkpoint at a clean stop, by count and by time") {
   CHECK((perms & (fs::perms::group_all | fs::perms::others_all)) == fs::perms::none);
 }
 
-TEST_CASE("audit export: verifies offline; a tampered line is found; key order does not matter") {
+TEST_CASE("audit export: verifies offline, a tampered line is found, key order does not matter") {
   TempDir t;
   write_log(t);
   // Export the way `scigate audit export` does.

@@ -163,7 +163,7 @@ TEST_CASE("redact: ordinary values that look a little like secrets are kept") {
   CHECK(redact(args) == args);
 }
 
-TEST_CASE("redact: large strings become their hash; oversize arguments are cut down to the cap") {
+TEST_CASE("redact: large strings become their hash, oversize arguments are cut down to the cap") {
   RedactOptions o;
   o.max_string_bytes = 100;
   o.max_total_bytes = 400;
