@@ -9,6 +9,7 @@
 #include "policies/credit_store.hpp"
 #include "policies/credits.hpp"
 #include "server/app.hpp"
+#include "server/common/time_format.hpp"
 #include "server/state/database.hpp"
 
 namespace scigate::cli {
@@ -16,15 +17,6 @@ namespace {
 
 using credits::format;
 using nlohmann::json;
-
-std::string iso(int64_t ms) {
-  std::time_t t = static_cast<std::time_t>(ms / 1000);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
 
 std::string opt(const CreditsArgs& a, const std::string& k, const std::string& d = "") {
   auto it = a.options.find(k);
@@ -86,7 +78,7 @@ int cmd_grant(const Config& config, const CreditsArgs& a, std::ostream& out) {
   int64_t id = grant_credits(config, p.id, user, *amount, expires, by, opt(a, "note"));
   out << "granted " << format(*amount) << " credits to "
       << (user.empty() ? "project " + p.id : user + "'s sub-budget in project " + p.id) << " (grant " << id
-      << ", account " << p.credit_account << ", " << (expires ? "expires " + iso(*expires) : "never expires") << ")\n";
+      << ", account " << p.credit_account << ", " << (expires ? "expires " + rfc3339_seconds(*expires) : "never expires") << ")\n";
   return 0;
 }
 
@@ -117,8 +109,8 @@ json balance_json(credits::CreditStore& store, state::Database& db, const Projec
     if (!st.column_text(1).empty()) g["user"] = st.column_text(1);
     g["amount"] = format(st.column_int(2));
     g["remaining"] = format(st.column_int(3));
-    g["granted"] = iso(st.column_int(4));
-    g["expires"] = st.column_is_null(5) ? json(nullptr) : json(iso(st.column_int(5)));
+    g["granted"] = rfc3339_seconds(st.column_int(4));
+    g["expires"] = st.column_is_null(5) ? json(nullptr) : json(rfc3339_seconds(st.column_int(5)));
     if (!st.column_is_null(5) && st.column_int(5) <= now) g["expired"] = true;  // lapses at the next sweep
     g["granted_by"] = st.column_text(6);
     if (!st.column_text(7).empty()) g["note"] = st.column_text(7);
@@ -211,7 +203,7 @@ int cmd_statement(const Config& config, const CreditsArgs& a, std::ostream& out)
     for (const auto& r : rows) {
       json j = json::object();
       j["seq"] = r.seq;
-      j["time"] = iso(r.time_ms);
+      j["time"] = rfc3339_seconds(r.time_ms);
       j["kind"] = r.kind;
       j["amount"] = format(r.amount);
       j["amount_micro"] = r.amount;
@@ -229,7 +221,7 @@ int cmd_statement(const Config& config, const CreditsArgs& a, std::ostream& out)
     s["kind"] = "summary";
     s["project"] = p.id;
     s["account"] = p.credit_account;
-    s["since"] = iso(since);
+    s["since"] = rfc3339_seconds(since);
     s["opening_balance"] = format(opening);
     s["granted"] = format(granted);
     s["charged"] = format(charged);
@@ -244,7 +236,7 @@ int cmd_statement(const Config& config, const CreditsArgs& a, std::ostream& out)
     out << s.dump() << "\n";
     return 0;
   }
-  out << "Statement of project " << p.id << " (account " << p.credit_account << ") since " << iso(since) << "\n"
+  out << "Statement of project " << p.id << " (account " << p.credit_account << ") since " << rfc3339_seconds(since) << "\n"
       << "opening balance " << format(opening) << "\n\n";
   out << std::left << std::setw(22) << "time" << std::setw(17) << "kind" << std::right << std::setw(16) << "amount"
       << std::setw(16) << "balance" << "  " << "who / what\n";
@@ -264,7 +256,7 @@ int cmd_statement(const Config& config, const CreditsArgs& a, std::ostream& out)
       what = (r.kind == "allowance_lapse" ? "sub-budget of " + r.user + ", " : std::string()) + "grant " +
              std::to_string(r.grant_id.value_or(0)) + " expired";
     }
-    out << std::left << std::setw(22) << iso(r.time_ms) << std::setw(17) << r.kind << std::right << std::setw(16)
+    out << std::left << std::setw(22) << rfc3339_seconds(r.time_ms) << std::setw(17) << r.kind << std::right << std::setw(16)
         << sign + format(r.amount) << std::setw(16) << format(r.balance_after) << "  " << what << "\n";
   }
   out << "\ngranted " << format(granted) << ", charged " << format(charged) << " (" << charges << " charges), lapsed "
@@ -293,7 +285,7 @@ int cmd_rates(const Config& config, const CreditsArgs& a, std::ostream& out) {
   for (const auto& r : rows)
     out << std::left << std::setw(32) << r.resource << std::right << std::setw(20)
         << credits::format_rate(r.pico_per_unit) << "  " << std::left << std::setw(10) << r.unit
-        << (r.effective_ms ? iso(r.effective_ms) : std::string("(config; not yet used by a server)")) << "\n";
+        << (r.effective_ms ? rfc3339_seconds(r.effective_ms) : std::string("(config; not yet used by a server)")) << "\n";
   return 0;
 }
 

@@ -12,6 +12,7 @@
 #include <ctime>
 
 #include "sandbox/confine.hpp"
+#include "server/common/time_format.hpp"
 
 namespace scigate::tools {
 namespace asio = boost::asio;
@@ -21,15 +22,6 @@ using jobs::JobState;
 namespace {
 
 double credits_number(MicroCredits micro) { return static_cast<double>(micro) / 1e6; }
-
-std::string iso_time(int64_t ms) {
-  std::time_t t = static_cast<std::time_t>(ms / 1000);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
 
 std::string walltime_text(std::chrono::seconds s) {
   int64_t v = s.count();
@@ -118,9 +110,9 @@ json job_to_json(const JobRecord& r, bool full) {
   if (!r.reason.empty()) j["reason"] = r.reason;
   if (r.exit_code) j["exit_code"] = *r.exit_code;
   if (r.term_signal) j["signal"] = *r.term_signal;
-  j["created"] = iso_time(r.created_ms);
-  if (r.start_ms) j["started"] = iso_time(*r.start_ms);
-  if (r.end_ms) j["ended"] = iso_time(*r.end_ms);
+  j["created"] = rfc3339_seconds(r.created_ms);
+  if (r.start_ms) j["started"] = rfc3339_seconds(*r.start_ms);
+  if (r.end_ms) j["ended"] = rfc3339_seconds(*r.end_ms);
   if (r.start_ms) {
     int64_t end = r.end_ms.value_or(std::chrono::duration_cast<std::chrono::milliseconds>(
                                         std::chrono::system_clock::now().time_since_epoch())
@@ -148,7 +140,7 @@ json job_to_json(const JobRecord& r, bool full) {
   json events = json::array();
   for (const auto& e : r.events) {
     json ev = json::object();
-    ev["time"] = iso_time(e.time_ms);
+    ev["time"] = rfc3339_seconds(e.time_ms);
     ev["state"] = std::string(jobs::to_string(e.state));
     if (!e.reason.empty()) ev["reason"] = e.reason;
     events.push_back(std::move(ev));

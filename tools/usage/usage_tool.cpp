@@ -3,6 +3,7 @@
 #include <ctime>
 
 #include "policies/credits.hpp"
+#include "server/common/time_format.hpp"
 
 namespace scigate::tools {
 namespace {
@@ -10,15 +11,6 @@ namespace {
 // Credits as a JSON number: micro-credits / 10^6 prints as the exact decimal (12.5, 0.000001)
 // because the shortest round-trip form of that double is the decimal itself.
 double credits_number(MicroCredits micro) { return static_cast<double>(micro) / 1e6; }
-
-std::string iso_time(int64_t ms) {
-  std::time_t t = static_cast<std::time_t>(ms / 1000);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
 
 const char* kOutputSchema = R"({
   "type": "object",
@@ -87,7 +79,7 @@ json UsageTool::to_json(const UsageReport& r) {
     json j = json::object();
     j["amount"] = credits_number(g.amount);
     j["remaining"] = credits_number(g.remaining);
-    j["expires"] = g.expires_ms ? json(iso_time(*g.expires_ms)) : json(nullptr);
+    j["expires"] = g.expires_ms ? json(rfc3339_seconds(*g.expires_ms)) : json(nullptr);
     if (!g.note.empty()) j["note"] = g.note;
     grants.push_back(std::move(j));
   }
@@ -99,15 +91,15 @@ json UsageTool::to_json(const UsageReport& r) {
     j["user"] = h.user;
     j["tool"] = h.tool;
     j["amount"] = credits_number(h.amount);
-    j["created"] = iso_time(h.created_ms);
-    j["expires"] = iso_time(h.expires_ms);
+    j["created"] = rfc3339_seconds(h.created_ms);
+    j["expires"] = rfc3339_seconds(h.expires_ms);
     holds.push_back(std::move(j));
   }
   out["holds"] = std::move(holds);
   json charges = json::array();
   for (const auto& c : r.recent_charges) {
     json j = json::object();
-    j["time"] = iso_time(c.time_ms);
+    j["time"] = rfc3339_seconds(c.time_ms);
     j["user"] = c.user;
     j["tool"] = c.tool;
     j["request_id"] = c.request_id;
