@@ -48,11 +48,18 @@ for (const kind of ['http', 'stdio']) {
         assert.equal(r.code, 0, `exit ${r.code}\n${r.stderr}\n${r.stdout}`);
         const tools = r.json?.result?.tools;
         assert.ok(Array.isArray(tools), `no result.tools in: ${r.stdout.slice(0, 500)}`);
-        assert.deepEqual(tools.map((t) => t.name).sort(), ['echo', 'get_usage', 'sleep', 'whoami']);
+        // The demo policy's tools: introspection, the demo tools and the job tools.
+        assert.deepEqual(tools.map((t) => t.name).sort(), [
+          'cancel_job', 'echo', 'get_job', 'get_usage', 'list_jobs', 'read_job_output', 'sleep', 'submit_job',
+          'wait_job', 'whoami',
+        ]);
+        // Only submitting and cancelling a job change anything; cancelling destroys work.
+        const writes = { submit_job: { destructive: false }, cancel_job: { destructive: true } };
         for (const t of tools) {
           assert.equal(t.inputSchema?.type, 'object', t.name);
           assert.equal(t.outputSchema?.type, 'object', t.name);
-          assert.equal(t.annotations?.readOnlyHint, true, t.name);
+          assert.equal(t.annotations?.readOnlyHint, !writes[t.name], t.name);
+          if (writes[t.name]) assert.equal(t.annotations?.destructiveHint, writes[t.name].destructive, t.name);
         }
       });
 
