@@ -19,6 +19,7 @@
 
 #include "connectors/scheduler/slurm/slurm_cli.hpp"
 #include "connectors/scheduler/slurm/slurm_rest.hpp"
+#include "tests/support/run_blocking.hpp"
 #include "tests/support/slurm_cluster.hpp"
 
 using namespace scigate;
@@ -28,19 +29,7 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-template <class T>
-T block(asio::awaitable<T> aw) {
-  asio::io_context io;
-  std::optional<T> out;
-  std::exception_ptr ep;
-  asio::co_spawn(io, std::move(aw), [&](std::exception_ptr e, T v) {
-    ep = e;
-    if (!e) out = std::move(v);
-  });
-  io.run();
-  if (ep) std::rethrow_exception(ep);
-  return std::move(*out);
-}
+using scigate::test::run_blocking;
 
 double ms_since(Clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
@@ -86,10 +75,10 @@ int main(int argc, char** argv) {
     std::vector<double> one_cli, one_rest;
     for (int rep = 0; rep < 7; ++rep) {
       auto t0 = Clock::now();
-      auto a = block(cli.poll(ids));
+      auto a = run_blocking(cli.poll(ids));
       one_cli.push_back(ms_since(t0));
       t0 = Clock::now();
-      auto b = block(rest.poll(ids));
+      auto b = run_blocking(rest.poll(ids));
       one_rest.push_back(ms_since(t0));
       if (static_cast<int>(a.size()) != n || static_cast<int>(b.size()) != n) {
         std::fprintf(stderr, "poll saw %zu (cli) / %zu (rest) of %d jobs\n", a.size(), b.size(), n);
@@ -97,7 +86,7 @@ int main(int argc, char** argv) {
       }
     }
     auto t0 = Clock::now();
-    for (const auto& id : ids) block(cli.poll({id}));
+    for (const auto& id : ids) run_blocking(cli.poll({id}));
     double separate = ms_since(t0);
     std::printf("| %d | %.1f | %.1f | %.1f | %.0fx |\n", n, median(one_cli), median(one_rest), separate,
                 separate / median(one_cli));

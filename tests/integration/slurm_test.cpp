@@ -16,6 +16,7 @@
 #include "connectors/scheduler/slurm/slurm_cli.hpp"
 #include "connectors/scheduler/slurm/slurm_rest.hpp"
 #include "server/common/error.hpp"
+#include "tests/support/run_blocking.hpp"
 #include "tests/support/slurm_cluster.hpp"
 
 using namespace scigate;
@@ -26,21 +27,9 @@ using namespace std::chrono_literals;
 
 namespace {
 
-template <class T>
-T block(asio::awaitable<T> aw) {
-  asio::io_context io;
-  std::optional<T> out;
-  std::exception_ptr ep;
-  asio::co_spawn(io, std::move(aw), [&](std::exception_ptr e, T v) {
-    ep = e;
-    if (!e) out = std::move(v);
-  });
-  io.run();
-  if (ep) std::rethrow_exception(ep);
-  return std::move(*out);
-}
+using scigate::test::run_blocking;
 
-void block(asio::awaitable<void> aw) {
+void run_blocking(asio::awaitable<void> aw) {
   asio::io_context io;
   std::exception_ptr ep;
   asio::co_spawn(io, std::move(aw), [&](std::exception_ptr e) { ep = e; });
@@ -110,7 +99,7 @@ JobSpec spec_for(const SlurmCluster& c, const std::string& label, const std::str
 }
 
 std::optional<JobStatus> poll_one(Scheduler& s, const std::string& id) {
-  auto all = block(s.poll({id}));
+  auto all = run_blocking(s.poll({id}));
   for (auto& st : all)
     if (st.native_id == id) return st;
   return std::nullopt;
@@ -123,7 +112,7 @@ JobStatus wait_final(Scheduler& s, const std::string& id, std::chrono::seconds l
     auto st = poll_one(s, id);
     if (st && is_final(st->state)) return *st;
     if (!st) {
-      auto fin = block(s.final_status(id));
+      auto fin = run_blocking(s.final_status(id));
       if (fin) return *fin;
     }
     std::this_thread::sleep_for(200ms);
@@ -169,7 +158,7 @@ TEST_CASE("slurm: a script runs to completion through each connector", "[slurm]"
     INFO(site.label);
     auto spec = spec_for(*cluster, site.label, "echo \"hello $GREETING\"\necho to-stderr >&2\n");
     spec.environment["GREETING"] = "a,b c;$(id)";
-    std::string id = block(site.scheduler->submit(spec));
+    std::string id = run_blocking(site.scheduler->submit(spec));
     REQUIRE_FALSE(id.empty());
     auto st = wait_final(*site.scheduler, id);
     CHECK(st.native_id == id);
@@ -193,7 +182,7 @@ TEST_CASE("slurm: run_as makes the job another user's (CLI --uid as root, REST l
     INFO(site.label);
     auto spec = spec_for(*cluster, site.label, "id -un\n");
     spec.run_as = cluster->job_user();
-    std::string id = block(site.scheduler->submit(spec));
+    std::string id = run_blocking(site.scheduler->submit(spec));
     CHECK(wait_final(*site.scheduler, id).state == JobState::kCompleted);
     CHECK(read_output(spec.stdout_path) == cluster->job_user() + "\n");
   }
@@ -203,7 +192,7 @@ TEST_CASE("slurm: a non-zero exit is FAILED with the script's exit code", "[slur
   SLURM_CLUSTER_OR_SKIP(cluster);
   for (auto& site : all_sites(*cluster)) {
     INFO(site.label);
-    std::string id = block(site.scheduler->submit(spec_for(*cluster, site.label, "exit 3\n")));
+    std::string id = run_blocking(site.scheduler->submit(spec_for(*cluster, site.label, "exit 3\n")));
     auto st = wait_final(*site.scheduler, id);
     CHECK(st.state == JobState::kFailed);
     CHECK(st.native_state == "FAILED");
@@ -220,7 +209,7 @@ TEST_CASE("slurm: an executable's arguments reach it verbatim", "[slurm]") {
     spec.script.clear();
     spec.executable = "/bin/echo";
     spec.arguments = {"a  b", "$(id)", "; rm -rf /tmp/x", "it's", "--wrap"};
-    std::string id = block(site.scheduler->submit(spec));
+    std::string id = run_blocking(site.scheduler->submit(spec));
     auto st = wait_final(*site.scheduler, id);
     CHECK(st.state == JobState::kCompleted);
     CHECK(read_output(spec.stdout_path) == "a  b $(id) ; rm -rf /tmp/x it's --wrap\n");
@@ -235,22 +224,22 @@ TEST_CASE("slurm: cancel while queued and while running is CANCELED", "[slurm]")
   for (auto& site : sites) {
     INFO(site.label);
     auto& s = *site.scheduler;
-    std::string running = block(s.submit(spec_for(*cluster, site.label, "sleep 300\n")));
+    std::string running = run_blocking(s.submit(spec_for(*cluster, site.label, "sleep 300\n")));
     wait_state(s, running, JobState::kActive);
     // Waits for `running` to succeed: queued (reason Dependency) until then.
     auto dep_spec = spec_for(*cluster, site.label, "echo never\n");
     dep_spec.after_ok = {running};
-    std::string queued = block(s.submit(dep_spec));
+    std::string queued = run_blocking(s.submit(dep_spec));
     auto q = wait_state(s, queued, JobState::kQueued);
     CHECK(q.native_state == "PENDING");
     CHECK(q.reason == "Dependency");
 
-    block(s.cancel(queued));
+    run_blocking(s.cancel(queued));
     auto qc = wait_final(s, queued);
     CHECK(qc.state == JobState::kCanceled);
     CHECK(qc.native_state == "CANCELLED");
 
-    block(s.cancel(running));
+    run_blocking(s.cancel(running));
     auto rc = wait_final(s, running);
     CHECK(rc.state == JobState::kCanceled);
     CHECK(rc.native_state == "CANCELLED");
@@ -258,8 +247,8 @@ TEST_CASE("slurm: cancel while queued and while running is CANCELED", "[slurm]")
     CHECK(rc.end_ms);
 
     // Cancelling a finished job, or one Slurm never knew, is not an error.
-    CHECK_NOTHROW(block(s.cancel(running)));
-    CHECK_NOTHROW(block(s.cancel("987654")));
+    CHECK_NOTHROW(run_blocking(s.cancel(running)));
+    CHECK_NOTHROW(run_blocking(s.cancel("987654")));
   }
 }
 
@@ -267,19 +256,19 @@ TEST_CASE("slurm: a dependency chain runs in order", "[slurm]") {
   SLURM_CLUSTER_OR_SKIP(cluster);
   auto s = make_cli(*cluster);
   auto first = spec_for(*cluster, "chain", "sleep 1; echo first >> " + (cluster->jobs_dir() / "chain.log").string() + "\n");
-  std::string a = block(s->submit(first));
+  std::string a = run_blocking(s->submit(first));
   auto second = spec_for(*cluster, "chain", "echo second >> " + (cluster->jobs_dir() / "chain.log").string() + "\n");
   second.after_ok = {a};
-  std::string b = block(s->submit(second));
+  std::string b = run_blocking(s->submit(second));
   CHECK(wait_final(*s, b).state == JobState::kCompleted);
   CHECK(slurp(cluster->jobs_dir() / "chain.log") == "first\nsecond\n");
 
   // A failed dependency ends the dependent job (--kill-on-invalid-dep) instead of leaving it
   // queued forever with DependencyNeverSatisfied.
-  std::string bad = block(s->submit(spec_for(*cluster, "chain", "exit 1\n")));
+  std::string bad = run_blocking(s->submit(spec_for(*cluster, "chain", "exit 1\n")));
   auto third = spec_for(*cluster, "chain", "echo never\n");
   third.after_ok = {bad};
-  std::string c = block(s->submit(third));
+  std::string c = run_blocking(s->submit(third));
   auto st = wait_final(*s, c);
   CHECK(st.state == JobState::kCanceled);
   CHECK(st.native_state == "CANCELLED");
@@ -293,7 +282,7 @@ TEST_CASE("slurm: a job Slurm refuses is kBackendRejected with Slurm's message",
     auto spec = spec_for(*cluster, site.label, "true\n");
     spec.partition = "no-such-partition";
     try {
-      block(site.scheduler->submit(spec));
+      run_blocking(site.scheduler->submit(spec));
       FAIL("submitted to an unknown partition");
     } catch (const ErrorException& e) {
       CHECK(e.error().code == ErrorCode::kBackendRejected);
@@ -311,7 +300,7 @@ TEST_CASE("slurm: a 10 MB script is refused with a message that says why", "[slu
     INFO(site.label);
     auto spec = spec_for(*cluster, site.label, "true\n" + std::string(10 << 20, '#') + "\n");
     try {
-      block(site.scheduler->submit(spec));
+      run_blocking(site.scheduler->submit(spec));
       FAIL("a 10 MB script was accepted");
     } catch (const ErrorException& e) {
       CHECK(e.error().code == ErrorCode::kBackendRejected);
@@ -326,18 +315,18 @@ TEST_CASE("slurm: one poll answers for several jobs with one query", "[slurm]") 
   auto rest = make_rest_jwt(*cluster);
   std::vector<std::string> ids;
   // Long enough that none can end and be purged (MinJobAge=2) before the polls below.
-  for (int i = 0; i < 3; ++i) ids.push_back(block(cli->submit(spec_for(*cluster, "many", "sleep 60\n"))));
-  for (int i = 0; i < 3; ++i) ids.push_back(block(rest->submit(spec_for(*cluster, "many", "sleep 60\n"))));
+  for (int i = 0; i < 3; ++i) ids.push_back(run_blocking(cli->submit(spec_for(*cluster, "many", "sleep 60\n"))));
+  for (int i = 0; i < 3; ++i) ids.push_back(run_blocking(rest->submit(spec_for(*cluster, "many", "sleep 60\n"))));
   auto with_unknown = ids;
   with_unknown.push_back("999999");
 
   uint64_t before = cli->commands_run();
-  auto by_cli = block(cli->poll(with_unknown));
+  auto by_cli = run_blocking(cli->poll(with_unknown));
   CHECK(cli->commands_run() - before == 1);
   CHECK(by_cli.size() == ids.size());
 
   uint64_t sent = rest->requests_sent();
-  auto by_rest = block(rest->poll(with_unknown));
+  auto by_rest = run_blocking(rest->poll(with_unknown));
   CHECK(rest->requests_sent() - sent == 1);
   CHECK(by_rest.size() == ids.size());
   for (const auto& st : by_cli) {
@@ -345,10 +334,10 @@ TEST_CASE("slurm: one poll answers for several jobs with one query", "[slurm]") 
     CHECK(st.submit_ms);
   }
   // Ids Slurm never knew: an empty answer, not an error.
-  CHECK(block(cli->poll({"999998"})).empty());
-  CHECK(block(rest->poll({"999998"})).empty());
-  CHECK(block(cli->poll({})).empty());
-  for (const auto& id : ids) block(cli->cancel(id));
+  CHECK(run_blocking(cli->poll({"999998"})).empty());
+  CHECK(run_blocking(rest->poll({"999998"})).empty());
+  CHECK(run_blocking(cli->poll({})).empty());
+  for (const auto& id : ids) run_blocking(cli->cancel(id));
   for (const auto& id : ids) CHECK(wait_final(*cli, id).state == JobState::kCanceled);
 }
 
@@ -356,28 +345,28 @@ TEST_CASE("slurm: after the job leaves slurmctld, final_status comes from sacct 
   SLURM_CLUSTER_OR_SKIP(cluster);
   auto cli = make_cli(*cluster);
   auto rest = make_rest_local(*cluster);
-  std::string a = block(cli->submit(spec_for(*cluster, "gone", "exit 3\n")));
-  std::string b = block(rest->submit(spec_for(*cluster, "gone", "echo ok\n")));
+  std::string a = run_blocking(cli->submit(spec_for(*cluster, "gone", "exit 3\n")));
+  std::string b = run_blocking(rest->submit(spec_for(*cluster, "gone", "echo ok\n")));
   // MinJobAge=2 in the test cluster; slurmctld purges on its own schedule (up to a minute).
   auto deadline = std::chrono::steady_clock::now() + 120s;
   bool gone = false;
   while (!gone && std::chrono::steady_clock::now() < deadline) {
-    gone = block(cli->poll({a, b})).empty() && block(rest->poll({a, b})).empty();
+    gone = run_blocking(cli->poll({a, b})).empty() && run_blocking(rest->poll({a, b})).empty();
     if (!gone) std::this_thread::sleep_for(1s);
   }
   REQUIRE(gone);
-  auto fa = block(cli->final_status(a));
+  auto fa = run_blocking(cli->final_status(a));
   REQUIRE(fa);
   CHECK(fa->state == JobState::kFailed);
   CHECK(fa->native_state == "FAILED");
   REQUIRE(fa->exit_code);
   CHECK(*fa->exit_code == 3);
   CHECK(fa->end_ms);
-  auto fb = block(rest->final_status(b));
+  auto fb = run_blocking(rest->final_status(b));
   REQUIRE(fb);
   CHECK(fb->state == JobState::kCompleted);
   CHECK(fb->exit_code == 0);
-  CHECK_FALSE(block(cli->final_status("999997")));
+  CHECK_FALSE(run_blocking(cli->final_status("999997")));
 }
 
 TEST_CASE("slurm: a job over its walltime is FAILED (TIMEOUT), never COMPLETED", "[slurm][slow]") {
@@ -392,8 +381,8 @@ TEST_CASE("slurm: a job over its walltime is FAILED (TIMEOUT), never COMPLETED",
   s2.gateway_id += "-rest";
   s2.stdout_path = cluster->jobs_dir() / "walltime-rest.out";
   s2.stderr_path = cluster->jobs_dir() / "walltime-rest.err";
-  std::string a = block(cli->submit(s1));
-  std::string b = block(rest->submit(s2));
+  std::string a = run_blocking(cli->submit(s1));
+  std::string b = run_blocking(rest->submit(s2));
   auto ta = wait_final(*cli, a, 180s);
   auto tb = wait_final(*rest, b, 60s);
   for (const auto& t : {ta, tb}) {
@@ -417,14 +406,14 @@ TEST_CASE("slurm: an unreachable site is kBackendUnavailable with a clear messag
   SlurmRestOptions dead;
   dead.unix_socket = cluster->state_dir() / "no-such.sock";
   SlurmRestScheduler rest(dead);
-  expect_unavailable([&] { block(rest.poll({"1"})); }, "could not be reached");
-  expect_unavailable([&] { block(rest.submit(spec_for(*cluster, "dead", "true\n"))); }, "unavailable");
+  expect_unavailable([&] { run_blocking(rest.poll({"1"})); }, "could not be reached");
+  expect_unavailable([&] { run_blocking(rest.submit(spec_for(*cluster, "dead", "true\n"))); }, "unavailable");
 
   SlurmCliOptions missing = cli_options(*cluster);
   missing.bin_dir = "/nonexistent-slurm-bin";
   SlurmCliScheduler cli(missing);
-  expect_unavailable([&] { block(cli.poll({"1"})); }, "squeue failed");
-  expect_unavailable([&] { block(cli.submit(spec_for(*cluster, "dead", "true\n"))); }, "sbatch failed");
+  expect_unavailable([&] { run_blocking(cli.poll({"1"})); }, "squeue failed");
+  expect_unavailable([&] { run_blocking(cli.submit(spec_for(*cluster, "dead", "true\n"))); }, "sbatch failed");
 }
 
 TEST_CASE("slurm: the JWT is re-read from its file when it changes", "[slurm]") {
@@ -435,14 +424,14 @@ TEST_CASE("slurm: the JWT is re-read from its file when it changes", "[slurm]") 
   o.token_file = write_token(*cluster, "not-a-valid-token");
   SlurmRestScheduler rest(o);
   try {
-    block(rest.poll({"1"}));
+    run_blocking(rest.poll({"1"}));
     FAIL("a bad token was accepted");
   } catch (const ErrorException& e) {
     CHECK(e.error().code == ErrorCode::kBackendUnavailable);
     CHECK_THAT(e.error().message, Catch::Contains("slurmrestd refused"));
   }
   write_token(*cluster, cluster->token());
-  CHECK_NOTHROW(block(rest.poll({"1"})));
+  CHECK_NOTHROW(run_blocking(rest.poll({"1"})));
 }
 
 TEST_CASE("slurm: with slurmctld stopped the site is unavailable, then usable again", "[slurm][slow]") {
@@ -452,7 +441,7 @@ TEST_CASE("slurm: with slurmctld stopped the site is unavailable, then usable ag
   cluster->stop_controller();
   // Slurm's own retries take 9-18 s before the commands give up.
   try {
-    block(cli->poll({"1"}));
+    run_blocking(cli->poll({"1"}));
     FAIL("squeue worked without slurmctld");
   } catch (const ErrorException& e) {
     CHECK(e.error().code == ErrorCode::kBackendUnavailable);
@@ -460,13 +449,13 @@ TEST_CASE("slurm: with slurmctld stopped the site is unavailable, then usable ag
     CHECK_THAT(e.error().message, Catch::Contains("Unable to contact slurm controller"));
   }
   try {
-    block(rest->submit(spec_for(*cluster, "down", "true\n")));
+    run_blocking(rest->submit(spec_for(*cluster, "down", "true\n")));
     FAIL("a submission worked without slurmctld");
   } catch (const ErrorException& e) {
     CHECK(e.error().code == ErrorCode::kBackendUnavailable);
     CHECK_THAT(e.error().message, Catch::Contains("the Slurm site is unavailable"));
   }
   cluster->restart();
-  std::string id = block(cli->submit(spec_for(*cluster, "back", "true\n")));
+  std::string id = run_blocking(cli->submit(spec_for(*cluster, "back", "true\n")));
   CHECK(wait_final(*cli, id).state == JobState::kCompleted);
 }

@@ -15,25 +15,12 @@
 
 #include "server/auth/directory.hpp"
 #include "server/protocol/mcp_dispatcher.hpp"
+#include "tests/support/run_blocking.hpp"
 #include "tools/builtin.hpp"
 
 namespace scigate::test {
 
 namespace asio = boost::asio;
-
-template <class T>
-T run_blocking(asio::io_context& io, asio::awaitable<T> aw) {
-  std::optional<T> out;
-  std::exception_ptr ep;
-  asio::co_spawn(io, std::move(aw), [&](std::exception_ptr e, T v) {
-    ep = e;
-    if (!e) out = std::move(v);
-  });
-  io.restart();
-  io.run();
-  if (ep) std::rethrow_exception(ep);
-  return std::move(*out);
-}
 
 class RecordingAudit : public AuditLog {
  public:
