@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "server_process.hpp"
+#include "tool_call.hpp"
 
 using namespace scigate::itest;
 using http::verb;
@@ -77,29 +78,20 @@ members = ["bob"]
   }
 };
 
-json call(Client& c, const std::string& key, const std::string& tool, json args) {
-  auto req = modern_request(1, "tools/call", {{"name", tool}, {"arguments", std::move(args)}});
-  auto r = c.request(verb::post, "/mcp", modern_headers(key, "tools/call", tool), req.dump());
-  REQUIRE(r.status == 200);
-  auto body = r.json_body();
-  REQUIRE(body.contains("result"));
-  return body["result"];
-}
-
 std::string error_code(const json& result) {
   if (!result.value("isError", false)) return "";
   return result["_meta"]["io.scigate/error"].value("code", "");
 }
 
 json submit(Client& c, const std::string& key, json args) {
-  auto r = call(c, key, "submit_job", std::move(args));
+  auto r = call_tool(c, key, "submit_job", std::move(args));
   INFO(r.dump());
   REQUIRE(r["isError"] == false);
   return r["structuredContent"];
 }
 
 json wait_final(Client& c, const std::string& key, const std::string& id, double timeout_s = 20) {
-  auto r = call(c, key, "wait_job", {{"job_id", id}, {"timeout_s", timeout_s}});
+  auto r = call_tool(c, key, "wait_job", {{"job_id", id}, {"timeout_s", timeout_s}});
   INFO(r.dump());
   REQUIRE(r["isError"] == false);
   return r["structuredContent"];
@@ -135,29 +127,29 @@ TEST_CASE("jobs: submit -> COMPLETED with output, a failing script -> FAILED, cr
   std::string state = job["state"];
   CHECK((state == "QUEUED" || state == "ACTIVE"));
   // Held at once: 5 min x 1 CPU x 1 credit/s.
-  auto usage = call(c, js.s.user_key(), "get_usage", json::object())["structuredContent"];
+  auto usage = call_tool(c, js.s.user_key(), "get_usage", json::object())["structuredContent"];
   CHECK(usage["held"].get<double>() == Approx(300.0));
 
   auto done = wait_final(c, js.s.user_key(), id);
   CHECK(done["state"] == "COMPLETED");
   CHECK(done["exit_code"] == 0);
-  auto out = call(c, js.s.user_key(), "read_job_output", {{"job_id", id}});
+  auto out = call_tool(c, js.s.user_key(), "read_job_output", {{"job_id", id}});
   CHECK(out["structuredContent"]["text"] == "hello\n");
   CHECK(out["structuredContent"]["truncated"] == false);
-  auto tail = call(c, js.s.user_key(), "read_job_output", {{"job_id", id}, {"tail", 3}});
+  auto tail = call_tool(c, js.s.user_key(), "read_job_output", {{"job_id", id}, {"tail", 3}});
   CHECK(tail["structuredContent"]["text"] == "lo\n");
   CHECK(tail["structuredContent"]["truncated"] == true);
 
   // Settled: the hold is gone, the cost is what ran (about 0.5 s of one CPU), charged once.
   json got;
   CHECK(eventually([&] {
-    got = call(c, js.s.user_key(), "get_job", {{"job_id", id}})["structuredContent"];
+    got = call_tool(c, js.s.user_key(), "get_job", {{"job_id", id}})["structuredContent"];
     return got["credits"].contains("cost");
   }));
   double cost = got["credits"]["cost"].get<double>();
   CHECK(cost > 0.8);
   CHECK(cost < 5.0);
-  usage = call(c, js.s.user_key(), "get_usage", json::object())["structuredContent"];
+  usage = call_tool(c, js.s.user_key(), "get_usage", json::object())["structuredContent"];
   CHECK(usage["held"].get<double>() == 0);
   CHECK(usage["balance"].get<double>() == Approx(1000 - 0.5 - cost).margin(1e-6));
 
@@ -165,32 +157,32 @@ TEST_CASE("jobs: submit -> COMPLETED with output, a failing script -> FAILED, cr
   auto f = wait_final(c, js.s.user_key(), failed["job_id"]);
   CHECK(f["state"] == "FAILED");
   CHECK(f["exit_code"] == 7);
-  auto err = call(c, js.s.user_key(), "read_job_output", {{"job_id", failed["job_id"]}, {"stream", "stderr"}});
+  auto err = call_tool(c, js.s.user_key(), "read_job_output", {{"job_id", failed["job_id"]}, {"stream", "stderr"}});
   CHECK(err["structuredContent"]["text"] == "oops\n");
 
   // Policy before the scheduler: a walltime above the project's limit never reaches it.
-  auto denied = call(c, js.s.user_key(), "submit_job", {{"script", "true"}, {"resources", {{"walltime", "02:00:00"}}}});
+  auto denied = call_tool(c, js.s.user_key(), "submit_job", {{"script", "true"}, {"resources", {{"walltime", "02:00:00"}}}});
   CHECK(error_code(denied) == "policy_denied");
   CHECK(denied["content"][0]["text"].get<std::string>().find("walltime") != std::string::npos);
   // The schema refuses what is not a walltime at all.
-  auto malformed = call(c, js.s.user_key(), "submit_job", {{"script", "true"}, {"resources", {{"walltime", "soon"}}}});
+  auto malformed = call_tool(c, js.s.user_key(), "submit_job", {{"script", "true"}, {"resources", {{"walltime", "soon"}}}});
   CHECK(malformed["isError"] == true);
 
   // Bob, of project "other", sees none of it.
-  auto foreign = call(c, js.bob_key, "get_job", {{"job_id", id}});
+  auto foreign = call_tool(c, js.bob_key, "get_job", {{"job_id", id}});
   CHECK(error_code(foreign) == "not_found");
-  CHECK(error_code(call(c, js.bob_key, "cancel_job", {{"job_id", id}})) == "not_found");
-  CHECK(error_code(call(c, js.bob_key, "read_job_output", {{"job_id", id}})) == "not_found");
-  auto bobs = call(c, js.bob_key, "list_jobs", json::object());
+  CHECK(error_code(call_tool(c, js.bob_key, "cancel_job", {{"job_id", id}})) == "not_found");
+  CHECK(error_code(call_tool(c, js.bob_key, "read_job_output", {{"job_id", id}})) == "not_found");
+  auto bobs = call_tool(c, js.bob_key, "list_jobs", json::object());
   CHECK(bobs["structuredContent"]["jobs"].empty());
-  auto page1 = call(c, js.s.user_key(), "list_jobs", {{"limit", 1}})["structuredContent"];
+  auto page1 = call_tool(c, js.s.user_key(), "list_jobs", {{"limit", 1}})["structuredContent"];
   REQUIRE(page1["jobs"].size() == 1);
   REQUIRE(page1["next_cursor"].is_string());
-  auto page2 = call(c, js.s.user_key(), "list_jobs", {{"limit", 1}, {"cursor", page1["next_cursor"]}})["structuredContent"];
+  auto page2 = call_tool(c, js.s.user_key(), "list_jobs", {{"limit", 1}, {"cursor", page1["next_cursor"]}})["structuredContent"];
   REQUIRE(page2["jobs"].size() == 1);
   CHECK(page2["jobs"][0]["job_id"] != page1["jobs"][0]["job_id"]);
   CHECK(page2["next_cursor"].is_null());
-  auto mine = call(c, js.s.user_key(), "list_jobs", {{"state", "COMPLETED"}});
+  auto mine = call_tool(c, js.s.user_key(), "list_jobs", {{"state", "COMPLETED"}});
   REQUIRE(mine["structuredContent"]["jobs"].size() == 1);
   CHECK(mine["structuredContent"]["jobs"][0]["job_id"] == id);
 }
@@ -210,7 +202,7 @@ TEST_CASE("jobs: walltime exceeded -> FAILED never COMPLETED, cancel kills the p
   std::string bg_id = bg["job_id"];
   json running;
   CHECK(eventually([&] {
-    running = call(c, js.s.user_key(), "get_job", {{"job_id", bg_id}})["structuredContent"];
+    running = call_tool(c, js.s.user_key(), "get_job", {{"job_id", bg_id}})["structuredContent"];
     return running["state"] == "ACTIVE" && running["credits"].value("cost_so_far", 0.0) > 0;
   }));
   CHECK(running["credits"]["cost_so_far"].get<double>() <= running["credits"]["held"].get<double>());
@@ -218,7 +210,7 @@ TEST_CASE("jobs: walltime exceeded -> FAILED never COMPLETED, cancel kills the p
   REQUIRE(eventually([&] { return fs::exists(pid_file) && fs::file_size(pid_file) > 0; }));
   pid_t grandchild = std::stoi(slurp(pid_file));
   CHECK_FALSE(process_gone(grandchild));
-  auto cancelled = call(c, js.s.user_key(), "cancel_job", {{"job_id", bg_id}});
+  auto cancelled = call_tool(c, js.s.user_key(), "cancel_job", {{"job_id", bg_id}});
   CHECK(cancelled["isError"] == false);
   auto fc = wait_final(c, js.s.user_key(), bg_id);
   CHECK(fc["state"] == "CANCELED");
@@ -229,7 +221,7 @@ TEST_CASE("jobs: walltime exceeded -> FAILED never COMPLETED, cancel kills the p
                                          {"resources", {{"walltime", "00:01:00"}}}});
   auto fe = wait_final(c, js.s.user_key(), env["job_id"]);
   REQUIRE(fe["state"] == "COMPLETED");
-  std::string text = call(c, js.s.user_key(), "read_job_output", {{"job_id", env["job_id"]}})["structuredContent"]["text"];
+  std::string text = call_tool(c, js.s.user_key(), "read_job_output", {{"job_id", env["job_id"]}})["structuredContent"]["text"];
   std::istringstream lines(text);
   std::string line, last;
   std::set<std::string> names;
@@ -262,7 +254,7 @@ TEST_CASE("jobs: a server SIGKILLed while a job runs finds it COMPLETED after re
     auto job = submit(c, js.s.user_key(), {{"script", "sleep 1.5; echo survived"}, {"resources", {{"walltime", "00:02:00"}}}});
     id = job["job_id"];
     REQUIRE(eventually([&] {
-      return call(c, js.s.user_key(), "get_job", {{"job_id", id}})["structuredContent"]["state"] == "ACTIVE";
+      return call_tool(c, js.s.user_key(), "get_job", {{"job_id", id}})["structuredContent"]["state"] == "ACTIVE";
     }));
   }
   js.s.kill_hard();
@@ -274,10 +266,10 @@ TEST_CASE("jobs: a server SIGKILLed while a job runs finds it COMPLETED after re
   auto done = wait_final(c, js.s.user_key(), id);
   CHECK(done["state"] == "COMPLETED");
   CHECK(done["exit_code"] == 0);
-  CHECK(call(c, js.s.user_key(), "read_job_output", {{"job_id", id}})["structuredContent"]["text"] == "survived\n");
+  CHECK(call_tool(c, js.s.user_key(), "read_job_output", {{"job_id", id}})["structuredContent"]["text"] == "survived\n");
   json got;
   REQUIRE(eventually([&] {
-    got = call(c, js.s.user_key(), "get_job", {{"job_id", id}})["structuredContent"];
+    got = call_tool(c, js.s.user_key(), "get_job", {{"job_id", id}})["structuredContent"];
     return got["credits"].contains("cost");
   }));
   double cost = got["credits"]["cost"].get<double>();
@@ -285,7 +277,7 @@ TEST_CASE("jobs: a server SIGKILLed while a job runs finds it COMPLETED after re
   INFO(js.s.log());
   CHECK(cost > 1.0);
   CHECK(cost < 10.0);
-  auto usage = call(c, js.s.user_key(), "get_usage", json::object())["structuredContent"];
+  auto usage = call_tool(c, js.s.user_key(), "get_usage", json::object())["structuredContent"];
   CHECK(usage["held"].get<double>() == 0);
   CHECK(usage["balance"].get<double>() == Approx(1000 - 0.5 - cost).margin(1e-6));
   int job_charges = 0;
@@ -298,42 +290,42 @@ TEST_CASE("jobs: not enough credits refuses the submit before the scheduler, a q
   JobServer js;
   Client c(js.s.port());
   // 2 CPUs x 10 min x 1 credit/s = 1200 credits > the 1000 granted.
-  auto poor = call(c, js.s.user_key(), "submit_job",
+  auto poor = call_tool(c, js.s.user_key(), "submit_job",
                    {{"script", "touch should-not-run"}, {"resources", {{"tasks", 2}, {"walltime", "00:10:00"}}}});
   CHECK(error_code(poor) == "insufficient_credits");
-  CHECK(call(c, js.s.user_key(), "list_jobs", json::object())["structuredContent"]["jobs"].empty());
+  CHECK(call_tool(c, js.s.user_key(), "list_jobs", json::object())["structuredContent"]["jobs"].empty());
   CHECK_FALSE(fs::exists(js.jobs_root / "demo"));
 
   // Both slots taken, so the second job queues; cancelled there, it never starts.
   auto busy = submit(c, js.s.user_key(), {{"script", "sleep 30"}, {"resources", {{"tasks", 2}, {"walltime", "00:01:00"}}}});
   REQUIRE(eventually([&] {
-    return call(c, js.s.user_key(), "get_job", {{"job_id", busy["job_id"]}})["structuredContent"]["state"] == "ACTIVE";
+    return call_tool(c, js.s.user_key(), "get_job", {{"job_id", busy["job_id"]}})["structuredContent"]["state"] == "ACTIVE";
   }));
   auto queued = submit(c, js.s.user_key(), {{"script", "touch ran"}, {"resources", {{"walltime", "00:01:00"}}}});
-  auto q = call(c, js.s.user_key(), "get_job", {{"job_id", queued["job_id"]}})["structuredContent"];
+  auto q = call_tool(c, js.s.user_key(), "get_job", {{"job_id", queued["job_id"]}})["structuredContent"];
   CHECK(q["state"] == "QUEUED");
-  CHECK(call(c, js.s.user_key(), "cancel_job", {{"job_id", queued["job_id"]}})["isError"] == false);
+  CHECK(call_tool(c, js.s.user_key(), "cancel_job", {{"job_id", queued["job_id"]}})["isError"] == false);
   auto fq = wait_final(c, js.s.user_key(), queued["job_id"]);
   CHECK(fq["state"] == "CANCELED");
   CHECK_FALSE(fq.contains("started"));
   json got;
   REQUIRE(eventually([&] {
-    got = call(c, js.s.user_key(), "get_job", {{"job_id", queued["job_id"]}})["structuredContent"];
+    got = call_tool(c, js.s.user_key(), "get_job", {{"job_id", queued["job_id"]}})["structuredContent"];
     return got["credits"].contains("cost");
   }));
   CHECK(got["credits"]["cost"].get<double>() == 0);
   CHECK_FALSE(fs::exists(js.jobs_root / "demo" / queued["job_id"].get<std::string>() / "ran"));
   // The running one, cancelled, pays for the seconds it ran.
-  CHECK(call(c, js.s.user_key(), "cancel_job", {{"job_id", busy["job_id"]}})["isError"] == false);
+  CHECK(call_tool(c, js.s.user_key(), "cancel_job", {{"job_id", busy["job_id"]}})["isError"] == false);
   auto fb = wait_final(c, js.s.user_key(), busy["job_id"]);
   CHECK(fb["state"] == "CANCELED");
   REQUIRE(eventually([&] {
-    got = call(c, js.s.user_key(), "get_job", {{"job_id", busy["job_id"]}})["structuredContent"];
+    got = call_tool(c, js.s.user_key(), "get_job", {{"job_id", busy["job_id"]}})["structuredContent"];
     return got["credits"].contains("cost");
   }));
   CHECK(got["credits"]["cost"].get<double>() > 0);
   CHECK(got["credits"]["cost"].get<double>() < 30);
-  auto usage = call(c, js.s.user_key(), "get_usage", json::object())["structuredContent"];
+  auto usage = call_tool(c, js.s.user_key(), "get_usage", json::object())["structuredContent"];
   CHECK(usage["held"].get<double>() == 0);
 }
 
@@ -358,10 +350,10 @@ TEST_CASE("jobs: wait_job sends progress notifications with the state, then the 
   // A deadline before the end answers with the job as it is, final = false.
   auto slow = submit(c, js.s.user_key(), {{"script", "sleep 20"}, {"resources", {{"walltime", "00:01:00"}}}});
   auto t0 = std::chrono::steady_clock::now();
-  auto w = call(c, js.s.user_key(), "wait_job", {{"job_id", slow["job_id"]}, {"timeout_s", 0.5}});
+  auto w = call_tool(c, js.s.user_key(), "wait_job", {{"job_id", slow["job_id"]}, {"timeout_s", 0.5}});
   CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
   CHECK(w["structuredContent"]["final"] == false);
-  CHECK(call(c, js.s.user_key(), "cancel_job", {{"job_id", slow["job_id"]}})["isError"] == false);
+  CHECK(call_tool(c, js.s.user_key(), "cancel_job", {{"job_id", slow["job_id"]}})["isError"] == false);
   CHECK(wait_final(c, js.s.user_key(), slow["job_id"])["state"] == "CANCELED");
 }
 
@@ -372,7 +364,7 @@ TEST_CASE("jobs: injection attempts, escaping paths and absurd resources are ref
     // Within the policy's walltime, so that what is refused is the thing under test.
     if (!args.contains("resources")) args["resources"] = {{"walltime", "00:00:10"}};
     if (!args["resources"].contains("walltime")) args["resources"]["walltime"] = "00:00:10";
-    auto r = call(c, js.s.user_key(), "submit_job", std::move(args));
+    auto r = call_tool(c, js.s.user_key(), "submit_job", std::move(args));
     INFO(r.dump());
     CHECK(error_code(r) == code);
     return r["isError"] == true ? r["content"][0]["text"].get<std::string>() : std::string();
@@ -394,7 +386,7 @@ TEST_CASE("jobs: injection attempts, escaping paths and absurd resources are ref
   // More CPUs than the site has: the scheduler refuses, the job is FAILED, its hold released.
   auto big = refused({{"script", "true"}, {"resources", {{"tasks", 64}, {"walltime", "00:00:10"}}}}, "backend_rejected");
   CHECK(big.find("64 CPUs") != std::string::npos);
-  auto usage = call(c, js.s.user_key(), "get_usage", json::object())["structuredContent"];
+  auto usage = call_tool(c, js.s.user_key(), "get_usage", json::object())["structuredContent"];
   CHECK(usage["held"].get<double>() == 0);
   // A symlink planted in the project's area does not lead a job out of it.
   fs::create_directories(js.jobs_root / "demo");

@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "server_process.hpp"
+#include "tool_call.hpp"
 #include "tests/support/slurm_cluster.hpp"
 
 using namespace scigate::itest;
@@ -30,15 +31,6 @@ effect = "permit"
 principals = ["role:member"]
 tools = ["get_job", "list_jobs", "cancel_job", "read_job_output", "wait_job", "get_usage"]
 )";
-
-json call_tool(Client& c, const std::string& key, const std::string& tool, json args) {
-  auto req = modern_request(1, "tools/call", {{"name", tool}, {"arguments", std::move(args)}});
-  auto r = c.request(verb::post, "/mcp", modern_headers(key, "tools/call", tool), req.dump());
-  REQUIRE(r.status == 200);
-  auto body = r.json_body();
-  REQUIRE(body.contains("result"));
-  return body["result"];
-}
 
 // Two sites on the one test cluster: the CLI (with its slurm.conf) and slurmrestd's unix socket.
 std::string site_config(const scigate::test::SlurmCluster& cluster) {
