@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <future>
 #include <thread>
 
 #include "connectors/scheduler/local/local_scheduler.hpp"
@@ -102,7 +103,8 @@ App::App(Config config)
       policy_(ProjectPolicies::sources_from(config_)),
       audit_(config_.database, audit_options(config_)),
       pipeline_(registry_, policy_, *ledger_, audit_, metrics_, config_.tool_timeout),
-      dispatcher_(config_, pipeline_, registry_, policy_, metrics_) {
+      tasks_(config_.tasks.enabled ? std::make_unique<tasks::TaskManager>(config_.tasks, config_.database) : nullptr),
+      dispatcher_(config_, pipeline_, registry_, policy_, metrics_, tasks_.get()) {
   if (sqlite_ledger_)
     jobs_->set_pricer([ledger = sqlite_ledger_](const Usage& u) { return ledger->rates().price(u); });
   policy_.set_schema_lookup([this](const std::string& tool) -> const json* {
@@ -129,8 +131,17 @@ void App::drain_writers() {
   // stop). Their completions must reach the stopped io_context before it is destroyed; posted
   // to a dead one they would touch freed strands.
   jobs_->stop();  // pollers end; queued database work finishes and posts back
+  if (tasks_) tasks_->join();
   audit_.flush();
   if (sqlite_ledger_) sqlite_ledger_->flush();
+}
+
+void App::stop_tasks(asio::io_context& io, std::function<void()> done) {
+  if (!tasks_) {
+    asio::post(io, std::move(done));
+    return;
+  }
+  tasks_->shutdown(io.get_executor(), config_.http.shutdown_grace, std::move(done));
 }
 
 int App::thread_count() const {
@@ -140,6 +151,7 @@ int App::thread_count() const {
 
 int App::serve_http(const std::string& host, uint16_t port, const std::string& port_file) {
   if (sqlite_ledger_) sqlite_ledger_->recover_after_restart();
+  if (tasks_) tasks_->recover();
   audit_.prepare_checkpoints();
   asio::io_context io;
   mcp::SessionStore sessions(config_.http.max_sessions);
@@ -189,7 +201,9 @@ int App::serve_http(const std::string& host, uint16_t port, const std::string& p
   signals.async_wait([&](const boost::system::error_code& ec, int sig) {
     if (ec) return;
     log::info("shutting_down", {{"signal", sig}, {"grace_s", config_.http.shutdown_grace.count()}});
-    server.shutdown([&io] { io.stop(); });
+    // Tasks first: their calls are stopped and settled, and tasks/result waiters answered,
+    // while connections still drain.
+    stop_tasks(io, [&server, &io] { server.shutdown([&io] { io.stop(); }); });
   });
   asio::signal_set hup(io, SIGHUP);
   std::function<void()> wait_hup = [&] {
@@ -236,6 +250,7 @@ int App::serve_stdio() {
     return 2;
   }
   if (sqlite_ledger_) sqlite_ledger_->recover_after_restart();
+  if (tasks_) tasks_->recover();
   asio::io_context io;
   auto work = asio::make_work_guard(io);
   jobs_->start(io);
@@ -259,6 +274,11 @@ int App::serve_stdio() {
   opts.audit = &audit_;
   log::info("stdio_ready", {{"principal", principal.name}, {"tools", registry_.tools().size()}});
   transport::run_stdio(io, dispatcher_, principal, opts);
+  {
+    std::promise<void> stopped;
+    stop_tasks(io, [&stopped] { stopped.set_value(); });
+    stopped.get_future().wait();
+  }
   hup.cancel();
   policy_.stop_watching();
   work.reset();

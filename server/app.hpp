@@ -4,6 +4,7 @@
 // is a change here only.
 #include <boost/asio/io_context.hpp>
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -48,6 +49,8 @@ class App {
 
  private:
   int thread_count() const;
+  // Fails running tasks and stops their calls; `done` runs on `io` once they have ended.
+  void stop_tasks(boost::asio::io_context& io, std::function<void()> done);
   void reload_policies();
   void watch_policies(boost::asio::io_context& io);
   void drain_writers();  // after the I/O threads stopped, before their io_context goes
@@ -67,6 +70,7 @@ class App {
   SqliteAuditLog audit_;  // after keys_, whose construction migrates the schema
   Metrics metrics_;
   ToolCallPipeline pipeline_;
+  std::unique_ptr<tasks::TaskManager> tasks_;  // null with [tasks] enabled = false
   mcp::Dispatcher dispatcher_;
 };
 

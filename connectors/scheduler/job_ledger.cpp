@@ -180,7 +180,7 @@ JobService::JobService(const Config& config, const std::filesystem::path& db_pat
 
 JobService::~JobService() {
   stop();
-  db_pool_.join();
+  db_.join();
 }
 
 const SiteConfig* JobService::site(const std::string& id) const {
@@ -194,12 +194,12 @@ void JobService::stop() {
   // The pool's completions are posted to the callers' executors: they must all have been
   // posted before the server destroys its io_context (App::drain_writers). Joining twice (here
   // and in the destructor) is harmless.
-  db_pool_.join();
+  db_.join();
 }
 
 void JobService::load() {
-  auto lk = db_.lock();
-  state::Statement st(db_.handle(),
+  auto lk = db_.db().lock();
+  state::Statement st(db_.db().handle(),
                       "SELECT id, site, native_id, project, principal, name, spec, state, native_state, reason, "
                       "exit_code, term_signal, created_ms, submit_ms, start_ms, end_ms, hold_id, held, cost, settled "
                       "FROM jobs WHERE state IN ('NEW','QUEUED','ACTIVE') OR settled = 0 OR created_ms > ?");
@@ -234,7 +234,7 @@ void JobService::load() {
     r.stderr_path = text_of(r.spec, "stderr");
     jobs_.emplace(r.id, std::move(r));
   }
-  state::Statement ev(db_.handle(),
+  state::Statement ev(db_.db().handle(),
                       "SELECT job_id, time_ms, state, native_state, reason FROM job_events WHERE job_id IN "
                       "(SELECT id FROM jobs WHERE state IN ('NEW','QUEUED','ACTIVE') OR settled = 0 OR created_ms > ?) "
                       "ORDER BY seq");
@@ -275,23 +275,7 @@ void JobService::start(asio::io_context& io) {
 }
 
 asio::awaitable<void> JobService::on_db(std::function<void(state::Database&)> fn) {
-  // Posted to the pool and posted back (not co_spawn onto the pool): the coroutine's frame and
-  // cancellation slot stay on the caller's executor.
-  auto ex = co_await asio::this_coro::executor;
-  co_await asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr)>(
-      [this, ex](auto handler, std::function<void(state::Database&)> f) {
-        asio::post(db_pool_, [this, ex, f = std::move(f), handler = std::move(handler)]() mutable {
-          std::exception_ptr error;
-          try {
-            auto lk = db_.lock();
-            f(db_);
-          } catch (...) {
-            error = std::current_exception();
-          }
-          asio::post(ex, [handler = std::move(handler), error]() mutable { std::move(handler)(error); });
-        });
-      },
-      asio::use_awaitable, std::move(fn));
+  co_await db_.run(std::move(fn));
 }
 
 void JobService::write_job(state::Database& db, const JobRecord& r) {

@@ -38,7 +38,7 @@
 #include "connectors/scheduler/scheduler.hpp"
 #include "policies/ledger.hpp"
 #include "server/config/config.hpp"
-#include "server/state/database.hpp"
+#include "server/state/db_worker.hpp"
 
 namespace scigate::jobs {
 
@@ -139,8 +139,7 @@ class JobService {
   std::function<MicroCredits(const Usage&)> pricer_;
   std::vector<SiteConfig> sites_;
   std::map<std::string, std::unique_ptr<SiteRuntime>> runtimes_;
-  state::Database db_;
-  boost::asio::thread_pool db_pool_{1};
+  state::DbWorker db_;
   mutable std::mutex mutex_;
   std::map<std::string, JobRecord> jobs_;
   std::atomic<bool> stop_{false};

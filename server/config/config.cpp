@@ -188,6 +188,28 @@ std::string default_unit(const std::string& resource) {
   return it == kUnits.end() ? "unit" : it->second;
 }
 
+void parse_tasks(const toml::table& s, TasksConfig& c, const std::string& source) {
+  reject_unknown(s,
+                 {"enabled", "default_ttl_s", "max_ttl_s", "min_retention_s", "poll_interval_ms",
+                  "max_running_per_principal", "max_duration_s"},
+                 "[tasks]", source);
+  c.enabled = get<bool>(s, "enabled", c.enabled, source);
+  auto positive = [&](std::string_view k, int64_t d) {
+    int64_t v = get<int64_t>(s, k, d, source);
+    if (v <= 0) throw ConfigError(source + ": tasks." + std::string(k) + " must be greater than zero");
+    return v;
+  };
+  c.default_ttl = std::chrono::seconds(positive("default_ttl_s", c.default_ttl.count()));
+  c.max_ttl = std::chrono::seconds(positive("max_ttl_s", c.max_ttl.count()));
+  c.min_retention = std::chrono::seconds(positive("min_retention_s", c.min_retention.count()));
+  c.poll_interval = std::chrono::milliseconds(positive("poll_interval_ms", c.poll_interval.count()));
+  c.max_running_per_principal =
+      static_cast<std::size_t>(positive("max_running_per_principal", int64_t(c.max_running_per_principal)));
+  c.max_duration = std::chrono::seconds(positive("max_duration_s", c.max_duration.count()));
+  if (c.default_ttl > c.max_ttl)
+    throw ConfigError(source + ": tasks.default_ttl_s must not exceed tasks.max_ttl_s");
+}
+
 void parse_credits(const toml::table& s, CreditsConfig& c, const std::string& source) {
   reject_unknown(s, {"enabled", "hold_timeout_s", "sweep_interval_s", "idempotency_ttl_s", "rates"}, "[credits]",
                  source);
@@ -313,8 +335,8 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
   }
   Config c;
   c.base_dir = base_dir;
-  reject_unknown(root, {"server", "limits", "http", "stdio", "tools", "credits", "audit", "projects", "users", "oidc",
-                        "sites"},
+  reject_unknown(root, {"server", "limits", "http", "stdio", "tools", "tasks", "credits", "audit", "projects", "users",
+                        "oidc", "sites"},
                  "the top level",
                  source);
   if (auto* s = section(root, "server", source)) {
@@ -376,6 +398,7 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
     reject_unknown(*s, {"demo"}, "[tools]", source);
     c.demo_tools = get<bool>(*s, "demo", false, source);
   }
+  if (auto* s = section(root, "tasks", source)) parse_tasks(*s, c.tasks, source);
   if (auto* s = section(root, "credits", source)) parse_credits(*s, c.credits, source);
   if (auto* s = section(root, "audit", source)) {
     reject_unknown(*s, {"signing_key", "checkpoint_file", "checkpoint_every_records", "checkpoint_every_s"}, "[audit]",

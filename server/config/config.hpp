@@ -126,6 +126,18 @@ struct SiteConfig {
   std::optional<SlurmSiteConfig> slurm;  // [sites.slurm], for scheduler = "slurm"
 };
 
+// The MCP tasks extension (docs/PROTOCOL.md "Tasks"): tool calls that run in the background
+// and are followed with tasks/get.
+struct TasksConfig {
+  bool enabled = true;
+  std::chrono::seconds default_ttl{3600};        // retention from creation, when the client asks for none
+  std::chrono::seconds max_ttl{7 * 86400};       // the most a client may ask for
+  std::chrono::seconds min_retention{600};       // a finished task stays at least this long after it ends
+  std::chrono::milliseconds poll_interval{1000}; // suggested to clients
+  std::size_t max_running_per_principal = 32;
+  std::chrono::seconds max_duration{86400};      // a task's tool call is cut after this (not tool_timeout_s)
+};
+
 struct Config {
   std::filesystem::path path;       // the file this came from (empty for built-in defaults)
   std::filesystem::path base_dir;   // relative paths resolve here
@@ -144,6 +156,7 @@ struct Config {
   bool demo_tools = false;          // register the echo and sleep tools
   std::string instructions;
   HttpConfig http;
+  TasksConfig tasks;
   CreditsConfig credits;
   AuditConfig audit;
   std::vector<ProjectConfig> projects;

@@ -57,6 +57,7 @@ struct CallContext {
   std::string era;                // "2026-07-28" (stateless) or "2025-11-25" (session) era
   std::string client_name;        // from clientInfo, for display and logs
   std::chrono::steady_clock::time_point deadline;
+  std::string task_id;            // set when the call runs as a task (the caller is not waiting)
   ProgressReporter progress;
   std::shared_ptr<CancellationFlag> cancellation = std::make_shared<CancellationFlag>();
   json audit_fields = json::object();  // tool-specific facts for the audit record

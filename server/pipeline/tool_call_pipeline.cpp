@@ -72,6 +72,8 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
   facts["auth"] = req.principal.auth_method;
   if (!req.client_name.empty()) facts["client"] = req.client_name;
   if (!req.idempotency_key.empty()) facts["idempotency_key"] = req.idempotency_key;
+  if (!req.task_id.empty()) facts["task_id"] = req.task_id;
+  const std::chrono::seconds timeout = req.timeout.value_or(tool_timeout_);
 
   // Every path ends here: one audit record, durable before the caller gets an answer.
   auto finish = [&](std::string outcome, const Error* err) -> asio::awaitable<void> {
@@ -158,7 +160,7 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
   worst.add("call:" + req.tool, 1);
   HoldRequest hr{project, req.principal.name, req.tool, req.request_id, std::move(worst), req.idempotency_key,
                  req.idempotency_key.empty() ? std::string() : crypto::sha256_hex(req.tool + "\n" + jsonrpc::dump(req.arguments)),
-                 std::chrono::duration_cast<std::chrono::seconds>(tool_timeout_) + std::chrono::seconds(60)};
+                 timeout + std::chrono::seconds(60)};
   ReserveResult reserved = co_await ledger_.reserve(std::move(hr));
   if (reserved.error) {
     co_await fail(reserved.error->code == ErrorCode::kConflict ? "invalid" : "denied", *reserved.error);
@@ -192,7 +194,8 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
   ctx.protocol_version = req.protocol_version;
   ctx.era = req.era;
   ctx.client_name = req.client_name;
-  ctx.deadline = started + tool_timeout_;
+  ctx.deadline = started + timeout;
+  ctx.task_id = req.task_id;
   ctx.progress = std::move(req.progress);
   ctx.cancellation = req.cancellation;
 
@@ -209,7 +212,7 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
     }
   };
   try {
-    asio::steady_timer deadline(co_await asio::this_coro::executor, tool_timeout_);
+    asio::steady_timer deadline(co_await asio::this_coro::executor, timeout);
     // as_tuple: the timer cancelled after every normal call must not cost an exception.
     auto winner = co_await (guarded() || deadline.async_wait(asio::as_tuple(asio::use_awaitable)));
     if (winner.index() == 0) {
@@ -221,7 +224,7 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
     } else {
       ctx.cancellation->cancel();
       outcome = "timeout";
-      failure = Error{ErrorCode::kTimeout, "the call did not finish within " + std::to_string(tool_timeout_.count()) + " s",
+      failure = Error{ErrorCode::kTimeout, "the call did not finish within " + std::to_string(timeout.count()) + " s",
                       "ask for less work per call, or use the tool's asynchronous form where it has one", {}};
     }
   } catch (const boost::system::system_error& e) {

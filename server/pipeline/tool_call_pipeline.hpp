@@ -32,6 +32,9 @@ struct ToolCallRequest {
   std::string client_name;
   ProgressReporter progress;
   std::shared_ptr<CancellationFlag> cancellation = std::make_shared<CancellationFlag>();
+  // Set for a call that runs as a task: its id (in the audit record) and its longer deadline.
+  std::string task_id;
+  std::optional<std::chrono::seconds> timeout;  // default: [limits] tool_timeout_s
 };
 
 struct ToolCallOutcome {

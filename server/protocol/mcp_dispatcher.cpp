@@ -35,6 +35,23 @@ Outbound result(const json& id, json r) { return Outbound{jsonrpc::make_result(i
 
 Outbound accepted() { return Outbound{std::nullopt, 202}; }
 
+// The data of a -32021 answer naming the tasks extension. Not built inside a coroutine: GCC 12
+// miscompiles brace-initialised json there.
+json tasks_extension_required() {
+  json ext = json::object();
+  ext[kTasksExtension] = json::object();
+  json data = json::object();
+  data["requiredCapabilities"]["extensions"] = std::move(ext);
+  return data;
+}
+
+// Whether this 2026-07-28 request's client capabilities declare the tasks extension.
+bool declares_tasks(const json& meta) {
+  json ext = object_member(object_member(meta, kMetaClientCapabilities), "extensions");
+  auto it = ext.find(kTasksExtension);
+  return it != ext.end() && it->is_object();
+}
+
 std::string in_flight_key(const std::string& channel, const json& id) { return channel + "|" + id.dump(); }
 
 // Cursors are opaque to clients; inside they are a base64 offset so a forged one is just a
@@ -58,14 +75,27 @@ std::optional<std::size_t> read_cursor(const json& params) {
 }  // namespace
 
 Dispatcher::Dispatcher(const Config& config, ToolCallPipeline& pipeline, const ToolRegistry& registry,
-                       const PolicyEngine& policy, Metrics& metrics)
-    : config_(config), pipeline_(pipeline), registry_(registry), policy_(policy), metrics_(metrics) {}
+                       const PolicyEngine& policy, Metrics& metrics, tasks::TaskManager* tasks)
+    : config_(config), pipeline_(pipeline), registry_(registry), policy_(policy), metrics_(metrics), tasks_(tasks) {}
 
 json Dispatcher::server_info() const {
   return json{{"name", config_.server_name}, {"title", "scigate research computing gateway"}, {"version", kVersion}};
 }
 
-json Dispatcher::capabilities() const { return json{{"tools", {{"listChanged", true}}}}; }
+json Dispatcher::capabilities(const std::string& version) const {
+  json c = json::object();
+  c["tools"] = json{{"listChanged", true}};
+  if (tasks_ && version == kModernVersion) {
+    c["extensions"][kTasksExtension] = json::object();
+  } else if (tasks_ && version == kLatestLegacyVersion) {
+    // 2025-11-25's experimental tasks: tools/call may be task-augmented; tasks can be listed
+    // and cancelled.
+    json requests = json::object();
+    requests["tools"]["call"] = json::object();
+    c["tasks"] = json{{"list", json::object()}, {"cancel", json::object()}, {"requests", requests}};
+  }
+  return c;
+}
 
 asio::awaitable<Outbound> Dispatcher::handle(Inbound in) {
   std::string failure;
@@ -123,7 +153,7 @@ asio::awaitable<Outbound> Dispatcher::handle_modern(Inbound& in, const std::stri
 
   Outbound out;
   if (msg.method == "server/discover") {
-    json r{{"supportedVersions", supported_versions()}, {"capabilities", capabilities()}, {"ttlMs", 3600000},
+    json r{{"supportedVersions", supported_versions()}, {"capabilities", capabilities(version)}, {"ttlMs", 3600000},
            {"cacheScope", "public"}};
     if (!config_.instructions.empty()) r["instructions"] = config_.instructions;
     out = result(msg.id, std::move(r));
@@ -133,12 +163,14 @@ asio::awaitable<Outbound> Dispatcher::handle_modern(Inbound& in, const std::stri
     out = co_await tools_call(in, version, client_name, meta);
   } else if (msg.method == "subscriptions/listen") {
     out = co_await subscriptions_listen(in, meta);
+  } else if (msg.method == "tasks/get" || msg.method == "tasks/update" || msg.method == "tasks/cancel") {
+    out = co_await tasks_request(in, true);
   } else {
     co_return error(msg.id, jsonrpc::kMethodNotFound, "Method not found: " + msg.method, 404);
   }
   if (out.response && out.response->contains("result")) {
     json& r = (*out.response)["result"];
-    r["resultType"] = "complete";
+    if (!r.contains("resultType")) r["resultType"] = "complete";  // "task" for a CreateTaskResult
     r["_meta"][kMetaServerInfo] = server_info();
   }
   co_return out;
@@ -166,6 +198,9 @@ asio::awaitable<Outbound> Dispatcher::handle_legacy(Inbound& in) {
     json meta = object_member(msg.params, "_meta");
     co_return co_await tools_call(in, session->version(), session->client_name(), meta);
   }
+  if (msg.method == "tasks/get" || msg.method == "tasks/result" || msg.method == "tasks/list" ||
+      msg.method == "tasks/cancel")
+    if (tasks_ && session->version() == kLatestLegacyVersion) co_return co_await tasks_request(in, false);
   co_return error(msg.id, jsonrpc::kMethodNotFound, "Method not found: " + msg.method);
 }
 
@@ -178,7 +213,7 @@ Outbound Dispatcher::initialize(Inbound& in) {
   // Version negotiation: echo a version we speak, else offer our latest of this era.
   std::string chosen = is_legacy_version(requested) ? requested : kLatestLegacyVersion;
   in.session->initialize(chosen, object_member(p, "capabilities"), object_member(p, "clientInfo"));
-  json r{{"protocolVersion", chosen}, {"capabilities", capabilities()}, {"serverInfo", server_info()}};
+  json r{{"protocolVersion", chosen}, {"capabilities", capabilities(chosen)}, {"serverInfo", server_info()}};
   if (!config_.instructions.empty()) r["instructions"] = config_.instructions;
   return result(msg.id, std::move(r));
 }
@@ -193,7 +228,11 @@ Outbound Dispatcher::tools_list(const Inbound& in, bool modern) {
   if (*offset > visible.size()) return error(msg.id, jsonrpc::kInvalidParams, "invalid cursor: past the end of the list");
   json tools = json::array();
   std::size_t end = std::min(visible.size(), *offset + page_size);
-  for (std::size_t i = *offset; i < end; ++i) tools.push_back(ToolRegistry::to_wire(visible[i]->descriptor()));
+  for (std::size_t i = *offset; i < end; ++i) {
+    json t = ToolRegistry::to_wire(visible[i]->descriptor());
+    if (!tasks_) t.erase("execution");  // no task may be started here
+    tools.push_back(std::move(t));
+  }
   json r{{"tools", std::move(tools)}};
   if (end < visible.size()) r["nextCursor"] = make_cursor(end);
   if (modern) {
@@ -232,6 +271,45 @@ asio::awaitable<Outbound> Dispatcher::tools_call(Inbound& in, const std::string&
   req.era = version == kModernVersion ? kModernVersion : kLatestLegacyVersion;
   req.client_name = client_name;
   req.cancellation = in.cancellation;
+
+  // Run as a task? 2025-11-25: when the client asks (params.task) and the tool allows it.
+  // 2026-07-28: the server decides, for clients that declare the tasks extension on this request:
+  // every call of a tool that supports tasks becomes one.
+  if (tasks_) {
+    const bool modern = version == kModernVersion;
+    const Tool* tool = registry_.find(req.tool);
+    const TaskSupport support =
+        tool && pipeline_.visible(req.principal, *tool) ? tool->descriptor().task_support : TaskSupport::kForbidden;
+    std::optional<int64_t> ttl;
+    bool as_task = false;
+    if (modern) {
+      bool declared = declares_tasks(meta);
+      if (support == TaskSupport::kRequired && !declared)
+        co_return error(msg.id, kMissingRequiredClientCapability,
+                        "Missing required client capability: " + req.tool + " runs only as a task; declare the " +
+                            kTasksExtension + " extension in this request's client capabilities",
+                        200, tasks_extension_required());
+      as_task = declared && support != TaskSupport::kForbidden;
+    } else if (version == kLatestLegacyVersion) {
+      auto t = p.find("task");
+      bool requested = t != p.end() && t->is_object();
+      if (requested && support == TaskSupport::kForbidden && tool)
+        co_return error(msg.id, jsonrpc::kMethodNotFound,
+                        req.tool + " does not support task-augmented execution: call it without params.task");
+      if (!requested && support == TaskSupport::kRequired)
+        co_return error(msg.id, jsonrpc::kMethodNotFound,
+                        req.tool + " runs only as a task: call it with params.task (tasks capability)");
+      as_task = requested && support != TaskSupport::kForbidden;
+      if (as_task)
+        if (auto ttl_it = t->find("ttl"); ttl_it != t->end() && ttl_it->is_number() && ttl_it->get<double>() >= 0)
+          ttl = static_cast<int64_t>(ttl_it->get<double>());
+    }
+    if (as_task) {
+      json token = meta.contains("progressToken") ? meta["progressToken"] : json();
+      co_return co_await start_task(in, std::move(req), modern, ttl, std::move(token));
+    }
+  }
+
   if (auto tok = meta.find("progressToken"); tok != meta.end() && (tok->is_string() || tok->is_number_integer()) &&
                                              in.notify) {
     json token = *tok;
@@ -287,6 +365,21 @@ asio::awaitable<Outbound> Dispatcher::subscriptions_listen(Inbound& in, const js
   json acknowledged = json::object();
   bool tools = bool_member(filter, "toolsListChanged");
   if (tools) acknowledged["toolsListChanged"] = true;  // the only list this server has
+  std::vector<std::string> task_ids;
+  std::string owner = in.principal ? in.principal->name : std::string();
+  if (auto t = filter.find("taskIds"); t != filter.end() && t->is_array() && !t->empty()) {
+    bool declared = declares_tasks(meta);
+    if (!tasks_ || !declared)
+      co_return error(msg.id, kMissingRequiredClientCapability,
+                      std::string("Missing required client capability: task notifications need the ") + kTasksExtension +
+                          " extension in this request's client capabilities",
+                      200, tasks_extension_required());
+    // Only the caller's own, live tasks; the others are left out of the acknowledgement.
+    for (const auto& id : *t)
+      if (id.is_string() && task_ids.size() < 1000 && tasks_->get(owner, id.get<std::string>()))
+        task_ids.push_back(id.get<std::string>());
+    acknowledged["taskIds"] = task_ids;
+  }
 
   auto executor = co_await asio::this_coro::executor;
   auto timer = std::make_shared<asio::steady_timer>(executor, asio::steady_timer::time_point::max());
@@ -295,10 +388,12 @@ asio::awaitable<Outbound> Dispatcher::subscriptions_listen(Inbound& in, const js
   {
     std::lock_guard g(listeners_mutex_);
     listener_id = next_listener_++;
-    listeners_[listener_id] = Listener{in.notify, msg.id, tools, [timer, closed] {
+    listeners_[listener_id] = Listener{in.notify, msg.id, tools,
+                                       [timer, closed] {
                                          closed->store(true);
                                          asio::post(timer->get_executor(), [timer] { timer->cancel(); });
-                                       }};
+                                       },
+                                       owner, task_ids};
   }
   in.notify(jsonrpc::make_notification(
       "notifications/subscriptions/acknowledged",

@@ -19,6 +19,7 @@
 #include "server/pipeline/tool_call_pipeline.hpp"
 #include "server/protocol/jsonrpc.hpp"
 #include "server/protocol/mcp_session.hpp"
+#include "server/tasks/task_manager.hpp"
 
 namespace scigate::mcp {
 
@@ -31,6 +32,8 @@ inline constexpr const char* kMetaServerInfo = "io.modelcontextprotocol/serverIn
 inline constexpr const char* kMetaSubscriptionId = "io.modelcontextprotocol/subscriptionId";
 inline constexpr const char* kMetaProject = "io.scigate/project";
 inline constexpr const char* kMetaIdempotencyKey = "io.scigate/idempotency_key";
+inline constexpr const char* kMetaRelatedTask = "io.modelcontextprotocol/related-task";
+inline constexpr const char* kTasksExtension = "io.modelcontextprotocol/tasks";
 
 // MCP-specific JSON-RPC error codes (2026-07-28).
 inline constexpr int kHeaderMismatch = -32020;
@@ -66,8 +69,9 @@ struct Outbound {
 
 class Dispatcher {
  public:
+  // `tasks` may be null: no task support ([tasks] enabled = false).
   Dispatcher(const Config& config, ToolCallPipeline& pipeline, const ToolRegistry& registry,
-             const PolicyEngine& policy, Metrics& metrics);
+             const PolicyEngine& policy, Metrics& metrics, tasks::TaskManager* tasks = nullptr);
 
   // Never throws: a bug below answers -32603 with a correlation id (details go to the log).
   boost::asio::awaitable<Outbound> handle(Inbound in);
@@ -90,7 +94,18 @@ class Dispatcher {
   Outbound tools_list(const Inbound& in, bool modern);
   Outbound initialize(Inbound& in);
   json server_info() const;
-  json capabilities() const;
+  json capabilities(const std::string& version) const;
+
+  // Tasks (mcp_tasks.cpp): both wire formats, 2025-11-25's experimental tasks and the 2026-07-28
+  // tasks extension, over one TaskManager.
+  boost::asio::awaitable<Outbound> start_task(Inbound& in, ToolCallRequest req, bool modern,
+                                              std::optional<int64_t> ttl_ms, json progress_token);
+  boost::asio::awaitable<tasks::TaskOutcome> run_task_call(ToolCallRequest req, json progress_token,
+                                                           std::weak_ptr<LegacySession> session, std::string task_id,
+                                                           std::shared_ptr<CancellationFlag> cancel,
+                                                           std::function<void(std::string)> message);
+  boost::asio::awaitable<Outbound> tasks_request(Inbound& in, bool modern);
+  void notify_task_listeners(const tasks::TaskRecord& r);
   void cancel_request(const std::string& channel, const json& request_id);
 
   const Config& config_;
@@ -98,6 +113,7 @@ class Dispatcher {
   const ToolRegistry& registry_;
   const PolicyEngine& policy_;
   Metrics& metrics_;
+  tasks::TaskManager* tasks_;
 
   std::mutex in_flight_mutex_;
   std::unordered_map<std::string, std::function<void()>> in_flight_;  // channel + id -> cancel
@@ -107,6 +123,8 @@ class Dispatcher {
     json subscription_id;
     bool tools;
     std::function<void()> close;
+    std::string owner;                  // the principal that listens (task notifications are its own)
+    std::vector<std::string> task_ids;  // notifications/tasks for these
   };
   std::mutex listeners_mutex_;
   std::unordered_map<uint64_t, Listener> listeners_;

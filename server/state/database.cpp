@@ -288,6 +288,27 @@ const std::vector<Migration>& schema_migrations() {
         );
         CREATE INDEX job_events_job ON job_events(job_id, seq);
       )sql"},
+      {6, R"sql(
+        -- MCP tasks (server/tasks/task_manager.cpp, docs/PROTOCOL.md "Tasks"): tool calls that run
+        -- in the background, bound to the principal that started them. The call's own audit
+        -- record names the task; this table holds what tasks/get answers.
+        CREATE TABLE tasks (
+          id             TEXT PRIMARY KEY,          -- t-<32 hex>, unguessable
+          owner          TEXT NOT NULL,             -- principal name: nobody else may see the task
+          project        TEXT NOT NULL DEFAULT '',
+          tool           TEXT NOT NULL,
+          request_id     TEXT NOT NULL,             -- the tool call's correlation id (audit)
+          status         TEXT NOT NULL CHECK (status IN ('working','input_required','completed','failed','cancelled')),
+          status_message TEXT NOT NULL DEFAULT '',
+          created_ms     INTEGER NOT NULL,
+          updated_ms     INTEGER NOT NULL,
+          expires_ms     INTEGER NOT NULL,          -- may be deleted after this, once terminal
+          result         TEXT,                      -- CallToolResult JSON (completed)
+          error          TEXT                       -- JSON-RPC error object (failed)
+        );
+        CREATE INDEX tasks_owner ON tasks(owner, created_ms);
+        CREATE INDEX tasks_expiry ON tasks(expires_ms);
+      )sql"},
   };
   return kMigrations;
 }

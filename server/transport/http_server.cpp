@@ -954,8 +954,11 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     if (method.empty()) return "Header mismatch: the Mcp-Method header is required";
     if (method != msg.method)
       return "Header mismatch: Mcp-Method header value '" + method + "' does not match body value '" + msg.method + "'";
+    // The tasks extension routes tasks/get, tasks/update and tasks/cancel by task id.
+    const bool task_method = msg.method == "tasks/get" || msg.method == "tasks/update" || msg.method == "tasks/cancel";
     const char* name_field = msg.method == "tools/call" || msg.method == "prompts/get" ? "name"
                              : msg.method == "resources/read"                         ? "uri"
+                             : task_method                                            ? "taskId"
                                                                                       : nullptr;
     if (name_field) {
       std::string raw = header(req, "Mcp-Name");

@@ -507,10 +507,11 @@ WaitJobTool::WaitJobTool(jobs::JobService& jobs) : jobs_(jobs) {
   descriptor_.name = "wait_job";
   descriptor_.title = "Wait for a job";
   descriptor_.description =
-      "Waits until a job of this project ends (COMPLETED, FAILED, CANCELED) or timeout_s passes (default 60, at "
-      "most 600), sending progress notifications with its state meanwhile; returns the job as get_job does, with "
-      "final = false when it is still running.";
-  descriptor_.input_schema = schema_with_job_id(R"({"timeout_s": {"type": "number", "minimum": 0, "maximum": 600}})",
+      "Waits until a job of this project ends (COMPLETED, FAILED, CANCELED) or timeout_s passes (default 60), "
+      "sending progress notifications with its state meanwhile; returns the job as get_job does, with final = false "
+      "when it is still running. Clients with MCP tasks get a task to poll instead of a held connection, and may "
+      "wait up to a day; an inline call also ends at the server's tool timeout.";
+  descriptor_.input_schema = schema_with_job_id(R"({"timeout_s": {"type": "number", "minimum": 0, "maximum": 86400}})",
                                                 R"(["job_id"])");
   descriptor_.output_schema = json::parse(kJobOutputSchema);
   descriptor_.annotations = read_only();
@@ -522,7 +523,10 @@ asio::awaitable<ToolResult> WaitJobTool::call(const json& args, CallContext& ctx
   double timeout_s = args.contains("timeout_s") ? args["timeout_s"].get<double>() : 60.0;
   auto deadline = std::chrono::steady_clock::now() +
                   std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(timeout_s));
-  if (ctx.deadline.time_since_epoch().count() != 0 && ctx.deadline < deadline) deadline = ctx.deadline;
+  // End a little before the pipeline's own deadline, so the caller gets the job (final = false)
+  // rather than a timeout error.
+  if (ctx.deadline.time_since_epoch().count() != 0 && ctx.deadline - std::chrono::milliseconds(500) < deadline)
+    deadline = ctx.deadline - std::chrono::milliseconds(500);
   asio::steady_timer timer(co_await asio::this_coro::executor);
   int reports = 0;
   std::optional<JobState> last;

@@ -1,0 +1,395 @@
+#include "server/tasks/task_manager.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <algorithm>
+
+#include "server/common/crypto.hpp"
+#include "server/observability/log.hpp"
+
+namespace scigate::tasks {
+namespace asio = boost::asio;
+
+namespace {
+
+int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+json internal_error(const std::string& message) {
+  json e = json::object();
+  e["code"] = -32603;
+  e["message"] = message;
+  return e;
+}
+
+json parse_or_null(const std::string& text) {
+  if (text.empty()) return nullptr;
+  return json::parse(text, nullptr, false);
+}
+
+void write_record(state::Database& db, const TaskRecord& r) {
+  state::Statement st(db.handle(),
+                      "INSERT OR REPLACE INTO tasks(id, owner, project, tool, request_id, status, status_message, "
+                      "created_ms, updated_ms, expires_ms, result, error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)");
+  st.bind(1, r.id).bind(2, r.owner).bind(3, r.project).bind(4, r.tool).bind(5, r.request_id);
+  st.bind(6, to_string(r.status)).bind(7, r.status_message).bind(8, r.created_ms).bind(9, r.updated_ms);
+  st.bind(10, r.expires_ms);
+  if (r.result.is_null()) st.bind_null(11);
+  else st.bind(11, r.result.dump());
+  if (r.error.is_null()) st.bind_null(12);
+  else st.bind(12, r.error.dump());
+  st.step();
+}
+
+std::function<void(state::Database&)> write_op(TaskRecord record) {
+  return [record = std::move(record)](state::Database& db) { write_record(db, record); };
+}
+
+}  // namespace
+
+std::string_view to_string(Status s) {
+  switch (s) {
+    case Status::kWorking: return "working";
+    case Status::kInputRequired: return "input_required";
+    case Status::kCompleted: return "completed";
+    case Status::kFailed: return "failed";
+    case Status::kCancelled: return "cancelled";
+  }
+  return "failed";
+}
+
+std::optional<Status> status_from_string(std::string_view s) {
+  for (Status v : {Status::kWorking, Status::kInputRequired, Status::kCompleted, Status::kFailed, Status::kCancelled})
+    if (to_string(v) == s) return v;
+  return std::nullopt;
+}
+
+TaskManager::TaskManager(const TasksConfig& config, const std::filesystem::path& db_path)
+    : config_(config), db_(db_path) {}
+
+TaskManager::~TaskManager() { db_.join(); }
+
+void TaskManager::recover() {
+  auto lk = db_.db().lock();
+  int64_t now = now_ms();
+  db_.db().exec("BEGIN IMMEDIATE");
+  try {
+    // The work of a task lives in this process only; whatever was running died with the last one.
+    state::Statement fail(db_.db().handle(),
+                          "UPDATE tasks SET status = 'failed', updated_ms = ?, status_message = ?, error = ? "
+                          "WHERE status IN ('working', 'input_required')");
+    std::string message =
+        "the server restarted while this task was running; its tool call was not completed and its credit hold "
+        "was released. Call the tool again.";
+    fail.bind(1, now).bind(2, message).bind(3, internal_error(message).dump());
+    fail.step();
+    state::Statement purge(db_.db().handle(), "DELETE FROM tasks WHERE expires_ms < ?");
+    purge.bind(1, now);
+    purge.step();
+    db_.db().exec("COMMIT");
+  } catch (...) {
+    db_.db().exec("ROLLBACK");
+    throw;
+  }
+  state::Statement st(db_.db().handle(),
+                      "SELECT id, owner, project, tool, request_id, status, status_message, created_ms, updated_ms, "
+                      "expires_ms, result, error FROM tasks");
+  std::lock_guard g(mutex_);
+  while (st.step()) {
+    TaskRecord r;
+    r.id = st.column_text(0);
+    r.owner = st.column_text(1);
+    r.project = st.column_text(2);
+    r.tool = st.column_text(3);
+    r.request_id = st.column_text(4);
+    r.status = status_from_string(st.column_text(5)).value_or(Status::kFailed);
+    r.status_message = st.column_text(6);
+    r.created_ms = st.column_int(7);
+    r.updated_ms = st.column_int(8);
+    r.expires_ms = st.column_int(9);
+    if (!st.column_is_null(10)) r.result = parse_or_null(st.column_text(10));
+    if (!st.column_is_null(11)) r.error = parse_or_null(st.column_text(11));
+    Entry e;
+    e.record = std::move(r);
+    tasks_.emplace(e.record.id, std::move(e));
+  }
+  last_purge_ms_ = now;
+}
+
+bool TaskManager::visible_locked(const Entry& e, const std::string& owner, int64_t now) const {
+  if (e.record.owner != owner) return false;
+  return !(is_terminal(e.record.status) && e.record.expires_ms < now);
+}
+
+void TaskManager::purge_expired_locked(int64_t now) {
+  // Memory only, and at most once a minute; rows are deleted at the next start (recover()).
+  // An expired row is never served: visible_locked() hides it.
+  if (now - last_purge_ms_ < 60'000) return;
+  last_purge_ms_ = now;
+  for (auto it = tasks_.begin(); it != tasks_.end();) {
+    if (!it->second.running && is_terminal(it->second.record.status) && it->second.record.expires_ms < now)
+      it = tasks_.erase(it);
+    else
+      ++it;
+  }
+}
+
+asio::awaitable<std::variant<TaskRecord, Error>> TaskManager::create(asio::any_io_executor executor, std::string owner,
+                                                                    std::string project, std::string tool,
+                                                                    std::string request_id,
+                                                                    std::optional<int64_t> ttl_ms, Work work,
+                                                                    Listener listener) {
+  if (stopping_.load())
+    co_return Error{ErrorCode::kBackendUnavailable, "the server is shutting down and starts no new tasks",
+                    "try again in a moment, against the restarted server", {}};
+  int64_t now = now_ms();
+  int64_t ttl = ttl_ms.value_or(std::chrono::milliseconds(config_.default_ttl).count());
+  ttl = std::clamp<int64_t>(ttl, 1000, std::chrono::milliseconds(config_.max_ttl).count());
+  TaskRecord rec;
+  rec.id = "t-" + crypto::random_hex(16);
+  rec.owner = std::move(owner);
+  rec.project = std::move(project);
+  rec.tool = std::move(tool);
+  rec.request_id = std::move(request_id);
+  rec.status_message = "running " + rec.tool;
+  rec.created_ms = now;
+  rec.updated_ms = now;
+  rec.expires_ms = now + ttl;
+  {
+    std::lock_guard g(mutex_);
+    purge_expired_locked(now);
+    std::size_t mine = 0;
+    for (const auto& [id, e] : tasks_)
+      if (e.running && e.record.owner == rec.owner) ++mine;
+    if (mine >= config_.max_running_per_principal)
+      co_return Error{ErrorCode::kRateLimited,
+                      rec.owner + " already runs " + std::to_string(mine) + " tasks, the most this server allows",
+                      "wait for one to finish (tasks/get) or cancel one (tasks/cancel), then call again", {}};
+    Entry e;
+    e.record = rec;
+    e.cancel = std::make_shared<CancellationFlag>();
+    e.listener = std::move(listener);
+    e.running = true;  // counted from now, so a burst cannot overshoot the limit
+    tasks_.emplace(rec.id, std::move(e));
+  }
+  try {
+    co_await persist(rec);
+  } catch (const std::exception& ex) {
+    {
+      std::lock_guard g(mutex_);
+      tasks_.erase(rec.id);
+    }
+    log::error("task_create_failed", {{"task_id", rec.id}, {"detail", ex.what()}});
+    co_return Error::internal(std::string("could not record the task: ") + ex.what());
+  }
+  // The work runs on a strand of its own; stop() emits the cancellation there.
+  auto strand = asio::make_strand(executor);
+  auto signal = std::make_shared<asio::cancellation_signal>();
+  {
+    std::lock_guard g(mutex_);
+    auto& e = tasks_.at(rec.id);
+    e.stop = [strand, signal] {
+      asio::post(strand, [signal] { signal->emit(asio::cancellation_type::terminal); });
+    };
+  }
+  asio::co_spawn(strand, run(rec.id, std::move(work)), asio::bind_cancellation_slot(signal->slot(), asio::detached));
+  co_return rec;
+}
+
+asio::awaitable<void> TaskManager::run(std::string id, Work work) {
+  std::shared_ptr<CancellationFlag> flag;
+  {
+    std::lock_guard g(mutex_);
+    flag = tasks_.at(id).cancel;
+  }
+  // Progress shows as statusMessage (memory only: a restart fails the task anyway).
+  auto message = [this, id](std::string text) {
+    std::lock_guard g(mutex_);
+    auto it = tasks_.find(id);
+    if (it == tasks_.end() || is_terminal(it->second.record.status) || it->second.record.status_message == text)
+      return;
+    it->second.record.status_message = std::move(text);
+    it->second.record.updated_ms = now_ms();
+  };
+  TaskOutcome outcome;
+  try {
+    outcome = co_await work(id, flag, message);
+  } catch (const std::exception& e) {
+    // Stopped by tasks/cancel or shutdown (which set the status already), or a bug below the
+    // pipeline, which catches what tools throw.
+    if (!flag->cancelled()) log::error("task_failed", {{"task_id", id}, {"detail", e.what()}});
+    outcome.error = internal_error(flag->cancelled() ? "the call was cancelled" : "internal error (task " + id + ")");
+  }
+  co_await asio::this_coro::reset_cancellation_state(asio::disable_cancellation());
+  if (!outcome.error.is_null()) {
+    std::string msg = outcome.error.value("message", std::string("the call failed"));
+    co_await finish(id, Status::kFailed, msg, nullptr, std::move(outcome.error));
+  } else {
+    // A tool error (isError) still completes the task: the result is what the call returned.
+    bool is_error = outcome.result.value("isError", false);
+    std::string msg = is_error ? "the call returned an error" : "the call completed";
+    co_await finish(id, Status::kCompleted, msg, std::move(outcome.result), nullptr);
+  }
+  std::lock_guard g(mutex_);
+  if (auto it = tasks_.find(id); it != tasks_.end()) {
+    it->second.running = false;
+    it->second.stop = nullptr;
+  }
+}
+
+asio::awaitable<bool> TaskManager::finish(std::string id, Status status, std::string message, json result, json error) {
+  TaskRecord copy;
+  Listener listener;
+  {
+    std::lock_guard g(mutex_);
+    auto it = tasks_.find(id);
+    if (it == tasks_.end() || is_terminal(it->second.record.status)) co_return false;  // cancelled first: stays so
+    auto& r = it->second.record;
+    int64_t now = now_ms();
+    r.status = status;
+    r.status_message = std::move(message);
+    r.result = std::move(result);
+    r.error = std::move(error);
+    r.updated_ms = now;
+    // However long the work took, its outcome stays readable a while after it ends.
+    r.expires_ms = std::max(r.expires_ms, now + std::chrono::milliseconds(config_.min_retention).count());
+    copy = r;
+    listener = it->second.listener;
+  }
+  try {
+    co_await persist(copy);
+  } catch (const std::exception& e) {
+    // Memory keeps serving it; a restart would fail the task instead (recover()).
+    log::error("task_persist_failed", {{"task_id", id}, {"detail", e.what()}});
+  }
+  if (listener) listener(copy);
+  co_return true;
+}
+
+asio::awaitable<void> TaskManager::persist(TaskRecord record) {
+  // Built by a plain function: GCC 12 destroys a lambda made inside a co_await expression twice.
+  co_await db_.run(write_op(std::move(record)));
+}
+
+std::optional<TaskRecord> TaskManager::get(const std::string& owner, const std::string& id) {
+  std::lock_guard g(mutex_);
+  auto it = tasks_.find(id);
+  if (it == tasks_.end() || !visible_locked(it->second, owner, now_ms())) return std::nullopt;
+  return it->second.record;
+}
+
+std::vector<TaskRecord> TaskManager::list(const std::string& owner, std::size_t offset, std::size_t limit, bool* more) {
+  std::vector<TaskRecord> mine;
+  {
+    std::lock_guard g(mutex_);
+    int64_t now = now_ms();
+    for (const auto& [id, e] : tasks_)
+      if (visible_locked(e, owner, now)) mine.push_back(e.record);
+  }
+  std::sort(mine.begin(), mine.end(), [](const TaskRecord& a, const TaskRecord& b) {
+    return a.created_ms != b.created_ms ? a.created_ms > b.created_ms : a.id < b.id;
+  });
+  if (more) *more = mine.size() > offset + limit;
+  if (offset >= mine.size()) return {};
+  auto first = mine.begin() + static_cast<std::ptrdiff_t>(offset);
+  auto last = mine.begin() + static_cast<std::ptrdiff_t>(std::min(mine.size(), offset + limit));
+  return std::vector<TaskRecord>(first, last);
+}
+
+asio::awaitable<std::optional<TaskRecord>> TaskManager::wait(std::string owner, std::string id,
+                                                             std::shared_ptr<CancellationFlag> abandon) {
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  for (;;) {
+    auto r = get(owner, id);
+    if (!r || is_terminal(r->status)) co_return r;
+    if (abandon && abandon->cancelled()) co_return std::nullopt;
+    // Polling memory is cheap, and it cannot miss a wake-up.
+    timer.expires_after(std::chrono::milliseconds(50));
+    auto [ec] = co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    if (ec == asio::error::operation_aborted) co_return std::nullopt;  // the caller went away
+  }
+}
+
+asio::awaitable<std::variant<TaskRecord, Error>> TaskManager::cancel(std::string owner, std::string id) {
+  std::function<void()> stop;
+  std::shared_ptr<CancellationFlag> flag;
+  {
+    std::lock_guard g(mutex_);
+    auto it = tasks_.find(id);
+    if (it == tasks_.end() || !visible_locked(it->second, owner, now_ms()))
+      co_return Error{ErrorCode::kNotFound, "no task " + id + " (it never existed, belongs to someone else, or expired)",
+                      {}, {}};
+    if (is_terminal(it->second.record.status))
+      co_return Error{ErrorCode::kConflict,
+                      "cannot cancel task " + id + ": already in terminal status '" +
+                          std::string(to_string(it->second.record.status)) + "'",
+                      {}, {}};
+    stop = it->second.stop;
+    flag = it->second.cancel;
+  }
+  co_await finish(id, Status::kCancelled, "cancelled at the caller's request", nullptr, nullptr);
+  if (flag) flag->cancel();
+  if (stop) stop();
+  auto r = get(owner, id);
+  if (!r) co_return Error{ErrorCode::kNotFound, "no task " + id, {}, {}};
+  co_return *r;
+}
+
+void TaskManager::shutdown(asio::any_io_executor executor, std::chrono::milliseconds grace, std::function<void()> done) {
+  stopping_.store(true);
+  std::vector<std::string> ids;
+  {
+    std::lock_guard g(mutex_);
+    for (auto& [id, e] : tasks_)
+      if (e.running) ids.push_back(id);
+  }
+  auto deadline = std::chrono::steady_clock::now() + grace;
+  asio::co_spawn(
+      executor,
+      [this, ids, deadline, done = std::move(done)]() -> asio::awaitable<void> {
+        static const std::string kMessage =
+            "the server shut down while this task was running; its tool call was stopped and charged only for what "
+            "it used. Call the tool again.";
+        for (const auto& id : ids) {
+          std::function<void()> stop;
+          std::shared_ptr<CancellationFlag> flag;
+          {
+            std::lock_guard g(mutex_);
+            auto it = tasks_.find(id);
+            if (it == tasks_.end()) continue;
+            stop = it->second.stop;
+            flag = it->second.cancel;
+          }
+          co_await finish(id, Status::kFailed, kMessage, nullptr, internal_error(kMessage));
+          if (flag) flag->cancel();
+          if (stop) stop();
+        }
+        asio::steady_timer timer(co_await asio::this_coro::executor);
+        while (running() > 0 && std::chrono::steady_clock::now() < deadline) {
+          timer.expires_after(std::chrono::milliseconds(20));
+          co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+        }
+        if (running() > 0) log::warn("tasks_shutdown_grace_expired", {{"running", running()}});
+        done();
+      },
+      asio::detached);
+}
+
+std::size_t TaskManager::running() const {
+  std::lock_guard g(mutex_);
+  return static_cast<std::size_t>(
+      std::count_if(tasks_.begin(), tasks_.end(), [](const auto& kv) { return kv.second.running; }));
+}
+
+}  // namespace scigate::tasks

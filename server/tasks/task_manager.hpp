@@ -1,0 +1,135 @@
+#pragma once
+// Tasks: tool calls that run in the background and are followed by polling (the MCP tasks
+// extension, io.modelcontextprotocol/tasks, and the experimental tasks of 2025-11-25; the wire
+// formats of both live in the dispatcher, docs/PROTOCOL.md "Tasks").
+//
+// A task is created durably (its row committed) before the caller learns its id, runs its work
+// on a strand of its own, and keeps its final result until it expires. Tasks are bound to the
+// principal that created them: every lookup takes the owner, and another principal's task is
+// "not found", never "forbidden", so ids cannot be probed.
+//
+// The work is the ordinary tool-call pipeline, so governance is the same as for an inline call;
+// the task only changes who waits. Work cut short by a restart or a shutdown is failed with a
+// message that says so: holds of the call are voided by the ledger's own recovery.
+//
+// Thread-safety: every public member may be called from any thread.
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "server/common/error.hpp"
+#include "server/config/config.hpp"
+#include "server/pipeline/call_context.hpp"
+#include "server/state/db_worker.hpp"
+
+namespace scigate::tasks {
+
+using nlohmann::json;
+
+enum class Status { kWorking, kInputRequired, kCompleted, kFailed, kCancelled };
+std::string_view to_string(Status s);
+std::optional<Status> status_from_string(std::string_view s);
+inline bool is_terminal(Status s) { return s == Status::kCompleted || s == Status::kFailed || s == Status::kCancelled; }
+
+struct TaskRecord {
+  std::string id;
+  std::string owner;
+  std::string project;
+  std::string tool;
+  std::string request_id;
+  Status status = Status::kWorking;
+  std::string status_message;
+  int64_t created_ms = 0;
+  int64_t updated_ms = 0;
+  int64_t expires_ms = 0;  // may be deleted after this once terminal (ttl = expires - created)
+  json result;             // the CallToolResult, when completed
+  json error;              // the JSON-RPC error object, when failed
+};
+
+// What a task's work ends with: a CallToolResult (isError or not) or a JSON-RPC error.
+struct TaskOutcome {
+  json result;
+  json error;
+};
+
+class TaskManager {
+ public:
+  // The work of a task. It must stop soon after `cancel` is set (its Asio operations are also
+  // cancelled through the coroutine's cancellation slot) and may describe its progress with
+  // `message` (shown as statusMessage).
+  using Work = std::function<boost::asio::awaitable<TaskOutcome>(
+      std::string task_id, std::shared_ptr<CancellationFlag> cancel, std::function<void(std::string)> message)>;
+  // Hears the task's status changes (status notifications; not statusMessage updates). Called
+  // on the task's strand or the caller's thread, never under the manager's lock.
+  using Listener = std::function<void(const TaskRecord&)>;
+
+  TaskManager(const TasksConfig& config, const std::filesystem::path& db_path);
+  ~TaskManager();
+
+  // Loads the retained tasks. Those a previous process left working are failed: their work died
+  // with it.
+  void recover();
+
+  // Creates the task durably, then starts `work` on a strand of `executor`. Fails when the owner
+  // already runs max_running_per_principal tasks, or the server is shutting down.
+  boost::asio::awaitable<std::variant<TaskRecord, Error>> create(boost::asio::any_io_executor executor,
+                                                                std::string owner, std::string project,
+                                                                std::string tool, std::string request_id,
+                                                                std::optional<int64_t> ttl_ms, Work work,
+                                                                Listener listener);
+
+  std::optional<TaskRecord> get(const std::string& owner, const std::string& id);
+  // The owner's tasks, newest first.
+  std::vector<TaskRecord> list(const std::string& owner, std::size_t offset, std::size_t limit, bool* more);
+  // Waits until the task is terminal (tasks/result). nullopt: unknown, or `abandon` was set.
+  boost::asio::awaitable<std::optional<TaskRecord>> wait(std::string owner, std::string id,
+                                                         std::shared_ptr<CancellationFlag> abandon);
+  // Marks the task cancelled (durably) and stops its work. An error when it is unknown or
+  // already terminal.
+  boost::asio::awaitable<std::variant<TaskRecord, Error>> cancel(std::string owner, std::string id);
+
+  // Refuses new tasks, fails the running ones ("the server is shutting down") and stops their
+  // work; `done` runs on `executor` once all have ended, or after `grace`.
+  void shutdown(boost::asio::any_io_executor executor, std::chrono::milliseconds grace, std::function<void()> done);
+  // Joins the database worker (App::drain_writers).
+  void join() { db_.join(); }
+
+  std::size_t running() const;
+  const TasksConfig& config() const { return config_; }
+
+ private:
+  struct Entry {
+    TaskRecord record;
+    std::shared_ptr<CancellationFlag> cancel;
+    std::function<void()> stop;  // cancels the work's coroutine (posted to its strand)
+    Listener listener;
+    bool running = false;
+  };
+  boost::asio::awaitable<void> run(std::string id, Work work);
+  // Sets a terminal status unless one is set already; persists it; tells the listener.
+  boost::asio::awaitable<bool> finish(std::string id, Status status, std::string message, json result, json error);
+  boost::asio::awaitable<void> persist(TaskRecord record);
+  void purge_expired_locked(int64_t now);
+  bool visible_locked(const Entry& e, const std::string& owner, int64_t now) const;
+
+  TasksConfig config_;
+  state::DbWorker db_;
+  mutable std::mutex mutex_;
+  std::map<std::string, Entry> tasks_;
+  std::atomic<bool> stopping_{false};
+  int64_t last_purge_ms_ = 0;
+};
+
+}  // namespace scigate::tasks

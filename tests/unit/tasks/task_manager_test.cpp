@@ -1,0 +1,282 @@
+// The task manager against a real SQLite file: lifecycle, owner binding, cancellation,
+// limits, restart and shutdown. The work is a coroutine the test controls.
+#include <catch2/catch.hpp>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/use_future.hpp>
+
+#include <filesystem>
+#include <future>
+#include <thread>
+
+#include "server/state/database.hpp"
+#include "server/tasks/task_manager.hpp"
+
+using namespace scigate;
+using namespace scigate::tasks;
+namespace asio = boost::asio;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Fixture {
+  fs::path dir = fs::temp_directory_path() / ("scigate-tasks-" + std::to_string(::getpid()) + "-" +
+                                              std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()));
+  fs::path db;
+  asio::io_context io;
+  asio::executor_work_guard<asio::io_context::executor_type> guard = asio::make_work_guard(io);
+  std::thread thread;
+
+  Fixture() {
+    fs::create_directories(dir);
+    db = dir / "t.db";
+    state::Database d(db);
+    d.migrate(state::schema_migrations());
+    thread = std::thread([this] { io.run(); });
+  }
+  ~Fixture() {
+    guard.reset();
+    io.stop();
+    thread.join();
+    fs::remove_all(dir);
+  }
+  template <class T>
+  T run(asio::awaitable<T> aw) {
+    return asio::co_spawn(io, std::move(aw), asio::use_future).get();
+  }
+};
+
+// Work that ends when `release` is set (or the task is cancelled), with a result naming `text`.
+struct Gate {
+  std::atomic<bool> release{false};
+  std::atomic<bool> saw_cancel{false};
+  std::atomic<int> started{0};
+};
+
+TaskManager::Work gated(std::shared_ptr<Gate> gate, std::string text) {
+  return [gate, text](std::string, std::shared_ptr<CancellationFlag> cancel,
+                      std::function<void(std::string)> message) -> asio::awaitable<TaskOutcome> {
+    gate->started++;
+    message("half way");
+    asio::steady_timer t(co_await asio::this_coro::executor);
+    // Both ways of stopping must arrive: the flag, and the cancellation of awaited operations.
+    bool aborted = false;
+    while (!gate->release.load() && !aborted) {
+      t.expires_after(std::chrono::milliseconds(5));
+      auto [ec] = co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+      aborted = ec == asio::error::operation_aborted;
+    }
+    if (aborted && cancel->cancelled()) gate->saw_cancel = true;
+    TaskOutcome o;
+    o.result = nlohmann::json::object();
+    o.result["content"] = nlohmann::json::array({{{"type", "text"}, {"text", text}}});
+    o.result["isError"] = false;
+    co_return o;
+  };
+}
+
+TaskRecord create_ok(Fixture& f, TaskManager& m, const std::string& owner, TaskManager::Work work,
+                     std::optional<int64_t> ttl = std::nullopt) {
+  auto r = f.run(m.create(f.io.get_executor(), owner, "demo", "wait_job", "req-1", ttl, std::move(work), nullptr));
+  REQUIRE(std::holds_alternative<TaskRecord>(r));
+  return std::get<TaskRecord>(r);
+}
+
+template <class Pred>
+bool eventually(Pred p, std::chrono::milliseconds limit = std::chrono::milliseconds(3000)) {
+  auto end = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < end) {
+    if (p()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return p();
+}
+
+}  // namespace
+
+TEST_CASE("a task is durable before its id is returned, runs, and keeps its result") {
+  Fixture f;
+  TasksConfig cfg;
+  auto gate = std::make_shared<Gate>();
+  std::string id;
+  {
+    TaskManager m(cfg, f.db);
+    m.recover();
+    TaskRecord rec = create_ok(f, m, "alice", gated(gate, "done!"));
+    id = rec.id;
+    CHECK(rec.id.rfind("t-", 0) == 0);
+    CHECK(rec.id.size() == 34);  // 128 random bits
+    CHECK(rec.status == Status::kWorking);
+    CHECK(rec.expires_ms - rec.created_ms == 3600 * 1000);
+    // Already in the database: another connection sees it.
+    {
+      state::Database d(f.db);
+      state::Statement st(d.handle(), "SELECT status, owner FROM tasks WHERE id = ?");
+      st.bind(1, id);
+      REQUIRE(st.step());
+      CHECK(st.column_text(0) == "working");
+      CHECK(st.column_text(1) == "alice");
+    }
+    REQUIRE(eventually([&] { return m.get("alice", id) && m.get("alice", id)->status_message == "half way"; }));
+    CHECK(m.running() == 1);
+    gate->release = true;
+    REQUIRE(eventually([&] { return m.get("alice", id)->status == Status::kCompleted; }));
+    auto done = *m.get("alice", id);
+    CHECK(done.result["content"][0]["text"] == "done!");
+    CHECK(eventually([&] { return m.running() == 0; }));
+    m.join();
+  }
+  // A new process serves the finished task from the database.
+  TaskManager again(cfg, f.db);
+  again.recover();
+  auto r = again.get("alice", id);
+  REQUIRE(r);
+  CHECK(r->status == Status::kCompleted);
+  CHECK(r->result["content"][0]["text"] == "done!");
+}
+
+TEST_CASE("a task is visible to its owner only") {
+  Fixture f;
+  TaskManager m(TasksConfig{}, f.db);
+  m.recover();
+  auto gate = std::make_shared<Gate>();
+  TaskRecord rec = create_ok(f, m, "alice", gated(gate, "x"));
+  CHECK_FALSE(m.get("mallory", rec.id));
+  bool more = true;
+  CHECK(m.list("mallory", 0, 10, &more).empty());
+  CHECK(m.list("alice", 0, 10, &more).size() == 1);
+  CHECK_FALSE(more);
+  auto c = f.run(m.cancel("mallory", rec.id));
+  REQUIRE(std::holds_alternative<Error>(c));
+  CHECK(std::get<Error>(c).code == ErrorCode::kNotFound);
+  CHECK(m.get("alice", rec.id)->status == Status::kWorking);  // untouched
+  gate->release = true;
+  REQUIRE(eventually([&] { return m.running() == 0; }));
+  m.join();
+}
+
+TEST_CASE("cancel marks the task cancelled at once, stops its work, and cannot be undone") {
+  Fixture f;
+  TaskManager m(TasksConfig{}, f.db);
+  m.recover();
+  auto gate = std::make_shared<Gate>();
+  TaskRecord rec = create_ok(f, m, "alice", gated(gate, "late result"));
+  REQUIRE(eventually([&] { return gate->started.load() == 1; }));
+  auto c = f.run(m.cancel("alice", rec.id));
+  REQUIRE(std::holds_alternative<TaskRecord>(c));
+  CHECK(std::get<TaskRecord>(c).status == Status::kCancelled);
+  REQUIRE(eventually([&] { return gate->saw_cancel.load(); }));
+  REQUIRE(eventually([&] { return m.running() == 0; }));
+  // The work's own result came later and did not replace the cancellation.
+  auto r = m.get("alice", rec.id);
+  CHECK(r->status == Status::kCancelled);
+  CHECK(r->result.is_null());
+  auto again = f.run(m.cancel("alice", rec.id));
+  REQUIRE(std::holds_alternative<Error>(again));
+  CHECK(std::get<Error>(again).message.find("already in terminal status 'cancelled'") != std::string::npos);
+  m.join();
+}
+
+TEST_CASE("a principal may run only so many tasks at once") {
+  Fixture f;
+  TasksConfig cfg;
+  cfg.max_running_per_principal = 2;
+  TaskManager m(cfg, f.db);
+  m.recover();
+  auto gate = std::make_shared<Gate>();
+  create_ok(f, m, "alice", gated(gate, "1"));
+  create_ok(f, m, "alice", gated(gate, "2"));
+  auto third = f.run(m.create(f.io.get_executor(), "alice", "demo", "wait_job", "r", std::nullopt, gated(gate, "3"), nullptr));
+  REQUIRE(std::holds_alternative<Error>(third));
+  CHECK(std::get<Error>(third).code == ErrorCode::kRateLimited);
+  CHECK(std::get<Error>(third).message.find("already runs 2 tasks") != std::string::npos);
+  create_ok(f, m, "bob", gated(gate, "b"));  // others are not affected
+  gate->release = true;
+  REQUIRE(eventually([&] { return m.running() == 0; }));
+  create_ok(f, m, "alice", gated(gate, "4"));  // finished tasks do not count
+  REQUIRE(eventually([&] { return m.running() == 0; }));
+  m.join();
+}
+
+TEST_CASE("tasks a previous process left running are failed at restart, with a reason") {
+  Fixture f;
+  auto gate = std::make_shared<Gate>();
+  // The first "process" keeps running its task; the second starts on the same database, as a
+  // restarted server would after the first died.
+  TaskManager first(TasksConfig{}, f.db);
+  first.recover();
+  std::string id = create_ok(f, first, "alice", gated(gate, "never")).id;
+  TaskManager second(TasksConfig{}, f.db);
+  second.recover();
+  auto r = second.get("alice", id);
+  REQUIRE(r);
+  CHECK(r->status == Status::kFailed);
+  CHECK(r->error["code"] == -32603);
+  CHECK(r->status_message.find("the server restarted") != std::string::npos);
+  CHECK(second.running() == 0);
+  gate->release = true;
+  REQUIRE(eventually([&] { return first.running() == 0; }));
+  first.join();
+}
+
+TEST_CASE("shutdown fails running tasks, stops their work and then reports done") {
+  Fixture f;
+  TaskManager m(TasksConfig{}, f.db);
+  m.recover();
+  auto gate = std::make_shared<Gate>();
+  TaskRecord rec = create_ok(f, m, "alice", gated(gate, "never"));
+  REQUIRE(eventually([&] { return gate->started.load() == 1; }));
+  std::promise<void> done;
+  m.shutdown(f.io.get_executor(), std::chrono::seconds(5), [&] { done.set_value(); });
+  REQUIRE(done.get_future().wait_for(std::chrono::seconds(5)) == std::future_status::ready);
+  CHECK(gate->saw_cancel.load());
+  CHECK(m.running() == 0);
+  auto r = m.get("alice", rec.id);
+  CHECK(r->status == Status::kFailed);
+  CHECK(r->status_message.find("shut down") != std::string::npos);
+  auto refused = f.run(m.create(f.io.get_executor(), "alice", "demo", "wait_job", "r", std::nullopt, gated(gate, "x"), nullptr));
+  CHECK(std::holds_alternative<Error>(refused));
+  m.join();
+}
+
+TEST_CASE("a finished task expires after its ttl, but not before a minimum retention") {
+  Fixture f;
+  TasksConfig cfg;
+  cfg.min_retention = std::chrono::seconds(1);
+  TaskManager m(cfg, f.db);
+  m.recover();
+  auto gate = std::make_shared<Gate>();
+  gate->release = true;
+  TaskRecord rec = create_ok(f, m, "alice", gated(gate, "quick"), 1);  // clamped up to 1 s
+  CHECK(rec.expires_ms - rec.created_ms == 1000);
+  REQUIRE(eventually([&] { auto r = m.get("alice", rec.id); return r && r->status == Status::kCompleted; }));
+  CHECK(m.get("alice", rec.id));
+  REQUIRE(eventually([&] { return !m.get("alice", rec.id); }, std::chrono::milliseconds(4000)));
+  m.join();
+}
+
+TEST_CASE("wait returns the finished task, or nothing when the waiter gives up") {
+  Fixture f;
+  TaskManager m(TasksConfig{}, f.db);
+  m.recover();
+  auto gate = std::make_shared<Gate>();
+  TaskRecord rec = create_ok(f, m, "alice", gated(gate, "awaited"));
+  auto abandon = std::make_shared<CancellationFlag>();
+  auto waiting = asio::co_spawn(f.io, m.wait("alice", rec.id, abandon), asio::use_future);
+  CHECK(waiting.wait_for(std::chrono::milliseconds(100)) == std::future_status::timeout);
+  abandon->cancel();
+  CHECK_FALSE(waiting.get());
+  auto finished = asio::co_spawn(f.io, m.wait("alice", rec.id, nullptr), asio::use_future);
+  gate->release = true;
+  auto r = finished.get();
+  REQUIRE(r);
+  CHECK(r->result["content"][0]["text"] == "awaited");
+  CHECK_FALSE(f.run(m.wait("mallory", rec.id, nullptr)));
+  m.join();
+}
