@@ -164,6 +164,13 @@ asio::awaitable<Outbound> Dispatcher::handle_modern(Inbound& in, const std::stri
   } else if (msg.method == "subscriptions/listen") {
     out = co_await subscriptions_listen(in, meta);
   } else if (msg.method == "tasks/get" || msg.method == "tasks/update" || msg.method == "tasks/cancel") {
+    // The extension's methods exist only for clients that declare it on the request.
+    if (!tasks_) co_return error(msg.id, jsonrpc::kMethodNotFound, "Method not found: " + msg.method, 404);
+    if (!declares_tasks(meta))
+      co_return error(msg.id, kMissingRequiredClientCapability,
+                      std::string("Missing required client capability: ") + msg.method + " needs the " +
+                          kTasksExtension + " extension in this request's client capabilities",
+                      200, tasks_extension_required());
     out = co_await tasks_request(in, true);
   } else {
     co_return error(msg.id, jsonrpc::kMethodNotFound, "Method not found: " + msg.method, 404);

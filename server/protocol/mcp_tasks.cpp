@@ -43,7 +43,12 @@ json task_wire(const TaskRecord& r, bool modern, int64_t poll_ms) {
 // 2026-07-28 tasks/get and notifications/tasks: the task with its outcome inline.
 json detailed_task(const TaskRecord& r, int64_t poll_ms) {
   json t = task_wire(r, true, poll_ms);
-  if (r.status == Status::kCompleted && !r.result.is_null()) t["result"] = r.result;
+  if (r.status == Status::kCompleted && r.result.is_object()) {
+    // The CallToolResult as the 2026-07-28 era shapes every result.
+    json result = r.result;
+    if (!result.contains("resultType")) result["resultType"] = "complete";
+    t["result"] = std::move(result);
+  }
   if (r.status == Status::kFailed && !r.error.is_null()) t["error"] = r.error;
   return t;
 }

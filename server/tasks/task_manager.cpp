@@ -203,7 +203,10 @@ asio::awaitable<std::variant<TaskRecord, Error>> TaskManager::create(asio::any_i
       asio::post(strand, [signal] { signal->emit(asio::cancellation_type::terminal); });
     };
   }
-  asio::co_spawn(strand, run(rec.id, std::move(work)), asio::bind_cancellation_slot(signal->slot(), asio::detached));
+  // The completion handler owns the signal: the coroutine's cancellation state points into it
+  // until the very end, so it must not die with the entry's stop().
+  asio::co_spawn(strand, run(rec.id, std::move(work)),
+                 asio::bind_cancellation_slot(signal->slot(), [signal](std::exception_ptr) {}));
   co_return rec;
 }
 

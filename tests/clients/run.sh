@@ -4,7 +4,7 @@
 #   run.sh [SCIGATE_BINARY] [SUITE...]
 #
 # SCIGATE_BINARY defaults to ../../build/scigate (relative to this script).
-# SUITE is any of: sdk v2 inspector conformance claude opencode (default: all).
+# SUITE is any of: sdk v2 tasks inspector conformance claude opencode (default: all).
 # Arguments may come in any order: a known suite name is a suite, anything
 # else is the binary.
 #
@@ -17,13 +17,13 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ALL_SUITES=(sdk v2 inspector conformance claude opencode)
+ALL_SUITES=(sdk v2 tasks inspector conformance claude opencode)
 
 BIN=""
 SUITES=()
 for arg in "$@"; do
   case "$arg" in
-    sdk | v2 | inspector | conformance | claude | opencode) SUITES+=("$arg") ;;
+    sdk | v2 | tasks | inspector | conformance | claude | opencode) SUITES+=("$arg") ;;
     all) SUITES+=("${ALL_SUITES[@]}") ;;
     -h | --help)
       sed -n '2,15p' "$0"

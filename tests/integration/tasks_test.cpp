@@ -97,6 +97,7 @@ TEST_CASE("tasks 2026-07-28: wait_job becomes a task the client polls to its res
   INFO(done.dump());
   CHECK(done["status"] == "completed");
   CHECK(done["result"]["isError"] == false);
+  CHECK(done["result"]["resultType"] == "complete");  // a 2026-07-28 CallToolResult
   CHECK(done["result"]["structuredContent"]["state"] == "COMPLETED");
   CHECK(done["result"]["structuredContent"]["final"] == true);
   CHECK_FALSE(done.contains("pollIntervalMs"));
@@ -123,6 +124,12 @@ TEST_CASE("tasks 2026-07-28: wait_job becomes a task the client polls to its res
   auto wrong = c.request(verb::post, "/mcp", modern_headers(key, "tasks/get", "t-other"), req.dump());
   CHECK(wrong.status == 400);
   CHECK(wrong.json_body()["error"]["code"] == -32020);
+
+  // The extension's methods need the extension declared on the request.
+  auto undeclared = modern_request(8, "tasks/get", {{"taskId", task_id}});
+  auto u = c.request(verb::post, "/mcp", modern_headers(key, "tasks/get", task_id), undeclared.dump());
+  CHECK(u.json_body()["error"]["code"] == -32021);
+  CHECK(u.json_body()["error"]["data"]["requiredCapabilities"]["extensions"].contains(kTasksExt));
 
   // Without the extension the same call answers inline.
   auto inline_result = call_tool(c, key, "wait_job", {{"job_id", job["job_id"]}, {"timeout_s", 5}});
