@@ -274,9 +274,7 @@ void JobService::start(asio::io_context& io) {
   log::info("jobs_started", {{"sites", runtimes_.size()}, {"active_jobs", n_active}});
 }
 
-asio::awaitable<void> JobService::on_db(std::function<void(state::Database&)> fn) {
-  co_await db_.run(std::move(fn));
-}
+asio::awaitable<void> JobService::on_db(std::function<void(state::Database&)> fn) { return db_.run(std::move(fn)); }
 
 void JobService::write_job(state::Database& db, const JobRecord& r) {
   state::Statement st(db.handle(),

@@ -6,10 +6,10 @@
 // Thread-safety: run() may be called from any coroutine; the work runs on the worker thread,
 // in order, under the connection's lock, and the coroutine resumes on its own executor. Short
 // indexed reads may use db() directly under db().lock().
+#include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/this_coro.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -31,12 +31,13 @@ class DbWorker {
   // Runs fn on the worker thread; rethrows what it threw. Posted to the pool and posted back
   // (not co_spawned onto the pool): the coroutine's frame and cancellation slot stay on the
   // caller's executor, and the completion reaches that executor even if the caller's
-  // operation was cancelled meanwhile.
+  // operation was cancelled meanwhile. Not a coroutine itself: GCC 12 destroys a lambda made
+  // inside a co_await expression twice (here that freed the caller's strand).
   boost::asio::awaitable<void> run(std::function<void(Database&)> fn) {
     namespace asio = boost::asio;
-    auto ex = co_await asio::this_coro::executor;
-    co_await asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr)>(
-        [this, ex](auto handler, std::function<void(Database&)> f) {
+    return asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr)>(
+        [this](auto handler, std::function<void(Database&)> f) {
+          auto ex = asio::get_associated_executor(handler);
           asio::post(pool_, [this, ex, f = std::move(f), handler = std::move(handler)]() mutable {
             std::exception_ptr error;
             try {

@@ -5,6 +5,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -195,6 +197,11 @@ void ServerProcess::kill_hard() {
 
 ServerProcess::~ServerProcess() {
   if (pid_ > 0) stop(std::chrono::seconds(5));
+  // SCIGATE_KEEP_TEST_SERVERS=1 keeps the directory (config, database, server.log) to debug a failure.
+  if (const char* keep = std::getenv("SCIGATE_KEEP_TEST_SERVERS"); keep && *keep == '1') {
+    std::fprintf(stderr, "kept test server directory %s\n", dir_.c_str());
+    return;
+  }
   std::error_code ec;
   std::filesystem::remove_all(dir_, ec);
 }
