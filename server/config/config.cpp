@@ -314,7 +314,7 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
   Config c;
   c.base_dir = base_dir;
   reject_unknown(root, {"server", "limits", "http", "stdio", "tools", "credits", "audit", "projects", "users", "oidc",
-                        "sites"},
+                        "sites", "quantum"},
                  "the top level",
                  source);
   if (auto* s = section(root, "server", source)) {
@@ -375,6 +375,27 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
   if (auto* s = section(root, "tools", source)) {
     reject_unknown(*s, {"demo"}, "[tools]", source);
     c.demo_tools = get<bool>(*s, "demo", false, source);
+  }
+  if (auto* s = section(root, "quantum", source)) {
+    reject_unknown(*s,
+                   {"enabled", "max_memory_mb", "threads", "concurrency", "fusion", "max_fused_qubits",
+                    "max_statevector_qubits", "max_shots", "max_qubits"},
+                   "[quantum]", source);
+    auto& q = c.quantum;
+    q.enabled = get<bool>(*s, "enabled", q.enabled, source);
+    q.max_memory_mb = get<uint64_t>(*s, "max_memory_mb", q.max_memory_mb, source);
+    q.threads = get<int>(*s, "threads", q.threads, source);
+    q.concurrency = get<int>(*s, "concurrency", q.concurrency, source);
+    q.fusion = get<bool>(*s, "fusion", q.fusion, source);
+    q.max_fused_qubits = get<int>(*s, "max_fused_qubits", q.max_fused_qubits, source);
+    q.max_statevector_qubits = get<int>(*s, "max_statevector_qubits", q.max_statevector_qubits, source);
+    q.max_shots = get<int64_t>(*s, "max_shots", q.max_shots, source);
+    q.max_qubits = get<int>(*s, "max_qubits", q.max_qubits, source);
+    if (q.max_memory_mb < 1 || q.threads < 0 || q.concurrency < 1 || q.max_fused_qubits < 2 || q.max_fused_qubits > 5 ||
+        q.max_statevector_qubits < 0 || q.max_statevector_qubits > 24 || q.max_shots < 1 || q.max_qubits < 1 ||
+        q.max_qubits > 50)
+      throw ConfigError(source + ": [quantum] needs max_memory_mb >= 1, threads >= 0, concurrency >= 1, "
+                                 "max_fused_qubits 2..5, max_statevector_qubits 0..24, max_shots >= 1, max_qubits 1..50");
   }
   if (auto* s = section(root, "credits", source)) parse_credits(*s, c.credits, source);
   if (auto* s = section(root, "audit", source)) {

@@ -31,6 +31,16 @@ std::string join(const std::vector<std::string>& v) {
 }
 
 // Not inside the coroutine: GCC 12 miscompiles brace-initialised json there.
+// The arguments as policy and pricing see them: the caller's, plus the tool's derived facts
+// under names the arguments do not use (a fact never overrides what the caller sent).
+json merge_derived_facts(const json& args, const json& derived) {
+  if (derived.empty() || !derived.is_object() || !args.is_object()) return args;
+  json merged = args;
+  for (auto it = derived.begin(); it != derived.end(); ++it)
+    if (!merged.contains(it.key())) merged[it.key()] = it.value();
+  return merged;
+}
+
 json success_result(ToolResult& result) {
   json r = json::object();
   r["content"] = json::array({json{{"type", "text"}, {"text", std::move(result.text)}}});
@@ -139,8 +149,19 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
   }
   facts["arguments"] = redact_arguments(req.arguments, desc.input_schema);
 
+  // 3b. Facts the tool derives from the arguments (a circuit's qubits), which policy conditions
+  // and the credit hold see beside the arguments.
+  std::variant<json, Error> derived = tool->derive_facts(req.arguments);
+  if (auto* e = std::get_if<Error>(&derived)) {
+    co_await fail("invalid", *e);
+    co_return out;
+  }
+  const json& derived_facts = std::get<json>(derived);
+  const json decided_args = merge_derived_facts(req.arguments, derived_facts);
+  if (!derived_facts.empty()) facts["derived"] = derived_facts;
+
   // 4. Policy (rules, then rate limits).
-  Decision decision = policy_.decide(PolicyQuery{req.principal, project, req.tool, req.arguments});
+  Decision decision = policy_.decide(PolicyQuery{req.principal, project, req.tool, decided_args});
   audit.decision_rules = join(decision.rule_ids);
   if (!decision.policy_hash.empty()) facts["policy_hash"] = decision.policy_hash;
   if (!decision.permitted()) {
@@ -154,7 +175,7 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
   }
 
   // 5. Credit hold for the worst case (plus the tool's flat per-call rate, if it has one).
-  Usage worst = tool->worst_case_usage(req.arguments);
+  Usage worst = tool->worst_case_usage(decided_args);
   worst.add("call:" + req.tool, 1);
   HoldRequest hr{project, req.principal.name, req.tool, req.request_id, std::move(worst), req.idempotency_key,
                  req.idempotency_key.empty() ? std::string() : crypto::sha256_hex(req.tool + "\n" + jsonrpc::dump(req.arguments)),
