@@ -183,7 +183,8 @@ std::string default_unit(const std::string& resource) {
   static const std::map<std::string, std::string> kUnits = {
       {"cpu_core_hour", "core-h"}, {"gpu_hour", "GPU-h"},       {"tokens_in", "token"},
       {"tokens_out", "token"},     {"quantum_shot", "shot"},    {"qubit_second", "qubit-s"},
-      {"gb_staged", "GB"},         {"call", "call"}};
+      {"gb_staged", "GB"},         {"call", "call"},            {"quantum_sim_qubit_gate", "qubit-gate"},
+      {"quantum_sim_mamp_gate", "Mamp-gate"}};
   auto it = kUnits.find(kind);
   return it == kUnits.end() ? "unit" : it->second;
 }

@@ -235,11 +235,58 @@ __attribute__((target("avx2,fma"))) void diagonal_1q_avx2(std::complex<double>* 
   }
 }
 
+// Dense D x D mat-vec (fused blocks, D = 4, 8, 16), column by column: out += M[:, c] * x[c].
+// With each column kept as pairs [M[2v][c], M[2v+1][c]] and their re/im-swapped copies, a
+// complex multiply-add is two FMAs and one addsub at the end, so a block of 3 qubits stays
+// under the memory bound and one of 4 close to it.
+template <int D>
+__attribute__((target("avx2,fma"))) void dense_avx2(std::complex<double>* psi, const PreparedGate<double>& g,
+                                                     uint64_t begin, uint64_t end) {
+  constexpr int V = D / 2;
+  alignas(32) double mv[D][V][4], msw[D][V][4];
+  for (int c = 0; c < D; ++c)
+    for (int v = 0; v < V; ++v) {
+      auto a = g.matrix[(2 * v) * D + c], b = g.matrix[(2 * v + 1) * D + c];
+      double m[4] = {a.real(), a.imag(), b.real(), b.imag()};
+      double w[4] = {a.imag(), a.real(), b.imag(), b.real()};
+      for (int i = 0; i < 4; ++i) mv[c][v][i] = m[i], msw[c][v][i] = w[i];
+    }
+  uint64_t off[D];
+  for (int j = 0; j < D; ++j) off[j] = g.offsets[j];
+  const std::span<const int> fixed(g.sorted_fixed);
+  for (uint64_t k = begin; k < end; ++k) {
+    uint64_t base = insert_zero_bits(k, fixed) | g.control_mask;
+    // Unrolled so that the accumulators stay in registers (GCC does not fully unroll at -O2).
+    __m256d A[V], B[V];
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) A[v] = _mm256_setzero_pd(), B[v] = _mm256_setzero_pd();
+#pragma GCC unroll 16
+    for (int c = 0; c < D; ++c) {
+      const double* x = reinterpret_cast<const double*>(psi + (base | off[c]));
+      __m256d xr = _mm256_broadcast_sd(x), xi = _mm256_broadcast_sd(x + 1);
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v) {
+        A[v] = _mm256_fmadd_pd(_mm256_load_pd(mv[c][v]), xr, A[v]);
+        B[v] = _mm256_fmadd_pd(_mm256_load_pd(msw[c][v]), xi, B[v]);
+      }
+    }
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) {
+      __m256d o = _mm256_addsub_pd(A[v], B[v]);
+      _mm_storeu_pd(reinterpret_cast<double*>(psi + (base | off[2 * v])), _mm256_castpd256_pd128(o));
+      _mm_storeu_pd(reinterpret_cast<double*>(psi + (base | off[2 * v + 1])), _mm256_extractf128_pd(o, 1));
+    }
+  }
+}
+
 // The general kernel's loops, compiled for AVX2/FMA so the mat-vec of fused blocks vectorises.
 __attribute__((target("avx2,fma"))) void general_avx2(std::complex<double>* psi, const PreparedGate<double>& g,
                                                        uint64_t begin, uint64_t end) {
   const std::size_t dim = g.offsets.size();
   if (g.shape != MatrixShape::kDense) return general_portable(psi, g, begin, end);
+  if (dim == 4) return dense_avx2<4>(psi, g, begin, end);
+  if (dim == 8) return dense_avx2<8>(psi, g, begin, end);
+  if (dim == 16) return dense_avx2<16>(psi, g, begin, end);
   alignas(32) double in[128], out[128];
   const double* mat = reinterpret_cast<const double*>(g.matrix.data());
   for (uint64_t k = begin; k < end; ++k) {
