@@ -19,7 +19,7 @@ struct QasmLimits {
   std::size_t max_source_bytes = 1 << 20;
   int max_qubits = 1024;        // declared; what can be simulated is bounded by memory
   int max_clbits = 4096;
-  std::size_t max_ops = 1'000'000;  // after expanding gate definitions
+  std::size_t max_ops = 250'000;  // after expanding gate definitions (an op is ~250 bytes)
   int max_gate_depth = 64;      // nesting of gate definitions
   int max_expression_depth = 200;
 };
