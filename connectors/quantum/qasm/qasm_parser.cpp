@@ -57,8 +57,13 @@ bool lex(std::string_view s, std::vector<Token>& out, Error& err) {
     Token t;
     t.line = line, t.col = col;
     std::size_t start = i;
-    if (ident_start(c)) {
-      while (i < s.size() && ident_char(s[i])) advance(1);
+    if (ident_start(c) || (c == '$' && i + 1 < s.size() && std::isdigit(static_cast<unsigned char>(s[i + 1])))) {
+      if (c == '$') {
+        advance(1);
+        while (i < s.size() && std::isdigit(static_cast<unsigned char>(s[i]))) advance(1);
+      } else {
+        while (i < s.size() && ident_char(s[i])) advance(1);
+      }
       t.kind = Tok::kIdent;
     } else if (std::isdigit(c) || (c == '.' && i + 1 < s.size() && std::isdigit(static_cast<unsigned char>(s[i + 1])))) {
       bool real = false;
@@ -174,7 +179,7 @@ struct GateDef {
 };
 
 struct Operand {  // one argument of a statement: a whole register or one bit of it
-  const Register* reg = nullptr;
+  Register reg;  // a copy: physical qubits ($3) declare registers while a statement is parsed
   int index = -1;  // -1: the whole register
   int line = 0, col = 0;
 };
@@ -600,10 +605,20 @@ class Parser {
     const Token& t = peek();
     std::string name;
     if (!ident(name, quantum ? "a qubit or quantum register" : "a bit or classical register")) return false;
-    o.reg = find_register(name);
     o.line = t.line, o.col = t.col;
-    if (!o.reg) return fail(t, "'" + name + "' is not declared", quantum ? "declare it with qreg (OpenQASM 2) or qubit[n] (OpenQASM 3)" : "declare it with creg or bit[n]");
-    if (is_qreg(o.reg) != quantum)
+    if (name[0] == '$') {
+      // OpenQASM 3 physical qubits, as transpiled circuits name them: each one used becomes a
+      // one-qubit register, in order of first use (only the qubits used are simulated).
+      if (!v3()) return fail(t, "physical qubits such as " + name + " are OpenQASM 3", "declare a qreg in OpenQASM 2");
+      if (!quantum) return fail(t, "'" + name + "' is a qubit where a classical bit is expected");
+      if (!find_register(name) &&
+          !declare(circuit_.qregs, circuit_.num_qubits, limits_.max_qubits, t, name, 1, "qubit"))
+        return false;
+    }
+    const Register* found = find_register(name);
+    if (!found) return fail(t, "'" + name + "' is not declared", quantum ? "declare it with qreg (OpenQASM 2) or qubit[n] (OpenQASM 3)" : "declare it with creg or bit[n]");
+    o.reg = *found;
+    if (is_qreg(found) != quantum)
       return fail(t, "'" + name + "' is a " + (quantum ? "classical" : "quantum") + " register where a " +
                          (quantum ? "quantum" : "classical") + " one is expected");
     if (is("[")) {
@@ -611,15 +626,15 @@ class Parser {
       const Token& it = peek();
       int64_t idx;
       if (!integer(idx, "an index") || !expect("]", "after the index")) return false;
-      if (idx >= o.reg->size)
-        return fail(it, "index " + std::to_string(idx) + " is out of range for '" + name + "' of size " + std::to_string(o.reg->size),
-                    "indices run from 0 to " + std::to_string(o.reg->size - 1));
+      if (idx >= o.reg.size)
+        return fail(it, "index " + std::to_string(idx) + " is out of range for '" + name + "' of size " + std::to_string(o.reg.size),
+                    "indices run from 0 to " + std::to_string(o.reg.size - 1));
       o.index = static_cast<int>(idx);
     }
     return true;
   }
-  static int bit(const Operand& o, int k) { return o.reg->offset + (o.index >= 0 ? o.index : k); }
-  static int width(const Operand& o) { return o.index >= 0 ? 1 : o.reg->size; }
+  static int bit(const Operand& o, int k) { return o.reg.offset + (o.index >= 0 ? o.index : k); }
+  static int width(const Operand& o) { return o.index >= 0 ? 1 : o.reg.size; }
 
   // The number of times a statement applies: registers broadcast, single bits repeat.
   bool broadcast_size(const Token& at, const std::vector<Operand>& ops, int& n) {
@@ -629,10 +644,10 @@ class Parser {
       if (o.index >= 0) continue;
       if (!first_reg) {
         first_reg = &o;
-        n = o.reg->size;
-      } else if (o.reg->size != n) {
-        return fail(at, "registers '" + first_reg->reg->name + "' (size " + std::to_string(n) + ") and '" + o.reg->name +
-                            "' (size " + std::to_string(o.reg->size) + ") differ in size");
+        n = o.reg.size;
+      } else if (o.reg.size != n) {
+        return fail(at, "registers '" + first_reg->reg.name + "' (size " + std::to_string(n) + ") and '" + o.reg.name +
+                            "' (size " + std::to_string(o.reg.size) + ") differ in size");
       }
     }
     return true;

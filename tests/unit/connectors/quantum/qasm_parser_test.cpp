@@ -380,3 +380,24 @@ flag = measure q[2];
   CHECK(c.ops[6].condition);
   CHECK(c.ops[11].clbit == 3);
 }
+
+TEST_CASE("qasm: OpenQASM 3 physical qubits of transpiled circuits", "[quantum][qasm]") {
+  auto p = parse_ok(R"(OPENQASM 3.0;
+include "stdgates.inc";
+bit[2] c;
+rz(pi/2) $7;
+sx $7;
+cx $7, $3;
+barrier $7, $3;
+c[0] = measure $7;
+c[1] = measure $3;
+)");
+  const Circuit& c = p.circuit;
+  CHECK(c.num_qubits == 2);  // only the qubits used, in order of first use
+  REQUIRE(c.ops.size() == 5);
+  CHECK(c.ops[2].controls == std::vector<int>{0});
+  CHECK(c.ops[2].targets == std::vector<int>{1});
+  CHECK(c.ops[4].targets == std::vector<int>{1});
+  CHECK(c.ops[4].clbit == 1);
+  CHECK(parse_err("OPENQASM 2.0;\ninclude \"qelib1.inc\";\nh $0;\n").message == "line 3, column 3: physical qubits such as $0 are OpenQASM 3");
+}
