@@ -9,8 +9,11 @@ generated from a fixed seed; for each circuit:
   - without mid-circuit measurement: all amplitudes must agree to 1e-9;
   - with measurement, reset and conditions mid-circuit: the simulator's sampled counts must
     pass a chi-square goodness-of-fit test against the exact outcome distribution.
+The official OpenQASM 2 examples are read by a small reader of the reference's own and checked
+the same way (counts always, amplitudes too when every measurement is terminal).
 
-Usage: cross_check.py QSIM   (QSIM: the scigate_qsim executable)
+Usage: cross_check.py QSIM [EXAMPLES]   (QSIM: the scigate_qsim executable; EXAMPLES: a
+folder of OpenQASM 2 programs, read by the reference's own reader, such as tests/data/qasm)
 Exit code 77 (skipped) when numpy is missing.
 """
 import json
@@ -124,19 +127,20 @@ def random_circuit(rng, n, gates, mid):
         if mid and rng.random() < 0.08:
             q = rng.randrange(n)
             lines.append("measure q[%d] -> c[%d];" % (q, q))
-            ops.append(("measure", q, q))
+            ops.append(("measure", q, q, None))
             if rng.random() < 0.3:
                 r = rng.randrange(n)
                 lines.append("reset q[%d];" % r)
-                ops.append(("reset", r))
+                ops.append(("reset", r, None))
             if rng.random() < 0.5:
                 cond = rng.randrange(1 << min(n, 3))
         text = name + ("(" + ",".join(repr(p) for p in ps) + ")" if ps else "") + " " + ",".join("q[%d]" % q for q in qs) + ";"
         if cond is not None:
             text = "if(c==%d) " % cond + text
         lines.append(text)
-        ops.append(("gate", name, ps, qs, cond))
+        ops.append(("gate", name, ps, qs, None if cond is None else (list(range(n)), cond)))
     lines.append("measure q -> c;")
+    ops += [("measure", q, q, None) for q in range(n)]
     return "\n".join(lines) + "\n", ops
 
 
@@ -149,47 +153,168 @@ def final_state(n, ops):
     return psi
 
 
-def exact_distribution(n, ops):
-    """Outcome probabilities of the classical register, following every measurement branch."""
+def exact_distribution(n, ops, num_clbits, key):
+    """Outcome probabilities of the classical bits, following every mid-circuit measurement
+    branch; measurements after the last gate, reset or condition are read off |psi|^2."""
+    tail = len(ops)
+    while tail > 0 and ops[tail - 1][0] == "measure" and ops[tail - 1][3] is None:
+        tail -= 1
     psi0 = np.zeros((2,) * n, dtype=complex)
     psi0[(0,) * n] = 1
-    branches = [(1.0, psi0, 0)]  # probability, normalised state, register value
-    for op in ops + [("measure_all",)]:
+    branches = [(1.0, psi0, (0,) * num_clbits)]
+
+    def holds(cond, bits):
+        if cond is None:
+            return True
+        clbits, value = cond
+        return sum(bits[c] << i for i, c in enumerate(clbits)) == value
+
+    for op in ops[:tail]:
         nxt = []
-        for prob, psi, creg in branches:
+        for prob, psi, bits in branches:
+            if not holds(op[-1], bits):
+                nxt.append((prob, psi, bits))
+                continue
             if op[0] == "gate":
-                _, name, ps, qs, cond = op
-                if cond is None or creg == cond:
-                    psi = apply(psi, n, GATES[name][2](*ps), qs)
-                nxt.append((prob, psi, creg))
-            elif op[0] in ("measure", "reset"):
-                q = op[1]
-                axis = n - 1 - q
-                for outcome in (0, 1):
-                    part = np.take(psi, [outcome], axis=axis)
-                    p = float(np.sum(np.abs(part) ** 2))
-                    if p < 1e-15:
-                        continue
-                    keep = np.zeros_like(psi)
-                    idx = [slice(None)] * n
-                    idx[axis] = 0 if op[0] == "reset" else outcome
-                    keep[tuple(idx)] = np.squeeze(part, axis=axis) / math.sqrt(p)
-                    c = creg
-                    if op[0] == "measure":
-                        c = (creg & ~(1 << op[2])) | (outcome << op[2])
-                    nxt.append((prob * p, keep, c))
-            else:  # the terminal measure q -> c
-                flat = psi.reshape(-1)
-                for i, a in enumerate(flat):
-                    p = abs(a) ** 2
-                    if p > 1e-15:
-                        nxt.append((prob * p, None, i))
+                _, name, ps, qs, _ = op
+                nxt.append((prob, apply(psi, n, GATES[name][2](*ps), qs), bits))
+                continue
+            q = op[1]
+            axis = n - 1 - q
+            for outcome in (0, 1):
+                part = np.take(psi, [outcome], axis=axis)
+                p = float(np.sum(np.abs(part) ** 2))
+                if p < 1e-15:
+                    continue
+                keep = np.zeros_like(psi)
+                idx = [slice(None)] * n
+                idx[axis] = 0 if op[0] == "reset" else outcome
+                keep[tuple(idx)] = np.squeeze(part, axis=axis) / math.sqrt(p)
+                b = bits
+                if op[0] == "measure":
+                    b = bits[:op[2]] + (outcome,) + bits[op[2] + 1:]
+                nxt.append((prob * p, keep, b))
         branches = nxt
     dist = {}
-    for prob, _, creg in branches:
-        key = format(creg, "0%db" % n)
-        dist[key] = dist.get(key, 0.0) + prob
+    final = ops[tail:]
+    for prob, psi, bits in branches:
+        flat = psi.reshape(-1)
+        for i in np.nonzero(np.abs(flat) ** 2 > 1e-15)[0]:
+            b = list(bits)
+            for _, q, c, _ in final:
+                b[c] = (int(i) >> q) & 1
+            k = key(b)
+            dist[k] = dist.get(k, 0.0) + prob * float(abs(flat[i]) ** 2)
     return dist
+
+
+# --- an OpenQASM 2 reader for the official examples --------------------------------------------
+
+def read_qasm2(text):
+    """Flattens an OpenQASM 2 program (gate definitions, broadcast, if) into reference ops."""
+    import re
+    text = re.sub(r"//[^\n]*", "", text)
+    qregs, cregs, defs = {}, {}, {}
+    nq = nc = 0
+    ops = []
+    funcs = {"pi": math.pi, "sin": math.sin, "cos": math.cos, "tan": math.tan, "exp": math.exp,
+             "ln": math.log, "sqrt": math.sqrt}
+
+    def value(expr, env):
+        return float(eval(expr.replace("^", "**"), {"__builtins__": {}}, dict(funcs, **env)))
+
+    def split_args(s):
+        out, depth, cur = [], 0, ""
+        for ch in s:
+            if ch == "," and depth == 0:
+                out.append(cur.strip())
+                cur = ""
+                continue
+            depth += ch == "("
+            depth -= ch == ")"
+            cur += ch
+        if cur.strip():
+            out.append(cur.strip())
+        return out
+
+    def expand(name, params, qubits, cond):
+        if name in ("U", "CX"):
+            name = {"U": "u3", "CX": "cx"}[name]
+        if name in defs:
+            pnames, qnames, body = defs[name]
+            env = dict(zip(pnames, params))
+            for stmt in body:
+                m = re.match(r"(\w+)\s*(?:\((.*)\))?\s*(.*)$", stmt, re.S)
+                if m.group(1) == "barrier":
+                    continue
+                ps = [value(e, env) for e in split_args(m.group(2) or "")]
+                qs = [qubits[qnames.index(a.strip())] for a in m.group(3).split(",")]
+                expand(m.group(1), ps, qs, cond)
+            return
+        ops.append(("gate", name, params, qubits, cond))
+
+    def operand(a, regs):
+        m = re.match(r"(\w+)\s*(?:\[\s*(\d+)\s*\])?$", a.strip())
+        off, size = regs[m.group(1)]
+        return [off + int(m.group(2))] if m.group(2) is not None else list(range(off, off + size))
+
+    def statement(stmt, cond=None):
+        m = re.match(r"if\s*\(\s*(\w+)\s*==\s*(\d+)\s*\)\s*(.*)$", stmt, re.S)
+        if m:
+            off, size = cregs[m.group(1)]
+            return statement(m.group(3), (list(range(off, off + size)), int(m.group(2))))
+        m = re.match(r"measure\s+(.*?)\s*->\s*(.*)$", stmt, re.S)
+        if m:
+            for q, c in zip(operand(m.group(1), qregs), operand(m.group(2), cregs)):
+                ops.append(("measure", q, c, cond))
+            return
+        m = re.match(r"reset\s+(.*)$", stmt, re.S)
+        if m:
+            for q in operand(m.group(1), qregs):
+                ops.append(("reset", q, cond))
+            return
+        if stmt.startswith("barrier"):
+            return
+        m = re.match(r"(\w+)\s*(?:\((.*?)\))?\s+(.*)$", stmt, re.S)
+        ps = [value(e, {}) for e in split_args(m.group(2) or "")]
+        args = [operand(a, qregs) for a in split_args(m.group(3))]
+        width = max(len(a) for a in args)
+        for k in range(width):
+            expand(m.group(1), ps, [a[k] if len(a) > 1 else a[0] for a in args], cond)
+
+    pos = 0
+    while True:
+        m = re.compile(r"\s*(gate|opaque)\s+(\w+)\s*(?:\((.*?)\))?\s*([^{;]*)(\{(.*?)\}|;)", re.S).search(text, pos)
+        head = text[pos:m.start()] if m else text[pos:]
+        for stmt in head.split(";"):
+            stmt = " ".join(stmt.split())
+            if not stmt or stmt.startswith("OPENQASM") or stmt.startswith("include"):
+                continue
+            d = re.match(r"(qreg|creg)\s+(\w+)\s*\[\s*(\d+)\s*\]$", stmt)
+            if d:
+                if d.group(1) == "qreg":
+                    qregs[d.group(2)] = (nq, int(d.group(3)))
+                    nq += int(d.group(3))
+                else:
+                    cregs[d.group(2)] = (nc, int(d.group(3)))
+                    nc += int(d.group(3))
+                continue
+            statement(stmt)
+        if not m:
+            break
+        if m.group(1) == "gate":
+            pnames = [p.strip() for p in (m.group(3) or "").split(",") if p.strip()]
+            qnames = [q.strip() for q in m.group(4).split(",")]
+            body = [" ".join(b.split()) for b in (m.group(6) or "").split(";") if b.strip()]
+            defs[m.group(2)] = (pnames, qnames, body)
+        pos = m.end()
+
+    order = sorted(cregs.values())
+
+    def key(bits):
+        return " ".join("".join(str(bits[off + i]) for i in reversed(range(size))) for off, size in reversed(order))
+
+    return nq, nc, ops, key
 
 
 def chi2_critical(dof, alpha=1e-4):
@@ -198,66 +323,109 @@ def chi2_critical(dof, alpha=1e-4):
     return dof * (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof))) ** 3
 
 
+def chi_square(dist, counts, shots):
+    """(statistic, critical value, dof), pooling outcomes expected fewer than 5 times; None when
+    an impossible outcome was sampled."""
+    if any(k not in dist for k in counts):
+        return None
+    stat, cells, small_o, small_e = 0.0, 0, 0, 0.0
+    for k, p in dist.items():
+        e, o = p * shots, counts.get(k, 0)
+        if e < 5:
+            small_o += o
+            small_e += e
+            continue
+        stat += (o - e) ** 2 / e
+        cells += 1
+    if small_e > 0:
+        stat += (small_o - small_e) ** 2 / max(small_e, 1e-9)
+        cells += 1
+    dof = max(cells - 1, 1)
+    return stat, chi2_critical(dof), dof
+
+
+def run_qsim(qsim, src, shots, seed, statevector):
+    with tempfile.NamedTemporaryFile("w", suffix=".qasm", delete=False) as f:
+        f.write(src)
+        path = f.name
+    out = subprocess.run([qsim, path, "--shots", str(shots), "--seed", str(seed)] + (["--statevector"] if statevector else []),
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        return None, out.stderr.strip()
+    return json.loads(out.stdout), None
+
+
 def main():
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3):
         print(__doc__)
         return 2
     qsim = sys.argv[1]
+    examples = sys.argv[2] if len(sys.argv) == 3 else None
     rng = random.Random(20261122)
     failures = 0
     checked_amp = checked_chi = 0
     worst = 0.0
+    shots = 20000
+
+    def check_counts(label, dist, counts):
+        nonlocal failures, checked_chi
+        r = chi_square(dist, counts, shots)
+        checked_chi += 1
+        if r is None:
+            print("%s: impossible outcomes sampled: %s" % (label, [k for k in counts if k not in dist][:5]))
+            failures += 1
+        elif r[0] > r[1]:
+            print("%s: chi-square %.1f above %.1f (dof %d)" % (label, r[0], r[1], r[2]))
+            failures += 1
+
+    def check_amplitudes(label, want, got):
+        nonlocal failures, checked_amp, worst
+        sv = np.array([complex(re, im) for re, im in got])
+        diff = float(np.max(np.abs(sv - want)))
+        worst = max(worst, diff)
+        checked_amp += 1
+        if diff > 1e-9:
+            print("%s: amplitudes differ by %.3g" % (label, diff))
+            failures += 1
+
+    # Random circuits over every standard gate, 1 to 14 qubits.
     cases = [(n, False) for n in list(range(1, 15)) + [14, 14, 12, 10]] + [(n, True) for n in (2, 3, 4, 5, 6, 7)]
     for idx, (n, mid) in enumerate(cases):
         gates = 12 * n if not mid else 6 * n
         src, ops = random_circuit(rng, n, gates, mid)
-        with tempfile.NamedTemporaryFile("w", suffix=".qasm", delete=False) as f:
-            f.write(src)
-            path = f.name
-        shots = 20000 if mid else 0
-        out = subprocess.run([qsim, path, "--shots", str(shots), "--seed", str(idx)] + ([] if mid else ["--statevector"]),
-                             capture_output=True, text=True)
-        if out.returncode != 0:
-            print("case %d (%d qubits): qsim failed: %s" % (idx, n, out.stderr.strip()))
+        label = "random case %d (%d qubits, %d gates%s)" % (idx, n, gates, ", mid-circuit measurement" if mid else "")
+        got, err = run_qsim(qsim, src, shots if mid else 0, idx, not mid)
+        if err:
+            print("%s: qsim failed: %s" % (label, err))
             failures += 1
             continue
-        got = json.loads(out.stdout)
         if not mid:
-            want = final_state(n, [o for o in ops if o[0] == "gate"]).reshape(-1)
-            sv = np.array([complex(re, im) for re, im in got["statevector"]])
-            diff = float(np.max(np.abs(sv - want)))
-            worst = max(worst, diff)
-            checked_amp += 1
-            if diff > 1e-9:
-                print("case %d (%d qubits, %d gates): amplitudes differ by %.3g" % (idx, n, gates, diff))
-                failures += 1
+            check_amplitudes(label, final_state(n, [o for o in ops if o[0] == "gate"]).reshape(-1), got["statevector"])
         else:
-            dist = exact_distribution(n, ops)
-            counts = got["counts"]
-            extra = [k for k in counts if k not in dist]
-            if extra:
-                print("case %d: impossible outcomes sampled: %s" % (idx, extra[:5]))
+            check_counts(label, exact_distribution(n, ops, n, lambda b: "".join(str(x) for x in reversed(b))), got["counts"])
+
+    # The official OpenQASM 2 examples, read by the reference's own reader.
+    if examples:
+        import glob
+        import os
+        for path in sorted(glob.glob(os.path.join(examples, "*.qasm"))):
+            name = os.path.basename(path)
+            if name.startswith("invalid_"):
+                continue
+            src = open(path).read()
+            nq, nc, ops, key = read_qasm2(src)
+            first = next((i for i, o in enumerate(ops) if o[0] == "measure"), len(ops))
+            terminal = all(o[0] == "gate" and o[-1] is None for o in ops[:first]) and \
+                all(o[0] == "measure" and o[-1] is None for o in ops[first:])
+            got, err = run_qsim(qsim, src, shots, 1, terminal)
+            if err:
+                print("%s: qsim failed: %s" % (name, err))
                 failures += 1
                 continue
-            # Pool outcomes expected fewer than 5 times into one cell.
-            stat, cells, small_o, small_e = 0.0, 0, 0, 0.0
-            for k, p in dist.items():
-                e, o = p * shots, counts.get(k, 0)
-                if e < 5:
-                    small_o += o
-                    small_e += e
-                    continue
-                stat += (o - e) ** 2 / e
-                cells += 1
-            if small_e > 0:
-                stat += (small_o - small_e) ** 2 / max(small_e, 1e-9)
-                cells += 1
-            dof = max(cells - 1, 1)
-            crit = chi2_critical(dof)
-            checked_chi += 1
-            if stat > crit:
-                print("case %d (%d qubits): chi-square %.1f above %.1f (dof %d)" % (idx, n, stat, crit, dof))
-                failures += 1
+            if terminal:
+                check_amplitudes(name, final_state(nq, [o for o in ops if o[0] == "gate"]).reshape(-1), got["statevector"])
+            check_counts(name, exact_distribution(nq, ops, nc, key), got["counts"])
+
     print("checked %d circuits by amplitude (largest difference %.2e) and %d by chi-square; %d failed"
           % (checked_amp, worst, checked_chi, failures))
     return 1 if failures else 0
