@@ -344,11 +344,12 @@ def chi_square(dist, counts, shots):
     return stat, chi2_critical(dof), dof
 
 
-def run_qsim(qsim, src, shots, seed, statevector):
+def run_qsim(qsim, src, shots, seed, statevector, fusion=True):
     with tempfile.NamedTemporaryFile("w", suffix=".qasm", delete=False) as f:
         f.write(src)
         path = f.name
-    out = subprocess.run([qsim, path, "--shots", str(shots), "--seed", str(seed)] + (["--statevector"] if statevector else []),
+    out = subprocess.run([qsim, path, "--shots", str(shots), "--seed", str(seed)] + (["--statevector"] if statevector else []) +
+                         ([] if fusion else ["--no-fusion"]),
                          capture_output=True, text=True)
     if out.returncode != 0:
         return None, out.stderr.strip()
@@ -393,8 +394,11 @@ def main():
     for idx, (n, mid) in enumerate(cases):
         gates = 12 * n if not mid else 6 * n
         src, ops = random_circuit(rng, n, gates, mid)
-        label = "random case %d (%d qubits, %d gates%s)" % (idx, n, gates, ", mid-circuit measurement" if mid else "")
-        got, err = run_qsim(qsim, src, shots if mid else 0, idx, not mid)
+        # Every other case unfused, so that both the fused blocks and the per-gate kernels are checked.
+        fusion = idx % 2 == 0
+        label = "random case %d (%d qubits, %d gates%s%s)" % (idx, n, gates, ", mid-circuit measurement" if mid else "",
+                                                            "" if fusion else ", unfused")
+        got, err = run_qsim(qsim, src, shots if mid else 0, idx, not mid, fusion)
         if err:
             print("%s: qsim failed: %s" % (label, err))
             failures += 1

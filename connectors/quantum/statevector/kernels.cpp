@@ -121,6 +121,29 @@ void diagonal_full_portable(std::complex<T>* psi, const PreparedGate<T>& g, uint
   }
 }
 
+// Any gate with one target and any controls (cx, cz, cp, ccx, c4x, x, y, ...): the iteration
+// skips the fixed bits, and amplitudes between the lowest fixed bit and bit 0 are contiguous, so
+// each run of 2^lowest iterations is a straight loop over two streams.
+template <typename T>
+void single_target_portable(std::complex<T>* psi, const PreparedGate<T>& g, uint64_t begin, uint64_t end) {
+  const uint64_t stride = uint64_t{1} << g.targets[0];
+  const uint64_t run_len = uint64_t{1} << g.sorted_fixed[0];
+  const std::complex<T> m00 = g.matrix[0], m01 = g.matrix[1], m10 = g.matrix[2], m11 = g.matrix[3];
+  const std::span<const int> fixed(g.sorted_fixed);
+  uint64_t k = begin;
+  while (k < end) {
+    uint64_t run = std::min(end - k, run_len - (k & (run_len - 1)));
+    std::complex<T>* a = psi + (insert_zero_bits(k, fixed) | g.control_mask);
+    std::complex<T>* b = a + stride;
+    for (uint64_t j = 0; j < run; ++j) {
+      std::complex<T> x = a[j], y = b[j];
+      a[j] = mul(m00, x) + mul(m01, y);
+      b[j] = mul(m10, x) + mul(m11, y);
+    }
+    k += run;
+  }
+}
+
 template <typename T>
 void general_portable(std::complex<T>* psi, const PreparedGate<T>& g, uint64_t begin, uint64_t end) {
   const std::size_t dim = g.offsets.size();
@@ -235,6 +258,38 @@ __attribute__((target("avx2,fma"))) void diagonal_1q_avx2(std::complex<double>* 
   }
 }
 
+__attribute__((target("avx2,fma"))) void single_target_avx2(std::complex<double>* psi, const PreparedGate<double>& g,
+                                                             uint64_t begin, uint64_t end) {
+  const uint64_t stride = uint64_t{1} << g.targets[0];
+  const uint64_t run_len = uint64_t{1} << g.sorted_fixed[0];
+  const auto& m = g.matrix;
+  const __m256d m00r = _mm256_set1_pd(m[0].real()), m00i = _mm256_set1_pd(m[0].imag());
+  const __m256d m01r = _mm256_set1_pd(m[1].real()), m01i = _mm256_set1_pd(m[1].imag());
+  const __m256d m10r = _mm256_set1_pd(m[2].real()), m10i = _mm256_set1_pd(m[2].imag());
+  const __m256d m11r = _mm256_set1_pd(m[3].real()), m11i = _mm256_set1_pd(m[3].imag());
+  const std::span<const int> fixed(g.sorted_fixed);
+  uint64_t k = begin;
+  while (k < end) {
+    uint64_t run = std::min(end - k, run_len - (k & (run_len - 1)));
+    double* a = reinterpret_cast<double*>(psi + (insert_zero_bits(k, fixed) | g.control_mask));
+    double* b = a + 2 * stride;
+    uint64_t j = 0;
+    for (; j + 2 <= run; j += 2) {
+      __m256d x = _mm256_loadu_pd(a + 2 * j), y = _mm256_loadu_pd(b + 2 * j);
+      _mm256_storeu_pd(a + 2 * j, _mm256_add_pd(cmul(x, m00r, m00i), cmul(y, m01r, m01i)));
+      _mm256_storeu_pd(b + 2 * j, _mm256_add_pd(cmul(x, m10r, m10i), cmul(y, m11r, m11i)));
+    }
+    for (; j < run; ++j) {
+      auto* ca = reinterpret_cast<std::complex<double>*>(a) + j;
+      auto* cb = reinterpret_cast<std::complex<double>*>(b) + j;
+      std::complex<double> x = *ca, y = *cb;
+      *ca = mul(m[0], x) + mul(m[1], y);
+      *cb = mul(m[2], x) + mul(m[3], y);
+    }
+    k += run;
+  }
+}
+
 // Dense D x D mat-vec (fused blocks, D = 4, 8, 16), column by column: out += M[:, c] * x[c].
 // With each column kept as pairs [M[2v][c], M[2v+1][c]] and their re/im-swapped copies, a
 // complex multiply-add is two FMAs and one addsub at the end, so a block of 3 qubits stays
@@ -330,6 +385,7 @@ void apply_gate_range(std::complex<T>* psi, const PreparedGate<T>& g, uint64_t b
     if (simd) {
       if (g.dense_1q_fast) return dense_1q_avx2(psi, g, begin, end);
       if (g.diagonal_full && g.targets.size() == 1) return diagonal_1q_avx2(psi, g, begin, end);
+      if (!g.diagonal_full && g.targets.size() == 1) return single_target_avx2(psi, g, begin, end);
       if (!g.diagonal_full) return general_avx2(psi, g, begin, end);
     }
   }
@@ -337,6 +393,7 @@ void apply_gate_range(std::complex<T>* psi, const PreparedGate<T>& g, uint64_t b
   (void)simd;
   if (g.dense_1q_fast) return dense_1q_portable(psi, g, begin, end);
   if (g.diagonal_full) return diagonal_full_portable(psi, g, begin, end);
+  if (g.targets.size() == 1) return single_target_portable(psi, g, begin, end);
   general_portable(psi, g, begin, end);
 }
 
