@@ -277,8 +277,8 @@ class Simulation {
     if (terminal) {
       total_work_ = static_cast<double>(ops_.size());
       for (std::size_t i = 0; i < ops_.size(); ++i) {
-        if (ops_[i].kind == OpKind::kMeasure) continue;
-        if (auto e = step(i, nullptr, rng)) return *e;
+        if (ops_[i].kind != OpKind::kMeasure)  // terminal: sampled below, all at once
+          if (auto e = step(i, nullptr, rng)) return *e;
         tick(1);
       }
       if (req_.return_statevector) copy_out();

@@ -266,3 +266,15 @@ TEST_CASE("statevector: cancellation stops a run and progress rises to 1", "[qua
   REQUIRE(std::holds_alternative<SimResult>(run_statevector(c, statevector_only(), o)));
   CHECK(seen.back() == Approx(1.0));
 }
+
+TEST_CASE("statevector: progress reaches 1 when shots are sampled from terminal measurements", "[quantum][statevector]") {
+  Circuit c = parse("qreg q[3]; creg c[3];\nh q; cx q[0],q[1];\nmeasure q -> c;\n");
+  std::vector<double> seen;
+  SimOptions o;
+  o.progress = [&](double f) { seen.push_back(f); };
+  SimRequest req;
+  req.shots = 10;
+  REQUIRE(std::holds_alternative<SimResult>(run_statevector(c, req, o)));
+  REQUIRE(!seen.empty());
+  CHECK(seen.back() == Approx(1.0));
+}
