@@ -111,11 +111,19 @@ bool Circuit::has_measurements() const {
 }
 
 bool Circuit::measurements_terminal() const {
-  bool seen_measure = false;
+  // A measurement commutes with gates on other qubits, so a gate after a measurement only
+  // spoils single-pass sampling when it acts on a qubit already measured.
+  std::vector<bool> measured(static_cast<std::size_t>(num_qubits), false);
   for (const auto& op : ops) {
     if (op.kind == OpKind::kReset || op.condition) return false;
-    if (op.kind == OpKind::kMeasure) seen_measure = true;
-    else if (seen_measure) return false;
+    if (op.kind == OpKind::kMeasure) {
+      measured[op.targets[0]] = true;
+      continue;
+    }
+    for (int q : op.controls)
+      if (measured[q]) return false;
+    for (int q : op.targets)
+      if (measured[q]) return false;
   }
   return true;
 }

@@ -54,8 +54,8 @@ struct Circuit {
 
   // Gate applications (not measure/reset/phase), the quantity credits are charged on.
   std::size_t gate_count() const;
-  // Whether every measurement is terminal: nothing but measurements follows the first one and
-  // no reset or condition appears, so shots can be sampled from one final state.
+  // Whether every measurement is terminal: no gate acts on a qubit after it was measured and no
+  // reset or condition appears, so shots can be sampled from one final state.
   bool measurements_terminal() const;
   bool has_measurements() const;
 };

@@ -278,3 +278,20 @@ TEST_CASE("statevector: progress reaches 1 when shots are sampled from terminal 
   REQUIRE(!seen.empty());
   CHECK(seen.back() == Approx(1.0));
 }
+
+TEST_CASE("statevector: gates after a measurement on other qubits still sample in one pass", "[quantum][statevector]") {
+  Circuit c = parse("qreg q[2]; creg c[2];\nh q[0];\nmeasure q[0] -> c[0];\nx q[1];\nmeasure q[1] -> c[1];\n");
+  CHECK(c.measurements_terminal());
+  SimRequest req;
+  req.shots = 1000;
+  SimResult r = run(c, req);
+  CHECK(r.sampled_once);
+  REQUIRE(r.counts.size() == 2);
+  CHECK(r.counts["10"] + r.counts["11"] == 1000);
+  // A gate on a measured qubit does spoil it: the second measurement sees the flipped outcome.
+  Circuit d = parse("qreg q[1]; creg c[2];\nh q[0];\nmeasure q[0] -> c[0];\nx q[0];\nmeasure q[0] -> c[1];\n");
+  CHECK(!d.measurements_terminal());
+  SimResult rd = run(d, req);
+  CHECK(!rd.sampled_once);
+  for (const auto& [k, n] : rd.counts) CHECK(k[0] != k[1]);
+}
