@@ -401,3 +401,10 @@ c[1] = measure $3;
   CHECK(c.ops[4].clbit == 1);
   CHECK(parse_err("OPENQASM 2.0;\ninclude \"qelib1.inc\";\nh $0;\n").message == "line 3, column 3: physical qubits such as $0 are OpenQASM 3");
 }
+
+TEST_CASE("qasm: the embedded qelib1.inc is the published header, line endings aside", "[quantum][qasm]") {
+  // The published file has CRLF line endings; a C++ raw string keeps only the LF.
+  std::string published = read_file(data_dir() / "qelib1.inc");
+  std::erase(published, '\r');
+  CHECK(std::string(qelib1_source()) == published);
+}
