@@ -284,13 +284,12 @@ class Parser {
   }
 
   bool include() {
-    const Token& kw = next();
+    next();
     if (peek().kind != Tok::kString) return fail(peek(), "expected a file name in quotes after include");
     const Token& file = next();
     if (!expect(";", "after the include")) return false;
     if (file.text != "qelib1.inc" && file.text != "stdgates.inc")
       return fail(file, "cannot include \"" + file.text + "\"", "only qelib1.inc (OpenQASM 2) and stdgates.inc (OpenQASM 3) are available");
-    (void)kw;
     return load_standard_library();
   }
 

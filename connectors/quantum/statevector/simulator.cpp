@@ -234,8 +234,6 @@ class Simulation {
   Simulation(const Circuit& c, const SimRequest& r, const SimOptions& o) : c_(c), req_(r), opt_(o) {}
 
   std::variant<SimResult, Error> run() {
-    auto started = std::chrono::steady_clock::now();
-    (void)started;
     n_ = c_.num_qubits;
     dim_ = uint64_t{1} << n_;
     int threads = opt_.threads > 0 ? opt_.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -251,13 +249,13 @@ class Simulation {
       return Error::invalid_arguments("observables need a circuit without mid-circuit measurement, reset or conditions",
                                       "remove them, or ask for counts only");
     for (const auto& o : req_.observables)
-      for (const auto& [p, coeff] : o.terms) {
+      for (const auto& term : o.terms) {
+        const std::string& p = term.first;
         if (static_cast<int>(p.size()) != n_)
           return Error::invalid_arguments("Pauli string '" + p + "' has " + std::to_string(p.size()) + " letters; the circuit has " +
                                           std::to_string(n_) + " qubits", "give one of I, X, Y, Z per qubit, qubit 0 rightmost");
         if (p.find_first_not_of("IXYZ") != std::string::npos)
           return Error::invalid_arguments("Pauli string '" + p + "' may only hold I, X, Y and Z");
-        (void)coeff;
       }
     if (req_.return_statevector && n_ > opt_.max_statevector_qubits)
       return Error::invalid_arguments("return_statevector is limited to " + std::to_string(opt_.max_statevector_qubits) +
