@@ -41,6 +41,20 @@ json merge_derived_facts(const json& args, const json& derived) {
   return merged;
 }
 
+// A refusal over a derived fact ("qubits 22 exceeds the limit 20"): the caller cannot ask for
+// a fact directly, so the hint says where it comes from.
+std::string derived_fact_note(const std::string& reason, const std::string& hint, const json& derived, const json& args) {
+  if (!derived.is_object()) return {};
+  for (auto it = derived.begin(); it != derived.end(); ++it) {
+    const std::string& k = it.key();
+    if (args.is_object() && args.contains(k)) continue;
+    if (reason.rfind(k + " ", 0) == 0 || reason.find(" " + k + " ") != std::string::npos)
+      return std::string(hint.empty() ? "" : " ") + "(" + k + " is not an argument: the tool derives it from the call, here " +
+             it.value().dump() + ")";
+  }
+  return {};
+}
+
 json success_result(ToolResult& result) {
   json r = json::object();
   r["content"] = json::array({json{{"type", "text"}, {"text", std::move(result.text)}}});
@@ -166,7 +180,7 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
   if (!decision.policy_hash.empty()) facts["policy_hash"] = decision.policy_hash;
   if (!decision.permitted()) {
     Error e{decision.retry_after ? ErrorCode::kRateLimited : ErrorCode::kPolicyDenied, decision.reason,
-            decision.hint, {}};
+            decision.hint + derived_fact_note(decision.reason, decision.hint, derived_facts, req.arguments), {}};
     if (decision.retry_after) e.retry_after_ms = std::max<int64_t>(1, decision.retry_after->count());
     if (e.message.find("(rule ") == std::string::npos && !audit.decision_rules.empty())
       e.message += " (rule " + audit.decision_rules + ")";

@@ -66,6 +66,8 @@ TEST_CASE("quantum: policy bounds the qubits of the parsed circuit, and the shot
   auto err = big["_meta"]["io.scigate/error"];
   CHECK(err["code"] == "policy_denied");
   CHECK(err["message"].get<std::string>().find("qubits 21") != std::string::npos);
+  CHECK(err["hint"].get<std::string>().find("(qubits is not an argument: the tool derives it from the call, here 21)") !=
+        std::string::npos);
   auto shots = call_tool(c, s.user_key(), "run_quantum_circuit", {{"source", kBell}, {"shots", 200000}});
   REQUIRE(shots["isError"] == true);
   CHECK(shots["_meta"]["io.scigate/error"]["message"].get<std::string>().find("shots") != std::string::npos);
