@@ -21,7 +21,8 @@ if (( want_test )); then
          procps psmisc openssl  # openssl: self-signed certificates for the TLS test
          slurm-wlm slurmrestd munge  # a real single-node Slurm for the scheduler tests (scripts/slurm/);
          slurm-wlm-jwt-plugin        # named: it is only a Recommends, and the JWT REST tests need it
-         bubblewrap)                 # the local executor's sandbox, when present
+         bubblewrap                  # the local executor's sandbox, when present
+         python3-numpy)              # the independent reference simulator of tests/quantum/
 fi
 
 missing=()

@@ -67,6 +67,17 @@ if [[ "${SCIGATE_SKIP_SANITIZERS:-0}" != 1 ]]; then
     echo "0 1" >>"$summary"; status=1
   fi
   rm -rf "$corpus"
+
+  step "fuzz the OpenQASM parser and simulator (${SCIGATE_FUZZ_QASM_SECONDS:-30} s)"
+  corpus=$(mktemp -d)
+  cp tests/fuzz/corpus_qasm/* "$corpus"/
+  if build-asan/tests/fuzz/fuzz_qasm -max_total_time="${SCIGATE_FUZZ_QASM_SECONDS:-30}" \
+      -max_len=8192 -timeout=10 -print_final_stats=1 "$corpus" 2>&1 | tail -15; then
+    echo "1 0" >>"$summary"
+  else
+    echo "0 1" >>"$summary"; status=1
+  fi
+  rm -rf "$corpus"
 fi
 
 read -r passed failed < <(awk '{p+=$1; f+=$2} END {print p+0, f+0}' "$summary")

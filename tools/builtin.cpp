@@ -3,6 +3,7 @@
 #include "tools/audit/query_audit_log.hpp"
 #include "tools/demo/demo_tools.hpp"
 #include "tools/jobs/job_tools.hpp"
+#include "tools/quantum/run_quantum_circuit.hpp"
 #include "tools/usage/usage_tool.hpp"
 #include "tools/whoami/whoami.hpp"
 
@@ -21,6 +22,7 @@ ToolRegistry make_registry(const Config& config, const ToolServices& services) {
     r.add(std::make_unique<ReadJobOutputTool>(*services.jobs));
     r.add(std::make_unique<WaitJobTool>(*services.jobs));
   }
+  if (config.quantum.enabled) r.add(std::make_unique<RunQuantumCircuitTool>(config.quantum));
   if (config.demo_tools) {
     r.add(std::make_unique<EchoTool>());
     r.add(std::make_unique<SleepTool>());

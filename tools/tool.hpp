@@ -8,6 +8,7 @@
 
 #include <optional>
 #include <string>
+#include <variant>
 
 #include "policies/ledger.hpp"
 #include "server/common/error.hpp"
@@ -58,8 +59,15 @@ class Tool {
  public:
   virtual ~Tool() = default;
   virtual const ToolDescriptor& descriptor() const = 0;
-  // The most this call can use, from its validated arguments; priced and held before the call
-  // runs. The pipeline adds one "call:<tool>" unit itself.
+  // Facts the tool derives from its validated arguments that policy and pricing need but the
+  // caller does not state: a circuit's qubit count comes from its source, not from an argument.
+  // The pipeline adds them to the arguments that policy conditions and worst_case_usage see
+  // (under names the schema does not use; a fact never overrides an argument) and records them
+  // in the audit record. An Error refuses the call as invalid before policy is asked. Runs on
+  // the call's executor: keep it cheap and bounded (a parse, not a simulation).
+  virtual std::variant<json, Error> derive_facts(const json& args) const { return json::object(); }
+  // The most this call can use, from its validated arguments and derived facts; priced and held
+  // before the call runs. The pipeline adds one "call:<tool>" unit itself.
   virtual Usage worst_case_usage(const json& args) const { return {}; }
   // Runs on the call's executor. Cancellation arrives through the coroutine's cancellation
   // slot (awaited Asio operations fail with operation_aborted) and through ctx.cancelled().

@@ -83,6 +83,13 @@ hold_timeout_s = 0        # 0: a hold lives as long as the call may (tool timeou
 "sleep_second" = { credits = 1, unit = "s" } # per second asked for (held) and slept (charged)
 "cpu_core_hour" = 10                         # jobs: held for cpus x walltime, charged for what ran
 "call:submit_job" = 0.01
+"quantum_sim_qubit_gate" = 0.0001           # run_quantum_circuit: per qubit x gate simulated
+
+[quantum]
+# run_quantum_circuit on the embedded state-vector simulator (docs/QUANTUM.md). Memory grows
+# as 2^qubits x 16 bytes: 512 MiB holds 25 qubits.
+enabled = true
+max_memory_mb = 512
 
 [audit]
 # Signed checkpoints of the audit log, kept outside the database (docs/AUDIT.md). The Ed25519
@@ -150,6 +157,17 @@ effect = "permit"
 description = "Members follow, read and cancel their project's jobs"
 principals = ["role:member"]
 tools = ["get_job", "list_jobs", "wait_job", "read_job_output", "cancel_job"]
+
+[[rules]]
+id = "members-simulate-circuits"
+description = "Members simulate circuits of up to 20 qubits and 100000 shots"
+effect = "permit"
+principals = ["role:member"]
+tools = ["run_quantum_circuit"]
+[rules.when]
+qubits = { max = 20 }       # counted from the parsed circuit, not an argument
+shots = { max = 100000, optional = true }                  # absent: the tool's default, 1024
+backend = { in = ["statevector"], optional = true }        # absent: statevector
 
 [[rules]]
 id = "robots-sleep-1-min"
@@ -221,6 +239,22 @@ tool = "submit_job"
 args = { script = "echo hi", resources = { walltime = "02:00:00" } }
 expect = "deny"
 reason_contains = "exceeds the limit"
+
+[[cases]]
+name = "a member may simulate a 5-qubit circuit"
+principal = "demo"
+tool = "run_quantum_circuit"
+args = { source = "qreg q[5];", qubits = 5, shots = 1000 }
+expect = "allow"
+rule = "members-simulate-circuits"
+
+[[cases]]
+name = "a member may not simulate 30 qubits"
+principal = "demo"
+tool = "run_quantum_circuit"
+args = { source = "qreg q[30];", qubits = 30 }
+expect = "deny"
+reason_contains = "qubits"
 
 [[cases]]
 name = "an auditor may read the audit trail"

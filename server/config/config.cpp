@@ -183,7 +183,8 @@ std::string default_unit(const std::string& resource) {
   static const std::map<std::string, std::string> kUnits = {
       {"cpu_core_hour", "core-h"}, {"gpu_hour", "GPU-h"},       {"tokens_in", "token"},
       {"tokens_out", "token"},     {"quantum_shot", "shot"},    {"qubit_second", "qubit-s"},
-      {"gb_staged", "GB"},         {"call", "call"}};
+      {"gb_staged", "GB"},         {"call", "call"},            {"quantum_sim_qubit_gate", "qubit-gate"},
+      {"quantum_sim_mamp_gate", "Mamp-gate"}};
   auto it = kUnits.find(kind);
   return it == kUnits.end() ? "unit" : it->second;
 }
@@ -336,7 +337,7 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
   Config c;
   c.base_dir = base_dir;
   reject_unknown(root, {"server", "limits", "http", "stdio", "tools", "tasks", "credits", "audit", "projects", "users",
-                        "oidc", "sites"},
+                        "oidc", "sites", "quantum"},
                  "the top level",
                  source);
   if (auto* s = section(root, "server", source)) {
@@ -399,6 +400,27 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
     c.demo_tools = get<bool>(*s, "demo", false, source);
   }
   if (auto* s = section(root, "tasks", source)) parse_tasks(*s, c.tasks, source);
+  if (auto* s = section(root, "quantum", source)) {
+    reject_unknown(*s,
+                   {"enabled", "max_memory_mb", "threads", "concurrency", "fusion", "max_fused_qubits",
+                    "max_statevector_qubits", "max_shots", "max_qubits"},
+                   "[quantum]", source);
+    auto& q = c.quantum;
+    q.enabled = get<bool>(*s, "enabled", q.enabled, source);
+    q.max_memory_mb = get<uint64_t>(*s, "max_memory_mb", q.max_memory_mb, source);
+    q.threads = get<int>(*s, "threads", q.threads, source);
+    q.concurrency = get<int>(*s, "concurrency", q.concurrency, source);
+    q.fusion = get<bool>(*s, "fusion", q.fusion, source);
+    q.max_fused_qubits = get<int>(*s, "max_fused_qubits", q.max_fused_qubits, source);
+    q.max_statevector_qubits = get<int>(*s, "max_statevector_qubits", q.max_statevector_qubits, source);
+    q.max_shots = get<int64_t>(*s, "max_shots", q.max_shots, source);
+    q.max_qubits = get<int>(*s, "max_qubits", q.max_qubits, source);
+    if (q.max_memory_mb < 1 || q.threads < 0 || q.concurrency < 1 || q.max_fused_qubits < 2 || q.max_fused_qubits > 5 ||
+        q.max_statevector_qubits < 0 || q.max_statevector_qubits > 24 || q.max_shots < 1 || q.max_qubits < 1 ||
+        q.max_qubits > 50)
+      throw ConfigError(source + ": [quantum] needs max_memory_mb >= 1, threads >= 0, concurrency >= 1, "
+                                 "max_fused_qubits 2..5, max_statevector_qubits 0..24, max_shots >= 1, max_qubits 1..50");
+  }
   if (auto* s = section(root, "credits", source)) parse_credits(*s, c.credits, source);
   if (auto* s = section(root, "audit", source)) {
     reject_unknown(*s, {"signing_key", "checkpoint_file", "checkpoint_every_records", "checkpoint_every_s"}, "[audit]",

@@ -138,6 +138,19 @@ struct TasksConfig {
   std::chrono::seconds max_duration{86400};      // a task's tool call is cut after this (not tool_timeout_s)
 };
 
+// [quantum]: the run_quantum_circuit tool and its embedded simulator (docs/QUANTUM.md).
+struct QuantumConfig {
+  bool enabled = false;
+  uint64_t max_memory_mb = 1024;     // per simulation: the state (and its per-shot copy)
+  int threads = 0;                   // per simulation; 0: one per core
+  int concurrency = 1;               // simulations at once (the pool's threads); more wait
+  bool fusion = true;
+  int max_fused_qubits = 4;          // 2..5
+  int max_statevector_qubits = 20;   // return_statevector up to this many qubits
+  int64_t max_shots = 1'000'000;
+  int max_qubits = 34;               // the parser's bound; memory usually binds first
+};
+
 struct Config {
   std::filesystem::path path;       // the file this came from (empty for built-in defaults)
   std::filesystem::path base_dir;   // relative paths resolve here
@@ -163,6 +176,7 @@ struct Config {
   std::vector<UserConfig> users;
   std::optional<OidcConfig> oidc;
   std::vector<SiteConfig> sites;    // never empty after loading
+  QuantumConfig quantum;
 
   const SiteConfig* site(const std::string& id) const;
   const ProjectConfig* project(const std::string& id) const;

@@ -31,6 +31,30 @@ std::string join(const std::vector<std::string>& v) {
 }
 
 // Not inside the coroutine: GCC 12 miscompiles brace-initialised json there.
+// The arguments as policy and pricing see them: the caller's, plus the tool's derived facts
+// under names the arguments do not use (a fact never overrides what the caller sent).
+json merge_derived_facts(const json& args, const json& derived) {
+  if (derived.empty() || !derived.is_object() || !args.is_object()) return args;
+  json merged = args;
+  for (auto it = derived.begin(); it != derived.end(); ++it)
+    if (!merged.contains(it.key())) merged[it.key()] = it.value();
+  return merged;
+}
+
+// A refusal over a derived fact ("qubits 22 exceeds the limit 20"): the caller cannot ask for
+// a fact directly, so the hint says where it comes from.
+std::string derived_fact_note(const std::string& reason, const std::string& hint, const json& derived, const json& args) {
+  if (!derived.is_object()) return {};
+  for (auto it = derived.begin(); it != derived.end(); ++it) {
+    const std::string& k = it.key();
+    if (args.is_object() && args.contains(k)) continue;
+    if (reason.rfind(k + " ", 0) == 0 || reason.find(" " + k + " ") != std::string::npos)
+      return std::string(hint.empty() ? "" : " ") + "(" + k + " is not an argument: the tool derives it from the call, here " +
+             it.value().dump() + ")";
+  }
+  return {};
+}
+
 json success_result(ToolResult& result) {
   json r = json::object();
   r["content"] = json::array({json{{"type", "text"}, {"text", std::move(result.text)}}});
@@ -141,13 +165,24 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
   }
   facts["arguments"] = redact_arguments(req.arguments, desc.input_schema);
 
+  // 3b. Facts the tool derives from the arguments (a circuit's qubits), which policy conditions
+  // and the credit hold see beside the arguments.
+  std::variant<json, Error> derived = tool->derive_facts(req.arguments);
+  if (auto* e = std::get_if<Error>(&derived)) {
+    co_await fail("invalid", *e);
+    co_return out;
+  }
+  const json& derived_facts = std::get<json>(derived);
+  const json decided_args = merge_derived_facts(req.arguments, derived_facts);
+  if (!derived_facts.empty()) facts["derived"] = derived_facts;
+
   // 4. Policy (rules, then rate limits).
-  Decision decision = policy_.decide(PolicyQuery{req.principal, project, req.tool, req.arguments});
+  Decision decision = policy_.decide(PolicyQuery{req.principal, project, req.tool, decided_args});
   audit.decision_rules = join(decision.rule_ids);
   if (!decision.policy_hash.empty()) facts["policy_hash"] = decision.policy_hash;
   if (!decision.permitted()) {
     Error e{decision.retry_after ? ErrorCode::kRateLimited : ErrorCode::kPolicyDenied, decision.reason,
-            decision.hint, {}};
+            decision.hint + derived_fact_note(decision.reason, decision.hint, derived_facts, req.arguments), {}};
     if (decision.retry_after) e.retry_after_ms = std::max<int64_t>(1, decision.retry_after->count());
     if (e.message.find("(rule ") == std::string::npos && !audit.decision_rules.empty())
       e.message += " (rule " + audit.decision_rules + ")";
@@ -156,7 +191,7 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
   }
 
   // 5. Credit hold for the worst case (plus the tool's flat per-call rate, if it has one).
-  Usage worst = tool->worst_case_usage(req.arguments);
+  Usage worst = tool->worst_case_usage(decided_args);
   worst.add("call:" + req.tool, 1);
   HoldRequest hr{project, req.principal.name, req.tool, req.request_id, std::move(worst), req.idempotency_key,
                  req.idempotency_key.empty() ? std::string() : crypto::sha256_hex(req.tool + "\n" + jsonrpc::dump(req.arguments)),

@@ -48,9 +48,9 @@ for (const kind of ['http', 'stdio']) {
         assert.equal(r.code, 0, `exit ${r.code}\n${r.stderr}\n${r.stdout}`);
         const tools = r.json?.result?.tools;
         assert.ok(Array.isArray(tools), `no result.tools in: ${r.stdout.slice(0, 500)}`);
-        // The demo policy's tools: introspection, the demo tools and the job tools.
+        // The demo policy's tools: introspection, the demo tools, the job tools and the simulator.
         assert.deepEqual(tools.map((t) => t.name).sort(), [
-          'cancel_job', 'echo', 'get_job', 'get_usage', 'list_jobs', 'read_job_output', 'sleep', 'submit_job',
+          'cancel_job', 'echo', 'get_job', 'get_usage', 'list_jobs', 'read_job_output', 'run_quantum_circuit', 'sleep', 'submit_job',
           'wait_job', 'whoami',
         ]);
         // Only submitting and cancelling a job change anything; cancelling destroys work.

@@ -205,3 +205,23 @@ TEST_CASE("config: [server] durability is fsync by default, commit on request, n
     CHECK(std::string(e.what()).find("server.durability must be \"fsync\"") != std::string::npos);
   }
 }
+
+TEST_CASE("config: the quantum table is off by default, read when present, and checked") {
+  Config d = parse_config("", "/etc/scigate", "test.toml");
+  CHECK_FALSE(d.quantum.enabled);
+  CHECK(d.quantum.max_memory_mb == 1024);
+  Config c = parse_config("[quantum]\nenabled = true\nmax_memory_mb = 512\nthreads = 2\nconcurrency = 3\nfusion = false\n"
+                          "max_fused_qubits = 3\nmax_statevector_qubits = 12\nmax_shots = 5000\nmax_qubits = 28\n",
+                          "/etc/scigate", "test.toml");
+  CHECK(c.quantum.enabled);
+  CHECK(c.quantum.max_memory_mb == 512);
+  CHECK(c.quantum.threads == 2);
+  CHECK(c.quantum.concurrency == 3);
+  CHECK_FALSE(c.quantum.fusion);
+  CHECK(c.quantum.max_fused_qubits == 3);
+  CHECK(c.quantum.max_statevector_qubits == 12);
+  CHECK(c.quantum.max_shots == 5000);
+  CHECK(c.quantum.max_qubits == 28);
+  CHECK_THROWS_WITH(parse_config("[quantum]\nmax_fused_qubits = 9\n", "/etc", "test.toml"), Catch::Contains("max_fused_qubits 2..5"));
+  CHECK_THROWS_WITH(parse_config("[quantum]\nqubits = 9\n", "/etc", "test.toml"), Catch::Contains("qubits"));
+}

@@ -1,0 +1,323 @@
+#include "tools/quantum/run_quantum_circuit.hpp"
+
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <mutex>
+#include <random>
+
+namespace scigate::tools {
+namespace asio = boost::asio;
+using quantum::Circuit;
+using quantum::OpKind;
+
+namespace {
+
+const char* kInputSchema = R"json({
+  "type": "object",
+  "additionalProperties": false,
+  "properties": {
+    "source": {"type": "string", "minLength": 1, "maxLength": 1048576,
+               "description": "the circuit in OpenQASM 2.0 or 3.0"},
+    "language": {"type": "string", "enum": ["auto", "openqasm2", "openqasm3"], "default": "auto",
+                 "description": "auto: from the OPENQASM line (2.0 when there is none)"},
+    "shots": {"type": "integer", "minimum": 0, "maximum": 100000000, "default": 1024},
+    "seed": {"type": "integer", "minimum": 0, "maximum": 9007199254740991,
+             "description": "makes the sampled counts reproducible; a random one is chosen and returned when absent"},
+    "backend": {"type": "string", "enum": ["statevector"], "default": "statevector"},
+    "precision": {"type": "string", "enum": ["double", "single"], "default": "double",
+                  "description": "single halves the memory (complex64)"},
+    "return_statevector": {"type": "boolean", "default": false},
+    "observables": {
+      "type": "array", "maxItems": 64,
+      "description": "Pauli strings (qubit 0 rightmost) or sums of weighted ones; expectation values of the final state",
+      "items": {"oneOf": [
+        {"type": "string", "pattern": "^[IXYZ]{1,64}$"},
+        {"type": "array", "minItems": 1, "maxItems": 256, "items": {
+          "type": "object", "additionalProperties": false, "required": ["pauli"],
+          "properties": {"pauli": {"type": "string", "pattern": "^[IXYZ]{1,64}$"}, "coeff": {"type": "number", "default": 1}}}}
+      ]}
+    }
+  },
+  "required": ["source"]
+})json";
+
+const char* kOutputSchema = R"json({
+  "type": "object",
+  "properties": {
+    "backend": {"type": "string"}, "qubits": {"type": "integer"}, "clbits": {"type": "integer"},
+    "shots": {"type": "integer"}, "seed": {"type": "integer"},
+    "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+    "gates": {"type": "integer"}, "gate_counts": {"type": "object"},
+    "statevector": {"type": "array"}, "expectation_values": {"type": "array", "items": {"type": "number"}},
+    "timing": {"type": "object"}
+  },
+  "required": ["backend", "qubits", "counts", "gates", "timing"]
+})json";
+
+quantum::QasmVersion version_of(const json& args) {
+  std::string l = args.value("language", "auto");
+  if (l == "openqasm2") return quantum::QasmVersion::kV2;
+  if (l == "openqasm3") return quantum::QasmVersion::kV3;
+  return quantum::QasmVersion::kAuto;
+}
+
+bool mid_circuit(const Circuit& c) { return !c.measurements_terminal(); }
+
+uint64_t runs_for(bool mid, uint64_t shots) { return mid ? std::max<uint64_t>(shots, 1) : 1; }
+
+// Credits: qubits x gates (per simulated run), and the same in 2^20 amplitudes x gates so that
+// a site can price the state's exponential size; both lines are always reported.
+Usage sim_usage(int qubits, uint64_t gates, uint64_t runs) {
+  Usage u;
+  double qg = double(qubits) * double(gates) * double(runs);
+  double mamp = std::ldexp(1.0, qubits - 20) * double(gates) * double(runs);
+  std::string how = std::to_string(qubits) + " qubits x " + std::to_string(gates) + " gates" +
+                    (runs > 1 ? " x " + std::to_string(runs) + " runs" : "");
+  u.add(RunQuantumCircuitTool::kQubitGateResource, qg, how);
+  u.add(RunQuantumCircuitTool::kAmplitudeGateResource, mamp, "2^" + std::to_string(qubits) + " amplitudes x " +
+                                                                std::to_string(gates) + " gates" +
+                                                                (runs > 1 ? " x " + std::to_string(runs) + " runs" : ""));
+  return u;
+}
+
+std::vector<quantum::Observable> observables_of(const json& args) {
+  std::vector<quantum::Observable> out;
+  auto it = args.find("observables");
+  if (it == args.end()) return out;
+  for (const auto& o : *it) {
+    quantum::Observable obs;
+    if (o.is_string()) {
+      obs.terms.emplace_back(o.get<std::string>(), 1.0);
+    } else {
+      for (const auto& t : o) obs.terms.emplace_back(t.at("pauli").get<std::string>(), t.value("coeff", 1.0));
+    }
+    out.push_back(std::move(obs));
+  }
+  return out;
+}
+
+json gate_counts(const Circuit& c) {
+  std::map<std::string, int64_t> n;
+  for (const auto& op : c.ops)
+    if (op.kind == OpKind::kGate) ++n[op.name];
+  json j = json::object();
+  for (const auto& [k, v] : n) j[k] = v;
+  return j;
+}
+
+struct Outcome {
+  std::variant<quantum::SimResult, Error> result = Error::internal("not run");
+  double seconds = 0;
+};
+
+json result_json(const quantum::ParsedCircuit& pc, const quantum::SimResult& r, const json& args, uint64_t seed,
+                 const std::string& backend, double parse_ms, double run_ms) {
+  const Circuit& c = pc.circuit;
+  json j = json::object();
+  j["backend"] = backend;
+  j["language"] = pc.version == quantum::QasmVersion::kV3 ? "openqasm3" : "openqasm2";
+  j["qubits"] = c.num_qubits;
+  j["clbits"] = c.num_clbits;
+  j["shots"] = args.value("shots", 1024);
+  j["seed"] = seed;
+  json counts = json::object();
+  for (const auto& [k, v] : r.counts) counts[k] = v;
+  j["counts"] = std::move(counts);
+  j["gates"] = c.gate_count();
+  j["gate_counts"] = gate_counts(c);
+  if (!r.statevector.empty()) {
+    json sv = json::array();
+    for (const auto& a : r.statevector) sv.push_back(json::array({a.real(), a.imag()}));
+    j["statevector"] = std::move(sv);
+  }
+  if (!r.expectation_values.empty()) j["expectation_values"] = r.expectation_values;
+  json sim = json::object();
+  sim["precision"] = args.value("precision", "double");
+  sim["passes_over_state"] = r.passes;
+  sim["operations_after_fusion"] = r.ops_applied;
+  sim["threads"] = r.threads;
+  sim["simd"] = r.simd ? "avx2" : "portable";
+  sim["memory_bytes"] = r.memory_bytes;
+  sim["shots_sampled_from_one_state"] = r.sampled_once;
+  j["simulator"] = std::move(sim);
+  json timing = json::object();
+  timing["parse_ms"] = parse_ms;
+  timing["run_ms"] = run_ms;
+  j["timing"] = std::move(timing);
+  return j;
+}
+
+std::string result_text(const json& j) {
+  std::string t = j["qubits"].dump() + " qubits, " + j["gates"].dump() + " gates on " + j["backend"].get<std::string>();
+  std::vector<std::pair<int64_t, std::string>> top;
+  for (auto it = j["counts"].begin(); it != j["counts"].end(); ++it) top.emplace_back(it.value().get<int64_t>(), it.key());
+  std::sort(top.rbegin(), top.rend());
+  if (!top.empty()) {
+    t += "; counts:";
+    for (std::size_t i = 0; i < top.size() && i < 8; ++i) t += " " + top[i].second + "=" + std::to_string(top[i].first);
+    if (top.size() > 8) t += " ... (" + std::to_string(top.size()) + " outcomes)";
+  }
+  if (j.contains("expectation_values")) t += "; expectation values " + j["expectation_values"].dump();
+  char buf[64];
+  std::snprintf(buf, sizeof buf, " (%.1f ms)", j["timing"]["run_ms"].get<double>());
+  return t + buf;
+}
+
+// What the pool thread and the call's executor share: progress is reported on the executor,
+// and never after the call has answered.
+struct ProgressRelay {
+  std::mutex m;
+  ProgressReporter reporter;
+  bool finished = false;
+};
+
+}  // namespace
+
+RunQuantumCircuitTool::RunQuantumCircuitTool(const QuantumConfig& config)
+    : config_(config), pool_(static_cast<std::size_t>(std::max(1, config.concurrency))) {
+  descriptor_.name = "run_quantum_circuit";
+  descriptor_.title = "Run a quantum circuit";
+  descriptor_.description =
+      "Runs an OpenQASM 2.0 or 3.0 circuit (include \"qelib1.inc\" or \"stdgates.inc\" for the standard gates) and "
+      "returns measurement counts keyed as Qiskit does (bit 0 rightmost, registers separated by spaces, the last "
+      "declared leftmost). backend \"statevector\" is the exact simulator: shots (default 1024) are sampled, seed "
+      "makes them reproducible; return_statevector gives the final amplitudes of small circuits as [re, im] pairs; "
+      "observables (Pauli strings such as \"ZZI\", qubit 0 rightmost, or lists of {pauli, coeff}) give expectation "
+      "values. Memory grows as 2^qubits: 16 bytes per amplitude (8 with precision \"single\"). Credits are charged "
+      "per qubit x gate. Errors name the line and column of the source.";
+  descriptor_.input_schema = json::parse(kInputSchema);
+  descriptor_.output_schema = json::parse(kOutputSchema);
+  descriptor_.annotations = ToolAnnotations{.read_only = true, .destructive = false, .idempotent = false, .open_world = false};
+  // A large circuit can run for minutes: clients with MCP tasks may poll for it instead of
+  // holding the call open (docs/PROTOCOL.md "Tasks").
+  descriptor_.task_support = TaskSupport::kOptional;
+  limits_.max_qubits = config.max_qubits;
+
+  quantum::SimOptions o;
+  o.fusion = config.fusion;
+  o.max_fused_qubits = config.max_fused_qubits;
+  o.threads = config.threads;
+  o.max_memory_bytes = config.max_memory_mb << 20;
+  o.max_statevector_qubits = config.max_statevector_qubits;
+  backends_["statevector"] = std::make_unique<quantum::StatevectorBackend>(o);
+}
+
+RunQuantumCircuitTool::~RunQuantumCircuitTool() {
+  pool_.stop();
+  pool_.join();
+}
+
+std::variant<quantum::ParsedCircuit, Error> RunQuantumCircuitTool::parse(const json& args) const {
+  return quantum::parse_qasm(args.at("source").get_ref<const std::string&>(), version_of(args), limits_);
+}
+
+std::variant<json, Error> RunQuantumCircuitTool::derive_facts(const json& args) const {
+  auto parsed = parse(args);
+  if (auto* e = std::get_if<Error>(&parsed)) return *e;
+  const Circuit& c = std::get<quantum::ParsedCircuit>(parsed).circuit;
+  json f = json::object();
+  f["qubits"] = c.num_qubits;
+  f["clbits"] = c.num_clbits;
+  f["gates"] = c.gate_count();
+  f["mid_circuit_measurement"] = mid_circuit(c);
+  return f;
+}
+
+Usage RunQuantumCircuitTool::worst_case_usage(const json& args) const {
+  if (!args.contains("qubits") || !args.contains("gates")) return {};
+  bool mid = args.value("mid_circuit_measurement", false);
+  return sim_usage(args["qubits"].get<int>(), args["gates"].get<uint64_t>(), runs_for(mid, args.value("shots", uint64_t{1024})));
+}
+
+asio::awaitable<ToolResult> RunQuantumCircuitTool::call(const json& args, CallContext& ctx) {
+  auto t0 = std::chrono::steady_clock::now();
+  auto parsed = parse(args);
+  if (auto* e = std::get_if<Error>(&parsed)) co_return ToolResult::failure(*e);
+  auto pc = std::make_shared<quantum::ParsedCircuit>(std::get<quantum::ParsedCircuit>(std::move(parsed)));
+  double parse_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+
+  std::string backend_name = args.value("backend", "statevector");
+  auto b = backends_.find(backend_name);
+  if (b == backends_.end())
+    co_return ToolResult::failure(Error::invalid_arguments("no quantum backend " + backend_name, "use statevector"));
+  uint64_t shots = args.value("shots", uint64_t{1024});
+  if (shots > static_cast<uint64_t>(config_.max_shots))
+    co_return ToolResult::failure(Error::invalid_arguments(
+        std::to_string(shots) + " shots exceed this server's limit of " + std::to_string(config_.max_shots),
+        "ask for at most " + std::to_string(config_.max_shots)));
+  uint64_t seed = args.contains("seed") ? args["seed"].get<uint64_t>() : (uint64_t{std::random_device{}()} << 21) ^ std::random_device{}();
+  seed &= (uint64_t{1} << 53) - 1;  // JSON numbers stay exact
+
+  auto request = std::make_shared<quantum::RunRequest>();
+  request->sim.shots = shots;
+  request->sim.seed = seed;
+  request->sim.return_statevector = args.value("return_statevector", false);
+  request->sim.observables = observables_of(args);
+  request->precision = args.value("precision", "double") == "single" ? quantum::Precision::kSingle : quantum::Precision::kDouble;
+  auto flag = ctx.cancellation;
+  auto deadline = ctx.deadline;
+  request->cancelled = [flag, deadline] { return flag->cancelled() || std::chrono::steady_clock::now() > deadline; };
+  auto relay = std::make_shared<ProgressRelay>();
+  relay->reporter = ctx.progress;
+  auto exec = co_await asio::this_coro::executor;
+  if (ctx.progress.enabled()) {
+    request->progress = [relay, exec](double f) {
+      asio::post(exec, [relay, f] {
+        std::lock_guard lock(relay->m);
+        if (!relay->finished) relay->reporter.report(std::floor(f * 100), 100.0, "simulating");
+      });
+    };
+  }
+
+  quantum::QuantumBackend* backend = b->second.get();
+  // Posted to the pool and posted back (not co_spawned onto the pool), with the initiation
+  // built outside the co_await expression (GCC 12 miscompiles lambdas inside one).
+  auto initiation = [this, backend, pc, request](auto handler) {
+        asio::post(pool_, [backend, pc, request, handler = std::move(handler)]() mutable {
+          std::exception_ptr error;
+          Outcome out;
+          auto start = std::chrono::steady_clock::now();
+          try {
+            out.result = backend->run(pc->circuit, *request);
+          } catch (...) {
+            error = std::current_exception();
+          }
+          out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+          auto ex = asio::get_associated_executor(handler);
+          asio::post(ex, [handler = std::move(handler), error, out = std::move(out)]() mutable {
+            std::move(handler)(error, std::move(out));
+          });
+        });
+  };
+  Outcome outcome = co_await asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, Outcome)>(
+      std::move(initiation), asio::use_awaitable);
+  {
+    std::lock_guard lock(relay->m);
+    relay->finished = true;
+  }
+  if (auto* e = std::get_if<Error>(&outcome.result)) {
+    Error err = *e;
+    if (err.code == ErrorCode::kCancelled && !flag->cancelled()) {
+      err.code = ErrorCode::kTimeout;
+      err.message = "the simulation ran past the call's deadline";
+      err.hint = "use fewer qubits, gates or shots";
+    }
+    co_return ToolResult::failure(std::move(err));
+  }
+  const auto& r = std::get<quantum::SimResult>(outcome.result);
+  json structured = result_json(*pc, r, args, seed, backend_name, parse_ms, outcome.seconds * 1000);
+  ctx.audit_fields["qubits"] = pc->circuit.num_qubits;
+  ctx.audit_fields["gates"] = pc->circuit.gate_count();
+  ctx.audit_fields["backend"] = backend_name;
+  ToolResult tr = ToolResult::success(structured, result_text(structured));
+  tr.usage = sim_usage(pc->circuit.num_qubits, pc->circuit.gate_count(), runs_for(mid_circuit(pc->circuit), shots));
+  co_return tr;
+}
+
+}  // namespace scigate::tools
