@@ -116,7 +116,8 @@ SchedulerType=sched/backfill
 MpiDefault=none
 ReturnToService=2
 JobAcctGatherType=jobacct_gather/linux
-JobAcctGatherFrequency=30
+JobAcctGatherFrequency=task=1
+JobAcctGatherParams=OverMemoryKill
 AccountingStorageType=accounting_storage/none
 MailProg=/bin/true
 JobCompType=jobcomp/filetxt

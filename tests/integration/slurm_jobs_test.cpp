@@ -263,3 +263,35 @@ TEST_CASE("slurm jobs: with slurmctld stopped, submit_job says the site is unava
   CHECK(call_tool(c, key, "wait_job", {{"job_id", back["job_id"]}, {"timeout_s", 60}})["structuredContent"]["state"] ==
         "COMPLETED");
 }
+
+TEST_CASE("slurm jobs: a job over its memory request is killed and FAILED, never COMPLETED", "[slurm]") {
+  // No cgroups here: the test cluster enforces memory with JobAcctGatherParams=OverMemoryKill
+  // (RSS sampled every second), as sites without cgroup v2 do. Slurm 22.05 then reports the job
+  // FAILED (signal 9) rather than OUT_OF_MEMORY, which needs cgroups; both map to FAILED.
+  SLURM_CLUSTER_OR_SKIP(cluster);
+  SlurmServer srv(*cluster);
+  Client c(srv.s.port());
+  const auto& key = srv.s.user_key();
+  for (std::string site : {"slurm-cli", "slurm-rest"}) {
+    INFO(site);
+    auto r = call_tool(c, key, "submit_job",
+                       {{"site", site},
+                        {"script", "python3 -c 'import time\nb=[]\nfor i in range(40):\n  b.append(bytearray(16<<20)); "
+                                   "time.sleep(0.1)\ntime.sleep(5)\nprint(\"survived\")'\n"},
+                        {"resources", {{"walltime", "00:02:00"}, {"memory", "64M"}}}});
+    INFO(r.dump());
+    REQUIRE(r["isError"] == false);
+    std::string id = r["structuredContent"]["job_id"];
+    auto w = call_tool(c, key, "wait_job", {{"job_id", id}, {"timeout_s", 90}})["structuredContent"];
+    INFO(w.dump());
+    CHECK(w["state"] == "FAILED");
+    CHECK(w["native_state"] != "COMPLETED");
+    CHECK(w["signal"] == 9);
+    auto out = call_tool(c, key, "read_job_output", {{"job_id", id}})["structuredContent"]["text"].get<std::string>();
+    CHECK(out.find("survived") == std::string::npos);
+    // Slurm's own words reach the agent on the job's stderr.
+    auto err = call_tool(c, key, "read_job_output", {{"job_id", id}, {"stream", "stderr"}})["structuredContent"]["text"]
+                   .get<std::string>();
+    CHECK(err.find("Exceeded job memory limit") != std::string::npos);
+  }
+}
