@@ -57,27 +57,23 @@ if [[ "${SCIGATE_SKIP_SANITIZERS:-0}" != 1 ]]; then
   export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
   run_ctest build-asan -L 'unit|integration' || status=1
 
+  # fuzz TARGET CORPUS_DIR SECONDS MAX_LEN: a copy of the corpus, so the tree stays clean.
+  fuzz() {
+    local corpus
+    corpus=$(mktemp -d)
+    cp "$2"/* "$corpus"/
+    if "build-asan/tests/fuzz/$1" -max_total_time="$3" -max_len="$4" -timeout=10 -print_final_stats=1 \
+        "$corpus" 2>&1 | tail -15; then
+      echo "1 0" >>"$summary"
+    else
+      echo "0 1" >>"$summary"; status=1
+    fi
+    rm -rf "$corpus"
+  }
   step "fuzz the message handler (${SCIGATE_FUZZ_SECONDS:-60} s)"
-  corpus=$(mktemp -d)
-  cp tests/fuzz/corpus/* "$corpus"/
-  if build-asan/tests/fuzz/fuzz_message_handler -max_total_time="${SCIGATE_FUZZ_SECONDS:-60}" \
-      -max_len=4096 -timeout=10 -print_final_stats=1 "$corpus" 2>&1 | tail -15; then
-    echo "1 0" >>"$summary"
-  else
-    echo "0 1" >>"$summary"; status=1
-  fi
-  rm -rf "$corpus"
-
+  fuzz fuzz_message_handler tests/fuzz/corpus "${SCIGATE_FUZZ_SECONDS:-60}" 4096
   step "fuzz the OpenQASM parser and simulator (${SCIGATE_FUZZ_QASM_SECONDS:-30} s)"
-  corpus=$(mktemp -d)
-  cp tests/fuzz/corpus_qasm/* "$corpus"/
-  if build-asan/tests/fuzz/fuzz_qasm -max_total_time="${SCIGATE_FUZZ_QASM_SECONDS:-30}" \
-      -max_len=8192 -timeout=10 -print_final_stats=1 "$corpus" 2>&1 | tail -15; then
-    echo "1 0" >>"$summary"
-  else
-    echo "0 1" >>"$summary"; status=1
-  fi
-  rm -rf "$corpus"
+  fuzz fuzz_qasm tests/fuzz/corpus_qasm "${SCIGATE_FUZZ_QASM_SECONDS:-30}" 8192
 fi
 
 read -r passed failed < <(awk '{p+=$1; f+=$2} END {print p+0, f+0}' "$summary")
