@@ -14,6 +14,7 @@
 
 #include <boost/asio/as_tuple.hpp>
 
+#include "server/common/time_format.hpp"
 #include "policies/rules.hpp"
 #include "server/observability/log.hpp"
 
@@ -22,11 +23,6 @@ namespace asio = boost::asio;
 using nlohmann::json;
 
 namespace {
-
-int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 bool active(const JobRecord& r) { return !is_final(r.state); }
 
@@ -204,7 +200,7 @@ void JobService::load() {
                       "exit_code, term_signal, created_ms, submit_ms, start_ms, end_ms, hold_id, held, cost, settled "
                       "FROM jobs WHERE state IN ('NEW','QUEUED','ACTIVE') OR settled = 0 OR created_ms > ?");
   // Final, settled jobs older than a week stay in the table but not in memory.
-  st.bind(1, now_ms() - int64_t(7) * 86'400'000);
+  st.bind(1, unix_now_ms() - int64_t(7) * 86'400'000);
   std::lock_guard g(mutex_);
   while (st.step()) {
     JobRecord r;
@@ -238,7 +234,7 @@ void JobService::load() {
                       "SELECT job_id, time_ms, state, native_state, reason FROM job_events WHERE job_id IN "
                       "(SELECT id FROM jobs WHERE state IN ('NEW','QUEUED','ACTIVE') OR settled = 0 OR created_ms > ?) "
                       "ORDER BY seq");
-  ev.bind(1, now_ms() - int64_t(7) * 86'400'000);
+  ev.bind(1, unix_now_ms() - int64_t(7) * 86'400'000);
   while (ev.step()) {
     auto it = jobs_.find(ev.column_text(0));
     if (it == jobs_.end()) continue;
@@ -367,7 +363,7 @@ asio::awaitable<std::variant<JobRecord, Error>> JobService::submit(SubmitRequest
   rec.name = spec.name;
   rec.spec = spec_json(spec, req.working_directory);
   rec.resources = spec.resources;
-  rec.created_ms = now_ms();
+  rec.created_ms = unix_now_ms();
   rec.stdout_path = spec.stdout_path;
   rec.stderr_path = spec.stderr_path;
 
@@ -415,7 +411,7 @@ asio::awaitable<std::variant<JobRecord, Error>> JobService::submit(SubmitRequest
     rec.state = JobState::kFailed;
     rec.native_state = "rejected";
     rec.reason = refused->message;
-    rec.end_ms = now_ms();
+    rec.end_ms = unix_now_ms();
     rec.settled = true;
     rec.cost = 0;
     rec.events.push_back(JobEvent{*rec.end_ms, rec.state, rec.native_state, rec.reason});
@@ -424,7 +420,7 @@ asio::awaitable<std::variant<JobRecord, Error>> JobService::submit(SubmitRequest
     rec.native_id = native_id;
     rec.state = JobState::kQueued;
     rec.native_state = "submitted";
-    rec.submit_ms = now_ms();
+    rec.submit_ms = unix_now_ms();
     rec.events.push_back(JobEvent{*rec.submit_ms, rec.state, "", ""});
   }
   {
@@ -457,7 +453,7 @@ std::optional<JobRecord> JobService::get(const std::string& project, const std::
     r = it->second;
   }
   if (pricer_ && r->state == JobState::kActive && r->start_ms && !r->hold_id.empty()) {
-    auto elapsed = std::chrono::milliseconds(std::max<int64_t>(0, now_ms() - *r->start_ms));
+    auto elapsed = std::chrono::milliseconds(std::max<int64_t>(0, unix_now_ms() - *r->start_ms));
     elapsed = std::min(elapsed, std::chrono::duration_cast<std::chrono::milliseconds>(r->resources.walltime));
     r->cost_so_far = std::min(r->held, pricer_(job_usage(r->resources, elapsed, r->resources.gpu_type)));
   }
@@ -516,7 +512,7 @@ asio::awaitable<void> JobService::poller(SiteRuntime* site) {
           ids.push_back(r.native_id);
           by_native.emplace(r.native_id, r);
         } else if (active(r) && r.state == JobState::kNew && r.native_id.empty() &&
-                   now_ms() - r.created_ms > 60'000) {
+                   unix_now_ms() - r.created_ms > 60'000) {
           unsettled.push_back(id);  // never reached the scheduler (a crash during submit)
         } else if (is_final(r.state) && !r.settled) {
           unsettled.push_back(id);
@@ -532,7 +528,7 @@ asio::awaitable<void> JobService::poller(SiteRuntime* site) {
           it->second.state = JobState::kFailed;
           it->second.native_state = "lost";
           it->second.reason = "scigate stopped before the job reached the scheduler";
-          it->second.end_ms = now_ms();
+          it->second.end_ms = unix_now_ms();
           it->second.events.push_back(JobEvent{*it->second.end_ms, JobState::kFailed, "lost", it->second.reason});
           r = it->second;
         }
@@ -584,7 +580,7 @@ asio::awaitable<void> JobService::poller(SiteRuntime* site) {
             lost.state = JobState::kFailed;
             lost.native_state = "lost";
             lost.reason = "the scheduler no longer knows the job and has no record of its end";
-            lost.end_ms = now_ms();
+            lost.end_ms = unix_now_ms();
             missing.erase(native);
             co_await apply(rec, lost);
           }
@@ -616,10 +612,10 @@ asio::awaitable<void> JobService::apply(JobRecord before, const JobStatus& s) {
     if (s.term_signal) r.term_signal = s.term_signal;
     if (s.start_ms) r.start_ms = s.start_ms;
     if (s.end_ms) r.end_ms = s.end_ms;
-    if (is_final(r.state) && !r.end_ms) r.end_ms = now_ms();
-    if (r.state == JobState::kActive && !r.start_ms) r.start_ms = now_ms();
+    if (is_final(r.state) && !r.end_ms) r.end_ms = unix_now_ms();
+    if (r.state == JobState::kActive && !r.start_ms) r.start_ms = unix_now_ms();
     if (r.state != old.state) {
-      event = JobEvent{now_ms(), r.state, r.native_state, r.reason};
+      event = JobEvent{unix_now_ms(), r.state, r.native_state, r.reason};
       r.events.push_back(*event);
     }
     if (r.state != old.state || r.native_state != old.native_state || r.reason != old.reason ||

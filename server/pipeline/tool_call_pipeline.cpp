@@ -8,6 +8,7 @@
 
 #include <algorithm>
 
+#include "server/common/time_format.hpp"
 #include "policies/redact.hpp"
 #include "server/common/crypto.hpp"
 #include "server/protocol/jsonrpc.hpp"
@@ -18,11 +19,6 @@ namespace asio = boost::asio;
 using namespace asio::experimental::awaitable_operators;
 
 namespace {
-
-int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 std::string join(const std::vector<std::string>& v) {
   std::string s;
@@ -88,7 +84,7 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
   co_await asio::this_coro::throw_if_cancelled(false);
   ToolCallOutcome out;
   AuditRecord audit;
-  audit.time_ms = now_ms();
+  audit.time_ms = unix_now_ms();
   audit.request_id = req.request_id;
   audit.principal = req.principal.name;
   audit.tool = req.tool;

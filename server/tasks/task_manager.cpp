@@ -13,6 +13,7 @@
 
 #include <algorithm>
 
+#include "server/common/time_format.hpp"
 #include "server/common/crypto.hpp"
 #include "server/observability/log.hpp"
 
@@ -20,11 +21,6 @@ namespace scigate::tasks {
 namespace asio = boost::asio;
 
 namespace {
-
-int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 json internal_error(const std::string& message) {
   json e = json::object();
@@ -82,7 +78,7 @@ TaskManager::~TaskManager() { db_.join(); }
 
 void TaskManager::recover() {
   auto lk = db_.db().lock();
-  int64_t now = now_ms();
+  int64_t now = unix_now_ms();
   db_.db().exec("BEGIN IMMEDIATE");
   try {
     // The work of a task lives in this process only; whatever was running died with the last one.
@@ -153,7 +149,7 @@ asio::awaitable<std::variant<TaskRecord, Error>> TaskManager::create(asio::any_i
   if (stopping_.load())
     co_return Error{ErrorCode::kBackendUnavailable, "the server is shutting down and starts no new tasks",
                     "try again in a moment, against the restarted server", {}};
-  int64_t now = now_ms();
+  int64_t now = unix_now_ms();
   int64_t ttl = ttl_ms.value_or(std::chrono::milliseconds(config_.default_ttl).count());
   ttl = std::clamp<int64_t>(ttl, 1000, std::chrono::milliseconds(config_.max_ttl).count());
   TaskRecord rec;
@@ -223,7 +219,7 @@ asio::awaitable<void> TaskManager::run(std::string id, Work work) {
     if (it == tasks_.end() || is_terminal(it->second.record.status) || it->second.record.status_message == text)
       return;
     it->second.record.status_message = std::move(text);
-    it->second.record.updated_ms = now_ms();
+    it->second.record.updated_ms = unix_now_ms();
   };
   TaskOutcome outcome;
   try {
@@ -259,7 +255,7 @@ asio::awaitable<bool> TaskManager::finish(std::string id, Status status, std::st
     auto it = tasks_.find(id);
     if (it == tasks_.end() || is_terminal(it->second.record.status)) co_return false;  // cancelled first: stays so
     auto& r = it->second.record;
-    int64_t now = now_ms();
+    int64_t now = unix_now_ms();
     r.status = status;
     r.status_message = std::move(message);
     r.result = std::move(result);
@@ -288,7 +284,7 @@ asio::awaitable<void> TaskManager::persist(TaskRecord record) {
 std::optional<TaskRecord> TaskManager::get(const std::string& owner, const std::string& id) {
   std::lock_guard g(mutex_);
   auto it = tasks_.find(id);
-  if (it == tasks_.end() || !visible_locked(it->second, owner, now_ms())) return std::nullopt;
+  if (it == tasks_.end() || !visible_locked(it->second, owner, unix_now_ms())) return std::nullopt;
   return it->second.record;
 }
 
@@ -296,7 +292,7 @@ std::vector<TaskRecord> TaskManager::list(const std::string& owner, std::size_t 
   std::vector<TaskRecord> mine;
   {
     std::lock_guard g(mutex_);
-    int64_t now = now_ms();
+    int64_t now = unix_now_ms();
     for (const auto& [id, e] : tasks_)
       if (visible_locked(e, owner, now)) mine.push_back(e.record);
   }
@@ -330,7 +326,7 @@ asio::awaitable<std::variant<TaskRecord, Error>> TaskManager::cancel(std::string
   {
     std::lock_guard g(mutex_);
     auto it = tasks_.find(id);
-    if (it == tasks_.end() || !visible_locked(it->second, owner, now_ms()))
+    if (it == tasks_.end() || !visible_locked(it->second, owner, unix_now_ms()))
       co_return Error{ErrorCode::kNotFound, "no task " + id + " (it never existed, belongs to someone else, or expired)",
                       {}, {}};
     if (is_terminal(it->second.record.status))

@@ -12,6 +12,7 @@
 #include <sstream>
 #include <thread>
 
+#include "tests/support/eventually.hpp"
 #include "server_process.hpp"
 #include "tool_call.hpp"
 
@@ -92,14 +93,6 @@ inline json wait_final(Client& c, const std::string& key, const std::string& id,
   return r["structuredContent"];
 }
 
-template <typename F>
-bool eventually(F f, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
-  auto deadline = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (f()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return false;
-}
+using scigate::test::eventually;
 
 }  // namespace scigate::itest

@@ -21,6 +21,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "server/common/time_format.hpp"
 #include "sandbox/confine.hpp"
 #include "server/common/error.hpp"
 #include "server/observability/log.hpp"
@@ -29,11 +30,6 @@ namespace scigate::jobs {
 namespace fs = std::filesystem;
 
 namespace {
-
-int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 // The wrapper: the job's command runs as its child; its exit code lands in a file even when
 // scigate is gone. TERM/INT/HUP get a no-op handler (not SIG_IGN, which the job would
@@ -166,7 +162,7 @@ std::string spec_to_text(const JobSpec& s) {
   j["environment"] = s.environment;
   j["working_directory"] = s.working_directory.string();
   j["after_ok"] = s.after_ok;
-  j["submit_ms"] = now_ms();
+  j["submit_ms"] = unix_now_ms();
   return j.dump();
 }
 
@@ -375,7 +371,7 @@ std::string LocalScheduler::submit_now(const JobSpec& spec) {
   job.status.native_id = id;
   job.status.state = JobState::kQueued;
   job.status.native_state = "queued";
-  job.status.submit_ms = now_ms();
+  job.status.submit_ms = unix_now_ms();
   job.status.alloc_cpus = cpus;
   job.status.alloc_nodes = 1;
   {
@@ -439,7 +435,7 @@ std::optional<LocalScheduler::Job> LocalScheduler::adopt(const std::string& id) 
   job.control_dir = control;
   job.cpus = cpus;
   job.spec.resources.walltime = std::chrono::seconds(walltime_s);
-  auto elapsed = std::chrono::milliseconds(std::max<int64_t>(0, now_ms() - start_ms));
+  auto elapsed = std::chrono::milliseconds(std::max<int64_t>(0, unix_now_ms() - start_ms));
   job.start = std::chrono::steady_clock::now() - elapsed;
   job.status.native_id = id;
   job.status.state = JobState::kActive;
@@ -537,7 +533,7 @@ std::optional<JobStatus> LocalScheduler::final_status_now(const std::string& id)
     s.state = JobState::kFailed;
     s.native_state = "lost";
     s.reason = "the job's process ended without recording an exit code (killed while scigate was down?)";
-    s.end_ms = now_ms();
+    s.end_ms = unix_now_ms();
   }
   if (start_ms > 0) s.start_ms = start_ms;
   s.alloc_cpus = cpus;
@@ -572,7 +568,7 @@ void LocalScheduler::tick() {
   for (auto& [id, job] : jobs_) {
     if (is_final(job.status.state)) {
       // Kept a while for poll(); final_status reads the file after that.
-      if (job.status.end_ms && now_ms() - *job.status.end_ms > 600'000) forget.push_back(id);
+      if (job.status.end_ms && unix_now_ms() - *job.status.end_ms > 600'000) forget.push_back(id);
       continue;
     }
     if (job.status.state == JobState::kQueued) {
@@ -580,7 +576,7 @@ void LocalScheduler::tick() {
         job.status.state = JobState::kCanceled;
         job.status.native_state = "CANCELLED";
         job.status.reason = "cancelled before it started";
-        job.status.end_ms = now_ms();
+        job.status.end_ms = unix_now_ms();
         write_file(job.control_dir / "final", status_json(job.status), 0644);
         std::erase(queue_, id);
       }
@@ -650,7 +646,7 @@ void LocalScheduler::tick() {
       job.status.state = JobState::kFailed;
       job.status.native_state = "DependencyNeverSatisfied";
       job.status.reason = "a job it depends on (after_ok) did not complete";
-      job.status.end_ms = now_ms();
+      job.status.end_ms = unix_now_ms();
       write_file(job.control_dir / "final", status_json(job.status), 0644);
       it = queue_.erase(it);
       continue;
@@ -673,7 +669,7 @@ void LocalScheduler::tick() {
       job.status.state = JobState::kFailed;
       job.status.native_state = "launch_failed";
       job.status.reason = why;
-      job.status.end_ms = now_ms();
+      job.status.end_ms = unix_now_ms();
       write_file(job.control_dir / "final", status_json(job.status), 0644);
     }
     it = queue_.erase(it);
@@ -685,7 +681,7 @@ void LocalScheduler::finish(Job& job, std::optional<int> code, std::optional<int
   JobStatus base = code ? status_from_exit(s.native_id, *code) : JobStatus{};
   s.exit_code = code;
   s.term_signal = sig ? sig : base.term_signal;
-  s.end_ms = now_ms();
+  s.end_ms = unix_now_ms();
   if (job.cancel_requested) {
     s.state = JobState::kCanceled;
     s.native_state = "CANCELLED";
@@ -830,7 +826,7 @@ bool LocalScheduler::try_start(Job& job, std::string* why) {
   job.status.state = JobState::kActive;
   job.status.native_state = "running";
   job.status.reason.clear();
-  job.status.start_ms = now_ms();
+  job.status.start_ms = unix_now_ms();
   write_file(job.control_dir / "pid",
              std::to_string(pid) + " " + std::to_string(*job.status.start_ms) + " " +
                  std::to_string(spec.resources.walltime.count()) + " " + std::to_string(job.cpus) + "\n",

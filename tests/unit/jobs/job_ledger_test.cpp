@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "tests/support/eventually.hpp"
 #include "connectors/scheduler/job_ledger.hpp"
 #include "server/state/database.hpp"
 
@@ -96,15 +97,7 @@ struct Running {
   }
 };
 
-template <typename F>
-bool eventually(F f, std::chrono::seconds limit = std::chrono::seconds(5)) {
-  auto deadline = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (f()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return false;
-}
+using scigate::test::eventually;
 
 JobRecord submit(Running& r, JobService& svc, const std::string& name) {
   SubmitRequest req;

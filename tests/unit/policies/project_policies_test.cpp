@@ -9,6 +9,7 @@
 #include <random>
 #include <thread>
 
+#include "tests/support/eventually.hpp"
 #include "policies/policy_tests.hpp"
 #include "policies/project_policies.hpp"
 #include "server/common/crypto.hpp"
@@ -50,15 +51,7 @@ Principal user_in(const Config& cfg, const std::string& name) {
 const char* kOpen = "[[rules]]\nid = \"a-open\"\neffect = \"permit\"\ndescription = \"everyone, everything\"\n";
 const char* kEchoOnly = "[[rules]]\nid = \"b-echo\"\neffect = \"permit\"\ntools = [\"echo\"]\n[rules.when]\ntext = { in = [\"hello\"] }\n";
 
-template <class F>
-bool eventually(F f, std::chrono::milliseconds within = std::chrono::seconds(5)) {
-  auto deadline = std::chrono::steady_clock::now() + within;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (f()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return f();
-}
+using scigate::test::eventually;
 
 }  // namespace
 

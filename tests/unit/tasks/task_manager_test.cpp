@@ -15,6 +15,7 @@
 #include <future>
 #include <thread>
 
+#include "tests/support/eventually.hpp"
 #include "server/state/database.hpp"
 #include "server/tasks/task_manager.hpp"
 
@@ -88,15 +89,7 @@ TaskRecord create_ok(Fixture& f, TaskManager& m, const std::string& owner, TaskM
   return std::get<TaskRecord>(r);
 }
 
-template <class Pred>
-bool eventually(Pred p, std::chrono::milliseconds limit = std::chrono::milliseconds(3000)) {
-  auto end = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < end) {
-    if (p()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return p();
-}
+using scigate::test::eventually;
 
 }  // namespace
 
