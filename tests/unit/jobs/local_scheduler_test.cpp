@@ -190,7 +190,9 @@ TEST_CASE("local scheduler: after a restart a running job is adopted and a queue
   std::string a, b;
   {
     LocalScheduler first(o);
-    a = first.submit_now(spec_for(root.path, "j-0000000000e1", "sleep 1; echo a"));
+    // Long enough to be still running when the second scheduler looks, even under ASan on a
+    // loaded machine (with "sleep 1" it sometimes ended first, and was rightly left out).
+    a = first.submit_now(spec_for(root.path, "j-0000000000e1", "sleep 4; echo a"));
     b = first.submit_now(spec_for(root.path, "j-0000000000e2", "echo b"));
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
     while (first.poll_now({a})[0].state != JobState::kActive && std::chrono::steady_clock::now() < deadline)
