@@ -19,21 +19,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr const char* kPolicy = R"(
-[[rules]]
-id = "members-submit"
-effect = "permit"
-principals = ["role:member"]
-tools = ["submit_job"]
-[rules.when]
-"resources.walltime" = { max = "00:05:00" }
-
-[[rules]]
-id = "members-follow"
-effect = "permit"
-principals = ["role:member"]
-tools = ["get_job", "list_jobs", "cancel_job", "read_job_output", "wait_job", "get_usage"]
-)";
+// The job policy of job_server.hpp: members run jobs of up to 10 minutes and follow them.
 
 // Two sites on the one test cluster: the CLI (with its slurm.conf) and slurmrestd's unix socket.
 std::string site_config(const scigate::test::SlurmCluster& cluster) {
@@ -54,7 +40,7 @@ TEST_CASE("slurm jobs: submit_job through the server runs on Slurm by CLI and by
   ServerProcess s("[credits.rates]\n\"cpu_core_hour\" = 3600\n", false);
   // Appended as written: merge_config folds repeated [[sites]] headers into one.
   std::ofstream(s.config_path(), std::ios::app) << "\n" << site_config(*cluster);
-  std::ofstream(s.dir() / "policies" / "demo.toml") << kPolicy;
+  std::ofstream(s.dir() / "policies" / "demo.toml") << kJobsPolicy;
   s.start();
   Client c(s.port());
   for (std::string site : {"slurm-cli", "slurm-rest"}) {
@@ -113,7 +99,7 @@ struct SlurmServer {
   ServerProcess s;
   explicit SlurmServer(const scigate::test::SlurmCluster& cluster) : s("[credits.rates]\n\"cpu_core_hour\" = 36\n", false) {
     std::ofstream(s.config_path(), std::ios::app) << "\n" << site_config(cluster);
-    std::ofstream(s.dir() / "policies" / "demo.toml") << kPolicy;
+    std::ofstream(s.dir() / "policies" / "demo.toml") << kJobsPolicy;
     s.start();
   }
 };
