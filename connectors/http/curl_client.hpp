@@ -1,0 +1,119 @@
+#pragma once
+// An asynchronous HTTP(S) client for every connector that talks HTTP to the outside (a remote
+// QPU service, inference servers, HTTP data sources): libcurl's multi interface on ONE thread
+// of its own. Callers await perform(); no I/O thread ever blocks on the network, and hundreds of
+// slow requests in flight cost one socket each, not one thread each.
+//
+// Why a thread and not Asio's reactor: curl reads a socket in bounded pieces, so "readable"
+// can stay true without a new edge, and Asio waits on epoll edge-triggered; the thread runs
+// curl_multi_poll (level-triggered poll) and is woken with curl_multi_wakeup when a request is
+// added or cancelled. One thread suffices: it only moves bytes and parses no bodies.
+//
+// libcurl gives TLS (OpenSSL), proxies from the environment (https_proxy, no_proxy), HTTP/1.1
+// keep-alive with one connection cache for all requests of a client, and exact timeouts.
+//
+// Threads: perform() may be called from any executor and the caller resumes on its own
+// executor. Cancelling the awaiting coroutine (its cancellation slot) removes the transfer and
+// completes it with Response::cancelled. Request::on_data runs on the client's thread.
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace scigate::http {
+
+struct Request {
+  std::string method = "GET";
+  std::string url;
+  std::vector<std::string> headers;  // "Name: value"
+  std::string body;                  // sent for POST/PUT/PATCH (and any method when non-empty)
+  std::chrono::milliseconds connect_timeout{10'000};
+  std::chrono::milliseconds timeout{60'000};  // the whole exchange
+  std::size_t max_body = 64u << 20;           // a longer answer fails (Response::error says so)
+  // When set, the body is handed over in pieces as it arrives instead of being collected in
+  // Response::body (streams). Return false to stop the transfer (Response::error says why).
+  std::function<bool(std::string_view)> on_data;
+  // CURLOPT_RESOLVE entries ("host:port:address"): pins a name to an address already checked.
+  std::vector<std::string> resolve;
+  bool follow_redirects = false;
+  std::string protocols = "http,https";
+};
+
+struct Response {
+  long status = 0;  // HTTP status; 0 when no answer came
+  std::string body;
+  std::map<std::string, std::string> headers;  // names lower-case; the last of repeated ones
+  std::string error;    // empty when an HTTP answer came (whatever its status)
+  bool cancelled = false;
+  bool timed_out = false;
+  double seconds = 0;   // the whole exchange
+
+  bool ok() const { return error.empty() && status >= 200 && status < 300; }
+  std::string header(const std::string& lower_name) const {
+    auto it = headers.find(lower_name);
+    return it == headers.end() ? std::string() : it->second;
+  }
+};
+
+class CurlClient {
+ public:
+  CurlClient();
+  // Cancels what is in flight (completing it with Response::cancelled) and joins the thread.
+  ~CurlClient();
+  CurlClient(const CurlClient&) = delete;
+  CurlClient& operator=(const CurlClient&) = delete;
+
+  // One exchange. Never throws for network or HTTP failures (see Response::error/status).
+  // Not a coroutine (GCC 12 destroys lambdas made inside co_await expressions twice).
+  boost::asio::awaitable<Response> perform(Request request) {
+    return boost::asio::async_initiate<decltype(boost::asio::use_awaitable), void(Response)>(
+        Initiation{this}, boost::asio::use_awaitable, std::move(request));
+  }
+
+  // Transfers started and in flight, for tests and metrics.
+  uint64_t started() const;
+  std::size_t in_flight() const;
+
+  struct Completion {
+    virtual ~Completion() = default;
+    virtual void complete(Response r) = 0;
+  };
+
+ private:
+  struct Initiation {
+    CurlClient* self;
+    template <typename Handler>
+    void operator()(Handler handler, Request request) const;
+  };
+  struct Impl;
+  void start(Request request, std::unique_ptr<Completion> completion, boost::asio::cancellation_slot slot);
+
+  std::shared_ptr<Impl> impl_;
+};
+
+template <typename Handler>
+void CurlClient::Initiation::operator()(Handler handler, Request request) const {
+  struct Typed final : Completion {
+    explicit Typed(Handler h) : handler(std::move(h)) {}
+    void complete(Response r) override {
+      auto ex = boost::asio::get_associated_executor(handler);
+      boost::asio::post(ex, [h = std::move(handler), r = std::move(r)]() mutable { std::move(h)(std::move(r)); });
+    }
+    Handler handler;
+  };
+  auto slot = boost::asio::get_associated_cancellation_slot(handler);
+  self->start(std::move(request), std::make_unique<Typed>(std::move(handler)), slot);
+}
+
+}  // namespace scigate::http
