@@ -23,7 +23,7 @@ constexpr std::array kGates = {
     StandardGate{"crz", 1, 1, 1},    StandardGate{"cp", 1, 1, 1},     StandardGate{"cphase", 1, 1, 1},
     StandardGate{"cu1", 1, 1, 1},    StandardGate{"cu3", 3, 1, 1},    StandardGate{"cu", 4, 1, 1},
     StandardGate{"swap", 0, 0, 2},   StandardGate{"rxx", 1, 0, 2},    StandardGate{"ryy", 1, 0, 2},
-    StandardGate{"rzz", 1, 0, 2},    StandardGate{"ccx", 0, 2, 1},    StandardGate{"cswap", 0, 1, 2},
+    StandardGate{"rzz", 1, 0, 2},    StandardGate{"ecr", 0, 0, 2},    StandardGate{"ccx", 0, 2, 1},    StandardGate{"cswap", 0, 1, 2},
     StandardGate{"c3x", 0, 3, 1},    StandardGate{"c3sqrtx", 0, 3, 1}, StandardGate{"c4x", 0, 4, 1},
 };
 
@@ -77,6 +77,10 @@ Matrix standard_gate_matrix(std::string_view n, std::span<const double> p) {
     Complex a = std::exp(-kI * (arg(0) / 2)), b = std::exp(kI * (arg(0) / 2));
     return {a, 0, 0, 0, 0, b, 0, 0, 0, 0, b, 0, 0, 0, 0, a};
   }
+  // The echoed cross-resonance gate, native on IBM's Eagle devices: (IX - XY)/sqrt(2), X and Y
+  // on the first qubit (bit 0 of the index) as Qiskit defines ECRGate.
+  if (n == "ecr")
+    return {0, r2, 0, kI * r2, r2, 0, -kI * r2, 0, 0, kI * r2, 0, r2, -kI * r2, 0, r2, 0};
   return {};
 }
 

@@ -34,6 +34,7 @@ struct Op {
   std::vector<int> controls;  // all must be |1> for the matrix to act
   std::vector<int> targets;   // the matrix acts on these (bit j of its index = targets[j])
   Matrix matrix;              // for kGate; 1x1 phase for kGlobalPhase
+  std::vector<double> params; // the standard gate's parameters (to write the circuit out again)
   int clbit = -1;             // for kMeasure: where the outcome goes
   std::optional<Condition> condition;
 

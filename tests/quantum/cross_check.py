@@ -97,6 +97,7 @@ GATES = {
     "rxx": (1, 2, lambda t: math.cos(t / 2) * np.eye(4) - I * math.sin(t / 2) * kron_le(X, X)),
     "ryy": (1, 2, lambda t: math.cos(t / 2) * np.eye(4) - I * math.sin(t / 2) * kron_le(Y, Y)),
     "rzz": (1, 2, lambda t: math.cos(t / 2) * np.eye(4) - I * math.sin(t / 2) * kron_le(Z, Z)),
+    "ecr": (0, 2, lambda: (kron_le(X, np.eye(2)) - kron_le(Y, X)) / math.sqrt(2)),
     "ccx": (0, 3, lambda: controlled(X, 2)), "cswap": (0, 3, lambda: controlled(SWAP, 1)),
     "c3x": (0, 4, lambda: controlled(X, 3)), "c3sqrtx": (0, 4, lambda: controlled(SX, 3)),
     "c4x": (0, 5, lambda: controlled(X, 4)),

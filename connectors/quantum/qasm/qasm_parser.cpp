@@ -799,6 +799,7 @@ class Parser {
       op.controls.assign(qubits.begin(), qubits.begin() + native->num_controls);
       op.targets.assign(qubits.begin() + native->num_controls, qubits.end());
       op.matrix = standard_gate_matrix(native->name, params);
+      op.params = params;
       op.condition = cond;
       return emit(at, std::move(op));
     }

@@ -156,6 +156,17 @@ Matrix textbook(const std::string& n, double a, double b, double c, double d) {
     Complex m = std::exp(-kI * a / 2.0), p = std::exp(kI * a / 2.0);
     return {m, 0, 0, 0, 0, p, 0, 0, 0, 0, p, 0, 0, 0, 0, m};
   }
+  if (n == "ecr") {  // (IX - XY)/sqrt(2): the Pauli on the first qubit is the right factor
+    auto kron = [](const Matrix& hi, const Matrix& lo) {
+      Matrix m(16);
+      for (int r = 0; r < 4; ++r)
+        for (int c = 0; c < 4; ++c) m[r * 4 + c] = hi[(r >> 1) * 2 + (c >> 1)] * lo[(r & 1) * 2 + (c & 1)];
+      return m;
+    };
+    Matrix I2{1, 0, 0, 1}, ix = kron(I2, X), xy = kron(X, Y), m(16);
+    for (int i = 0; i < 16; ++i) m[i] = (ix[i] - xy[i]) * h;
+    return m;
+  }
   if (n == "ccx") return controlled(X, 2);
   if (n == "cswap") return controlled(SWAP, 1);
   if (n == "c3x") return controlled(X, 3);
