@@ -8,6 +8,7 @@
 #include <future>
 #include <thread>
 
+#include "connectors/quantum/ibm/ibm_runtime.hpp"
 #include "connectors/scheduler/local/local_scheduler.hpp"
 #include "connectors/scheduler/slurm/slurm_cli.hpp"
 #include "connectors/scheduler/slurm/slurm_rest.hpp"
@@ -35,7 +36,7 @@ std::unique_ptr<Ledger> make_ledger(const Config& config, SqliteLedger** sqlite)
 }
 
 // The scheduler of each [[sites]] entry: the embedded local executor, or Slurm through its CLI
-// or slurmrestd ([sites.slurm] mode).
+// or slurmrestd ([sites.slurm] mode), or a quantum device behind IBM's Qiskit Runtime.
 std::unique_ptr<jobs::Scheduler> make_scheduler(const SiteConfig& site) {
   if (site.scheduler == "local") {
     jobs::LocalSchedulerOptions o;
@@ -62,6 +63,8 @@ std::unique_ptr<jobs::Scheduler> make_scheduler(const SiteConfig& site) {
     }
     return std::make_unique<jobs::SlurmCliScheduler>(std::move(cli));
   }
+  if (site.scheduler == "ibm-runtime" && site.ibm_runtime)
+    return std::make_unique<quantum::IbmRuntimeScheduler>(*site.ibm_runtime);
   return nullptr;
 }
 

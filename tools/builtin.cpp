@@ -22,7 +22,7 @@ ToolRegistry make_registry(const Config& config, const ToolServices& services) {
     r.add(std::make_unique<ReadJobOutputTool>(*services.jobs));
     r.add(std::make_unique<WaitJobTool>(*services.jobs));
   }
-  if (config.quantum.enabled) r.add(std::make_unique<RunQuantumCircuitTool>(config.quantum));
+  if (config.quantum.enabled) r.add(std::make_unique<RunQuantumCircuitTool>(config, services.jobs));
   if (config.demo_tools) {
     r.add(std::make_unique<EchoTool>());
     r.add(std::make_unique<SleepTool>());

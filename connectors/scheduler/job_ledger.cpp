@@ -69,6 +69,7 @@ json spec_json(const JobSpec& s, const std::string& working_directory) {
   j["working_directory"] = working_directory;
   j["stdout"] = s.stdout_path.string();
   j["stderr"] = s.stderr_path.string();
+  if (!s.payload.is_null()) j["payload"] = s.payload;
   return j;
 }
 
@@ -146,6 +147,16 @@ bool valid_env_name(const std::string& name, std::string* why) {
   return true;
 }
 
+Usage payload_usage(const json& payload) {
+  Usage u;
+  auto it = payload.is_object() ? payload.find("usage") : payload.end();
+  if (it == payload.end() || !it->is_array()) return u;
+  for (const auto& line : *it)
+    if (line.is_object() && line.contains("resource") && line.contains("quantity"))
+      u.add(line["resource"].get<std::string>(), line["quantity"].get<double>(), line.value("how", std::string()));
+  return u;
+}
+
 Usage job_usage(const Resources& r, std::chrono::milliseconds elapsed, const std::string& gpu_type) {
   Usage u;
   double hours = static_cast<double>(elapsed.count()) / 3'600'000.0;
@@ -197,8 +208,8 @@ void JobService::load() {
   auto lk = db_.db().lock();
   state::Statement st(db_.db().handle(),
                       "SELECT id, site, native_id, project, principal, name, spec, state, native_state, reason, "
-                      "exit_code, term_signal, created_ms, submit_ms, start_ms, end_ms, hold_id, held, cost, settled "
-                      "FROM jobs WHERE state IN ('NEW','QUEUED','ACTIVE') OR settled = 0 OR created_ms > ?");
+                      "exit_code, term_signal, created_ms, submit_ms, start_ms, end_ms, hold_id, held, cost, settled, "
+                      "result FROM jobs WHERE state IN ('NEW','QUEUED','ACTIVE') OR settled = 0 OR created_ms > ?");
   // Final, settled jobs older than a week stay in the table but not in memory.
   st.bind(1, unix_now_ms() - int64_t(7) * 86'400'000);
   std::lock_guard g(mutex_);
@@ -226,6 +237,8 @@ void JobService::load() {
     r.held = st.column_int(17);
     if (!st.column_is_null(18)) r.cost = st.column_int(18);
     r.settled = st.column_int(19) != 0;
+    if (!st.column_is_null(20)) r.result = json::parse(st.column_text(20), nullptr, false);
+    if (r.result.is_discarded()) r.result = nullptr;
     r.stdout_path = text_of(r.spec, "stdout");
     r.stderr_path = text_of(r.spec, "stderr");
     jobs_.emplace(r.id, std::move(r));
@@ -276,7 +289,7 @@ void JobService::write_job(state::Database& db, const JobRecord& r) {
   state::Statement st(db.handle(),
                       "INSERT OR REPLACE INTO jobs(id, site, native_id, project, principal, name, spec, state, "
                       "native_state, reason, exit_code, term_signal, created_ms, submit_ms, start_ms, end_ms, hold_id, "
-                      "held, cost, settled) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+                      "held, cost, settled, result) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
   st.bind(1, r.id).bind(2, r.site).bind(3, r.native_id).bind(4, r.project).bind(5, r.principal).bind(6, r.name);
   st.bind(7, r.spec.dump()).bind(8, to_string(r.state)).bind(9, r.native_state).bind(10, r.reason);
   auto opt = [&](int i, const auto& v) {
@@ -292,6 +305,8 @@ void JobService::write_job(state::Database& db, const JobRecord& r) {
   st.bind(17, r.hold_id).bind(18, r.held);
   opt(19, r.cost);
   st.bind(20, int64_t(r.settled ? 1 : 0));
+  if (r.result.is_null()) st.bind_null(21);
+  else st.bind(21, r.result.dump());
   st.step();
 }
 
@@ -330,6 +345,12 @@ asio::awaitable<std::variant<JobRecord, Error>> JobService::submit(SubmitRequest
     co_return Error{ErrorCode::kBackendUnavailable, "site \"" + site_cfg->id + "\" is unavailable", "try another site", {}};
   SiteRuntime* rt = rt_it->second.get();
   JobSpec& spec = req.spec;
+  if (rt->scheduler->runs_payloads() && spec.payload.is_null())
+    co_return Error::invalid_arguments("site \"" + site_cfg->id + "\" is a quantum device; it runs circuits, not scripts",
+                                       "use run_quantum_circuit with backend \"" + site_cfg->id + "\"");
+  if (!rt->scheduler->runs_payloads() && !spec.payload.is_null())
+    co_return Error::invalid_arguments("site \"" + site_cfg->id + "\" runs batch scripts, not circuits",
+                                       "name a quantum device as the backend");
   if (spec.partition.empty()) spec.partition = site_cfg->default_partition;
   if (!site_cfg->partitions.empty() && !spec.partition.empty() &&
       std::find(site_cfg->partitions.begin(), site_cfg->partitions.end(), spec.partition) == site_cfg->partitions.end()) {
@@ -373,8 +394,10 @@ asio::awaitable<std::variant<JobRecord, Error>> JobService::submit(SubmitRequest
   hr.principal = spec.principal;
   hr.tool = "job";
   hr.request_id = req.request_id;
-  hr.worst_case = job_usage(spec.resources, std::chrono::duration_cast<std::chrono::milliseconds>(spec.resources.walltime),
-                            spec.resources.gpu_type);
+  hr.worst_case = spec.payload.is_null()
+                      ? job_usage(spec.resources, std::chrono::duration_cast<std::chrono::milliseconds>(spec.resources.walltime),
+                                  spec.resources.gpu_type)
+                      : payload_usage(spec.payload);
   hr.owner = "job:" + rec.id;
   hr.timeout = spec.resources.walltime + std::chrono::hours(24 * 14);  // queue time included
   auto reserved = co_await ledger_.reserve(std::move(hr));
@@ -452,7 +475,7 @@ std::optional<JobRecord> JobService::get(const std::string& project, const std::
     if (it == jobs_.end() || it->second.project != project) return std::nullopt;
     r = it->second;
   }
-  if (pricer_ && r->state == JobState::kActive && r->start_ms && !r->hold_id.empty()) {
+  if (pricer_ && r->state == JobState::kActive && r->start_ms && !r->hold_id.empty() && !r->spec.contains("payload")) {
     auto elapsed = std::chrono::milliseconds(std::max<int64_t>(0, unix_now_ms() - *r->start_ms));
     elapsed = std::min(elapsed, std::chrono::duration_cast<std::chrono::milliseconds>(r->resources.walltime));
     r->cost_so_far = std::min(r->held, pricer_(job_usage(r->resources, elapsed, r->resources.gpu_type)));
@@ -612,6 +635,7 @@ asio::awaitable<void> JobService::apply(JobRecord before, const JobStatus& s) {
     if (s.term_signal) r.term_signal = s.term_signal;
     if (s.start_ms) r.start_ms = s.start_ms;
     if (s.end_ms) r.end_ms = s.end_ms;
+    if (!s.result.is_null()) r.result = s.result;
     if (is_final(r.state) && !r.end_ms) r.end_ms = unix_now_ms();
     if (r.state == JobState::kActive && !r.start_ms) r.start_ms = unix_now_ms();
     if (r.state != old.state) {
@@ -619,7 +643,7 @@ asio::awaitable<void> JobService::apply(JobRecord before, const JobStatus& s) {
       r.events.push_back(*event);
     }
     if (r.state != old.state || r.native_state != old.native_state || r.reason != old.reason ||
-        r.exit_code != old.exit_code || r.start_ms != old.start_ms || r.end_ms != old.end_ms)
+        r.exit_code != old.exit_code || r.start_ms != old.start_ms || r.end_ms != old.end_ms || r.result != old.result)
       after = r;
   }
   if (!after) co_return;
@@ -651,7 +675,14 @@ asio::awaitable<void> JobService::settle_if_final(std::string id) {
     h.project = r->project;
     json result = json::object();
     result["job"] = r->id;
-    posted = co_await ledger_.settle(h, job_usage(r->resources, elapsed, r->resources.gpu_type), std::move(result));
+    // A payload job (a QPU run) is charged what its payload declares once it ran (seen running,
+    // or completed between two polls), nothing if it never left the queue; a batch job its
+    // allocated resources x elapsed.
+    bool ran = r->start_ms || r->state == JobState::kCompleted;
+    Usage used = !r->spec.contains("payload") ? job_usage(r->resources, elapsed, r->resources.gpu_type)
+                 : ran                         ? payload_usage(r->spec["payload"])
+                                               : Usage{};
+    posted = co_await ledger_.settle(h, std::move(used), std::move(result));
   }
   {
     std::lock_guard g(mutex_);

@@ -64,6 +64,7 @@ struct JobRecord {
   bool settled = false;
   std::vector<JobEvent> events;
   std::filesystem::path stdout_path, stderr_path;
+  nlohmann::json result;  // JobStatus::result of a payload job once it has one (QPU counts)
 };
 
 // What the submit_job tool asks for, already validated against its schema and parsed.
@@ -155,5 +156,7 @@ std::optional<int64_t> parse_memory_mb(const nlohmann::json& value);
 bool valid_env_name(const std::string& name, std::string* why);
 // The credits a job may use: cpu_core_hour x cpus x h, gpu_hour:<type> x gpus x h.
 Usage job_usage(const Resources& r, std::chrono::milliseconds elapsed, const std::string& gpu_type);
+// A payload job's declared charge (JobSpec::payload "usage").
+Usage payload_usage(const nlohmann::json& payload);
 
 }  // namespace scigate::jobs

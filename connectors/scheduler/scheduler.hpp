@@ -17,6 +17,7 @@
 // (kBackendRejected for a job the scheduler refuses, with its message; kBackendUnavailable when
 // it cannot be reached).
 #include <boost/asio/awaitable.hpp>
+#include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -69,6 +70,11 @@ struct JobSpec {
   std::string project;
   std::string principal;
   std::string run_as;  // the local account the job runs as ("" = the site's default)
+  // A job that is not a batch script: what a non-batch site runs (a quantum circuit for a QPU
+  // site: {"kind": "quantum-sampler", "qasm3", "shots", ...}). Null for batch jobs. It may
+  // carry "usage": [{resource, quantity, how}], what the job is charged when it runs (instead
+  // of resources x elapsed); a job that never started is charged nothing.
+  nlohmann::json payload;
 };
 
 // What the scheduler says about one job now.
@@ -85,12 +91,17 @@ struct JobStatus {
   int alloc_cpus = 0;
   int alloc_gpus = 0;
   std::string gpu_type;
+  // What a job whose output is data rather than files produced (a QPU run's counts); null
+  // otherwise. Kept in the job ledger and shown by get_job.
+  nlohmann::json result;
 };
 
 class Scheduler {
  public:
   virtual ~Scheduler() = default;
-  virtual std::string kind() const = 0;  // "local", "slurm-cli", "slurm-rest"
+  virtual std::string kind() const = 0;  // "local", "slurm-cli", "slurm-rest", "ibm-runtime"
+  // Whether the site runs JobSpec::payload jobs (a QPU) rather than scripts.
+  virtual bool runs_payloads() const { return false; }
 
   // Submits and returns the native id. The job may be queued, or already running.
   virtual boost::asio::awaitable<std::string> submit(JobSpec spec) = 0;

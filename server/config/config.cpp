@@ -252,7 +252,7 @@ void parse_credits(const toml::table& s, CreditsConfig& c, const std::string& so
 SiteConfig parse_site(const toml::table& t, const toml::node& e, const std::string& source) {
   reject_unknown(t,
                  {"id", "scheduler", "jobs_root", "poll_interval_ms", "default_partition", "partitions", "run_as",
-                  "slots_cpus", "slots_memory_mb", "allow_network", "slurm"},
+                  "slots_cpus", "slots_memory_mb", "allow_network", "slurm", "ibm_runtime"},
                  "[[sites]]", source);
   SiteConfig s;
   s.id = get<std::string>(t, "id", "", source);
@@ -260,11 +260,12 @@ SiteConfig parse_site(const toml::table& t, const toml::node& e, const std::stri
                           std::string::npos)
     throw ConfigError(where(e.source(), source) + ": a site needs an \"id\" of letters, digits, '-' and '_'");
   s.scheduler = get<std::string>(t, "scheduler", s.scheduler, source);
-  if (s.scheduler != "local" && s.scheduler != "slurm")
-    throw ConfigError(where(e.source(), source) + ": site \"" + s.id + "\": scheduler must be \"local\" or \"slurm\"");
+  if (s.scheduler != "local" && s.scheduler != "slurm" && s.scheduler != "ibm-runtime")
+    throw ConfigError(where(e.source(), source) + ": site \"" + s.id +
+                      "\": scheduler must be \"local\", \"slurm\" or \"ibm-runtime\"");
   s.jobs_root = get<std::string>(t, "jobs_root", "", source);
   s.poll_interval = std::chrono::milliseconds(
-      get<int64_t>(t, "poll_interval_ms", s.scheduler == "slurm" ? 2000 : 250, source));
+      get<int64_t>(t, "poll_interval_ms", s.scheduler == "slurm" ? 2000 : s.scheduler == "ibm-runtime" ? 5000 : 250, source));
   if (s.poll_interval.count() < 10)
     throw ConfigError(where(e.source(), source) + ": site \"" + s.id + "\": poll_interval_ms must be at least 10");
   s.default_partition = get<std::string>(t, "default_partition", "", source);
@@ -295,6 +296,33 @@ SiteConfig parse_site(const toml::table& t, const toml::node& e, const std::stri
       throw ConfigError(where(n->source(), source) + ": sites.slurm.rest_url needs jwt_token_file and user");
     s.slurm = std::move(sl);
   }
+  if (const toml::node* n = t.get("ibm_runtime")) {
+    const toml::table* it = n->as_table();
+    if (!it) throw ConfigError(where(n->source(), source) + ": [sites.ibm_runtime] must be a table");
+    reject_unknown(*it,
+                   {"url", "iam_url", "api_key_file", "service_crn", "backend", "api_version", "max_shots",
+                    "request_timeout_ms"},
+                   "[sites.ibm_runtime]", source);
+    IbmRuntimeSiteConfig q;
+    q.url = get<std::string>(*it, "url", q.url, source);
+    q.iam_url = get<std::string>(*it, "iam_url", q.iam_url, source);
+    q.api_key_file = get<std::string>(*it, "api_key_file", "", source);
+    q.service_crn = get<std::string>(*it, "service_crn", "", source);
+    q.backend = get<std::string>(*it, "backend", s.id, source);
+    q.api_version = get<std::string>(*it, "api_version", q.api_version, source);
+    q.max_shots = get<int64_t>(*it, "max_shots", q.max_shots, source);
+    q.request_timeout = std::chrono::milliseconds(get<int64_t>(*it, "request_timeout_ms", 30'000, source));
+    if (q.api_key_file.empty() || q.service_crn.empty())
+      throw ConfigError(where(n->source(), source) + ": site \"" + s.id +
+                        "\": [sites.ibm_runtime] needs api_key_file and service_crn");
+    if (q.max_shots < 1 || q.request_timeout.count() < 100)
+      throw ConfigError(where(n->source(), source) + ": site \"" + s.id +
+                        "\": max_shots must be >= 1 and request_timeout_ms >= 100");
+    s.ibm_runtime = std::move(q);
+  }
+  if (s.scheduler == "ibm-runtime" && !s.ibm_runtime)
+    throw ConfigError(where(e.source(), source) + ": site \"" + s.id +
+                      "\" has scheduler = \"ibm-runtime\" but no [sites.ibm_runtime] table");
   return s;
 }
 
@@ -521,6 +549,7 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
     if (site.slurm && !site.slurm->jwt_token_file.empty())
       site.slurm->jwt_token_file = resolve(site.slurm->jwt_token_file);
     if (site.slurm && !site.slurm->slurm_conf.empty()) site.slurm->slurm_conf = resolve(site.slurm->slurm_conf);
+    if (site.ibm_runtime) site.ibm_runtime->api_key_file = resolve(site.ibm_runtime->api_key_file);
   }
   if (!c.http.tls_cert.empty()) {
     c.http.tls_cert = resolve(c.http.tls_cert).string();

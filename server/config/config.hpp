@@ -112,9 +112,21 @@ struct SlurmSiteConfig {
 };
 
 // [[sites]]: where jobs run (docs/CONFIG.md#sites). Without any, one local site "local".
+// [sites.ibm_runtime]: a quantum device behind IBM's Qiskit Runtime REST API (docs/QUANTUM.md).
+struct IbmRuntimeSiteConfig {
+  std::string url = "https://quantum.cloud.ibm.com/api";  // /v1/... is appended
+  std::string iam_url = "https://iam.cloud.ibm.com";      // /identity/token is appended
+  std::filesystem::path api_key_file;  // the IBM Cloud API key (never in this file, never shown)
+  std::string service_crn;             // the Qiskit Runtime instance (Service-CRN header)
+  std::string backend;                 // the device's name at IBM ("ibm_kingston"); default: the site id
+  std::string api_version = "2025-05-01";  // IBM-API-Version header
+  int64_t max_shots = 100'000;
+  std::chrono::milliseconds request_timeout{30'000};
+};
+
 struct SiteConfig {
   std::string id;
-  std::string scheduler = "local";       // local | slurm
+  std::string scheduler = "local";       // local | slurm | ibm-runtime (a quantum device)
   std::filesystem::path jobs_root;       // each project's jobs live in <jobs_root>/<project>/
   std::chrono::milliseconds poll_interval{250};  // default 250 ms local, 2000 ms slurm
   std::string default_partition;
@@ -124,6 +136,7 @@ struct SiteConfig {
   int64_t slots_memory_mb = 0;           // local: memory shared by running jobs (0: unlimited)
   bool allow_network = false;            // local: jobs get the network (else bwrap --unshare-net)
   std::optional<SlurmSiteConfig> slurm;  // [sites.slurm], for scheduler = "slurm"
+  std::optional<IbmRuntimeSiteConfig> ibm_runtime;  // [sites.ibm_runtime], for scheduler = "ibm-runtime"
 };
 
 // The MCP tasks extension (docs/PROTOCOL.md "Tasks"): tool calls that run in the background

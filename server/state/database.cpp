@@ -309,6 +309,11 @@ const std::vector<Migration>& schema_migrations() {
         CREATE INDEX tasks_owner ON tasks(owner, created_ms);
         CREATE INDEX tasks_expiry ON tasks(expires_ms);
       )sql"},
+      {7, R"sql(
+        -- Jobs whose output is data rather than files (a remote QPU run's counts, connectors/
+        -- quantum/ibm): what the site returned, as JSON, shown by get_job.
+        ALTER TABLE jobs ADD COLUMN result TEXT;
+      )sql"},
   };
   return kMigrations;
 }

@@ -146,6 +146,7 @@ json job_to_json(const JobRecord& r, bool full) {
     events.push_back(std::move(ev));
   }
   j["history"] = std::move(events);
+  if (!r.result.is_null()) j["result"] = r.result;  // a QPU run's counts
   return j;
 }
 

@@ -2,6 +2,7 @@
 
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -10,6 +11,8 @@
 #include <cmath>
 #include <mutex>
 #include <random>
+
+#include "connectors/quantum/qasm/qasm3_writer.hpp"
 
 namespace scigate::tools {
 namespace asio = boost::asio;
@@ -29,7 +32,8 @@ const char* kInputSchema = R"json({
     "shots": {"type": "integer", "minimum": 0, "maximum": 100000000, "default": 1024},
     "seed": {"type": "integer", "minimum": 0, "maximum": 9007199254740991,
              "description": "makes the sampled counts reproducible; a random one is chosen and returned when absent"},
-    "backend": {"type": "string", "enum": ["statevector"], "default": "statevector"},
+    "backend": {"type": "string", "enum": ["statevector"], "default": "statevector",
+                "description": "statevector: the exact simulator here; another name: a quantum device (a job)"},
     "precision": {"type": "string", "enum": ["double", "single"], "default": "double",
                   "description": "single halves the memory (complex64)"},
     "return_statevector": {"type": "boolean", "default": false},
@@ -55,9 +59,10 @@ const char* kOutputSchema = R"json({
     "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
     "gates": {"type": "integer"}, "gate_counts": {"type": "object"},
     "statevector": {"type": "array"}, "expectation_values": {"type": "array", "items": {"type": "number"}},
-    "timing": {"type": "object"}
+    "timing": {"type": "object"},
+    "job_id": {"type": "string"}, "state": {"type": "string"}, "final": {"type": "boolean"}
   },
-  "required": ["backend", "qubits", "counts", "gates", "timing"]
+  "required": ["backend", "qubits"]
 })json";
 
 quantum::QasmVersion version_of(const json& args) {
@@ -165,7 +170,7 @@ std::string result_text(const json& j) {
   }
   if (j.contains("expectation_values")) t += "; expectation values " + j["expectation_values"].dump();
   char buf[64];
-  std::snprintf(buf, sizeof buf, " (%.1f ms)", j["timing"]["run_ms"].get<double>());
+  std::snprintf(buf, sizeof buf, " (%.1f ms)", j["timing"].value("run_ms", 0.0));
   return t + buf;
 }
 
@@ -177,10 +182,70 @@ struct ProgressRelay {
   bool finished = false;
 };
 
+
+// --- remote devices (a job of the job ledger) ---------------------------------------------------
+
+json remote_payload(const std::string& qasm3, uint64_t shots, const std::string& site, const Circuit& c) {
+  json p = json::object();
+  p["kind"] = "quantum-sampler";
+  p["qasm3"] = qasm3;
+  p["shots"] = shots;
+  p["qubits"] = c.num_qubits;
+  p["gates"] = c.gate_count();
+  json line = json::object();
+  line["resource"] = RunQuantumCircuitTool::shot_resource(site);
+  line["quantity"] = static_cast<double>(shots);
+  line["how"] = std::to_string(shots) + " shots on " + site;
+  p["usage"] = json::array({line});
+  return p;
+}
+
+json remote_json(const quantum::ParsedCircuit& pc, const jobs::JobRecord& r, uint64_t shots, double parse_ms) {
+  const Circuit& c = pc.circuit;
+  json j = json::object();
+  j["backend"] = r.site;
+  j["language"] = pc.version == quantum::QasmVersion::kV3 ? "openqasm3" : "openqasm2";
+  j["qubits"] = c.num_qubits;
+  j["clbits"] = c.num_clbits;
+  j["shots"] = shots;
+  j["gates"] = c.gate_count();
+  j["gate_counts"] = gate_counts(c);
+  j["job_id"] = r.id;
+  j["state"] = std::string(jobs::to_string(r.state));
+  j["final"] = jobs::is_final(r.state);
+  if (r.result.is_object() && r.result.contains("counts")) {
+    j["counts"] = r.result["counts"];
+    if (r.result.contains("quantum_seconds")) j["quantum_seconds"] = r.result["quantum_seconds"];
+  } else {
+    j["counts"] = json::object();
+  }
+  json timing = json::object();
+  timing["parse_ms"] = parse_ms;
+  if (r.start_ms && r.end_ms) timing["run_ms"] = static_cast<double>(*r.end_ms - *r.start_ms);
+  j["timing"] = std::move(timing);
+  return j;
+}
+
+std::string submitted_text(const jobs::JobRecord& r) {
+  return "submitted to " + r.site + " as job " + r.id + " (" + std::string(jobs::to_string(r.state)) +
+         "); follow it with get_job or wait_job: its counts appear in the job's result when it completes";
+}
+
+Error remote_failure(const jobs::JobRecord& r) {
+  std::string what = "job " + r.id + " on " + r.site + " ended " + std::string(jobs::to_string(r.state)) +
+                     (r.reason.empty() ? "" : ": " + r.reason);
+  if (r.state == jobs::JobState::kCanceled) return Error{ErrorCode::kCancelled, what, {}, {}};
+  return Error{ErrorCode::kBackendRejected, what, "get_job " + r.id + " has the device's own state", {}};
+}
+
 }  // namespace
 
-RunQuantumCircuitTool::RunQuantumCircuitTool(const QuantumConfig& config)
-    : config_(config), pool_(static_cast<std::size_t>(std::max(1, config.concurrency))) {
+RunQuantumCircuitTool::RunQuantumCircuitTool(const Config& full, jobs::JobService* jobs)
+    : config_(full.quantum), jobs_(jobs), pool_(static_cast<std::size_t>(std::max(1, full.quantum.concurrency))) {
+  const QuantumConfig& config = full.quantum;
+  if (jobs_)
+    for (const auto& site : full.sites)
+      if (site.scheduler == "ibm-runtime") remote_.push_back(site.id);
   descriptor_.name = "run_quantum_circuit";
   descriptor_.title = "Run a quantum circuit";
   descriptor_.description =
@@ -191,7 +256,14 @@ RunQuantumCircuitTool::RunQuantumCircuitTool(const QuantumConfig& config)
       "observables (Pauli strings such as \"ZZI\", qubit 0 rightmost, or lists of {pauli, coeff}) give expectation "
       "values. Memory grows as 2^qubits: 16 bytes per amplitude (8 with precision \"single\"). Credits are charged "
       "per qubit x gate. Errors name the line and column of the source.";
+  if (!remote_.empty())
+    descriptor_.description +=
+        " Other backends are quantum devices: the circuit must use the device's native gates and coupling "
+        "(q[i] is physical qubit i); it runs as a job (credits per shot) and the call returns its job_id at once "
+        "(follow with get_job / wait_job: the counts are in the job's result), unless called as a task, which "
+        "waits for the counts.";
   descriptor_.input_schema = json::parse(kInputSchema);
+  for (const auto& id : remote_) descriptor_.input_schema["properties"]["backend"]["enum"].push_back(id);
   descriptor_.output_schema = json::parse(kOutputSchema);
   descriptor_.annotations = ToolAnnotations{.read_only = true, .destructive = false, .idempotent = false, .open_world = false};
   // A large circuit can run for minutes: clients with MCP tasks may poll for it instead of
@@ -231,6 +303,8 @@ std::variant<json, Error> RunQuantumCircuitTool::derive_facts(const json& args) 
 
 Usage RunQuantumCircuitTool::worst_case_usage(const json& args) const {
   if (!args.contains("qubits") || !args.contains("gates")) return {};
+  // A device run is a job with its own hold (shots x the device's rate), taken at submit.
+  if (args.value("backend", "statevector") != "statevector") return {};
   bool mid = args.value("mid_circuit_measurement", false);
   return sim_usage(args["qubits"].get<int>(), args["gates"].get<uint64_t>(), runs_for(mid, args.value("shots", uint64_t{1024})));
 }
@@ -243,6 +317,8 @@ asio::awaitable<ToolResult> RunQuantumCircuitTool::call(const json& args, CallCo
   double parse_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 
   std::string backend_name = args.value("backend", "statevector");
+  if (std::find(remote_.begin(), remote_.end(), backend_name) != remote_.end())
+    co_return co_await call_remote(pc, args, ctx, backend_name);
   auto b = backends_.find(backend_name);
   if (b == backends_.end())
     co_return ToolResult::failure(Error::invalid_arguments("no quantum backend " + backend_name, "use statevector"));
@@ -318,6 +394,70 @@ asio::awaitable<ToolResult> RunQuantumCircuitTool::call(const json& args, CallCo
   ToolResult tr = ToolResult::success(structured, result_text(structured));
   tr.usage = sim_usage(pc->circuit.num_qubits, pc->circuit.gate_count(), runs_for(mid_circuit(pc->circuit), shots));
   co_return tr;
+}
+
+asio::awaitable<ToolResult> RunQuantumCircuitTool::call_remote(std::shared_ptr<quantum::ParsedCircuit> pc,
+                                                               const json& args, CallContext& ctx, std::string site) {
+  auto t0 = std::chrono::steady_clock::now();
+  if (args.contains("observables") || args.value("return_statevector", false))
+    co_return ToolResult::failure(Error::invalid_arguments(
+        "a quantum device returns measurement counts only",
+        "use backend \"statevector\" for state vectors and expectation values"));
+  uint64_t shots = args.value("shots", uint64_t{1024});
+  if (shots == 0)
+    co_return ToolResult::failure(Error::invalid_arguments("a device run needs at least one shot", "ask for shots >= 1"));
+  if (!pc->circuit.has_measurements())
+    co_return ToolResult::failure(Error::invalid_arguments("the circuit measures nothing, so a device would return no counts",
+                                                           "add measure instructions"));
+  auto text = quantum::write_openqasm3(pc->circuit);
+  if (auto* e = std::get_if<Error>(&text)) co_return ToolResult::failure(*e);
+
+  jobs::SubmitRequest req;
+  req.site = site;
+  req.request_id = ctx.request_id;
+  req.spec.name = "circuit";
+  req.spec.project = ctx.project;
+  req.spec.principal = ctx.principal.name;
+  req.spec.payload = remote_payload(std::get<std::string>(text), shots, site, pc->circuit);
+  double parse_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  auto submitted = co_await jobs_->submit(std::move(req));
+  if (auto* e = std::get_if<Error>(&submitted)) co_return ToolResult::failure(*e);
+  jobs::JobRecord rec = std::get<jobs::JobRecord>(std::move(submitted));
+  ctx.audit_fields["job_id"] = rec.id;
+  ctx.audit_fields["backend"] = site;
+  ctx.audit_fields["qubits"] = pc->circuit.num_qubits;
+  ctx.audit_fields["shots"] = shots;
+  if (ctx.task_id.empty()) {
+    json j = remote_json(*pc, rec, shots, parse_ms);
+    co_return ToolResult::success(j, submitted_text(rec));
+  }
+
+  // As a task, nobody waits on the call: follow the job to its end and answer with the counts.
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  std::optional<jobs::JobState> last;
+  int reports = 0;
+  for (;;) {
+    auto r = jobs_->get(ctx.project, rec.id);
+    if (!r) co_return ToolResult::failure(Error::internal("job " + rec.id + " vanished from the ledger"));
+    rec = std::move(*r);
+    if (jobs::is_final(rec.state)) break;
+    if (ctx.cancelled() || std::chrono::steady_clock::now() >= ctx.deadline) {
+      // The caller no longer wants the run: the device should not spend the project's shots.
+      auto cancelled = co_await jobs_->cancel(ctx.project, rec.id);
+      (void)cancelled;
+      co_return ToolResult::failure(Error{ctx.cancelled() ? ErrorCode::kCancelled : ErrorCode::kTimeout,
+                                          "job " + rec.id + " on " + site + " was cancelled before it ended", {}, {}});
+    }
+    if (!last || *last != rec.state) {
+      ctx.progress.report(++reports, std::nullopt, "job " + rec.id + " is " + std::string(jobs::to_string(rec.state)));
+      last = rec.state;
+    }
+    timer.expires_after(std::chrono::milliseconds(200));
+    co_await timer.async_wait(asio::use_awaitable);
+  }
+  if (rec.state != jobs::JobState::kCompleted) co_return ToolResult::failure(remote_failure(rec));
+  json structured = remote_json(*pc, rec, shots, parse_ms);
+  co_return ToolResult::success(structured, result_text(structured));
 }
 
 }  // namespace scigate::tools

@@ -63,3 +63,40 @@ run_as = "scigate-job"
   refused("[[sites]]\nid = \"a\"\n[sites.slurm]\nmode = \"ssh\"\n", "mode must be");
   refused("[[sites]]\nid = \"a\"\n[sites.slurm]\nhost = \"x\"\n", "unknown key \"host\"");
 }
+
+TEST_CASE("config [[sites]]: a quantum device behind IBM's Qiskit Runtime") {
+  Config c = parse_config(R"([[sites]]
+id = "ibm_kingston"
+scheduler = "ibm-runtime"
+[sites.ibm_runtime]
+api_key_file = "secrets/ibm.key"
+service_crn = "crn:v1:bluemix:public:quantum-computing:us-east:a/1:2::"
+max_shots = 50000
+)",
+                          "/etc/scigate", "test.toml");
+  REQUIRE(c.sites.size() == 1);
+  const auto& s = c.sites[0];
+  CHECK(s.poll_interval == std::chrono::milliseconds(5000));
+  REQUIRE(s.ibm_runtime);
+  CHECK(s.ibm_runtime->backend == "ibm_kingston");  // the site id unless named
+  CHECK(s.ibm_runtime->url == "https://quantum.cloud.ibm.com/api");
+  CHECK(s.ibm_runtime->iam_url == "https://iam.cloud.ibm.com");
+  CHECK(s.ibm_runtime->api_key_file == std::filesystem::path("/etc/scigate/secrets/ibm.key"));
+  CHECK(s.ibm_runtime->max_shots == 50000);
+
+  auto bad = [](const std::string& text) {
+    try {
+      parse_config(text, "/etc/scigate", "t.toml");
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  CHECK(bad("[[sites]]\nid = \"q\"\nscheduler = \"ibm-runtime\"\n").find("no [sites.ibm_runtime] table") !=
+        std::string::npos);
+  CHECK(bad("[[sites]]\nid = \"q\"\nscheduler = \"ibm-runtime\"\n[sites.ibm_runtime]\nservice_crn = \"x\"\n")
+            .find("needs api_key_file and service_crn") != std::string::npos);
+  CHECK(bad("[[sites]]\nid = \"q\"\nscheduler = \"ibm-runtime\"\n[sites.ibm_runtime]\napi_key = \"inline\"\n")
+            .find("api_key") != std::string::npos);  // keys never in the config file itself
+  CHECK(bad("[[sites]]\nid = \"q\"\nscheduler = \"pbs\"\n").find("\"ibm-runtime\"") != std::string::npos);
+}

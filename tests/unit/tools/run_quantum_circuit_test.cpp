@@ -29,7 +29,9 @@ CallContext context() {
 
 TEST_CASE("run_quantum_circuit: facts come from the parsed circuit and price the hold", "[quantum][tools]") {
   QuantumConfig cfg;
-  RunQuantumCircuitTool tool(cfg);
+  Config full;
+  full.quantum = cfg;
+  RunQuantumCircuitTool tool(full, nullptr);
   json args = {{"source", "OPENQASM 2.0;\ninclude \"qelib1.inc\";\nqreg q[3];\ncreg c[3];\nh q;\ncx q[0],q[1];\nmeasure q -> c;\n"}};
   auto f = tool.derive_facts(args);
   REQUIRE(std::holds_alternative<json>(f));
@@ -64,7 +66,9 @@ TEST_CASE("run_quantum_circuit: cancellation stops a long simulation on the pool
   QuantumConfig cfg;
   cfg.fusion = false;
   cfg.threads = 1;
-  RunQuantumCircuitTool tool(cfg);
+  Config full;
+  full.quantum = cfg;
+  RunQuantumCircuitTool tool(full, nullptr);
   boost::asio::io_context io;
   CallContext ctx = context();
   // 20 qubits x 8000 gates: many seconds; cancelled after 100 ms.
@@ -83,7 +87,9 @@ TEST_CASE("run_quantum_circuit: cancellation stops a long simulation on the pool
 TEST_CASE("run_quantum_circuit: progress is reported on the call's executor, up to 100", "[quantum][tools]") {
   QuantumConfig cfg;
   cfg.fusion = false;
-  RunQuantumCircuitTool tool(cfg);
+  Config full;
+  full.quantum = cfg;
+  RunQuantumCircuitTool tool(full, nullptr);
   boost::asio::io_context io;
   CallContext ctx = context();
   std::vector<double> seen;
