@@ -146,7 +146,7 @@ TEST_CASE("models: availability written to model_backends shows as served") {
   CHECK(llama["structuredContent"]["served_by"] == json::parse(R"([{"backend": "vllm-1", "seen_ms": 1700000000000}])"));
 }
 
-TEST_CASE("models: a project without a policy file sees every model; one whose policy has no inference rule, none") {
+TEST_CASE("models: a project without a policy file sees every model, one whose policy has no inference rule none") {
   ServerProcess s("[[projects]]\nid = \"open\"\nmembers = [\"demo\"]\n", false);
   s.merge_config("[[projects]]\nid = \"closed\"\nmembers = [\"demo\"]\npolicy = \"policies/closed.toml\"\n");
   std::ofstream(s.dir() / "policies" / "closed.toml")
@@ -165,7 +165,7 @@ TEST_CASE("models: a project without a policy file sees every model; one whose p
   CHECK(error_code(call_for(c, s.user_key(), "closed", "get_model", {{"model", "bge-m3"}})) == "not_found");
 }
 
-TEST_CASE("cli: models import validates and upserts; models list shows the catalog or one principal's view") {
+TEST_CASE("cli: models import validates and upserts, models list shows the catalog or one principal's view") {
   ServerProcess s("", false);
   std::string out;
   // init imported the example catalog.

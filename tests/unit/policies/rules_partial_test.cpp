@@ -89,7 +89,7 @@ TEST_CASE("policy partial: a forbid excludes only when it fires on the fixed arg
   CHECK(pol.could_permit_with(member("alice"), "p", "call_inference", model("qwen2.5-vl-7b")));
 }
 
-TEST_CASE("policy partial: no rule for the tool is the default deny; an unconditional rule permits all") {
+TEST_CASE("policy partial: no rule for the tool is the default deny, an unconditional rule permits all") {
   Policy none = Policy::parse("[[rules]]\nid = \"w\"\neffect = \"permit\"\ntools = [\"whoami\"]\n", "pol.toml");
   CHECK_FALSE(none.could_permit_with(member("alice"), "p", "call_inference", model("llama-3.1-8b-instruct")));
   Policy all = Policy::parse("[[rules]]\nid = \"w\"\neffect = \"permit\"\ntools = [\"*\"]\n", "pol.toml");

@@ -113,7 +113,7 @@ TEST_CASE("registry manifest: errors name the model and the field") {
   CHECK(problems_of(one_model("context_length = 8\ntasks = []\n")).find("tasks") != std::string::npos);
 }
 
-TEST_CASE("registry manifest: a bad modality, task or duplicate id is refused; all problems are listed") {
+TEST_CASE("registry manifest: a bad modality, task or duplicate id is refused, and all problems are listed") {
   std::string text = one_model("context_length = 8\n");
   std::string bad_modality = text;
   bad_modality.replace(bad_modality.find("\"text\""), 6, "\"audio\"");
