@@ -43,6 +43,15 @@ class PolicyEngine {
   virtual Decision decide(const PolicyQuery& query) const = 0;
   // Whether the tool may appear in the principal's tools/list (some call could be permitted).
   virtual bool may_list(const Principal& principal, const std::string& tool) const = 0;
+  // Whether some call of `tool` for `project` whose arguments include `fixed` (a partial
+  // argument object, e.g. {"model": "bge-m3"}) could be permitted: an argument-partial decision.
+  // Conditions on arguments `fixed` does not set, time windows and rate limits never deny here;
+  // a forbid denies only when it fires on `fixed` alone. The model registry asks it to show a
+  // project only the models it may call (docs/MODELS.md). The default: members may.
+  virtual bool could_permit(const Principal& principal, const std::string& project, const std::string& tool,
+                            const nlohmann::json& fixed) const {
+    return principal.member_of(project);
+  }
   // Re-reads policy sources; on any error the previous policy stays in force and the error
   // (file:line:column: what) is returned. The built-in engine has nothing to reload.
   virtual std::optional<std::string> reload() { return std::nullopt; }

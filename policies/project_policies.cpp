@@ -71,6 +71,15 @@ bool ProjectPolicies::may_list(const Principal& principal, const std::string& to
   return false;
 }
 
+bool ProjectPolicies::could_permit(const Principal& principal, const std::string& project, const std::string& tool,
+                                   const nlohmann::json& fixed) const {
+  if (project.empty() || !principal.member_of(project)) return false;
+  auto snap = current_.load(std::memory_order_acquire);
+  auto it = snap->by_project.find(project);
+  if (it == snap->by_project.end()) return true;  // the membership policy: members may call everything
+  return it->second->could_permit_with(principal, project, tool, fixed, schema_lookup_ ? schema_lookup_(tool) : nullptr);
+}
+
 std::optional<std::string> ProjectPolicies::reload_from(const char* trigger) {
   std::lock_guard lock(reload_mutex_);
   std::shared_ptr<const Snapshot> fresh;

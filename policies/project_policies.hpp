@@ -54,6 +54,10 @@ class ProjectPolicies final : public PolicyEngine {
 
   Decision decide(const PolicyQuery& query) const override;
   bool may_list(const Principal& principal, const std::string& tool) const override;
+  // Membership, then the project's policy (Policy::could_permit_with), or the membership
+  // policy where the project has no file.
+  bool could_permit(const Principal& principal, const std::string& project, const std::string& tool,
+                    const nlohmann::json& fixed) const override;
   // Re-reads every file; all are swapped in, or none (the error names file:line:column).
   // Logs policy_reloaded or policy_reload_failed.
   std::optional<std::string> reload() override { return reload_from("request"); }

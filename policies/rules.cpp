@@ -1149,6 +1149,45 @@ bool Policy::could_permit(const Principal& principal, const std::string& project
   return permitted;
 }
 
+bool Policy::could_permit_with(const Principal& principal, const std::string& project, const std::string& tool,
+                               const json& fixed, const json* schema) const {
+  auto is_fixed = [&fixed](const Condition& c) { return fixed.is_object() && !c.path.empty() && fixed.contains(c.path[0]); };
+  bool permitted = false;
+  for (const Rule& r : rules_) {
+    if (!tool_matches(r.tools, tool) || !principal_matches(r.principals, principal, project)) continue;
+    if (!r.permit) {
+      // Fires whatever the open arguments and the clock: only then does it exclude.
+      if (r.context) continue;
+      bool fires = true;
+      for (const Condition& c : r.when) {
+        if (!is_fixed(c)) {
+          fires = false;
+          break;
+        }
+        std::string err, err_hint;
+        if (forbid_condition(c, fixed, schema, nullptr, err, err_hint) == Eval::kFails) {
+          fires = false;
+          break;
+        }
+      }
+      if (fires) return false;
+      continue;
+    }
+    if (permitted) continue;
+    bool holds = true;
+    for (const Condition& c : r.when) {
+      if (!is_fixed(c)) continue;
+      std::string err, err_hint;
+      if (permit_condition(c, fixed, schema, nullptr, err, err_hint) != Eval::kHolds) {
+        holds = false;
+        break;
+      }
+    }
+    permitted = holds;
+  }
+  return permitted;
+}
+
 Decision Policy::decide(const PolicyQuery& q, RateLimiter* limiter, const json* input_schema) const {
   Decision d = decide_rules(q, input_schema);
   if (d.permitted() && limiter) apply_rate_limits(q, *limiter, d);

@@ -121,6 +121,13 @@ class Policy {
   // matches principal and tool, and no forbid matches them unconditionally. Argument
   // conditions and time windows are not looked at.
   bool could_permit(const Principal& principal, const std::string& project, const std::string& tool) const;
+  // The same question with some arguments fixed (top-level members of `fixed`): a permit could
+  // grant when every condition on a fixed argument holds (conditions on other arguments and
+  // time windows are left open); a forbid excludes when it has no time window and all its
+  // conditions are on fixed arguments and fire. A condition that cannot be evaluated on a fixed
+  // argument (wrong type) counts as failing a permit and firing a forbid, as decide() would.
+  bool could_permit_with(const Principal& principal, const std::string& project, const std::string& tool,
+                         const nlohmann::json& fixed, const nlohmann::json* input_schema = nullptr) const;
 
   const std::string& source() const { return source_; }
   const std::string& hash() const { return hash_; }  // hex SHA-256 of the file's bytes

@@ -3,6 +3,7 @@
 #include "tools/audit/query_audit_log.hpp"
 #include "tools/demo/demo_tools.hpp"
 #include "tools/jobs/job_tools.hpp"
+#include "tools/models/model_tools.hpp"
 #include "tools/quantum/run_quantum_circuit.hpp"
 #include "tools/usage/usage_tool.hpp"
 #include "tools/whoami/whoami.hpp"
@@ -21,6 +22,10 @@ ToolRegistry make_registry(const Config& config, const ToolServices& services) {
     r.add(std::make_unique<CancelJobTool>(*services.jobs));
     r.add(std::make_unique<ReadJobOutputTool>(*services.jobs));
     r.add(std::make_unique<WaitJobTool>(*services.jobs));
+  }
+  if (services.models && services.policy) {
+    r.add(std::make_unique<QueryModelRegistryTool>(ModelToolDeps{*services.models, *services.policy, services.rates}));
+    r.add(std::make_unique<GetModelTool>(ModelToolDeps{*services.models, *services.policy, services.rates}));
   }
   if (config.quantum.enabled) r.add(std::make_unique<RunQuantumCircuitTool>(config, services.jobs));
   if (config.demo_tools) {

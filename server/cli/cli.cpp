@@ -13,10 +13,12 @@
 
 #include "policies/policy_tests.hpp"
 #include "policies/project_policies.hpp"
+#include "scigate/demo_models.hpp"
 #include "scigate/version.hpp"
 #include "server/app.hpp"
 #include "server/auth/directory.hpp"
 #include "server/cli/credits_cli.hpp"
+#include "server/cli/models_cli.hpp"
 #include "policies/audit_checkpoint.hpp"
 #include "server/cli/audit_cli.hpp"
 #include "server/observability/log.hpp"
@@ -49,6 +51,10 @@ usage:
   scigate credits statement --project P [--since DATE] [--format text|jsonl]
   scigate credits rates [--history]
   scigate credits verify                 check the ledger's invariants
+  scigate models import [--config FILE] MANIFEST...   add or update models from manifests (docs/MODELS.md)
+  scigate models list [--config FILE] [--format text|json] [--modality M] [--text WORDS] [--served]
+                      [--project P --as NAME [--kind user|service] [--group G]...]
+                                   the catalog; with --as, only what NAME sees in project P
   scigate version
 
 --config defaults to $SCIGATE_CONFIG, then ./scigate.toml.
@@ -170,6 +176,24 @@ shots = { max = 100000, optional = true }                  # absent: the tool's 
 backend = { in = ["statevector"], optional = true }        # absent: statevector
 
 [[rules]]
+id = "members-find-models"
+effect = "permit"
+description = "Members search the model registry"
+principals = ["role:member"]
+tools = ["query_model_registry", "get_model"]
+
+# The registry shows a project only the models its inference rules name (docs/MODELS.md):
+# here the example catalog's small models, not the larger vision model.
+[[rules]]
+id = "members-small-models"
+effect = "permit"
+description = "Members use the small text, OCR, embedding and speech models"
+principals = ["role:member"]
+tools = ["call_inference", "embed"]
+[rules.when]
+model = { in = ["llama-3.1-8b-instruct", "got-ocr-2.0", "bge-m3", "nomic-embed-text-v1.5", "whisper-large-v3"] }
+
+[[rules]]
 id = "robots-sleep-1-min"
 effect = "forbid"
 description = "Service accounts sleep for a minute at most"
@@ -271,6 +295,30 @@ principal = "demo"
 tool = "query_audit_log"
 args = {}
 expect = "deny"
+
+[[cases]]
+name = "a member may search the model registry"
+principal = "demo"
+tool = "query_model_registry"
+args = { text = "embedding" }
+expect = "allow"
+rule = "members-find-models"
+
+[[cases]]
+name = "a member may embed with bge-m3"
+principal = "demo"
+tool = "embed"
+args = { model = "bge-m3" }
+expect = "allow"
+rule = "members-small-models"
+
+[[cases]]
+name = "a member may not use the vision model"
+principal = "demo"
+tool = "call_inference"
+args = { model = "qwen2.5-vl-7b-instruct" }
+expect = "deny"
+rule = "members-small-models"
 
 [[cases]]
 name = "someone outside the project may not echo"
@@ -389,6 +437,7 @@ int cmd_init(const Args& args) {
   auto key = app.keys().create("demo", "user", "demo key created by scigate init");
   auto lab = app.keys().create("lab-controller", "service", "demo service key created by scigate init");
   grant_credits(cfg, "demo", "", 1000 * kMicroPerCredit, std::nullopt, "scigate init", "demo credits");
+  std::size_t models = import_models_text(cfg, kDemoModels, "examples/models/manifest.toml");
   auto audit_key = audit::SigningKey::load_or_create(cfg.audit.signing_key);
   std::cout << "Initialised " << fs::absolute(dir).string() << "\n"
             << "  config:   " << fs::absolute(cfg_file).string() << "\n"
@@ -399,6 +448,8 @@ int cmd_init(const Args& args) {
             << "  policy:   " << fs::absolute(dir / "policies" / "demo.toml").string() << " (tests: demo.test.toml beside it)\n"
             << "  jobs:     local executor, job directories in " << cfg.sites.front().jobs_root.string() << "\n"
             << "  credits:  1000 granted to project demo (scigate credits balance --config "
+            << fs::absolute(cfg_file).string() << ")\n"
+            << "  models:   " << models << " example models in the registry (scigate models list --config "
             << fs::absolute(cfg_file).string() << ")\n\n"
             << "Demo API key for user 'demo' (shown once, keep it):\n  " << key.token << "\n"
             << "Service key for 'lab-controller' (shown once):\n  " << lab.token << "\n";
@@ -596,6 +647,18 @@ int cmd_credits(const std::vector<std::string>& a) {
   return credits_command(cfg, c, std::cout);
 }
 
+int cmd_models(const std::vector<std::string>& a) {
+  if (a.size() < 3) throw std::invalid_argument("usage: scigate models import|list [--config FILE] ...");
+  Args args = parse_args(a, 3, {"config", "format", "project", "as", "kind", "group", "modality", "text"});
+  Config cfg = load_config(config_path(args));
+  log::init("text", "warn");
+  ModelsArgs m{a[2], args.positional, args.options, args.flags, {}};
+  if (auto it = args.all.find("group"); it != args.all.end()) m.groups = it->second;
+  m.options.erase("config");
+  m.options.erase("group");
+  return models_command(cfg, m, std::cout, std::cerr);
+}
+
 }  // namespace
 
 int run(const std::vector<std::string>& a) {
@@ -615,6 +678,7 @@ int run(const std::vector<std::string>& a) {
     if (cmd == "audit") return run_audit(a);
     if (cmd == "policy") return cmd_policy(a);
     if (cmd == "credits") return cmd_credits(a);
+    if (cmd == "models") return cmd_models(a);
     std::cerr << "scigate: unknown command '" << cmd << "'\n\n" << kUsage;
     return 2;
   } catch (const ConfigError& e) {

@@ -314,6 +314,60 @@ const std::vector<Migration>& schema_migrations() {
         -- quantum/ibm): what the site returned, as JSON, shown by get_job.
         ALTER TABLE jobs ADD COLUMN result TEXT;
       )sql"},
+      {8, R"sql(
+        -- The model registry (connectors/registry/, docs/MODELS.md): one row per model, imported
+        -- from manifests and upserted by id. seq is an explicit rowid because the full-text index
+        -- below refers to rows by rowid, which VACUUM may renumber unless it is declared.
+        CREATE TABLE models (
+          seq            INTEGER PRIMARY KEY,
+          id             TEXT NOT NULL UNIQUE,
+          revision       TEXT NOT NULL DEFAULT '',
+          name           TEXT NOT NULL DEFAULT '',
+          family         TEXT NOT NULL,
+          modality       TEXT NOT NULL CHECK (modality IN ('text','vision','ocr','embedding','speech')),
+          tasks          TEXT NOT NULL,             -- JSON array of strings
+          parameters     INTEGER NOT NULL,
+          context_length INTEGER NOT NULL,
+          quantization   TEXT NOT NULL DEFAULT '',
+          license        TEXT NOT NULL COLLATE NOCASE,
+          source         TEXT NOT NULL DEFAULT '',
+          weights_sha256 TEXT NOT NULL DEFAULT '',
+          gpu_memory_mib INTEGER NOT NULL DEFAULT 0,
+          description    TEXT NOT NULL DEFAULT '',
+          rates          TEXT NOT NULL,             -- JSON object: usage kind -> credit resource
+          imported_ms    INTEGER NOT NULL,
+          updated_ms     INTEGER NOT NULL
+        );
+        CREATE INDEX models_modality ON models(modality, id);
+        CREATE INDEX models_license ON models(license, id);
+        CREATE INDEX models_parameters ON models(parameters);
+        -- Which backends serve a model now; replaced per backend by the inference connector.
+        CREATE TABLE model_backends (
+          model_id TEXT NOT NULL,
+          backend  TEXT NOT NULL,
+          seen_ms  INTEGER NOT NULL,
+          PRIMARY KEY (model_id, backend)
+        );
+        CREATE INDEX model_backends_backend ON model_backends(backend);
+        -- Full-text search over what people search for; kept in sync by the triggers.
+        CREATE VIRTUAL TABLE models_fts USING fts5(
+          id, name, family, tasks, description,
+          content='models', content_rowid='seq', tokenize='porter unicode61');
+        CREATE TRIGGER models_fts_insert AFTER INSERT ON models BEGIN
+          INSERT INTO models_fts(rowid, id, name, family, tasks, description)
+            VALUES (new.seq, new.id, new.name, new.family, new.tasks, new.description);
+        END;
+        CREATE TRIGGER models_fts_delete AFTER DELETE ON models BEGIN
+          INSERT INTO models_fts(models_fts, rowid, id, name, family, tasks, description)
+            VALUES ('delete', old.seq, old.id, old.name, old.family, old.tasks, old.description);
+        END;
+        CREATE TRIGGER models_fts_update AFTER UPDATE ON models BEGIN
+          INSERT INTO models_fts(models_fts, rowid, id, name, family, tasks, description)
+            VALUES ('delete', old.seq, old.id, old.name, old.family, old.tasks, old.description);
+          INSERT INTO models_fts(rowid, id, name, family, tasks, description)
+            VALUES (new.seq, new.id, new.name, new.family, new.tasks, new.description);
+        END;
+      )sql"},
   };
   return kMigrations;
 }

@@ -48,10 +48,11 @@ for (const kind of ['http', 'stdio']) {
         assert.equal(r.code, 0, `exit ${r.code}\n${r.stderr}\n${r.stdout}`);
         const tools = r.json?.result?.tools;
         assert.ok(Array.isArray(tools), `no result.tools in: ${r.stdout.slice(0, 500)}`);
-        // The demo policy's tools: introspection, the demo tools, the job tools and the simulator.
+        // The demo policy's tools: introspection, the demo tools, the job tools, the simulator and
+        // the model registry.
         assert.deepEqual(tools.map((t) => t.name).sort(), [
-          'cancel_job', 'echo', 'get_job', 'get_usage', 'list_jobs', 'read_job_output', 'run_quantum_circuit', 'sleep', 'submit_job',
-          'wait_job', 'whoami',
+          'cancel_job', 'echo', 'get_job', 'get_model', 'get_usage', 'list_jobs', 'query_model_registry', 'read_job_output',
+          'run_quantum_circuit', 'sleep', 'submit_job', 'wait_job', 'whoami',
         ]);
         // Only submitting and cancelling a job change anything; cancelling destroys work.
         const writes = { submit_job: { destructive: false }, cancel_job: { destructive: true } };
