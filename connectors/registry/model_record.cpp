@@ -48,16 +48,9 @@ json compact_json(const ModelRecord& m) {
 }
 
 json full_json(const ModelRecord& m) {
-  json j = json::object();
-  j["id"] = m.id;
+  json j = compact_json(m);  // the compact fields, then the rest
   j["revision"] = m.revision;
   j["name"] = m.name;
-  j["family"] = m.family;
-  j["modality"] = m.modality;
-  j["tasks"] = m.tasks;
-  j["parameters"] = m.parameters;
-  j["size"] = size_text(m.parameters);
-  j["context_length"] = m.context_length;
   j["quantization"] = m.quantization;
   j["license"] = m.license;
   j["source"] = m.source;

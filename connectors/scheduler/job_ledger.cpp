@@ -202,6 +202,10 @@ void JobService::stop() {
   // posted before the server destroys its io_context (App::drain_writers). Joining twice (here
   // and in the destructor) is harmless.
   db_.join();
+  // The schedulers go too, while the io_context still exists: their threads (the local runner,
+  // the HTTP client of a remote site) post completions to its executors, and anything still in
+  // flight is completed (as cancelled) into the stopped context rather than into a dead one.
+  runtimes_.clear();
 }
 
 void JobService::load() {
