@@ -441,7 +441,9 @@ asio::awaitable<ToolResult> RunQuantumCircuitTool::call_remote(std::shared_ptr<q
     if (!r) co_return ToolResult::failure(Error::internal("job " + rec.id + " vanished from the ledger"));
     rec = std::move(*r);
     if (jobs::is_final(rec.state)) break;
-    if (ctx.cancelled() || std::chrono::steady_clock::now() >= ctx.deadline) {
+    bool past_deadline =
+        ctx.deadline.time_since_epoch().count() != 0 && std::chrono::steady_clock::now() >= ctx.deadline;
+    if (ctx.cancelled() || past_deadline) {
       // The caller no longer wants the run: the device should not spend the project's shots.
       auto cancelled = co_await jobs_->cancel(ctx.project, rec.id);
       (void)cancelled;
