@@ -348,7 +348,7 @@ TEST_CASE("quantum remote: device failures, the service's time limit, cancel in 
   CHECK(local["isError"] == false);
 }
 
-TEST_CASE("quantum remote: a revoked token is renewed; an API key the service refuses is the operator's problem") {
+TEST_CASE("quantum remote: a revoked token is renewed and an API key the service refuses is the operator problem") {
   IbmDouble d({"--queue-ms", "50", "--run-ms", "50"});
   {
     RemoteServer rs(d);
