@@ -82,6 +82,18 @@ inline std::complex<T> mul(std::complex<T> a, std::complex<T> b) {
   return {a.real() * b.real() - a.imag() * b.imag(), a.real() * b.imag() + a.imag() * b.real()};
 }
 
+// The 2x2 matrix on `run` amplitude pairs (a[j], b[j]): the inner loop of the portable
+// one-target kernels.
+template <typename T>
+inline void butterfly_run(std::complex<T>* a, std::complex<T>* b, uint64_t run, std::complex<T> m00,
+                          std::complex<T> m01, std::complex<T> m10, std::complex<T> m11) {
+  for (uint64_t j = 0; j < run; ++j) {
+    std::complex<T> x = a[j], y = b[j];
+    a[j] = mul(m00, x) + mul(m01, y);
+    b[j] = mul(m10, x) + mul(m11, y);
+  }
+}
+
 template <typename T>
 void dense_1q_portable(std::complex<T>* psi, const PreparedGate<T>& g, uint64_t begin, uint64_t end) {
   const int t = g.targets[0];
@@ -93,11 +105,7 @@ void dense_1q_portable(std::complex<T>* psi, const PreparedGate<T>& g, uint64_t 
     uint64_t run = std::min(end - k, stride - low);
     std::complex<T>* a = psi + (((k >> t) << (t + 1)) | low);
     std::complex<T>* b = a + stride;
-    for (uint64_t j = 0; j < run; ++j) {
-      std::complex<T> x = a[j], y = b[j];
-      a[j] = mul(m00, x) + mul(m01, y);
-      b[j] = mul(m10, x) + mul(m11, y);
-    }
+    butterfly_run(a, b, run, m00, m01, m10, m11);
     k += run;
   }
 }
@@ -135,11 +143,7 @@ void single_target_portable(std::complex<T>* psi, const PreparedGate<T>& g, uint
     uint64_t run = std::min(end - k, run_len - (k & (run_len - 1)));
     std::complex<T>* a = psi + (insert_zero_bits(k, fixed) | g.control_mask);
     std::complex<T>* b = a + stride;
-    for (uint64_t j = 0; j < run; ++j) {
-      std::complex<T> x = a[j], y = b[j];
-      a[j] = mul(m00, x) + mul(m01, y);
-      b[j] = mul(m10, x) + mul(m11, y);
-    }
+    butterfly_run(a, b, run, m00, m01, m10, m11);
     k += run;
   }
 }
