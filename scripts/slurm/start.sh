@@ -113,6 +113,9 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=256
 SchedulerType=sched/backfill
+# A job the submit-time attempt could not start (node still completing the previous job, a busy
+# host) otherwise waits for the next main pass, 60 s by default: longer than tests wait.
+SchedulerParameters=sched_interval=5,bf_interval=5
 MpiDefault=none
 ReturnToService=2
 JobAcctGatherType=jobacct_gather/linux
