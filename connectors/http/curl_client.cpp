@@ -41,6 +41,7 @@ struct Transfer {
   std::unique_ptr<CurlClient::Completion> completion;
   char errbuf[CURL_ERROR_SIZE] = {0};
   std::string abort_reason;  // set when a callback stopped the transfer
+  bool head_done = false;    // on_headers was called for the final response
   std::chrono::steady_clock::time_point t0;
 
   ~Transfer() {
@@ -76,6 +77,18 @@ size_t on_header(char* data, size_t size, size_t n, void* user) {
   std::string_view line(data, len);
   if (line.rfind("HTTP/", 0) == 0) {
     t->response.headers.clear();  // a new response (after 100-continue or a redirect)
+    return len;
+  }
+  if ((line == "\r\n" || line == "\n") && t->request.on_headers && !t->head_done) {
+    long status = 0;
+    curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+    if (status >= 200) {
+      t->head_done = true;
+      if (!t->request.on_headers(status, t->response.headers)) {
+        t->abort_reason = "the receiver stopped the transfer";
+        return 0;
+      }
+    }
     return len;
   }
   auto colon = line.find(':');
@@ -264,6 +277,29 @@ CurlClient::~CurlClient() {
   }
 }
 
+void CancelToken::cancel() {
+  std::function<void()> fn;
+  {
+    std::lock_guard g(m_);
+    if (cancelled_) return;
+    cancelled_ = true;
+    fn = std::move(canceller_);
+  }
+  if (fn) fn();
+}
+
+bool CancelToken::cancelled() const {
+  std::lock_guard g(m_);
+  return cancelled_;
+}
+
+bool CancelToken::arm(std::function<void()> canceller) {
+  std::lock_guard g(m_);
+  if (cancelled_) return false;
+  canceller_ = std::move(canceller);
+  return true;
+}
+
 uint64_t CurlClient::started() const { return impl_->started.load(); }
 std::size_t CurlClient::in_flight() const { return impl_->in_flight.load(); }
 
@@ -287,18 +323,25 @@ void CurlClient::start(Request request, std::unique_ptr<Completion> completion, 
     std::lock_guard g(impl_->m);
     impl_->live.insert(id);
   }
-  if (slot.is_connected()) {
-    std::weak_ptr<Impl> weak = impl_;
-    slot.assign([weak, id](boost::asio::cancellation_type) {
-      if (auto impl = weak.lock()) {
-        {
-          std::lock_guard g(impl->m);
-          if (impl->stop || !impl->live.count(id)) return;  // finished already
-          impl->to_cancel.push_back(id);
-        }
-        impl->wake();
+  // A cancel, from any thread: queued for the client's thread, which removes the transfer and
+  // completes it as cancelled (or drops the cancel when the transfer has finished).
+  std::weak_ptr<Impl> weak = impl_;
+  auto cancel = [weak, id] {
+    if (auto impl = weak.lock()) {
+      {
+        std::lock_guard g(impl->m);
+        if (impl->stop || !impl->live.count(id)) return;  // finished already
+        impl->to_cancel.push_back(id);
       }
-    });
+      impl->wake();
+    }
+  };
+  if (slot.is_connected()) slot.assign([cancel](boost::asio::cancellation_type) { cancel(); });
+  if (t->request.cancel_token && !t->request.cancel_token->arm(cancel)) {
+    t->response.cancelled = true;
+    t->response.error = "cancelled";
+    impl_->finish(std::move(t));
+    return;
   }
   {
     std::lock_guard g(impl_->m);

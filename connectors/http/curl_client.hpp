@@ -27,11 +27,29 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace scigate::http {
+
+// Stops one exchange from any thread, for callers that do not await perform() in a coroutine
+// they can cancel (a stream consumer, see body_stream.hpp). Cancelling before the exchange
+// started stops it as soon as it starts. Thread-safe.
+class CancelToken {
+ public:
+  void cancel();
+  bool cancelled() const;
+
+ private:
+  friend class CurlClient;
+  // Called by the client when the exchange starts; returns false if it is already cancelled.
+  bool arm(std::function<void()> canceller);
+  mutable std::mutex m_;
+  bool cancelled_ = false;
+  std::function<void()> canceller_;  // set while the exchange runs
+};
 
 struct Request {
   std::string method = "GET";
@@ -44,6 +62,11 @@ struct Request {
   // When set, the body is handed over in pieces as it arrives instead of being collected in
   // Response::body (streams). Return false to stop the transfer (Response::error says why).
   std::function<bool(std::string_view)> on_data;
+  // When set, called once the head of the (final, non-1xx) response has arrived, before any of
+  // its body: the status and the headers (names lower-case). Return false to stop the transfer.
+  std::function<bool(long status, const std::map<std::string, std::string>& headers)> on_headers;
+  // When set, the exchange can be stopped through it (see CancelToken).
+  std::shared_ptr<CancelToken> cancel_token;
   // CURLOPT_RESOLVE entries ("host:port:address"): pins a name to an address already checked.
   std::vector<std::string> resolve;
   bool follow_redirects = false;
@@ -89,6 +112,11 @@ class CurlClient {
     virtual ~Completion() = default;
     virtual void complete(Response r) = 0;
   };
+  // The exchange without a coroutine: `completion` runs once, on the client's thread (or on the
+  // caller's, when the exchange cannot start). Stop it with Request::cancel_token.
+  void start(Request request, std::unique_ptr<Completion> completion) {
+    start(std::move(request), std::move(completion), boost::asio::cancellation_slot());
+  }
 
  private:
   struct Initiation {
