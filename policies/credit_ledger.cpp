@@ -202,6 +202,7 @@ asio::awaitable<ReserveResult> SqliteLedger::reserve(HoldRequest req) {
   op->spec.tool = req.tool;
   op->spec.request_id = req.request_id;
   op->spec.amount = amount;
+  if (req.minimum) op->spec.min_amount = std::min(amount, rates_.price(*req.minimum));
   op->spec.expires_ms = store_.now() + std::chrono::duration_cast<std::chrono::milliseconds>(timeout).count();
   op->spec.idempotency_key = req.idempotency_key;
   op->spec.args_hash = req.arguments_hash;
@@ -219,7 +220,7 @@ asio::awaitable<ReserveResult> SqliteLedger::reserve(HoldRequest req) {
   switch (op->reserved.kind) {
     case Kind::kHeld:
       r.hold.id = std::to_string(op->reserved.hold_id);
-      r.hold.amount = amount;
+      r.hold.amount = op->reserved.held;
       break;
     case Kind::kReplay: {
       auto stored = json::parse(op->reserved.replay, nullptr, false);

@@ -264,20 +264,27 @@ ReserveOutcome CreditStore::reserve(const HoldSpec& s) {
     lapse(out.account, *a);
     if (auto u = a->users.find(s.user); u != a->users.end()) user_purse = &u->second;
   }
-  if (s.amount > 0) {
+  MicroCredits amount = s.amount;
+  if (amount > 0) {
+    // A flexible hold settles for what the account (and the user's sub-budget) can spare, down
+    // to min_amount.
+    const MicroCredits least = s.min_amount > 0 && s.min_amount < amount ? s.min_amount : amount;
     MicroCredits available = a ? a->purse.available() : 0;
-    if (available < s.amount) {
+    if (available < least) {
       out.kind = ReserveOutcome::Kind::kInsufficient;
       out.available = available;
       return out;
     }
-    if (user_purse && user_purse->available() < s.amount) {
+    if (user_purse && user_purse->available() < least) {
       out.kind = ReserveOutcome::Kind::kSubBudget;
       out.available = user_purse->available();
       return out;
     }
+    amount = std::min(amount, available);
+    if (user_purse) amount = std::min(amount, user_purse->available());
   }
-  OpenHold h{0, out.account, s.project, s.user, s.tool, s.request_id, s.amount,
+  out.held = amount;
+  OpenHold h{0, out.account, s.project, s.user, s.tool, s.request_id, amount,
              now, s.expires_ms, user_purse != nullptr, !s.idempotency_key.empty(),
              s.owner.empty() ? instance_ : s.owner};
   auto& st = st_->insert_hold;

@@ -58,6 +58,9 @@ struct OpenHold {
 struct HoldSpec {
   std::string project, user, tool, request_id;
   MicroCredits amount = 0;
+  // Less than `amount`: a flexible hold. When `amount` is not available but this is, the hold
+  // takes everything available (ReserveOutcome::held says how much).
+  MicroCredits min_amount = 0;
   int64_t expires_ms = 0;
   std::string idempotency_key, args_hash;  // key empty: none
   int64_t key_ttl_ms = 86'400'000;
@@ -74,6 +77,7 @@ struct ReserveOutcome {
     kKeyOtherArguments  // the key was used with other arguments
   } kind = Kind::kHeld;
   int64_t hold_id = 0;
+  MicroCredits held = 0;  // kHeld: what the hold took (`amount`, or less for a flexible hold)
   std::string replay;
   MicroCredits available = 0;
   std::string account;

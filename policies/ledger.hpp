@@ -55,6 +55,10 @@ struct HoldRequest {
   std::string tool;
   std::string request_id;
   Usage worst_case;
+  // Set for a call that can shrink its work to fit (an inference call's max_tokens): when the
+  // worst case is not available but this least useful amount is, everything available is held
+  // (Hold::amount says how much) instead of refusing.
+  std::optional<Usage> minimum;
   // Retried calls with the same key (per project) are charged once: see Hold::replay.
   std::string idempotency_key;
   std::string arguments_hash;  // a reused key with other arguments is a conflict

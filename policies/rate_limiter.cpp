@@ -16,8 +16,8 @@ double refilled(double tokens, int64_t last_ns, int64_t now_ns, double per_secon
   return std::min(burst, tokens + static_cast<double>(now_ns - last_ns) * 1e-9 * per_second);
 }
 
-std::chrono::milliseconds wait_for_one(double tokens, double per_second) {
-  double seconds = (1.0 - tokens) / per_second;
+std::chrono::milliseconds wait_for(double tokens, double amount, double per_second) {
+  double seconds = (amount - tokens) / per_second;
   return std::chrono::milliseconds(std::max<int64_t>(1, static_cast<int64_t>(std::ceil(seconds * 1000.0))));
 }
 
@@ -39,35 +39,36 @@ void RateLimiter::sweep(Shard& s, int64_t now_ns) {
 }
 
 RateLimiter::Result RateLimiter::acquire(const std::string& key, double per_second, double burst, Clock::time_point now,
-                                         bool consume) {
+                                         bool consume, double amount) {
+  if (amount > burst) return Result{false, std::chrono::milliseconds(0)};
   const int64_t now_ns = to_ns(now);
   Shard& s = shard_for(key);
   std::lock_guard lock(s.mutex);
   auto it = s.buckets.find(key);
   if (it == s.buckets.end()) {
-    if (burst < 1.0) return Result{false, wait_for_one(burst, per_second)};
+    if (burst < amount) return Result{false, wait_for(burst, amount, per_second)};
     if (!consume) return Result{};
     if (s.buckets.size() >= s.sweep_at) sweep(s, now_ns);
-    s.buckets.emplace(key, Bucket{burst - 1.0, now_ns, per_second, burst});
+    s.buckets.emplace(key, Bucket{burst - amount, now_ns, per_second, burst});
     return Result{};
   }
   Bucket& b = it->second;
   b.per_second = per_second;
   b.burst = burst;
   double tokens = refilled(b.tokens, b.last_ns, now_ns, per_second, burst);
-  if (tokens < 1.0) return Result{false, wait_for_one(tokens, per_second)};
+  if (tokens < amount) return Result{false, wait_for(tokens, amount, per_second)};
   if (consume) {
-    b.tokens = tokens - 1.0;
+    b.tokens = tokens - amount;
     b.last_ns = std::max(b.last_ns, now_ns);
   }
   return Result{};
 }
 
-void RateLimiter::refund(const std::string& key, double burst) {
+void RateLimiter::refund(const std::string& key, double burst, double amount) {
   Shard& s = shard_for(key);
   std::lock_guard lock(s.mutex);
   auto it = s.buckets.find(key);
-  if (it != s.buckets.end()) it->second.tokens = std::min(burst, it->second.tokens + 1.0);
+  if (it != s.buckets.end()) it->second.tokens = std::min(burst, it->second.tokens + amount);
 }
 
 std::size_t RateLimiter::size() const {

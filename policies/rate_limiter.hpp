@@ -32,11 +32,13 @@ class RateLimiter {
     std::chrono::milliseconds retry_after{0};
   };
 
-  // Takes one token from the bucket `key` (capacity `burst`, refilled at `per_second` tokens
-  // per second, created full), or with consume=false only says whether one is there.
-  Result acquire(const std::string& key, double per_second, double burst, Clock::time_point now, bool consume = true);
-  // Gives back a token taken by acquire() (when a later limit of the same call refused it).
-  void refund(const std::string& key, double burst);
+  // Takes `amount` tokens (default one) from the bucket `key` (capacity `burst`, refilled at
+  // `per_second` tokens per second, created full), or with consume=false only says whether they
+  // are there. An amount above `burst` can never be taken (retry_after is zero then).
+  Result acquire(const std::string& key, double per_second, double burst, Clock::time_point now, bool consume = true,
+                 double amount = 1.0);
+  // Gives back tokens taken by acquire() (when a later limit of the same call refused it).
+  void refund(const std::string& key, double burst, double amount = 1.0);
 
   std::size_t size() const;
 

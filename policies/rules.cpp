@@ -873,7 +873,8 @@ struct Parser {
 
   RateLimit rate_limit(const toml::table& t) const {
     refuse_project_key(t, source);
-    reject_unknown(t, {"id", "description", "principals", "tools", "per", "rate", "burst"}, "[[rate_limits]]", source);
+    reject_unknown(t, {"id", "description", "principals", "tools", "per", "rate", "burst", "cost"}, "[[rate_limits]]",
+                   source);
     RateLimit l;
     l.pos = Position{static_cast<int>(t.source().begin.line), static_cast<int>(t.source().begin.column)};
     l.id = rule_id(t, t.source(), "a rate limit");
@@ -910,8 +911,11 @@ struct Parser {
       if (!v || *v < 1 || !std::isfinite(*v)) fail(b->source(), "burst must be a number of calls, 1 or more");
       l.burst = *v;
     }
+    l.cost = optional_string(t, "cost", source);
+    if (t.get("cost") && (l.cost.empty() || l.cost.find_first_of(" \t") != std::string::npos))
+      fail(t.get("cost")->source(), "cost must name a numeric argument, such as \"tokens\"");
     l.bucket_prefix = l.id + "|" + std::to_string(static_cast<int>(l.per)) + "|" + format_number(l.count) + "/" +
-                      format_number(l.period_s) + "|" + format_number(l.burst);
+                      format_number(l.period_s) + "|" + format_number(l.burst) + "|" + l.cost;
     return l;
   }
 };
@@ -1305,7 +1309,11 @@ Decision Policy::decide_rules(const PolicyQuery& q, const json* schema) const {
 void Policy::apply_rate_limits(const PolicyQuery& q, RateLimiter& limiter, Decision& d) const {
   // Tokens taken from earlier limits are given back when a later one refuses: a refused call
   // must not count.
-  std::vector<std::pair<std::string, double>> taken;
+  struct Taken {
+    std::string key;
+    double burst, amount;
+  };
+  std::vector<Taken> taken;
   for (const RateLimit& l : rate_limits_) {
     if (!tool_matches(l.tools, q.tool) || !principal_matches(l.principals, q.principal, q.project)) continue;
     std::string key;
@@ -1321,18 +1329,29 @@ void Policy::apply_rate_limits(const PolicyQuery& q, RateLimiter& limiter, Decis
       key += '\x1f';
     }
     if (l.per == RateLimit::Per::kTool || l.per == RateLimit::Per::kPrincipalTool) key += q.tool;
-    auto r = limiter.acquire(key, l.count / l.period_s, l.burst, q.now, q.consume);
+    double amount = 1.0;
+    if (!l.cost.empty() && q.arguments.is_object())
+      if (auto c = q.arguments.find(l.cost); c != q.arguments.end() && c->is_number()) amount = std::max(0.0, c->get<double>());
+    auto r = limiter.acquire(key, l.count / l.period_s, l.burst, q.now, q.consume, amount);
     if (r.allowed) {
-      if (q.consume) taken.emplace_back(std::move(key), l.burst);
+      if (q.consume) taken.push_back(Taken{std::move(key), l.burst, amount});
       continue;
     }
-    for (const auto& [k, burst] : taken) limiter.refund(k, burst);
+    for (const auto& t : taken) limiter.refund(t.key, t.burst, t.amount);
     static const char* kPer[] = {"per principal", "per project", "per tool", "per principal and tool"};
-    char secs[32];
-    std::snprintf(secs, sizeof secs, "%.1f", static_cast<double>(r.retry_after.count()) / 1000.0);
-    std::string rate = format_number(l.count) + " calls per " + l.period_name + " " + kPer[static_cast<int>(l.per)];
+    const std::string unit = l.cost.empty() ? "calls" : l.cost;
+    std::string rate = format_number(l.count) + " " + unit + " per " + l.period_name + " " + kPer[static_cast<int>(l.per)];
     d.effect = Decision::Effect::kDeny;
     d.rule_ids = {l.id};
+    if (amount > l.burst) {
+      // Waiting cannot help: the bucket never holds that much.
+      d.reason = "rate limit " + l.id + ": this call takes " + format_number(amount) + " " + unit +
+                 ", more than the limit allows at once (" + format_number(l.burst) + ")";
+      d.hint = "make the call smaller: at most " + format_number(l.burst) + " " + unit;
+      return;
+    }
+    char secs[32];
+    std::snprintf(secs, sizeof secs, "%.1f", static_cast<double>(r.retry_after.count()) / 1000.0);
     d.reason = "rate limit " + l.id + ": " + rate + "; retry in " + secs + " s";
     d.hint = "wait " + std::string(secs) + " s before calling " + q.tool + " again (at most " + rate + ", bursts of " +
              format_number(l.burst) + ")";

@@ -101,6 +101,9 @@ struct RateLimit {
   double period_s = 1;
   std::string period_name;  // "second", "minute", ...
   double burst = 0;
+  // The numeric argument (or derived fact) whose value a call takes from the bucket instead of
+  // one: "tokens" makes a tokens-per-minute limit of call_inference. Empty: one per call.
+  std::string cost;
   std::string bucket_prefix;  // id plus settings: a bucket survives a reload only if they are unchanged
   Position pos;
 };

@@ -794,3 +794,34 @@ TEST_CASE("credit ledger: benchmark", "[.][bench]") {
     WARN("free call reserve+settle: " << per_call << " ns");
   }
 }
+
+TEST_CASE("credit ledger: a flexible hold takes what is available, down to its minimum, and no more") {
+  TempDb db;
+  TestClock clock;
+  SqliteLedger ledger(db.path, make_options(clock));
+  grant(db, clock, "acct-p", 10 * C);
+  Runner r;
+  // The worst case (30) is not there, the minimum (4) is: everything available is held.
+  HoldRequest flexible = request("P", units(30));
+  flexible.minimum = units(4);
+  auto a = r.run(ledger.reserve(flexible));
+  REQUIRE_FALSE(a.error);
+  CHECK(a.hold.amount == 10 * C);
+  CHECK(r.run(ledger.usage("P", "alice")).available == 0);
+  // Nothing left: even the minimum is refused, with the usual message.
+  HoldRequest second = request("P", units(30));
+  second.minimum = units(1);
+  auto refused = r.run(ledger.reserve(second));
+  REQUIRE(refused.error);
+  CHECK(refused.error->code == ErrorCode::kInsufficientCredits);
+  CHECK(r.run(ledger.settle(a.hold, units(7), json::object())) == 7 * C);
+  // When the worst case fits, a flexible hold is an ordinary one.
+  HoldRequest fits = request("P", units(2));
+  fits.minimum = units(1);
+  auto b = r.run(ledger.reserve(fits));
+  REQUIRE_FALSE(b.error);
+  CHECK(b.hold.amount == 2 * C);
+  r.run(ledger.release(b.hold));
+  CHECK(r.run(ledger.usage("P", "alice")).available == 3 * C);
+  CHECK(db.verify(clock.ms).ok);
+}

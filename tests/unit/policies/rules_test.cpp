@@ -740,3 +740,37 @@ TEST_CASE("policy: a long multi-byte argument is cut at a character boundary in 
   // Valid UTF-8 throughout: dumping it with the strict handler does not throw.
   CHECK_NOTHROW(json(d.reason).dump());
 }
+
+TEST_CASE("rate limits: cost takes a call's tokens from the bucket (tokens per minute)") {
+  Policy p = Policy::parse(R"(
+[[rules]]
+id = "all"
+effect = "permit"
+[[rate_limits]]
+id = "tpm"
+tools = ["call_inference"]
+per = "project"
+rate = "1000/min"
+cost = "tokens"
+)",
+                           "p.toml");
+  RateLimiter limiter;
+  auto a = member("alice");
+  auto t = at(6, 12);
+  CHECK(decide(p, a, "call_inference", {{"tokens", 600}}, t, &limiter).permitted());
+  auto d = decide(p, a, "call_inference", {{"tokens", 500}}, t, &limiter);
+  CHECK_FALSE(d.permitted());
+  REQUIRE(d.retry_after);
+  CHECK(d.retry_after->count() == 6000);  // 100 more tokens at 1000/min
+  CHECK(d.reason == "rate limit tpm: 1000 tokens per minute per project; retry in 6.0 s");
+  CHECK(decide(p, member("bob"), "call_inference", {{"tokens", 400}}, t, &limiter).permitted());  // same project bucket
+  // A call larger than the bucket can never pass: no retry_after, a hint to shrink it.
+  d = decide(p, a, "call_inference", {{"tokens", 5000}}, t + std::chrono::hours(1), &limiter);
+  CHECK_FALSE(d.permitted());
+  CHECK_FALSE(d.retry_after);
+  CHECK(d.reason.find("takes 5000 tokens, more than the limit allows at once (1000)") != std::string::npos);
+  // A call without the argument counts one.
+  CHECK(decide(p, a, "call_inference", {}, t + std::chrono::hours(1), &limiter).permitted());
+  CHECK_THROWS_WITH(Policy::parse("[[rate_limits]]\nid = \"r\"\nrate = \"1/min\"\ncost = \"\"\n", "x.toml"),
+                    Catch::Contains("cost must name a numeric argument"));
+}
