@@ -69,6 +69,10 @@ class Tool {
   // The most this call can use, from its validated arguments and derived facts; priced and held
   // before the call runs. The pipeline adds one "call:<tool>" unit itself.
   virtual Usage worst_case_usage(const json& args) const { return {}; }
+  // The least this call can usefully run with, for a call that can shrink its work to fit the
+  // project's credits. When set and the worst case is not available, the pipeline holds what is
+  // (at least this) and the tool reads CallContext::held. nullopt: all or nothing.
+  virtual std::optional<Usage> minimum_usage(const json& args) const { return std::nullopt; }
   // Runs on the call's executor. Cancellation arrives through the coroutine's cancellation
   // slot (awaited Asio operations fail with operation_aborted) and through ctx.cancelled().
   virtual boost::asio::awaitable<ToolResult> call(const json& args, CallContext& ctx) = 0;

@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "policies/ledger.hpp"
 #include "server/auth/principal.hpp"
 
 namespace scigate {
@@ -61,6 +62,20 @@ struct CallContext {
   ProgressReporter progress;
   std::shared_ptr<CancellationFlag> cancellation = std::make_shared<CancellationFlag>();
   json audit_fields = json::object();  // tool-specific facts for the audit record
+
+  // The credit hold: what it took, and whether a ledger meters this call at all (false when
+  // credits are off or the call is free). A tool with a minimum_usage() may have been given
+  // less than its worst case and fits its work to `held` (an inference call's max_tokens).
+  MicroCredits held = 0;
+  bool metered = false;
+  // What the tool has used so far. When the call ends without a result (cancelled, deadline),
+  // this is charged instead of releasing the hold: tokens a backend generated before the caller
+  // hung up are paid for. Tools that use nothing until they return leave it empty.
+  Usage incurred;
+  // Set by a transport that relays partial output as it is produced (the OpenAI-compatible
+  // endpoint's event stream); tools that produce output incrementally hand each piece here, in
+  // their own wire format. Empty otherwise. Called on the call's executor.
+  std::function<void(const json& piece)> partial;
 
   bool cancelled() const { return cancellation->cancelled(); }
 };

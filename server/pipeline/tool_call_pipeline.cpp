@@ -189,7 +189,10 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
   // 5. Credit hold for the worst case (plus the tool's flat per-call rate, if it has one).
   Usage worst = tool->worst_case_usage(decided_args);
   worst.add("call:" + req.tool, 1);
-  HoldRequest hr{project, req.principal.name, req.tool, req.request_id, std::move(worst), req.idempotency_key,
+  std::optional<Usage> minimum = tool->minimum_usage(decided_args);
+  if (minimum) minimum->add("call:" + req.tool, 1);
+  HoldRequest hr{project, req.principal.name, req.tool, req.request_id, std::move(worst), std::move(minimum),
+                 req.idempotency_key,
                  req.idempotency_key.empty() ? std::string() : crypto::sha256_hex(req.tool + "\n" + jsonrpc::dump(req.arguments)),
                  timeout + std::chrono::seconds(60)};
   ReserveResult reserved = co_await ledger_.reserve(std::move(hr));
@@ -229,6 +232,9 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
   ctx.task_id = req.task_id;
   ctx.progress = std::move(req.progress);
   ctx.cancellation = req.cancellation;
+  ctx.held = hold.amount;
+  ctx.metered = !hold.id.empty();
+  ctx.partial = std::move(req.partial);
 
   std::optional<ToolResult> result;
   std::string outcome;
@@ -296,7 +302,16 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
     }
     co_return out;
   }
-  co_await ledger_.release(hold);
+  if (!ctx.incurred.empty()) {
+    // Ended without a result, but the tool had used something (a backend generated tokens
+    // before the caller went away): that is charged, the rest of the hold released.
+    ctx.incurred.add("call:" + req.tool, 1);
+    facts["incurred"] = true;
+    Error e = outcome == "cancelled" ? Error{ErrorCode::kCancelled, "cancelled by the caller", {}, {}} : failure;
+    audit.cost = co_await ledger_.settle(hold, std::move(ctx.incurred), error_result(e));
+  } else {
+    co_await ledger_.release(hold);
+  }
   if (outcome == "cancelled") {
     out.cancelled = true;
     Error e{ErrorCode::kCancelled, "cancelled by the caller", {}, {}};

@@ -35,6 +35,8 @@ struct ToolCallRequest {
   // Set for a call that runs as a task: its id (in the audit record) and its longer deadline.
   std::string task_id;
   std::optional<std::chrono::seconds> timeout;  // default: [limits] tool_timeout_s
+  // Partial output relayed to the caller as it is produced (see CallContext::partial).
+  std::function<void(const json& piece)> partial;
 };
 
 struct ToolCallOutcome {
