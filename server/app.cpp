@@ -103,13 +103,17 @@ App::App(Config config)
       audit_query_(std::make_unique<audit::AuditQueryService>(config_.database)),
       jobs_(std::make_unique<jobs::JobService>(config_, config_.database, *ledger_, make_scheduler)),
       models_(std::make_unique<registry::ModelRegistry>(config_.database)),
+      inference_(config_.inference.backends.empty()
+                     ? nullptr
+                     : std::make_unique<inference::InferenceService>(config_.inference, models_.get())),
       // &policy_ before policy_ is built: the model tools keep the reference and use it only in calls.
       registry_(tools::make_registry(
           config_, tools::ToolServices{ledger_.get(), audit_query_.get(), jobs_.get(), models_.get(), &policy_,
-                                       sqlite_ledger_ ? &sqlite_ledger_->rates() : nullptr})),
+                                       sqlite_ledger_ ? &sqlite_ledger_->rates() : nullptr, inference_.get()})),
       policy_(ProjectPolicies::sources_from(config_)),
       audit_(config_.database, audit_options(config_)),
       pipeline_(registry_, policy_, *ledger_, audit_, metrics_, config_.tool_timeout),
+      openai_(inference_ ? std::make_unique<openai::OpenAiApi>(pipeline_, policy_, *inference_) : nullptr),
       tasks_(config_.tasks.enabled ? std::make_unique<tasks::TaskManager>(config_.tasks, config_.database) : nullptr),
       dispatcher_(config_, pipeline_, registry_, policy_, metrics_, tasks_.get()) {
   if (sqlite_ledger_)
@@ -138,6 +142,7 @@ void App::drain_writers() {
   // stop). Their completions must reach the stopped io_context before it is destroyed; posted
   // to a dead one they would touch freed strands.
   jobs_->stop();  // pollers end; queued database work finishes and posts back
+  if (inference_) inference_->stop();  // its HTTP client's last completions go to the stopped io_context
   if (tasks_) tasks_->join();
   models_->join();
   audit_.flush();
@@ -175,7 +180,7 @@ int App::serve_http(const std::string& host, uint16_t port, const std::string& p
                                                            return false;
                                                          }
                                                        },
-                                                       audit_query_.get()});
+                                                       audit_query_.get(), openai_.get()});
   asio::ip::tcp::endpoint ep;
   try {
     ep = server.listen(host, port);
@@ -198,6 +203,7 @@ int App::serve_http(const std::string& host, uint16_t port, const std::string& p
                  {"detail", "[oidc] resource is not set; using the listen address (set it to the public URL)"}});
   }
   jobs_->start(io);
+  if (inference_) inference_->start(io);
   server.start();
   log::info("listening", {{"url", url}, {"threads", thread_count()}, {"tools", registry_.tools().size()}});
   if (!port_file.empty()) {
@@ -262,6 +268,7 @@ int App::serve_stdio() {
   asio::io_context io;
   auto work = asio::make_work_guard(io);
   jobs_->start(io);
+  if (inference_) inference_->start(io);
   // SIGHUP must not kill a stdio server; it reloads the policies, as over HTTP.
   asio::signal_set hup(io, SIGHUP);
   std::function<void()> wait_hup = [&] {

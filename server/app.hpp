@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 
+#include "connectors/inference/inference_service.hpp"
 #include "connectors/registry/model_registry.hpp"
 #include "connectors/scheduler/job_ledger.hpp"
 #include "policies/audit_query.hpp"
@@ -20,6 +21,7 @@
 #include "server/auth/authenticator.hpp"
 #include "server/config/config.hpp"
 #include "server/observability/metrics.hpp"
+#include "server/openai/openai_api.hpp"
 #include "server/pipeline/tool_call_pipeline.hpp"
 #include "server/protocol/mcp_dispatcher.hpp"
 #include "server/state/database.hpp"
@@ -67,11 +69,14 @@ class App {
   std::unique_ptr<audit::AuditQueryService> audit_query_;  // before registry_: query_audit_log uses it
   std::unique_ptr<jobs::JobService> jobs_;  // before registry_: the job tools use it; schedulers start in serve_*
   std::unique_ptr<registry::ModelRegistry> models_;  // before registry_: the model tools use it
+  // With [[inference.backends]]: before registry_ (call_inference, embed); polls in serve_*.
+  std::unique_ptr<inference::InferenceService> inference_;
   ToolRegistry registry_;
   ProjectPolicies policy_;  // per-project policy files; reloaded on SIGHUP and on change
   SqliteAuditLog audit_;  // after keys_, whose construction migrates the schema
   Metrics metrics_;
   ToolCallPipeline pipeline_;
+  std::unique_ptr<openai::OpenAiApi> openai_;  // null without inference backends
   std::unique_ptr<tasks::TaskManager> tasks_;  // null with [tasks] enabled = false
   mcp::Dispatcher dispatcher_;
 };

@@ -2,6 +2,7 @@
 
 #include "tools/audit/query_audit_log.hpp"
 #include "tools/demo/demo_tools.hpp"
+#include "tools/inference/inference_tools.hpp"
 #include "tools/jobs/job_tools.hpp"
 #include "tools/models/model_tools.hpp"
 #include "tools/quantum/run_quantum_circuit.hpp"
@@ -26,6 +27,10 @@ ToolRegistry make_registry(const Config& config, const ToolServices& services) {
   if (services.models && services.policy) {
     r.add(std::make_unique<QueryModelRegistryTool>(ModelToolDeps{*services.models, *services.policy, services.rates}));
     r.add(std::make_unique<GetModelTool>(ModelToolDeps{*services.models, *services.policy, services.rates}));
+  }
+  if (services.inference) {
+    r.add(std::make_unique<CallInferenceTool>(InferenceToolDeps{*services.inference, config.inference, services.rates}));
+    r.add(std::make_unique<EmbedTool>(InferenceToolDeps{*services.inference, config.inference, services.rates}));
   }
   if (config.quantum.enabled) r.add(std::make_unique<RunQuantumCircuitTool>(config, services.jobs));
   if (config.demo_tools) {

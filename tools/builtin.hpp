@@ -15,6 +15,10 @@ namespace scigate::registry {
 class ModelRegistry;
 }
 
+namespace scigate::inference {
+class InferenceService;
+}
+
 namespace scigate::credits {
 class RateTable;
 }
@@ -36,6 +40,7 @@ struct ToolServices {
   registry::ModelRegistry* models = nullptr;
   const PolicyEngine* policy = nullptr;
   const credits::RateTable* rates = nullptr;  // prices get_model shows; null without a credit ledger
+  inference::InferenceService* inference = nullptr;  // call_inference, embed ([inference] backends)
 };
 
 // The explicit list of tools this build offers. Adding a tool is one line in builtin.cpp.

@@ -249,6 +249,84 @@ void parse_credits(const toml::table& s, CreditsConfig& c, const std::string& so
   }
 }
 
+std::chrono::milliseconds get_ms(const toml::table& t, std::string_view key, std::chrono::milliseconds fallback,
+                                 int64_t least, const std::string& source) {
+  int64_t v = get<int64_t>(t, key, fallback.count(), source);
+  if (v < least)
+    throw ConfigError(where(t.get(key)->source(), source) + ": \"" + std::string(key) + "\" must be at least " +
+                      std::to_string(least));
+  return std::chrono::milliseconds(v);
+}
+
+InferenceBackendConfig parse_inference_backend(const toml::table& t, const toml::node& e, const std::string& source) {
+  reject_unknown(t,
+                 {"id", "url", "flavor", "api_key_file", "api_key_env", "models", "gpu_type", "max_concurrency",
+                  "connect_timeout_ms", "first_token_timeout_ms", "request_timeout_ms"},
+                 "[[inference.backends]]", source);
+  InferenceBackendConfig b;
+  b.id = get<std::string>(t, "id", "", source);
+  if (b.id.empty() || b.id.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") !=
+                          std::string::npos)
+    throw ConfigError(where(e.source(), source) + ": an inference backend needs an \"id\" of letters, digits, '.', '-' and '_'");
+  b.url = get<std::string>(t, "url", "", source);
+  while (!b.url.empty() && b.url.back() == '/') b.url.pop_back();
+  if (b.url.size() > 3 && b.url.compare(b.url.size() - 3, 3, "/v1") == 0) b.url.resize(b.url.size() - 3);
+  if (!is_http_url(b.url))
+    throw ConfigError(where(e.source(), source) + ": inference backend \"" + b.id +
+                      "\" needs a url starting http:// or https:// (the server's base, without /v1)");
+  b.flavor = get<std::string>(t, "flavor", b.flavor, source);
+  if (b.flavor != "vllm" && b.flavor != "llamacpp" && b.flavor != "openai")
+    throw ConfigError(where(e.source(), source) + ": inference backend \"" + b.id +
+                      "\": flavor must be \"vllm\", \"llamacpp\" or \"openai\"");
+  b.api_key_file = get<std::string>(t, "api_key_file", "", source);
+  b.api_key_env = get<std::string>(t, "api_key_env", "", source);
+  if (!b.api_key_file.empty() && !b.api_key_env.empty())
+    throw ConfigError(where(e.source(), source) + ": inference backend \"" + b.id +
+                      "\": set api_key_file or api_key_env, not both");
+  b.models = get_strings(t, "models", {}, source);
+  b.gpu_type = get<std::string>(t, "gpu_type", "", source);
+  b.max_concurrency = get<int>(t, "max_concurrency", b.max_concurrency, source);
+  if (b.max_concurrency < 1)
+    throw ConfigError(where(e.source(), source) + ": inference backend \"" + b.id + "\": max_concurrency must be >= 1");
+  b.connect_timeout = get_ms(t, "connect_timeout_ms", b.connect_timeout, 10, source);
+  b.first_token_timeout = get_ms(t, "first_token_timeout_ms", b.first_token_timeout, 10, source);
+  b.request_timeout = get_ms(t, "request_timeout_ms", b.request_timeout, 10, source);
+  return b;
+}
+
+void parse_inference(const toml::table& s, InferenceConfig& c, const std::string& source) {
+  reject_unknown(s,
+                 {"backends", "health_interval_ms", "retries", "retry_backoff_ms", "breaker_failures",
+                  "breaker_cooldown_ms", "default_max_tokens", "max_embedding_inputs", "max_inline_vectors_bytes",
+                  "queue_timeout_ms"},
+                 "[inference]", source);
+  c.health_interval = get_ms(s, "health_interval_ms", c.health_interval, 10, source);
+  c.retries = get<int>(s, "retries", c.retries, source);
+  c.retry_backoff = get_ms(s, "retry_backoff_ms", c.retry_backoff, 0, source);
+  c.breaker_failures = get<int>(s, "breaker_failures", c.breaker_failures, source);
+  c.breaker_cooldown = get_ms(s, "breaker_cooldown_ms", c.breaker_cooldown, 0, source);
+  c.default_max_tokens = get<int64_t>(s, "default_max_tokens", c.default_max_tokens, source);
+  c.max_embedding_inputs = get<int>(s, "max_embedding_inputs", c.max_embedding_inputs, source);
+  c.max_inline_vectors_bytes = get<std::size_t>(s, "max_inline_vectors_bytes", c.max_inline_vectors_bytes, source);
+  c.queue_timeout = get_ms(s, "queue_timeout_ms", c.queue_timeout, 0, source);
+  if (c.breaker_failures < 1 || c.default_max_tokens < 1 || c.max_embedding_inputs < 1)
+    throw ConfigError(source + ": [inference] needs breaker_failures >= 1, default_max_tokens >= 1 and "
+                               "max_embedding_inputs >= 1");
+  if (const toml::node* n = s.get("backends")) {
+    const toml::array* a = n->as_array();
+    if (!a) throw ConfigError(where(n->source(), source) + ": inference.backends must be an array of tables ([[inference.backends]])");
+    for (const auto& e : *a) {
+      const toml::table* t = e.as_table();
+      if (!t) throw ConfigError(where(e.source(), source) + ": each [[inference.backends]] entry must be a table");
+      InferenceBackendConfig b = parse_inference_backend(*t, e, source);
+      for (const auto& other : c.backends)
+        if (other.id == b.id)
+          throw ConfigError(where(e.source(), source) + ": inference backend \"" + b.id + "\" is defined twice");
+      c.backends.push_back(std::move(b));
+    }
+  }
+}
+
 SiteConfig parse_site(const toml::table& t, const toml::node& e, const std::string& source) {
   reject_unknown(t,
                  {"id", "scheduler", "jobs_root", "poll_interval_ms", "default_partition", "partitions", "run_as",
@@ -365,7 +443,7 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
   Config c;
   c.base_dir = base_dir;
   reject_unknown(root, {"server", "limits", "http", "stdio", "tools", "tasks", "credits", "audit", "projects", "users",
-                        "oidc", "sites", "quantum"},
+                        "oidc", "sites", "quantum", "inference"},
                  "the top level",
                  source);
   if (auto* s = section(root, "server", source)) {
@@ -449,6 +527,7 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
       throw ConfigError(source + ": [quantum] needs max_memory_mb >= 1, threads >= 0, concurrency >= 1, "
                                  "max_fused_qubits 2..5, max_statevector_qubits 0..24, max_shots >= 1, max_qubits 1..50");
   }
+  if (auto* s = section(root, "inference", source)) parse_inference(*s, c.inference, source);
   if (auto* s = section(root, "credits", source)) parse_credits(*s, c.credits, source);
   if (auto* s = section(root, "audit", source)) {
     reject_unknown(*s, {"signing_key", "checkpoint_file", "checkpoint_every_records", "checkpoint_every_s"}, "[audit]",
@@ -551,6 +630,8 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
     if (site.slurm && !site.slurm->slurm_conf.empty()) site.slurm->slurm_conf = resolve(site.slurm->slurm_conf);
     if (site.ibm_runtime) site.ibm_runtime->api_key_file = resolve(site.ibm_runtime->api_key_file);
   }
+  for (auto& b : c.inference.backends)
+    if (!b.api_key_file.empty()) b.api_key_file = resolve(b.api_key_file);
   if (!c.http.tls_cert.empty()) {
     c.http.tls_cert = resolve(c.http.tls_cert).string();
     c.http.tls_key = resolve(c.http.tls_key).string();

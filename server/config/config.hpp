@@ -164,6 +164,35 @@ struct QuantumConfig {
   int max_qubits = 34;               // the parser's bound; memory usually binds first
 };
 
+// One OpenAI-compatible inference server ([[inference.backends]], docs/INFERENCE.md).
+struct InferenceBackendConfig {
+  std::string id;
+  std::string url;                     // base URL, without /v1 ("http://gpu01:8000")
+  std::string flavor = "vllm";         // vllm | llamacpp | openai: which quirks and /tokenize shape
+  std::filesystem::path api_key_file;  // the backend's key (never shown to agents)
+  std::string api_key_env;             // or an environment variable holding it
+  std::vector<std::string> models;     // ids it serves; empty: whatever its /v1/models lists
+  std::string gpu_type;                // for people and the registry ("a100", "h200")
+  int max_concurrency = 64;            // calls in flight to it; more go elsewhere or wait
+  std::chrono::milliseconds connect_timeout{2'000};
+  std::chrono::milliseconds first_token_timeout{60'000};  // until the first byte of the answer
+  std::chrono::milliseconds request_timeout{600'000};     // the whole call
+};
+
+// [inference]: call_inference, embed and the OpenAI-compatible endpoints.
+struct InferenceConfig {
+  std::vector<InferenceBackendConfig> backends;  // none: the inference tools are not offered
+  std::chrono::milliseconds health_interval{10'000};  // GET /health and /v1/models per backend
+  int retries = 2;                                // further attempts after a connection error or 5xx
+  std::chrono::milliseconds retry_backoff{100};   // doubled each attempt, with jitter
+  int breaker_failures = 5;                       // consecutive failures that open a backend's breaker
+  std::chrono::milliseconds breaker_cooldown{30'000};  // then one trial call is let through
+  int64_t default_max_tokens = 1024;              // when a call names none
+  int max_embedding_inputs = 2048;
+  std::size_t max_inline_vectors_bytes = 256 * 1024;  // larger embeddings come back as a summary
+  std::chrono::milliseconds queue_timeout{2'000};     // wait for a free slot when every replica is full
+};
+
 struct Config {
   std::filesystem::path path;       // the file this came from (empty for built-in defaults)
   std::filesystem::path base_dir;   // relative paths resolve here
@@ -190,6 +219,7 @@ struct Config {
   std::optional<OidcConfig> oidc;
   std::vector<SiteConfig> sites;    // never empty after loading
   QuantumConfig quantum;
+  InferenceConfig inference;
 
   const SiteConfig* site(const std::string& id) const;
   const ProjectConfig* project(const std::string& id) const;

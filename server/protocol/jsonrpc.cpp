@@ -1,7 +1,6 @@
 #include "server/protocol/jsonrpc.hpp"
 
 namespace scigate::jsonrpc {
-namespace {
 
 // Depth is checked on the raw bytes before parsing so that a hostile 1e6-deep array never
 // reaches the recursive parser. Strings are skipped so brackets inside them do not count.
@@ -24,6 +23,8 @@ bool depth_within(std::string_view text, int max_depth) {
   }
   return true;
 }
+
+namespace {
 
 bool valid_id(const json& id) { return id.is_string() || id.is_number_integer() || id.is_number_unsigned(); }
 

@@ -49,6 +49,9 @@ struct ParseResult {
 };
 
 ParseResult parse(std::string_view text, const Limits& limits);
+// Whether JSON text nests at most `max_depth` arrays and objects deep (checked on the bytes,
+// before any parser sees them). For other JSON bodies the server reads (/v1/...).
+bool depth_within(std::string_view text, int max_depth);
 
 json make_result(const json& id, json result);
 json make_error(const json& id, int code, std::string_view message, const json& data = nullptr);

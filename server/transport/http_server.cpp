@@ -20,11 +20,13 @@
 #include <map>
 #include <unordered_map>
 
+#include "connectors/inference/openai_wire.hpp"
 #include "policies/audit_query.hpp"
 #include "policies/audit_time.hpp"
 #include "server/common/crypto.hpp"
 #include "server/common/json_util.hpp"
 #include "server/observability/log.hpp"
+#include "server/openai/openai_api.hpp"
 
 namespace scigate::transport {
 namespace asio = boost::asio;
@@ -513,6 +515,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
       co_return ka;
     }
     if (path == "/audit/events") co_return co_await handle_audit_events(req, q == std::string_view::npos ? std::string_view() : target.substr(q + 1));
+    if (path.rfind("/v1/", 0) == 0) co_return co_await handle_openai(req, path);
     if (path != "/mcp") {
       co_await send(error_response(http::status::not_found, v, ka, kTransportError,
                                    "no such endpoint: " + path + " (the MCP endpoint is /mcp)"));
@@ -660,6 +663,161 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     audit_access(page.events.size(), scope);
     co_await send(json_response(http::status::ok, v, ka, events_body(page)));
     co_return ka;
+  }
+
+  // --- the OpenAI-compatible API (server/openai) -------------------------------------------------
+  Response openai_answer(const openai::ApiAnswer& a, unsigned v, bool ka) {
+    Response r = json_response(static_cast<http::status>(a.status), v, ka, a.body);
+    if (a.status == 429 && a.retry_after_ms > 0)
+      r.set(http::field::retry_after, std::to_string((a.retry_after_ms + 999) / 1000));
+    return r;
+  }
+
+  asio::awaitable<bool> handle_openai(Request& req, const std::string& path) {
+    const unsigned v = req.version();
+    const bool ka = req.keep_alive();
+    auto& deps = server_->deps_;
+    openai::OpenAiApi* api = deps.openai;
+    const bool known = path == "/v1/chat/completions" || path == "/v1/embeddings" || path == "/v1/models";
+    if (!api || !known) {
+      co_await send(openai_answer(openai::api_error(404, "not_found_error",
+                                                    !api ? "the OpenAI-compatible API is not enabled here (no [inference] backends)"
+                                                         : "no such endpoint: " + path +
+                                                               " (this server has /v1/chat/completions, /v1/embeddings, /v1/models)"),
+                                  v, ka));
+      co_return ka;
+    }
+    if (std::string origin = header(req, "Origin"); !origin.empty() && !origin_allowed(origin, cfg_.allowed_origins)) {
+      co_await send(openai_answer(openai::api_error(403, "permission_error", "Origin " + origin + " is not allowed"), v, ka));
+      co_return ka;
+    }
+    const bool is_models = path == "/v1/models";
+    if (req.method() != (is_models ? http::verb::get : http::verb::post)) {
+      Response r = openai_answer(openai::api_error(405, "invalid_request_error", path + (is_models ? " takes GET" : " takes POST")), v, ka);
+      r.set(http::field::allow, std::string_view(is_models ? "GET" : "POST"));
+      co_await send(std::move(r));
+      co_return ka;
+    }
+    std::optional<Principal> principal = co_await authenticate(req, /*api_style=*/true);
+    if (!principal) co_return ka;
+    // The project: scigate's header, or the one the OpenAI SDKs send (OpenAI-Project).
+    std::string project = header(req, "X-Scigate-Project");
+    if (project.empty()) project = header(req, "OpenAI-Project");
+    if (is_models) {
+      std::string p = project.empty() ? principal->default_project() : project;
+      if (p.empty() || !principal->member_of(p)) {
+        co_await send(openai_answer(openai::api_error(403, "permission_error",
+                                                      principal->name + " is not a member of project " + (p.empty() ? "(none)" : p)),
+                                    v, ka));
+        co_return ka;
+      }
+      facts_.audit = false;  // a listing, like tools/list
+      co_await send(json_response(http::status::ok, v, ka, api->models(*principal, p)));
+      co_return ka;
+    }
+
+    const std::string& text = req.body();
+    json body = jsonrpc::depth_within(text, server_->deps_.config.max_depth) ? json::parse(text, nullptr, false)
+                                                                             : json(json::value_t::discarded);
+    if (body.is_discarded()) {
+      co_await send(openai_answer(openai::api_error(400, "invalid_request_error",
+                                                    "the request body is not JSON (or nests deeper than " +
+                                                        std::to_string(server_->deps_.config.max_depth) + " levels)"),
+                                  v, ka));
+      co_return ka;
+    }
+    const bool embeddings = path == "/v1/embeddings";
+    auto mapped = embeddings ? api->map_embeddings(body) : api->map_chat(body);
+    if (auto* bad = std::get_if<openai::ApiAnswer>(&mapped)) {
+      co_await send(openai_answer(*bad, v, ka));
+      co_return ka;
+    }
+    openai::MappedCall call = std::move(std::get<openai::MappedCall>(mapped));
+    ToolCallRequest& tc = call.request;
+    const std::string tool = tc.tool;
+    facts_.tool = tool;
+    tc.principal = *principal;
+    tc.requested_project = project;
+    tc.idempotency_key = header(req, "Idempotency-Key");
+    tc.request_id = crypto::request_id();
+    tc.protocol_version = "openai";
+    tc.era = "openai";
+    tc.client_name = header(req, "User-Agent").substr(0, 128);
+    auto flag = tc.cancellation;
+    cancel_on_disconnect_ = true;  // an OpenAI client that hangs up has given up
+    ToolCallOutcome out;
+
+    if (!call.stream) {
+      inference::CompletionBuilder builder;
+      json whole;
+      tc.partial = [&builder, &whole, embeddings](const json& piece) {
+        if (embeddings) whole = piece;
+        else builder.add(piece);
+      };
+      co_await run_with_disconnect_watch(flag, [&]() -> asio::awaitable<void> {
+        out = co_await api->pipeline().run(std::move(tc));
+      });
+      facts_.audited = true;  // the pipeline recorded the call
+      if (disconnected_ || out.cancelled) co_return false;
+      co_await send(openai_answer(openai::OpenAiApi::answer(out, embeddings ? whole : builder.build(), tool), v, ka));
+      co_return ka;
+    }
+
+    // Streaming: the event stream starts with the first chunk, so a call refused before it
+    // (policy, credits, a backend that is down) still gets a proper status and JSON error.
+    auto q = std::make_shared<EventQueue>(executor());
+    auto self = this->shared_from_this();
+    const bool include_usage = call.include_usage;
+    tc.partial = [self, q, include_usage](const json& chunk) {
+      // The usage chunk (no choices) was asked for by scigate, not necessarily by the client.
+      if (!include_usage && chunk.contains("choices") && chunk["choices"].is_array() && chunk["choices"].empty()) return;
+      self->push(q, jsonrpc::dump(chunk));
+    };
+    bool started = false;
+    co_await run_with_disconnect_watch(flag, [&]() -> asio::awaitable<void> {
+      auto dispatch = [&]() -> asio::awaitable<void> {
+        out = co_await api->pipeline().run(std::move(tc));
+        asio::post(executor(), [q] {
+          q->done = true;
+          q->wake.cancel();
+        });
+      };
+      co_await (dispatch() && pump_openai(q, v, &started));
+    });
+    facts_.audited = true;
+    if (disconnected_ || out.cancelled) co_return false;
+    if (!started) {
+      openai::ApiAnswer a = openai::OpenAiApi::answer(out, json(), tool);
+      if (a.status == 200) a = openai::api_error(502, "server_error", "the model server sent no output", "empty_answer");
+      co_await send(openai_answer(a, v, ka));
+      co_return ka;
+    }
+    if (const json& r = out.result; r.is_object() && r.value("isError", false))
+      co_await write_chunk("data: " + jsonrpc::dump(openai::OpenAiApi::stream_error(out)) + "\n\n");
+    co_await write_chunk("data: [DONE]\n\n");
+    co_await write_last_chunk();
+    co_return !disconnected_ && ka;
+  }
+
+  // Relays queued chunks as `data:` events; the stream's head goes out with the first one.
+  asio::awaitable<void> pump_openai(std::shared_ptr<EventQueue> q, unsigned version, bool* started) {
+    for (;;) {
+      while (!q->items.empty()) {
+        std::string s = std::move(q->items.front());
+        q->items.pop_front();
+        if (!*started) {
+          co_await write_sse_header(version, "");
+          *started = true;
+        }
+        co_await write_chunk("data: " + s + "\n\n");
+      }
+      if (q->done || (disconnected_ && cancel_on_disconnect_)) co_return;
+      q->wake.expires_after(kKeepAlive);
+      auto [ec] = co_await q->wake.async_wait(kAwait);
+      auto cs = co_await asio::this_coro::cancellation_state;
+      if (cs.cancelled() != asio::cancellation_type::none) co_return;
+      if (!ec && !disconnected_ && *started) co_await write_chunk(":\n\n");
+    }
   }
 
   // The caller of /mcp or /audit/events (API key or, with [oidc], a JWT). On refusal sends 401

@@ -1,6 +1,7 @@
 #pragma once
 // Streamable HTTP transport on Boost.Beast: POST /mcp for both MCP eras (JSON or SSE answers),
-// GET/DELETE /mcp for 2025-11-25 sessions, GET /audit/events for auditors, /healthz, /readyz,
+// GET/DELETE /mcp for 2025-11-25 sessions, GET /audit/events for auditors, the OpenAI-compatible
+// /v1/chat/completions, /v1/embeddings and /v1/models (server/openai), /healthz, /readyz,
 // /metrics and (with [oidc]) the RFC 9728 metadata under /.well-known/oauth-protected-resource.
 // Origin allow-list, bearer authentication (API keys, OIDC JWTs) through auth::Authenticator,
 // header/body/idle timeouts, optional TLS, graceful shutdown. Every refused request (other than
@@ -24,6 +25,9 @@
 namespace scigate::audit {
 class AuditQueryService;
 }
+namespace scigate::openai {
+class OpenAiApi;
+}
 
 namespace scigate::transport {
 
@@ -36,6 +40,7 @@ struct HttpDeps {
   AuditLog& audit;              // requests refused before the pipeline are recorded here
   std::function<bool()> ready;  // for /readyz
   audit::AuditQueryService* audit_query = nullptr;  // GET /audit/events (404 when null)
+  openai::OpenAiApi* openai = nullptr;  // /v1/chat/completions, /v1/embeddings, /v1/models (404 when null)
 };
 
 class HttpServer {

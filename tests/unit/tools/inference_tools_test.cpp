@@ -1,0 +1,153 @@
+// call_inference and embed without a backend: the estimate the hold is made with, fitting
+// max_tokens to a hold, argument rules, and how the OpenAI-compatible endpoint maps requests
+// and answers.
+#include <catch2/catch.hpp>
+
+#include "connectors/inference/inference_service.hpp"
+#include "server/openai/openai_api.hpp"
+#include "tools/inference/inference_tools.hpp"
+
+using namespace scigate;
+using nlohmann::json;
+
+namespace {
+constexpr int64_t kPico = 1'000'000'000'000;  // one credit per unit
+
+struct Fixture {
+  InferenceConfig config;
+  inference::InferenceService service{config, nullptr};
+  tools::CallInferenceTool chat{tools::InferenceToolDeps{service, config, nullptr}};
+  tools::EmbedTool embed{tools::InferenceToolDeps{service, config, nullptr}};
+};
+}  // namespace
+
+TEST_CASE("call_inference: the prompt estimate errs high and counts every part") {
+  json small = json::parse(R"({"model":"m","messages":[{"role":"user","content":"Hello there"}]})");
+  int64_t n = tools::estimate_prompt_tokens(small);
+  CHECK(n == 16 + 8 + 4);  // frame + one message + ceil(11 bytes / 3)
+  json longer = small;
+  longer["messages"].push_back(json{{"role", "assistant"}, {"content", std::string(300, 'a')}});
+  CHECK(tools::estimate_prompt_tokens(longer) == n + 8 + 100);
+  json image = json::parse(
+      R"({"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"abc"},{"type":"image_url","image_url":{"url":"data:..."}}]}]})");
+  CHECK(tools::estimate_prompt_tokens(image) == 16 + 8 + 1 + 1600);
+  json cjk = json::parse(R"({"model":"m","prompt":"日本語のテキスト"})");  // 8 characters, 24 bytes
+  CHECK(tools::estimate_prompt_tokens(cjk) == 16 + 8);
+  json tools_extra = small;
+  tools_extra["extra"]["tools"] = json::array({json{{"type", "function"}, {"function", {{"name", "f"}}}}});
+  CHECK(tools::estimate_prompt_tokens(tools_extra) > n);
+}
+
+TEST_CASE("call_inference: max_tokens is cut to what the hold covers, exactly") {
+  // 1 credit per 1000 output tokens, 1 per 2000 input tokens, 0.1 per call.
+  credits::RateTable rates({{"tokens_out:m", kPico / 1000, "token"},
+                            {"tokens_in:m", kPico / 2000, "token"},
+                            {"call:call_inference", kPico / 10, "call"}});
+  const MicroCredits C = kMicroPerCredit;
+  // 1000 prompt tokens (0.5) + call (0.1): 1.4 credits left for output = 1400 tokens.
+  CHECK(tools::CallInferenceTool::affordable_max_tokens(rates, "m", 1000, 4096, 2 * C) == 1400);
+  CHECK(tools::CallInferenceTool::affordable_max_tokens(rates, "m", 1000, 512, 2 * C) == 512);  // fits: unchanged
+  CHECK(tools::CallInferenceTool::affordable_max_tokens(rates, "m", 1000, 4096, 0) == 1);        // never below one
+  // The answer is the largest n whose price fits: n + 1 does not.
+  int64_t n = tools::CallInferenceTool::affordable_max_tokens(rates, "m", 333, 100000, C + 7);
+  auto price = [&](int64_t out) {
+    Usage u;
+    u.add("tokens_in:m", 333).add("tokens_out:m", static_cast<double>(out)).add("call:call_inference", 1);
+    return rates.price(u);
+  };
+  CHECK(price(n) <= C + 7);
+  CHECK(price(n + 1) > C + 7);
+}
+
+TEST_CASE("call_inference: argument rules and the facts policy sees") {
+  Fixture f;
+  auto facts = f.chat.derive_facts(json::parse(R"({"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":100})"));
+  REQUIRE(std::holds_alternative<json>(facts));
+  const json& j = std::get<json>(facts);
+  CHECK(j["prompt_tokens"] == 16 + 8 + 1);
+  CHECK(j["tokens"] == 16 + 8 + 1 + 100);
+  // Without max_tokens the configured default counts.
+  auto d = std::get<json>(f.chat.derive_facts(json::parse(R"({"model":"m","prompt":"hi"})")));
+  CHECK(d["tokens"] == d["prompt_tokens"].get<int64_t>() + 1024);
+  auto error_of = [&](const char* args) {
+    auto r = f.chat.derive_facts(json::parse(args));
+    REQUIRE(std::holds_alternative<Error>(r));
+    return std::get<Error>(r).message;
+  };
+  CHECK(error_of(R"({"model":"m"})") == "give messages (or prompt)");
+  CHECK(error_of(R"({"model":"m","prompt":"a","messages":[{"role":"user","content":"b"}]})") == "give messages or prompt, not both");
+  CHECK(error_of(R"({"model":"m","prompt":"a","extra":{"stream":true}})") == "extra.stream is set by scigate");
+  CHECK(error_of(R"({"model":"m","prompt":"a","extra":{"n":3}})") == "extra.n must be 1");
+  // Worst case and minimum, as the pipeline holds them (args + facts).
+  json decided = json::parse(R"({"model":"m","prompt":"a","max_tokens":500,"prompt_tokens":40})");
+  Usage worst = f.chat.worst_case_usage(decided);
+  REQUIRE(worst.lines.size() == 2);
+  CHECK(worst.lines[0].resource == "tokens_in:m");
+  CHECK(worst.lines[0].quantity == 40);
+  CHECK(worst.lines[1].resource == "tokens_out:m");
+  CHECK(worst.lines[1].quantity == 500);
+  auto minimum = f.chat.minimum_usage(decided);
+  REQUIRE(minimum);
+  CHECK(minimum->lines[1].quantity == 16);
+  CHECK(f.chat.descriptor().input_schema["properties"]["max_tokens"]["default"] == 1024);
+}
+
+TEST_CASE("OpenAI endpoint: a chat body becomes call_inference arguments, unknown parameters go to extra") {
+  auto m = openai::OpenAiApi::map_chat(json::parse(R"({
+    "model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true,
+    "stream_options": {"include_usage": true}, "max_completion_tokens": 64, "max_tokens": 9,
+    "temperature": 0.5, "tools": [{"type": "function"}], "logprobs": true, "user": "u-1", "n": 1})"));
+  REQUIRE(std::holds_alternative<openai::MappedCall>(m));
+  const auto& call = std::get<openai::MappedCall>(m);
+  CHECK(call.stream);
+  CHECK(call.include_usage);
+  CHECK(call.request.tool == "call_inference");
+  const json& a = call.request.arguments;
+  CHECK(a["max_tokens"] == 64);  // the newer name wins
+  CHECK(a["temperature"] == 0.5);
+  CHECK(a["extra"]["tools"].size() == 1);
+  CHECK(a["extra"]["logprobs"] == true);
+  CHECK_FALSE(a.contains("user"));
+  CHECK_FALSE(a["extra"].contains("stream"));
+  CHECK_FALSE(a["extra"].contains("n"));
+
+  auto status_of = [](const char* body) {
+    auto r = openai::OpenAiApi::map_chat(json::parse(body));
+    REQUIRE(std::holds_alternative<openai::ApiAnswer>(r));
+    return std::get<openai::ApiAnswer>(r).status;
+  };
+  CHECK(status_of(R"({"messages":[]})") == 400);
+  CHECK(status_of(R"({"model":"m"})") == 400);
+  CHECK(status_of(R"({"model":"m","messages":[],"n":2})") == 400);
+  CHECK(status_of(R"({"model":"m","messages":[],"stream":"yes"})") == 400);
+  auto e = openai::OpenAiApi::map_embeddings(json::parse(R"({"model":"e","input":["a","b"],"encoding_format":"base64"})"));
+  REQUIRE(std::holds_alternative<openai::ApiAnswer>(e));
+  CHECK(std::get<openai::ApiAnswer>(e).body["error"]["code"] == "unsupported_encoding_format");
+}
+
+TEST_CASE("OpenAI endpoint: scigate's errors become OpenAI's statuses and error bodies") {
+  auto outcome = [](const char* code, int64_t retry = 0) {
+    ToolCallOutcome o;
+    Error e{ErrorCode::kInternal, "msg", "do this", {}};
+    o.result = ToolCallPipeline::error_result(e);
+    o.result["_meta"]["io.scigate/error"]["code"] = code;
+    if (retry) o.result["_meta"]["io.scigate/error"]["retry_after_ms"] = retry;
+    return o;
+  };
+  auto a = openai::OpenAiApi::answer(outcome("insufficient_credits"), json(), "call_inference");
+  CHECK(a.status == 402);
+  CHECK(a.body["error"]["type"] == "insufficient_quota");
+  CHECK(a.body["error"]["message"] == "msg (do this)");
+  CHECK(openai::OpenAiApi::answer(outcome("policy_denied"), json(), "x").status == 403);
+  CHECK(openai::OpenAiApi::answer(outcome("backend_rejected"), json(), "x").status == 400);
+  CHECK(openai::OpenAiApi::answer(outcome("backend_unavailable"), json(), "x").status == 503);
+  auto limited = openai::OpenAiApi::answer(outcome("rate_limited", 1500), json(), "x");
+  CHECK(limited.status == 429);
+  CHECK(limited.retry_after_ms == 1500);
+  ToolCallOutcome unknown;
+  unknown.protocol_error = jsonrpc::ProtocolError{-32602, "Unknown tool", nullptr, nullptr};
+  CHECK(openai::OpenAiApi::answer(unknown, json(), "call_inference").status == 403);
+  ToolCallOutcome ok;
+  ok.result = json{{"isError", false}};
+  CHECK(openai::OpenAiApi::answer(ok, json{{"id", "x"}}, "x").body["id"] == "x");
+}

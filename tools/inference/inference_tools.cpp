@@ -1,0 +1,509 @@
+#include "tools/inference/inference_tools.hpp"
+
+#include <boost/asio/error.hpp>
+#include <boost/system/system_error.hpp>
+
+#include <algorithm>
+#include <cmath>
+
+namespace scigate::tools {
+namespace asio = boost::asio;
+
+namespace {
+
+constexpr int64_t kPerMessageTokens = 8;   // role markers and separators of a chat template
+constexpr int64_t kPerCallTokens = 16;     // the template's frame around the conversation
+constexpr int64_t kPerImageTokens = 1600;  // a high-resolution image tile set in a VLM
+constexpr int64_t kMinimumOutput = 16;     // the least output a budget-fitted call is worth
+
+constexpr const char* kChatSchema = R"({
+  "type": "object",
+  "properties": {
+    "model": {"type": "string", "minLength": 1, "maxLength": 256,
+              "description": "Model id, as query_model_registry lists it (served_now = true)."},
+    "messages": {"type": "array", "minItems": 1, "maxItems": 2000,
+                 "description": "The conversation: [{role: system|user|assistant|tool, content}]. Content may be a string or OpenAI content parts (text, image_url) for vision models.",
+                 "items": {"type": "object",
+                           "properties": {"role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
+                                          "content": {"type": ["string", "array", "null"]},
+                                          "name": {"type": "string"},
+                                          "tool_call_id": {"type": "string"},
+                                          "tool_calls": {"type": "array"}},
+                           "required": ["role"]}},
+    "prompt": {"type": "string", "description": "A plain prompt for a base (non-chat) model, instead of messages."},
+    "max_tokens": {"type": "integer", "minimum": 1, "maximum": 1000000,
+                   "description": "Most tokens to generate. Held up front; cut to what the project can pay."},
+    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+    "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+    "stop": {"type": ["string", "array"], "items": {"type": "string"}, "maxItems": 8},
+    "seed": {"type": "integer"},
+    "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+    "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+    "response_format": {"type": "object", "description": "e.g. {\"type\": \"json_object\"} or a json_schema"},
+    "extra": {"type": "object",
+              "description": "Other OpenAI chat parameters, passed to the model server as given (tools, tool_choice, logprobs, top_k, ...)."}
+  },
+  "required": ["model"],
+  "additionalProperties": false
+})";
+
+constexpr const char* kChatOutput = R"({
+  "type": "object",
+  "properties": {
+    "text": {"type": "string"},
+    "finish_reason": {"type": "string"},
+    "tool_calls": {"type": "array"},
+    "model": {"type": "string"},
+    "backend": {"type": "string"},
+    "max_tokens": {"type": "integer"},
+    "max_tokens_capped": {"type": "boolean"},
+    "usage": {"type": "object",
+              "properties": {"prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"},
+                             "total_tokens": {"type": "integer"},
+                             "counted_by": {"type": "string", "enum": ["backend", "tokenize", "hold"]}},
+              "required": ["prompt_tokens", "completion_tokens", "total_tokens", "counted_by"]}
+  },
+  "required": ["text", "finish_reason", "model", "backend", "max_tokens", "usage"]
+})";
+
+constexpr const char* kEmbedSchema = R"({
+  "type": "object",
+  "properties": {
+    "model": {"type": "string", "minLength": 1, "maxLength": 256,
+              "description": "An embedding model's id (query_model_registry with modality = embedding)."},
+    "input": {"type": ["string", "array"], "items": {"type": "string"}, "minItems": 1,
+              "description": "A text, or a list of texts, to embed."},
+    "dimensions": {"type": "integer", "minimum": 1, "maximum": 65536,
+                   "description": "Truncate the vectors to this many dimensions, where the model supports it."},
+    "summary_only": {"type": "boolean", "default": false,
+                     "description": "Return only the vectors' shape and norms, not the numbers."}
+  },
+  "required": ["model", "input"],
+  "additionalProperties": false
+})";
+
+constexpr const char* kEmbedOutput = R"({
+  "type": "object",
+  "properties": {
+    "model": {"type": "string"},
+    "backend": {"type": "string"},
+    "count": {"type": "integer"},
+    "dimensions": {"type": "integer"},
+    "vectors": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+    "norms": {"type": "array", "items": {"type": "number"}},
+    "inline": {"type": "boolean"},
+    "note": {"type": "string"},
+    "usage": {"type": "object",
+              "properties": {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"},
+                             "counted_by": {"type": "string"}},
+              "required": ["prompt_tokens", "total_tokens", "counted_by"]}
+  },
+  "required": ["model", "backend", "count", "dimensions", "inline", "usage"]
+})";
+
+int64_t text_tokens(std::size_t bytes) { return static_cast<int64_t>((bytes + 2) / 3); }
+
+int64_t content_tokens(const json& content) {
+  if (content.is_string()) return text_tokens(content.get_ref<const std::string&>().size());
+  if (!content.is_array()) return 0;
+  int64_t n = 0;
+  for (const auto& part : content) {
+    if (!part.is_object()) continue;
+    std::string type = part.value("type", "");
+    if (type == "text" && part.contains("text") && part["text"].is_string())
+      n += text_tokens(part["text"].get_ref<const std::string&>().size());
+    else if (type == "image_url" || type == "input_image" || type == "image")
+      n += kPerImageTokens;
+    else
+      n += text_tokens(part.dump().size());
+  }
+  return n;
+}
+
+// Keys of `extra` that scigate sets itself.
+const char* reserved_extra_key(const json& extra) {
+  static const char* kReserved[] = {"model", "messages", "prompt", "stream", "stream_options", "max_tokens",
+                                    "max_completion_tokens"};
+  for (const char* k : kReserved)
+    if (extra.contains(k)) return k;
+  return nullptr;
+}
+
+json usage_json(int64_t prompt, int64_t completion, const std::string& counted_by) {
+  json u = json::object();
+  u["prompt_tokens"] = prompt;
+  u["completion_tokens"] = completion;
+  u["total_tokens"] = prompt + completion;
+  u["counted_by"] = counted_by;
+  return u;
+}
+
+Usage token_usage(const std::string& model, int64_t in, int64_t out) {
+  Usage u;
+  u.add("tokens_in:" + model, static_cast<double>(in), std::to_string(in) + " prompt tokens");
+  if (out >= 0) u.add("tokens_out:" + model, static_cast<double>(out), std::to_string(out) + " generated tokens");
+  return u;
+}
+
+// The body sent upstream: the caller's sampling parameters over `extra`.
+json upstream_body(const json& args, int64_t max_tokens) {
+  json body = args.contains("extra") && args["extra"].is_object() ? args["extra"] : json::object();
+  for (const char* k : {"messages", "prompt", "temperature", "top_p", "stop", "seed", "presence_penalty",
+                        "frequency_penalty", "response_format"})
+    if (args.contains(k)) body[k] = args[k];
+  body["max_tokens"] = max_tokens;
+  return body;
+}
+
+json chat_result(const inference::ChatOutcome& out, const json& tool_calls, const std::string& model, int64_t max_tokens,
+                 bool capped, const json& usage) {
+  json r = json::object();
+  r["text"] = out.text;
+  r["finish_reason"] = out.finish_reason.empty() ? std::string("unknown") : out.finish_reason;
+  if (!tool_calls.empty()) r["tool_calls"] = tool_calls;
+  r["model"] = model;
+  r["backend"] = out.backend;
+  r["max_tokens"] = max_tokens;
+  if (capped) r["max_tokens_capped"] = true;
+  r["usage"] = usage;
+  return r;
+}
+
+std::string chat_text(const json& r) {
+  std::string t = r["text"].get<std::string>();
+  if (r.contains("tool_calls")) t += (t.empty() ? "" : "\n") + std::string("[tool calls] ") + r["tool_calls"].dump();
+  const json& u = r["usage"];
+  t += "\n\n[" + r["model"].get<std::string>() + " on " + r["backend"].get<std::string>() + ": " +
+       std::to_string(u["prompt_tokens"].get<int64_t>()) + " prompt + " +
+       std::to_string(u["completion_tokens"].get<int64_t>()) + " generated tokens, finish " +
+       r["finish_reason"].get<std::string>() + "]";
+  if (r.contains("max_tokens_capped"))
+    t += "\n[max_tokens was cut to " + std::to_string(r["max_tokens"].get<int64_t>()) + " by the project's credits]";
+  return t;
+}
+
+json audit_facts(const inference::ChatOutcome& out, const json& usage) {
+  json a = json::object();
+  a["backend"] = out.backend;
+  a["attempts"] = out.attempts;
+  a["usage"] = usage;
+  return a;
+}
+
+[[noreturn]] void throw_cancelled() {
+  throw boost::system::system_error(asio::error::operation_aborted);
+}
+
+}  // namespace
+
+int64_t estimate_prompt_tokens(const json& args) {
+  int64_t n = kPerCallTokens;
+  if (auto m = args.find("messages"); m != args.end() && m->is_array()) {
+    for (const auto& msg : *m) {
+      n += kPerMessageTokens;
+      if (!msg.is_object()) continue;
+      if (auto c = msg.find("content"); c != msg.end()) n += content_tokens(*c);
+      if (auto tc = msg.find("tool_calls"); tc != msg.end()) n += text_tokens(tc->dump().size());
+    }
+  }
+  if (auto p = args.find("prompt"); p != args.end() && p->is_string()) n += content_tokens(*p);
+  if (auto e = args.find("extra"); e != args.end() && e->is_object() && e->contains("tools"))
+    n += text_tokens((*e)["tools"].dump().size());
+  if (auto i = args.find("input"); i != args.end()) {  // embed
+    if (i->is_string()) n += content_tokens(*i);
+    else if (i->is_array())
+      for (const auto& s : *i) n += 1 + content_tokens(s);
+  }
+  return n;
+}
+
+// --- call_inference --------------------------------------------------------------------------
+
+CallInferenceTool::CallInferenceTool(InferenceToolDeps deps) : deps_(deps) {
+  descriptor_.name = "call_inference";
+  descriptor_.title = "Generate text with a served model";
+  descriptor_.description =
+      "Generates text with an open-weight language or vision model on the centre's GPU servers (OpenAI-compatible "
+      "chat). Pick `model` with query_model_registry (served_now = true), give `messages` (or `prompt` for a base "
+      "model) and max_tokens. Charged per token: the prompt and max_tokens are held before the call, the backend's "
+      "count is charged after; a project that cannot pay for max_tokens gets it cut to what it can pay (the result "
+      "says so). Long generations report progress; cancelling stops the generation and pays for what was generated.";
+  descriptor_.input_schema = json::parse(kChatSchema);
+  descriptor_.input_schema["properties"]["max_tokens"]["default"] = deps_.config.default_max_tokens;
+  descriptor_.output_schema = json::parse(kChatOutput);
+  descriptor_.annotations = ToolAnnotations{false, false, false, true};  // spends credits: not "read-only"
+}
+
+int64_t CallInferenceTool::max_tokens_of(const json& args) const {
+  if (auto m = args.find("max_tokens"); m != args.end() && m->is_number_integer()) return m->get<int64_t>();
+  return deps_.config.default_max_tokens;
+}
+
+std::variant<json, Error> CallInferenceTool::derive_facts(const json& args) const {
+  const bool has_messages = args.contains("messages"), has_prompt = args.contains("prompt");
+  if (has_messages == has_prompt)
+    return Error::invalid_arguments(has_messages ? "give messages or prompt, not both" : "give messages (or prompt)",
+                                    "messages for chat models: [{\"role\": \"user\", \"content\": \"...\"}]");
+  if (auto e = args.find("extra"); e != args.end()) {
+    if (const char* k = reserved_extra_key(*e))
+      return Error::invalid_arguments(std::string("extra.") + k + " is set by scigate",
+                                      std::string("leave it out of extra") +
+                                          (std::string(k) == "max_completion_tokens" ? "; use max_tokens" : ""));
+    if (auto n = e->find("n"); n != e->end() && !(n->is_number_integer() && n->get<int64_t>() == 1))
+      return Error::invalid_arguments("extra.n must be 1", "make one call per completion you want");
+  }
+  json facts = json::object();
+  int64_t prompt = estimate_prompt_tokens(args);
+  facts["prompt_tokens"] = prompt;
+  facts["tokens"] = prompt + max_tokens_of(args);
+  return facts;
+}
+
+Usage CallInferenceTool::worst_case_usage(const json& args) const {
+  return token_usage(args.value("model", ""), args.value("prompt_tokens", int64_t(0)), max_tokens_of(args));
+}
+
+std::optional<Usage> CallInferenceTool::minimum_usage(const json& args) const {
+  return token_usage(args.value("model", ""), args.value("prompt_tokens", int64_t(0)),
+                     std::min(max_tokens_of(args), kMinimumOutput));
+}
+
+int64_t CallInferenceTool::affordable_max_tokens(const credits::RateTable& rates, const std::string& model,
+                                                 int64_t prompt_tokens, int64_t wanted, MicroCredits held) {
+  auto fits = [&](int64_t n) {
+    Usage u = token_usage(model, prompt_tokens, n);
+    u.add("call:call_inference", 1);
+    return rates.price(u) <= held;
+  };
+  if (fits(wanted)) return wanted;
+  int64_t lo = 0, hi = wanted;  // fits(lo) is assumed; !fits(hi)
+  while (hi - lo > 1) {
+    int64_t mid = lo + (hi - lo) / 2;
+    (fits(mid) ? lo : hi) = mid;
+  }
+  return std::max<int64_t>(1, lo);
+}
+
+asio::awaitable<ToolResult> CallInferenceTool::call(const json& args, CallContext& ctx) {
+  const std::string model = args["model"].get<std::string>();
+  const int64_t prompt_estimate = estimate_prompt_tokens(args);
+  const int64_t wanted = max_tokens_of(args);
+  int64_t max_tokens = wanted;
+  if (ctx.metered && deps_.rates)
+    max_tokens = affordable_max_tokens(*deps_.rates, model, prompt_estimate, wanted, ctx.held);
+  const bool capped = max_tokens < wanted;
+
+  inference::ChatCall call;
+  call.model = model;
+  call.body = upstream_body(args, max_tokens);
+  call.stream = true;
+  call.completions = args.contains("prompt");
+  call.deadline = ctx.deadline;
+
+  // What a call cut short pays: the prompt, and the chunks that came (about a token each).
+  ctx.incurred = token_usage(model, prompt_estimate, 0);
+  inference::CompletionBuilder builder;
+  int64_t chunks = 0;
+  CallContext* c = &ctx;
+  inference::CompletionBuilder* b = &builder;
+  int64_t* n = &chunks;
+  auto sink = [c, b, n, max_tokens](const json& chunk) {
+    b->add(chunk);
+    if (!inference::chunk_delta(chunk).has_content) {
+      if (c->partial) c->partial(chunk);
+      return;
+    }
+    ++*n;
+    c->incurred.lines[1].quantity = static_cast<double>(*n);
+    if (c->partial) c->partial(chunk);
+    if (*n % 16 == 0) c->progress.report(static_cast<double>(*n), static_cast<double>(max_tokens), "tokens generated");
+  };
+  inference::ChatOutcome out = co_await deps_.service.chat(std::move(call), sink);
+  ctx.incurred.lines[1].quantity = static_cast<double>(out.content_chunks);
+  if (out.cancelled || ctx.cancelled()) throw_cancelled();
+  if (out.error) {
+    ToolResult r = ToolResult::failure(*out.error);
+    ctx.audit_fields = audit_facts(out, usage_json(prompt_estimate, out.content_chunks, "hold"));
+    // Output that reached the caller is paid for; a refusal before any is not.
+    if (out.delivered) r.usage = ctx.incurred;
+    ctx.incurred = Usage{};
+    co_return r;
+  }
+  ctx.incurred = Usage{};
+
+  // What to charge: the backend's count, else its tokenizer's, else the hold.
+  int64_t prompt_tokens = 0, completion_tokens = 0;
+  std::string counted_by = "backend";
+  if (out.usage) {
+    prompt_tokens = out.usage->prompt_tokens;
+    completion_tokens = out.usage->completion_tokens;
+  } else {
+    json input = args.contains("messages") ? args["messages"] : args["prompt"];
+    json generated = out.text;
+    std::optional<int64_t> p = co_await deps_.service.count_tokens(out.backend, model, std::move(input));
+    std::optional<int64_t> g;
+    if (p) g = co_await deps_.service.count_tokens(out.backend, model, std::move(generated));
+    if (p && g) {
+      prompt_tokens = *p;
+      completion_tokens = *g;
+      counted_by = "tokenize";
+    } else {
+      prompt_tokens = prompt_estimate;
+      completion_tokens = max_tokens;
+      counted_by = "hold";
+    }
+  }
+  json usage = usage_json(prompt_tokens, completion_tokens, counted_by);
+  json structured = chat_result(out, builder.tool_calls(), model, max_tokens, capped, usage);
+  std::string text = chat_text(structured);
+  ctx.audit_fields = audit_facts(out, usage);
+  ToolResult r = ToolResult::success(std::move(structured), std::move(text));
+  r.usage = token_usage(model, prompt_tokens, completion_tokens);
+  co_return r;
+}
+
+// --- embed -----------------------------------------------------------------------------------
+
+EmbedTool::EmbedTool(InferenceToolDeps deps) : deps_(deps) {
+  descriptor_.name = "embed";
+  descriptor_.title = "Embed texts as vectors";
+  descriptor_.description =
+      "Turns texts into embedding vectors with an embedding model served on the centre's GPUs (OpenAI-compatible). "
+      "Charged per input token. Small results come back inline; large ones (or with summary_only) as their shape and "
+      "norms, so that a batch does not flood the conversation.";
+  descriptor_.input_schema = json::parse(kEmbedSchema);
+  descriptor_.input_schema["properties"]["input"]["maxItems"] = deps_.config.max_embedding_inputs;
+  descriptor_.output_schema = json::parse(kEmbedOutput);
+  descriptor_.annotations = ToolAnnotations{false, false, false, true};
+}
+
+std::variant<json, Error> EmbedTool::derive_facts(const json& args) const {
+  json facts = json::object();
+  int64_t n = estimate_prompt_tokens(args) - kPerCallTokens;
+  facts["prompt_tokens"] = n;
+  facts["tokens"] = n;
+  return facts;
+}
+
+Usage EmbedTool::worst_case_usage(const json& args) const {
+  return token_usage(args.value("model", ""), args.value("prompt_tokens", int64_t(0)), -1);
+}
+
+namespace {
+
+struct Vectors {
+  json vectors = json::array();
+  json norms = json::array();
+  std::size_t dimensions = 0;
+  std::size_t bytes = 0;
+  bool ok = true;
+};
+
+Vectors read_vectors(const json& response) {
+  Vectors v;
+  const json* data = response.contains("data") && response["data"].is_array() ? &response["data"] : nullptr;
+  if (!data) {
+    v.ok = false;
+    return v;
+  }
+  std::vector<const json*> ordered(data->size(), nullptr);
+  for (std::size_t i = 0; i < data->size(); ++i) {
+    const json& item = (*data)[i];
+    std::size_t index = item.is_object() ? item.value("index", i) : i;
+    if (index >= ordered.size() || !item.is_object() || !item.contains("embedding") || !item["embedding"].is_array()) {
+      v.ok = false;
+      return v;
+    }
+    ordered[index] = &item["embedding"];
+  }
+  for (const json* e : ordered) {
+    if (!e) {
+      v.ok = false;
+      return v;
+    }
+    double sum = 0;
+    for (const auto& x : *e)
+      if (x.is_number()) sum += x.get<double>() * x.get<double>();
+    v.norms.push_back(std::sqrt(sum));
+    v.dimensions = std::max(v.dimensions, e->size());
+    v.bytes += e->size() * 12;  // about what one number takes as JSON text
+    v.vectors.push_back(*e);
+  }
+  return v;
+}
+
+json embed_result(const std::string& model, const std::string& backend, Vectors& v, bool inline_vectors,
+                  const std::string& note, const json& usage) {
+  json r = json::object();
+  r["model"] = model;
+  r["backend"] = backend;
+  r["count"] = v.norms.size();
+  r["dimensions"] = v.dimensions;
+  r["inline"] = inline_vectors;
+  if (inline_vectors) r["vectors"] = std::move(v.vectors);
+  r["norms"] = v.norms;
+  if (!note.empty()) r["note"] = note;
+  r["usage"] = usage;
+  return r;
+}
+
+}  // namespace
+
+asio::awaitable<ToolResult> EmbedTool::call(const json& args, CallContext& ctx) {
+  const std::string model = args["model"].get<std::string>();
+  json body = json::object();
+  body["input"] = args["input"];
+  if (args.contains("dimensions")) body["dimensions"] = args["dimensions"];
+  body["encoding_format"] = "float";
+  inference::ChatOutcome out = co_await deps_.service.embed(model, std::move(body), ctx.deadline);
+  if (out.cancelled || ctx.cancelled()) throw_cancelled();
+  if (out.error) co_return ToolResult::failure(*out.error);
+  Vectors v = read_vectors(out.response);
+  if (!v.ok)
+    co_return ToolResult::failure(Error{ErrorCode::kBackendUnavailable,
+                                        "inference backend " + out.backend + " sent embeddings in an unexpected shape",
+                                        "retry; if it persists, tell the operators", {}});
+  int64_t tokens = 0;
+  std::string counted_by = "backend";
+  std::optional<int64_t> counted;
+  if (out.usage) {
+    counted = out.usage->prompt_tokens;
+  } else {
+    // One count for all the texts (joined): a few separator tokens more than the sum at most.
+    json texts = args["input"];
+    if (texts.is_array()) {
+      std::string joined;
+      for (const auto& t : texts) joined += t.get<std::string>() + "\n";
+      texts = joined;
+    }
+    counted = co_await deps_.service.count_tokens(out.backend, model, std::move(texts));
+    counted_by = counted ? "tokenize" : "hold";
+  }
+  if (counted) {
+    tokens = *counted;
+  } else {
+    tokens = estimate_prompt_tokens(args) - kPerCallTokens;
+  }
+  json usage = json::object();
+  usage["prompt_tokens"] = tokens;
+  usage["total_tokens"] = tokens;
+  usage["counted_by"] = counted_by;
+  if (ctx.partial) ctx.partial(out.response);
+  const bool summary_only = args.value("summary_only", false);
+  const bool fits = v.bytes <= deps_.config.max_inline_vectors_bytes;
+  std::string note;
+  if (!summary_only && !fits)
+    note = std::to_string(v.norms.size()) + " vectors of " + std::to_string(v.dimensions) +
+           " dimensions are too large to return inline (limit " + std::to_string(deps_.config.max_inline_vectors_bytes) +
+           " bytes); embed fewer texts per call, or fetch them with the OpenAI-compatible /v1/embeddings endpoint";
+  json structured = embed_result(model, out.backend, v, !summary_only && fits, note, usage);
+  std::string text = "embedded " + std::to_string(structured["count"].get<std::size_t>()) + " input(s) with " + model +
+                     " on " + out.backend + ": " + std::to_string(structured["dimensions"].get<std::size_t>()) +
+                     " dimensions, " + std::to_string(tokens) + " tokens" + (note.empty() ? "" : "\n" + note);
+  ctx.audit_fields = audit_facts(out, usage);
+  ToolResult r = ToolResult::success(std::move(structured), std::move(text));
+  r.usage = token_usage(model, tokens, -1);
+  co_return r;
+}
+
+}  // namespace scigate::tools

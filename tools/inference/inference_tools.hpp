@@ -1,0 +1,63 @@
+#pragma once
+// call_inference and embed (docs/INFERENCE.md): metered calls to the OpenAI-compatible backends
+// of connectors/inference.
+//
+// Metering, in the pipeline's terms:
+// - derive_facts: `prompt_tokens` (an estimate that errs high: UTF-8 bytes / 3 plus a per-message
+//   overhead, images at a flat rate) and `tokens` (prompt_tokens + max_tokens), which policy
+//   conditions and token rate limits (`cost = "tokens"`) read.
+// - worst_case_usage: tokens_in:<model> × prompt_tokens + tokens_out:<model> × max_tokens.
+// - minimum_usage: the prompt and a few output tokens. A project that cannot pay the worst case
+//   gets a hold of what it has, and max_tokens is cut to what that hold covers, so a budget is
+//   never overrun mid-stream.
+// - settle: the backend's usage; where it reports none, its /tokenize count; where that fails,
+//   the whole hold. A call cancelled mid-stream pays the prompt and the chunks received.
+#include "connectors/inference/inference_service.hpp"
+#include "policies/credits.hpp"
+#include "tools/tool.hpp"
+
+namespace scigate::tools {
+
+struct InferenceToolDeps {
+  inference::InferenceService& service;
+  const InferenceConfig& config;
+  const credits::RateTable* rates = nullptr;  // null: no ledger (nothing to fit max_tokens to)
+};
+
+// The estimate the hold is made with: deliberately high for English (about 4 bytes a token)
+// and about right for scripts with multi-byte characters.
+int64_t estimate_prompt_tokens(const json& args);
+
+class CallInferenceTool final : public Tool {
+ public:
+  explicit CallInferenceTool(InferenceToolDeps deps);
+  const ToolDescriptor& descriptor() const override { return descriptor_; }
+  std::variant<json, Error> derive_facts(const json& args) const override;
+  Usage worst_case_usage(const json& args) const override;
+  std::optional<Usage> minimum_usage(const json& args) const override;
+  boost::asio::awaitable<ToolResult> call(const json& args, CallContext& ctx) override;
+
+  // The largest max_tokens (at most `wanted`) whose worst case `held` micro-credits cover.
+  static int64_t affordable_max_tokens(const credits::RateTable& rates, const std::string& model, int64_t prompt_tokens,
+                                       int64_t wanted, MicroCredits held);
+
+ private:
+  int64_t max_tokens_of(const json& args) const;
+  ToolDescriptor descriptor_;
+  InferenceToolDeps deps_;
+};
+
+class EmbedTool final : public Tool {
+ public:
+  explicit EmbedTool(InferenceToolDeps deps);
+  const ToolDescriptor& descriptor() const override { return descriptor_; }
+  std::variant<json, Error> derive_facts(const json& args) const override;
+  Usage worst_case_usage(const json& args) const override;
+  boost::asio::awaitable<ToolResult> call(const json& args, CallContext& ctx) override;
+
+ private:
+  ToolDescriptor descriptor_;
+  InferenceToolDeps deps_;
+};
+
+}  // namespace scigate::tools
