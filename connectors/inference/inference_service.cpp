@@ -596,7 +596,7 @@ asio::awaitable<void> InferenceService::stream_once(Backend& b, const ChatCall& 
   }
 
   SseParser parser;
-  std::vector<std::string> events;
+  std::vector<SseEvent> events;
   bool done = false;
   std::optional<UpstreamError> stream_error;
   auto consume = [&](const std::string& bytes) -> bool {
@@ -604,11 +604,16 @@ asio::awaitable<void> InferenceService::stream_once(Backend& b, const ChatCall& 
     if (!parser.feed(bytes, &events)) return false;
     for (auto& e : events) {
       if (done || stream_error) break;
-      if (e == "[DONE]") {
+      if (e.error) {  // llama.cpp: an error found after the stream began (context too long)
+        auto err = parse_error_text(e.data);
+        stream_error = err ? *err : UpstreamError{e.data.substr(0, 300), "", 0};
+        break;
+      }
+      if (e.data == "[DONE]") {
         done = true;
         break;
       }
-      json chunk = json::parse(e, nullptr, false);
+      json chunk = json::parse(e.data, nullptr, false);
       if (chunk.is_discarded()) continue;  // a keep-alive or junk line: not ours to judge
       if (auto err = parse_error(chunk); err && !chunk.contains("choices")) {
         stream_error = err;

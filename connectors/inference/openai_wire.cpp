@@ -2,7 +2,7 @@
 
 namespace scigate::inference {
 
-bool SseParser::feed(std::string_view bytes, std::vector<std::string>* events) {
+bool SseParser::feed(std::string_view bytes, std::vector<SseEvent>* events) {
   for (char c : bytes) {
     if (c == '\n' && last_cr_) {  // the \n of a \r\n
       last_cr_ = false;
@@ -14,16 +14,18 @@ bool SseParser::feed(std::string_view bytes, std::vector<std::string>* events) {
       continue;
     }
     line_.push_back(c);
-    if (line_.size() + data_.size() > max_) return false;
+    if (line_.size() + data_.size() + error_.size() > max_) return false;
   }
   return true;
 }
 
-void SseParser::end_line(std::vector<std::string>* events) {
+void SseParser::end_line(std::vector<SseEvent>* events) {
   if (line_.empty()) {  // dispatch
-    if (has_data_) events->push_back(std::move(data_));
+    if (has_error_) events->push_back(SseEvent{std::move(error_), true});
+    if (has_data_) events->push_back(SseEvent{std::move(data_), false});
     data_.clear();
-    has_data_ = false;
+    error_.clear();
+    has_data_ = has_error_ = false;
     return;
   }
   std::string_view l(line_);
@@ -36,6 +38,10 @@ void SseParser::end_line(std::vector<std::string>* events) {
       if (has_data_) data_.push_back('\n');
       data_.append(value);
       has_data_ = true;
+    } else if (field == "error") {
+      if (has_error_) error_.push_back('\n');
+      error_.append(value);
+      has_error_ = true;
     }
   }
   line_.clear();
@@ -46,6 +52,10 @@ std::optional<UpstreamError> parse_error(const json& body) {
   const json* e = nullptr;
   if (auto it = body.find("error"); it != body.end() && it->is_object()) e = &*it;
   else if (body.value("object", "") == "error") e = &body;
+  // The bare error object (llama.cpp's `error:` stream field): a message with a code or type.
+  else if (body.contains("message") && body["message"].is_string() && (body.contains("code") || body.contains("type")) &&
+           !body.contains("choices"))
+    e = &body;
   if (!e) {
     // A bare string error ({"error": "..."}), as some proxies answer.
     if (auto it = body.find("error"); it != body.end() && it->is_string())

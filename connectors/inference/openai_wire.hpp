@@ -21,22 +21,32 @@ namespace scigate::inference {
 
 using nlohmann::json;
 
+// One server-sent event: its data, or (llama.cpp, for an error found after the stream began)
+// the value of an `error:` field, which OpenAI clients would ignore.
+struct SseEvent {
+  std::string data;
+  bool error = false;
+};
+
 // Incremental text/event-stream parser (the WHATWG rules that matter here): lines end with
 // \n, \r\n or \r; `data:` lines of one event are joined with \n; a blank line dispatches;
-// comment lines (":") and other fields are ignored. Holds at most one partial line.
+// comment lines (":") and fields other than data and error are ignored. Holds at most one
+// partial line.
 class SseParser {
  public:
   explicit SseParser(std::size_t max_event_bytes = 8u << 20) : max_(max_event_bytes) {}
-  // Appends complete events' data to *events. False when an event grows past the limit.
-  bool feed(std::string_view bytes, std::vector<std::string>* events);
+  // Appends complete events to *events. False when an event grows past the limit.
+  bool feed(std::string_view bytes, std::vector<SseEvent>* events);
   // Whether bytes of an unfinished event are buffered (a stream cut mid-event).
-  bool partial() const { return !line_.empty() || has_data_; }
+  bool partial() const { return !line_.empty() || has_data_ || has_error_; }
 
  private:
-  void end_line(std::vector<std::string>* events);
+  void end_line(std::vector<SseEvent>* events);
   std::string line_;
   std::string data_;
+  std::string error_;
   bool has_data_ = false;
+  bool has_error_ = false;
   bool last_cr_ = false;
   std::size_t max_;
 };
@@ -47,7 +57,8 @@ struct UpstreamError {
   int code = 0;  // the body's code (often the HTTP status), 0 when absent
 };
 
-// The error an answer body carries, in any of the three shapes; nullopt when it is not one.
+// The error an answer body carries, in any of the three shapes (or a bare {"message", "code"}
+// object, as llama.cpp's stream `error:` field holds); nullopt when it is not one.
 std::optional<UpstreamError> parse_error(const json& body);
 std::optional<UpstreamError> parse_error_text(std::string_view body);
 

@@ -90,12 +90,23 @@ hold_timeout_s = 0        # 0: a hold lives as long as the call may (tool timeou
 "cpu_core_hour" = 10                         # jobs: held for cpus x walltime, charged for what ran
 "call:submit_job" = 0.01
 "quantum_sim_qubit_gate" = 0.0001           # run_quantum_circuit: per qubit x gate simulated
+"tokens_in:llama-3.1-8b-instruct" = 0.000001  # call_inference: per prompt token
+"tokens_out:llama-3.1-8b-instruct" = 0.000003 # per generated token (max_tokens held, usage charged)
+"tokens_in:bge-m3" = 0.0000002                # embed: per input token
 
 [quantum]
 # run_quantum_circuit on the embedded state-vector simulator (docs/QUANTUM.md). Memory grows
 # as 2^qubits x 16 bytes: 512 MiB holds 25 qubits.
 enabled = true
 max_memory_mb = 512
+
+# GPU inference (docs/INFERENCE.md): OpenAI-compatible servers such as vLLM or llama.cpp's
+# llama-server. With a backend, call_inference, embed and /v1/chat/completions appear.
+# [[inference.backends]]
+# id = "gpu01"
+# url = "http://gpu01.example.org:8000"
+# flavor = "vllm"                      # vllm | llamacpp | openai
+# api_key_file = "secrets/gpu01.key"   # the backend's key; agents never see it
 
 [audit]
 # Signed checkpoints of the audit log, kept outside the database (docs/AUDIT.md). The Ed25519
@@ -192,6 +203,8 @@ principals = ["role:member"]
 tools = ["call_inference", "embed"]
 [rules.when]
 model = { in = ["llama-3.1-8b-instruct", "got-ocr-2.0", "bge-m3", "nomic-embed-text-v1.5", "whisper-large-v3"] }
+max_tokens = { max = 4096, optional = true }  # absent: [inference] default_max_tokens
+prompt_tokens = { max = 32000 }               # estimated from the messages, not an argument
 
 [[rules]]
 id = "robots-sleep-1-min"
@@ -201,6 +214,14 @@ principals = ["service:*"]
 tools = ["sleep"]
 [rules.when]
 seconds = { above = 60 }
+
+[[rate_limits]]
+id = "tokens-per-minute"
+description = "Inference tokens per project: prompt estimate + max_tokens, taken as a call starts"
+tools = ["call_inference", "embed"]
+per = "project"
+rate = "200000/minute"
+cost = "tokens"
 
 [[rate_limits]]
 id = "sleep-rate"
@@ -308,8 +329,16 @@ rule = "members-find-models"
 name = "a member may embed with bge-m3"
 principal = "demo"
 tool = "embed"
-args = { model = "bge-m3" }
+args = { model = "bge-m3", prompt_tokens = 120 }   # prompt_tokens: what the tool derives
 expect = "allow"
+rule = "members-small-models"
+
+[[cases]]
+name = "a member may not ask the small model for more than 4096 tokens"
+principal = "demo"
+tool = "call_inference"
+args = { model = "llama-3.1-8b-instruct", max_tokens = 10000, prompt_tokens = 50 }
+expect = "deny"
 rule = "members-small-models"
 
 [[cases]]

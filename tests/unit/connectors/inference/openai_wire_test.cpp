@@ -11,17 +11,28 @@ TEST_CASE("inference wire: SSE events survive any split, CRLF, comments and mult
       ": keep-alive\r\n\r\ndata: {\"a\":1}\r\n\r\nevent: x\ndata: line1\ndata: line2\n\ndata: [DONE]\n\n";
   for (std::size_t cut = 0; cut <= stream.size(); ++cut) {
     SseParser p;
-    std::vector<std::string> events;
+    std::vector<SseEvent> events;
     REQUIRE(p.feed(std::string_view(stream).substr(0, cut), &events));
     REQUIRE(p.feed(std::string_view(stream).substr(cut), &events));
     REQUIRE(events.size() == 3);
-    CHECK(events[0] == "{\"a\":1}");
-    CHECK(events[1] == "line1\nline2");
-    CHECK(events[2] == "[DONE]");
+    CHECK(events[0].data == "{\"a\":1}");
+    CHECK(events[1].data == "line1\nline2");
+    CHECK(events[2].data == "[DONE]");
+    CHECK_FALSE(events[0].error);
     CHECK_FALSE(p.partial());
   }
+  {
+    // llama.cpp reports an error found after the stream began in an `error:` field.
+    SseParser p;
+    std::vector<SseEvent> events;
+    p.feed("error: {\"code\":400,\"message\":\"too long\"}\n\ndata: [DONE]\n\n", &events);
+    REQUIRE(events.size() == 2);
+    CHECK(events[0].error);
+    CHECK(parse_error_text(events[0].data)->message == "too long");
+    CHECK(events[1].data == "[DONE]");
+  }
   SseParser p;
-  std::vector<std::string> events;
+  std::vector<SseEvent> events;
   p.feed("data: {\"cut\": tr", &events);
   CHECK(events.empty());
   CHECK(p.partial());  // a stream cut mid-event is visible
