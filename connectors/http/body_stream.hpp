@@ -50,6 +50,9 @@ class BodyStream {
   bool finished() const;
 
   void cancel();  // stops the exchange; next() then ends with response().cancelled
+  // What cancel() uses, for a timer or another thread that must stop the exchange later
+  // without holding the stream.
+  std::shared_ptr<CancelToken> cancel_token() const { return token_; }
 
   struct State;  // shared with the client's thread (body_stream.cpp)
 

@@ -3,7 +3,6 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
-#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -22,7 +21,6 @@
 
 namespace scigate::inference {
 namespace asio = boost::asio;
-using namespace asio::experimental::awaitable_operators;
 using Clock = std::chrono::steady_clock;
 
 namespace {
@@ -77,6 +75,33 @@ std::string upstream_body(const ChatCall& call, bool stream) {
     body.erase("stream_options");
   }
   return body.dump();
+}
+
+// The ids a /v1/models answer lists (narrowed to `only` when set), with their context lengths.
+// Not in the coroutine: GCC 12 mishandles range-for over json inside coroutines.
+bool read_model_list(const std::string& text, const std::vector<std::string>& only, std::vector<std::string>* served,
+                     std::map<std::string, int64_t>* max_len) {
+  json body = json::parse(text, nullptr, false);
+  if (!body.is_object() || !body.contains("data") || !body["data"].is_array()) return false;
+  for (const auto& m : body["data"]) {
+    if (!m.is_object() || !m.contains("id") || !m["id"].is_string()) continue;
+    std::string id = m["id"].get<std::string>();
+    if (!only.empty() && std::find(only.begin(), only.end(), id) == only.end()) continue;
+    served->push_back(id);
+    // vLLM: max_model_len; llama.cpp: meta.n_ctx_train.
+    if (m.contains("max_model_len") && m["max_model_len"].is_number_integer())
+      (*max_len)[id] = m["max_model_len"].get<int64_t>();
+    else if (m.contains("meta") && m["meta"].is_object() && m["meta"].contains("n_ctx_train") &&
+             m["meta"]["n_ctx_train"].is_number_integer())
+      (*max_len)[id] = m["meta"]["n_ctx_train"].get<int64_t>();
+  }
+  return true;
+}
+
+// A JSON answer's body; discarded when the answer is not JSON (an HTML error page).
+json parse_json_answer(const http::Response& resp) {
+  if (!content_type_is(resp.header("content-type"), "application/json")) return json(json::value_t::discarded);
+  return json::parse(resp.body, nullptr, false);
 }
 
 json tokenize_body(const std::string& flavor, const std::string& model, const json& input) {
@@ -244,25 +269,9 @@ asio::awaitable<void> InferenceService::check(Backend& b) {
     r.url = b.cfg.url + "/v1/models";
     http::Response models = co_await client_->perform(r);
     if (stopping->load()) co_return;
-    json body = models.ok() ? json::parse(models.body, nullptr, false) : json();
-    if (!models.ok() || !body.is_object() || !body.contains("data") || !body["data"].is_array()) {
+    if (!models.ok() || !read_model_list(models.body, b.cfg.models, &served, &max_len))
       error = !models.error.empty() ? "/v1/models: " + models.error
                                     : "/v1/models answered " + std::to_string(models.status) + " without a model list";
-    } else {
-      for (const auto& m : body["data"]) {
-        if (!m.is_object() || !m.contains("id") || !m["id"].is_string()) continue;
-        std::string id = m["id"].get<std::string>();
-        if (!b.cfg.models.empty() && std::find(b.cfg.models.begin(), b.cfg.models.end(), id) == b.cfg.models.end())
-          continue;
-        served.push_back(id);
-        // vLLM: max_model_len; llama.cpp: meta.n_ctx_train.
-        if (m.contains("max_model_len") && m["max_model_len"].is_number_integer())
-          max_len[id] = m["max_model_len"].get<int64_t>();
-        else if (m.contains("meta") && m["meta"].is_object() && m["meta"].contains("n_ctx_train") &&
-                 m["meta"]["n_ctx_train"].is_number_integer())
-          max_len[id] = m["meta"]["n_ctx_train"].get<int64_t>();
-      }
-    }
   }
   bool was_healthy;
   {
@@ -282,8 +291,9 @@ asio::awaitable<void> InferenceService::check(Backend& b) {
   else if (error.empty() && !was_healthy)
     log::info("inference_backend_up", {{"backend", b.cfg.id}, {"models", served.size()}});
   if (registry_) {
-    auto unknown = co_await registry_->set_served(b.cfg.id, error.empty() ? served : std::vector<std::string>{},
-                                                  unix_now_ms());
+    std::vector<std::string> now_served;  // nothing while it is down
+    if (error.empty()) now_served = served;
+    auto unknown = co_await registry_->set_served(b.cfg.id, std::move(now_served), unix_now_ms());
     for (const auto& id : unknown)
       log::info("inference_model_not_in_catalog", {{"backend", b.cfg.id}, {"model", id},
                                                    {"detail", "served but described by no manifest (scigate models import)"}});
@@ -441,9 +451,9 @@ void InferenceService::record(Backend& b, bool ok, const std::string& error) {
 
 // --- calls -----------------------------------------------------------------------------------
 
-asio::awaitable<ChatOutcome> InferenceService::chat(ChatCall call, ChunkSink sink) {
+asio::awaitable<ChatOutcome> InferenceService::chat(ChatCall call, const ChunkSink& sink) {
   Kind kind = call.stream ? Kind::kChatStream : Kind::kChatJson;
-  co_return co_await this->call(kind, std::move(call), std::move(sink));
+  co_return co_await this->call(kind, std::move(call), &sink);
 }
 
 asio::awaitable<ChatOutcome> InferenceService::embed(std::string model, json body, Deadline deadline) {
@@ -452,10 +462,10 @@ asio::awaitable<ChatOutcome> InferenceService::embed(std::string model, json bod
   c.body = std::move(body);
   c.stream = false;
   c.deadline = deadline;
-  co_return co_await call(Kind::kEmbed, std::move(c), nullptr);
+  co_return co_await call(Kind::kEmbed, std::move(c), static_cast<const ChunkSink*>(nullptr));
 }
 
-asio::awaitable<ChatOutcome> InferenceService::call(Kind kind, ChatCall call, ChunkSink sink) {
+asio::awaitable<ChatOutcome> InferenceService::call(Kind kind, ChatCall call, const ChunkSink* sink) {
   ChatOutcome out;
   if (!client_) {
     out.error = Error{ErrorCode::kBackendUnavailable, "the inference service is shutting down", "retry later", {}};
@@ -475,7 +485,7 @@ asio::awaitable<ChatOutcome> InferenceService::call(Kind kind, ChatCall call, Ch
     out.backend = b.cfg.id;
     out.attempts++;
     Try t(out);
-    if (kind == Kind::kChatStream) co_await stream_once(b, call, sink, t);
+    if (kind == Kind::kChatStream) co_await stream_once(b, call, *sink, t);
     else co_await json_once(b, kind, call, t);
     if (out.cancelled) co_return out;
     if (t.ok) {
@@ -507,6 +517,61 @@ namespace {
 http::Request base_request(const InferenceService::Backend& b, const std::string& key, const std::string& path,
                            std::string body, Deadline deadline);
 
+// Reads a chat stream's events into the outcome and hands each chunk to the sink. A plain
+// object, not a lambda in the coroutine: GCC 12 mishandles lambdas capturing coroutine locals.
+struct StreamReader {
+  StreamReader(ChatOutcome& o, const ChunkSink& s) : out(o), sink(s) {}
+  ChatOutcome& out;
+  const ChunkSink& sink;
+  SseParser parser;
+  std::vector<SseEvent> events;
+  bool done = false;
+  std::optional<UpstreamError> error;
+
+  // False when an event is larger than the parser's limit.
+  bool feed(const std::string& bytes) {
+    events.clear();
+    if (!parser.feed(bytes, &events)) return false;
+    for (auto& e : events) {
+      if (done || error) break;
+      if (e.error) {  // llama.cpp: an error found after the stream began (context too long)
+        auto err = parse_error_text(e.data);
+        error = err ? *err : UpstreamError{e.data.substr(0, 300), "", 0};
+        break;
+      }
+      if (e.data == "[DONE]") {
+        done = true;
+        break;
+      }
+      json chunk = json::parse(e.data, nullptr, false);
+      if (chunk.is_discarded()) continue;  // a keep-alive or junk line: not ours to judge
+      if (auto err = parse_error(chunk); err && !chunk.contains("choices")) {
+        error = err;
+        break;
+      }
+      ChunkDelta d = chunk_delta(chunk);
+      out.text += d.text;
+      if (!d.finish_reason.empty()) out.finish_reason = d.finish_reason;
+      if (d.has_content) out.content_chunks++;
+      if (auto u = parse_usage(chunk)) out.usage = u;
+      if (sink) sink(chunk);
+      out.delivered = true;
+    }
+    return true;
+  }
+};
+
+// Stops a stream whose first byte is late; holds the token, not the stream, so it may fire after.
+struct FirstTokenWatch {
+  std::shared_ptr<http::CancelToken> token;
+  std::shared_ptr<bool> missed;
+  void operator()(const boost::system::error_code& ec) const {
+    if (ec) return;
+    *missed = true;
+    token->cancel();
+  }
+};
+
 }  // namespace
 
 asio::awaitable<void> InferenceService::stream_once(Backend& b, const ChatCall& call, const ChunkSink& sink, Try& t) {
@@ -523,22 +588,20 @@ asio::awaitable<void> InferenceService::stream_once(Backend& b, const ChatCall& 
   auto ex = co_await asio::this_coro::executor;
   http::BodyStream s(*client_, std::move(r), ex);
 
-  // The first byte of the answer, within the first-token limit.
+  // The first byte of the answer, within the first-token limit: a timer that stops the
+  // exchange (not `next() || timer`: GCC 12 miscompiles that nested in the pipeline's own `||`).
   asio::steady_timer first(ex, std::min<Clock::duration>(b.cfg.first_token_timeout, left(call.deadline)));
-  auto w = co_await (s.next() || first.async_wait(kAwait));
-  if (w.index() == 1) {
-    if (std::get<0>(std::get<1>(w)) == asio::error::operation_aborted) {
-      out.cancelled = true;
-      co_return;
-    }
-    s.cancel();
+  auto first_missed = std::make_shared<bool>(false);
+  first.async_wait(FirstTokenWatch{s.cancel_token(), first_missed});
+  std::optional<std::string> piece = co_await s.next();
+  first.cancel();
+  if (!piece && *first_missed) {
     t.fail(ErrorCode::kBackendUnavailable,
            "inference backend " + b.cfg.id + " sent nothing within " +
                std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(b.cfg.first_token_timeout).count()) + " ms",
            "retry later, or with a shorter prompt", true, true);
     co_return;
   }
-  std::optional<std::string> piece = std::move(std::get<0>(w));
   if (!piece) {  // over without a body
     const http::Response& resp = s.response();
     if (resp.cancelled) {
@@ -589,52 +652,22 @@ asio::awaitable<void> InferenceService::stream_once(Backend& b, const ChatCall& 
   if (!content_type_is(ctype, "text/event-stream")) {
     s.cancel();
     t.fail(ErrorCode::kBackendUnavailable,
-           "inference backend " + b.cfg.id + " answered " + (ctype.empty() ? "without a content type" : ctype) +
+           "inference backend " + b.cfg.id + " answered " +
+               (ctype.empty() ? "without a content type" : ctype.substr(0, ctype.find(';'))) +
                " instead of an event stream (a proxy in the way?)",
            "retry shortly; if it persists, tell the operators", true, true);
     co_return;
   }
 
-  SseParser parser;
-  std::vector<SseEvent> events;
-  bool done = false;
-  std::optional<UpstreamError> stream_error;
-  auto consume = [&](const std::string& bytes) -> bool {
-    events.clear();
-    if (!parser.feed(bytes, &events)) return false;
-    for (auto& e : events) {
-      if (done || stream_error) break;
-      if (e.error) {  // llama.cpp: an error found after the stream began (context too long)
-        auto err = parse_error_text(e.data);
-        stream_error = err ? *err : UpstreamError{e.data.substr(0, 300), "", 0};
-        break;
-      }
-      if (e.data == "[DONE]") {
-        done = true;
-        break;
-      }
-      json chunk = json::parse(e.data, nullptr, false);
-      if (chunk.is_discarded()) continue;  // a keep-alive or junk line: not ours to judge
-      if (auto err = parse_error(chunk); err && !chunk.contains("choices")) {
-        stream_error = err;
-        break;
-      }
-      ChunkDelta d = chunk_delta(chunk);
-      out.text += d.text;
-      if (!d.finish_reason.empty()) out.finish_reason = d.finish_reason;
-      if (d.has_content) out.content_chunks++;
-      if (auto u = parse_usage(chunk)) out.usage = u;
-      if (sink) sink(chunk);
-      out.delivered = true;
-    }
-    return true;
-  };
-  bool ok = consume(*piece);
-  while (ok && !done && !stream_error) {
+  StreamReader reader(out, sink);
+  bool ok = reader.feed(*piece);
+  while (ok && !reader.done && !reader.error) {
     auto more = co_await s.next();
     if (!more) break;
-    ok = consume(*more);
+    ok = reader.feed(*more);
   }
+  const bool done = reader.done;
+  std::optional<UpstreamError> stream_error = reader.error;
   if (!ok) {
     s.cancel();
     t.fail(ErrorCode::kBackendUnavailable, "inference backend " + b.cfg.id + " sent an event larger than the limit",
@@ -702,8 +735,7 @@ asio::awaitable<void> InferenceService::json_once(Backend& b, Kind kind, const C
     classify(t, b.cfg.id, resp.status, resp.body);
     co_return;
   }
-  json j = content_type_is(resp.header("content-type"), "application/json") ? json::parse(resp.body, nullptr, false)
-                                                                            : json(json::value_t::discarded);
+  json j = parse_json_answer(resp);
   if (j.is_discarded() || !j.is_object()) {
     std::string ctype = resp.header("content-type");
     t.fail(ErrorCode::kBackendUnavailable,

@@ -94,7 +94,8 @@ class InferenceService {
   // Ends the poller and the HTTP client; calls still in flight complete as cancelled.
   void stop();
 
-  boost::asio::awaitable<ChatOutcome> chat(ChatCall call, ChunkSink sink);
+  // `sink` must outlive the call (the caller awaits it).
+  boost::asio::awaitable<ChatOutcome> chat(ChatCall call, const ChunkSink& sink);
   // POST /v1/embeddings with `body` (input, encoding_format, ...); the answer in `response`.
   boost::asio::awaitable<ChatOutcome> embed(std::string model, json body, Deadline deadline);
   // The backend's own token count (POST /tokenize) of `messages` (an array: chat, template
@@ -115,7 +116,7 @@ class InferenceService {
   struct Try;
 
  private:
-  boost::asio::awaitable<ChatOutcome> call(Kind kind, ChatCall call, ChunkSink sink);
+  boost::asio::awaitable<ChatOutcome> call(Kind kind, ChatCall call, const ChunkSink* sink);
   boost::asio::awaitable<std::optional<Lease>> acquire(const std::string& model, const std::vector<std::string>& tried,
                                                        Deadline deadline, Error* why);
   std::optional<Lease> try_acquire(const std::string& model, const std::vector<std::string>& tried, Error* why,

@@ -673,18 +673,28 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     return r;
   }
 
+  static openai::ApiAnswer openai_not_found(bool enabled, const std::string& path) {
+    if (!enabled)
+      return openai::api_error(404, "not_found_error", "the OpenAI-compatible API is not enabled here (no [inference] backends)");
+    return openai::api_error(404, "not_found_error",
+                             "no such endpoint: " + path + " (this server has /v1/chat/completions, /v1/embeddings, /v1/models)");
+  }
+  static openai::ApiAnswer openai_not_member(const Principal& p, const std::string& project) {
+    return openai::api_error(403, "permission_error",
+                             p.name + " is not a member of project " + (project.empty() ? std::string("(none)") : project));
+  }
+
   asio::awaitable<bool> handle_openai(Request& req, const std::string& path) {
     const unsigned v = req.version();
     const bool ka = req.keep_alive();
     auto& deps = server_->deps_;
     openai::OpenAiApi* api = deps.openai;
     const bool known = path == "/v1/chat/completions" || path == "/v1/embeddings" || path == "/v1/models";
+    // Answers are built before `co_await send(...)`: GCC 12 destroys a temporary made by ?: inside
+    // a co_await expression twice.
     if (!api || !known) {
-      co_await send(openai_answer(openai::api_error(404, "not_found_error",
-                                                    !api ? "the OpenAI-compatible API is not enabled here (no [inference] backends)"
-                                                         : "no such endpoint: " + path +
-                                                               " (this server has /v1/chat/completions, /v1/embeddings, /v1/models)"),
-                                  v, ka));
+      Response r = openai_answer(openai_not_found(api != nullptr, path), v, ka);
+      co_await send(std::move(r));
       co_return ka;
     }
     if (std::string origin = header(req, "Origin"); !origin.empty() && !origin_allowed(origin, cfg_.allowed_origins)) {
@@ -706,9 +716,8 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     if (is_models) {
       std::string p = project.empty() ? principal->default_project() : project;
       if (p.empty() || !principal->member_of(p)) {
-        co_await send(openai_answer(openai::api_error(403, "permission_error",
-                                                      principal->name + " is not a member of project " + (p.empty() ? "(none)" : p)),
-                                    v, ka));
+        Response r = openai_answer(openai_not_member(*principal, p), v, ka);
+        co_await send(std::move(r));
         co_return ka;
       }
       facts_.audit = false;  // a listing, like tools/list
@@ -727,80 +736,116 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
       co_return ka;
     }
     const bool embeddings = path == "/v1/embeddings";
-    auto mapped = embeddings ? api->map_embeddings(body) : api->map_chat(body);
-    if (auto* bad = std::get_if<openai::ApiAnswer>(&mapped)) {
-      co_await send(openai_answer(*bad, v, ka));
+    auto st = std::make_shared<OpenAiCall>();
+    st->embeddings = embeddings;
+    if (auto refused = prepare_openai_call(*st, body, *principal, project, req)) {
+      co_await send(openai_answer(*refused, v, ka));
       co_return ka;
     }
-    openai::MappedCall call = std::move(std::get<openai::MappedCall>(mapped));
-    ToolCallRequest& tc = call.request;
-    const std::string tool = tc.tool;
-    facts_.tool = tool;
-    tc.principal = *principal;
+    facts_.tool = st->call.request.tool;
+    cancel_on_disconnect_ = true;  // an OpenAI client that hangs up has given up
+    if (st->call.stream) co_return co_await openai_stream(st, v, ka);
+    // Raw pointers in the closure: GCC 12 destroys a lambda temporary inside a co_await
+    // expression twice, which a captured shared_ptr does not survive. `st` outlives the call.
+    OpenAiCall* sp = st.get();
+    co_await run_with_disconnect_watch(st->call.request.cancellation, [sp, api]() -> asio::awaitable<void> {
+      sp->out = co_await api->pipeline().run(std::move(sp->call.request));
+    });
+    facts_.audited = true;  // the pipeline recorded the call
+    if (disconnected_ || st->out.cancelled) co_return false;
+    co_await send(openai_answer(st->answer(), v, ka));
+    co_return ka;
+  }
+
+  // One OpenAI-compatible call's state, on the heap: the handlers below and the tool's relay
+  // share it (GCC 12 mishandles lambdas that capture a coroutine's locals by reference).
+  struct OpenAiCall {
+    openai::MappedCall call;
+    std::string tool;
+    bool embeddings = false;
+    inference::CompletionBuilder builder;  // non-streamed chat: the chunks, merged
+    json whole;                            // embeddings: the backend's answer
+    ToolCallOutcome out;
+    bool started = false;  // streaming: the event stream's head is out
+    std::shared_ptr<EventQueue> queue;  // streaming: chunks on their way to the client
+
+    openai::ApiAnswer answer() const {
+      return openai::OpenAiApi::answer(out, embeddings ? whole : builder.build(), tool);
+    }
+  };
+
+  // Maps the body to a tool call for `principal` and fills in the transport's facts; or the
+  // refusal to send.
+  std::optional<openai::ApiAnswer> prepare_openai_call(OpenAiCall& st, const json& body, const Principal& principal,
+                                                       const std::string& project, const Request& req) {
+    auto mapped = st.embeddings ? openai::OpenAiApi::map_embeddings(body) : openai::OpenAiApi::map_chat(body);
+    if (auto* bad = std::get_if<openai::ApiAnswer>(&mapped)) return *bad;
+    st.call = std::move(std::get<openai::MappedCall>(mapped));
+    ToolCallRequest& tc = st.call.request;
+    st.tool = tc.tool;
+    tc.principal = principal;
     tc.requested_project = project;
     tc.idempotency_key = header(req, "Idempotency-Key");
     tc.request_id = crypto::request_id();
     tc.protocol_version = "openai";
     tc.era = "openai";
     tc.client_name = header(req, "User-Agent").substr(0, 128);
-    auto flag = tc.cancellation;
-    cancel_on_disconnect_ = true;  // an OpenAI client that hangs up has given up
-    ToolCallOutcome out;
-
-    if (!call.stream) {
-      inference::CompletionBuilder builder;
-      json whole;
-      tc.partial = [&builder, &whole, embeddings](const json& piece) {
-        if (embeddings) whole = piece;
-        else builder.add(piece);
+    if (!st.call.stream) {
+      OpenAiCall* p = &st;  // lives until the call ends (the handler holds it)
+      tc.partial = [p](const json& piece) {
+        if (p->embeddings) p->whole = piece;
+        else p->builder.add(piece);
       };
-      co_await run_with_disconnect_watch(flag, [&]() -> asio::awaitable<void> {
-        out = co_await api->pipeline().run(std::move(tc));
-      });
-      facts_.audited = true;  // the pipeline recorded the call
-      if (disconnected_ || out.cancelled) co_return false;
-      co_await send(openai_answer(openai::OpenAiApi::answer(out, embeddings ? whole : builder.build(), tool), v, ka));
-      co_return ka;
     }
+    return std::nullopt;
+  }
 
-    // Streaming: the event stream starts with the first chunk, so a call refused before it
-    // (policy, credits, a backend that is down) still gets a proper status and JSON error.
+  // Streaming: the event stream starts with the first chunk, so a call refused before it
+  // (policy, credits, a backend that is down) still gets a proper status and JSON error.
+  asio::awaitable<bool> openai_stream(std::shared_ptr<OpenAiCall> st, unsigned v, bool ka) {
     auto q = std::make_shared<EventQueue>(executor());
+    st->queue = q;
     auto self = this->shared_from_this();
-    const bool include_usage = call.include_usage;
-    tc.partial = [self, q, include_usage](const json& chunk) {
+    const bool include_usage = st->call.include_usage;
+    st->call.request.partial = [self, q, include_usage](const json& chunk) {
       // The usage chunk (no choices) was asked for by scigate, not necessarily by the client.
       if (!include_usage && chunk.contains("choices") && chunk["choices"].is_array() && chunk["choices"].empty()) return;
       self->push(q, jsonrpc::dump(chunk));
     };
-    bool started = false;
-    co_await run_with_disconnect_watch(flag, [&]() -> asio::awaitable<void> {
-      auto dispatch = [&]() -> asio::awaitable<void> {
-        out = co_await api->pipeline().run(std::move(tc));
-        asio::post(executor(), [q] {
-          q->done = true;
-          q->wake.cancel();
-        });
-      };
-      co_await (dispatch() && pump_openai(q, v, &started));
+    openai::OpenAiApi* api = server_->deps_.openai;
+    // Raw pointers in the closure (see handle_openai); `st` and `q` outlive the call.
+    Connection* me = this;
+    OpenAiCall* sp = st.get();
+    EventQueue* qp = q.get();
+    co_await run_with_disconnect_watch(st->call.request.cancellation, [me, sp, qp, api, v]() -> asio::awaitable<void> {
+      co_await (me->openai_dispatch(sp, api) && me->pump_openai(qp, v, &sp->started));
     });
     facts_.audited = true;
-    if (disconnected_ || out.cancelled) co_return false;
-    if (!started) {
-      openai::ApiAnswer a = openai::OpenAiApi::answer(out, json(), tool);
+    if (disconnected_ || st->out.cancelled) co_return false;
+    if (!st->started) {
+      openai::ApiAnswer a = openai::OpenAiApi::answer(st->out, json(), st->tool);
       if (a.status == 200) a = openai::api_error(502, "server_error", "the model server sent no output", "empty_answer");
       co_await send(openai_answer(a, v, ka));
       co_return ka;
     }
-    if (const json& r = out.result; r.is_object() && r.value("isError", false))
-      co_await write_chunk("data: " + jsonrpc::dump(openai::OpenAiApi::stream_error(out)) + "\n\n");
+    const bool failed = st->out.result.is_object() && st->out.result.value("isError", false);
+    if (failed) co_await write_chunk("data: " + jsonrpc::dump(openai::OpenAiApi::stream_error(st->out)) + "\n\n");
     co_await write_chunk("data: [DONE]\n\n");
     co_await write_last_chunk();
     co_return !disconnected_ && ka;
   }
 
+  asio::awaitable<void> openai_dispatch(OpenAiCall* st, openai::OpenAiApi* api) {
+    st->out = co_await api->pipeline().run(std::move(st->call.request));
+    // Posted, so it lands after the chunks posted before it; it keeps the queue alive.
+    asio::post(executor(), [q = st->queue] {
+      q->done = true;
+      q->wake.cancel();
+    });
+  }
+
   // Relays queued chunks as `data:` events; the stream's head goes out with the first one.
-  asio::awaitable<void> pump_openai(std::shared_ptr<EventQueue> q, unsigned version, bool* started) {
+  asio::awaitable<void> pump_openai(EventQueue* q, unsigned version, bool* started) {
     for (;;) {
       while (!q->items.empty()) {
         std::string s = std::move(q->items.front());

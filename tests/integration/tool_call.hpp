@@ -12,6 +12,7 @@ namespace scigate::itest {
 inline json call_tool(Client& c, const std::string& key, const std::string& tool, json args) {
   auto req = modern_request(1, "tools/call", {{"name", tool}, {"arguments", std::move(args)}});
   auto r = c.request(http::verb::post, "/mcp", modern_headers(key, "tools/call", tool), req.dump());
+  INFO(tool << ": " << r.body);
   REQUIRE(r.status == 200);
   auto body = r.json_body();
   REQUIRE(body.contains("result"));

@@ -307,7 +307,7 @@ asio::awaitable<ToolResult> CallInferenceTool::call(const json& args, CallContex
   CallContext* c = &ctx;
   inference::CompletionBuilder* b = &builder;
   int64_t* n = &chunks;
-  auto sink = [c, b, n, max_tokens](const json& chunk) {
+  inference::ChunkSink sink = [c, b, n, max_tokens](const json& chunk) {
     b->add(chunk);
     if (!inference::chunk_delta(chunk).has_content) {
       if (c->partial) c->partial(chunk);
@@ -432,6 +432,13 @@ Vectors read_vectors(const json& response) {
   return v;
 }
 
+json joined_texts(const json& input) {
+  if (!input.is_array()) return input;
+  std::string joined;
+  for (const auto& t : input) joined += t.get<std::string>() + "\n";
+  return json(joined);
+}
+
 json embed_result(const std::string& model, const std::string& backend, Vectors& v, bool inline_vectors,
                   const std::string& note, const json& usage) {
   json r = json::object();
@@ -470,12 +477,7 @@ asio::awaitable<ToolResult> EmbedTool::call(const json& args, CallContext& ctx) 
     counted = out.usage->prompt_tokens;
   } else {
     // One count for all the texts (joined): a few separator tokens more than the sum at most.
-    json texts = args["input"];
-    if (texts.is_array()) {
-      std::string joined;
-      for (const auto& t : texts) joined += t.get<std::string>() + "\n";
-      texts = joined;
-    }
+    json texts = joined_texts(args["input"]);
     counted = co_await deps_.service.count_tokens(out.backend, model, std::move(texts));
     counted_by = counted ? "tokenize" : "hold";
   }
