@@ -4,6 +4,9 @@
 
 #include "connectors/inference/inference_service.hpp"
 #include "policies/policy.hpp"
+#include "server/common/crypto.hpp"
+
+#include <cstring>
 
 namespace scigate::openai {
 
@@ -112,8 +115,13 @@ std::variant<MappedCall, ApiAnswer> OpenAiApi::map_chat(const json& body) {
 std::variant<MappedCall, ApiAnswer> OpenAiApi::map_embeddings(const json& body) {
   if (auto bad = need_object(body)) return *bad;
   if (!body.contains("input")) return api_error(400, "invalid_request_error", "you must provide input", "missing_input");
-  if (auto f = body.find("encoding_format"); f != body.end() && !f->is_null() && *f != "float")
-    return api_error(400, "invalid_request_error", "encoding_format must be \"float\" here", "unsupported_encoding_format");
+  bool base64 = false;
+  if (auto f = body.find("encoding_format"); f != body.end() && !f->is_null()) {
+    if (*f == "base64") base64 = true;
+    else if (*f != "float")
+      return api_error(400, "invalid_request_error", "encoding_format must be \"float\" or \"base64\"",
+                       "unsupported_encoding_format");
+  }
   json args = json::object();
   args["model"] = body["model"];
   args["input"] = body["input"];
@@ -121,7 +129,25 @@ std::variant<MappedCall, ApiAnswer> OpenAiApi::map_embeddings(const json& body) 
   args["summary_only"] = true;  // the client gets the full answer from the endpoint, not from the tool result
   MappedCall m;
   m.request = call_of("embed", std::move(args));
+  m.base64 = base64;
   return m;
+}
+
+json embeddings_as_base64(json response) {
+  if (!response.is_object() || !response.contains("data") || !response["data"].is_array()) return response;
+  for (auto& item : response["data"]) {
+    if (!item.is_object() || !item.contains("embedding") || !item["embedding"].is_array()) continue;
+    std::string bytes;
+    bytes.reserve(item["embedding"].size() * 4);
+    for (const auto& x : item["embedding"]) {
+      float f = x.is_number() ? x.get<float>() : 0.0f;
+      uint32_t u;
+      std::memcpy(&u, &f, 4);
+      for (int i = 0; i < 4; ++i) bytes.push_back(static_cast<char>((u >> (8 * i)) & 0xff));  // little-endian
+    }
+    item["embedding"] = crypto::base64_encode(bytes);
+  }
+  return response;
 }
 
 ApiAnswer OpenAiApi::answer(const ToolCallOutcome& outcome, const json& built, const std::string& tool) {

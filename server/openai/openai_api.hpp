@@ -43,7 +43,12 @@ struct MappedCall {
   ToolCallRequest request;
   bool stream = false;         // the client asked for server-sent events
   bool include_usage = false;  // stream_options.include_usage: forward the usage chunk
+  bool base64 = false;         // embeddings: encoding_format "base64" (the OpenAI SDKs' default)
 };
+
+// An embeddings answer with each vector as base64 of little-endian float32, as OpenAI sends it
+// for encoding_format "base64".
+json embeddings_as_base64(json response);
 
 class OpenAiApi {
  public:

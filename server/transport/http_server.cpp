@@ -770,7 +770,8 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     std::shared_ptr<EventQueue> queue;  // streaming: chunks on their way to the client
 
     openai::ApiAnswer answer() const {
-      return openai::OpenAiApi::answer(out, embeddings ? whole : builder.build(), tool);
+      if (embeddings) return openai::OpenAiApi::answer(out, call.base64 ? openai::embeddings_as_base64(whole) : whole, tool);
+      return openai::OpenAiApi::answer(out, builder.build(), tool);
     }
   };
 

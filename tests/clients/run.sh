@@ -4,7 +4,9 @@
 #   run.sh [SCIGATE_BINARY] [SUITE...]
 #
 # SCIGATE_BINARY defaults to ../../build/scigate (relative to this script).
-# SUITE is any of: sdk v2 tasks inspector conformance claude opencode (default: all).
+# SUITE is any of: sdk v2 tasks inspector conformance claude opencode openai (default: all).
+# The openai suite (the official OpenAI SDK against /v1/...) also starts the vLLM test double
+# (tests/scigate_inference_double next to the binary) and gives the server a backend on it.
 # Arguments may come in any order: a known suite name is a suite, anything
 # else is the binary.
 #
@@ -17,13 +19,13 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ALL_SUITES=(sdk v2 tasks inspector conformance claude opencode)
+ALL_SUITES=(sdk v2 tasks inspector conformance claude opencode openai)
 
 BIN=""
 SUITES=()
 for arg in "$@"; do
   case "$arg" in
-    sdk | v2 | tasks | inspector | conformance | claude | opencode) SUITES+=("$arg") ;;
+    sdk | v2 | tasks | inspector | conformance | claude | opencode | openai) SUITES+=("$arg") ;;
     all) SUITES+=("${ALL_SUITES[@]}") ;;
     -h | --help)
       sed -n '2,15p' "$0"
@@ -81,11 +83,14 @@ fi
 TEST_NODE="$NODE22"
 
 # --- scratch dir, scigate init, HTTP server on port 0 -------------------------
+DOUBLE="$(dirname "$BIN")/tests/scigate_inference_double"
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/scigate-clients.XXXXXX")"
 SERVER_PID=""
+DOUBLE_PID=""
 failed_any=0
 cleanup() {
   local rc=$?
+  if [[ -n "$DOUBLE_PID" ]]; then kill -TERM "$DOUBLE_PID" 2>/dev/null || true; fi
   if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
     kill -TERM "$SERVER_PID" 2>/dev/null || true
     for _ in $(seq 1 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
@@ -117,6 +122,23 @@ if [[ ! "$SCIGATE_KEY" =~ ^sgk_ || ! "$SCIGATE_SERVICE_KEY" =~ ^sgk_ ]]; then
   log "could not read the API keys printed by 'scigate init':"
   cat "$TMP/init.txt" >&2
   exit 1
+fi
+
+if [[ " ${SUITES[*]} " == *" openai "* ]]; then
+  # The vLLM test double as the demo's inference backend, serving the demo policy's models.
+  if [[ ! -x "$DOUBLE" ]]; then
+    log "the inference test double is not built: $DOUBLE"
+    echo "0 passed, ${#SUITES[@]} failed"
+    exit 1
+  fi
+  coproc DBL { exec "$DOUBLE" --flavor vllm --port 0 --models llama-3.1-8b-instruct,bge-m3; }
+  DOUBLE_PID=$DBL_PID
+  read -r -t 10 line <&"${DBL[0]}" || true
+  DOUBLE_PORT="${line#listening }"
+  [[ "$DOUBLE_PORT" =~ ^[0-9]+$ ]] || { log "the inference double did not start ($line)"; exit 1; }
+  printf '\n[inference]\nhealth_interval_ms = 200\nbackends = [{ id = "double", url = "http://127.0.0.1:%s" }]\n' \
+    "$DOUBLE_PORT" >>"$TMP/sg/scigate.toml"
+  export SCIGATE_DOUBLE_URL="http://127.0.0.1:$DOUBLE_PORT"
 fi
 
 "$BIN" serve --config "$TMP/sg/scigate.toml" --http 127.0.0.1:0 --port-file "$TMP/port" 2>"$TMP/server.log" &

@@ -120,7 +120,13 @@ TEST_CASE("OpenAI endpoint: a chat body becomes call_inference arguments, unknow
   CHECK(status_of(R"({"model":"m"})") == 400);
   CHECK(status_of(R"({"model":"m","messages":[],"n":2})") == 400);
   CHECK(status_of(R"({"model":"m","messages":[],"stream":"yes"})") == 400);
-  auto e = openai::OpenAiApi::map_embeddings(json::parse(R"({"model":"e","input":["a","b"],"encoding_format":"base64"})"));
+  auto b64 = openai::OpenAiApi::map_embeddings(json::parse(R"({"model":"e","input":["a","b"],"encoding_format":"base64"})"));
+  REQUIRE(std::holds_alternative<openai::MappedCall>(b64));
+  CHECK(std::get<openai::MappedCall>(b64).base64);
+  // 1.0f is 00 00 80 3f little-endian.
+  auto enc = openai::embeddings_as_base64(json::parse(R"({"data":[{"index":0,"embedding":[1.0]}]})"));
+  CHECK(enc["data"][0]["embedding"] == "AACAPw==");
+  auto e = openai::OpenAiApi::map_embeddings(json::parse(R"({"model":"e","input":["a","b"],"encoding_format":"int8"})"));
   REQUIRE(std::holds_alternative<openai::ApiAnswer>(e));
   CHECK(std::get<openai::ApiAnswer>(e).body["error"]["code"] == "unsupported_encoding_format");
 }
