@@ -103,10 +103,11 @@ App::App(Config config)
       audit_query_(std::make_unique<audit::AuditQueryService>(config_.database)),
       jobs_(std::make_unique<jobs::JobService>(config_, config_.database, *ledger_, make_scheduler)),
       models_(std::make_unique<registry::ModelRegistry>(config_.database)),
+      areas_(std::make_unique<storage::Areas>(config_.data)),
       // &policy_ before policy_ is built: the model tools keep the reference and use it only in calls.
       registry_(tools::make_registry(
           config_, tools::ToolServices{ledger_.get(), audit_query_.get(), jobs_.get(), models_.get(), &policy_,
-                                       sqlite_ledger_ ? &sqlite_ledger_->rates() : nullptr})),
+                                       sqlite_ledger_ ? &sqlite_ledger_->rates() : nullptr, areas_.get()})),
       policy_(ProjectPolicies::sources_from(config_)),
       audit_(config_.database, audit_options(config_)),
       pipeline_(registry_, policy_, *ledger_, audit_, metrics_, config_.tool_timeout),
@@ -140,6 +141,7 @@ void App::drain_writers() {
   jobs_->stop();  // pollers end; queued database work finishes and posts back
   if (tasks_) tasks_->join();
   models_->join();
+  areas_->join();
   audit_.flush();
   if (sqlite_ledger_) sqlite_ledger_->flush();
 }

@@ -1,6 +1,7 @@
 #include "tools/builtin.hpp"
 
 #include "tools/audit/query_audit_log.hpp"
+#include "tools/data/file_tools.hpp"
 #include "tools/demo/demo_tools.hpp"
 #include "tools/jobs/job_tools.hpp"
 #include "tools/models/model_tools.hpp"
@@ -26,6 +27,11 @@ ToolRegistry make_registry(const Config& config, const ToolServices& services) {
   if (services.models && services.policy) {
     r.add(std::make_unique<QueryModelRegistryTool>(ModelToolDeps{*services.models, *services.policy, services.rates}));
     r.add(std::make_unique<GetModelTool>(ModelToolDeps{*services.models, *services.policy, services.rates}));
+  }
+  if (services.areas && !config.data.areas.empty()) {
+    r.add(std::make_unique<ListFilesTool>(*services.areas));
+    r.add(std::make_unique<StatFileTool>(*services.areas));
+    r.add(std::make_unique<ReadFileTool>(*services.areas));
   }
   if (config.quantum.enabled) r.add(std::make_unique<RunQuantumCircuitTool>(config, services.jobs));
   if (config.demo_tools) {

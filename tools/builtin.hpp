@@ -15,6 +15,10 @@ namespace scigate::registry {
 class ModelRegistry;
 }
 
+namespace scigate::storage {
+class Areas;
+}
+
 namespace scigate::credits {
 class RateTable;
 }
@@ -36,6 +40,7 @@ struct ToolServices {
   registry::ModelRegistry* models = nullptr;
   const PolicyEngine* policy = nullptr;
   const credits::RateTable* rates = nullptr;  // prices get_model shows; null without a credit ledger
+  storage::Areas* areas = nullptr;  // list_files, stat_file, read_file (when areas are configured)
 };
 
 // The explicit list of tools this build offers. Adding a tool is one line in builtin.cpp.

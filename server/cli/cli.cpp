@@ -97,6 +97,24 @@ hold_timeout_s = 0        # 0: a hold lives as long as the call may (tool timeou
 enabled = true
 max_memory_mb = 512
 
+[data]
+# Storage areas the file tools and stage_data reach as area://<id>/<path> (docs/DATA.md). Every
+# path is resolved beneath the area's root; links out of it, devices and FIFOs are refused.
+max_concurrent = 4
+
+[[data.areas]]
+id = "scratch"
+project = "demo"
+root = "data/demo/scratch"   # relative to this file; created on first use
+mode = "rw"
+quota_bytes = 10737418240    # 10 GiB
+quota_files = 100000
+
+[data.http]
+# Downloads (stage_data from https://...) reach only these hosts; loopback, private, link-local
+# and cloud metadata addresses are refused after DNS unless allowed_networks lists them.
+allowed_hosts = []
+
 [audit]
 # Signed checkpoints of the audit log, kept outside the database (docs/AUDIT.md). The Ed25519
 # key is created on first start; give auditors its public key (scigate audit pubkey).
@@ -163,6 +181,13 @@ effect = "permit"
 description = "Members follow, read and cancel their project's jobs"
 principals = ["role:member"]
 tools = ["get_job", "list_jobs", "wait_job", "read_job_output", "cancel_job"]
+
+[[rules]]
+id = "members-use-data"
+effect = "permit"
+description = "Members look into their storage areas and stage data between them"
+principals = ["role:member"]
+tools = ["list_files", "stat_file", "read_file", "stage_data", "get_transfer", "list_transfers", "cancel_transfer"]
 
 [[rules]]
 id = "members-simulate-circuits"
@@ -447,6 +472,8 @@ int cmd_init(const Args& args) {
             << "  project:  demo (member: demo; service account: lab-controller)\n"
             << "  policy:   " << fs::absolute(dir / "policies" / "demo.toml").string() << " (tests: demo.test.toml beside it)\n"
             << "  jobs:     local executor, job directories in " << cfg.sites.front().jobs_root.string() << "\n"
+            << "  data:     area://scratch/ in " << (cfg.data.areas.empty() ? std::string("-") : cfg.data.areas.front().root.string())
+            << " (list_files, read_file, stage_data)\n"
             << "  credits:  1000 granted to project demo (scigate credits balance --config "
             << fs::absolute(cfg_file).string() << ")\n"
             << "  models:   " << models << " example models in the registry (scigate models list --config "

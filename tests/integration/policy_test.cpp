@@ -212,7 +212,7 @@ TEST_CASE("cli: policy test runs the demo's cases, reports failures, and validat
   CHECK(out.find("FAIL: 1/15") != std::string::npos);
 
   CHECK(run_command({binary(), "policy", "validate", policy_file(s)}, &out) == 0);
-  CHECK(out.find(": ok (9 rules, 1 rate limits; sha256 ") != std::string::npos);
+  CHECK(out.find(": ok (10 rules, 1 rate limits; sha256 ") != std::string::npos);
   std::string broken = (s.dir() / "policies" / "broken.toml").string();
   std::ofstream(broken) << "[[rules]]\nid = \"x\"\neffect = \"permit\"\n[rules.context]\nhours = \"9-5\"\n";
   CHECK(run_command({binary(), "policy", "validate", broken}, &out) == 1);
