@@ -104,10 +104,12 @@ App::App(Config config)
       jobs_(std::make_unique<jobs::JobService>(config_, config_.database, *ledger_, make_scheduler)),
       models_(std::make_unique<registry::ModelRegistry>(config_.database)),
       areas_(std::make_unique<storage::Areas>(config_.data)),
+      transfers_(std::make_unique<storage::TransferService>(config_, config_.database, *ledger_, *areas_)),
       // &policy_ before policy_ is built: the model tools keep the reference and use it only in calls.
       registry_(tools::make_registry(
           config_, tools::ToolServices{ledger_.get(), audit_query_.get(), jobs_.get(), models_.get(), &policy_,
-                                       sqlite_ledger_ ? &sqlite_ledger_->rates() : nullptr, areas_.get()})),
+                                       sqlite_ledger_ ? &sqlite_ledger_->rates() : nullptr, areas_.get(),
+                                       transfers_.get()})),
       policy_(ProjectPolicies::sources_from(config_)),
       audit_(config_.database, audit_options(config_)),
       pipeline_(registry_, policy_, *ledger_, audit_, metrics_, config_.tool_timeout),
@@ -141,6 +143,7 @@ void App::drain_writers() {
   jobs_->stop();  // pollers end; queued database work finishes and posts back
   if (tasks_) tasks_->join();
   models_->join();
+  transfers_->stop();  // data stops moving; transfers in flight resume at the next start
   areas_->join();
   audit_.flush();
   if (sqlite_ledger_) sqlite_ledger_->flush();
@@ -200,6 +203,7 @@ int App::serve_http(const std::string& host, uint16_t port, const std::string& p
                  {"detail", "[oidc] resource is not set; using the listen address (set it to the public URL)"}});
   }
   jobs_->start(io);
+  transfers_->start(io);
   server.start();
   log::info("listening", {{"url", url}, {"threads", thread_count()}, {"tools", registry_.tools().size()}});
   if (!port_file.empty()) {
@@ -264,6 +268,7 @@ int App::serve_stdio() {
   asio::io_context io;
   auto work = asio::make_work_guard(io);
   jobs_->start(io);
+  transfers_->start(io);
   // SIGHUP must not kill a stdio server; it reloads the policies, as over HTTP.
   asio::signal_set hup(io, SIGHUP);
   std::function<void()> wait_hup = [&] {

@@ -17,6 +17,7 @@ class ModelRegistry;
 
 namespace scigate::storage {
 class Areas;
+class TransferService;
 }
 
 namespace scigate::credits {
@@ -41,6 +42,7 @@ struct ToolServices {
   const PolicyEngine* policy = nullptr;
   const credits::RateTable* rates = nullptr;  // prices get_model shows; null without a credit ledger
   storage::Areas* areas = nullptr;  // list_files, stat_file, read_file (when areas are configured)
+  storage::TransferService* transfers = nullptr;  // stage_data, get_transfer, list_transfers, cancel_transfer
 };
 
 // The explicit list of tools this build offers. Adding a tool is one line in builtin.cpp.

@@ -90,6 +90,7 @@ hold_timeout_s = 0        # 0: a hold lives as long as the call may (tool timeou
 "cpu_core_hour" = 10                         # jobs: held for cpus x walltime, charged for what ran
 "call:submit_job" = 0.01
 "quantum_sim_qubit_gate" = 0.0001           # run_quantum_circuit: per qubit x gate simulated
+"gb_staged" = 0.01                           # stage_data: held for the announced size, charged per GB moved
 
 [quantum]
 # run_quantum_circuit on the embedded state-vector simulator (docs/QUANTUM.md). Memory grows
