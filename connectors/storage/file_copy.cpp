@@ -9,8 +9,8 @@
 namespace scigate::storage {
 
 namespace {
-
 Error cancelled() { return Error{ErrorCode::kCancelled, "the transfer was cancelled", {}, {}}; }
+}  // namespace
 
 // Hashes pieces in order on the hash pool, one at a time, while the caller goes on with the
 // next piece. wait() before touching a buffer handed to the pool again.
@@ -36,6 +36,8 @@ class PipelinedHash {
   boost::asio::thread_pool& pool_;
   std::future<void> pending_;
 };
+
+namespace {
 
 void check_growth(const CopyHooks& hooks, int64_t total) {
   if (hooks.grew && total > hooks.reserved)
@@ -94,116 +96,56 @@ int64_t copy_file_data(Reader& reader, Writer& writer, int64_t offset, crypto::S
   return off;
 }
 
-// --- ChunkSink ---------------------------------------------------------------------------------
+// --- BlockWriter -------------------------------------------------------------------------------
 
-ChunkSink::ChunkSink(Writer& writer, crypto::Sha256& hash, boost::asio::thread_pool& hash_pool, std::size_t max_buffered,
-                     int64_t offset)
-    : writer_(writer), hash_(hash), hash_pool_(hash_pool), max_buffered_(max_buffered), written_(offset) {}
-
-bool ChunkSink::push(std::string piece) {
-  std::unique_lock lk(m_);
-  cv_.wait(lk, [&] { return buffered_ < max_buffered_ || failed_ || closed_; });
-  if (failed_ || closed_) return false;
-  buffered_ += piece.size();
-  queue_.push_back(std::move(piece));
-  cv_.notify_all();
-  return true;
+BlockWriter::BlockWriter(Writer& writer, crypto::Sha256& hash, boost::asio::thread_pool& hash_pool, int64_t offset,
+                         CopyHooks hooks)
+    : writer_(writer), hash_(hash), hasher_(std::make_unique<PipelinedHash>(hash, hash_pool)), hooks_(std::move(hooks)),
+      written_(offset), position_(offset) {
+  blocks_[0].reserve(kBlock);
 }
 
-bool ChunkSink::restart_from_zero() {
-  std::unique_lock lk(m_);
-  if (failed_ || closed_) return false;
-  restart_ = true;
-  cv_.notify_all();
-  cv_.wait(lk, [&] { return !restart_ || failed_; });
-  return !failed_;
+BlockWriter::~BlockWriter() { hasher_->wait(); }
+
+void BlockWriter::write_block() {
+  std::string& b = blocks_[k_];
+  if (b.empty()) return;
+  if (hooks_.cancel && hooks_.cancel->load()) throw ErrorException(cancelled());
+  check_growth(hooks_, written_ + static_cast<int64_t>(b.size()));
+  hasher_->submit(b.data(), b.size());  // waits for the other block's hash first
+  writer_.write_at(b.data(), b.size(), written_);
+  written_ += static_cast<int64_t>(b.size());
+  if (hooks_.progress) hooks_.progress(static_cast<int64_t>(b.size()));
+  // The other block was hashed (submit waited for it): it gathers next.
+  k_ ^= 1;
+  blocks_[k_].clear();
+  if (blocks_[k_].capacity() < kBlock) blocks_[k_].reserve(kBlock);
 }
 
-void ChunkSink::close() {
-  std::lock_guard g(m_);
-  closed_ = true;
-  cv_.notify_all();
-}
-
-void ChunkSink::abort(Error why) {
-  std::lock_guard g(m_);
-  if (!failed_) failed_ = std::move(why);
-  queue_.clear();
-  buffered_ = 0;
-  cv_.notify_all();
-}
-
-std::optional<Error> ChunkSink::failure() const {
-  std::lock_guard g(m_);
-  return failed_;
-}
-
-int64_t ChunkSink::run(const CopyHooks& hooks) {
-  int64_t off = written_.load();
-  PipelinedHash hasher(hash_, hash_pool_);
-  std::string pieces[2];
-  int k = 0;
-  auto fail = [&](Error e) {
-    hasher.wait();
-    std::lock_guard g(m_);
-    if (!failed_) failed_ = e;
-    queue_.clear();
-    buffered_ = 0;
-    cv_.notify_all();
-    throw ErrorException(*failed_);
-  };
-  for (;;) {
-    {
-      std::unique_lock lk(m_);
-      cv_.wait(lk, [&] { return !queue_.empty() || closed_ || failed_ || restart_; });
-      if (failed_) {
-        Error e = *failed_;
-        lk.unlock();
-        hasher.wait();
-        throw ErrorException(e);
-      }
-      if (restart_) {
-        queue_.clear();  // the old response's pieces
-        buffered_ = 0;
-        lk.unlock();
-        hasher.wait();
-        hash_.reset();
-        try {
-          writer_.truncate(0);
-        } catch (const ErrorException& e) {
-          fail(e.error());
-        }
-        off = 0;
-        written_ = 0;
-        lk.lock();
-        restart_ = false;
-        cv_.notify_all();
-        continue;
-      }
-      if (queue_.empty()) break;  // closed and drained
-      // pieces[k] was handed to the hasher two pieces ago, and the submit() after it waited for
-      // that hash to finish: it is free.
-      pieces[k] = std::move(queue_.front());
-      queue_.pop_front();
-      buffered_ -= pieces[k].size();
-      cv_.notify_all();
-    }
-    try {
-      if (hooks.cancel && hooks.cancel->load()) fail(cancelled());
-      const std::string& p = pieces[k];
-      check_growth(hooks, off + static_cast<int64_t>(p.size()));
-      hasher.submit(p.data(), p.size());
-      writer_.write_at(p.data(), p.size(), off);
-      off += static_cast<int64_t>(p.size());
-      written_ = off;
-      if (hooks.progress) hooks.progress(static_cast<int64_t>(p.size()));
-    } catch (const ErrorException& e) {
-      fail(e.error());
-    }
-    k ^= 1;
+void BlockWriter::append(std::string_view data) {
+  while (!data.empty()) {
+    std::string& b = blocks_[k_];
+    std::size_t take = std::min(data.size(), kBlock - b.size());
+    b.append(data.data(), take);
+    data.remove_prefix(take);
+    position_ += static_cast<int64_t>(take);
+    if (b.size() == kBlock) write_block();
   }
-  hasher.wait();
-  return off;
+}
+
+void BlockWriter::restart() {
+  hasher_->wait();
+  hash_.reset();
+  writer_.truncate(0);
+  blocks_[0].clear();
+  blocks_[1].clear();
+  written_ = position_ = 0;
+}
+
+int64_t BlockWriter::finish() {
+  write_block();
+  hasher_->wait();
+  return written_;
 }
 
 // --- ChunkSource -------------------------------------------------------------------------------

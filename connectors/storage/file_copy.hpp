@@ -4,10 +4,9 @@
 // The copy runs on a transfer worker thread (blocking reads and writes). Large files are hashed
 // on the hash pool while the worker reads and writes the next piece, so a copy costs about
 // max(read + write, hash) per piece, not their sum; files of one piece are hashed on the worker
-// itself (posting would cost more than hashing). ChunkSink is the same for data that arrives
-// from elsewhere (an HTTP body on libcurl's thread): the producer pushes pieces, a worker
-// writes and hashes them in order. ChunkSource is the reverse (an upload): a worker reads and
-// hashes, the consumer (libcurl's thread) takes pieces.
+// itself (posting would cost more than hashing). BlockWriter is the same for data that arrives
+// from elsewhere (an HTTP body on libcurl's thread). ChunkSource is the reverse (an upload): a
+// worker reads and hashes, the consumer (libcurl's thread) takes pieces.
 #include <boost/asio/thread_pool.hpp>
 
 #include <atomic>
@@ -15,6 +14,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -45,41 +45,37 @@ int64_t rehash_existing(Writer& writer, int64_t n, crypto::Sha256& hash);
 int64_t copy_file_data(Reader& reader, Writer& writer, int64_t offset, crypto::Sha256& hash,
                        boost::asio::thread_pool& hash_pool, const CopyHooks& hooks);
 
-// Pieces pushed by a producer thread, written and hashed in order by one consumer thread.
-class ChunkSink {
+class PipelinedHash;
+
+// Data that arrives in pieces on one thread at a time (an HTTP body, on libcurl's thread),
+// gathered into blocks of kBlock bytes: each full block is written by that thread and hashed on
+// the hash pool while the next one gathers, so the receiving thread never hashes, and at most
+// two blocks are held. The calls of one transfer come from one thread at a time (libcurl's
+// while a request runs, a worker's after).
+class BlockWriter {
  public:
-  // `offset`: where the pieces start in the file (a resumed download; `hash` holds what is before).
-  ChunkSink(Writer& writer, crypto::Sha256& hash, boost::asio::thread_pool& hash_pool, std::size_t max_buffered,
-            int64_t offset = 0);
-  // Producer side. Blocks while more than max_buffered bytes wait; false once the sink failed or
-  // was closed (the producer should stop).
-  bool push(std::string piece);
-  // Producer side: drops what was written (and what waits in the queue) and starts over at 0 (a
-  // server that ignored a Range). Waits until the consumer has truncated the file.
-  bool restart_from_zero();
-  // Ends the input; the consumer finishes what is queued.
-  void close();
-  // Stops at once: the consumer discards what is queued and returns; push() returns false.
-  void abort(Error why);
-  // Consumer side: runs until close() (returns the file's length) or a failure (throws).
-  int64_t run(const CopyHooks& hooks);
-  int64_t written() const { return written_.load(); }
-  std::optional<Error> failure() const;
+  static constexpr std::size_t kBlock = 1u << 20;
+  // `offset`: where the data starts in the file (a resumed download; `hash` holds what is before).
+  BlockWriter(Writer& writer, crypto::Sha256& hash, boost::asio::thread_pool& hash_pool, int64_t offset, CopyHooks hooks);
+  ~BlockWriter();  // waits for a hash in flight
+  // Takes `data`; throws ErrorException (a write, a quota, a cancellation).
+  void append(std::string_view data);
+  // Drops what was taken and starts over at 0 (a server that ignored a Range).
+  void restart();
+  // Writes what is gathered and waits for the hash; returns the file's length.
+  int64_t finish();
+  // Bytes taken: the file's length once finished.
+  int64_t position() const { return position_; }
 
  private:
+  void write_block();
   Writer& writer_;
   crypto::Sha256& hash_;
-  boost::asio::thread_pool& hash_pool_;
-  std::size_t max_buffered_;
-  mutable std::mutex m_;
-  std::condition_variable cv_;
-  std::deque<std::string> queue_;
-  std::size_t buffered_ = 0;
-  bool closed_ = false;
-  bool restart_ = false;
-  bool busy_ = false;  // the consumer holds a piece
-  std::optional<Error> failed_;
-  std::atomic<int64_t> written_{0};
+  std::unique_ptr<PipelinedHash> hasher_;
+  CopyHooks hooks_;
+  std::string blocks_[2];
+  int k_ = 0;
+  int64_t written_ = 0, position_ = 0;
 };
 
 // Pieces of a file read and hashed by one worker thread and taken in order by a consumer

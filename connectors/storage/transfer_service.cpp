@@ -81,7 +81,6 @@ struct TransferService::Live {
   double rate = 0;
   asio::any_io_executor strand;           // the transfer's coroutine runs here
   asio::cancellation_signal http_cancel;  // emitted on `strand`: stops a request in flight
-  std::shared_ptr<ChunkSink> sink;        // a download's (under m): stop() aborts it
   std::shared_ptr<ChunkSource> source;    // an upload's (under m)
 };
 
@@ -264,11 +263,9 @@ void TransferService::stop() {
     for (auto& [id, live] : live_) {
       live->shutdown = true;
       live->cancel = true;
-      // A download blocked on a full buffer holds libcurl's thread: free it before the client
-      // goes.
+      // An upload waiting for data holds libcurl's thread: free it before the client goes.
       std::lock_guard lg(live->m);
       Error e{ErrorCode::kBackendUnavailable, "the server is stopping", {}, {}};
-      if (live->sink) live->sink->abort(e);
       if (live->source) live->source->abort(e);
     }
   }
@@ -1105,7 +1102,6 @@ asio::awaitable<std::variant<TransferService::Probe, Error>> TransferService::pr
 
 asio::awaitable<std::optional<Error>> TransferService::download(std::string id, std::shared_ptr<Live> live,
                                                                 std::shared_ptr<Plan> p) {
-  using namespace asio::experimental::awaitable_operators;
   if (p->done.count("")) {
     // Verified and recorded before a restart: only the rename may be missing.
     std::function<int()> rename = [p, id]() {
@@ -1147,44 +1143,53 @@ asio::awaitable<std::optional<Error>> TransferService::download(std::string id, 
   if (auto* e = std::get_if<Error>(&opened)) co_return *e;
   Opened o = std::get<Opened>(std::move(opened));
   live->bytes += o.offset;
-  auto sink = std::make_shared<ChunkSink>(*o.writer, *o.hash, hash_pool_, 32u << 20, o.offset);
-  {
-    std::lock_guard g(live->m);
-    live->sink = sink;
-  }
-  auto reserved = std::make_shared<std::atomic<int64_t>>(p->announced.value_or(0));
-  std::function<int64_t()> consume = [this, sink, live, reserved]() {
-    CopyHooks hooks;
-    hooks.cancel = &live->cancel;
-    hooks.progress = [live](int64_t n) { live->bytes += n; };
-    hooks.reserved = reserved->load();
-    hooks.grew = [this, live, reserved](int64_t total) -> std::optional<Error> {
-      int64_t more = total - reserved->load();
-      if (more <= 0) return std::nullopt;
-      // Unannounced data: reserve in steps, not per piece.
-      int64_t step = std::max<int64_t>(more, 64 << 20);
-      if (auto e = areas_.grow(live->reservation, step, 0)) {
-        if (auto e2 = areas_.grow(live->reservation, more, 0)) return e2;
-        reserved->fetch_add(more);
-        return std::nullopt;
-      }
-      reserved->fetch_add(step);
-      return std::nullopt;
-    };
-    return sink->run(hooks);
+  // Quota: the announced size is reserved; data beyond it (an unannounced size) reserves more in
+  // steps as it arrives.
+  auto reserved = std::make_shared<int64_t>(p->announced.value_or(0));
+  CopyHooks hooks;
+  hooks.cancel = &live->cancel;
+  hooks.progress = [live](int64_t n) { live->bytes += n; };
+  hooks.reserved = *reserved;
+  hooks.grew = [this, live, reserved](int64_t total) -> std::optional<Error> {
+    int64_t more = total - *reserved;
+    if (more <= 0) return std::nullopt;
+    int64_t step = std::max<int64_t>(more, 64 << 20);
+    if (areas_.grow(live->reservation, step, 0)) {
+      if (auto e = areas_.grow(live->reservation, more, 0)) return e;
+      step = more;
+    }
+    *reserved += step;
+    return std::nullopt;
   };
-  auto consumer = on_pool(transfer_pool_, std::move(consume));
-  auto producer = fetch(live, p);
-  auto results = co_await (std::move(consumer) && std::move(producer));
-  auto& consumed = std::get<0>(results);
-  std::optional<Error> failure = std::get<1>(results);
-  {
-    std::lock_guard g(live->m);
-    live->sink.reset();
-  }
-  if (!failure)
-    if (auto* e = std::get_if<Error>(&consumed)) failure = *e;
+  auto blocks = std::make_shared<BlockWriter>(*o.writer, *o.hash, hash_pool_, o.offset, std::move(hooks));
+  std::optional<Error> failure = co_await fetch(live, p, blocks);
   std::shared_ptr<Writer> writer = o.writer;
+  std::shared_ptr<crypto::Sha256> hash = o.hash;
+  std::string sha;
+  if (!failure) {
+    // The tail, the last hash, the checks; recorded, then renamed into place.
+    std::function<std::string()> commit = [this, p, writer, hash, blocks, id]() {
+      int64_t total = blocks->finish();
+      std::string digest = hash->final_hex();
+      if (p->announced && total != *p->announced)
+        throw ErrorException(Error{ErrorCode::kIntegrityFailed,
+                                   "the server announced " + std::to_string(*p->announced) + " bytes and sent " +
+                                       std::to_string(total),
+                                   "stage it again; if it persists, the source is inconsistent", {}});
+      if (!p->expected_sha256.empty() && digest != p->expected_sha256)
+        throw ErrorException(Error{ErrorCode::kIntegrityFailed,
+                                   "the SHA-256 of " + p->url.url + " is " + digest + ", not the expected " +
+                                       p->expected_sha256,
+                                   "check the expected checksum, or the source", {}});
+      record_files(db_.db(), id, {TransferFile{"", total, digest, false}});
+      writer->commit(p->overwrite == OverwritePolicy::kAlways ? Overwrite::kAlways : Overwrite::kNever);
+      return digest;
+    };
+    auto committed = co_await on_pool(transfer_pool_, std::move(commit));
+    if (auto* e = std::get_if<Error>(&committed)) failure = *e;
+    else sha = std::get<std::string>(committed);
+  }
+  blocks.reset();  // its hash in flight is waited for before the file goes
   if (failure) {
     if (!live->shutdown) {
       std::function<int()> drop = [writer]() {
@@ -1194,32 +1199,6 @@ asio::awaitable<std::optional<Error>> TransferService::download(std::string id, 
       co_await on_pool(transfer_pool_, std::move(drop));
     }
     co_return failure;
-  }
-  int64_t total = std::get<int64_t>(consumed);
-  std::string sha = o.hash->final_hex();
-  // Verified, recorded, renamed into place.
-  std::function<int()> commit = [this, p, writer, sha, total, id]() {
-    if (p->announced && total != *p->announced)
-      throw ErrorException(Error{ErrorCode::kIntegrityFailed,
-                                 "the server announced " + std::to_string(*p->announced) + " bytes and sent " +
-                                     std::to_string(total),
-                                 "stage it again; if it persists, the source is inconsistent", {}});
-    if (!p->expected_sha256.empty() && sha != p->expected_sha256)
-      throw ErrorException(Error{ErrorCode::kIntegrityFailed,
-                                 "the SHA-256 of " + p->url.url + " is " + sha + ", not the expected " + p->expected_sha256,
-                                 "check the expected checksum, or the source", {}});
-    record_files(db_.db(), id, {TransferFile{"", total, sha, false}});
-    writer->commit(p->overwrite == OverwritePolicy::kAlways ? Overwrite::kAlways : Overwrite::kNever);
-    return 0;
-  };
-  auto committed = co_await on_pool(transfer_pool_, std::move(commit));
-  if (auto* e = std::get_if<Error>(&committed)) {
-    std::function<int()> drop = [writer]() {
-      writer->discard();
-      return 0;
-    };
-    co_await on_pool(transfer_pool_, std::move(drop));
-    co_return *e;
   }
   {
     std::lock_guard g(live->m);
@@ -1237,25 +1216,20 @@ struct Exchange {
   std::string location;
   std::optional<int64_t> length;  // the body this response announced
   int64_t from = 0;               // where its body starts in the file
-  int64_t pushed = 0;             // body bytes handed to the sink
   std::string refused;            // why a callback stopped it
   ErrorCode refused_code = ErrorCode::kIntegrityFailed;
+  std::optional<Error> failed;    // the file side failed (a write, the quota, a cancellation)
 };
 
 }  // namespace
 
-asio::awaitable<std::optional<Error>> TransferService::fetch(std::shared_ptr<Live> live, std::shared_ptr<Plan> p) {
-  std::shared_ptr<ChunkSink> sink;
-  {
-    std::lock_guard g(live->m);
-    sink = live->sink;
-  }
+asio::awaitable<std::optional<Error>> TransferService::fetch(std::shared_ptr<Live> live, std::shared_ptr<Plan> p,
+                                                             std::shared_ptr<BlockWriter> blocks) {
   const DataHttpConfig& hc = config_.data.http;
   const int64_t limit = hc.max_bytes > 0 ? std::min(hc.max_bytes, config_.data.max_transfer_bytes)
                                          : config_.data.max_transfer_bytes;
   std::string at = p->url.url;
   int hops = 0, attempt = 0;
-  int64_t position = sink->written();  // bytes handed to the sink (the file's length once written)
   std::optional<Error> failure;
   asio::steady_timer backoff(co_await asio::this_coro::executor);
   for (;;) {
@@ -1270,7 +1244,7 @@ asio::awaitable<std::optional<Error>> TransferService::fetch(std::shared_ptr<Liv
       break;
     }
     auto ex = std::make_shared<Exchange>();
-    ex->from = position;
+    ex->from = blocks->position();
     http::Request q = base_request(config_.data, std::get<Checked>(checked));
     if (ex->from > 0) {
       q.headers.push_back("Range: bytes=" + std::to_string(ex->from) + "-");
@@ -1278,7 +1252,7 @@ asio::awaitable<std::optional<Error>> TransferService::fetch(std::shared_ptr<Liv
       else if (!p->last_modified.empty()) q.headers.push_back("If-Range: " + p->last_modified);
     }
     auto announced = p->announced;
-    q.on_headers = [ex, sink, announced](long status, const std::map<std::string, std::string>& h) -> bool {
+    q.on_headers = [ex, blocks, announced](long status, const std::map<std::string, std::string>& h) -> bool {
       ex->status = status;
       if (status >= 300 && status < 400) {
         ex->location = header_of(h, "location");
@@ -1286,7 +1260,14 @@ asio::awaitable<std::optional<Error>> TransferService::fetch(std::shared_ptr<Liv
       }
       if (status == 200) {
         // The whole body: a server that ignored the Range (or another version) starts over.
-        if (ex->from > 0 && !sink->restart_from_zero()) return false;
+        if (ex->from > 0) {
+          try {
+            blocks->restart();
+          } catch (const ErrorException& e) {
+            ex->failed = e.error();
+            return false;
+          }
+        }
         ex->from = 0;
         ex->length = content_length(h);
         if (announced && ex->length && *ex->length != *announced) {
@@ -1308,9 +1289,9 @@ asio::awaitable<std::optional<Error>> TransferService::fetch(std::shared_ptr<Liv
       }
       return true;  // an error status: its body is not data
     };
-    q.on_data = [ex, sink, limit, announced](std::string_view d) -> bool {
+    q.on_data = [ex, blocks, limit, announced](std::string_view d) -> bool {
       if (ex->status != 200 && ex->status != 206) return true;
-      const int64_t end = ex->from + ex->pushed + static_cast<int64_t>(d.size());
+      const int64_t end = blocks->position() + static_cast<int64_t>(d.size());
       if (announced && end > *announced) {
         // More than announced (a chunked body, say): stop now rather than at the end.
         ex->refused = "the server announced " + std::to_string(*announced) + " bytes and sends more";
@@ -1321,8 +1302,13 @@ asio::awaitable<std::optional<Error>> TransferService::fetch(std::shared_ptr<Liv
         ex->refused_code = ErrorCode::kQuotaExceeded;
         return false;
       }
-      ex->pushed += static_cast<int64_t>(d.size());
-      return sink->push(std::string(d));
+      try {
+        blocks->append(d);  // writes on this thread; hashes on the pool
+      } catch (const ErrorException& e) {
+        ex->failed = e.error();
+        return false;
+      }
+      return true;
     };
     auto op = curl_->perform(std::move(q));
     auto r = co_await asio::co_spawn(live->strand, std::move(op),
@@ -1331,8 +1317,8 @@ asio::awaitable<std::optional<Error>> TransferService::fetch(std::shared_ptr<Liv
       failure = cancelled_error();
       break;
     }
-    if (auto f = sink->failure()) {  // the file side failed (a write, the quota)
-      failure = *f;
+    if (ex->failed) {
+      failure = ex->failed->code == ErrorCode::kCancelled ? cancelled_error() : *ex->failed;
       break;
     }
     if (!ex->refused.empty()) {
@@ -1352,8 +1338,7 @@ asio::awaitable<std::optional<Error>> TransferService::fetch(std::shared_ptr<Liv
       failure = http_status_error(ex->status, at);
       break;
     }
-    int64_t got = ex->pushed;
-    if (ex->status == 200 || ex->status == 206) position = ex->from + ex->pushed;
+    int64_t got = blocks->position() - ex->from;
     if (!r.error.empty()) {
       // The connection broke (or stalled): resume with a Range, a few times.
       if (++attempt <= hc.retries) {
@@ -1368,11 +1353,10 @@ asio::awaitable<std::optional<Error>> TransferService::fetch(std::shared_ptr<Liv
                             std::to_string(hc.retries) + " retries)",
                         "retry later; the source may be broken", r.error};
       else if (r.timed_out)
-        failure = Error{ErrorCode::kTimeout, "the download from " + at + " stalled or took too long",
-                        "retry later", r.error};
+        failure = Error{ErrorCode::kTimeout, "the download from " + at + " stalled or took too long", "retry later",
+                        r.error};
       else
-        failure = Error{ErrorCode::kBackendUnavailable, "the download from " + at + " broke off",
-                        "retry later", r.error};
+        failure = Error{ErrorCode::kBackendUnavailable, "the download from " + at + " broke off", "retry later", r.error};
       break;
     }
     if (ex->length && got != *ex->length) {
@@ -1383,8 +1367,6 @@ asio::awaitable<std::optional<Error>> TransferService::fetch(std::shared_ptr<Liv
     }
     break;  // the whole body
   }
-  if (failure) sink->abort(*failure);
-  else sink->close();
   co_return failure;
 }
 
@@ -1667,7 +1649,6 @@ asio::awaitable<std::variant<TransferRecord, Error>> TransferService::cancel(std
       auto live = l->second;
       {
         std::lock_guard lg(live->m);
-        if (live->sink) live->sink->abort(cancelled_error());
         if (live->source) live->source->abort(cancelled_error());
       }
       asio::post(live->strand, [live] { live->http_cancel.emit(asio::cancellation_type::terminal); });

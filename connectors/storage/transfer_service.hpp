@@ -48,6 +48,7 @@ class CurlClient;
 
 namespace scigate::storage {
 class AddressPolicy;
+class BlockWriter;
 }
 
 namespace scigate::storage {
@@ -144,7 +145,8 @@ class TransferService {
   boost::asio::awaitable<std::variant<Probe, Error>> probe(std::string project, std::string url);
   boost::asio::awaitable<std::optional<Error>> download(std::string id, std::shared_ptr<Live> live,
                                                         std::shared_ptr<Plan> plan);
-  boost::asio::awaitable<std::optional<Error>> fetch(std::shared_ptr<Live> live, std::shared_ptr<Plan> plan);
+  boost::asio::awaitable<std::optional<Error>> fetch(std::shared_ptr<Live> live, std::shared_ptr<Plan> plan,
+                                                     std::shared_ptr<BlockWriter> blocks);
   boost::asio::awaitable<std::optional<Error>> upload(std::string id, std::shared_ptr<Live> live,
                                                       std::shared_ptr<Plan> plan);
   boost::asio::awaitable<std::optional<Error>> send(std::shared_ptr<Live> live, std::shared_ptr<Plan> plan);

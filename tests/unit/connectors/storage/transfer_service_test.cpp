@@ -319,7 +319,10 @@ TEST_CASE("transfers: two transfers never write one destination at once", "[data
   auto clash = error_of(r.stage(request("area://scratch/small.bin", "area://scratch/dest/file.bin")));
   CHECK(clash.code == ErrorCode::kConflict);
   CHECK(clash.message.find(t.id) != std::string::npos);
-  auto dir = request("area://scratch/small.bin", "area://scratch/dest");
+  // A directory transfer into the directory that holds it.
+  write_file(f.scratch() / "srcdir" / "x.bin", "x");
+  auto dir = request("area://scratch/srcdir", "area://scratch/dest");
+  dir.recursive = true;
   CHECK(error_of(r.stage(dir)).code == ErrorCode::kConflict);
   // Elsewhere is fine.
   CHECK(wait_final(*svc, staged(r, request("area://scratch/small.bin", "area://scratch/other.bin")).id).state ==
