@@ -366,6 +366,7 @@ int CreditStore::void_orphaned(const std::string& reason) {
   auto orphaned = [&](const std::string& owner) {
     if (owner == instance_) return false;
     if (owner.rfind("job:", 0) == 0) return false;  // detached: settled by the job ledger
+    if (owner.rfind("transfer:", 0) == 0) return false;  // detached: settled by the transfer ledger
     long pid = std::strtol(owner.c_str(), nullptr, 10);
     if (pid <= 0 || pid == ::getpid()) return true;  // a dead process whose PID we now have
     return ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;

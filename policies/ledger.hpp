@@ -66,7 +66,7 @@ struct HoldRequest {
   // Empty: the hold belongs to this server process and is voided at restart recovery if the
   // process died. "job:<gateway id>": a detached hold that outlives the call and the process
   // (a batch job's); restart recovery leaves it open for the job ledger to settle, and only
-  // its timeout voids it.
+  // its timeout voids it. "transfer:<id>": the same for a data transfer (the transfer ledger).
   std::string owner;
 };
 

@@ -14,7 +14,7 @@
 namespace scigate::sandbox {
 
 std::optional<std::string> confine_relative(const std::filesystem::path& root, const std::string& path,
-                                            std::string* why) {
+                                            std::string* why, const std::string& area) {
   auto fail = [&](std::string w) -> std::optional<std::string> {
     if (why) *why = std::move(w);
     return std::nullopt;
@@ -26,7 +26,7 @@ std::optional<std::string> confine_relative(const std::filesystem::path& root, c
     std::string r = root.lexically_normal().string();
     while (r.size() > 1 && r.back() == '/') r.pop_back();
     if (rel == r) return std::string();
-    if (rel.rfind(r + "/", 0) != 0) return fail("is an absolute path outside the project's job area " + r);
+    if (rel.rfind(r + "/", 0) != 0) return fail("is an absolute path outside " + area + " " + r);
     rel = rel.substr(r.size() + 1);
   }
   std::vector<std::string> parts;
@@ -43,7 +43,9 @@ std::optional<std::string> confine_relative(const std::filesystem::path& root, c
 }
 
 namespace {
-int open_walk(int root_fd, const char* rel) {
+// Walks `rel` from root_fd one component at a time with O_NOFOLLOW; the last component is
+// opened with `last_flags` (and `mode`), the others as directories.
+int open_walk(int root_fd, const char* rel, int last_flags, unsigned mode) {
   int fd = ::dup(root_fd);
   if (fd < 0) return -1;
   const char* p = rel;
@@ -66,7 +68,10 @@ int open_walk(int root_fd, const char* rel) {
       errno = EXDEV;
       return -1;
     }
-    int next = ::openat(fd, part, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    while (*p == '/') ++p;
+    bool last = *p == 0;
+    int next = last ? ::openat(fd, part, last_flags | O_NOFOLLOW | O_CLOEXEC, mode)
+                    : ::openat(fd, part, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     ::close(fd);
     if (next < 0) return -1;
     fd = next;
@@ -83,12 +88,36 @@ int open_beneath(int root_fd, const char* rel) {
   const char* path = (rel && *rel) ? rel : ".";
   long fd = ::syscall(SYS_openat2, root_fd, path, &how, sizeof how);
   if (fd >= 0) return static_cast<int>(fd);
-  if (errno == ENOSYS) return open_walk(root_fd, path);
+  if (errno == ENOSYS) return open_walk(root_fd, path, O_RDONLY | O_DIRECTORY, 0);
+  return -1;
+}
+
+int open_file_beneath(int root_fd, const char* rel, int flags, unsigned mode) {
+  struct open_how how;
+  std::memset(&how, 0, sizeof how);
+  how.flags = static_cast<uint64_t>(flags | O_NOFOLLOW | O_CLOEXEC);
+  if (flags & O_CREAT) how.mode = mode;
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+  if (!rel || !*rel) {
+    errno = EISDIR;
+    return -1;
+  }
+  long fd = ::syscall(SYS_openat2, root_fd, rel, &how, sizeof how);
+  if (fd >= 0) return static_cast<int>(fd);
+  if (errno == ENOSYS) return open_walk(root_fd, rel, flags, mode);
   return -1;
 }
 
 int make_dirs_beneath(const std::filesystem::path& root, const std::string& rel, unsigned mode) {
   int fd = ::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return errno;
+  int e = make_dirs_at(fd, rel, mode);
+  ::close(fd);
+  return e;
+}
+
+int make_dirs_at(int root_fd, const std::string& rel, unsigned mode, int* out_fd) {
+  int fd = ::fcntl(root_fd, F_DUPFD_CLOEXEC, 0);
   if (fd < 0) return errno;
   std::stringstream ss(rel);
   std::string part;
@@ -112,7 +141,8 @@ int make_dirs_beneath(const std::filesystem::path& root, const std::string& rel,
     if (next < 0) return e == ELOOP ? EXDEV : e;
     fd = next;
   }
-  ::close(fd);
+  if (out_fd) *out_fd = fd;
+  else ::close(fd);
   return 0;
 }
 

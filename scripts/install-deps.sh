@@ -22,6 +22,7 @@ if (( want_test )); then
          slurm-wlm slurmrestd munge  # a real single-node Slurm for the scheduler tests (scripts/slurm/);
          slurm-wlm-jwt-plugin        # named: it is only a Recommends, and the JWT REST tests need it
          bubblewrap                  # the local executor's sandbox, when present
+         nginx                       # the data-staging tests' HTTP server (tests/support/nginx_server; started on a free port)
          python3-numpy)              # the independent reference simulator of tests/quantum/
 fi
 

@@ -103,13 +103,16 @@ App::App(Config config)
       audit_query_(std::make_unique<audit::AuditQueryService>(config_.database)),
       jobs_(std::make_unique<jobs::JobService>(config_, config_.database, *ledger_, make_scheduler)),
       models_(std::make_unique<registry::ModelRegistry>(config_.database)),
+      areas_(std::make_unique<storage::Areas>(config_.data)),
+      transfers_(std::make_unique<storage::TransferService>(config_, config_.database, *ledger_, *areas_)),
       inference_(config_.inference.backends.empty()
                      ? nullptr
                      : std::make_unique<inference::InferenceService>(config_.inference, models_.get())),
       // &policy_ before policy_ is built: the model tools keep the reference and use it only in calls.
       registry_(tools::make_registry(
           config_, tools::ToolServices{ledger_.get(), audit_query_.get(), jobs_.get(), models_.get(), &policy_,
-                                       sqlite_ledger_ ? &sqlite_ledger_->rates() : nullptr, inference_.get()})),
+                                       sqlite_ledger_ ? &sqlite_ledger_->rates() : nullptr, areas_.get(),
+                                       transfers_.get(), inference_.get()})),
       policy_(ProjectPolicies::sources_from(config_)),
       audit_(config_.database, audit_options(config_)),
       pipeline_(registry_, policy_, *ledger_, audit_, metrics_, config_.tool_timeout),
@@ -145,6 +148,8 @@ void App::drain_writers() {
   if (inference_) inference_->stop();  // its HTTP client's last completions go to the stopped io_context
   if (tasks_) tasks_->join();
   models_->join();
+  transfers_->stop();  // data stops moving; transfers in flight resume at the next start
+  areas_->join();
   audit_.flush();
   if (sqlite_ledger_) sqlite_ledger_->flush();
 }
@@ -203,6 +208,7 @@ int App::serve_http(const std::string& host, uint16_t port, const std::string& p
                  {"detail", "[oidc] resource is not set; using the listen address (set it to the public URL)"}});
   }
   jobs_->start(io);
+  transfers_->start(io);
   if (inference_) inference_->start(io);
   server.start();
   log::info("listening", {{"url", url}, {"threads", thread_count()}, {"tools", registry_.tools().size()}});
@@ -268,6 +274,7 @@ int App::serve_stdio() {
   asio::io_context io;
   auto work = asio::make_work_guard(io);
   jobs_->start(io);
+  transfers_->start(io);
   if (inference_) inference_->start(io);
   // SIGHUP must not kill a stdio server; it reloads the policies, as over HTTP.
   asio::signal_set hup(io, SIGHUP);

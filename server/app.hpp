@@ -11,6 +11,8 @@
 
 #include "connectors/inference/inference_service.hpp"
 #include "connectors/registry/model_registry.hpp"
+#include "connectors/storage/areas.hpp"
+#include "connectors/storage/transfer_service.hpp"
 #include "connectors/scheduler/job_ledger.hpp"
 #include "policies/audit_query.hpp"
 #include "policies/audit_store.hpp"
@@ -69,6 +71,8 @@ class App {
   std::unique_ptr<audit::AuditQueryService> audit_query_;  // before registry_: query_audit_log uses it
   std::unique_ptr<jobs::JobService> jobs_;  // before registry_: the job tools use it; schedulers start in serve_*
   std::unique_ptr<registry::ModelRegistry> models_;  // before registry_: the model tools use it
+  std::unique_ptr<storage::Areas> areas_;  // before registry_: the file tools use it
+  std::unique_ptr<storage::TransferService> transfers_;  // before registry_: stage_data uses it; starts in serve_*
   // With [[inference.backends]]: before registry_ (call_inference, embed); polls in serve_*.
   std::unique_ptr<inference::InferenceService> inference_;
   ToolRegistry registry_;

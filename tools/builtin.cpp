@@ -1,6 +1,8 @@
 #include "tools/builtin.hpp"
 
 #include "tools/audit/query_audit_log.hpp"
+#include "tools/data/file_tools.hpp"
+#include "tools/data/transfer_tools.hpp"
 #include "tools/demo/demo_tools.hpp"
 #include "tools/inference/inference_tools.hpp"
 #include "tools/jobs/job_tools.hpp"
@@ -31,6 +33,17 @@ ToolRegistry make_registry(const Config& config, const ToolServices& services) {
   if (services.inference) {
     r.add(std::make_unique<CallInferenceTool>(InferenceToolDeps{*services.inference, config.inference, services.rates}));
     r.add(std::make_unique<EmbedTool>(InferenceToolDeps{*services.inference, config.inference, services.rates}));
+  }
+  if (services.areas && !config.data.areas.empty()) {
+    r.add(std::make_unique<ListFilesTool>(*services.areas));
+    r.add(std::make_unique<StatFileTool>(*services.areas));
+    r.add(std::make_unique<ReadFileTool>(*services.areas));
+  }
+  if (services.transfers && !config.data.areas.empty()) {
+    r.add(std::make_unique<StageDataTool>(*services.transfers));
+    r.add(std::make_unique<GetTransferTool>(*services.transfers));
+    r.add(std::make_unique<ListTransfersTool>(*services.transfers));
+    r.add(std::make_unique<CancelTransferTool>(*services.transfers));
   }
   if (config.quantum.enabled) r.add(std::make_unique<RunQuantumCircuitTool>(config, services.jobs));
   if (config.demo_tools) {

@@ -15,6 +15,11 @@ namespace scigate::registry {
 class ModelRegistry;
 }
 
+namespace scigate::storage {
+class Areas;
+class TransferService;
+}
+
 namespace scigate::inference {
 class InferenceService;
 }
@@ -40,6 +45,8 @@ struct ToolServices {
   registry::ModelRegistry* models = nullptr;
   const PolicyEngine* policy = nullptr;
   const credits::RateTable* rates = nullptr;  // prices get_model shows; null without a credit ledger
+  storage::Areas* areas = nullptr;  // list_files, stat_file, read_file (when areas are configured)
+  storage::TransferService* transfers = nullptr;  // stage_data, get_transfer, list_transfers, cancel_transfer
   inference::InferenceService* inference = nullptr;  // call_inference, embed ([inference] backends)
 };
 

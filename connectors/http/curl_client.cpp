@@ -99,6 +99,16 @@ size_t on_header(char* data, size_t size, size_t n, void* user) {
   return len;
 }
 
+size_t on_read_body(char* buf, size_t size, size_t n, void* user) {
+  auto* t = static_cast<Transfer*>(user);
+  long got = t->request.on_read(buf, size * n);
+  if (got < 0) {
+    t->abort_reason = "the sender stopped the transfer";
+    return CURL_READFUNC_ABORT;
+  }
+  return static_cast<size_t>(got);
+}
+
 }  // namespace
 
 struct CurlClient::Impl {
@@ -152,7 +162,15 @@ struct CurlClient::Impl {
     curl_easy_setopt(e, CURLOPT_WRITEDATA, &t);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, &t);
-    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");  // whatever curl can decode
+    if (q.decode_content) curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");  // whatever curl can decode
+    if (q.proxy) curl_easy_setopt(e, CURLOPT_PROXY, q.proxy->c_str());
+    if (q.buffer_size) curl_easy_setopt(e, CURLOPT_BUFFERSIZE, static_cast<long>(q.buffer_size));
+    if (q.max_recv_bytes_per_s > 0)
+      curl_easy_setopt(e, CURLOPT_MAX_RECV_SPEED_LARGE, static_cast<curl_off_t>(q.max_recv_bytes_per_s));
+    if (q.low_speed_time.count() > 0) {
+      curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, q.low_speed_bytes_per_s);
+      curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, static_cast<long>(q.low_speed_time.count()));
+    }
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
     for (const auto& h : q.headers) t.headers = curl_slist_append(t.headers, h.c_str());
     // curl adds "Expect: 100-continue" to large POSTs, which costs a round trip.
@@ -160,7 +178,13 @@ struct CurlClient::Impl {
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, t.headers);
     for (const auto& r : q.resolve) t.resolve = curl_slist_append(t.resolve, r.c_str());
     if (t.resolve) curl_easy_setopt(e, CURLOPT_RESOLVE, t.resolve);
-    if (q.method == "GET" && q.body.empty()) {
+    if (q.on_read) {
+      curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+      curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read_body);
+      curl_easy_setopt(e, CURLOPT_READDATA, &t);
+      if (q.upload_size >= 0) curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(q.upload_size));
+      if (q.method != "PUT") curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, q.method.c_str());
+    } else if (q.method == "GET" && q.body.empty()) {
       curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
     } else if (q.method == "HEAD") {
       curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
@@ -232,10 +256,15 @@ struct CurlClient::Impl {
         if (it == active.end()) continue;
         auto t = std::move(it->second);
         active.erase(it);
+        if (char* ip = nullptr; curl_easy_getinfo(t->easy, CURLINFO_PRIMARY_IP, &ip) == CURLE_OK && ip)
+          t->response.remote_address = ip;
         if (result == CURLE_OK) {
           curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &t->response.status);
         } else {
-          t->response.status = 0;
+          // A stream keeps the status it had (206, then cut short): the caller may resume.
+          if (t->request.on_headers) curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &t->response.status);
+          else t->response.status = 0;
+          t->response.partial = result == CURLE_PARTIAL_FILE;
           t->response.timed_out = result == CURLE_OPERATION_TIMEDOUT;
           std::string what = !t->abort_reason.empty() ? t->abort_reason
                              : t->errbuf[0]         ? std::string(t->errbuf)

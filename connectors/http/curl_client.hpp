@@ -28,6 +28,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -65,12 +66,25 @@ struct Request {
   // When set, called once the head of the (final, non-1xx) response has arrived, before any of
   // its body: the status and the headers (names lower-case). Return false to stop the transfer.
   std::function<bool(long status, const std::map<std::string, std::string>& headers)> on_headers;
+  // When set, the request body is read from here instead of `body` (an upload of upload_size
+  // bytes): copy up to n bytes into buf and return how many, 0 at the end, -1 to stop.
+  std::function<long(char* buf, std::size_t n)> on_read;
+  int64_t upload_size = -1;
+  // Callbacks run on the client's thread; on_data/on_read may block it briefly (backpressure).
   // When set, the exchange can be stopped through it (see CancelToken).
   std::shared_ptr<CancelToken> cancel_token;
   // CURLOPT_RESOLVE entries ("host:port:address"): pins a name to an address already checked.
   std::vector<std::string> resolve;
   bool follow_redirects = false;
   std::string protocols = "http,https";
+  // Data transfers: the bytes as sent (no Accept-Encoding: a compressed body would change
+  // lengths, ranges and checksums), no proxy from the environment unless one is given, limits.
+  bool decode_content = true;
+  std::optional<std::string> proxy;          // "" : no proxy at all; unset: the environment's
+  std::size_t buffer_size = 0;               // libcurl's receive buffer; 0: its default (16 KiB)
+  int64_t max_recv_bytes_per_s = 0;          // 0: unlimited
+  long low_speed_bytes_per_s = 0;            // with low_speed_time: fail a stalled transfer
+  std::chrono::seconds low_speed_time{0};
 };
 
 struct Response {
@@ -80,7 +94,9 @@ struct Response {
   std::string error;    // empty when an HTTP answer came (whatever its status)
   bool cancelled = false;
   bool timed_out = false;
+  bool partial = false;  // the connection ended before the body the server announced
   double seconds = 0;   // the whole exchange
+  std::string remote_address;  // the peer's address, as connected
 
   bool ok() const { return error.empty() && status >= 200 && status < 300; }
   std::string header(const std::string& lower_name) const {

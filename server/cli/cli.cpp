@@ -93,6 +93,7 @@ hold_timeout_s = 0        # 0: a hold lives as long as the call may (tool timeou
 "tokens_in:llama-3.1-8b-instruct" = 0.000001  # call_inference: per prompt token
 "tokens_out:llama-3.1-8b-instruct" = 0.000003 # per generated token (max_tokens held, usage charged)
 "tokens_in:bge-m3" = 0.0000002                # embed: per input token
+"gb_staged" = 0.01                           # stage_data: held for the announced size, charged per GB moved
 
 [quantum]
 # run_quantum_circuit on the embedded state-vector simulator (docs/QUANTUM.md). Memory grows
@@ -107,6 +108,23 @@ max_memory_mb = 512
 # url = "http://gpu01.example.org:8000"
 # flavor = "vllm"                      # vllm | llamacpp | openai
 # api_key_file = "secrets/gpu01.key"   # the backend's key; agents never see it
+[data]
+# Storage areas the file tools and stage_data reach as area://<id>/<path> (docs/DATA.md). Every
+# path is resolved beneath the area's root; links out of it, devices and FIFOs are refused.
+max_concurrent = 4
+
+[[data.areas]]
+id = "scratch"
+project = "demo"
+root = "data/demo/scratch"   # relative to this file; created on first use
+mode = "rw"
+quota_bytes = 10737418240    # 10 GiB
+quota_files = 100000
+
+[data.http]
+# Downloads (stage_data from https://...) reach only these hosts; loopback, private, link-local
+# and cloud metadata addresses are refused after DNS unless allowed_networks lists them.
+allowed_hosts = []
 
 [audit]
 # Signed checkpoints of the audit log, kept outside the database (docs/AUDIT.md). The Ed25519
@@ -174,6 +192,13 @@ effect = "permit"
 description = "Members follow, read and cancel their project's jobs"
 principals = ["role:member"]
 tools = ["get_job", "list_jobs", "wait_job", "read_job_output", "cancel_job"]
+
+[[rules]]
+id = "members-use-data"
+effect = "permit"
+description = "Members look into their storage areas and stage data between them"
+principals = ["role:member"]
+tools = ["list_files", "stat_file", "read_file", "stage_data", "get_transfer", "list_transfers", "cancel_transfer"]
 
 [[rules]]
 id = "members-simulate-circuits"
@@ -476,6 +501,8 @@ int cmd_init(const Args& args) {
             << "  project:  demo (member: demo; service account: lab-controller)\n"
             << "  policy:   " << fs::absolute(dir / "policies" / "demo.toml").string() << " (tests: demo.test.toml beside it)\n"
             << "  jobs:     local executor, job directories in " << cfg.sites.front().jobs_root.string() << "\n"
+            << "  data:     area://scratch/ in " << (cfg.data.areas.empty() ? std::string("-") : cfg.data.areas.front().root.string())
+            << " (list_files, read_file, stage_data)\n"
             << "  credits:  1000 granted to project demo (scigate credits balance --config "
             << fs::absolute(cfg_file).string() << ")\n"
             << "  models:   " << models << " example models in the registry (scigate models list --config "

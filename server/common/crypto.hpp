@@ -13,6 +13,22 @@ std::string random_hex(std::size_t bytes);
 // `bytes` bytes from the CSPRNG, base64url without padding.
 std::string random_token(std::size_t bytes);
 std::string sha256_hex(std::string_view data);
+
+// SHA-256 over data that arrives in pieces (files being copied). One thread at a time.
+class Sha256 {
+ public:
+  Sha256();
+  ~Sha256();
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
+  void update(const void* data, std::size_t n);
+  // The digest in lower-case hex; the object starts over afterwards.
+  std::string final_hex();
+  void reset();
+
+ private:
+  void* ctx_;  // EVP_MD_CTX
+};
 std::string base64_encode(std::string_view data);
 // Standard alphabet, padding optional; nullopt when the input is not base64.
 std::optional<std::string> base64_decode(std::string_view data);

@@ -16,6 +16,8 @@ std::string_view to_string(ErrorCode code) {
     case ErrorCode::kUnauthenticated: return "unauthenticated";
     case ErrorCode::kForbidden: return "forbidden";
     case ErrorCode::kConflict: return "conflict";
+    case ErrorCode::kQuotaExceeded: return "quota_exceeded";
+    case ErrorCode::kIntegrityFailed: return "integrity_failed";
     case ErrorCode::kInternal: return "internal";
   }
   return "internal";

@@ -21,6 +21,8 @@ enum class ErrorCode {
   kUnauthenticated,      // no or bad credentials
   kForbidden,            // authenticated, but not allowed to do this
   kConflict,             // state changed underneath (idempotency key reused with other args, ...)
+  kQuotaExceeded,        // a storage quota (the area's, or the file system's) does not hold the data
+  kIntegrityFailed,      // data did not arrive whole (a checksum or length that does not match)
   kInternal,             // a bug; the caller gets a correlation id, the log gets the detail
 };
 

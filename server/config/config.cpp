@@ -4,6 +4,8 @@
 
 #include <toml++/toml.h>
 
+#include <arpa/inet.h>
+
 #include <algorithm>
 #include <cmath>
 #include <fstream>
@@ -404,7 +406,183 @@ SiteConfig parse_site(const toml::table& t, const toml::node& e, const std::stri
   return s;
 }
 
+bool valid_area_id(const std::string& id) {
+  if (id.empty() || id.size() > 64) return false;
+  for (unsigned char c : id)
+    if (!(std::isalnum(c) || c == '_' || c == '-')) return false;
+  return true;
+}
+
+bool valid_cidr(const std::string& text) {
+  auto slash = text.find('/');
+  std::string addr = text.substr(0, slash);
+  unsigned char buf[16];
+  int max_bits = 0;
+  if (::inet_pton(AF_INET, addr.c_str(), buf) == 1) max_bits = 32;
+  else if (::inet_pton(AF_INET6, addr.c_str(), buf) == 1) max_bits = 128;
+  else return false;
+  if (slash == std::string::npos) return true;
+  std::string bits = text.substr(slash + 1);
+  if (bits.empty() || bits.size() > 3 || bits.find_first_not_of("0123456789") != std::string::npos) return false;
+  return std::stoi(bits) <= max_bits;
+}
+
+// [data] after [[projects]]: areas name projects.
+void parse_data(const toml::table& s, Config& c, const std::string& source) {
+  reject_unknown(s,
+                 {"areas", "sources", "http", "max_concurrent", "hash_threads", "max_transfer_bytes",
+                  "max_transfer_files", "quota_scan_interval_s", "max_attempts", "max_bytes_per_s"},
+                 "[data]", source);
+  DataConfig& d = c.data;
+  d.max_concurrent = get<int>(s, "max_concurrent", d.max_concurrent, source);
+  d.hash_threads = get<int>(s, "hash_threads", d.hash_threads, source);
+  d.max_transfer_bytes = get<int64_t>(s, "max_transfer_bytes", d.max_transfer_bytes, source);
+  d.max_transfer_files = get<int64_t>(s, "max_transfer_files", d.max_transfer_files, source);
+  d.quota_scan_interval =
+      std::chrono::seconds(get<int64_t>(s, "quota_scan_interval_s", d.quota_scan_interval.count(), source));
+  d.max_attempts = get<int>(s, "max_attempts", d.max_attempts, source);
+  d.max_bytes_per_s = get<int64_t>(s, "max_bytes_per_s", d.max_bytes_per_s, source);
+  if (d.max_concurrent < 1 || d.max_concurrent > 256 || d.hash_threads < 1 || d.hash_threads > 64 ||
+      d.max_transfer_bytes < 1 || d.max_transfer_files < 1 || d.max_attempts < 1)
+    throw ConfigError(source + ": [data] needs max_concurrent 1..256, hash_threads 1..64, max_transfer_bytes >= 1, "
+                               "max_transfer_files >= 1 and max_attempts >= 1");
+  auto known_project = [&](const std::string& p) { return p == "*" || c.project(p) != nullptr; };
+
+  if (const toml::node* n = s.get("areas")) {
+    const toml::array* a = n->as_array();
+    if (!a) throw ConfigError(where(n->source(), source) + ": data.areas must be an array of tables ([[data.areas]])");
+    for (const auto& e : *a) {
+      const toml::table* t = e.as_table();
+      if (!t) throw ConfigError(where(e.source(), source) + ": each [[data.areas]] entry must be a table");
+      reject_unknown(*t,
+                     {"id", "project", "readers", "site", "root", "mode", "quota_bytes", "quota_files",
+                      "allow_hard_links", "fsync", "create"},
+                     "[[data.areas]]", source);
+      auto fail = [&](const std::string& why) { throw ConfigError(where(e.source(), source) + ": " + why); };
+      AreaConfig ar;
+      ar.id = get<std::string>(*t, "id", "", source);
+      if (!valid_area_id(ar.id)) fail("an area needs an \"id\" of 1 to 64 letters, digits, '_' or '-'");
+      ar.project = get<std::string>(*t, "project", "", source);
+      ar.readers = get_strings(*t, "readers", {}, source);
+      ar.site = get<std::string>(*t, "site", "", source);
+      if (!ar.site.empty() && !c.site(ar.site) && !c.sites.empty())
+        fail("area \"" + ar.id + "\" names site \"" + ar.site + "\", which is not configured");
+      std::string root = get<std::string>(*t, "root", "", source);
+      if (root.empty()) fail("area \"" + ar.id + "\" needs a \"root\" directory");
+      std::string mode = get<std::string>(*t, "mode", "rw", source);
+      if (mode != "rw" && mode != "ro") fail("area \"" + ar.id + "\": mode must be \"rw\" or \"ro\"");
+      ar.writable = mode == "rw";
+      ar.quota_bytes = get<int64_t>(*t, "quota_bytes", 0, source);
+      ar.quota_files = get<int64_t>(*t, "quota_files", 0, source);
+      ar.allow_hard_links = get<bool>(*t, "allow_hard_links", false, source);
+      ar.fsync = get<bool>(*t, "fsync", false, source);
+      ar.create = get<bool>(*t, "create", true, source);
+      if (ar.project.empty()) {
+        if (ar.readers.empty())
+          fail("area \"" + ar.id + "\" has no project; a shared dataset needs \"readers\" (projects, or \"*\")");
+        if (ar.writable) fail("area \"" + ar.id + "\" is a shared dataset (no project): it must have mode = \"ro\"");
+        ar.create = false;
+      } else if (!known_project(ar.project)) {
+        fail("area \"" + ar.id + "\" names project \"" + ar.project + "\", which is not configured");
+      }
+      for (const auto& r : ar.readers)
+        if (!known_project(r)) fail("area \"" + ar.id + "\" names reader \"" + r + "\", which is not a configured project");
+      std::vector<std::string> owners;
+      if (ar.project == "*") {
+        if (root.find("{project}") == std::string::npos)
+          fail("area \"" + ar.id + "\" is for every project (project = \"*\"): its root must contain {project}");
+        for (const auto& p : c.projects) owners.push_back(p.id);
+      } else {
+        owners.push_back(ar.project);
+      }
+      for (const auto& owner : owners) {
+        AreaConfig one = ar;
+        one.project = owner;
+        std::string r = root;
+        for (auto pos = r.find("{project}"); pos != std::string::npos; pos = r.find("{project}"))
+          r.replace(pos, 9, owner);
+        std::filesystem::path rp(r);
+        one.root = (rp.is_absolute() ? rp : c.base_dir / rp).lexically_normal();
+        for (const auto& other : d.areas) {
+          bool clash = other.id == one.id && (other.project == one.project || other.project.empty() || one.project.empty());
+          if (clash)
+            fail("area \"" + one.id + "\" is defined twice" +
+                 (one.project.empty() ? std::string() : " for project \"" + one.project + "\"") +
+                 " (a shared dataset's id must differ from every project's own areas)");
+        }
+        d.areas.push_back(std::move(one));
+      }
+    }
+  }
+  if (auto* h = section(s, "http", source)) {
+    reject_unknown(*h,
+                   {"allowed_hosts", "allowed_networks", "connect_timeout_s", "timeout_s", "stall_timeout_s",
+                    "max_redirects", "retries", "max_bytes", "proxy"},
+                   "[data.http]", source);
+    auto& x = d.http;
+    x.allowed_hosts = get_strings(*h, "allowed_hosts", {}, source);
+    x.allowed_networks = get_strings(*h, "allowed_networks", {}, source);
+    for (const auto& net : x.allowed_networks)
+      if (!valid_cidr(net))
+        throw ConfigError(source + ": data.http.allowed_networks: \"" + net + "\" is not an address or CIDR block");
+    for (const auto& host : x.allowed_hosts)
+      if (host.empty() || host.find_first_of("/:@ ") != std::string::npos)
+        if (host.front() != '[')
+          throw ConfigError(source + ": data.http.allowed_hosts: \"" + host +
+                            "\" is not a host name (no scheme, port or path; \"*.example.org\" for subdomains)");
+    x.connect_timeout = std::chrono::seconds(get<int64_t>(*h, "connect_timeout_s", x.connect_timeout.count(), source));
+    x.timeout = std::chrono::seconds(get<int64_t>(*h, "timeout_s", x.timeout.count(), source));
+    x.stall_timeout = std::chrono::seconds(get<int64_t>(*h, "stall_timeout_s", x.stall_timeout.count(), source));
+    x.max_redirects = get<int>(*h, "max_redirects", x.max_redirects, source);
+    x.retries = get<int>(*h, "retries", x.retries, source);
+    x.max_bytes = get<int64_t>(*h, "max_bytes", x.max_bytes, source);
+    x.proxy = get<std::string>(*h, "proxy", "", source);
+    if (x.connect_timeout.count() < 1 || x.timeout.count() < 1 || x.stall_timeout.count() < 1 || x.max_redirects > 20)
+      throw ConfigError(source + ": [data.http] needs connect_timeout_s, timeout_s and stall_timeout_s >= 1 and "
+                                 "max_redirects <= 20");
+  }
+  if (const toml::node* n = s.get("sources")) {
+    const toml::array* a = n->as_array();
+    if (!a) throw ConfigError(where(n->source(), source) + ": data.sources must be an array of tables ([[data.sources]])");
+    for (const auto& e : *a) {
+      const toml::table* t = e.as_table();
+      if (!t) throw ConfigError(where(e.source(), source) + ": each [[data.sources]] entry must be a table");
+      reject_unknown(*t, {"url", "projects", "bearer_token_file", "basic_auth_file", "headers_file", "allow_upload"},
+                     "[[data.sources]]", source);
+      DataSourceConfig src;
+      src.url = get<std::string>(*t, "url", "", source);
+      if (!is_http_url(src.url) || src.url.find('@') != std::string::npos)
+        throw ConfigError(where(e.source(), source) +
+                          ": a data source needs a \"url\" prefix (http:// or https://, no user:password@)");
+      src.projects = get_strings(*t, "projects", {}, source);
+      for (const auto& p : src.projects)
+        if (!known_project(p))
+          throw ConfigError(where(e.source(), source) + ": data source names project \"" + p + "\", which is not configured");
+      auto file = [&](const char* k) {
+        std::filesystem::path f = get<std::string>(*t, k, "", source);
+        return f.empty() || f.is_absolute() ? f : c.base_dir / f;
+      };
+      src.bearer_token_file = file("bearer_token_file");
+      src.basic_auth_file = file("basic_auth_file");
+      src.headers_file = file("headers_file");
+      src.allow_upload = get<bool>(*t, "allow_upload", false, source);
+      d.sources.push_back(std::move(src));
+    }
+  }
+}
+
 }  // namespace
+
+const AreaConfig* DataConfig::area_for(const std::string& project, const std::string& id) const {
+  const AreaConfig* shared = nullptr;
+  for (const auto& a : areas) {
+    if (a.id != id) continue;
+    if (a.project == project) return &a;
+    for (const auto& r : a.readers)
+      if (r == "*" || r == project) shared = &a;
+  }
+  return shared;
+}
 
 const SiteConfig* Config::site(const std::string& id) const {
   for (const auto& s : sites)
@@ -443,7 +621,7 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
   Config c;
   c.base_dir = base_dir;
   reject_unknown(root, {"server", "limits", "http", "stdio", "tools", "tasks", "credits", "audit", "projects", "users",
-                        "oidc", "sites", "quantum", "inference"},
+                        "oidc", "sites", "quantum", "data", "inference"},
                  "the top level",
                  source);
   if (auto* s = section(root, "server", source)) {
@@ -610,6 +788,7 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
       c.sites.push_back(std::move(site));
     }
   }
+  if (auto* s = section(root, "data", source)) parse_data(*s, c, source);
   if (c.sites.empty()) {
     SiteConfig local;
     local.id = "local";

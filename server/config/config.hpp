@@ -164,6 +164,64 @@ struct QuantumConfig {
   int max_qubits = 34;               // the parser's bound; memory usually binds first
 };
 
+// [[data.areas]]: a storage area (docs/DATA.md): a directory tree that tools reach as
+// area://<id>/<path>, every path resolved beneath `root`. Loading expands project = "*" into one
+// area per project.
+struct AreaConfig {
+  std::string id;                     // [A-Za-z0-9_-]{1,64}: the host part of area:// URIs
+  std::string project;                // the owning project; "" for a shared dataset (read-only)
+  std::vector<std::string> readers;   // further projects that may read it ("*": every project)
+  std::string site;                   // where jobs see the same files (a label; may be empty)
+  std::filesystem::path root;         // "{project}" replaced by the project id
+  bool writable = true;               // mode = "rw" (the owner writes) | "ro"
+  int64_t quota_bytes = 0;            // 0: no byte quota
+  int64_t quota_files = 0;            // 0: no file-count quota
+  bool allow_hard_links = false;      // read regular files with st_nlink > 1 (refused by default)
+  bool fsync = false;                 // flush each file to disk before it is renamed into place
+  bool create = true;                 // create root when missing (owned areas only)
+};
+
+// [[data.sources]]: what the gateway adds to requests under a URL prefix (credentials, uploads).
+// Secrets live in files, never in this one and never in tool arguments.
+struct DataSourceConfig {
+  std::string url;                         // prefix: "https://data.example.org/project-x/"
+  std::vector<std::string> projects;       // who may use it; empty: every project
+  std::filesystem::path bearer_token_file; // Authorization: Bearer <file contents>
+  std::filesystem::path basic_auth_file;   // "user:password" -> Authorization: Basic
+  std::filesystem::path headers_file;      // "Name: value" lines
+  bool allow_upload = false;               // stage_data may PUT files here
+};
+
+// [data.http]: outbound HTTP(S) for stage_data. Nothing is reachable until allowed_hosts says so.
+struct DataHttpConfig {
+  std::vector<std::string> allowed_hosts;     // "data.example.org", "*.example.org", "127.0.0.1"
+  std::vector<std::string> allowed_networks;  // CIDRs exempt from the private-address refusal
+  std::chrono::seconds connect_timeout{10};
+  std::chrono::seconds timeout{6 * 3600};     // one download or upload, retries included
+  std::chrono::seconds stall_timeout{60};     // fail when under 1 KiB/s for this long
+  int max_redirects = 5;
+  int retries = 3;                            // resumed with Range after a broken connection
+  int64_t max_bytes = 0;                      // per file; 0: data.max_transfer_bytes
+  std::string proxy;                          // "" : no proxy (the environment's is ignored)
+};
+
+// [data]: storage areas and data staging (docs/DATA.md).
+struct DataConfig {
+  std::vector<AreaConfig> areas;
+  std::vector<DataSourceConfig> sources;
+  DataHttpConfig http;
+  int max_concurrent = 4;                     // transfers moving data at once; more queue
+  int hash_threads = 2;                       // SHA-256 workers shared by all transfers
+  int64_t max_transfer_bytes = int64_t(1) << 40;  // per transfer (1 TiB)
+  int64_t max_transfer_files = 100'000;       // per directory transfer
+  std::chrono::seconds quota_scan_interval{30};   // how old an area's measured usage may be
+  int max_attempts = 3;                       // restarts of one transfer before it fails
+  int64_t max_bytes_per_s = 0;                // bandwidth of one transfer; 0: unlimited
+
+  // The area `id` as project `project` sees it (its own, else a shared one it may read).
+  const AreaConfig* area_for(const std::string& project, const std::string& id) const;
+};
+
 // One OpenAI-compatible inference server ([[inference.backends]], docs/INFERENCE.md).
 struct InferenceBackendConfig {
   std::string id;
@@ -219,6 +277,7 @@ struct Config {
   std::optional<OidcConfig> oidc;
   std::vector<SiteConfig> sites;    // never empty after loading
   QuantumConfig quantum;
+  DataConfig data;
   InferenceConfig inference;
 
   const SiteConfig* site(const std::string& id) const;

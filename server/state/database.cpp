@@ -368,6 +368,51 @@ const std::vector<Migration>& schema_migrations() {
             VALUES (new.seq, new.id, new.name, new.family, new.tasks, new.description);
         END;
       )sql"},
+      {9, R"sql(
+        -- The transfer ledger (connectors/storage/transfer_service.cpp, docs/DATA.md): one row per
+        -- stage_data call that started a transfer; its credits are a detached hold (owner
+        -- transfer:<id>) settled once by the bytes moved.
+        CREATE TABLE transfers (
+          id            TEXT PRIMARY KEY,         -- x-<12 hex>
+          project       TEXT NOT NULL,
+          principal     TEXT NOT NULL,
+          request_id    TEXT NOT NULL DEFAULT '',
+          source        TEXT NOT NULL,            -- URI as given
+          destination   TEXT NOT NULL,
+          options       TEXT NOT NULL,            -- JSON: recursive, include, exclude, overwrite, sha256
+          state         TEXT NOT NULL CHECK (state IN ('QUEUED','ACTIVE','COMPLETED','FAILED','CANCELED')),
+          error_code    TEXT NOT NULL DEFAULT '',
+          error_message TEXT NOT NULL DEFAULT '',
+          directory     INTEGER NOT NULL DEFAULT 0,
+          bytes_total   INTEGER,                  -- NULL: not announced
+          files_total   INTEGER NOT NULL DEFAULT 0,
+          bytes_done    INTEGER NOT NULL DEFAULT 0,
+          files_done    INTEGER NOT NULL DEFAULT 0,
+          files_skipped INTEGER NOT NULL DEFAULT 0,
+          sha256        TEXT NOT NULL DEFAULT '',  -- a single file's
+          resume        TEXT,                      -- JSON: what a resumed attempt checks (validators, identity)
+          attempts      INTEGER NOT NULL DEFAULT 1,
+          created_ms    INTEGER NOT NULL,
+          start_ms      INTEGER,
+          end_ms        INTEGER,
+          hold_id       TEXT NOT NULL DEFAULT '',
+          held          INTEGER NOT NULL DEFAULT 0,
+          cost          INTEGER,
+          settled       INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX transfers_project ON transfers(project, created_ms);
+        CREATE INDEX transfers_open ON transfers(state) WHERE state IN ('QUEUED','ACTIVE') OR settled = 0;
+        -- Files of a transfer that were verified, recorded before they are renamed into place: a
+        -- resumed transfer finishes their renames and copies only the rest.
+        CREATE TABLE transfer_files (
+          transfer_id TEXT NOT NULL REFERENCES transfers(id),
+          path        TEXT NOT NULL,             -- relative to the transfer's source
+          bytes       INTEGER NOT NULL,
+          sha256      TEXT NOT NULL DEFAULT '',
+          outcome     TEXT NOT NULL CHECK (outcome IN ('copied','skipped')),
+          PRIMARY KEY (transfer_id, path)
+        ) WITHOUT ROWID;
+      )sql"},
   };
   return kMigrations;
 }

@@ -75,7 +75,7 @@ TEST_CASE("credits: a priced demo call is charged, shows in get_usage, and the C
   CHECK(u["recent_charges"][0]["tool"] == "sleep");
   CHECK(u["recent_charges"][0]["amount"].dump() == "0.3");
   CHECK(u["recent_charges"][0]["user"] == "demo");
-  CHECK(u["rates"].size() == 5);  // sleep: per call and per second; jobs: core-hours and per submit; quantum: qubit-gates
+  CHECK(u["rates"].size() == 9);  // sleep: per call and per second; jobs: core-hours and per submit; quantum: qubit-gates; data: GB staged; tokens in and out for two models
   CHECK(usage["content"][0]["text"].get<std::string>().find("balance 999.7 credits") != std::string::npos);
   CHECK(s.wait_for_log("\"cost\":300000"));  // the audit record carries what was posted
 

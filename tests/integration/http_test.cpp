@@ -223,7 +223,7 @@ TEST_CASE("http: 2025-11-25 sessions") {
   json list{{"jsonrpc", "2.0"}, {"id", 2}, {"method", "tools/list"}};
   auto l = c.request(verb::post, "/mcp", legacy_headers(s.user_key(), sid), list.dump());
   CHECK(l.status == 200);
-  CHECK(l.json_body()["result"]["tools"].size() == 13);  // demo policy: echo, get_usage, sleep, whoami, 6 job tools, run_quantum_circuit, query_model_registry, get_model
+  CHECK(l.json_body()["result"]["tools"].size() == 20);  // demo policy: echo, get_usage, sleep, whoami, 6 job tools, run_quantum_circuit, query_model_registry, get_model, 7 data tools
 
   auto no_sid = c.request(verb::post, "/mcp", legacy_headers(s.user_key()), list.dump());
   CHECK(no_sid.status == 400);

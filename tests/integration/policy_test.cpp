@@ -199,8 +199,8 @@ TEST_CASE("cli: policy test runs the demo's cases, reports failures, and validat
   std::string tests = (s.dir() / "policies" / "demo.test.toml").string();
   std::string out;
   CHECK(run_command({binary(), "policy", "test", tests}, &out) == 0);
-  CHECK(count(out, "  PASS: ") == 14);
-  CHECK(out.find("PASS: 14/14") != std::string::npos);
+  CHECK(count(out, "  PASS: ") == 15);
+  CHECK(out.find("PASS: 15/15") != std::string::npos);
 
   std::string failing = (s.dir() / "policies" / "failing.test.toml").string();
   std::ofstream(failing) << "policy = \"demo.toml\"\nproject = \"demo\"\n"
@@ -208,11 +208,11 @@ TEST_CASE("cli: policy test runs the demo's cases, reports failures, and validat
                             "args = { seconds = 3600 }\nexpect = \"allow\"\n";
   CHECK(run_command({binary(), "policy", "test", tests, failing}, &out) == 1);
   CHECK(out.find("FAIL: an hour of sleep (line 3): expected allow, got deny") != std::string::npos);
-  CHECK(out.find("PASS: 14/15") != std::string::npos);
-  CHECK(out.find("FAIL: 1/15") != std::string::npos);
+  CHECK(out.find("PASS: 15/16") != std::string::npos);
+  CHECK(out.find("FAIL: 1/16") != std::string::npos);
 
   CHECK(run_command({binary(), "policy", "validate", policy_file(s)}, &out) == 0);
-  CHECK(out.find(": ok (9 rules, 1 rate limits; sha256 ") != std::string::npos);
+  CHECK(out.find(": ok (10 rules, 2 rate limits; sha256 ") != std::string::npos);
   std::string broken = (s.dir() / "policies" / "broken.toml").string();
   std::ofstream(broken) << "[[rules]]\nid = \"x\"\neffect = \"permit\"\n[rules.context]\nhours = \"9-5\"\n";
   CHECK(run_command({binary(), "policy", "validate", broken}, &out) == 1);

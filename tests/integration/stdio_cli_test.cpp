@@ -54,7 +54,7 @@ TEST_CASE("stdio: a session over pipes, bad lines included, ends at EOF") {
   CHECK(errors_without_id[0]["error"]["code"] == -32700);
   CHECK(errors_without_id[1]["error"]["code"] == -32600);
   CHECK(by_id["1"]["result"]["protocolVersion"] == "2025-06-18");
-  CHECK(by_id["2"]["result"]["tools"].size() == 13);  // demo policy: echo, get_usage, sleep, whoami, 6 job tools, run_quantum_circuit, query_model_registry, get_model
+  CHECK(by_id["2"]["result"]["tools"].size() == 20);  // demo policy: echo, get_usage, sleep, whoami, 6 job tools, run_quantum_circuit, query_model_registry, get_model, 7 data tools
   CHECK(by_id["3"]["result"]["structuredContent"]["text"] == "over stdio");
   CHECK(by_id["\"m\""]["result"]["structuredContent"]["principal"] == "demo");
   CHECK(by_id["\"m\""]["result"]["structuredContent"]["auth_method"] == "stdio");
