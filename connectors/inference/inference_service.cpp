@@ -98,6 +98,17 @@ bool read_model_list(const std::string& text, const std::vector<std::string>& on
   return true;
 }
 
+// A whole (non-streamed) answer into the outcome: its text and finish reason for a chat, usage.
+void take_answer(ChatOutcome& out, json answer, bool chat) {
+  if (chat) {
+    ChunkDelta d = answer_delta(answer);
+    out.text = d.text;
+    out.finish_reason = d.finish_reason;
+  }
+  out.usage = parse_usage(answer);
+  out.response = std::move(answer);
+}
+
 // A JSON answer's body; discarded when the answer is not JSON (an HTML error page).
 json parse_json_answer(const http::Response& resp) {
   if (!content_type_is(resp.header("content-type"), "application/json")) return json(json::value_t::discarded);
@@ -641,11 +652,7 @@ asio::awaitable<void> InferenceService::stream_once(Backend& b, const ChatCall& 
              "retry shortly", true, true);
       co_return;
     }
-    ChunkDelta d = answer_delta(j);
-    out.text = d.text;
-    out.finish_reason = d.finish_reason;
-    out.usage = parse_usage(j);
-    out.response = std::move(j);
+    take_answer(out, std::move(j), true);
     t.ok = true;
     co_return;
   }
@@ -748,13 +755,7 @@ asio::awaitable<void> InferenceService::json_once(Backend& b, Kind kind, const C
            true, true);
     co_return;
   }
-  if (kind != Kind::kEmbed) {
-    ChunkDelta d = answer_delta(j);
-    out.text = d.text;
-    out.finish_reason = d.finish_reason;
-  }
-  out.usage = parse_usage(j);
-  out.response = std::move(j);
+  take_answer(out, std::move(j), kind != Kind::kEmbed);
   t.ok = true;
 }
 
