@@ -27,6 +27,7 @@ namespace {
 constexpr auto kAwait = asio::as_tuple(asio::use_awaitable);
 constexpr std::size_t kMaxErrorBody = 64 * 1024;
 constexpr std::size_t kStreamBuffer = 16u << 20;  // unread stream data before the reader is "behind"
+constexpr std::size_t kStreamReadBuffer = 4096;   // libcurl's receive buffer for a stream
 
 std::string read_secret(const InferenceBackendConfig& c, std::string* problem) {
   if (!c.api_key_env.empty()) {
@@ -45,6 +46,15 @@ std::string read_secret(const InferenceBackendConfig& c, std::string* problem) {
   std::string key = ss.str();
   while (!key.empty() && std::isspace(static_cast<unsigned char>(key.back()))) key.pop_back();
   return key;
+}
+
+// 0.5 to 1.5, for spreading retries. One engine per thread, seeded once: constructing a
+// std::random_device runs CPUID several times, which in a virtual machine traps to the hypervisor
+// (about 20 us each time on the benchmark VM; bench/inference found it at 3% of the server's CPU
+// when every call built one, retried or not).
+double backoff_jitter() {
+  thread_local std::mt19937 rng(std::random_device{}());
+  return std::uniform_real_distribution<double>(0.5, 1.5)(rng);
 }
 
 std::chrono::milliseconds left(Deadline deadline) {
@@ -483,7 +493,6 @@ asio::awaitable<ChatOutcome> InferenceService::call(Kind kind, ChatCall call, co
     co_return out;
   }
   std::vector<std::string> tried;
-  std::mt19937 rng(std::random_device{}());
   for (int attempt = 0;; ++attempt) {
     Error why;
     auto lease = co_await acquire(call.model, tried, call.deadline, &why);
@@ -510,8 +519,7 @@ asio::awaitable<ChatOutcome> InferenceService::call(Kind kind, ChatCall call, co
     if (!t.retryable || out.delivered || attempt >= config_.retries || Clock::now() >= call.deadline) co_return out;
     lease.reset();  // free the slot while backing off
     auto base = config_.retry_backoff * (1 << std::min(attempt, 10));
-    std::uniform_real_distribution<double> jitter(0.5, 1.5);
-    auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(base * jitter(rng));
+    auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(base * backoff_jitter());
     if (Clock::now() + wait >= call.deadline) co_return out;
     asio::steady_timer timer(co_await asio::this_coro::executor, wait);
     auto [ec] = co_await timer.async_wait(kAwait);
@@ -596,6 +604,10 @@ asio::awaitable<void> InferenceService::stream_once(Backend& b, const ChatCall& 
                                  upstream_body(call, true), call.deadline);
   r.headers.push_back("Accept: text/event-stream");
   r.max_body = kStreamBuffer;
+  // An event is a few hundred bytes and arrives as the model makes it: 4 KiB reads take a burst
+  // of them at once, for a quarter of libcurl's default buffer per stream (bench/inference:
+  // 1,000 concurrent streams).
+  r.buffer_size = kStreamReadBuffer;
   auto ex = co_await asio::this_coro::executor;
   http::BodyStream s(*client_, std::move(r), ex);
 

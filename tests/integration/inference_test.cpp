@@ -474,3 +474,28 @@ TEST_CASE("inference: embed returns vectors inline with their usage, or their sh
   CHECK(r["structuredContent"]["inline"] == false);
   CHECK_FALSE(r["structuredContent"].contains("vectors"));
 }
+
+// Streams are read 4 KiB at a time (libcurl's default is 16 KiB per transfer): a long burst of
+// events, most of them split across reads, still reaches the /v1 client whole and in order.
+TEST_CASE("inference: a long stream read in small pieces reaches the /v1 client whole") {
+  InferenceDouble d(vllm());
+  InfServer srv({backend_entry("gpu01", d)});
+  Client c(srv.s.port());
+  wait_served(c, srv.s);
+  d.control(json::parse(R"({"completion_tokens":600})"));
+  const std::string body =
+      R"({"model":"llama-3.1-8b-instruct","messages":[{"role":"user","content":"Hello, world!"}],"max_tokens":600,"stream":true})";
+  auto r = c.request(verb::post, "/v1/chat/completions", bearer(srv.s.user_key()), body);
+  REQUIRE(r.status == 200);
+  auto events = sse_data(r.body);
+  REQUIRE(!events.empty());
+  CHECK(events.back() == "[DONE]");
+  std::string text;
+  for (std::size_t i = 0; i + 1 < events.size(); ++i) {
+    json chunk = json::parse(events[i]);
+    if (!chunk["choices"].empty() && chunk["choices"][0]["delta"].contains("content") &&
+        chunk["choices"][0]["delta"]["content"].is_string())
+      text += chunk["choices"][0]["delta"]["content"].get<std::string>();
+  }
+  CHECK(text == words(600));
+}
