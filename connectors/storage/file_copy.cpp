@@ -72,6 +72,7 @@ int64_t copy_file_data(Reader& reader, Writer& writer, int64_t offset, crypto::S
   const int64_t expected = reader.info().size;
   if (expected - offset <= static_cast<int64_t>(kCopyPiece)) {
     // One piece: hashing inline costs less than handing it over.
+    // One byte more than expected: a short read is the end, no second read needed to see it.
     std::string buf(static_cast<std::size_t>(std::max<int64_t>(expected - offset, 0)) + 1, '\0');
     int64_t off = offset;
     for (;;) {
@@ -83,6 +84,7 @@ int64_t copy_file_data(Reader& reader, Writer& writer, int64_t offset, crypto::S
       writer.write_at(buf.data(), n, off);
       off += static_cast<int64_t>(n);
       if (hooks.progress) hooks.progress(static_cast<int64_t>(n));
+      if (n < buf.size() && off >= expected) break;
     }
     return off;
   }

@@ -402,15 +402,15 @@ const std::vector<Migration>& schema_migrations() {
         );
         CREATE INDEX transfers_project ON transfers(project, created_ms);
         CREATE INDEX transfers_open ON transfers(state) WHERE state IN ('QUEUED','ACTIVE') OR settled = 0;
-        -- Files of a transfer that were verified, recorded before they are renamed into place: a
-        -- resumed transfer finishes their renames and copies only the rest.
+        -- Files of a transfer that were verified, recorded in batches before they are renamed
+        -- into place: a resumed transfer finishes their renames and copies only the rest. One
+        -- row per batch (up to 64 files) rather than per file: a row per file cost more than
+        -- copying a small file.
         CREATE TABLE transfer_files (
           transfer_id TEXT NOT NULL REFERENCES transfers(id),
-          path        TEXT NOT NULL,             -- relative to the transfer's source
-          bytes       INTEGER NOT NULL,
-          sha256      TEXT NOT NULL DEFAULT '',
-          outcome     TEXT NOT NULL CHECK (outcome IN ('copied','skipped')),
-          PRIMARY KEY (transfer_id, path)
+          batch       INTEGER NOT NULL,
+          files       TEXT NOT NULL,             -- JSON [[path, bytes, sha256, skipped], ...]
+          PRIMARY KEY (transfer_id, batch)
         ) WITHOUT ROWID;
       )sql"},
   };
