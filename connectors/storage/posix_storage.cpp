@@ -508,6 +508,28 @@ void PosixStorage::discard_temp(const std::string& path, const std::string& tag)
   ::close(fd);
 }
 
+void PosixStorage::discard_temps(const std::string& path, const std::string& tag) {
+  std::string rel = relative(path);
+  int top = sandbox::open_beneath(root_fd(), rel.c_str());
+  if (top < 0) return;
+  Fd guard(top);
+  const std::string prefix = ".scigate-" + tag + "-";
+  std::function<void(int, int)> sweep = [&](int fd, int depth) {
+    if (depth > 256) return;
+    int dup = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (dup < 0) return;
+    for (const auto& n : read_names(dup)) {
+      if (n.rfind(prefix, 0) == 0 && is_temp_name(n)) {
+        ::unlinkat(fd, n.c_str(), 0);
+        continue;
+      }
+      Fd child(::openat(fd, n.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+      if (child.fd >= 0) sweep(child.fd, depth + 1);
+    }
+  };
+  sweep(top, 0);
+}
+
 void PosixStorage::make_dirs(const std::string& path) {
   std::string rel = relative(path);
   if (!config_.writable)

@@ -35,6 +35,7 @@ class PosixStorage final : public Storage {
   std::unique_ptr<Writer> open_write_in(Directory& dir, const std::string& name, const std::string& tag,
                                         bool resume) override;
   void discard_temp(const std::string& path, const std::string& tag) override;
+  void discard_temps(const std::string& path, const std::string& tag) override;
   void make_dirs(const std::string& path) override;
   AreaUsage usage() override;
 

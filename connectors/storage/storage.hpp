@@ -121,6 +121,9 @@ class Storage {
                                                 bool resume) = 0;
   // Removes a temporary file left by `tag` for `path`, if there is one.
   virtual void discard_temp(const std::string& path, const std::string& tag) = 0;
+  // Removes every temporary file `tag` left beneath the directory `path` (a directory transfer
+  // that ended without resuming).
+  virtual void discard_temps(const std::string& path, const std::string& tag) = 0;
   // Creates the directory `path` and its parents.
   virtual void make_dirs(const std::string& path) = 0;
   // What the area holds now (a walk of the whole tree).

@@ -1621,17 +1621,18 @@ asio::awaitable<void> TransferService::finish(std::string id, TransferState stat
     co_await on_db(std::move(op));
   }
   if (state != TransferState::kCompleted) {
-    // A single file's temporary name, whatever stopped the transfer (its worker removes it; a
-    // transfer failed at start never had one running).
+    // Temporary files, whatever stopped the transfer (its workers remove theirs; a transfer
+    // failed at start, or one stopped by a restart and not resumed, may have left some).
     auto dst = parse_location(rec.destination);
     auto* l = std::get_if<Location>(&dst);
-    if (l && l->kind == Location::Kind::kArea && !rec.directory && rec.resume.is_object() &&
-        rec.resume.contains("destination")) {
+    if (l && l->kind == Location::Kind::kArea && rec.resume.is_object() && rec.resume.contains("destination")) {
       auto area = areas_.open(rec.project, l->area, Access::kWrite);
       if (auto* h = std::get_if<AreaHandle>(&area)) {
         std::string path = rec.resume["destination"].get<std::string>();
-        std::function<int()> clean = [storage = h->storage, path, id]() {
-          storage->discard_temp(path, id);
+        bool directory = rec.directory;
+        std::function<int()> clean = [storage = h->storage, path, id, directory]() {
+          if (directory) storage->discard_temps(path, id);  // one per worker may be left
+          else storage->discard_temp(path, id);
           return 0;
         };
         co_await on_pool(areas_.pool(), std::move(clean));
