@@ -402,16 +402,34 @@ const std::vector<Migration>& schema_migrations() {
         );
         CREATE INDEX transfers_project ON transfers(project, created_ms);
         CREATE INDEX transfers_open ON transfers(state) WHERE state IN ('QUEUED','ACTIVE') OR settled = 0;
-        -- Files of a transfer that were verified, recorded in batches before they are renamed
-        -- into place: a resumed transfer finishes their renames and copies only the rest. One
-        -- row per batch (up to 64 files) rather than per file: a row per file cost more than
-        -- copying a small file.
+        -- Files of a transfer that were verified, recorded before they are renamed into place: a
+        -- resumed transfer finishes their renames and copies only the rest.
         CREATE TABLE transfer_files (
+          transfer_id TEXT NOT NULL REFERENCES transfers(id),
+          path        TEXT NOT NULL,             -- relative to the transfer's source
+          bytes       INTEGER NOT NULL,
+          sha256      TEXT NOT NULL DEFAULT '',
+          outcome     TEXT NOT NULL CHECK (outcome IN ('copied','skipped')),
+          PRIMARY KEY (transfer_id, path)
+        ) WITHOUT ROWID;
+      )sql"},
+      {10, R"sql(
+        -- transfer_files: one row per batch of up to 64 verified files (JSON) instead of one per
+        -- file, which cost more than copying a small file (bench/data). Rows of transfers that
+        -- may still resume are carried over, one file per batch.
+        CREATE TABLE transfer_file_batches (
           transfer_id TEXT NOT NULL REFERENCES transfers(id),
           batch       INTEGER NOT NULL,
           files       TEXT NOT NULL,             -- JSON [[path, bytes, sha256, skipped], ...]
           PRIMARY KEY (transfer_id, batch)
         ) WITHOUT ROWID;
+        INSERT INTO transfer_file_batches(transfer_id, batch, files)
+          SELECT transfer_id, ROW_NUMBER() OVER (PARTITION BY transfer_id ORDER BY path) - 1,
+                 json_array(json_array(path, bytes, sha256,
+                                       json(CASE WHEN outcome = 'skipped' THEN 'true' ELSE 'false' END)))
+          FROM transfer_files;
+        DROP TABLE transfer_files;
+        ALTER TABLE transfer_file_batches RENAME TO transfer_files;
       )sql"},
   };
   return kMigrations;
