@@ -304,7 +304,16 @@ TEST_CASE("data: a full file system (a small tmpfs) and a quota end the transfer
   ServerProcess s(data_config(), false);
   fs::path tiny = s.dir() / "tiny";
   fs::create_directories(tiny);
+  // Unmounted whatever happens below (before the server's directory is removed).
+  struct Unmount {
+    fs::path path;
+    bool mounted = false;
+    ~Unmount() {
+      if (mounted) ::umount2(path.c_str(), MNT_DETACH);
+    }
+  } guard{tiny};
   bool mounted = ::mount("tmpfs", tiny.c_str(), "tmpfs", 0, "size=1m") == 0;
+  guard.mounted = mounted;
   // One merge per [[data.areas]] entry: merge_config gathers a header's keys into one block.
   s.merge_config("[[data.areas]]\nid = \"tiny\"\nproject = \"demo\"\nroot = \"tiny\"\n");
   s.merge_config("[[data.areas]]\nid = \"capped\"\nproject = \"demo\"\nroot = \"capped\"\nquota_bytes = 2000000\n");
@@ -319,7 +328,7 @@ TEST_CASE("data: a full file system (a small tmpfs) and a quota end the transfer
     CHECK_FALSE(fs::exists(tiny / "three.bin"));
     CHECK(temp_files(tiny) == 0);
     s.stop();
-    ::umount(tiny.c_str());
+    guard.mounted = ::umount(tiny.c_str()) != 0;
   } else {
     WARN("SKIPPED the ENOSPC part: cannot mount a tmpfs here (not root, or no CAP_SYS_ADMIN); the quota part runs");
   }
