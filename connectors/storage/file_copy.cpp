@@ -1,6 +1,7 @@
 #include "connectors/storage/file_copy.hpp"
 
 #include <boost/asio/post.hpp>
+#include <boost/asio/strand.hpp>
 
 #include <cstring>
 #include <future>
@@ -12,29 +13,36 @@ namespace {
 Error cancelled() { return Error{ErrorCode::kCancelled, "the transfer was cancelled", {}, {}}; }
 }  // namespace
 
-// Hashes pieces in order on the hash pool, one at a time, while the caller goes on with the
-// next piece. wait() before touching a buffer handed to the pool again.
+// Hashes pieces in order on the hash pool (on a strand of it: one piece at a time, in order)
+// while the caller reads and writes the next ones. Up to kSlots pieces may wait, so a hashing
+// thread that is descheduled for a moment does not stop the copy. The caller fills slot i's
+// buffer only after slot_ready(i).
 class PipelinedHash {
  public:
-  PipelinedHash(crypto::Sha256& h, boost::asio::thread_pool& pool) : h_(h), pool_(pool) {}
+  static constexpr int kSlots = 4;
+  PipelinedHash(crypto::Sha256& h, boost::asio::thread_pool& pool) : h_(h), strand_(boost::asio::make_strand(pool)) {}
   ~PipelinedHash() { wait(); }
-  void submit(const char* p, std::size_t n) {
-    wait();
+  void slot_ready(int i) {
+    if (done_[i].valid()) done_[i].get();
+  }
+  void submit(int i, const char* p, std::size_t n) {
+    slot_ready(i);
     auto done = std::make_shared<std::promise<void>>();
-    pending_ = done->get_future();
-    boost::asio::post(pool_, [this, p, n, done] {
+    done_[i] = done->get_future();
+    boost::asio::post(strand_, [this, p, n, done] {
       h_.update(p, n);
       done->set_value();
     });
   }
   void wait() {
-    if (pending_.valid()) pending_.get();
+    for (auto& f : done_)
+      if (f.valid()) f.get();
   }
 
  private:
   crypto::Sha256& h_;
-  boost::asio::thread_pool& pool_;
-  std::future<void> pending_;
+  boost::asio::strand<boost::asio::thread_pool::executor_type> strand_;
+  std::future<void> done_[kSlots];
 };
 
 namespace {
@@ -64,6 +72,7 @@ int64_t copy_file_data(Reader& reader, Writer& writer, int64_t offset, crypto::S
   const int64_t expected = reader.info().size;
   if (expected - offset <= static_cast<int64_t>(kCopyPiece)) {
     // One piece: hashing inline costs less than handing it over.
+    // One byte more than expected: a short read is the end, no second read needed to see it.
     std::string buf(static_cast<std::size_t>(std::max<int64_t>(expected - offset, 0)) + 1, '\0');
     int64_t off = offset;
     for (;;) {
@@ -75,19 +84,21 @@ int64_t copy_file_data(Reader& reader, Writer& writer, int64_t offset, crypto::S
       writer.write_at(buf.data(), n, off);
       off += static_cast<int64_t>(n);
       if (hooks.progress) hooks.progress(static_cast<int64_t>(n));
+      if (n < buf.size() && off >= expected) break;
     }
     return off;
   }
-  std::vector<char> bufs[2] = {std::vector<char>(kCopyPiece), std::vector<char>(kCopyPiece)};
+  std::vector<char> bufs[PipelinedHash::kSlots];
   PipelinedHash hasher(hash, hash_pool);
   int64_t off = offset;
-  for (int k = 0;; k ^= 1) {
+  for (int k = 0;; k = (k + 1) % PipelinedHash::kSlots) {
     if (hooks.cancel && hooks.cancel->load()) throw ErrorException(cancelled());
-    // bufs[k] was last handed to the hasher two pieces ago; submit() below waited for it.
+    hasher.slot_ready(k);  // its last piece is hashed
+    if (bufs[k].empty()) bufs[k].resize(kCopyPiece);
     std::size_t n = reader.read_at(bufs[k].data(), kCopyPiece, off);
     if (n == 0) break;
     check_growth(hooks, off + static_cast<int64_t>(n));
-    hasher.submit(bufs[k].data(), n);  // waits for the previous piece's hash first
+    hasher.submit(k, bufs[k].data(), n);
     writer.write_at(bufs[k].data(), n, off);
     off += static_cast<int64_t>(n);
     if (hooks.progress) hooks.progress(static_cast<int64_t>(n));
@@ -112,12 +123,13 @@ void BlockWriter::write_block() {
   if (b.empty()) return;
   if (hooks_.cancel && hooks_.cancel->load()) throw ErrorException(cancelled());
   check_growth(hooks_, written_ + static_cast<int64_t>(b.size()));
-  hasher_->submit(b.data(), b.size());  // waits for the other block's hash first
+  hasher_->submit(k_, b.data(), b.size());
   writer_.write_at(b.data(), b.size(), written_);
   written_ += static_cast<int64_t>(b.size());
   if (hooks_.progress) hooks_.progress(static_cast<int64_t>(b.size()));
-  // The other block was hashed (submit waited for it): it gathers next.
-  k_ ^= 1;
+  // The next slot gathers once its last block is hashed.
+  k_ = (k_ + 1) % kSlots;
+  hasher_->slot_ready(k_);
   blocks_[k_].clear();
   if (blocks_[k_].capacity() < kBlock) blocks_[k_].reserve(kBlock);
 }
@@ -137,8 +149,7 @@ void BlockWriter::restart() {
   hasher_->wait();
   hash_.reset();
   writer_.truncate(0);
-  blocks_[0].clear();
-  blocks_[1].clear();
+  for (auto& b : blocks_) b.clear();
   written_ = position_ = 0;
 }
 

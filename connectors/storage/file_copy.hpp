@@ -2,8 +2,8 @@
 // Moving the bytes of one file with its SHA-256 computed on the way (docs/DATA.md "Integrity").
 //
 // The copy runs on a transfer worker thread (blocking reads and writes). Large files are hashed
-// on the hash pool while the worker reads and writes the next piece, so a copy costs about
-// max(read + write, hash) per piece, not their sum; files of one piece are hashed on the worker
+// on the hash pool (in order, up to four pieces behind) while the worker reads and writes the
+// next pieces, so a copy costs about max(read + write, hash) per piece, not their sum; files of one piece are hashed on the worker
 // itself (posting would cost more than hashing). BlockWriter is the same for data that arrives
 // from elsewhere (an HTTP body on libcurl's thread). ChunkSource is the reverse (an upload): a
 // worker reads and hashes, the consumer (libcurl's thread) takes pieces.
@@ -49,12 +49,13 @@ class PipelinedHash;
 
 // Data that arrives in pieces on one thread at a time (an HTTP body, on libcurl's thread),
 // gathered into blocks of kBlock bytes: each full block is written by that thread and hashed on
-// the hash pool while the next one gathers, so the receiving thread never hashes, and at most
-// two blocks are held. The calls of one transfer come from one thread at a time (libcurl's
+// the hash pool while the next ones gather, so the receiving thread never hashes, and at most
+// kSlots blocks are held. The calls of one transfer come from one thread at a time (libcurl's
 // while a request runs, a worker's after).
 class BlockWriter {
  public:
   static constexpr std::size_t kBlock = 1u << 20;
+  static constexpr int kSlots = 4;  // PipelinedHash::kSlots
   // `offset`: where the data starts in the file (a resumed download; `hash` holds what is before).
   BlockWriter(Writer& writer, crypto::Sha256& hash, boost::asio::thread_pool& hash_pool, int64_t offset, CopyHooks hooks);
   ~BlockWriter();  // waits for a hash in flight
@@ -73,7 +74,7 @@ class BlockWriter {
   crypto::Sha256& hash_;
   std::unique_ptr<PipelinedHash> hasher_;
   CopyHooks hooks_;
-  std::string blocks_[2];
+  std::string blocks_[kSlots];
   int k_ = 0;
   int64_t written_ = 0, position_ = 0;
 };

@@ -108,7 +108,7 @@ std::vector<std::string> read_names(int fd, const std::function<void(const char*
 class PosixReader final : public Reader {
  public:
   PosixReader(Fd fd, FileInfo info, std::string uri) : fd_(std::move(fd)), info_(std::move(info)), uri_(std::move(uri)) {
-    ::posix_fadvise(fd_.fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    if (info_.size > (1 << 20)) ::posix_fadvise(fd_.fd, 0, 0, POSIX_FADV_SEQUENTIAL);
   }
   const FileInfo& info() const override { return info_; }
   std::size_t read_at(char* buf, std::size_t n, int64_t offset) override {
@@ -133,8 +133,8 @@ class PosixReader final : public Reader {
 
 class PosixWriter final : public Writer {
  public:
-  PosixWriter(Fd dir, Fd file, std::string leaf, std::string temp, std::string uri, int64_t existing, bool existed,
-              bool fsync)
+  PosixWriter(std::shared_ptr<Fd> dir, Fd file, std::string leaf, std::string temp, std::string uri, int64_t existing,
+              bool existed, bool fsync)
       : dir_(std::move(dir)), file_(std::move(file)), leaf_(std::move(leaf)), temp_(std::move(temp)),
         uri_(std::move(uri)), existing_(existing), existed_(existed), fsync_(fsync) {}
   // An uncommitted temporary file stays for a resumed attempt; the transfer ledger removes it
@@ -169,11 +169,11 @@ class PosixWriter final : public Writer {
     if (fsync_ && ::fsync(file_.fd) != 0) throw ErrorException(storage_error(errno, uri_, "flush"));
     file_.reset();
     unsigned flags = overwrite == Overwrite::kNever ? RENAME_NOREPLACE : 0;
-    int rc = ::renameat2(dir_.fd, temp_.c_str(), dir_.fd, leaf_.c_str(), flags);
+    int rc = ::renameat2(dir_->fd, temp_.c_str(), dir_->fd, leaf_.c_str(), flags);
     if (rc != 0 && errno == EINVAL && flags != 0) {
       // A file system without RENAME_NOREPLACE: link() refuses an existing name just as atomically.
-      rc = ::linkat(dir_.fd, temp_.c_str(), dir_.fd, leaf_.c_str(), 0);
-      if (rc == 0) ::unlinkat(dir_.fd, temp_.c_str(), 0);
+      rc = ::linkat(dir_->fd, temp_.c_str(), dir_->fd, leaf_.c_str(), 0);
+      if (rc == 0) ::unlinkat(dir_->fd, temp_.c_str(), 0);
     }
     if (rc != 0) {
       int e = errno;
@@ -184,23 +184,36 @@ class PosixWriter final : public Writer {
       throw ErrorException(storage_error(e, uri_, "rename into place"));
     }
     committed_ = true;
-    if (fsync_) ::fsync(dir_.fd);
+    if (fsync_) ::fsync(dir_->fd);
   }
   void discard() override {
     if (committed_ || discarded_) return;
     file_.reset();
-    ::unlinkat(dir_.fd, temp_.c_str(), 0);
+    ::unlinkat(dir_->fd, temp_.c_str(), 0);
     discarded_ = true;
   }
 
  private:
-  Fd dir_, file_;
+  std::shared_ptr<Fd> dir_;
+  Fd file_;
   std::string leaf_, temp_, uri_;
   int64_t existing_ = 0;
   bool existed_ = false;
   bool fsync_ = false;
   bool committed_ = false, discarded_ = false;
 };
+
+class PosixDirectory final : public Directory {
+ public:
+  PosixDirectory(std::shared_ptr<Fd> fd, std::string path) : fd(std::move(fd)), path_(std::move(path)) {}
+  const std::string& path() const override { return path_; }
+  std::shared_ptr<Fd> fd;
+
+ private:
+  std::string path_;
+};
+
+bool valid_name(const std::string& n) { return !n.empty() && n != "." && n != ".." && n.find('/') == std::string::npos; }
 
 }  // namespace
 
@@ -372,13 +385,35 @@ void PosixStorage::walk(const std::string& path, const std::function<Walk(const 
   descend(top.fd, rel, 0);
 }
 
+std::unique_ptr<Directory> PosixStorage::open_directory(const std::string& path, bool create) {
+  std::string rel = relative(path);
+  int fd = sandbox::open_beneath(root_fd(), rel.c_str());
+  if (fd < 0 && errno == ENOENT && create) {
+    if (!config_.writable)
+      throw ErrorException(Error{ErrorCode::kForbidden, "area " + config_.id + " is read-only", {}, {}});
+    // The parent usually exists (many files into one directory): one openat2, and the mkdir
+    // walk only when it does not.
+    if (int e = sandbox::make_dirs_at(root_fd(), rel, 0777, &fd); e != 0) fail(e, rel, "create directory");
+  } else if (fd < 0) {
+    fail(errno, rel, "open");
+  }
+  return std::make_unique<PosixDirectory>(std::make_shared<Fd>(fd), rel);
+}
+
 std::unique_ptr<Reader> PosixStorage::open_read(const std::string& path) {
   std::string rel = relative(path);
   if (rel.empty()) fail(EISDIR, rel, "read");
   auto [parent, leaf] = split(rel);
-  Fd dir(open_dir(parent));
+  auto dir = open_directory(parent, false);
+  return open_read_in(*dir, leaf);
+}
+
+std::unique_ptr<Reader> PosixStorage::open_read_in(Directory& d, const std::string& leaf) {
+  auto& dir = static_cast<PosixDirectory&>(d);
+  const std::string rel = join(dir.path(), leaf);
+  if (!valid_name(leaf)) fail(EINVAL, rel, "open");
   // O_PATH opens nothing: no device driver, no FIFO. The checks below are on this very inode.
-  Fd handle(::openat(dir.fd, leaf.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+  Fd handle(::openat(dir.fd->fd, leaf.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
   if (handle.fd < 0) fail(errno, rel, "open");
   struct stat st{};
   if (::fstat(handle.fd, &st) != 0) fail(errno, rel, "stat");
@@ -395,17 +430,19 @@ std::unique_ptr<Reader> PosixStorage::open_read(const std::string& path) {
                                uri(rel) + " has " + std::to_string(st.st_nlink) +
                                    " hard links; files with more than one are not read here (one may lie outside the area)",
                                "copy the file to a new name first (a copy has one link)", {}});
-  std::string proc = "/proc/self/fd/" + std::to_string(handle.fd);
-  Fd fd(::open(proc.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
+  // Reopened through the O_PATH descriptor's magic link: the very inode checked, for reading.
+  char proc[48];
+  std::snprintf(proc, sizeof proc, "/proc/self/fd/%d", handle.fd);
+  Fd fd(::open(proc, O_RDONLY | O_CLOEXEC | O_NOCTTY));
   if (fd.fd < 0 && errno == ENOENT) {
     // No /proc: open by name (still never a link), then make sure it is the inode checked.
-    fd = Fd(::openat(dir.fd, leaf.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
+    fd = Fd(::openat(dir.fd->fd, leaf.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
+    struct stat again{};
+    if (fd.fd >= 0 && (::fstat(fd.fd, &again) != 0 || again.st_dev != st.st_dev || again.st_ino != st.st_ino))
+      throw ErrorException(Error{ErrorCode::kConflict, uri(rel) + " changed while it was opened", "retry", {}});
   }
   if (fd.fd < 0) fail(errno, rel, "open");
-  struct stat again{};
-  if (::fstat(fd.fd, &again) != 0 || again.st_dev != st.st_dev || again.st_ino != st.st_ino || !S_ISREG(again.st_mode))
-    throw ErrorException(Error{ErrorCode::kConflict, uri(rel) + " changed while it was opened", "retry", {}});
-  return std::make_unique<PosixReader>(std::move(fd), info_of(again, rel, leaf), uri(rel));
+  return std::make_unique<PosixReader>(std::move(fd), info_of(st, rel, leaf), uri(rel));
 }
 
 std::unique_ptr<Writer> PosixStorage::open_write(const std::string& path, const std::string& tag, bool resume) {
@@ -415,26 +452,30 @@ std::unique_ptr<Writer> PosixStorage::open_write(const std::string& path, const 
                                "stage data into a writable area of the project", {}});
   if (rel.empty()) fail(EISDIR, rel, "write");
   auto [parent, leaf] = split(rel);
-  // The parent usually exists (many files into one directory): one openat2, and the mkdir walk
-  // only when it does not.
-  int dfd = sandbox::open_beneath(root_fd(), parent.c_str());
-  if (dfd < 0 && errno == ENOENT) {
-    if (int e = sandbox::make_dirs_at(root_fd(), parent, 0777, &dfd); e != 0) fail(e, parent, "create directory");
-  } else if (dfd < 0) {
-    fail(errno, parent, "open");
-  }
-  Fd dir(dfd);
+  auto dir = open_directory(parent, true);
+  return open_write_in(*dir, leaf, tag, resume);
+}
+
+std::unique_ptr<Writer> PosixStorage::open_write_in(Directory& d, const std::string& leaf, const std::string& tag,
+                                                    bool resume) {
+  auto& dir = static_cast<PosixDirectory&>(d);
+  const std::string rel = join(dir.path(), leaf);
+  if (!config_.writable)
+    throw ErrorException(Error{ErrorCode::kForbidden, "area " + config_.id + " is read-only",
+                               "stage data into a writable area of the project", {}});
+  if (!valid_name(leaf)) fail(EINVAL, rel, "write");
+  const int dfd = dir.fd->fd;
   std::string temp = temp_name(leaf, tag);
   Fd file;
   int64_t existing = 0;
   bool existed = false;
   if (resume) {
-    file = Fd(::openat(dir.fd, temp.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC));
+    file = Fd(::openat(dfd, temp.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC));
     if (file.fd >= 0) {
       struct stat ts{};
       if (::fstat(file.fd, &ts) != 0 || !S_ISREG(ts.st_mode) || ts.st_nlink != 1) {
         file.reset();
-        ::unlinkat(dir.fd, temp.c_str(), 0);
+        ::unlinkat(dfd, temp.c_str(), 0);
       } else {
         existing = static_cast<int64_t>(ts.st_size);
         existed = true;
@@ -443,20 +484,19 @@ std::unique_ptr<Writer> PosixStorage::open_write(const std::string& path, const 
   }
   if (file.fd < 0) {
     const int flags = O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
-    file = Fd(::openat(dir.fd, temp.c_str(), flags, 0666));
+    file = Fd(::openat(dfd, temp.c_str(), flags, 0666));
     if (file.fd < 0 && errno == EEXIST) {  // an earlier attempt's, not to be resumed
-      ::unlinkat(dir.fd, temp.c_str(), 0);
-      file = Fd(::openat(dir.fd, temp.c_str(), flags, 0666));
+      ::unlinkat(dfd, temp.c_str(), 0);
+      file = Fd(::openat(dfd, temp.c_str(), flags, 0666));
     }
     if (file.fd < 0) {
       int e = errno;
       struct stat st{};
-      if (::fstatat(dir.fd, leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode)) e = EISDIR;
+      if (::fstatat(dfd, leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode)) e = EISDIR;
       fail(e, rel, "create");
     }
   }
-  return std::make_unique<PosixWriter>(std::move(dir), std::move(file), leaf, temp, uri(rel), existing, existed,
-                                       config_.fsync);
+  return std::make_unique<PosixWriter>(dir.fd, std::move(file), leaf, temp, uri(rel), existing, existed, config_.fsync);
 }
 
 void PosixStorage::discard_temp(const std::string& path, const std::string& tag) {
@@ -466,6 +506,28 @@ void PosixStorage::discard_temp(const std::string& path, const std::string& tag)
   if (fd < 0) return;
   ::unlinkat(fd, temp_name(leaf, tag).c_str(), 0);
   ::close(fd);
+}
+
+void PosixStorage::discard_temps(const std::string& path, const std::string& tag) {
+  std::string rel = relative(path);
+  int top = sandbox::open_beneath(root_fd(), rel.c_str());
+  if (top < 0) return;
+  Fd guard(top);
+  const std::string prefix = ".scigate-" + tag + "-";
+  std::function<void(int, int)> sweep = [&](int fd, int depth) {
+    if (depth > 256) return;
+    int dup = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (dup < 0) return;
+    for (const auto& n : read_names(dup)) {
+      if (n.rfind(prefix, 0) == 0 && is_temp_name(n)) {
+        ::unlinkat(fd, n.c_str(), 0);
+        continue;
+      }
+      Fd child(::openat(fd, n.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+      if (child.fd >= 0) sweep(child.fd, depth + 1);
+    }
+  };
+  sweep(top, 0);
 }
 
 void PosixStorage::make_dirs(const std::string& path) {

@@ -30,7 +30,12 @@ class PosixStorage final : public Storage {
   void walk(const std::string& path, const std::function<Walk(const FileInfo&)>& visit) override;
   std::unique_ptr<Reader> open_read(const std::string& path) override;
   std::unique_ptr<Writer> open_write(const std::string& path, const std::string& tag, bool resume) override;
+  std::unique_ptr<Directory> open_directory(const std::string& path, bool create) override;
+  std::unique_ptr<Reader> open_read_in(Directory& dir, const std::string& name) override;
+  std::unique_ptr<Writer> open_write_in(Directory& dir, const std::string& name, const std::string& tag,
+                                        bool resume) override;
   void discard_temp(const std::string& path, const std::string& tag) override;
+  void discard_temps(const std::string& path, const std::string& tag) override;
   void make_dirs(const std::string& path) override;
   AreaUsage usage() override;
 

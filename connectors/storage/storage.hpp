@@ -82,6 +82,15 @@ class Writer {
   virtual void discard() = 0;
 };
 
+// An open directory of an area (resolved beneath the root when it was opened, held by
+// descriptor): the files of one directory are opened and created in it without resolving the
+// path again for each.
+class Directory {
+ public:
+  virtual ~Directory() = default;
+  virtual const std::string& path() const = 0;  // relative to the area's root
+};
+
 class Storage {
  public:
   virtual ~Storage() = default;
@@ -104,8 +113,17 @@ class Storage {
   // transfer id) so that a resumed transfer finds its own temporary file. Creates missing parent
   // directories. `resume`: keep what the temporary file holds; else start empty.
   virtual std::unique_ptr<Writer> open_write(const std::string& path, const std::string& tag, bool resume) = 0;
+  // The directory at `path`; `create`: make it (and its parents) when missing (writable areas).
+  virtual std::unique_ptr<Directory> open_directory(const std::string& path, bool create) = 0;
+  // open_read and open_write for the entry `name` (one component) of an open directory.
+  virtual std::unique_ptr<Reader> open_read_in(Directory& dir, const std::string& name) = 0;
+  virtual std::unique_ptr<Writer> open_write_in(Directory& dir, const std::string& name, const std::string& tag,
+                                                bool resume) = 0;
   // Removes a temporary file left by `tag` for `path`, if there is one.
   virtual void discard_temp(const std::string& path, const std::string& tag) = 0;
+  // Removes every temporary file `tag` left beneath the directory `path` (a directory transfer
+  // that ended without resuming).
+  virtual void discard_temps(const std::string& path, const std::string& tag) = 0;
   // Creates the directory `path` and its parents.
   virtual void make_dirs(const std::string& path) = 0;
   // What the area holds now (a walk of the whole tree).

@@ -14,7 +14,9 @@
 
 #include <algorithm>
 #include <random>
+#include <condition_variable>
 #include <set>
+#include <tuple>
 #include <sstream>
 #include <thread>
 
@@ -107,7 +109,12 @@ struct TransferService::Plan {
   FileInfo src_info;             // a single area file as planned
   std::set<std::string> done;    // resumed: paths recorded already
   int64_t done_bytes = 0;        // resumed: their bytes
+  int64_t next_batch = 0;        // the number of the next transfer_files batch
+  bool resuming = false;         // a restart's attempt: temporary files may hold data
   Reservation reservation;       // in the destination area's quota
+  // Runs of items in one directory (at most 256): the unit a worker takes, so that two workers
+  // seldom create files in one directory at once (its lock is the bottleneck).
+  std::vector<std::pair<std::size_t, std::size_t>> groups;
   OverwritePolicy overwrite = OverwritePolicy::kNever;
   std::string expected_sha256;
   json identity;                 // a single source file as first planned (a resume checks it)
@@ -137,6 +144,12 @@ std::vector<std::string> strings_of(const json& options, const char* key) {
     for (const auto& v : options[key])
       if (v.is_string()) out.push_back(v.get<std::string>());
   return out;
+}
+
+std::pair<std::string, std::string> split_path(const std::string& rel) {
+  auto slash = rel.rfind('/');
+  if (slash == std::string::npos) return {"", rel};
+  return {rel.substr(0, slash), rel.substr(slash + 1)};
 }
 
 std::string join_path(const std::string& a, const std::string& b) {
@@ -229,6 +242,45 @@ void log_recovered(const std::string& id, const std::string& what) {
   log::info("transfer_recovered", {{"transfer", id}, {"action", what}});
 }
 
+json files_json(const std::vector<TransferFile>& files) {
+  json arr = json::array();
+  for (const auto& f : files) {
+    json e = json::array();
+    e.push_back(f.path);
+    e.push_back(f.bytes);
+    e.push_back(f.sha256);
+    e.push_back(f.skipped);
+    arr.push_back(std::move(e));
+  }
+  return arr;
+}
+
+std::vector<TransferFile> files_from(const std::string& text) {
+  std::vector<TransferFile> out;
+  json arr = json::parse(text, nullptr, false);
+  if (!arr.is_array()) return out;
+  for (const auto& e : arr)
+    if (e.is_array() && e.size() == 4 && e[0].is_string() && e[1].is_number_integer())
+      out.push_back(TransferFile{e[0].get<std::string>(), e[1].get<int64_t>(),
+                                 e[2].is_string() ? e[2].get<std::string>() : std::string(),
+                                 e[3].is_boolean() && e[3].get<bool>()});
+  return out;
+}
+
+// One batch of verified files (replaces the batch's row; an empty batch removes it).
+void record_files(state::Database& db, const std::string& id, int64_t batch, const std::vector<TransferFile>& files) {
+  auto lk = db.lock();
+  if (files.empty()) {
+    state::Statement st(db.handle(), "DELETE FROM transfer_files WHERE transfer_id = ? AND batch = ?");
+    st.bind(1, id).bind(2, batch);
+    st.step();
+    return;
+  }
+  state::Statement st(db.handle(), "INSERT OR REPLACE INTO transfer_files(transfer_id, batch, files) VALUES (?, ?, ?)");
+  st.bind(1, id).bind(2, batch).bind(3, files_json(files).dump());
+  st.step();
+}
+
 }  // namespace
 
 std::string TransferService::new_id() {
@@ -243,7 +295,7 @@ std::string TransferService::new_id() {
 TransferService::TransferService(const Config& config, const std::filesystem::path& db_path, Ledger& ledger,
                                  Areas& areas)
     : config_(config), ledger_(ledger), areas_(areas), db_(db_path),
-      transfer_pool_(static_cast<std::size_t>(config.data.max_concurrent)),
+      transfer_pool_(static_cast<std::size_t>(config.data.max_concurrent + config.data.workers_per_transfer - 1)),
       hash_pool_(static_cast<std::size_t>(config.data.hash_threads)),
       address_policy_(std::make_unique<AddressPolicy>(config.data.http.allowed_networks)) {}
 
@@ -453,6 +505,7 @@ std::variant<TransferService::Plan, Error> TransferService::plan(const TransferR
   p.src = src;
   p.dst = dst;
   p.project = rec.project;
+  p.resuming = resuming;
   const json& o = rec.options;
   bool recursive = o.is_object() && o.contains("recursive") && o["recursive"].is_boolean() && o["recursive"].get<bool>();
   auto include = strings_of(o, "include");
@@ -589,17 +642,31 @@ std::variant<TransferService::Plan, Error> TransferService::plan(const TransferR
   if (resuming) {
     auto& db = db_.db();
     auto lk = db.lock();
-    state::Statement st(db.handle(), "SELECT path, bytes FROM transfer_files WHERE transfer_id = ?");
+    state::Statement st(db.handle(), "SELECT batch, files FROM transfer_files WHERE transfer_id = ?");
     st.bind(1, rec.id);
     while (st.step()) {
-      p.done.insert(st.column_text(0));
-      p.done_bytes += st.column_int(1);
+      p.next_batch = std::max(p.next_batch, st.column_int(0) + 1);
+      for (const auto& f : files_from(st.column_text(1))) {
+        p.done.insert(f.path);
+        p.done_bytes += f.bytes;
+      }
     }
   }
   for (const auto& it : p.items) {
     if (p.done.count(it.rel)) continue;
     p.bytes += it.size;
     ++p.files;
+  }
+  auto parent = [](const std::string& rel) {
+    auto slash = rel.rfind('/');
+    return slash == std::string::npos ? std::string() : rel.substr(0, slash);
+  };
+  for (std::size_t i = 0; i < p.items.size();) {
+    std::size_t j = i + 1;
+    std::string dir = parent(p.items[i].rel);
+    while (j < p.items.size() && j - i < 256 && parent(p.items[j].rel) == dir) ++j;
+    p.groups.emplace_back(i, j);
+    i = j;
   }
   if (p.bytes > config_.data.max_transfer_bytes)
     return Error::invalid_arguments(to_uri(src) + " holds " + human_bytes(p.bytes) + "; one transfer may move at most " +
@@ -750,56 +817,70 @@ asio::awaitable<std::variant<TransferRecord, Error>> TransferService::stage(Stag
 
 namespace {
 
-void record_files(state::Database& db, const std::string& id, const std::vector<TransferFile>& files) {
-  auto lk = db.lock();
-  db.exec("BEGIN IMMEDIATE");
-  try {
-    state::Statement st(db.handle(),
-                        "INSERT OR REPLACE INTO transfer_files(transfer_id, path, bytes, sha256, outcome) "
-                        "VALUES (?, ?, ?, ?, ?)");
-    for (const auto& f : files) {
-      st.reset();
-      st.bind(1, id).bind(2, f.path).bind(3, f.bytes).bind(4, f.sha256).bind(5, f.skipped ? "skipped" : "copied");
-      st.step();
-    }
-    db.exec("COMMIT");
-  } catch (...) {
-    db.exec("ROLLBACK");
-    throw;
-  }
-}
-
-void forget_files(state::Database& db, const std::string& id, const std::vector<std::string>& paths) {
-  auto lk = db.lock();
-  state::Statement st(db.handle(), "DELETE FROM transfer_files WHERE transfer_id = ? AND path = ?");
-  for (const auto& p : paths) {
-    st.reset();
-    st.bind(1, id).bind(2, p);
-    st.step();
-  }
-}
-
 Error integrity(std::string message, std::string hint = "stage the data again") {
   return Error{ErrorCode::kIntegrityFailed, std::move(message), std::move(hint), {}};
 }
 
 }  // namespace
 
-void TransferService::execute(const std::string& id, Live& live, Plan& p) {
+// The items of one transfer, taken one at a time by its workers (the transfer's own thread and,
+// for a large directory, helpers on the transfer pool).
+struct TransferService::Work {
+  std::atomic<std::size_t> next{0};
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> next_batch{0};
+  std::atomic<int64_t> moved{0};  // bytes, for the bandwidth limit
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  std::mutex m;
+  std::condition_variable cv;
+  int active = 0;      // workers inside work_items
+  bool closed = false;  // the transfer's thread is done: helpers that start late do nothing
+  std::exception_ptr error;
+};
+
+void TransferService::execute(const std::string& id, std::shared_ptr<Live> live, std::shared_ptr<Plan> p) {
+  Storage& dst = *p->dst_area.storage;
+  const Overwrite commit_mode = p->overwrite == OverwritePolicy::kAlways ? Overwrite::kAlways : Overwrite::kNever;
+  // A resumed transfer: files verified and recorded before the interruption may still wait under
+  // their temporary names.
+  for (const auto& rel : p->done) {
+    auto w = dst.open_write(p->directory ? join_path(p->dst_path, rel) : p->dst_path, id, true);
+    if (w->existed()) w->commit(commit_mode);
+    else w->discard();
+  }
+  auto work = std::make_shared<Work>();
+  work->next_batch = p->next_batch;
+  // Many small files are bound by per-file system calls, not bandwidth: helpers take files from
+  // the same list. A helper that gets no thread before the list is done does nothing.
+  int helpers = p->directory && p->items.size() > 64 && p->groups.size() > 1 ? config_.data.workers_per_transfer - 1 : 0;
+  for (int h = 0; h < helpers; ++h)
+    asio::post(transfer_pool_, [this, id, live, p, work] {
+      {
+        std::lock_guard g(work->m);
+        if (work->closed || work->stop || work->next >= p->groups.size()) return;
+        ++work->active;
+      }
+      work_items(id, *live, *p, *work);
+    });
+  {
+    std::lock_guard g(work->m);
+    ++work->active;
+  }
+  work_items(id, *live, *p, *work);
+  std::unique_lock lk(work->m);
+  work->cv.wait(lk, [&] { return work->active == 0; });
+  work->closed = true;
+  p->next_batch = work->next_batch;
+  if (work->error) std::rethrow_exception(work->error);
+}
+
+void TransferService::work_items(const std::string& id, Live& live, Plan& p, Work& work) {
   Storage& src = *p.src_area.storage;
   Storage& dst = *p.dst_area.storage;
   const Overwrite commit_mode = p.overwrite == OverwritePolicy::kAlways ? Overwrite::kAlways : Overwrite::kNever;
   const std::string src_base = normal(p.src.path);
   auto dst_of = [&](const std::string& rel) { return p.directory ? join_path(p.dst_path, rel) : p.dst_path; };
   auto src_of = [&](const std::string& rel) { return p.directory ? join_path(src_base, rel) : src_base; };
-
-  // A resumed transfer: files verified and recorded before the interruption may still wait under
-  // their temporary names.
-  for (const auto& rel : p.done) {
-    auto w = dst.open_write(dst_of(rel), id, true);
-    if (w->existed()) w->commit(commit_mode);
-    else w->discard();
-  }
 
   struct Pending {
     std::unique_ptr<Writer> writer;  // null for a skipped file
@@ -809,14 +890,16 @@ void TransferService::execute(const std::string& id, Live& live, Plan& p) {
   int64_t batch_bytes = 0;
   auto batch_started = std::chrono::steady_clock::now();
   std::unique_ptr<Writer> current;
+  std::unique_ptr<Directory> src_dir, dst_dir;
 
   // Verified files are recorded first and renamed after: a crash in between leaves records whose
-  // temporary files the next attempt renames (above), never a file that is not recorded.
+  // temporary files the next attempt renames (execute), never a file that is not recorded.
   auto flush = [&]() {
     if (batch.empty()) return;
     std::vector<TransferFile> files;
     for (const auto& b : batch) files.push_back(b.file);
-    record_files(db_.db(), id, files);
+    const int64_t number = work.next_batch.fetch_add(1);
+    record_files(db_.db(), id, number, files);
     std::size_t i = 0;
     try {
       for (; i < batch.size(); ++i) {
@@ -825,12 +908,11 @@ void TransferService::execute(const std::string& id, Live& live, Plan& p) {
         else live.files += 1;
       }
     } catch (...) {
-      std::vector<std::string> undone;
-      for (std::size_t k = i; k < batch.size(); ++k) {
+      // The batch's record keeps only what was renamed.
+      for (std::size_t k = i; k < batch.size(); ++k)
         if (batch[k].writer) batch[k].writer->discard();
-        undone.push_back(batch[k].file.path);
-      }
-      forget_files(db_.db(), id, undone);
+      files.resize(i);
+      record_files(db_.db(), id, number, files);
       batch.clear();
       throw;
     }
@@ -842,15 +924,13 @@ void TransferService::execute(const std::string& id, Live& live, Plan& p) {
   int64_t reserved_for_file = 0;
   CopyHooks hooks;
   hooks.cancel = &live.cancel;
-  // The bandwidth limit ([data] max_bytes_per_s): sleep off what runs ahead of it.
+  // The bandwidth limit ([data] max_bytes_per_s), over all workers: sleep off what runs ahead.
   const int64_t limit = config_.data.max_bytes_per_s;
-  const auto started = std::chrono::steady_clock::now();
-  int64_t moved = 0;
-  hooks.progress = [&live, limit, started, &moved](int64_t n) {
+  hooks.progress = [&live, &work, limit](int64_t n) {
     live.bytes += n;
     if (limit <= 0) return;
-    moved += n;
-    auto due = started + std::chrono::microseconds(moved * 1'000'000 / limit);
+    int64_t moved = work.moved.fetch_add(n) + n;
+    auto due = work.started + std::chrono::microseconds(moved * 1'000'000 / limit);
     while (std::chrono::steady_clock::now() < due && !live.cancel)
       std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(due - std::chrono::steady_clock::now(),
                                                                                std::chrono::milliseconds(50)));
@@ -864,12 +944,26 @@ void TransferService::execute(const std::string& id, Live& live, Plan& p) {
   };
 
   try {
-    for (const auto& item : p.items) {
+    std::size_t index = 0, group_end = 0;
+    for (;;) {
       if (live.cancel) throw ErrorException(cancelled_error());
+      if (work.stop) break;  // another worker failed
+      if (index == group_end) {
+        const std::size_t g = work.next.fetch_add(1);
+        if (g >= p.groups.size()) break;
+        std::tie(index, group_end) = p.groups[g];
+      }
+      const auto& item = p.items[index++];
       if (p.done.count(item.rel)) continue;
       const std::string src_rel = src_of(item.rel);
       const std::string dst_rel = dst_of(item.rel);
-      if (p.directory && p.overwrite != OverwritePolicy::kAlways) {
+      // Files of one directory come one after another: its two directories are resolved once.
+      auto [src_parent, src_name] = split_path(src_rel);
+      auto [dst_parent, dst_name] = split_path(dst_rel);
+      if (!src_dir || src_dir->path() != src_parent) src_dir = src.open_directory(src_parent, false);
+      if (!dst_dir || dst_dir->path() != dst_parent) dst_dir = dst.open_directory(dst_parent, true);
+      // "never" is enforced by the rename (RENAME_NOREPLACE); "skip" needs to look first.
+      if (p.directory && p.overwrite == OverwritePolicy::kSkip) {
         bool exists = true;
         try {
           dst.stat(dst_rel);
@@ -877,17 +971,14 @@ void TransferService::execute(const std::string& id, Live& live, Plan& p) {
           if (e.error().code != ErrorCode::kNotFound) throw;
           exists = false;
         }
-        if (exists && p.overwrite == OverwritePolicy::kSkip) {
+        if (exists) {
           batch.push_back(Pending{nullptr, TransferFile{item.rel, 0, "", true}});
           continue;
         }
-        if (exists)
-          throw ErrorException(Error{ErrorCode::kConflict, "area://" + p.dst.area + "/" + dst_rel + " already exists",
-                                     "stage again with overwrite \"always\" (replace) or \"skip\" (keep it)", {}});
       }
-      auto reader = src.open_read(src_rel);
+      auto reader = src.open_read_in(*src_dir, src_name);
       const FileInfo before = reader->info();
-      current = dst.open_write(dst_rel, id, true);
+      current = dst.open_write_in(*dst_dir, dst_name, id, p.resuming);
       crypto::Sha256 hash;
       int64_t start = 0;
       if (current->existing_size() > 0) {
@@ -935,8 +1026,13 @@ void TransferService::execute(const std::string& id, Live& live, Plan& p) {
     if (current && !live.shutdown) current->discard();
     for (auto& b : batch)
       if (b.writer) b.writer->discard();
-    throw;
+    std::lock_guard g(work.m);
+    if (!work.error) work.error = std::current_exception();
+    work.stop = true;
   }
+  std::lock_guard g(work.m);
+  --work.active;
+  work.cv.notify_all();
 }
 
 asio::awaitable<void> TransferService::run(std::string id) {
@@ -993,7 +1089,7 @@ asio::awaitable<void> TransferService::run(std::string id) {
     failure = co_await upload(id, live, p);
   } else {
     std::function<int()> work = [this, id, live, p]() -> int {
-      execute(id, *live, *p);
+      execute(id, live, p);
       return 0;
     };
     auto result = co_await on_pool(transfer_pool_, std::move(work));
@@ -1181,7 +1277,7 @@ asio::awaitable<std::optional<Error>> TransferService::download(std::string id, 
                                    "the SHA-256 of " + p->url.url + " is " + digest + ", not the expected " +
                                        p->expected_sha256,
                                    "check the expected checksum, or the source", {}});
-      record_files(db_.db(), id, {TransferFile{"", total, digest, false}});
+      record_files(db_.db(), id, p->next_batch, {TransferFile{"", total, digest, false}});
       writer->commit(p->overwrite == OverwritePolicy::kAlways ? Overwrite::kAlways : Overwrite::kNever);
       return digest;
     };
@@ -1408,8 +1504,8 @@ asio::awaitable<std::optional<Error>> TransferService::upload(std::string id, st
     co_return Error{ErrorCode::kIntegrityFailed, "the SHA-256 of " + to_uri(p->src) + " is " + sha + ", not the expected " +
                                                      p->expected_sha256,
                     "the upload was sent; check the file at the destination", {}};
-  std::function<int()> rec = [this, id, sha, size = std::get<int64_t>(std::get<0>(results))]() {
-    record_files(db_.db(), id, {TransferFile{"", size, sha, false}});
+  std::function<int()> rec = [this, p, id, sha, size = std::get<int64_t>(std::get<0>(results))]() {
+    record_files(db_.db(), id, p->next_batch, {TransferFile{"", size, sha, false}});
     return 0;
   };
   co_await on_pool(transfer_pool_, std::move(rec));
@@ -1525,17 +1621,18 @@ asio::awaitable<void> TransferService::finish(std::string id, TransferState stat
     co_await on_db(std::move(op));
   }
   if (state != TransferState::kCompleted) {
-    // A single file's temporary name, whatever stopped the transfer (its worker removes it; a
-    // transfer failed at start never had one running).
+    // Temporary files, whatever stopped the transfer (its workers remove theirs; a transfer
+    // failed at start, or one stopped by a restart and not resumed, may have left some).
     auto dst = parse_location(rec.destination);
     auto* l = std::get_if<Location>(&dst);
-    if (l && l->kind == Location::Kind::kArea && !rec.directory && rec.resume.is_object() &&
-        rec.resume.contains("destination")) {
+    if (l && l->kind == Location::Kind::kArea && rec.resume.is_object() && rec.resume.contains("destination")) {
       auto area = areas_.open(rec.project, l->area, Access::kWrite);
       if (auto* h = std::get_if<AreaHandle>(&area)) {
         std::string path = rec.resume["destination"].get<std::string>();
-        std::function<int()> clean = [storage = h->storage, path, id]() {
-          storage->discard_temp(path, id);
+        bool directory = rec.directory;
+        std::function<int()> clean = [storage = h->storage, path, id, directory]() {
+          if (directory) storage->discard_temps(path, id);  // one per worker may be left
+          else storage->discard_temp(path, id);
           return 0;
         };
         co_await on_pool(areas_.pool(), std::move(clean));
@@ -1599,13 +1696,11 @@ std::optional<TransferRecord> TransferService::get(const std::string& project, c
   if (with_files) {
     auto& db = const_cast<state::DbWorker&>(db_).db();
     auto lk = db.lock();
-    state::Statement st(db.handle(),
-                        "SELECT path, bytes, sha256, outcome FROM transfer_files WHERE transfer_id = ? ORDER BY path "
-                        "LIMIT 100");
+    state::Statement st(db.handle(), "SELECT files FROM transfer_files WHERE transfer_id = ? ORDER BY batch");
     st.bind(1, id);
-    while (st.step())
-      r->files.push_back(TransferFile{st.column_text(0), st.column_int(1), st.column_text(2),
-                                      st.column_text(3) == "skipped"});
+    while (r->files.size() < 100 && st.step())
+      for (auto& f : files_from(st.column_text(0)))
+        if (r->files.size() < 100) r->files.push_back(std::move(f));
   }
   return r;
 }

@@ -140,6 +140,7 @@ class TransferService {
   struct Live;
   struct Plan;
   struct Probe;
+  struct Work;
   boost::asio::awaitable<void> run(std::string id);
   // HTTP: the source's size and validators (HEAD, redirects checked hop by hop).
   boost::asio::awaitable<std::variant<Probe, Error>> probe(std::string project, std::string url);
@@ -158,7 +159,9 @@ class TransferService {
   void launch(const std::string& id);
   void load();
   std::variant<Plan, Error> plan(const TransferRecord& rec, const Location& src, const Location& dst, bool resuming);
-  void execute(const std::string& id, Live& live, Plan& plan);  // blocking, on the transfer pool
+  // Blocking, on the transfer pool: the files of an area-to-area transfer.
+  void execute(const std::string& id, std::shared_ptr<Live> live, std::shared_ptr<Plan> plan);
+  void work_items(const std::string& id, Live& live, Plan& plan, Work& work);
   static void write_row(state::Database& db, const TransferRecord& r);
 
   const Config& config_;

@@ -431,7 +431,8 @@ bool valid_cidr(const std::string& text) {
 void parse_data(const toml::table& s, Config& c, const std::string& source) {
   reject_unknown(s,
                  {"areas", "sources", "http", "max_concurrent", "hash_threads", "max_transfer_bytes",
-                  "max_transfer_files", "quota_scan_interval_s", "max_attempts", "max_bytes_per_s"},
+                  "max_transfer_files", "quota_scan_interval_s", "max_attempts", "max_bytes_per_s",
+                  "workers_per_transfer"},
                  "[data]", source);
   DataConfig& d = c.data;
   d.max_concurrent = get<int>(s, "max_concurrent", d.max_concurrent, source);
@@ -442,10 +443,12 @@ void parse_data(const toml::table& s, Config& c, const std::string& source) {
       std::chrono::seconds(get<int64_t>(s, "quota_scan_interval_s", d.quota_scan_interval.count(), source));
   d.max_attempts = get<int>(s, "max_attempts", d.max_attempts, source);
   d.max_bytes_per_s = get<int64_t>(s, "max_bytes_per_s", d.max_bytes_per_s, source);
+  d.workers_per_transfer = get<int>(s, "workers_per_transfer", d.workers_per_transfer, source);
   if (d.max_concurrent < 1 || d.max_concurrent > 256 || d.hash_threads < 1 || d.hash_threads > 64 ||
-      d.max_transfer_bytes < 1 || d.max_transfer_files < 1 || d.max_attempts < 1)
+      d.max_transfer_bytes < 1 || d.max_transfer_files < 1 || d.max_attempts < 1 || d.workers_per_transfer < 1 ||
+      d.workers_per_transfer > 16)
     throw ConfigError(source + ": [data] needs max_concurrent 1..256, hash_threads 1..64, max_transfer_bytes >= 1, "
-                               "max_transfer_files >= 1 and max_attempts >= 1");
+                               "max_transfer_files >= 1, max_attempts >= 1 and workers_per_transfer 1..16");
   auto known_project = [&](const std::string& p) { return p == "*" || c.project(p) != nullptr; };
 
   if (const toml::node* n = s.get("areas")) {

@@ -217,6 +217,7 @@ struct DataConfig {
   std::chrono::seconds quota_scan_interval{30};   // how old an area's measured usage may be
   int max_attempts = 3;                       // restarts of one transfer before it fails
   int64_t max_bytes_per_s = 0;                // bandwidth of one transfer; 0: unlimited
+  int workers_per_transfer = 2;               // threads copying the files of one large directory
 
   // The area `id` as project `project` sees it (its own, else a shared one it may read).
   const AreaConfig* area_for(const std::string& project, const std::string& id) const;

@@ -413,6 +413,24 @@ const std::vector<Migration>& schema_migrations() {
           PRIMARY KEY (transfer_id, path)
         ) WITHOUT ROWID;
       )sql"},
+      {10, R"sql(
+        -- transfer_files: one row per batch of up to 64 verified files (JSON) instead of one per
+        -- file, which cost more than copying a small file (bench/data). Rows of transfers that
+        -- may still resume are carried over, one file per batch.
+        CREATE TABLE transfer_file_batches (
+          transfer_id TEXT NOT NULL REFERENCES transfers(id),
+          batch       INTEGER NOT NULL,
+          files       TEXT NOT NULL,             -- JSON [[path, bytes, sha256, skipped], ...]
+          PRIMARY KEY (transfer_id, batch)
+        ) WITHOUT ROWID;
+        INSERT INTO transfer_file_batches(transfer_id, batch, files)
+          SELECT transfer_id, ROW_NUMBER() OVER (PARTITION BY transfer_id ORDER BY path) - 1,
+                 json_array(json_array(path, bytes, sha256,
+                                       json(CASE WHEN outcome = 'skipped' THEN 'true' ELSE 'false' END)))
+          FROM transfer_files;
+        DROP TABLE transfer_files;
+        ALTER TABLE transfer_file_batches RENAME TO transfer_files;
+      )sql"},
   };
   return kMigrations;
 }

@@ -304,7 +304,16 @@ TEST_CASE("data: a full file system (a small tmpfs) and a quota end the transfer
   ServerProcess s(data_config(), false);
   fs::path tiny = s.dir() / "tiny";
   fs::create_directories(tiny);
+  // Unmounted whatever happens below (before the server's directory is removed).
+  struct Unmount {
+    fs::path path;
+    bool mounted = false;
+    ~Unmount() {
+      if (mounted) ::umount2(path.c_str(), MNT_DETACH);
+    }
+  } guard{tiny};
   bool mounted = ::mount("tmpfs", tiny.c_str(), "tmpfs", 0, "size=1m") == 0;
+  guard.mounted = mounted;
   // One merge per [[data.areas]] entry: merge_config gathers a header's keys into one block.
   s.merge_config("[[data.areas]]\nid = \"tiny\"\nproject = \"demo\"\nroot = \"tiny\"\n");
   s.merge_config("[[data.areas]]\nid = \"capped\"\nproject = \"demo\"\nroot = \"capped\"\nquota_bytes = 2000000\n");
@@ -319,7 +328,7 @@ TEST_CASE("data: a full file system (a small tmpfs) and a quota end the transfer
     CHECK_FALSE(fs::exists(tiny / "three.bin"));
     CHECK(temp_files(tiny) == 0);
     s.stop();
-    ::umount(tiny.c_str());
+    guard.mounted = ::umount(tiny.c_str()) != 0;
   } else {
     WARN("SKIPPED the ENOSPC part: cannot mount a tmpfs here (not root, or no CAP_SYS_ADMIN); the quota part runs");
   }
@@ -339,4 +348,62 @@ TEST_CASE("data: two transfers to one destination: the second is refused while t
   auto second = stage(c, s.user_key(), {{"source", nginx->url("/files/big.bin")}, {"destination", "area://scratch/same.bin"}});
   CHECK(code_of(second) == "conflict");
   call_tool(c, s.user_key(), "cancel_transfer", {{"transfer_id", first["structuredContent"]["transfer_id"]}});
+}
+
+TEST_CASE("data: stage_data reports progress while it waits, and runs as a task the client polls", "[data]") {
+  NGINX_OR_SKIP(nginx);
+  std::string data = random_bytes(1'500'000, 8);
+  write_file(nginx->root() / "progress.bin", data);
+  ServerProcess s(data_config());
+  fs::path scratch = s.dir() / "data" / "demo" / "scratch";
+
+  // Inline with wait_s and a progress token: notifications/progress on the SSE stream, then the
+  // transfer, COMPLETED.
+  auto req = modern_request(7, "tools/call", {{"name", "stage_data"},
+                                              {"arguments", {{"source", nginx->url("/slow/progress.bin")},
+                                                             {"destination", "area://scratch/p1.bin"},
+                                                             {"wait_s", 60}}}});
+  req["params"]["_meta"]["progressToken"] = "stage";
+  Client c(s.port());
+  auto r = c.request(http::verb::post, "/mcp", modern_headers(s.user_key(), "tools/call", "stage_data"), req.dump());
+  REQUIRE(r.status == 200);
+  CHECK(r.header("content-type") == "text/event-stream");
+  CHECK(r.body.find("notifications/progress") != std::string::npos);
+  CHECK(r.body.find("of 1.4 MiB") != std::string::npos);  // "transfer x-...: 512.0 KiB of 1.4 MiB, 512.0 KiB/s"
+  auto last = r.body.rfind("data: ");
+  REQUIRE(last != std::string::npos);
+  auto final_msg = json::parse(r.body.substr(last + 6, r.body.find('\n', last) - last - 6));
+  CHECK(final_msg["result"]["structuredContent"]["state"] == "COMPLETED");
+  CHECK(slurp_file(scratch / "p1.bin") == data);
+
+  // As a task (2026-07-28, the tasks extension declared): created at once, polled to its end.
+  auto treq = modern_request(8, "tools/call", {{"name", "stage_data"},
+                                               {"arguments", {{"source", nginx->url("/slow/progress.bin")},
+                                                              {"destination", "area://scratch/p2.bin"}}}});
+  treq["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"]["extensions"]["io.modelcontextprotocol/tasks"] =
+      json::object();
+  auto created = c.request(http::verb::post, "/mcp", modern_headers(s.user_key(), "tools/call", "stage_data"), treq.dump());
+  REQUIRE(created.status == 200);
+  auto task = created.json_body()["result"];
+  INFO(task.dump());
+  REQUIRE(task["resultType"] == "task");
+  std::string task_id = task["taskId"];
+  json got;
+  bool saw_message = false;
+  REQUIRE(eventually(
+      [&] {
+        auto g = modern_request(9, "tasks/get", {{"taskId", task_id}});
+        g["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"]["extensions"]["io.modelcontextprotocol/tasks"] =
+            json::object();
+        got = c.request(http::verb::post, "/mcp", modern_headers(s.user_key(), "tasks/get", task_id), g.dump())
+                  .json_body()["result"];
+        if (got.value("statusMessage", "").find("transfer x-") != std::string::npos) saw_message = true;
+        return got["status"] != "working";
+      },
+      std::chrono::seconds(60), std::chrono::milliseconds(200)));
+  INFO(got.dump());
+  CHECK(got["status"] == "completed");
+  CHECK(got["result"]["structuredContent"]["state"] == "COMPLETED");
+  CHECK(saw_message);  // the task's statusMessage carried the transfer's progress
+  CHECK(slurp_file(scratch / "p2.bin") == data);
 }

@@ -254,3 +254,24 @@ TEST_CASE("posix storage: read-only areas, usage and paged listing", "[storage]"
   CHECK(names.back() == "f249");
   CHECK(std::is_sorted(names.begin(), names.end()));
 }
+
+TEST_CASE("posix storage: discard_temps removes one transfer's temporary files beneath a directory", "[storage]") {
+  TempDir root;
+  PosixStorage s(area(root.path));
+  { auto w = s.open_write("out/a/x.bin", "x-1", false); w->write_at("1", 1, 0); }
+  { auto w = s.open_write("out/b/c/y.bin", "x-1", false); w->write_at("2", 1, 0); }
+  { auto w = s.open_write("out/a/z.bin", "x-2", false); w->write_at("3", 1, 0); }
+  write_file(root.path / "out" / "a" / "kept.txt", "k");
+  auto temps = [&] {
+    int n = 0;
+    for (auto& e : fs::recursive_directory_iterator(root.path))
+      if (PosixStorage::is_temp_name(e.path().filename().string())) ++n;
+    return n;
+  };
+  REQUIRE(temps() == 3);
+  s.discard_temps("out", "x-1");
+  CHECK(temps() == 1);  // x-2's stays
+  CHECK(fs::exists(root.path / "out" / "a" / "kept.txt"));
+  s.discard_temps("out", "x-2");
+  CHECK(temps() == 0);
+}

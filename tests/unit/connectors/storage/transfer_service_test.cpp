@@ -397,3 +397,29 @@ TEST_CASE("transfers: glob selection", "[data][transfers]") {
   CHECK_FALSE(selected("other/y.h5", {"data/*"}, {}));
   CHECK_FALSE(selected(".hidden", {"*"}, {}));  // a leading dot is matched only explicitly
 }
+
+TEST_CASE("transfers: migration 10 carries per-file rows of migration 9 over into batches", "[data][transfers]") {
+  char tmpl[] = "/tmp/scigate-migrate-XXXXXX";
+  fs::path dir = ::mkdtemp(tmpl);
+  {
+    state::Database db(dir / "db");
+    auto all = state::schema_migrations();
+    std::vector<state::Migration> upto9;
+    for (const auto& m : all)
+      if (m.version <= 9) upto9.push_back(m);
+    db.migrate(upto9);
+    db.exec("INSERT INTO transfers(id, project, principal, source, destination, options, state, created_ms) "
+            "VALUES ('x-000000000001', 'p', 'alice', 'area://a/d', 'area://b/d', '{}', 'ACTIVE', 1)");
+    db.exec("INSERT INTO transfer_files VALUES ('x-000000000001', 'b.txt', 2, 'bb', 'copied'), "
+            "('x-000000000001', 'a.txt', 1, 'aa', 'copied'), ('x-000000000001', 'c.txt', 0, '', 'skipped')");
+    db.migrate(all);
+    state::Statement st(db.handle(), "SELECT batch, files FROM transfer_files ORDER BY batch");
+    std::vector<std::string> rows;
+    while (st.step()) rows.push_back(std::to_string(st.column_int(0)) + " " + st.column_text(1));
+    REQUIRE(rows.size() == 3);
+    CHECK(rows[0] == R"(0 [["a.txt",1,"aa",false]])");
+    CHECK(rows[1] == R"(1 [["b.txt",2,"bb",false]])");
+    CHECK(rows[2] == R"(2 [["c.txt",0,"",true]])");
+  }
+  fs::remove_all(dir);
+}
