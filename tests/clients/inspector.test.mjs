@@ -48,14 +48,22 @@ for (const kind of ['http', 'stdio']) {
         assert.equal(r.code, 0, `exit ${r.code}\n${r.stderr}\n${r.stdout}`);
         const tools = r.json?.result?.tools;
         assert.ok(Array.isArray(tools), `no result.tools in: ${r.stdout.slice(0, 500)}`);
-        // The demo policy's tools: introspection, the demo tools, the job tools, the simulator and
-        // the model registry.
+        // The demo policy's tools: introspection, the demo tools, jobs, data staging, the
+        // simulator and the model registry. call_inference and embed are not offered: this
+        // server has no inference backend configured.
         assert.deepEqual(tools.map((t) => t.name).sort(), [
-          'cancel_job', 'echo', 'get_job', 'get_model', 'get_usage', 'list_jobs', 'query_model_registry', 'read_job_output',
-          'run_quantum_circuit', 'sleep', 'submit_job', 'wait_job', 'whoami',
+          'cancel_job', 'cancel_transfer', 'echo', 'get_job', 'get_model', 'get_transfer', 'get_usage',
+          'list_files', 'list_jobs', 'list_transfers', 'query_model_registry', 'read_file', 'read_job_output',
+          'run_quantum_circuit', 'sleep', 'stage_data', 'stat_file', 'submit_job', 'wait_job', 'whoami',
         ]);
-        // Only submitting and cancelling a job change anything; cancelling destroys work.
-        const writes = { submit_job: { destructive: false }, cancel_job: { destructive: true } };
+        // Submitting a job and staging data change things; cancelling destroys work and staging
+        // may overwrite a file.
+        const writes = {
+          submit_job: { destructive: false },
+          cancel_job: { destructive: true },
+          stage_data: { destructive: true },
+          cancel_transfer: { destructive: true },
+        };
         for (const t of tools) {
           assert.equal(t.inputSchema?.type, 'object', t.name);
           assert.equal(t.outputSchema?.type, 'object', t.name);

@@ -158,7 +158,8 @@ StageDataTool::StageDataTool(storage::TransferService& transfers) : transfers_(t
     },
     "required": ["source", "destination"]})json");
   descriptor_.output_schema = json::parse(kTransferOutputSchema);
-  descriptor_.annotations = ToolAnnotations{.read_only = false, .destructive = false, .idempotent = false, .open_world = true};
+  // overwrite=always replaces an existing file: that is a destructive update in MCP's sense.
+  descriptor_.annotations = ToolAnnotations{.read_only = false, .destructive = true, .idempotent = false, .open_world = true};
   descriptor_.task_support = TaskSupport::kOptional;
 }
 
