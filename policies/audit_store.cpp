@@ -146,6 +146,7 @@ SqliteAuditLog::SqliteAuditLog(const std::filesystem::path& db_path, bool also_l
 
 SqliteAuditLog::SqliteAuditLog(const std::filesystem::path& db_path, AuditLogOptions options)
     : db_(db_path), db_path_(db_path), options_(std::move(options)) {
+  if (options_.checkpointer) options_.checkpointer->watch(db_.handle());
   {
     state::Statement st(db_.handle(), "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1");
     if (st.step()) {
@@ -282,8 +283,9 @@ void SqliteAuditLog::run() {
     batch.swap(queue_);
     l.unlock();
     std::size_t n = batch.size();
+    std::vector<int64_t> seqs;  // of the records written, for the log mirror
     try {
-      write_batch(batch);
+      seqs = write_batch(batch);
     } catch (const std::exception& e) {
       // The database is unusable (disk full, removed): say so loudly, and keep the records in
       // the log at least, whether or not the log mirror is on.
@@ -307,8 +309,15 @@ void SqliteAuditLog::run() {
       notified_ = committed_;
       drained_.notify_all();
     }
-    // The callers are answered; the checkpoint (a signature and a sync) runs after.
+    // The callers are answered; the log mirror and the checkpoint (a signature and a sync) run
+    // after.
     l.unlock();
+    if (options_.also_log && !seqs.empty()) {
+      std::vector<nlohmann::json> lines;
+      lines.reserve(batch.size());
+      for (std::size_t i = 0; i < batch.size(); ++i) lines.push_back(to_json(batch[i], seqs[i]));
+      log::audit_batch(lines);
+    }
     maybe_checkpoint(false);
     l.lock();
   }
@@ -350,7 +359,7 @@ void SqliteAuditLog::sync_files() {
   }
 }
 
-void SqliteAuditLog::write_batch(std::deque<AuditRecord>& batch) {
+std::vector<int64_t> SqliteAuditLog::write_batch(std::deque<AuditRecord>& batch) {
   auto lock = db_.lock();
   db_.exec("BEGIN IMMEDIATE");
   int64_t seq = 0;
@@ -393,12 +402,7 @@ void SqliteAuditLog::write_batch(std::deque<AuditRecord>& batch) {
   }
   last_seq_ = seq;
   last_hash_ = hash;
-  if (options_.also_log) {
-    std::vector<nlohmann::json> lines;
-    lines.reserve(batch.size());
-    for (std::size_t i = 0; i < batch.size(); ++i) lines.push_back(to_json(batch[i], seqs[i]));
-    log::audit_batch(lines);
-  }
+  return seqs;
 }
 
 }  // namespace scigate

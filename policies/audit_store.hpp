@@ -19,10 +19,12 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 #include "policies/audit.hpp"
 #include "server/common/commit_waiters.hpp"
 #include "server/state/database.hpp"
+#include "server/state/wal_checkpointer.hpp"
 #include "server/state/wal_syncer.hpp"
 
 namespace scigate {
@@ -71,6 +73,7 @@ struct AuditLogOptions {
   // merely committed (it survives a crash of the process). One fsync covers every commit on the
   // database before it, the ledger's included ([server] durability, docs/OPERATIONS.md).
   bool sync_before_answer = false;
+  state::WalCheckpointer* checkpointer = nullptr;  // set: it checkpoints the WAL, not our commits
 };
 
 class SqliteAuditLog final : public AuditLog {
@@ -99,7 +102,7 @@ class SqliteAuditLog final : public AuditLog {
  private:
   uint64_t enqueue(AuditRecord record);
   void run();
-  void write_batch(std::deque<AuditRecord>& batch);
+  std::vector<int64_t> write_batch(std::deque<AuditRecord>& batch);  // the records' seqs
   void maybe_checkpoint(bool force);
   void check_checkpoint_against_log();
   const audit::SigningKey* signing_key();  // loads or creates it

@@ -21,6 +21,7 @@ struct SqliteLedger::Op {
   explicit Op(Kind k) : kind(k) {}
 
   bool counted = false;     // enqueued: flush() waits for it
+  bool completed = false;   // its waiter was resumed (a hold may be answered before the commit)
   credits::HoldSpec spec;   // reserve
   int64_t hold_id = 0;      // settle, release
   MicroCredits price = 0;   // settle
@@ -123,6 +124,7 @@ SqliteLedger::SqliteLedger(const std::filesystem::path& db_path, CreditLedgerOpt
   // Commits do not fsync; the syncer does, outside the write lock, before a charge is
   // acknowledged (see run()).
   db_.exec("PRAGMA synchronous=NORMAL");
+  if (options_.checkpointer) options_.checkpointer->watch(db_.handle());
   store_.begin();
   try {
     store_.load();
@@ -365,15 +367,28 @@ void SqliteLedger::process(std::vector<std::shared_ptr<Op>>& ops, std::size_t be
       needs_reload_ = false;
       ++reloads_;
     }
-    for (std::size_t i = begin; i < end; ++i) apply(*ops[i]);
+    for (std::size_t i = begin; i < end; ++i)
+      if (!ops[i]->completed) apply(*ops[i]);  // (one answered early, then rolled back, is not redone)
     store_.flush();
     store_.bump_epoch();
+    // A new hold is answered now, before the COMMIT: it was decided under the write lock, which
+    // the commit releases, so no other writer can have spent the same credits; and a hold needs
+    // no durability (restart recovery voids them all). If the COMMIT fails, the hold is gone
+    // from the database and, after the reload, from the mirror: its settle posts nothing and
+    // says so in the log (credit_settle_without_hold). The caller saves the commit's write.
+    for (std::size_t i = begin; i < end; ++i)
+      if (ops[i]->kind == Op::Kind::kReserve && ops[i]->reserved.kind != credits::ReserveOutcome::Kind::kReplay)
+        complete(*ops[i]);
     store_.commit();
     ++transactions_;
   } catch (const std::exception& e) {
     store_.rollback();
     needs_reload_ = true;  // the mirror holds changes the database has just dropped
+    for (std::size_t i = begin; i < end; ++i)
+      if (ops[i]->completed && ops[i]->kind == Op::Kind::kReserve && ops[i]->reserved.hold_id != 0)
+        log::error("credit_hold_lost", {{"hold", ops[i]->reserved.hold_id}, {"detail", e.what()}});
     if (end - begin == 1) {
+      if (ops[begin]->completed) return;  // its caller has its answer (and may be reading it)
       ops[begin]->failure = e.what();
       ++failed_;
       return;
@@ -381,7 +396,8 @@ void SqliteLedger::process(std::vector<std::shared_ptr<Op>>& ops, std::size_t be
     // Do not lose the others: one transaction each, so only the bad one fails.
     ++retried_;
     log::warn("credit_batch_retried", {{"operations", end - begin}, {"detail", e.what()}});
-    for (std::size_t i = begin; i < end; ++i) process(ops, i, i + 1);
+    for (std::size_t i = begin; i < end; ++i)
+      if (!ops[i]->completed) process(ops, i, i + 1);
   }
 }
 
@@ -414,6 +430,8 @@ void SqliteLedger::apply(Op& op) {
 }
 
 void SqliteLedger::complete(Op& op) {
+  if (op.completed) return;
+  op.completed = true;
   if (op.done) {
     op.done->set_value();
   } else if (op.handler) {  // (none for the writer's own sweep)

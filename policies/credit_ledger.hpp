@@ -33,6 +33,7 @@
 #include "policies/credits.hpp"
 #include "policies/ledger.hpp"
 #include "server/state/database.hpp"
+#include "server/state/wal_checkpointer.hpp"
 #include "server/state/wal_syncer.hpp"
 
 namespace scigate {
@@ -46,6 +47,7 @@ struct CreditLedgerOptions {
   credits::Clock clock;                          // unix ms; tests inject one
   std::size_t max_batch = 1024;                  // operations per transaction at most
   bool durable = true;                           // charges survive power loss (fsync before the answer)
+  state::WalCheckpointer* checkpointer = nullptr;  // set: it checkpoints the WAL, not our commits
 };
 
 class SqliteLedger final : public Ledger {

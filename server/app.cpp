@@ -28,9 +28,11 @@ state::Database& migrated(state::Database& db) {
   return db;
 }
 
-std::unique_ptr<Ledger> make_ledger(const Config& config, SqliteLedger** sqlite) {
+std::unique_ptr<Ledger> make_ledger(const Config& config, state::WalCheckpointer& checkpointer, SqliteLedger** sqlite) {
   if (!config.credits.enabled) return std::make_unique<UnmeteredLedger>();
-  auto ledger = std::make_unique<SqliteLedger>(config.database, credit_ledger_options(config));
+  CreditLedgerOptions options = credit_ledger_options(config);
+  options.checkpointer = &checkpointer;  // the ledger writer's commits never checkpoint
+  auto ledger = std::make_unique<SqliteLedger>(config.database, std::move(options));
   *sqlite = ledger.get();
   return ledger;
 }
@@ -68,10 +70,11 @@ std::unique_ptr<jobs::Scheduler> make_scheduler(const SiteConfig& site) {
   return nullptr;
 }
 
-AuditLogOptions audit_options(const Config& c) {
+AuditLogOptions audit_options(const Config& c, state::WalCheckpointer& checkpointer) {
   AuditLogOptions o{true, c.audit.signing_key, c.audit.checkpoint_file, c.audit.checkpoint_every_records,
                     c.audit.checkpoint_every};
   o.sync_before_answer = c.durability == "fsync";
+  o.checkpointer = &checkpointer;  // the audit writer's commits never checkpoint
   return o;
 }
 }  // namespace
@@ -97,9 +100,10 @@ CreditLedgerOptions credit_ledger_options(const Config& config) {
 App::App(Config config)
     : config_(std::move(config)),
       db_(config_.database),
+      checkpointer_(config_.database),
       keys_(migrated(db_), config_),
       authenticator_(config_, keys_),
-      ledger_(make_ledger(config_, &sqlite_ledger_)),
+      ledger_(make_ledger(config_, checkpointer_, &sqlite_ledger_)),
       audit_query_(std::make_unique<audit::AuditQueryService>(config_.database)),
       jobs_(std::make_unique<jobs::JobService>(config_, config_.database, *ledger_, make_scheduler)),
       models_(std::make_unique<registry::ModelRegistry>(config_.database)),
@@ -114,7 +118,7 @@ App::App(Config config)
                                        sqlite_ledger_ ? &sqlite_ledger_->rates() : nullptr, areas_.get(),
                                        transfers_.get(), inference_.get()})),
       policy_(ProjectPolicies::sources_from(config_)),
-      audit_(config_.database, audit_options(config_)),
+      audit_(config_.database, audit_options(config_, checkpointer_)),
       pipeline_(registry_, policy_, *ledger_, audit_, metrics_, config_.tool_timeout),
       openai_(inference_ ? std::make_unique<openai::OpenAiApi>(pipeline_, policy_, *inference_) : nullptr),
       tasks_(config_.tasks.enabled ? std::make_unique<tasks::TaskManager>(config_.tasks, config_.database) : nullptr),

@@ -27,6 +27,7 @@
 #include "server/pipeline/tool_call_pipeline.hpp"
 #include "server/protocol/mcp_dispatcher.hpp"
 #include "server/state/database.hpp"
+#include "server/state/wal_checkpointer.hpp"
 #include "tools/registry.hpp"
 
 namespace scigate {
@@ -62,6 +63,8 @@ class App {
 
   Config config_;
   state::Database db_;
+  // Before the writers (ledger, audit) whose connections leave checkpoints to it.
+  state::WalCheckpointer checkpointer_;
   auth::ApiKeyStore keys_;
   auth::Authenticator authenticator_;  // API keys and, with [oidc], bearer JWTs
   // SqliteLedger when [credits] enabled (the default), else UnmeteredLedger. Before registry_,
