@@ -32,7 +32,9 @@ ToolRegistry make_registry(const Config& config, const ToolServices& services) {
   }
   if (services.inference) {
     r.add(std::make_unique<CallInferenceTool>(InferenceToolDeps{*services.inference, config.inference, services.rates}));
-    r.add(std::make_unique<EmbedTool>(InferenceToolDeps{*services.inference, config.inference, services.rates}));
+    r.add(std::make_unique<EmbedTool>(
+        InferenceToolDeps{*services.inference, config.inference, services.rates,
+                          config.data.areas.empty() ? nullptr : services.areas}));
   }
   if (services.areas && !config.data.areas.empty()) {
     r.add(std::make_unique<ListFilesTool>(*services.areas));

@@ -4,6 +4,7 @@
 
 #include "connectors/storage/blocking.hpp"
 #include "connectors/storage/posix_storage.hpp"
+#include "sandbox/confine.hpp"
 #include "server/common/crypto.hpp"
 #include "server/common/time_format.hpp"
 
@@ -198,6 +199,51 @@ boost::asio::awaitable<std::variant<ReadResult, Error>> Areas::read(std::string 
       r.bytes.resize(got);
     }
     return r;
+  };
+  co_return co_await on_pool(pool_, std::move(work));
+}
+
+std::optional<Error> Areas::check_write(const std::string& project, const Location& where) const {
+  if (where.kind != Location::Kind::kArea)
+    return Error::invalid_arguments("a file can be written only to a storage area, not to " + where.url,
+                                    "name a location such as area://scratch/results/out.jsonl");
+  auto opened = open(project, where.area, Access::kWrite);
+  if (auto* e = std::get_if<Error>(&opened)) return *e;
+  std::string why;
+  auto rel = sandbox::confine_relative(std::get<AreaHandle>(opened).config->root, where.path, &why, "area " + where.area);
+  if (!rel)
+    return Error{ErrorCode::kForbidden, "the path \"" + where.path + "\" " + why,
+                 "name a path inside the area, relative to its root", {}};
+  if (rel->empty()) return Error::invalid_arguments("name a file, not the area's root", "e.g. area://" + where.area + "/out.jsonl");
+  return std::nullopt;
+}
+
+boost::asio::awaitable<std::variant<WriteResult, Error>> Areas::write(std::string project, Location where,
+                                                                     std::shared_ptr<const std::string> bytes) {
+  if (where.kind != Location::Kind::kArea)
+    co_return Error::invalid_arguments("a file can be written only to a storage area, not to " + where.url,
+                                       "name a location such as area://scratch/results/out.jsonl");
+  auto opened = open(project, where.area, Access::kWrite);
+  if (auto* e = std::get_if<Error>(&opened)) co_return *e;
+  auto area = std::get<AreaHandle>(std::move(opened));
+  std::function<WriteResult()> work = [this, area, where, bytes]() {
+    const auto size = static_cast<int64_t>(bytes->size());
+    Reservation reserved;
+    if (auto e = reserve(area, size, 1, &reserved)) throw ErrorException(*e);
+    std::unique_ptr<Writer> writer;
+    try {
+      writer = area.storage->open_write(where.path, "w" + crypto::random_hex(4), false);
+      writer->write_at(bytes->data(), bytes->size(), 0);
+      writer->commit(Overwrite::kNever);
+    } catch (...) {
+      if (writer) writer->discard();
+      release(reserved, 0, 0);
+      throw;
+    }
+    release(reserved, size, 1);
+    crypto::Sha256 h;
+    h.update(bytes->data(), bytes->size());
+    return WriteResult{size, h.final_hex()};
   };
   co_return co_await on_pool(pool_, std::move(work));
 }

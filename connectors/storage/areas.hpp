@@ -64,6 +64,11 @@ struct StatResult {
   std::string sha256;  // when asked for and the entry is a file
 };
 
+struct WriteResult {
+  int64_t bytes = 0;
+  std::string sha256;
+};
+
 struct ReadResult {
   FileInfo info;
   int64_t offset = 0;
@@ -90,6 +95,16 @@ class Areas {
   // Up to `length` bytes at `offset`, or the last `tail` bytes when tail > 0.
   boost::asio::awaitable<std::variant<ReadResult, Error>> read(std::string project, Location where, int64_t offset,
                                                               int64_t length, int64_t tail);
+
+  // Writes `bytes` as a new file at `where` (parent directories created), counted against the
+  // area's quota: under a temporary name, renamed into place when complete. kConflict when a
+  // file of that name exists, kForbidden for an area the project may not write.
+  boost::asio::awaitable<std::variant<WriteResult, Error>> write(std::string project, Location where,
+                                                                std::shared_ptr<const std::string> bytes);
+  // What write() would refuse without touching the disk: not an area, an area the project may
+  // not write, a path that leaves the area ("..", absolute elsewhere). For a tool that checks
+  // before it spends anything.
+  std::optional<Error> check_write(const std::string& project, const Location& where) const;
 
   // Quotas. Blocking (may walk the area): call on a worker pool. Reserves `bytes` and `files` in
   // the destination area or returns kQuotaExceeded saying how much is left.

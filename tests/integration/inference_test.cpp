@@ -6,6 +6,8 @@
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -16,6 +18,7 @@
 #include "tool_call.hpp"
 
 using namespace scigate::itest;
+namespace fs = std::filesystem;
 using scigate::test::eventually;
 using scigate::test::InferenceDouble;
 using scigate::test::InferenceDoubleOptions;
@@ -40,7 +43,7 @@ max_tokens = { max = 100000, optional = true }
 id = "members-look"
 effect = "permit"
 principals = ["role:member"]
-tools = ["get_usage", "whoami"]
+tools = ["get_usage", "whoami", "stat_file"]
 )";
 
 InferenceDoubleOptions vllm(std::vector<std::string> models = {kModel}) {
@@ -473,6 +476,70 @@ TEST_CASE("inference: embed returns vectors inline with their usage, or their sh
   r = call_tool(c, s.user_key(), "embed", {{"model", "bge-m3"}, {"input", "x"}, {"summary_only", true}});
   CHECK(r["structuredContent"]["inline"] == false);
   CHECK_FALSE(r["structuredContent"].contains("vectors"));
+}
+
+TEST_CASE("inference: embed with save_to writes the vectors to a storage area and returns their location") {
+  InferenceDouble d(vllm({"bge-m3"}));
+  InfServer is({backend_entry("gpu01", d)});
+  auto& s = is.s;
+  Client c(s.port());
+  wait_served(c, s, "bge-m3");
+  double before = balance(c, s);
+  json args{{"model", "bge-m3"}, {"input", json::array({"one two", "three", "four five six"})},
+            {"save_to", "area://scratch/emb/batch1.jsonl"}};
+  auto r = call_tool(c, s.user_key(), "embed", args);
+  INFO(r.dump());
+  REQUIRE(r["isError"] == false);
+  auto sc = r["structuredContent"];
+  CHECK(sc["inline"] == false);
+  CHECK_FALSE(sc.contains("vectors"));  // the handle replaces the numbers
+  CHECK(sc["count"] == 3);
+  REQUIRE(sc.contains("saved"));
+  CHECK(sc["saved"]["uri"] == "area://scratch/emb/batch1.jsonl");
+  CHECK(sc["saved"]["format"] == "jsonl");
+  // The file: one array per input, in input order, with the norms the result reports; its size
+  // and SHA-256 as the result says, and stat_file agrees.
+  fs::path file = s.dir() / "data" / "demo" / "scratch" / "emb" / "batch1.jsonl";
+  REQUIRE(fs::exists(file));
+  std::ifstream in(file);
+  std::string line;
+  std::vector<json> rows;
+  while (std::getline(in, line)) rows.push_back(json::parse(line));
+  REQUIRE(rows.size() == 3);
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    REQUIRE(rows[i].size() == 8);
+    double sum = 0;
+    for (const auto& x : rows[i]) sum += x.get<double>() * x.get<double>();
+    CHECK(std::sqrt(sum) == Approx(sc["norms"][i].get<double>()).epsilon(1e-9));
+  }
+  CHECK(sc["saved"]["bytes"].get<int64_t>() == static_cast<int64_t>(fs::file_size(file)));
+  auto st = call_tool(c, s.user_key(), "stat_file", {{"uri", "area://scratch/emb/batch1.jsonl"}, {"sha256", true}});
+  CHECK(st["structuredContent"]["sha256"] == sc["saved"]["sha256"]);
+  CHECK(before - balance(c, s) == Approx(sc["usage"]["prompt_tokens"].get<int>() * 0.001));
+
+  // The same name again: refused with a conflict, the file left as it was, and the tokens the
+  // backend spent are still paid.
+  double mid = balance(c, s);
+  auto again = call_tool(c, s.user_key(), "embed", args);
+  CHECK(again["isError"] == true);
+  CHECK(error_code(again) == "conflict");
+  CHECK(error_message(again).find("already exists") != std::string::npos);
+  CHECK(static_cast<int64_t>(fs::file_size(file)) == sc["saved"]["bytes"].get<int64_t>());
+  CHECK(mid - balance(c, s) == Approx(sc["usage"]["prompt_tokens"].get<int>() * 0.001));
+
+  // Out of the area, into an area the project does not have, or to a URL: refused before the
+  // backend is called.
+  int calls = d.stats()["counts"].value("/v1/embeddings", 0);
+  auto escape = call_tool(c, s.user_key(), "embed", {{"model", "bge-m3"}, {"input", "x"}, {"save_to", "area://scratch/../../scigate.toml"}});
+  CHECK(escape["isError"] == true);
+  auto other = call_tool(c, s.user_key(), "embed", {{"model", "bge-m3"}, {"input", "x"}, {"save_to", "area://archive/x.jsonl"}});
+  CHECK(other["isError"] == true);
+  CHECK(error_code(other) == "not_found");
+  auto url = call_tool(c, s.user_key(), "embed", {{"model", "bge-m3"}, {"input", "x"}, {"save_to", "https://example.org/x"}});
+  CHECK(url["isError"] == true);
+  CHECK(error_code(url) == "invalid_arguments");
+  CHECK(error_code(escape) == "forbidden");
+  CHECK(d.stats()["counts"].value("/v1/embeddings", 0) == calls);  // none of them reached the backend
 }
 
 // Streams are read 4 KiB at a time (libcurl's default is 16 KiB per transfer): a long burst of

@@ -76,7 +76,9 @@ constexpr const char* kEmbedSchema = R"({
     "dimensions": {"type": "integer", "minimum": 1, "maximum": 65536,
                    "description": "Truncate the vectors to this many dimensions, where the model supports it."},
     "summary_only": {"type": "boolean", "default": false,
-                     "description": "Return only the vectors' shape and norms, not the numbers."}
+                     "description": "Return only the vectors' shape and norms, not the numbers."},
+    "save_to": {"type": "string", "minLength": 9, "maxLength": 4096, "pattern": "^area://",
+                "description": "Write the vectors to a new file in one of the project's storage areas (JSON Lines: one array of numbers per input, in input order), e.g. area://scratch/emb/batch1.jsonl, and return its location and SHA-256 instead of the numbers. For results too large to return inline."}
   },
   "required": ["model", "input"],
   "additionalProperties": false
@@ -92,6 +94,10 @@ constexpr const char* kEmbedOutput = R"({
     "vectors": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
     "norms": {"type": "array", "items": {"type": "number"}},
     "inline": {"type": "boolean"},
+    "saved": {"type": "object",
+              "properties": {"uri": {"type": "string"}, "bytes": {"type": "integer"}, "sha256": {"type": "string"},
+                             "format": {"type": "string", "enum": ["jsonl"]}},
+              "required": ["uri", "bytes", "sha256", "format"]},
     "note": {"type": "string"},
     "usage": {"type": "object",
               "properties": {"prompt_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"},
@@ -370,7 +376,8 @@ EmbedTool::EmbedTool(InferenceToolDeps deps) : deps_(deps) {
   descriptor_.description =
       "Turns texts into embedding vectors with an embedding model served on the centre's GPUs (OpenAI-compatible). "
       "Charged per input token. Small results come back inline; large ones (or with summary_only) as their shape and "
-      "norms, so that a batch does not flood the conversation.";
+      "norms, so that a batch does not flood the conversation. With save_to, the vectors are written to a file in one "
+      "of the project's storage areas and the result names it (read it from a job, or with read_file).";
   descriptor_.input_schema = json::parse(kEmbedSchema);
   descriptor_.input_schema["properties"]["input"]["maxItems"] = deps_.config.max_embedding_inputs;
   descriptor_.output_schema = json::parse(kEmbedOutput);
@@ -382,6 +389,12 @@ std::variant<json, Error> EmbedTool::derive_facts(const json& args) const {
   int64_t n = estimate_prompt_tokens(args) - kPerCallTokens;
   facts["prompt_tokens"] = n;
   facts["tokens"] = n;
+  if (args.contains("save_to")) {
+    // Policy sees where the vectors would go, as it does for stage_data's destination.
+    auto where = storage::parse_location(args["save_to"].get<std::string>());
+    if (auto* e = std::get_if<Error>(&where)) return *e;
+    facts["destination_area"] = std::get<storage::Location>(where).area;
+  }
   return facts;
 }
 
@@ -432,6 +445,34 @@ Vectors read_vectors(const json& response) {
   return v;
 }
 
+// One JSON array of numbers per line, in input order.
+std::shared_ptr<const std::string> vectors_jsonl(const Vectors& v) {
+  auto out = std::make_shared<std::string>();
+  for (const auto& vec : v.vectors) {
+    *out += vec.dump();
+    *out += '\n';
+  }
+  return out;
+}
+
+json saved_json(const std::string& uri, const storage::WriteResult& w) {
+  json s = json::object();
+  s["uri"] = uri;
+  s["bytes"] = w.bytes;
+  s["sha256"] = w.sha256;
+  s["format"] = "jsonl";
+  return s;
+}
+
+std::optional<Error> check_save_to(const storage::Areas* areas, const std::string& project, const std::string& uri) {
+  if (!areas)
+    return Error{ErrorCode::kInvalidArguments, "this server has no storage areas to save vectors to",
+                 "leave out save_to (and embed fewer texts per call), or ask the operators to configure [data] areas", {}};
+  auto where = storage::parse_location(uri);
+  if (auto* e = std::get_if<Error>(&where)) return *e;
+  return areas->check_write(project, std::get<storage::Location>(where));
+}
+
 json joined_texts(const json& input) {
   if (!input.is_array()) return input;
   std::string joined;
@@ -440,7 +481,7 @@ json joined_texts(const json& input) {
 }
 
 json embed_result(const std::string& model, const std::string& backend, Vectors& v, bool inline_vectors,
-                  const std::string& note, const json& usage) {
+                  const std::string& note, const json& usage, const json& saved) {
   json r = json::object();
   r["model"] = model;
   r["backend"] = backend;
@@ -449,6 +490,7 @@ json embed_result(const std::string& model, const std::string& backend, Vectors&
   r["inline"] = inline_vectors;
   if (inline_vectors) r["vectors"] = std::move(v.vectors);
   r["norms"] = v.norms;
+  if (!saved.is_null()) r["saved"] = saved;
   if (!note.empty()) r["note"] = note;
   r["usage"] = usage;
   return r;
@@ -458,6 +500,11 @@ json embed_result(const std::string& model, const std::string& backend, Vectors&
 
 asio::awaitable<ToolResult> EmbedTool::call(const json& args, CallContext& ctx) {
   const std::string model = args["model"].get<std::string>();
+  if (args.contains("save_to")) {
+    // Where the vectors would go is checked before the backend spends anything.
+    std::optional<Error> refused = check_save_to(deps_.areas, ctx.project, args["save_to"].get<std::string>());
+    if (refused) co_return ToolResult::failure(*refused);
+  }
   json body = json::object();
   body["input"] = args["input"];
   if (args.contains("dimensions")) body["dimensions"] = args["dimensions"];
@@ -491,14 +538,31 @@ asio::awaitable<ToolResult> EmbedTool::call(const json& args, CallContext& ctx) 
   usage["total_tokens"] = tokens;
   usage["counted_by"] = counted_by;
   if (ctx.partial) ctx.partial(out.response);
+  json saved;  // null unless save_to
+  if (args.contains("save_to")) {
+    const std::string uri = args["save_to"].get<std::string>();
+    storage::Location where = std::get<storage::Location>(storage::parse_location(uri));  // checked above
+    std::shared_ptr<const std::string> bytes = vectors_jsonl(v);
+    std::variant<storage::WriteResult, Error> written =
+        co_await deps_.areas->write(ctx.project, std::move(where), std::move(bytes));
+    if (auto* e = std::get_if<Error>(&written)) {
+      // The backend did the work: the tokens are charged even though the file was not written.
+      ToolResult failed = ToolResult::failure(*e);
+      failed.usage = token_usage(model, tokens, -1);
+      co_return failed;
+    }
+    saved = saved_json(uri, std::get<storage::WriteResult>(written));
+  }
   const bool summary_only = args.value("summary_only", false);
   const bool fits = v.bytes <= deps_.config.max_inline_vectors_bytes;
+  const bool inline_vectors = !summary_only && fits && saved.is_null();
   std::string note;
-  if (!summary_only && !fits)
+  if (!summary_only && !fits && saved.is_null())
     note = std::to_string(v.norms.size()) + " vectors of " + std::to_string(v.dimensions) +
            " dimensions are too large to return inline (limit " + std::to_string(deps_.config.max_inline_vectors_bytes) +
-           " bytes); embed fewer texts per call, or fetch them with the OpenAI-compatible /v1/embeddings endpoint";
-  json structured = embed_result(model, out.backend, v, !summary_only && fits, note, usage);
+           " bytes); pass save_to (e.g. area://scratch/embeddings.jsonl) to have them written to a storage area, "
+           "embed fewer texts per call, or use the OpenAI-compatible /v1/embeddings endpoint";
+  json structured = embed_result(model, out.backend, v, inline_vectors, note, usage, saved);
   std::string text = "embedded " + std::to_string(structured["count"].get<std::size_t>()) + " input(s) with " + model +
                      " on " + out.backend + ": " + std::to_string(structured["dimensions"].get<std::size_t>()) +
                      " dimensions, " + std::to_string(tokens) + " tokens" + (note.empty() ? "" : "\n" + note);

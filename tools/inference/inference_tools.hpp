@@ -13,6 +13,7 @@
 // - settle: the backend's usage; where it reports none, its /tokenize count; where that fails,
 //   the whole hold. A call cancelled mid-stream pays the prompt and the chunks received.
 #include "connectors/inference/inference_service.hpp"
+#include "connectors/storage/areas.hpp"
 #include "policies/credits.hpp"
 #include "tools/tool.hpp"
 
@@ -22,6 +23,7 @@ struct InferenceToolDeps {
   inference::InferenceService& service;
   const InferenceConfig& config;
   const credits::RateTable* rates = nullptr;  // null: no ledger (nothing to fit max_tokens to)
+  storage::Areas* areas = nullptr;  // embed's save_to: where vectors are written (null: no areas)
 };
 
 // The estimate the hold is made with: deliberately high for English (about 4 bytes a token)
