@@ -293,7 +293,11 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
     // A tool error that used resources (a job that ran and failed) pays for them; the flat
     // per-call rate is charged for every call that ran.
     result->usage.add("call:" + req.tool, 1);
-    audit.cost = co_await ledger_.settle(hold, std::move(result->usage), r);
+    // The ledger keeps the result only to replay it for an idempotency key: without one, it
+    // gets none (no copy of a long answer).
+    json replayable;
+    if (!req.idempotency_key.empty()) replayable = r;
+    audit.cost = co_await ledger_.settle(hold, std::move(result->usage), std::move(replayable));
     out.result = std::move(r);
     if (result->error) {
       co_await finish("tool_error", &*result->error);
