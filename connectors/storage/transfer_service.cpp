@@ -325,6 +325,11 @@ void TransferService::stop() {
   transfer_pool_.join();
   hash_pool_.join();
   db_.join();
+  // Each Live holds a strand of the io_context, which the caller destroys after stop() (its
+  // threads have returned by now): let go of them while that context still exists. Coroutine
+  // frames still queued on it keep theirs until it destroys them.
+  std::lock_guard g(mutex_);
+  live_.clear();
 }
 
 asio::awaitable<void> TransferService::on_db(std::function<void(state::Database&)> fn) {
