@@ -220,12 +220,8 @@ std::optional<Error> Areas::check_write(const std::string& project, const Locati
 
 boost::asio::awaitable<std::variant<WriteResult, Error>> Areas::write(std::string project, Location where,
                                                                      std::shared_ptr<const std::string> bytes) {
-  if (where.kind != Location::Kind::kArea)
-    co_return Error::invalid_arguments("a file can be written only to a storage area, not to " + where.url,
-                                       "name a location such as area://scratch/results/out.jsonl");
-  auto opened = open(project, where.area, Access::kWrite);
-  if (auto* e = std::get_if<Error>(&opened)) co_return *e;
-  auto area = std::get<AreaHandle>(std::move(opened));
+  if (auto refused = check_write(project, where)) co_return *refused;
+  auto area = std::get<AreaHandle>(open(project, where.area, Access::kWrite));  // checked just above
   std::function<WriteResult()> work = [this, area, where, bytes]() {
     const auto size = static_cast<int64_t>(bytes->size());
     Reservation reserved;

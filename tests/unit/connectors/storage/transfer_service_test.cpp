@@ -423,3 +423,41 @@ TEST_CASE("transfers: migration 10 carries per-file rows of migration 9 over int
   }
   fs::remove_all(dir);
 }
+
+// Areas::write, the one-shot write tools use (embed's save_to): the same confinement, quota and
+// temporary-name rules as a transfer.
+TEST_CASE("areas: write lands a whole file under its name, within quota, never over another", "[data]") {
+  Fixture f;
+  asio::io_context io;
+  auto write = [&](const std::string& project, const std::string& uri, std::string bytes) {
+    auto where = std::get<Location>(parse_location(uri));
+    auto fut = asio::co_spawn(io, f.areas->write(project, where, std::make_shared<const std::string>(std::move(bytes))),
+                              asio::use_future);
+    io.restart();
+    io.run();
+    return fut.get();
+  };
+  auto ok = write("p", "area://scratch/out/a.jsonl", "[1,2]\n");
+  REQUIRE(std::holds_alternative<WriteResult>(ok));
+  CHECK(std::get<WriteResult>(ok).bytes == 6);
+  CHECK(std::get<WriteResult>(ok).sha256 == crypto::sha256_hex("[1,2]\n"));
+  CHECK(slurp(f.scratch() / "out" / "a.jsonl") == "[1,2]\n");
+  // The same name again: a conflict, the file as it was, no temporary left behind.
+  auto again = write("p", "area://scratch/out/a.jsonl", "other");
+  REQUIRE(std::holds_alternative<Error>(again));
+  CHECK(std::get<Error>(again).code == ErrorCode::kConflict);
+  CHECK(slurp(f.scratch() / "out" / "a.jsonl") == "[1,2]\n");
+  CHECK(count_temp_files(f.scratch()) == 0);
+  // Over the area's quota (100,000 bytes): refused, nothing written.
+  auto big = write("p", "area://small/big.bin", std::string(150'000, 'x'));
+  REQUIRE(std::holds_alternative<Error>(big));
+  CHECK(std::get<Error>(big).code == ErrorCode::kQuotaExceeded);
+  CHECK_FALSE(fs::exists(f.dir / "areas" / "p" / "small" / "big.bin"));
+  // Read-only area, a path out of the area, a URL: refused by check_write before any I/O.
+  CHECK(std::get<Error>(write("p", "area://ro/x", "x")).code == ErrorCode::kForbidden);
+  CHECK(std::get<Error>(write("p", "area://scratch/../../../etc/x", "x")).code == ErrorCode::kForbidden);
+  CHECK(std::get<Error>(write("p", "https://example.org/x", "x")).code == ErrorCode::kInvalidArguments);
+  CHECK(f.areas->check_write("q", std::get<Location>(parse_location("area://small/x"))).value().code ==
+        ErrorCode::kNotFound);  // another project's area does not exist for q
+  CHECK_FALSE(f.areas->check_write("p", std::get<Location>(parse_location("area://scratch/new/file"))).has_value());
+}
