@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "server/common/time_format.hpp"
+#include "tools/keyset_cursor.hpp"
 
 namespace scigate::tools {
 namespace asio = boost::asio;
@@ -286,11 +287,7 @@ asio::awaitable<ToolResult> ListTransfersTool::call(const json& args, CallContex
   storage::TransferFilter f;
   if (auto it = args.find("state"); it != args.end()) f.state = storage::parse_transfer_state(it->get<std::string>());
   if (auto it = args.find("limit"); it != args.end()) f.limit = it->get<std::size_t>();
-  if (auto it = args.find("cursor"); it != args.end()) {
-    std::string c = it->get<std::string>();
-    auto dot = c.find('.');
-    f.before = std::make_pair(std::stoll(c.substr(0, dot)), c.substr(dot + 1));
-  }
+  if (auto it = args.find("cursor"); it != args.end()) f.before = parse_keyset_cursor(it->get<std::string>());
   bool more = false;
   auto list = transfers_.list(ctx.project, f, &more);
   json out = json::object();
@@ -301,8 +298,7 @@ asio::awaitable<ToolResult> ListTransfersTool::call(const json& args, CallContex
     text += transfer_text(r) + "\n";
   }
   out["transfers"] = std::move(arr);
-  out["next_cursor"] = more && !list.empty() ? json(std::to_string(list.back().created_ms) + "." + list.back().id)
-                                             : json(nullptr);
+  out["next_cursor"] = next_keyset_cursor(list, more);
   co_return ToolResult::success(std::move(out), text.empty() ? "no transfers" : text);
 }
 

@@ -14,6 +14,7 @@
 #include "sandbox/confine.hpp"
 #include "server/common/time_format.hpp"
 #include "server/common/utf8.hpp"
+#include "tools/keyset_cursor.hpp"
 
 namespace scigate::tools {
 namespace asio = boost::asio;
@@ -317,11 +318,7 @@ asio::awaitable<ToolResult> ListJobsTool::call(const json& args, CallContext& ct
   if (auto it = args.find("name"); it != args.end()) f.name = it->get<std::string>();
   if (auto it = args.find("site"); it != args.end()) f.site = it->get<std::string>();
   if (auto it = args.find("limit"); it != args.end()) f.limit = it->get<std::size_t>();
-  if (auto it = args.find("cursor"); it != args.end()) {
-    std::string c = it->get<std::string>();
-    auto dot = c.find('.');
-    f.before = std::make_pair(std::stoll(c.substr(0, dot)), c.substr(dot + 1));
-  }
+  if (auto it = args.find("cursor"); it != args.end()) f.before = parse_keyset_cursor(it->get<std::string>());
   bool more = false;
   auto list = jobs_.list(ctx.project, f, &more);
   json out = json::object();
@@ -332,9 +329,7 @@ asio::awaitable<ToolResult> ListJobsTool::call(const json& args, CallContext& ct
     text += job_text(r) + "\n";
   }
   out["jobs"] = std::move(arr);
-  out["next_cursor"] = more && !list.empty()
-                          ? json(std::to_string(list.back().created_ms) + "." + list.back().id)
-                          : json(nullptr);
+  out["next_cursor"] = next_keyset_cursor(list, more);
   if (text.empty()) text = "no jobs";
   co_return ToolResult::success(std::move(out), text);
 }
