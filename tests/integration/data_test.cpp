@@ -16,6 +16,7 @@
 #include "server/common/crypto.hpp"
 #include "server_process.hpp"
 #include "tests/support/eventually.hpp"
+#include "tests/support/files.hpp"
 #include "tests/support/nginx_server.hpp"
 #include "tool_call.hpp"
 
@@ -25,27 +26,11 @@ using scigate::test::LyingServer;
 using scigate::test::NginxServer;
 namespace fs = std::filesystem;
 
+using scigate::test::random_bytes;
+using scigate::test::slurp;
+using scigate::test::write_file;
+
 namespace {
-
-std::string random_bytes(std::size_t n, unsigned seed) {
-  std::mt19937_64 rng(seed);
-  std::string s(n, '\0');
-  for (std::size_t i = 0; i < n; i += 8) {
-    uint64_t v = rng();
-    std::memcpy(s.data() + i, &v, std::min<std::size_t>(8, n - i));
-  }
-  return s;
-}
-
-void write_file(const fs::path& p, const std::string& data) {
-  fs::create_directories(p.parent_path());
-  std::ofstream(p, std::ios::binary) << data;
-}
-
-std::string slurp_file(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
 int temp_files(const fs::path& root) {
   int n = 0;
@@ -127,7 +112,7 @@ TEST_CASE("data: the file tools and an area-to-area copy through the server", "[
   REQUIRE(r["isError"] == false);
   CHECK(r["structuredContent"]["state"] == "COMPLETED");
   CHECK(r["structuredContent"]["files_done"] == 1);
-  CHECK(slurp_file(scratch / "out" / "notes.txt") == "line one\nline two\n");
+  CHECK(slurp(scratch / "out" / "notes.txt") == "line one\nline two\n");
   auto st = call_tool(c, s.user_key(), "stat_file", {{"uri", "area://scratch/out/notes.txt"}, {"sha256", true}});
   CHECK(st["structuredContent"]["sha256"] == scigate::crypto::sha256_hex("line one\nline two\n"));
   auto list = call_tool(c, s.user_key(), "list_transfers", json::object());
@@ -155,7 +140,7 @@ TEST_CASE("data: downloads from nginx are checked, redirects re-checked, credent
   CHECK(r["structuredContent"]["state"] == "COMPLETED");
   CHECK(r["structuredContent"]["bytes_total"] == 3'000'000);
   CHECK(r["structuredContent"]["sha256"] == sha);
-  CHECK(slurp_file(scratch / "dl" / "data.bin") == data);
+  CHECK(slurp(scratch / "dl" / "data.bin") == data);
   // Charged by the bytes moved: 0.003 GB x 0.01 credits.
   CHECK(r["structuredContent"]["credits"]["cost"].get<double>() == Approx(0.00003));
 
@@ -163,7 +148,7 @@ TEST_CASE("data: downloads from nginx are checked, redirects re-checked, credent
   auto ok = stage(c, s.user_key(), {{"source", nginx->url("/redirect/ok")}, {"destination", "area://scratch/viaredirect.bin"},
                                     {"wait_s", 60}});
   REQUIRE(ok["isError"] == false);
-  CHECK(slurp_file(scratch / "viaredirect.bin") == data);
+  CHECK(slurp(scratch / "viaredirect.bin") == data);
 
   // Redirects to loopback or a metadata address are refused before any connection is made.
   auto loop = stage(c, s.user_key(), {{"source", nginx->url("/redirect/loopback")}, {"destination", "area://scratch/x"}});
@@ -189,7 +174,7 @@ TEST_CASE("data: downloads from nginx are checked, redirects re-checked, credent
                                       {"wait_s", 60}});
   INFO(priv.dump());
   REQUIRE(priv["isError"] == false);
-  CHECK(slurp_file(scratch / "private.bin") == data);
+  CHECK(slurp(scratch / "private.bin") == data);
   CHECK(s.log().find("s3cret") == std::string::npos);
   CHECK(temp_files(scratch) == 0);
 }
@@ -268,10 +253,10 @@ TEST_CASE("data: a server killed mid-download resumes it with a Range request af
   CHECK(t["state"] == "COMPLETED");
   CHECK(t["attempts"] == 2);
   CHECK(t["sha256"] == scigate::crypto::sha256_hex(data));
-  CHECK(slurp_file(scratch / "resume.bin") == data);
+  CHECK(slurp(scratch / "resume.bin") == data);
   CHECK(temp_files(scratch) == 0);
   // nginx saw the second attempt ask for the rest only.
-  std::string log = slurp_file(nginx->access_log());
+  std::string log = slurp(nginx->access_log());
   CHECK(log.find("\" 206 ") != std::string::npos);
   // The hold was settled once, by the bytes moved.
   CHECK(t["credits"]["settled"] == true);
@@ -293,7 +278,7 @@ TEST_CASE("data: uploads by PUT go only where a source allows them", "[data]") {
   REQUIRE(up["isError"] == false);
   CHECK(up["structuredContent"]["state"] == "COMPLETED");
   CHECK(up["structuredContent"]["sha256"] == scigate::crypto::sha256_hex(data));
-  CHECK(slurp_file(nginx->root().parent_path() / "upload" / "run1" / "result.bin") == data);
+  CHECK(slurp(nginx->root().parent_path() / "upload" / "run1" / "result.bin") == data);
   auto refused = stage(c, s.user_key(), {{"source", "area://scratch/result.bin"}, {"destination", nginx->url("/files/x.bin")}});
   CHECK(code_of(refused) == "forbidden");
 }
@@ -374,7 +359,7 @@ TEST_CASE("data: stage_data reports progress while it waits, and runs as a task 
   REQUIRE(last != std::string::npos);
   auto final_msg = json::parse(r.body.substr(last + 6, r.body.find('\n', last) - last - 6));
   CHECK(final_msg["result"]["structuredContent"]["state"] == "COMPLETED");
-  CHECK(slurp_file(scratch / "p1.bin") == data);
+  CHECK(slurp(scratch / "p1.bin") == data);
 
   // As a task (2026-07-28, the tasks extension declared): created at once, polled to its end.
   auto treq = modern_request(8, "tools/call", {{"name", "stage_data"},
@@ -405,5 +390,5 @@ TEST_CASE("data: stage_data reports progress while it waits, and runs as a task 
   CHECK(got["status"] == "completed");
   CHECK(got["result"]["structuredContent"]["state"] == "COMPLETED");
   CHECK(saw_message);  // the task's statusMessage carried the transfer's progress
-  CHECK(slurp_file(scratch / "p2.bin") == data);
+  CHECK(slurp(scratch / "p2.bin") == data);
 }

@@ -12,10 +12,14 @@
 #include <set>
 
 #include "connectors/storage/posix_storage.hpp"
+#include "tests/support/files.hpp"
 
 using namespace scigate;
 using namespace scigate::storage;
 namespace fs = std::filesystem;
+
+using scigate::test::slurp;
+using scigate::test::write_file;
 
 namespace {
 
@@ -27,16 +31,6 @@ struct TempDir {
   }
   ~TempDir() { fs::remove_all(path); }
 };
-
-void write_file(const fs::path& p, const std::string& text) {
-  fs::create_directories(p.parent_path());
-  std::ofstream(p) << text;
-}
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
 AreaConfig area(const fs::path& root, bool writable = true) {
   AreaConfig a;

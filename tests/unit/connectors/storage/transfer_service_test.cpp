@@ -16,6 +16,7 @@
 #include "server/common/crypto.hpp"
 #include "server/state/database.hpp"
 #include "tests/support/eventually.hpp"
+#include "tests/support/files.hpp"
 #include "tests/support/harness.hpp"
 
 using namespace scigate;
@@ -24,27 +25,11 @@ namespace asio = boost::asio;
 namespace fs = std::filesystem;
 using scigate::test::eventually;
 
+using scigate::test::random_bytes;
+using scigate::test::slurp;
+using scigate::test::write_file;
+
 namespace {
-
-std::string random_bytes(std::size_t n, unsigned seed = 1) {
-  std::mt19937_64 rng(seed);
-  std::string s(n, '\0');
-  for (std::size_t i = 0; i < n; i += 8) {
-    uint64_t v = rng();
-    std::memcpy(s.data() + i, &v, std::min<std::size_t>(8, n - i));
-  }
-  return s;
-}
-
-void write_file(const fs::path& p, const std::string& data) {
-  fs::create_directories(p.parent_path());
-  std::ofstream(p, std::ios::binary) << data;
-}
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
 int count_temp_files(const fs::path& root) {
   int n = 0;
