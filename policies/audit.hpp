@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "server/auth/principal.hpp"
@@ -26,13 +27,22 @@ struct AuditRecord {
   std::string error_code;
   std::string decision_rules;  // comma-separated rule ids
   int64_t cost = 0;            // micro-credits posted
+  // Set: `cost` is what a settle queued before this record on the same writer posted
+  // (Ledger::settle_queued), read when the record is written.
+  std::shared_ptr<const int64_t> cost_posted;
   int64_t duration_us = 0;
   nlohmann::json details = nlohmann::json::object();
 };
 
+namespace state {
+class Writer;
+}
+
 class AuditLog {
  public:
   virtual ~AuditLog() = default;
+  // The writer records go through (nullptr: none); see Ledger::writer().
+  virtual const state::Writer* writer() const { return nullptr; }
   virtual void append(AuditRecord record) = 0;
   // Appends and resumes once the record is durable, so that a call is acknowledged only after
   // its audit record can survive a crash. The default does not wait.

@@ -1,5 +1,12 @@
 #include "policies/audit_store.hpp"
 
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <sqlite3.h>
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -103,6 +110,42 @@ AuditRowView view_of(const AuditRecord& r, int64_t seq, std::string_view details
   return v;
 }
 
+// The log mirror's line: the record's members (the export line's, with hash and prev_hash)
+// and the log's event, level and ts, all in key order like every JSON log line.
+void append_audit_log_line(std::string& out, const AuditRowView& r, std::string_view ts) {
+  out += "{\"cost\":";
+  canonical::append_int(out, r.cost);
+  out += ",\"details\":";
+  out += r.details;
+  out += ",\"duration_us\":";
+  canonical::append_int(out, r.duration_us);
+  out += ",\"error_code\":";
+  canonical::append_string(out, r.error_code);
+  out += ",\"event\":\"audit\",\"hash\":";
+  canonical::append_string(out, r.hash);
+  out += ",\"level\":\"info\",\"outcome\":";
+  canonical::append_string(out, r.outcome);
+  out += ",\"prev_hash\":";
+  canonical::append_string(out, r.prev_hash);
+  out += ",\"principal\":";
+  canonical::append_string(out, r.principal);
+  out += ",\"project\":";
+  canonical::append_string(out, r.project);
+  out += ",\"request_id\":";
+  canonical::append_string(out, r.request_id);
+  out += ",\"rules\":";
+  canonical::append_string(out, r.rules);
+  out += ",\"seq\":";
+  canonical::append_int(out, r.seq);
+  out += ",\"time_ms\":";
+  canonical::append_int(out, r.time_ms);
+  out += ",\"tool\":";
+  canonical::append_string(out, r.tool);
+  out += ",\"ts\":";
+  canonical::append_string(out, ts);
+  out += '}';
+}
+
 }  // namespace
 
 void append_audit_message(std::string& out, const AuditRowView& r, bool with_hash) {
@@ -141,14 +184,53 @@ std::string audit_record_hash(const std::string& prev_hash, int64_t seq, const A
   return audit_row_hash(view_of(r, seq, details_json, prev_hash));
 }
 
+struct SqliteAuditLog::Item final : state::Writer::Item {
+  Item(SqliteAuditLog* l, AuditRecord r) : state::Writer::Item(l), log(l), record(std::move(r)) {}
+  SqliteAuditLog* log;
+  AuditRecord record;
+  int64_t seq = 0;  // once written, with its canonical details and its chain links
+  std::string details, prev_hash, hash;
+  // append_durable's caller (emplaced, never assigned: see SqliteLedger::Op).
+  boost::asio::any_io_executor executor;
+  std::optional<boost::asio::any_completion_handler<void()>> handler;
+
+  void apply() override { log->write(*this); }
+  bool needs_sync() const override { return handler && log->options_.sync_before_answer; }
+  void failed(const std::string& what) override {
+    // The database is unusable (disk full, removed): say so loudly, and keep the record in the
+    // log at least, whether or not the log mirror is on.
+    log::error("audit_write_failed", {{"detail", what}, {"request_id", record.request_id}});
+    std::vector<nlohmann::json> lines;
+    lines.push_back(to_json(record, 0));
+    log::audit_batch(lines);
+  }
+  void answer() override {
+    if (!handler) return;
+    auto ex = executor;
+    boost::asio::post(ex, std::move(*handler));
+    handler.reset();
+  }
+};
+
 SqliteAuditLog::SqliteAuditLog(const std::filesystem::path& db_path, bool also_log)
     : SqliteAuditLog(db_path, AuditLogOptions{also_log, {}, {}, 0, std::chrono::seconds(0)}) {}
 
 SqliteAuditLog::SqliteAuditLog(const std::filesystem::path& db_path, AuditLogOptions options)
-    : db_(db_path), db_path_(db_path), options_(std::move(options)) {
-  if (options_.checkpointer) options_.checkpointer->watch(db_.handle());
+    : SqliteAuditLog(std::make_unique<state::Writer>(
+                         db_path, state::Writer::Options{options.sync_before_answer, 1024, options.checkpointer}),
+                     nullptr, std::move(options)) {}
+
+SqliteAuditLog::SqliteAuditLog(state::Writer& writer, AuditLogOptions options)
+    : SqliteAuditLog(nullptr, &writer, std::move(options)) {}
+
+SqliteAuditLog::SqliteAuditLog(std::unique_ptr<state::Writer> own, state::Writer* writer, AuditLogOptions options)
+    : options_(std::move(options)),
+      own_writer_(std::move(own)),
+      writer_(writer ? writer : own_writer_.get()),
+      db_path_(sqlite3_db_filename(writer_->db().handle(), "main")) {
   {
-    state::Statement st(db_.handle(), "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1");
+    auto lock = writer_->db().lock();
+    state::Statement st(writer_->db().handle(), "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1");
     if (st.step()) {
       last_seq_ = st.column_int(0);
       last_hash_ = st.column_text(1);
@@ -159,18 +241,13 @@ SqliteAuditLog::SqliteAuditLog(const std::filesystem::path& db_path, AuditLogOpt
   if (!options_.checkpoint_file.empty())
     if (auto last = audit::read_last_checkpoint(options_.checkpoint_file))
       last_checkpoint_ = std::make_unique<audit::Checkpoint>(std::move(*last));
-  if (options_.sync_before_answer) syncer_ = std::make_unique<state::WalSyncer>(db_path);
-  writer_ = std::thread([this] { run(); });
+  writer_->add(this);
 }
 
 SqliteAuditLog::~SqliteAuditLog() {
-  {
-    std::lock_guard g(mutex_);
-    stop_ = true;
-  }
-  cv_.notify_one();
-  writer_.join();
-  flush();  // the syncer's callbacks for the last commits name this object
+  writer_->flush();
+  writer_->remove(this);
+  maybe_checkpoint(true);  // a clean stop leaves a checkpoint at the very last record
 }
 
 std::string SqliteAuditLog::checkpoint_key_id() {
@@ -214,8 +291,8 @@ void SqliteAuditLog::check_checkpoint_against_log() {
   if (!cp) return;
   int64_t last_seq = 0;
   {
-    auto lock = db_.lock();
-    state::Statement st(db_.handle(), "SELECT COALESCE(MAX(seq), 0) FROM audit_log");
+    auto lock = writer_->db().lock();
+    state::Statement st(writer_->db().handle(), "SELECT COALESCE(MAX(seq), 0) FROM audit_log");
     st.step();
     last_seq = st.column_int(0);
   }
@@ -226,8 +303,8 @@ void SqliteAuditLog::check_checkpoint_against_log() {
                                        {"last_seq", last_seq}});
     return;
   }
-  auto lock = db_.lock();
-  state::Statement st(db_.handle(), "SELECT hash FROM audit_log WHERE seq = ?");
+  auto lock = writer_->db().lock();
+  state::Statement st(writer_->db().handle(), "SELECT hash FROM audit_log WHERE seq = ?");
   st.bind(1, cp->seq);
   if (!st.step() || st.column_text(0) != cp->hash)
     log::error("audit_log_rewritten", {{"detail", "the audit record at the newest checkpoint does not match it; run "
@@ -235,94 +312,99 @@ void SqliteAuditLog::check_checkpoint_against_log() {
                                        {"checkpoint_seq", cp->seq}});
 }
 
-void SqliteAuditLog::append(AuditRecord record) { enqueue(std::move(record)); }
-
-uint64_t SqliteAuditLog::enqueue(AuditRecord record) {
-  bool wake;
-  uint64_t seq;
-  {
-    std::lock_guard g(mutex_);
-    // The writer only sleeps on an empty queue, so only the first record of a batch wakes it:
-    // under load the writer drains big batches instead of being woken once per call.
-    wake = queue_.empty();
-    queue_.push_back(std::move(record));
-    seq = ++appended_;
-  }
-  if (wake) cv_.notify_one();
-  return seq;
-}
+void SqliteAuditLog::append(AuditRecord record) { writer_->enqueue(std::make_shared<Item>(this, std::move(record))); }
 
 boost::asio::awaitable<void> SqliteAuditLog::append_durable(AuditRecord record) {
-  uint64_t seq = enqueue(std::move(record));
-  co_await waiters_.wait(seq);
+  auto item = std::make_shared<Item>(this, std::move(record));
+  return boost::asio::async_initiate<decltype(boost::asio::use_awaitable), void()>(
+      [this, item](auto handler) {
+        item->executor = boost::asio::get_associated_executor(handler);
+        item->handler.emplace(std::move(handler));
+        writer_->enqueue(item);
+      },
+      boost::asio::use_awaitable);
 }
 
-void SqliteAuditLog::flush() {
-  std::unique_lock l(mutex_);
-  uint64_t target = appended_;
-  drained_.wait(l, [&] { return notified_ >= target; });
-}
-
-void SqliteAuditLog::run() {
-  std::unique_lock l(mutex_);
-  auto ready = [&] { return stop_ || !queue_.empty(); };
-  for (;;) {
-    // With time-based checkpoints and records not yet covered, wake when one is due.
-    bool pending = !options_.checkpoint_file.empty() && options_.checkpoint_every.count() > 0 &&
-                   last_seq_ > checkpointed_seq();
-    if (pending) cv_.wait_until(l, last_checkpoint_time_ + options_.checkpoint_every, ready);
-    else cv_.wait(l, ready);
-    if (queue_.empty()) {
-      if (stop_) break;
-      l.unlock();
-      maybe_checkpoint(false);
-      l.lock();
-      continue;
-    }
-    std::deque<AuditRecord> batch;
-    batch.swap(queue_);
-    l.unlock();
-    std::size_t n = batch.size();
-    std::vector<int64_t> seqs;  // of the records written, for the log mirror
-    try {
-      seqs = write_batch(batch);
-    } catch (const std::exception& e) {
-      // The database is unusable (disk full, removed): say so loudly, and keep the records in
-      // the log at least, whether or not the log mirror is on.
-      log::error("audit_write_failed", {{"detail", e.what()}, {"records", n}});
-      std::vector<nlohmann::json> lines;
-      for (const auto& r : batch) lines.push_back(to_json(r, 0));
-      log::audit_batch(lines);
-    }
-    l.lock();
-    committed_ += n;
-    if (syncer_) {
-      syncer_->after_commit([this, upto = committed_](bool ok) {
-        if (!ok) log::error("audit_fsync_failed", {{"seq", upto}});
-        std::lock_guard g(mutex_);
-        waiters_.notify(upto);
-        notified_ = std::max(notified_, upto);
-        drained_.notify_all();
-      });
-    } else {
-      waiters_.notify(committed_);
-      notified_ = committed_;
-      drained_.notify_all();
-    }
-    // The callers are answered; the log mirror and the checkpoint (a signature and a sync) run
-    // after.
-    l.unlock();
-    if (options_.also_log && !seqs.empty()) {
-      std::vector<nlohmann::json> lines;
-      lines.reserve(batch.size());
-      for (std::size_t i = 0; i < batch.size(); ++i) lines.push_back(to_json(batch[i], seqs[i]));
-      log::audit_batch(lines);
-    }
-    maybe_checkpoint(false);
-    l.lock();
+void SqliteAuditLog::begin() {
+  // The chain continues from what is committed, whoever wrote it (read inside the transaction).
+  if (!last_) last_.emplace(writer_->db().handle(), "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1");
+  last_->reset();
+  head_seq_ = 0;
+  head_hash_ = kAuditGenesisHash;
+  if (last_->step()) {
+    head_seq_ = last_->column_int(0);
+    head_hash_ = last_->column_text(1);
   }
-  l.unlock();
-  maybe_checkpoint(true);  // a clean stop leaves a checkpoint at the very last record
+  last_->reset();
+  in_transaction_.clear();
+}
+
+void SqliteAuditLog::write(Item& item) {
+  AuditRecord& r = item.record;
+  if (r.cost_posted) r.cost = *r.cost_posted;  // the settle queued before it has run
+  if (!insert_)
+    insert_.emplace(writer_->db().handle(),
+                    "INSERT INTO audit_log(seq, time_ms, request_id, principal, project, tool, outcome, "
+                    "error_code, rules, cost, duration_us, details, prev_hash, hash) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+  item.details.clear();
+  canonical::append(item.details, r.details.is_object() ? r.details : nlohmann::json::object());
+  int64_t seq = head_seq_ + 1;
+  item.prev_hash = head_hash_;
+  item.hash = audit_row_hash(view_of(r, seq, item.details, head_hash_));
+  auto& ins = *insert_;
+  ins.reset();
+  ins.bind(1, seq).bind(2, r.time_ms).bind(3, r.request_id).bind(4, r.principal).bind(5, r.project);
+  ins.bind(6, r.tool).bind(7, r.outcome).bind(8, r.error_code).bind(9, r.decision_rules).bind(10, r.cost);
+  ins.bind(11, r.duration_us).bind(12, item.details).bind(13, item.prev_hash).bind(14, item.hash);
+  ins.step();
+  ins.reset();
+  head_seq_ = seq;
+  head_hash_ = item.hash;
+  item.seq = seq;
+  in_transaction_.push_back(&item);
+}
+
+void SqliteAuditLog::committed() {
+  last_seq_ = head_seq_;
+  last_hash_ = head_hash_;
+  in_batch_.insert(in_batch_.end(), in_transaction_.begin(), in_transaction_.end());
+  in_transaction_.clear();
+}
+
+void SqliteAuditLog::rolled_back() noexcept { in_transaction_.clear(); }
+
+void SqliteAuditLog::after_batch() {
+  // The callers are answered; the log mirror and the checkpoint (a signature and a sync) run
+  // after.
+  if (options_.also_log && !in_batch_.empty()) {
+    if (log::audit_json()) {
+      // From the canonical text already made for the hash: no JSON tree per record.
+      std::string lines, ts = log::audit_timestamp();
+      for (const Item* item : in_batch_) {
+        if (!lines.empty()) lines += '\n';
+        AuditRowView v = view_of(item->record, item->seq, item->details, item->prev_hash);
+        v.hash = item->hash;
+        append_audit_log_line(lines, v, ts);
+      }
+      log::audit_lines(lines);
+    } else {
+      std::vector<nlohmann::json> lines;
+      lines.reserve(in_batch_.size());
+      for (const Item* item : in_batch_) lines.push_back(to_json(item->record, item->seq));
+      log::audit_batch(lines);
+    }
+  }
+  in_batch_.clear();
+  maybe_checkpoint(false);
+}
+
+state::Writer::TimePoint SqliteAuditLog::tick(state::Writer::TimePoint now) {
+  // Time-based checkpoints: records not yet covered get one when it is due.
+  if (options_.checkpoint_file.empty() || options_.checkpoint_every.count() <= 0) return state::Writer::TimePoint::max();
+  maybe_checkpoint(false);
+  auto due = last_checkpoint_time_ + options_.checkpoint_every;
+  return due > now ? due : now + options_.checkpoint_every;
 }
 
 void SqliteAuditLog::maybe_checkpoint(bool force) {
@@ -357,52 +439,6 @@ void SqliteAuditLog::sync_files() {
     ::close(fd);
     if (rc != 0) throw std::runtime_error("cannot sync " + path + ": " + std::strerror(err));
   }
-}
-
-std::vector<int64_t> SqliteAuditLog::write_batch(std::deque<AuditRecord>& batch) {
-  auto lock = db_.lock();
-  db_.exec("BEGIN IMMEDIATE");
-  int64_t seq = 0;
-  std::string hash(kAuditGenesisHash);
-  std::vector<int64_t> seqs;
-  seqs.reserve(batch.size());
-  try {
-    // Read inside the transaction: the chain continues from what is committed, whoever wrote it.
-    if (!last_) last_.emplace(db_.handle(), "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1");
-    last_->reset();
-    if (last_->step()) {
-      seq = last_->column_int(0);
-      hash = last_->column_text(1);
-    }
-    last_->reset();
-    if (!insert_)
-      insert_.emplace(db_.handle(),
-                      "INSERT INTO audit_log(seq, time_ms, request_id, principal, project, tool, outcome, "
-                      "error_code, rules, cost, duration_us, details, prev_hash, hash) "
-                      "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
-    auto& ins = *insert_;
-    std::string details;
-    for (const auto& r : batch) {
-      ++seq;
-      details.clear();
-      canonical::append(details, r.details.is_object() ? r.details : nlohmann::json::object());
-      std::string next = audit_row_hash(view_of(r, seq, details, hash));
-      ins.reset();
-      ins.bind(1, seq).bind(2, r.time_ms).bind(3, r.request_id).bind(4, r.principal).bind(5, r.project);
-      ins.bind(6, r.tool).bind(7, r.outcome).bind(8, r.error_code).bind(9, r.decision_rules).bind(10, r.cost);
-      ins.bind(11, r.duration_us).bind(12, details).bind(13, hash).bind(14, next);
-      ins.step();
-      hash = std::move(next);
-      seqs.push_back(seq);
-    }
-    db_.exec("COMMIT");
-  } catch (...) {
-    db_.exec("ROLLBACK");
-    throw;
-  }
-  last_seq_ = seq;
-  last_hash_ = hash;
-  return seqs;
 }
 
 }  // namespace scigate

@@ -6,9 +6,10 @@
 // database, add what a chain alone cannot show: that newer records were cut off, or that the
 // whole chain was recomputed. docs/AUDIT.md describes the format for outside auditors.
 //
-// Thread-safety: append() may be called from any thread and never waits for the disk; one writer
-// thread, with its own SQLite connection, commits records in batches in arrival order and writes
-// the checkpoints.
+// Thread-safety: append() may be called from any thread and never waits for the disk. Records
+// are items of a state::Writer (one thread, one connection, batches in arrival order): the
+// server's, shared with the credit ledger, or one of the log's own. The writer thread also
+// writes the checkpoints.
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -22,10 +23,9 @@
 #include <vector>
 
 #include "policies/audit.hpp"
-#include "server/common/commit_waiters.hpp"
 #include "server/state/database.hpp"
 #include "server/state/wal_checkpointer.hpp"
-#include "server/state/wal_syncer.hpp"
+#include "server/state/writer.hpp"
 
 namespace scigate {
 
@@ -71,24 +71,30 @@ struct AuditLogOptions {
   std::chrono::seconds checkpoint_every{60};  // 0: not by time
   // append_durable() returns once the record's commit is fsynced (it survives power loss), not
   // merely committed (it survives a crash of the process). One fsync covers every commit on the
-  // database before it, the ledger's included ([server] durability, docs/OPERATIONS.md).
+  // database before it, the ledger's included ([server] durability, docs/OPERATIONS.md). On a
+  // shared writer it takes effect only if the writer syncs.
   bool sync_before_answer = false;
-  state::WalCheckpointer* checkpointer = nullptr;  // set: it checkpoints the WAL, not our commits
+  // With a writer of its own: set, it checkpoints the WAL, not our commits.
+  state::WalCheckpointer* checkpointer = nullptr;
 };
 
-class SqliteAuditLog final : public AuditLog {
+class SqliteAuditLog final : public AuditLog, private state::Writer::Participant {
  public:
-  // Opens its own connection to `db_path` (the schema must be migrated already). Throws when the
+  // With a writer of its own on `db_path` (the schema must be migrated already). Throws when the
   // database, the signing key or the checkpoint file cannot be opened.
   SqliteAuditLog(const std::filesystem::path& db_path, AuditLogOptions options);
   explicit SqliteAuditLog(const std::filesystem::path& db_path, bool also_log = true);
-  ~SqliteAuditLog() override;  // drains the queue, then writes a last checkpoint
+  // On a shared writer (the server's, with the credit ledger).
+  SqliteAuditLog(state::Writer& writer, AuditLogOptions options);
+  ~SqliteAuditLog() override;  // answers what is queued, then writes a last checkpoint
 
   void append(AuditRecord record) override;
   boost::asio::awaitable<void> append_durable(AuditRecord record) override;
-  // Blocks until every record appended so far is committed.
-  void flush();
-  uint64_t syncs() const { return syncer_ ? syncer_->syncs() : 0; }  // fsyncs taken for answers
+  const state::Writer* writer() const override { return writer_; }
+  // Blocks until every record appended so far is committed (and everything else queued on the
+  // writer before it).
+  void flush() { writer_->flush(); }
+  uint64_t syncs() const { return writer_->stats().syncs; }  // fsyncs taken for answers
   // Loads the signing key, creating it when missing, and compares the newest checkpoint with
   // the log (logging audit_log_truncated/rewritten). The server calls this at start so that a
   // key it cannot create stops it there; without the call the key is loaded at the first
@@ -100,31 +106,35 @@ class SqliteAuditLog final : public AuditLog {
   std::string checkpoint_key_id();
 
  private:
-  uint64_t enqueue(AuditRecord record);
-  void run();
-  std::vector<int64_t> write_batch(std::deque<AuditRecord>& batch);  // the records' seqs
+  struct Item;
+  SqliteAuditLog(std::unique_ptr<state::Writer> own, state::Writer* writer, AuditLogOptions options);
+  void write(Item& item);  // in the writer's transaction
   void maybe_checkpoint(bool force);
   void check_checkpoint_against_log();
   const audit::SigningKey* signing_key();  // loads or creates it
   int64_t checkpointed_seq() const;
   void sync_files();
 
-  state::Database db_;
-  std::filesystem::path db_path_;
+  // state::Writer::Participant, on the writer thread.
+  void begin() override;
+  void committed() override;
+  void rolled_back() noexcept override;
+  void after_batch() override;
+  state::Writer::TimePoint tick(state::Writer::TimePoint now) override;
+
   AuditLogOptions options_;
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  std::condition_variable drained_;
-  std::deque<AuditRecord> queue_;
-  uint64_t appended_ = 0, committed_ = 0;
-  uint64_t notified_ = 0;  // waiters released up to here (after the fsync when syncing)
-  bool stop_ = false;
-  CommitWaiters waiters_;
-  std::optional<state::Statement> insert_;  // prepared once, used by the writer thread only
+  std::unique_ptr<state::Writer> own_writer_;  // the first constructors'
+  state::Writer* writer_;
+  std::filesystem::path db_path_;
+  // Writer thread only: prepared statements, the chain's head as committed and inside the
+  // current transaction, the records of the transaction and of the batch (for the log mirror).
+  std::optional<state::Statement> insert_;
   std::optional<state::Statement> last_;
-  // Writer thread only: the newest committed record, and checkpoint bookkeeping.
   int64_t last_seq_ = 0;
   std::string last_hash_;
+  int64_t head_seq_ = 0;
+  std::string head_hash_;
+  std::vector<const Item*> in_transaction_, in_batch_;
   // Checkpoints: the key is loaded (or created) at start; the file is opened for writing only
   // when this process first writes a checkpoint, so that commands which never append (scigate
   // key ...) leave a running server's file alone.
@@ -133,8 +143,6 @@ class SqliteAuditLog final : public AuditLog {
   std::unique_ptr<audit::Checkpoint> last_checkpoint_;  // as read at start
   std::unique_ptr<audit::CheckpointWriter> checkpoints_;
   std::chrono::steady_clock::time_point last_checkpoint_time_ = std::chrono::steady_clock::now();
-  std::unique_ptr<state::WalSyncer> syncer_;  // with sync_before_answer; outlives writer_
-  std::thread writer_;
 };
 
 // The hash of a record given the previous one (hex SHA-256 of its canonical form with

@@ -16,23 +16,26 @@ namespace scigate {
 namespace asio = boost::asio;
 using nlohmann::json;
 
-struct SqliteLedger::Op {
-  enum class Kind { kReserve, kSettle, kRelease, kSweep, kRecover, kUsage } kind;
-  explicit Op(Kind k) : kind(k) {}
+struct SqliteLedger::Op final : state::Writer::Item {
+  enum class Kind { kInit, kReserve, kSettle, kRelease, kSweep, kRecover, kUsage } kind;
+  Op(SqliteLedger* l, Kind k) : Item(l), ledger(l), kind(k) {}
 
-  bool counted = false;     // enqueued: flush() waits for it
-  bool completed = false;   // its waiter was resumed (a hold may be answered before the commit)
+  SqliteLedger* ledger;
   credits::HoldSpec spec;   // reserve
   int64_t hold_id = 0;      // settle, release
+  std::string project;      // settle, release (for the log); usage
   MicroCredits price = 0;   // settle
   std::string usage_json;   // settle
   json result;              // settle
-  std::string project, user;  // usage
+  std::shared_ptr<MicroCredits> posted_out;  // settle_queued: what was posted, set in apply()
+  bool queued = false;      // settle_queued/release_queued: nobody waits, answer() logs
+  std::string user;         // usage
 
   credits::ReserveOutcome reserved;
   std::optional<MicroCredits> posted;
   bool released = false;
   credits::SweepCounts swept;
+  int rates_added = 0;  // init
   UsageReport report;
   std::optional<std::string> failure;  // the database refused the operation
 
@@ -42,6 +45,43 @@ struct SqliteLedger::Op {
   asio::any_io_executor executor;
   std::optional<asio::any_completion_handler<void()>> handler;
   std::promise<void>* done = nullptr;
+
+  void apply() override { ledger->apply(*this); }
+  // A new hold is answered before the COMMIT: it was decided under the write lock, which the
+  // commit releases, so no other writer can have spent the same credits; and a hold needs no
+  // durability (restart recovery voids them all). If the COMMIT fails, the hold is gone from
+  // the database and, after the reload, from the mirror: its settle posts nothing and says so
+  // in the log (credit_settle_without_hold). The caller saves the commit's write.
+  bool answer_before_commit() const override {
+    return kind == Kind::kReserve && reserved.kind != credits::ReserveOutcome::Kind::kReplay;
+  }
+  // Only what a caller may rely on after a power loss waits for the fsync: a charge, and a
+  // replayed result (it came from a charge that may not be on disk yet). A hold need not:
+  // restart recovery voids every hold, and a hold row lost with the power never was.
+  bool needs_sync() const override {
+    return ledger->options_.durable && !failure &&
+           (kind == Kind::kSettle ||
+            (kind == Kind::kReserve && reserved.kind == credits::ReserveOutcome::Kind::kReplay));
+  }
+  void failed(const std::string& what) override {
+    failure = what;
+    if (posted_out) *posted_out = 0;  // (an attempt in a batch that failed may have set it)
+  }
+  void lost(const std::string& what) override {
+    if (kind == Kind::kReserve && reserved.hold_id != 0)
+      log::error("credit_hold_lost", {{"hold", reserved.hold_id}, {"detail", what}});
+  }
+  void answer() override {
+    if (queued) log_queued_outcome();
+    if (done) {
+      done->set_value();
+    } else if (handler) {  // (none for the writer's own sweep)
+      auto ex = executor;
+      asio::post(ex, std::move(*handler));
+      handler.reset();
+    }
+  }
+  void log_queued_outcome();
 };
 
 namespace {
@@ -116,39 +156,48 @@ void log_hold_event(spdlog::level::level_enum level, const char* event, const Ho
 
 }  // namespace
 
+void SqliteLedger::Op::log_queued_outcome() {
+  Hold h;
+  h.id = std::to_string(hold_id);
+  h.project = project;
+  if (failure) {
+    log_hold_event(spdlog::level::err, kind == Kind::kSettle ? "credit_settle_failed" : "credit_release_failed", h,
+                   *failure);
+  } else if (kind == Kind::kSettle && !posted) {
+    // The sweeper voided it (the call outlived its hold) or it was never open: nothing posted.
+    log_hold_event(spdlog::level::warn, "credit_settle_without_hold", h, "");
+  }
+}
+
 SqliteLedger::SqliteLedger(const std::filesystem::path& db_path, CreditLedgerOptions options)
+    : SqliteLedger(std::make_unique<state::Writer>(
+                       db_path, state::Writer::Options{options.durable, options.max_batch, options.checkpointer}),
+                   nullptr, std::move(options)) {}
+
+SqliteLedger::SqliteLedger(state::Writer& writer, CreditLedgerOptions options)
+    : SqliteLedger(nullptr, &writer, std::move(options)) {}
+
+SqliteLedger::SqliteLedger(std::unique_ptr<state::Writer> own, state::Writer* writer, CreditLedgerOptions options)
     : options_(std::move(options)),
       rates_(options_.rates),
-      db_(db_path),
-      store_(db_.handle(), options_.projects, options_.clock) {
-  // Commits do not fsync; the syncer does, outside the write lock, before a charge is
-  // acknowledged (see run()).
-  db_.exec("PRAGMA synchronous=NORMAL");
-  if (options_.checkpointer) options_.checkpointer->watch(db_.handle());
-  store_.begin();
-  try {
-    store_.load();
-    store_.ensure_accounts();
-    int rates_added = store_.sync_rates(options_.rates);
-    store_.flush();
-    store_.bump_epoch();
-    store_.commit();
-    if (rates_added > 0) log::info("credit_rates_changed", {{"rows", rates_added}});
-  } catch (...) {
-    store_.rollback();
-    throw;
+      own_writer_(std::move(own)),
+      writer_(writer ? writer : own_writer_.get()),
+      store_(writer_->db().handle(), options_.projects, options_.clock),
+      next_sweep_(std::chrono::steady_clock::now() + options_.sweep_interval) {
+  writer_->add(this);
+  // Accounts and rates, in the writer's first transaction for this ledger (begin() loads).
+  auto op = std::make_shared<Op>(this, Op::Kind::kInit);
+  run_blocking(op);
+  if (op->failure) {
+    writer_->remove(this);
+    throw std::runtime_error("credit ledger: " + *op->failure);
   }
-  if (options_.durable) syncer_ = std::make_unique<state::WalSyncer>(db_path);
-  writer_ = std::thread([this] { run(); });
+  if (op->rates_added > 0) log::info("credit_rates_changed", {{"rows", op->rates_added}});
 }
 
 SqliteLedger::~SqliteLedger() {
-  {
-    std::lock_guard g(mutex_);
-    stop_ = true;
-  }
-  cv_.notify_one();
-  writer_.join();
+  writer_->flush();
+  writer_->remove(this);
 }
 
 void SqliteLedger::note_unpriced(const Usage& usage) const {
@@ -169,25 +218,18 @@ asio::awaitable<void> SqliteLedger::submit(std::shared_ptr<Op> op) {
       [this, op](auto handler) {
         op->executor = asio::get_associated_executor(handler);
         op->handler.emplace(std::move(handler));
-        enqueue(op);
+        ++operations_;
+        writer_->enqueue(op);
       },
       asio::use_awaitable);
 }
 
-void SqliteLedger::enqueue(std::shared_ptr<Op> op) {
-  bool wake;
-  op->counted = true;
-  {
-    std::lock_guard g(idle_mutex_);
-    ++outstanding_;
-  }
-  {
-    std::lock_guard g(mutex_);
-    // Only the first operation of a batch wakes the writer; under load it drains big batches.
-    wake = queue_.empty();
-    queue_.push_back(std::move(op));
-  }
-  if (wake) cv_.notify_one();
+void SqliteLedger::run_blocking(std::shared_ptr<Op> op) {
+  std::promise<void> done;
+  op->done = &done;
+  ++operations_;
+  writer_->enqueue(op);
+  done.get_future().wait();
 }
 
 asio::awaitable<ReserveResult> SqliteLedger::reserve(HoldRequest req) {
@@ -197,7 +239,7 @@ asio::awaitable<ReserveResult> SqliteLedger::reserve(HoldRequest req) {
   MicroCredits amount = rates_.price(req.worst_case);
   if (amount == 0 && req.idempotency_key.empty()) co_return r;  // free: nothing to hold or record
 
-  auto op = std::make_shared<Op>(Op::Kind::kReserve);
+  auto op = std::make_shared<Op>(this, Op::Kind::kReserve);
   auto timeout = std::max(req.timeout, options_.hold_timeout);
   op->spec.project = req.project;
   op->spec.user = req.principal;
@@ -236,14 +278,20 @@ asio::awaitable<ReserveResult> SqliteLedger::reserve(HoldRequest req) {
   co_return r;
 }
 
-asio::awaitable<MicroCredits> SqliteLedger::settle(Hold hold, Usage actual, json result) {
-  if (hold.id.empty()) co_return 0;  // nothing was held, so nothing can be posted
+std::shared_ptr<SqliteLedger::Op> SqliteLedger::settle_op(const Hold& hold, const Usage& actual, json result) {
   note_unpriced(actual);
-  auto op = std::make_shared<Op>(Op::Kind::kSettle);
+  auto op = std::make_shared<Op>(this, Op::Kind::kSettle);
   op->hold_id = parse_hold_id(hold.id);
+  op->project = hold.project;
   op->price = rates_.price(actual);
   op->usage_json = usage_detail(actual, rates_, op->price);
   op->result = std::move(result);
+  return op;
+}
+
+asio::awaitable<MicroCredits> SqliteLedger::settle(Hold hold, Usage actual, json result) {
+  if (hold.id.empty()) co_return 0;  // nothing was held, so nothing can be posted
+  auto op = settle_op(hold, actual, std::move(result));
   co_await submit(op);
   if (op->failure) {
     log_hold_event(spdlog::level::err, "credit_settle_failed", hold, *op->failure);
@@ -257,16 +305,36 @@ asio::awaitable<MicroCredits> SqliteLedger::settle(Hold hold, Usage actual, json
   co_return *op->posted;
 }
 
+void SqliteLedger::settle_queued(Hold hold, Usage actual, json result, std::shared_ptr<MicroCredits> posted) {
+  if (posted) *posted = 0;
+  if (hold.id.empty()) return;
+  auto op = settle_op(hold, actual, std::move(result));
+  op->posted_out = std::move(posted);
+  op->queued = true;
+  ++operations_;
+  writer_->enqueue(op);
+}
+
 asio::awaitable<void> SqliteLedger::release(Hold hold) {
   if (hold.id.empty()) co_return;
-  auto op = std::make_shared<Op>(Op::Kind::kRelease);
+  auto op = std::make_shared<Op>(this, Op::Kind::kRelease);
   op->hold_id = parse_hold_id(hold.id);
   co_await submit(op);
   if (op->failure) log_hold_event(spdlog::level::err, "credit_release_failed", hold, *op->failure);
 }
 
+void SqliteLedger::release_queued(Hold hold) {
+  if (hold.id.empty()) return;
+  auto op = std::make_shared<Op>(this, Op::Kind::kRelease);
+  op->hold_id = parse_hold_id(hold.id);
+  op->project = hold.project;
+  op->queued = true;
+  ++operations_;
+  writer_->enqueue(op);
+}
+
 asio::awaitable<UsageReport> SqliteLedger::usage(std::string project, std::string user) {
-  auto op = std::make_shared<Op>(Op::Kind::kUsage);
+  auto op = std::make_shared<Op>(this, Op::Kind::kUsage);
   op->project = std::move(project);
   op->user = std::move(user);
   co_await submit(op);
@@ -275,139 +343,63 @@ asio::awaitable<UsageReport> SqliteLedger::usage(std::string project, std::strin
 }
 
 int SqliteLedger::recover_after_restart() {
-  auto op = std::make_shared<Op>(Op::Kind::kRecover);
-  std::promise<void> done;
-  op->done = &done;
-  enqueue(op);
-  done.get_future().wait();
+  auto op = std::make_shared<Op>(this, Op::Kind::kRecover);
+  run_blocking(op);
   if (op->failure) throw std::runtime_error("credit ledger recovery failed: " + *op->failure);
   if (op->swept.voided > 0) log::warn("credit_holds_recovered", {{"voided", op->swept.voided}, {"reason", "restart"}});
   return op->swept.voided;
 }
 
 credits::SweepCounts SqliteLedger::sweep_now() {
-  auto op = std::make_shared<Op>(Op::Kind::kSweep);
-  std::promise<void> done;
-  op->done = &done;
-  enqueue(op);
-  done.get_future().wait();
+  auto op = std::make_shared<Op>(this, Op::Kind::kSweep);
+  run_blocking(op);
   return op->swept;
 }
 
 SqliteLedger::Stats SqliteLedger::stats() const {
-  return Stats{operations_.load(), transactions_.load(), retried_.load(), failed_.load(), reloads_.load(),
-               db_.busy_waits(), syncer_ ? syncer_->syncs() : 0};
+  state::Writer::Stats w = writer_->stats();
+  return Stats{operations_.load(), w.transactions, w.retried_batches, w.failed_items, reloads_.load(),
+               w.busy_waits, w.syncs};
 }
 
-void SqliteLedger::pause() {
-  std::lock_guard g(mutex_);
-  paused_ = true;
-}
-
-void SqliteLedger::resume() {
-  {
-    std::lock_guard g(mutex_);
-    paused_ = false;
-  }
-  cv_.notify_one();
-}
-
-void SqliteLedger::run() {
-  using steady = std::chrono::steady_clock;
-  auto next_sweep = steady::now() + options_.sweep_interval;
-  std::vector<std::shared_ptr<Op>> batch;
-  std::unique_lock l(mutex_);
-  for (;;) {
-    cv_.wait_until(l, next_sweep, [&] { return stop_ || (!paused_ && !queue_.empty()); });
-    if (stop_ && queue_.empty()) return;
-    bool sweep_due = steady::now() >= next_sweep;
-    if (paused_ && !stop_) {
-      if (sweep_due) next_sweep = steady::now() + options_.sweep_interval;
-      continue;
-    }
-    if (sweep_due) {
-      batch.push_back(std::make_shared<Op>(Op::Kind::kSweep));
-      next_sweep = steady::now() + options_.sweep_interval;
-    }
-    while (!queue_.empty() && batch.size() < options_.max_batch) {
-      batch.push_back(std::move(queue_.front()));
-      queue_.pop_front();
-    }
-    l.unlock();
-    if (!batch.empty()) {
-      process(batch, 0, batch.size());
-      operations_ += batch.size();
-      // Only what a caller may rely on after a power loss waits for the fsync: a charge, and a
-      // replayed result (it came from a charge that may not be on disk yet). A hold need not:
-      // restart recovery voids every hold, and a hold row lost with the power never was.
-      std::vector<std::shared_ptr<Op>> after_sync;
-      for (auto& op : batch) {
-        bool must_sync = !op->failure && (op->kind == Op::Kind::kSettle ||
-                                          (op->kind == Op::Kind::kReserve &&
-                                           op->reserved.kind == credits::ReserveOutcome::Kind::kReplay));
-        if (syncer_ && must_sync) after_sync.push_back(op);
-        else complete(*op);
-      }
-      if (!after_sync.empty())
-        syncer_->after_commit([this, ops = std::move(after_sync)](bool ok) {
-          if (!ok) log::error("credit_fsync_failed", {{"operations", ops.size()}});
-          for (const auto& op : ops) complete(*op);
-        });
-      batch.clear();
-    }
-    l.lock();
+void SqliteLedger::begin() {
+  if (needs_reload_ || store_.changed_elsewhere()) {
+    store_.load();  // the first transaction, a grant from the CLI, or state left behind by a rollback
+    if (loaded_) ++reloads_;
+    loaded_ = true;
+    needs_reload_ = false;
   }
 }
 
-void SqliteLedger::process(std::vector<std::shared_ptr<Op>>& ops, std::size_t begin, std::size_t end) {
-  try {
-    store_.begin();
-    if (needs_reload_ || store_.changed_elsewhere()) {
-      store_.load();  // a grant from the CLI, or state left behind by a rollback
-      needs_reload_ = false;
-      ++reloads_;
-    }
-    for (std::size_t i = begin; i < end; ++i)
-      if (!ops[i]->completed) apply(*ops[i]);  // (one answered early, then rolled back, is not redone)
-    store_.flush();
-    store_.bump_epoch();
-    // A new hold is answered now, before the COMMIT: it was decided under the write lock, which
-    // the commit releases, so no other writer can have spent the same credits; and a hold needs
-    // no durability (restart recovery voids them all). If the COMMIT fails, the hold is gone
-    // from the database and, after the reload, from the mirror: its settle posts nothing and
-    // says so in the log (credit_settle_without_hold). The caller saves the commit's write.
-    for (std::size_t i = begin; i < end; ++i)
-      if (ops[i]->kind == Op::Kind::kReserve && ops[i]->reserved.kind != credits::ReserveOutcome::Kind::kReplay)
-        complete(*ops[i]);
-    store_.commit();
-    ++transactions_;
-  } catch (const std::exception& e) {
-    store_.rollback();
-    needs_reload_ = true;  // the mirror holds changes the database has just dropped
-    for (std::size_t i = begin; i < end; ++i)
-      if (ops[i]->completed && ops[i]->kind == Op::Kind::kReserve && ops[i]->reserved.hold_id != 0)
-        log::error("credit_hold_lost", {{"hold", ops[i]->reserved.hold_id}, {"detail", e.what()}});
-    if (end - begin == 1) {
-      if (ops[begin]->completed) return;  // its caller has its answer (and may be reading it)
-      ops[begin]->failure = e.what();
-      ++failed_;
-      return;
-    }
-    // Do not lose the others: one transaction each, so only the bad one fails.
-    ++retried_;
-    log::warn("credit_batch_retried", {{"operations", end - begin}, {"detail", e.what()}});
-    for (std::size_t i = begin; i < end; ++i)
-      if (!ops[i]->completed) process(ops, i, i + 1);
+void SqliteLedger::before_commit() {
+  store_.flush();
+  store_.bump_epoch();
+}
+
+void SqliteLedger::rolled_back() noexcept {
+  needs_reload_ = true;  // the mirror holds changes the database has just dropped
+}
+
+state::Writer::TimePoint SqliteLedger::tick(state::Writer::TimePoint now) {
+  if (now >= next_sweep_) {
+    next_sweep_ = now + options_.sweep_interval;
+    writer_->enqueue(std::make_shared<Op>(this, Op::Kind::kSweep));  // answered to nobody
   }
+  return next_sweep_;
 }
 
 void SqliteLedger::apply(Op& op) {
   switch (op.kind) {
+    case Op::Kind::kInit:
+      store_.ensure_accounts();
+      op.rates_added = store_.sync_rates(options_.rates);
+      break;
     case Op::Kind::kReserve:
       op.reserved = store_.reserve(op.spec);
       break;
     case Op::Kind::kSettle:
       op.posted = store_.settle(op.hold_id, op.price, op.usage_json, op.result);
+      if (op.posted_out) *op.posted_out = op.posted.value_or(0);
       break;
     case Op::Kind::kRelease:
       op.released = store_.void_hold(op.hold_id, "released");
@@ -427,26 +419,6 @@ void SqliteLedger::apply(Op& op) {
       op.report = store_.report(op.project, op.user, rates_);
       break;
   }
-}
-
-void SqliteLedger::complete(Op& op) {
-  if (op.completed) return;
-  op.completed = true;
-  if (op.done) {
-    op.done->set_value();
-  } else if (op.handler) {  // (none for the writer's own sweep)
-    auto ex = op.executor;
-    asio::post(ex, std::move(*op.handler));
-    op.handler.reset();
-  }
-  if (!op.counted) return;
-  std::lock_guard g(idle_mutex_);
-  if (--outstanding_ == 0) idle_cv_.notify_all();
-}
-
-void SqliteLedger::flush() {
-  std::unique_lock l(idle_mutex_);
-  idle_cv_.wait(l, [&] { return outstanding_ == 0; });
 }
 
 }  // namespace scigate

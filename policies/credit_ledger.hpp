@@ -2,14 +2,16 @@
 // The SQLite credit ledger (docs/CREDITS.md): two-phase charging with holds, in integer
 // micro-credits, durable before the caller resumes.
 //
-// Group commit: one writer thread owns a connection (WAL) and executes the queued operations
-// in arrival order, many per BEGIN IMMEDIATE … COMMIT. Each operation checks and updates the
-// balances in turn inside that transaction, so concurrent calls can never overspend; each
-// caller's coroutine resumes on its own executor once the transaction has committed — and for
-// a settle (a charge) once a WalSyncer has fsynced the WAL after it, so a charge the caller was
-// told of survives power loss. Holds need no fsync: restart recovery voids them all anyway. If
-// the database refuses the batch, it is rolled back and its operations are retried one per
-// transaction, so one bad operation fails alone.
+// Every operation is an item of a state::Writer (one thread, one connection, group commit):
+// the server's, shared with the audit log so that a call's settle and its audit record share a
+// transaction, or one of the ledger's own (tests, tools). Each operation checks and updates the
+// balances in turn inside the writer's BEGIN IMMEDIATE transaction, so concurrent calls can
+// never overspend; each caller's coroutine resumes on its own executor once the transaction has
+// committed — and, with `durable` on a syncing writer, for a settle (a charge) once the WAL is
+// fsynced after it, so a charge the caller was told of survives power loss. A hold is answered
+// before the COMMIT (decided under the write lock; restart recovery voids holds anyway). If
+// the database refuses a batch, its operations are retried one per transaction, so one bad
+// operation fails alone.
 //
 // Free calls stay off the writer: a hold whose worst case prices to zero and carries no
 // idempotency key returns at once, and its settle and release do nothing.
@@ -34,7 +36,7 @@
 #include "policies/ledger.hpp"
 #include "server/state/database.hpp"
 #include "server/state/wal_checkpointer.hpp"
-#include "server/state/wal_syncer.hpp"
+#include "server/state/writer.hpp"
 
 namespace scigate {
 
@@ -47,20 +49,26 @@ struct CreditLedgerOptions {
   credits::Clock clock;                          // unix ms; tests inject one
   std::size_t max_batch = 1024;                  // operations per transaction at most
   bool durable = true;                           // charges survive power loss (fsync before the answer)
-  state::WalCheckpointer* checkpointer = nullptr;  // set: it checkpoints the WAL, not our commits
+  // With a writer of its own (the first constructor): set, it checkpoints the WAL, not our commits.
+  state::WalCheckpointer* checkpointer = nullptr;
 };
 
-class SqliteLedger final : public Ledger {
+class SqliteLedger final : public Ledger, private state::Writer::Participant {
  public:
-  // Opens its own connection to `db_path` (the schema must be migrated already) and records the
-  // configured accounts and rates.
+  // With a writer of its own on `db_path` (the schema must be migrated already); it fsyncs when
+  // `durable`. Records the configured accounts and rates.
   SqliteLedger(const std::filesystem::path& db_path, CreditLedgerOptions options);
+  // On a shared writer (the server's, with the audit log): `durable` holds only if it syncs.
+  SqliteLedger(state::Writer& writer, CreditLedgerOptions options);
   ~SqliteLedger() override;  // completes every queued operation first
 
   boost::asio::awaitable<ReserveResult> reserve(HoldRequest request) override;
   boost::asio::awaitable<MicroCredits> settle(Hold hold, Usage actual, nlohmann::json result) override;
   boost::asio::awaitable<void> release(Hold hold) override;
   boost::asio::awaitable<UsageReport> usage(std::string project, std::string user) override;
+  const state::Writer* writer() const override { return writer_; }
+  void settle_queued(Hold hold, Usage actual, nlohmann::json result, std::shared_ptr<MicroCredits> posted) override;
+  void release_queued(Hold hold) override;
 
   // Restart recovery, for a server about to serve: every open hold whose process is gone (the
   // previous server, killed) is voided (reason "restart"), then a sweep runs. Holds of another
@@ -73,47 +81,45 @@ class SqliteLedger final : public Ledger {
   // Blocks until every operation enqueued so far is complete: its caller resumed, or queued on
   // its executor. The server calls it once its I/O threads have stopped and before their
   // io_context is destroyed, so that no completion is posted to a dead executor.
-  void flush();
+  void flush() { writer_->flush(); }
   const credits::RateTable& rates() const { return rates_; }
 
   struct Stats {
     uint64_t operations = 0, transactions = 0, retried_batches = 0, failed_operations = 0, reloads = 0;
-    uint64_t busy_waits = 0;  // waits for the write lock (held by the audit writer or the CLI)
+    uint64_t busy_waits = 0;  // waits for the write lock (held by another connection: the CLI)
     uint64_t syncs = 0;       // WAL fsyncs, each covering every charge committed before it
   };
+  // Operations and reloads are this ledger's; the rest its writer's (shared: the audit's too).
   Stats stats() const;
 
   // Tests: hold the writer so that operations queue up (and commit together on resume()).
-  void pause();
-  void resume();
+  void pause() { writer_->pause(); }
+  void resume() { writer_->resume(); }
 
  private:
   struct Op;
+  SqliteLedger(std::unique_ptr<state::Writer> own, state::Writer* writer, CreditLedgerOptions options);
   boost::asio::awaitable<void> submit(std::shared_ptr<Op> op);
-  void enqueue(std::shared_ptr<Op> op);
-  void run();
-  void process(std::vector<std::shared_ptr<Op>>& ops, std::size_t begin, std::size_t end);
+  void run_blocking(std::shared_ptr<Op> op);
+  std::shared_ptr<Op> settle_op(const Hold& hold, const Usage& actual, nlohmann::json result);
   void apply(Op& op);
-  void complete(Op& op);
   void note_unpriced(const Usage& usage) const;
+
+  // state::Writer::Participant, on the writer thread.
+  void begin() override;
+  void before_commit() override;
+  void rolled_back() noexcept override;
+  state::Writer::TimePoint tick(state::Writer::TimePoint now) override;
 
   CreditLedgerOptions options_;
   credits::RateTable rates_;
-  state::Database db_;
-  credits::CreditStore store_;  // writer thread only (and the constructor, before it starts)
-  bool needs_reload_ = false;
-  std::unique_ptr<state::WalSyncer> syncer_;  // when durable; outlives the writer thread
-
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  std::deque<std::shared_ptr<Op>> queue_;
-  bool stop_ = false;
-  bool paused_ = false;
-  std::mutex idle_mutex_;  // guards outstanding_ (complete() also runs on the syncer's thread)
-  std::condition_variable idle_cv_;
-  int64_t outstanding_ = 0;  // enqueued, not yet completed
-  std::atomic<uint64_t> operations_{0}, transactions_{0}, retried_{0}, failed_{0}, reloads_{0};
-  std::thread writer_;
+  std::unique_ptr<state::Writer> own_writer_;  // the first constructor's
+  state::Writer* writer_;
+  credits::CreditStore store_;  // writer thread only
+  bool needs_reload_ = true;    // writer thread: load the mirror at the next transaction
+  bool loaded_ = false;         // writer thread: loaded once (later loads are reloads)
+  state::Writer::TimePoint next_sweep_;        // writer thread
+  std::atomic<uint64_t> operations_{0}, reloads_{0};
 };
 
 }  // namespace scigate

@@ -18,7 +18,9 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -125,6 +127,10 @@ struct UsageReport {
   std::optional<SubBudget> sub_budget;  // the caller's, when it has one
 };
 
+namespace state {
+class Writer;
+}
+
 class Ledger {
  public:
   virtual ~Ledger() = default;
@@ -133,6 +139,18 @@ class Ledger {
   // `result` is stored for replay when the hold carried an idempotency key.
   virtual boost::asio::awaitable<MicroCredits> settle(Hold hold, Usage actual, nlohmann::json result) = 0;
   virtual boost::asio::awaitable<void> release(Hold hold) = 0;
+  // The writer this ledger's operations go through (nullptr: none). When it is also the audit
+  // log's, a call's settle or release can be queued without waiting for it: the call's audit
+  // record, queued after it, is written after it — in the same transaction or a later one —
+  // and reads what it posted (AuditRecord::cost_posted).
+  virtual const state::Writer* writer() const { return nullptr; }
+  // settle() without waiting: `posted` receives what was posted before anything queued after
+  // it on writer() runs. Only for a ledger with a writer() (others throw std::logic_error).
+  virtual void settle_queued(Hold, Usage, nlohmann::json, std::shared_ptr<MicroCredits>) {
+    throw std::logic_error("settle_queued on a ledger without a writer");
+  }
+  // release() without waiting; the same condition.
+  virtual void release_queued(Hold) { throw std::logic_error("release_queued on a ledger without a writer"); }
   // The state of `project`'s account as `user` (a member) may see it.
   virtual boost::asio::awaitable<UsageReport> usage(std::string project, std::string user) {
     UsageReport r;

@@ -28,11 +28,9 @@ state::Database& migrated(state::Database& db) {
   return db;
 }
 
-std::unique_ptr<Ledger> make_ledger(const Config& config, state::WalCheckpointer& checkpointer, SqliteLedger** sqlite) {
+std::unique_ptr<Ledger> make_ledger(const Config& config, state::Writer& writer, SqliteLedger** sqlite) {
   if (!config.credits.enabled) return std::make_unique<UnmeteredLedger>();
-  CreditLedgerOptions options = credit_ledger_options(config);
-  options.checkpointer = &checkpointer;  // the ledger writer's commits never checkpoint
-  auto ledger = std::make_unique<SqliteLedger>(config.database, std::move(options));
+  auto ledger = std::make_unique<SqliteLedger>(writer, credit_ledger_options(config));
   *sqlite = ledger.get();
   return ledger;
 }
@@ -70,11 +68,10 @@ std::unique_ptr<jobs::Scheduler> make_scheduler(const SiteConfig& site) {
   return nullptr;
 }
 
-AuditLogOptions audit_options(const Config& c, state::WalCheckpointer& checkpointer) {
+AuditLogOptions audit_options(const Config& c) {
   AuditLogOptions o{true, c.audit.signing_key, c.audit.checkpoint_file, c.audit.checkpoint_every_records,
                     c.audit.checkpoint_every};
   o.sync_before_answer = c.durability == "fsync";
-  o.checkpointer = &checkpointer;  // the audit writer's commits never checkpoint
   return o;
 }
 }  // namespace
@@ -89,10 +86,10 @@ CreditLedgerOptions credit_ledger_options(const Config& config) {
   o.sweep_interval = config.credits.sweep_interval;
   o.idempotency_ttl = config.credits.idempotency_ttl;
   // The ledger does not fsync on its own: the pipeline answers a call only once its audit
-  // record is durable, and that record is committed after the call's settle. The audit's fsync
-  // ([server] durability = "fsync") therefore covers the charge too: one fsync per batch of
-  // calls instead of two per call. The WAL replays a prefix of commits, never a later one
-  // without an earlier one.
+  // record is durable, and that record is committed after the call's settle (on the same
+  // writer, in the same transaction or a later one). The audit's fsync ([server] durability =
+  // "fsync") therefore covers the charge too: one fsync per batch of calls instead of two per
+  // call. The WAL replays a prefix of commits, never a later one without an earlier one.
   o.durable = false;
   return o;
 }
@@ -103,7 +100,10 @@ App::App(Config config)
       checkpointer_(config_.database),
       keys_(migrated(db_), config_),
       authenticator_(config_, keys_),
-      ledger_(make_ledger(config_, checkpointer_, &sqlite_ledger_)),
+      // fsync mode: the writer fsyncs before answering an audit record; its commits never
+      // checkpoint (checkpointer_ does).
+      writer_(config_.database, state::Writer::Options{config_.durability == "fsync", 1024, &checkpointer_}),
+      ledger_(make_ledger(config_, writer_, &sqlite_ledger_)),
       audit_query_(std::make_unique<audit::AuditQueryService>(config_.database)),
       jobs_(std::make_unique<jobs::JobService>(config_, config_.database, *ledger_, make_scheduler)),
       models_(std::make_unique<registry::ModelRegistry>(config_.database)),
@@ -118,7 +118,7 @@ App::App(Config config)
                                        sqlite_ledger_ ? &sqlite_ledger_->rates() : nullptr, areas_.get(),
                                        transfers_.get(), inference_.get()})),
       policy_(ProjectPolicies::sources_from(config_)),
-      audit_(config_.database, audit_options(config_, checkpointer_)),
+      audit_(writer_, audit_options(config_)),
       pipeline_(registry_, policy_, *ledger_, audit_, metrics_, config_.tool_timeout),
       openai_(inference_ ? std::make_unique<openai::OpenAiApi>(pipeline_, policy_, *inference_) : nullptr),
       tasks_(config_.tasks.enabled ? std::make_unique<tasks::TaskManager>(config_.tasks, config_.database) : nullptr),
@@ -154,8 +154,7 @@ void App::drain_writers() {
   models_->join();
   transfers_->stop();  // data stops moving; transfers in flight resume at the next start
   areas_->join();
-  audit_.flush();
-  if (sqlite_ledger_) sqlite_ledger_->flush();
+  writer_.flush();  // the audit log's and the ledger's
 }
 
 void App::stop_tasks(asio::io_context& io, std::function<void()> done) {

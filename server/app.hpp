@@ -28,6 +28,7 @@
 #include "server/protocol/mcp_dispatcher.hpp"
 #include "server/state/database.hpp"
 #include "server/state/wal_checkpointer.hpp"
+#include "server/state/writer.hpp"
 #include "tools/registry.hpp"
 
 namespace scigate {
@@ -67,6 +68,9 @@ class App {
   state::WalCheckpointer checkpointer_;
   auth::ApiKeyStore keys_;
   auth::Authenticator authenticator_;  // API keys and, with [oidc], bearer JWTs
+  // The one writer of the credit ledger and the audit log (a call's settle and audit record in
+  // one transaction); after keys_, whose construction migrates the schema, and before both.
+  state::Writer writer_;
   // SqliteLedger when [credits] enabled (the default), else UnmeteredLedger. Before registry_,
   // whose get_usage tool uses it; after keys_, whose construction migrates the schema.
   SqliteLedger* sqlite_ledger_ = nullptr;  // set by ledger_'s initialiser, so declared first

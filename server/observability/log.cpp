@@ -59,6 +59,14 @@ void audit_batch(const std::vector<nlohmann::json>& records) {
   if (!out.empty()) g_audit->info("{}", out);
 }
 
+bool audit_json() { return g_audit && g_json; }
+
+std::string audit_timestamp() { return iso_now(); }
+
+void audit_lines(const std::string& lines) {
+  if (!lines.empty() && g_audit) g_audit->info("{}", lines);
+}
+
 void audit(const nlohmann::json& fields) {
   if (!g_audit) {  // logging not initialised (unit tests): fall back to the default logger
     event(spdlog::level::info, "audit", fields);

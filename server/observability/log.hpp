@@ -17,6 +17,11 @@ void event(spdlog::level::level_enum level, std::string_view name, const nlohman
 void audit(const nlohmann::json& fields);
 // Several records in one write (JSON format), for the audit writer's batches.
 void audit_batch(const std::vector<nlohmann::json>& records);
+// Whether audit lines are JSON (then a writer may format them itself, with audit_timestamp(),
+// and hand them to audit_lines: one or more lines, newline-separated, no trailing newline).
+bool audit_json();
+std::string audit_timestamp();
+void audit_lines(const std::string& lines);
 
 inline void info(std::string_view name, const nlohmann::json& fields = {}) { event(spdlog::level::info, name, fields); }
 inline void warn(std::string_view name, const nlohmann::json& fields = {}) { event(spdlog::level::warn, name, fields); }

@@ -94,6 +94,9 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
   if (!req.idempotency_key.empty()) facts["idempotency_key"] = req.idempotency_key;
   if (!req.task_id.empty()) facts["task_id"] = req.task_id;
   const std::chrono::seconds timeout = req.timeout.value_or(tool_timeout_);
+  // The ledger and the audit log share a writer (the server's): a settle or release need not be
+  // awaited before the audit record that follows it (Ledger::writer()).
+  const bool one_writer = ledger_.writer() != nullptr && ledger_.writer() == audit_.writer();
 
   // Every path ends here: one audit record, durable before the caller gets an answer.
   auto finish = [&](std::string outcome, const Error* err) -> asio::awaitable<void> {
@@ -297,7 +300,15 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
     // gets none (no copy of a long answer).
     json replayable;
     if (!req.idempotency_key.empty()) replayable = r;
-    audit.cost = co_await ledger_.settle(hold, std::move(result->usage), std::move(replayable));
+    if (one_writer) {
+      // Not awaited: the audit record below is queued after it on the same writer, written
+      // after it and durable with it, and reads what it posted.
+      auto posted = std::make_shared<MicroCredits>(0);
+      ledger_.settle_queued(hold, std::move(result->usage), std::move(replayable), posted);
+      audit.cost_posted = std::move(posted);
+    } else {
+      audit.cost = co_await ledger_.settle(hold, std::move(result->usage), std::move(replayable));
+    }
     out.result = std::move(r);
     if (result->error) {
       co_await finish("tool_error", &*result->error);
@@ -313,6 +324,8 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
     facts["incurred"] = true;
     Error e = outcome == "cancelled" ? Error{ErrorCode::kCancelled, "cancelled by the caller", {}, {}} : failure;
     audit.cost = co_await ledger_.settle(hold, std::move(ctx.incurred), error_result(e));
+  } else if (one_writer) {
+    ledger_.release_queued(hold);
   } else {
     co_await ledger_.release(hold);
   }

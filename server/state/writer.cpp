@@ -1,0 +1,207 @@
+#include "server/state/writer.hpp"
+
+#include <sqlite3.h>
+
+#include <algorithm>
+
+#include "server/observability/log.hpp"
+
+namespace scigate::state {
+
+Writer::Writer(const std::filesystem::path& db_path, Options options) : db_(db_path), options_(options) {
+  if (options_.checkpointer) options_.checkpointer->watch(db_.handle());
+  if (options_.sync) syncer_ = std::make_unique<WalSyncer>(db_path);
+  thread_ = std::thread([this] { run(); });
+}
+
+Writer::~Writer() {
+  {
+    std::lock_guard g(mutex_);
+    stop_ = true;
+  }
+  cv_.notify_one();
+  thread_.join();
+  syncer_.reset();  // a last sync, then the answers still waiting for one
+}
+
+void Writer::add(Participant* p) {
+  {
+    std::lock_guard g(mutex_);
+    participants_.push_back(p);
+    fresh_.push_back(p);
+  }
+  cv_.notify_one();
+}
+
+void Writer::remove(Participant* p) {
+  std::unique_lock l(mutex_);
+  participants_.erase(std::remove(participants_.begin(), participants_.end(), p), participants_.end());
+  fresh_.erase(std::remove(fresh_.begin(), fresh_.end(), p), fresh_.end());
+  if (std::this_thread::get_id() == thread_.get_id()) return;
+  idle_cv_.wait(l, [&] { return !busy_; });
+}
+
+void Writer::enqueue(std::shared_ptr<Item> item) {
+  bool wake;
+  {
+    std::lock_guard g(mutex_);
+    ++outstanding_;
+    // The writer only sleeps on an empty queue, so only the first item of a batch wakes it:
+    // under load it drains big batches instead of being woken once per call.
+    wake = queue_.empty();
+    queue_.push_back(std::move(item));
+  }
+  if (wake) cv_.notify_one();
+}
+
+void Writer::flush() {
+  std::unique_lock l(mutex_);
+  idle_cv_.wait(l, [&] { return outstanding_ == 0; });
+}
+
+void Writer::pause() {
+  std::lock_guard g(mutex_);
+  paused_ = true;
+}
+
+void Writer::resume() {
+  {
+    std::lock_guard g(mutex_);
+    paused_ = false;
+  }
+  cv_.notify_one();
+}
+
+Writer::Stats Writer::stats() const {
+  return Stats{items_.load(), transactions_.load(), retried_.load(), failed_.load(), db_.busy_waits(),
+               syncer_ ? syncer_->syncs() : 0};
+}
+
+void Writer::run() {
+  using steady = std::chrono::steady_clock;
+  // When each participant's tick is next due (writer thread only; entries of removed
+  // participants are skipped).
+  std::vector<std::pair<Participant*, TimePoint>> ticks;
+  std::vector<std::shared_ptr<Item>> batch;
+  std::unique_lock l(mutex_);
+  for (;;) {
+    // Periodic work first, outside any transaction and without the queue's lock.
+    for (Participant* p : fresh_) ticks.emplace_back(p, TimePoint::min());
+    fresh_.clear();
+    ticks.erase(std::remove_if(ticks.begin(), ticks.end(),
+                               [&](const auto& t) {
+                                 return std::find(participants_.begin(), participants_.end(), t.first) ==
+                                        participants_.end();
+                               }),
+                ticks.end());
+    auto now = steady::now();
+    if (std::any_of(ticks.begin(), ticks.end(), [&](const auto& t) { return t.second <= now; })) {
+      busy_ = true;
+      l.unlock();
+      for (auto& t : ticks)
+        if (t.second <= now) t.second = t.first->tick(now);
+      l.lock();
+      busy_ = false;
+      idle_cv_.notify_all();
+      continue;  // a participant removed meanwhile is dropped above before anything else runs
+    }
+    TimePoint wake = TimePoint::max();
+    for (const auto& t : ticks) wake = std::min(wake, t.second);
+    auto ready = [&] { return stop_ || !fresh_.empty() || (!paused_ && !queue_.empty()); };
+    if (wake == TimePoint::max()) cv_.wait(l, ready);
+    else cv_.wait_until(l, wake, ready);
+    if (stop_ && queue_.empty()) return;
+    if ((paused_ && !stop_) || queue_.empty()) continue;
+    while (!queue_.empty() && batch.size() < options_.max_batch) {
+      batch.push_back(std::move(queue_.front()));
+      queue_.pop_front();
+    }
+    busy_ = true;
+    l.unlock();
+    process(batch, 0, batch.size());
+    items_ += batch.size();
+    answer_all(batch);
+    std::vector<Participant*> owners;
+    for (const auto& item : batch)
+      if (std::find(owners.begin(), owners.end(), item->owner_) == owners.end()) owners.push_back(item->owner_);
+    for (Participant* p : owners) p->after_batch();
+    batch.clear();
+    l.lock();
+    busy_ = false;
+    idle_cv_.notify_all();
+  }
+}
+
+void Writer::process(std::vector<std::shared_ptr<Item>>& batch, std::size_t begin, std::size_t end) {
+  std::vector<Item*> early;  // answered before this attempt's COMMIT
+  try {
+    auto lock = db_.lock();
+    db_.exec("BEGIN IMMEDIATE");
+    std::vector<Participant*> begun;
+    try {
+      for (std::size_t i = begin; i < end; ++i) {
+        Item& item = *batch[i];
+        if (item.answered_) continue;  // answered early in a batch whose COMMIT then failed
+        if (std::find(begun.begin(), begun.end(), item.owner_) == begun.end()) {
+          begun.push_back(item.owner_);
+          item.owner_->begin();
+        }
+        item.apply();
+      }
+      for (Participant* p : begun) p->before_commit();
+      for (std::size_t i = begin; i < end; ++i) {
+        Item& item = *batch[i];
+        if (!item.answered_ && item.answer_before_commit()) {
+          early.push_back(&item);
+          answer(item);
+        }
+      }
+      db_.exec("COMMIT");
+    } catch (...) {
+      sqlite3_exec(db_.handle(), "ROLLBACK", nullptr, nullptr, nullptr);  // (a failed COMMIT may have ended it)
+      for (Participant* p : begun) p->rolled_back();
+      throw;
+    }
+    for (Participant* p : begun) p->committed();
+    ++transactions_;
+  } catch (const std::exception& e) {
+    std::string what = e.what();
+    for (Item* item : early) item->lost(what);
+    if (end - begin == 1) {
+      Item& item = *batch[begin];
+      if (!item.answered_) {
+        item.failed(what);
+        ++failed_;
+      }
+      return;
+    }
+    // Do not lose the others: one transaction each, so only the bad one fails.
+    ++retried_;
+    log::warn("db_batch_retried", {{"items", end - begin}, {"detail", what}});
+    for (std::size_t i = begin; i < end; ++i)
+      if (!batch[i]->answered_) process(batch, i, i + 1);
+  }
+}
+
+void Writer::answer(Item& item) {
+  item.answered_ = true;
+  item.answer();
+  std::lock_guard g(mutex_);
+  if (--outstanding_ == 0) idle_cv_.notify_all();
+}
+
+void Writer::answer_all(std::vector<std::shared_ptr<Item>>& batch) {
+  std::vector<std::shared_ptr<Item>> after_sync;
+  for (auto& item : batch) {
+    if (item->answered_) continue;
+    if (syncer_ && item->needs_sync()) after_sync.push_back(item);
+    else answer(*item);
+  }
+  if (after_sync.empty()) return;
+  syncer_->after_commit([this, items = std::move(after_sync)](bool ok) {
+    if (!ok) log::error("db_fsync_failed", {{"items", items.size()}});
+    for (const auto& item : items) answer(*item);
+  });
+}
+
+}  // namespace scigate::state

@@ -1,0 +1,150 @@
+#pragma once
+// One thread and one SQLite connection for a database's governance writes — the credit ledger's
+// and the audit log's (DESIGN.md: "SQLite writes go through one writer").
+//
+// Queued items run in arrival order, many per BEGIN IMMEDIATE … COMMIT (group commit). A call's
+// settle and its audit record, queued one after the other, therefore share a transaction and a
+// hand-off, and the record sees what the settle posted; the two never wait for each other's
+// write lock or invalidate each other's page cache, as two connections on one file do.
+//
+// Participants are the components whose in-memory state lives in these transactions (the
+// credit store's mirror, the audit chain's head). The writer tells a participant where a
+// transaction begins, commits or rolls back — only for transactions in which one of its items
+// ran — and gives it a tick for periodic work (a sweep, a checkpoint).
+//
+// Failure: a batch that throws (in an item, or at COMMIT) is rolled back and each of its items
+// runs again in a transaction of its own, so one bad item fails alone (Item::failed) and the
+// others commit.
+//
+// Answers: an item is answered (Item::answer, exactly once) after the COMMIT that made it
+// durable against a crash of the process; with `sync` and needs_sync(), only after the WAL
+// fsync that covers that COMMIT (power loss; the fsync runs outside the write lock, WalSyncer);
+// with answer_before_commit(), as soon as every item of its batch has run (a credit hold is
+// decided under the write lock and needs no durability). An item answered before a COMMIT that
+// then failed is told so (Item::lost) and not run again.
+//
+// Thread-safety: enqueue(), flush(), pause(), resume(), add(), remove() and stats() from any
+// thread. Participant callbacks and Item::apply/failed/lost run on the writer thread with the
+// connection's lock held (tick and after_batch without it); Item::answer runs on the writer
+// thread or, for synced items, on the syncer's.
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "server/state/database.hpp"
+#include "server/state/wal_checkpointer.hpp"
+#include "server/state/wal_syncer.hpp"
+
+namespace scigate::state {
+
+class Writer {
+ public:
+  using TimePoint = std::chrono::steady_clock::time_point;
+
+  class Participant {
+   public:
+    virtual ~Participant() = default;
+    // In a transaction, before the first of this participant's items in it.
+    virtual void begin() {}
+    // In the transaction, after its last item, before COMMIT. May throw (the batch fails).
+    virtual void before_commit() {}
+    virtual void committed() {}
+    virtual void rolled_back() noexcept {}
+    // Outside the transaction, after a batch with its items was committed and answered.
+    virtual void after_batch() {}
+    // Periodic work, outside any transaction: called when due (and once after add()); returns
+    // when it is next due (TimePoint::max(): not until after the next batch). May enqueue.
+    virtual TimePoint tick(TimePoint now) {
+      (void)now;
+      return TimePoint::max();
+    }
+  };
+
+  class Item {
+   public:
+    explicit Item(Participant* owner) : owner_(owner) {}
+    virtual ~Item() = default;
+    // In the transaction; throws to fail.
+    virtual void apply() = 0;
+    // Asked after apply().
+    virtual bool answer_before_commit() const { return false; }
+    virtual bool needs_sync() const { return false; }
+    // It threw alone in its own transaction; answer() follows.
+    virtual void failed(const std::string& what) = 0;
+    // It was answered before a COMMIT that failed: its changes are gone.
+    virtual void lost(const std::string& what) { (void)what; }
+    virtual void answer() = 0;
+
+   private:
+    friend class Writer;
+    Participant* owner_;
+    bool answered_ = false;  // writer thread (and the syncer's, for synced items, after the writer is done with it)
+  };
+
+  struct Options {
+    bool sync = false;  // a WalSyncer fsyncs the WAL before items that needs_sync() are answered
+    std::size_t max_batch = 1024;  // items per transaction at most
+    WalCheckpointer* checkpointer = nullptr;  // set: it checkpoints the WAL, not our commits
+  };
+
+  struct Stats {
+    uint64_t items = 0, transactions = 0, retried_batches = 0, failed_items = 0;
+    uint64_t busy_waits = 0;  // waits for the write lock (another connection: CLI, a second server)
+    uint64_t syncs = 0;       // WAL fsyncs, each covering every commit before it
+  };
+
+  Writer(const std::filesystem::path& db_path, Options options);
+  ~Writer();  // answers every queued item, then stops; participants must be removed first
+  Writer(const Writer&) = delete;
+  Writer& operator=(const Writer&) = delete;
+
+  // The connection. Others may use it under db().lock() for short reads.
+  Database& db() { return db_; }
+  bool syncs_answers() const { return syncer_ != nullptr; }
+
+  // A participant's callbacks run until remove() returns; remove() waits for a batch in
+  // progress and runs nothing of it afterwards (flush() first to answer its queued items).
+  void add(Participant* p);
+  void remove(Participant* p);
+
+  void enqueue(std::shared_ptr<Item> item);
+  // Blocks until every item enqueued so far has been answered (its caller resumed, or queued
+  // on its executor). The server calls it after its I/O threads have stopped and before their
+  // io_context is destroyed.
+  void flush();
+  // Tests: hold the writer so that items queue up (and commit together on resume()).
+  void pause();
+  void resume();
+  Stats stats() const;
+
+ private:
+  void run();
+  void process(std::vector<std::shared_ptr<Item>>& batch, std::size_t begin, std::size_t end);
+  void answer(Item& item);
+  void answer_all(std::vector<std::shared_ptr<Item>>& batch);
+
+  Database db_;
+  Options options_;
+  std::unique_ptr<WalSyncer> syncer_;  // outlives the writer thread
+
+  std::mutex mutex_;
+  std::condition_variable cv_;       // the writer waits for work
+  std::condition_variable idle_cv_;  // flush() and remove() wait
+  std::deque<std::shared_ptr<Item>> queue_;
+  std::vector<Participant*> participants_;
+  std::vector<Participant*> fresh_;  // added, not ticked yet
+  bool stop_ = false, paused_ = false, busy_ = false;
+  int64_t outstanding_ = 0;  // enqueued, not yet answered
+  std::atomic<uint64_t> items_{0}, transactions_{0}, retried_{0}, failed_{0};
+  std::thread thread_;
+};
+
+}  // namespace scigate::state

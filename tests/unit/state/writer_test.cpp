@@ -1,0 +1,223 @@
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <future>
+#include <algorithm>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "server/common/crypto.hpp"
+#include "server/state/database.hpp"
+#include "server/state/writer.hpp"
+
+using namespace scigate;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct TempDb {
+  fs::path path = fs::temp_directory_path() / ("scigate-writer-" + crypto::random_hex(6) + ".db");
+  TempDb() {
+    state::Database db(path);
+    // parent/child with a deferred foreign key: a child without its parent fails at COMMIT.
+    db.exec("CREATE TABLE t(x TEXT); CREATE TABLE parent(id INTEGER PRIMARY KEY);"
+            "CREATE TABLE child(p INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)");
+  }
+  ~TempDb() {
+    for (const char* suffix : {"", "-wal", "-shm"}) fs::remove(path.string() + suffix);
+  }
+  std::vector<std::string> rows() {
+    state::Database db(path);
+    state::Statement st(db.handle(), "SELECT x FROM t ORDER BY rowid");
+    std::vector<std::string> out;
+    while (st.step()) out.push_back(st.column_text(0));
+    return out;
+  }
+};
+
+// Records what the writer told it, in order.
+struct Recorder final : state::Writer::Participant {
+  explicit Recorder(std::string n) : name(std::move(n)) {}
+  std::string name;
+  std::mutex mutex;
+  std::vector<std::string> events;
+  void note(const std::string& e) {
+    std::lock_guard g(mutex);
+    events.push_back(name + ":" + e);
+  }
+  void begin() override { note("begin"); }
+  void before_commit() override { note("before_commit"); }
+  void committed() override { note("committed"); }
+  void rolled_back() noexcept override { note("rolled_back"); }
+  void after_batch() override { note("after_batch"); }
+  int count(const std::string& e) {
+    std::lock_guard g(mutex);
+    return static_cast<int>(std::count(events.begin(), events.end(), name + ":" + e));
+  }
+};
+
+// Inserts `value` into t (or a child without a parent: fails at COMMIT), or throws in apply.
+struct Row final : state::Writer::Item {
+  enum class Kind { kInsert, kThrow, kOrphan };
+  Row(state::Writer& w, Recorder& r, std::string v, Kind k = Kind::kInsert, bool early_answer = false,
+      bool sync = false)
+      : Item(&r), writer(w), recorder(r), value(std::move(v)), kind(k), early(early_answer), synced(sync) {}
+  state::Writer& writer;
+  Recorder& recorder;
+  std::string value;
+  Kind kind;
+  bool early, synced;
+  int applied = 0, answers = 0;
+  std::string failure, lost_because;
+  std::thread::id answered_on;
+  std::promise<void> done;
+
+  void apply() override {
+    ++applied;
+    recorder.note("apply " + value);
+    if (kind == Kind::kThrow) throw std::runtime_error("bad item " + value);
+    if (kind == Kind::kOrphan) {
+      writer.db().exec("INSERT INTO child(p) VALUES (42)");
+      return;
+    }
+    state::Statement st(writer.db().handle(), "INSERT INTO t(x) VALUES (?)");
+    st.bind(1, value);
+    st.step();
+  }
+  bool answer_before_commit() const override { return early; }
+  bool needs_sync() const override { return synced; }
+  void failed(const std::string& what) override { failure = what; }
+  void lost(const std::string& what) override { lost_because = what; }
+  void answer() override {
+    answered_on = std::this_thread::get_id();
+    if (++answers == 1) done.set_value();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("writer: two participants' items share one transaction, and each hears only of its own transactions") {
+  TempDb db;
+  state::Writer w(db.path, {});
+  Recorder ledger("ledger"), audit("audit");
+  w.add(&ledger);
+  w.add(&audit);
+  w.pause();  // queue them, so that they go in one batch
+  auto a1 = std::make_shared<Row>(w, ledger, "settle 1");
+  auto b1 = std::make_shared<Row>(w, audit, "record 1");
+  auto a2 = std::make_shared<Row>(w, ledger, "settle 2");
+  for (auto& item : {a1, b1, a2}) w.enqueue(item);
+  w.resume();
+  w.flush();
+  CHECK(w.stats().transactions == 1);
+  CHECK(db.rows() == std::vector<std::string>{"settle 1", "record 1", "settle 2"});  // arrival order
+  CHECK(ledger.events == std::vector<std::string>{"ledger:begin", "ledger:apply settle 1", "ledger:apply settle 2",
+                                                  "ledger:before_commit", "ledger:committed", "ledger:after_batch"});
+  CHECK(audit.events ==
+        std::vector<std::string>{"audit:begin", "audit:apply record 1", "audit:before_commit", "audit:committed",
+                                 "audit:after_batch"});
+  for (auto& item : {a1, b1, a2}) CHECK(item->answers == 1);
+
+  // A transaction with only audit items: the ledger hears nothing of it.
+  auto b2 = std::make_shared<Row>(w, audit, "record 2");
+  w.enqueue(b2);
+  w.flush();
+  CHECK(ledger.count("begin") == 1);
+  CHECK(audit.count("begin") == 2);
+  w.remove(&ledger);
+  w.remove(&audit);
+}
+
+TEST_CASE("writer: a bad item fails alone, the batch is rolled back and the others commit one by one") {
+  TempDb db;
+  state::Writer w(db.path, {});
+  Recorder p("p");
+  w.add(&p);
+  w.pause();
+  auto good1 = std::make_shared<Row>(w, p, "good 1");
+  auto bad = std::make_shared<Row>(w, p, "bad", Row::Kind::kThrow);
+  auto good2 = std::make_shared<Row>(w, p, "good 2");
+  for (auto& item : {good1, bad, good2}) w.enqueue(item);
+  w.resume();
+  w.flush();
+  CHECK(db.rows() == std::vector<std::string>{"good 1", "good 2"});
+  CHECK(bad->failure == "bad item bad");
+  CHECK(good1->failure.empty());
+  CHECK(good2->failure.empty());
+  for (auto& item : {good1, bad, good2}) CHECK(item->answers == 1);
+  CHECK(good1->applied == 2);  // in the failed batch, then alone
+  auto s = w.stats();
+  CHECK(s.retried_batches == 1);
+  CHECK(s.failed_items == 1);
+  CHECK(s.transactions == 2);  // good 1 and good 2, each alone
+  CHECK(p.count("rolled_back") == 2);  // the batch, then the bad item alone
+  w.remove(&p);
+}
+
+TEST_CASE("writer: an item answered before a COMMIT that fails is told it is lost and is not run again") {
+  TempDb db;
+  state::Writer w(db.path, {});
+  Recorder p("p");
+  w.add(&p);
+  w.pause();
+  auto hold = std::make_shared<Row>(w, p, "hold", Row::Kind::kInsert, /*early_answer=*/true);
+  auto orphan = std::make_shared<Row>(w, p, "orphan", Row::Kind::kOrphan);  // the COMMIT fails
+  auto settle = std::make_shared<Row>(w, p, "settle");
+  for (auto& item : {hold, orphan, settle}) w.enqueue(item);
+  w.resume();
+  w.flush();
+  CHECK(hold->answers == 1);
+  CHECK(hold->applied == 1);
+  CHECK(hold->lost_because.find("FOREIGN KEY") != std::string::npos);
+  CHECK(orphan->failure.find("FOREIGN KEY") != std::string::npos);
+  CHECK(orphan->lost_because.empty());
+  CHECK(settle->failure.empty());
+  CHECK(db.rows() == std::vector<std::string>{"settle"});  // the hold went with its batch
+  w.remove(&p);
+}
+
+TEST_CASE("writer: with sync, an item that needs it is answered after an fsync, the others at the commit") {
+  TempDb db;
+  state::Writer w(db.path, state::Writer::Options{true, 1024, nullptr});
+  Recorder p("p");
+  w.add(&p);
+  auto plain = std::make_shared<Row>(w, p, "plain");
+  auto durable = std::make_shared<Row>(w, p, "durable", Row::Kind::kInsert, false, /*sync=*/true);
+  w.enqueue(plain);
+  w.flush();
+  auto writer_thread = plain->answered_on;
+  CHECK(w.stats().syncs == 0);
+  w.enqueue(durable);
+  w.flush();
+  CHECK(durable->answers == 1);
+  CHECK(w.stats().syncs >= 1);
+  CHECK(durable->answered_on != writer_thread);  // on the syncer's thread, after its fsync
+  w.remove(&p);
+}
+
+TEST_CASE("writer: ticks run when due and stop once the participant is removed") {
+  TempDb db;
+  state::Writer w(db.path, {});
+  struct Ticker final : state::Writer::Participant {
+    std::atomic<int> ticks{0};
+    state::Writer::TimePoint tick(state::Writer::TimePoint now) override {
+      ++ticks;
+      return now + std::chrono::milliseconds(5);
+    }
+  } t;
+  w.add(&t);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (t.ticks < 4 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  CHECK(t.ticks >= 4);
+  w.remove(&t);
+  int after = t.ticks;
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK(t.ticks == after);
+}
