@@ -6,7 +6,7 @@
 // in the same process and run, at 1 and 16 concurrent callers. The difference is what
 // governance adds to a call. Then `audit verify` over everything written.
 //
-//   scigate_governance_bench SCIGATE_BINARY [--calls N] [--durability fsync|commit] [--out FILE.json]
+//   scigate_governance_bench SCIGATE_BINARY [--calls N] [--durability fsync|commit] [--callers N] [--out FILE.json]
 //
 // Both durability modes run by default, each in a fresh directory.
 //
@@ -119,18 +119,20 @@ Stats measure(ToolCallPipeline& pipeline, const std::function<Principal()>& auth
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::cerr << "usage: scigate_governance_bench SCIGATE_BINARY [--calls N] [--durability fsync|commit] [--out FILE]\n";
+    std::cerr << "usage: scigate_governance_bench SCIGATE_BINARY [--calls N] [--durability fsync|commit] [--callers N] [--out FILE]\n";
     return 2;
   }
   std::string bin = argv[1];
   int calls = 50000;
   std::string out_file;
   std::vector<std::string> modes = {"fsync", "commit"};
+  std::vector<int> callers = {1, 16};
   for (int i = 2; i + 1 < argc; i += 2) {
     std::string k = argv[i];
     if (k == "--calls") calls = std::atoi(argv[i + 1]);
     else if (k == "--durability") modes = {argv[i + 1]};
     else if (k == "--out") out_file = argv[i + 1];
+    else if (k == "--callers") callers = {std::atoi(argv[i + 1])};
   }
   // One App per [server] durability mode, in the same run: "fsync" answers a call once its
   // audit record (committed after its charge) is fsynced; "commit" once it is in the WAL.
@@ -208,7 +210,7 @@ int main(int argc, char** argv) {
 
     nlohmann::json report = nlohmann::json::object();
     std::printf("durability = \"%s\"\n", durability.c_str());
-    for (int c : {1, 16}) {
+    for (int c : callers) {
       // Warm up both, then interleave: bare, governed, bare, governed; keep the better of each.
       measure(bare, bare_auth, c, calls / 10);
       measure(app.pipeline(), governed_auth, c, calls / 10);
