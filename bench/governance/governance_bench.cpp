@@ -12,7 +12,11 @@
 //
 // It runs `scigate init` in a temp directory, writes a policy and rates, grants credits with
 // `scigate credits grant`, then builds the App from that config in-process.
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/async_result.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/thread_pool.hpp>
@@ -26,6 +30,7 @@
 #include <future>
 #include <iostream>
 #include <numeric>
+#include <optional>
 #include <sstream>
 #include <thread>
 #include <vector>
@@ -34,6 +39,8 @@
 #include "server/app.hpp"
 #include "server/auth/directory.hpp"
 #include "server/observability/log.hpp"
+#include "server/state/database.hpp"
+#include "server/state/writer.hpp"
 
 using namespace scigate;
 namespace asio = boost::asio;
@@ -70,10 +77,9 @@ std::string run(const std::string& cmd) {
   return out;
 }
 
-// `calls` echo calls from `concurrency` coroutines on a 2-thread io_context, each call
-// authenticated (when `authenticate` is set) and run through `pipeline`.
-Stats measure(ToolCallPipeline& pipeline, const std::function<Principal()>& authenticate, int concurrency,
-              int calls) {
+// `calls` calls of `one(i)` (true: answered ok) from `concurrency` coroutines on a 2-thread
+// io_context, each timed from start to answer.
+Stats measure_calls(int concurrency, int calls, const std::function<asio::awaitable<bool>(int)>& one) {
   asio::io_context io;
   std::vector<std::vector<double>> lat(concurrency);
   std::atomic<int64_t> ok{0}, refused{0};
@@ -83,17 +89,9 @@ Stats measure(ToolCallPipeline& pipeline, const std::function<Principal()>& auth
       int i = next.fetch_add(1);
       if (i >= calls) co_return;
       auto t0 = Clock::now();
-      ToolCallRequest req;
-      req.principal = authenticate();
-      req.tool = "echo";
-      req.arguments = nlohmann::json::object();
-      req.arguments["text"] = "call " + std::to_string(i);
-      req.request_id = "bench-" + std::to_string(i);
-      req.protocol_version = "2026-07-28";
-      req.era = "2026-07-28";
-      auto out = co_await pipeline.run(std::move(req));
+      bool good = co_await one(i);
       lat[w].push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
-      if (!out.protocol_error && out.result.value("isError", true) == false) ++ok;
+      if (good) ++ok;
       else ++refused;
     }
   };
@@ -113,6 +111,65 @@ Stats measure(ToolCallPipeline& pipeline, const std::function<Principal()>& auth
   s.ok = ok;
   s.refused = refused;
   return s;
+}
+
+// Echo calls, each authenticated (when `authenticate` is set) and run through `pipeline`.
+Stats measure(ToolCallPipeline& pipeline, const std::function<Principal()>& authenticate, int concurrency,
+              int calls) {
+  std::function<asio::awaitable<bool>(int)> one = [&](int i) -> asio::awaitable<bool> {
+    ToolCallRequest req;
+    req.principal = authenticate();
+    req.tool = "echo";
+    req.arguments = nlohmann::json::object();
+    req.arguments["text"] = "call " + std::to_string(i);
+    req.request_id = "bench-" + std::to_string(i);
+    req.protocol_version = "2026-07-28";
+    req.era = "2026-07-28";
+    auto out = co_await pipeline.run(std::move(req));
+    co_return !out.protocol_error && out.result.value("isError", true) == false;
+  };
+  return measure_calls(concurrency, calls, one);
+}
+
+// The floor under any governed call in this design (DESIGN.md: no I/O thread blocks on SQLite):
+// one hand-off to a state::Writer, a transaction that inserts one audit-sized row, its COMMIT
+// (and, when the writer syncs, the WAL fsync after it), and the answer posted back.
+struct FloorRow final : state::Writer::Item {
+  explicit FloorRow(state::Writer::Participant* owner) : Item(owner) {}
+  state::Writer* writer = nullptr;
+  bool sync = false;
+  asio::any_io_executor executor;
+  std::optional<asio::any_completion_handler<void()>> handler;
+  void apply() override {
+    thread_local std::string row(600, 'x');
+    state::Statement st(writer->db().handle(), "INSERT INTO floor(x) VALUES (?)");
+    st.bind(1, row);
+    st.step();
+  }
+  bool needs_sync() const override { return sync; }
+  void failed(const std::string& what) override { std::cerr << "floor item failed: " << what << "\n"; }
+  void answer() override {
+    auto ex = executor;
+    asio::post(ex, std::move(*handler));
+    handler.reset();
+  }
+};
+
+Stats measure_floor(state::Writer& writer, state::Writer::Participant& owner, bool sync, int concurrency, int calls) {
+  std::function<asio::awaitable<bool>(int)> one = [&](int) -> asio::awaitable<bool> {
+    co_await asio::async_initiate<decltype(asio::use_awaitable), void()>(
+        [&](auto handler) {
+          auto item = std::make_shared<FloorRow>(&owner);
+          item->writer = &writer;
+          item->sync = sync;
+          item->executor = asio::get_associated_executor(handler);
+          item->handler.emplace(std::move(handler));
+          writer.enqueue(item);
+        },
+        asio::use_awaitable);
+    co_return true;
+  };
+  return measure_calls(concurrency, calls, one);
 }
 
 }  // namespace
@@ -208,6 +265,16 @@ int main(int argc, char** argv) {
     ToolRegistry& registry = app.registry();
     ToolCallPipeline bare(registry, bare_policy, bare_ledger, bare_audit, bare_metrics, std::chrono::seconds(30));
 
+    // The floor's writer: its own file beside the App's, synced as the App's is.
+    bool sync = durability == "fsync";
+    {
+      state::Database floor_db(dir / "floor.db");
+      floor_db.exec("CREATE TABLE floor(x TEXT)");
+    }
+    state::Writer floor_writer(dir / "floor.db", state::Writer::Options{sync, 1024, nullptr});
+    state::Writer::Participant floor_owner;
+    floor_writer.add(&floor_owner);
+
     nlohmann::json report = nlohmann::json::object();
     std::printf("durability = \"%s\"\n", durability.c_str());
     for (int c : callers) {
@@ -218,22 +285,31 @@ int main(int argc, char** argv) {
       Stats g1 = measure(app.pipeline(), governed_auth, c, calls);
       Stats b2 = measure(bare, bare_auth, c, calls);
       Stats g2 = measure(app.pipeline(), governed_auth, c, calls);
+      measure_floor(floor_writer, floor_owner, sync, c, calls / 10);
+      Stats f1 = measure_floor(floor_writer, floor_owner, sync, c, calls);
+      Stats f2 = measure_floor(floor_writer, floor_owner, sync, c, calls);
       Stats b = b1.p50_us <= b2.p50_us ? b1 : b2;
       Stats g = g1.p50_us <= g2.p50_us ? g1 : g2;
+      Stats f = f1.p50_us <= f2.p50_us ? f1 : f2;
       auto j = [](const Stats& s) {
         return nlohmann::json{{"calls_per_s", s.calls_per_s}, {"p50_us", s.p50_us}, {"p99_us", s.p99_us},
                               {"mean_us", s.mean_us}, {"ok", s.ok}, {"refused", s.refused}};
       };
-      nlohmann::json cell{{"bare", j(b)}, {"governed", j(g)},
+      nlohmann::json cell{{"bare", j(b)}, {"governed", j(g)}, {"floor_one_writer_round_trip", j(f)},
                           {"added_p50_us", g.p50_us - b.p50_us}, {"added_p99_us", g.p99_us - b.p99_us},
-                          {"throughput_ratio", g.calls_per_s / b.calls_per_s}};
+                          {"throughput_ratio", g.calls_per_s / b.calls_per_s},
+                          {"added_p50_over_floor_p50", (g.p50_us - b.p50_us) / f.p50_us}};
       report["concurrency_" + std::to_string(c)] = cell;
       std::printf("%2d callers: bare p50 %.1f us p99 %.1f us %.0f/s | governed p50 %.1f us p99 %.1f us %.0f/s "
                   "(%lld ok, %lld refused) | added p50 %.1f us p99 %.1f us\n",
                   c, b.p50_us, b.p99_us, b.calls_per_s, g.p50_us, g.p99_us, g.calls_per_s,
                   static_cast<long long>(g.ok), static_cast<long long>(g.refused), g.p50_us - b.p50_us,
                   g.p99_us - b.p99_us);
+      std::printf("            floor (one writer round trip + commit) p50 %.1f us p99 %.1f us %.0f/s | added p50 / floor p50 = %.2f\n",
+                  f.p50_us, f.p99_us, f.calls_per_s, (g.p50_us - b.p50_us) / f.p50_us);
     }
+    floor_writer.flush();
+    floor_writer.remove(&floor_owner);
 
     // audit verify over everything the governed runs wrote.
     auto t0 = Clock::now();
