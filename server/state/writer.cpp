@@ -56,7 +56,8 @@ void Writer::enqueue(std::shared_ptr<Item> item) {
 
 void Writer::flush() {
   std::unique_lock l(mutex_);
-  idle_cv_.wait(l, [&] { return outstanding_ == 0; });
+  // And the batch done: its participants' after_batch (log mirror, checkpoint) has run too.
+  idle_cv_.wait(l, [&] { return outstanding_ == 0 && !busy_; });
 }
 
 void Writer::pause() {

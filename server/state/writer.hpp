@@ -117,8 +117,8 @@ class Writer {
 
   void enqueue(std::shared_ptr<Item> item);
   // Blocks until every item enqueued so far has been answered (its caller resumed, or queued
-  // on its executor). The server calls it after its I/O threads have stopped and before their
-  // io_context is destroyed.
+  // on its executor) and the writer is between batches (after_batch done). The server calls it
+  // after its I/O threads have stopped and before their io_context is destroyed.
   void flush();
   // Tests: hold the writer so that items queue up (and commit together on resume()).
   void pause();
