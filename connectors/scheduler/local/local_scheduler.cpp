@@ -16,8 +16,10 @@
 #include <unistd.h>
 
 #include <cctype>
+#include <chrono>
 #include <cerrno>
 #include <cstring>
+#include <thread>
 #include <fstream>
 #include <sstream>
 
@@ -820,6 +822,11 @@ bool LocalScheduler::try_start(Job& job, std::string* why) {
     ::_exit(127);
   }
   close_all();
+  // The child's first act is setsid(). Until then it does not lead a group of its own, and a
+  // scigate restarted in that instant would not recognise it as a job (process_alive) and lose
+  // it: wait for it, which takes microseconds (the restart test caught the race under ASan).
+  auto leader_by = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  while (::getpgid(pid) != pid && std::chrono::steady_clock::now() < leader_by) std::this_thread::yield();
   job.pid = pid;
   job.own_child = true;
   job.start = std::chrono::steady_clock::now();
