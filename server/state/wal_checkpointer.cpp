@@ -40,7 +40,11 @@ int WalCheckpointer::on_commit(void* p, sqlite3*, const char*, int frames) {
   // Runs inside the writer's COMMIT: an atomic store and, once per threshold, a wake-up.
   auto* self = static_cast<WalCheckpointer*>(p);
   self->frames_.store(frames, std::memory_order_relaxed);
-  if (frames >= self->threshold_ && !self->signalled_.exchange(true)) {
+  // Counted from the WAL's size at the last checkpoint (0 once the WAL has started over): a
+  // WAL that busy writers never let restart stays long, and every commit would ask again.
+  int mark = self->mark_.load(std::memory_order_relaxed);
+  if (frames < mark) self->mark_.store(mark = 0, std::memory_order_relaxed);
+  if (frames - mark >= self->threshold_ && !self->signalled_.exchange(true)) {
     { std::lock_guard g(self->mutex_); }
     self->cv_.notify_one();
   }
@@ -55,9 +59,9 @@ void WalCheckpointer::run() {
     l.unlock();
     bool done = checkpoint();
     signalled_.store(false);
-    // Commits during the checkpoint may already have passed the threshold again; a RESTART
+    // Commits during the checkpoint may already have added a threshold's worth; a RESTART
     // that found the writers busy is tried again after a breath.
-    if (!done || frames_.load(std::memory_order_relaxed) >= threshold_ * 2) {
+    if (!done || frames_.load(std::memory_order_relaxed) - mark_.load(std::memory_order_relaxed) >= threshold_) {
       std::this_thread::sleep_for(std::chrono::milliseconds(done ? 0 : 2));
       signalled_.store(true);
     }
@@ -82,6 +86,7 @@ bool WalCheckpointer::checkpoint() {
   }
   if (rc == SQLITE_OK) {
     ++checkpoints_;
+    mark_.store(frames, std::memory_order_relaxed);  // (after a RESTART: the next commit starts over)
     return true;
   }
   if (rc == SQLITE_BUSY || rc == SQLITE_LOCKED) return false;

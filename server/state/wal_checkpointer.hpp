@@ -9,7 +9,8 @@
 //
 // A connection given to watch() no longer checkpoints on commit; its commits report the WAL's
 // size to this object (sqlite3_wal_hook, the mechanism SQLite's own autocheckpoint uses), and
-// once the WAL holds `threshold_frames` this object's thread runs a PASSIVE checkpoint on a
+// once the WAL has grown by `threshold_frames` since the last checkpoint (or since it started
+// over) this object's thread runs a PASSIVE checkpoint on a
 // connection of its own. PASSIVE copies what no reader still needs without taking the write
 // lock, so writers keep committing meanwhile; the WAL restarts from its beginning at the next
 // commit after a complete checkpoint. Writers that never pause leave no such moment, so past
@@ -55,6 +56,7 @@ class WalCheckpointer {
   std::condition_variable cv_;
   bool stop_ = false;
   std::atomic<int> frames_{0};        // the WAL's size at the latest watched commit
+  std::atomic<int> mark_{0};          // its size at the last checkpoint (0: it started over since)
   std::atomic<bool> signalled_{false};  // a checkpoint was asked for and has not run yet
   std::atomic<uint64_t> checkpoints_{0}, restarts_{0};
   std::thread thread_;
