@@ -5,9 +5,15 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <charconv>
+#include <cstring>
 #include <future>
 #include <set>
+#include <thread>
 #include <unordered_set>
 
 #include "server/observability/log.hpp"
@@ -17,8 +23,11 @@ namespace asio = boost::asio;
 using nlohmann::json;
 
 struct SqliteLedger::Op final : state::Writer::Item {
-  enum class Kind { kInit, kReserve, kSettle, kRelease, kSweep, kRecover, kUsage } kind;
-  Op(SqliteLedger* l, Kind k) : Item(l), ledger(l), kind(k) {}
+  // kClaim: take in-memory hold ids, own the ledger alone from the COMMIT on. kSignal: a
+  // transaction that moves the epoch (asks an owner to share). kYield: a transaction in which
+  // an owner that saw the epoch move writes its in-memory holds out (begin()).
+  enum class Kind { kInit, kReserve, kSettle, kRelease, kSweep, kRecover, kUsage, kClaim, kSignal, kYield } kind;
+  Op(SqliteLedger* l, Kind k) : Item(l), kind(k), ledger(l) {}
 
   SqliteLedger* ledger;
   credits::HoldSpec spec;   // reserve
@@ -66,6 +75,7 @@ struct SqliteLedger::Op final : state::Writer::Item {
   void failed(const std::string& what) override {
     failure = what;
     if (posted_out) *posted_out = 0;  // (an attempt in a batch that failed may have set it)
+    if (kind == Kind::kClaim) ledger->claim_failed(what);
   }
   void lost(const std::string& what) override {
     if (kind == Kind::kReserve && reserved.hold_id != 0)
@@ -198,6 +208,105 @@ SqliteLedger::SqliteLedger(std::unique_ptr<state::Writer> own, state::Writer* wr
 SqliteLedger::~SqliteLedger() {
   writer_->flush();
   writer_->remove(this);
+  if (lock_fd_ >= 0) ::close(lock_fd_);  // the lock goes with it; in-memory holds die with us
+}
+
+namespace {
+// In-memory hold ids taken per claim: ample for one owner's time alone (2^40 calls), and the
+// int64 range below zero lasts 2^23 claims. An owner that runs out writes rows again.
+constexpr int64_t kHoldIdBlock = int64_t(1) << 40;
+}  // namespace
+
+bool SqliteLedger::try_lock(short type) {
+  // Open-file-description locks: per open(), so two ledgers in one process exclude each other
+  // like two processes; and a conversion either happens whole or not at all (flock(2) drops
+  // the old lock first), so an owner that fails to go exclusive stays shared.
+  struct flock fl {};
+  fl.l_type = type;
+  fl.l_whence = SEEK_SET;
+  return ::fcntl(lock_fd_, F_OFD_SETLK, &fl) == 0;
+}
+
+void SqliteLedger::claim(const std::filesystem::path& db_path, std::chrono::milliseconds wait) {
+  using steady = std::chrono::steady_clock;
+  if (lock_fd_ >= 0) return;
+  auto path = db_path;
+  path += "-ledger.lock";
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) throw std::runtime_error("credit ledger: cannot open " + path.string() + ": " + std::strerror(errno));
+  lock_fd_ = fd;
+  if (try_lock(F_WRLCK)) {
+    {
+      std::lock_guard g(mirror_);
+      lock_ = Lock::kClaiming;
+    }
+    auto op = std::make_shared<Op>(this, Op::Kind::kClaim);
+    run_blocking(op);
+    if (op->failure) throw std::runtime_error("credit ledger: claiming " + path.string() + ": " + *op->failure);
+    log::info("credit_ledger_owned", {{"lock", path.string()}, {"holds", "memory"}});
+    writer_->tick_now(this);  // look out for servers that want to share, from now on
+    return;
+  }
+  if (errno != EAGAIN && errno != EACCES) {
+    // No locks on this file system: nobody can own the ledger alone, every hold is a row.
+    log::warn("credit_ledger_lock_unavailable", {{"lock", path.string()}, {"detail", std::strerror(errno)}});
+    ::close(lock_fd_);
+    lock_fd_ = -1;
+    return;
+  }
+  // Another server owns it: move the epoch so that it writes its holds out and shares, and
+  // take the lock shared once it has. Asked again every 250 ms (it may have been idle).
+  auto deadline = steady::now() + wait;
+  for (;;) {
+    run_blocking(std::make_shared<Op>(this, Op::Kind::kSignal));
+    auto until = std::min(deadline, steady::now() + std::chrono::milliseconds(250));
+    while (steady::now() < until) {
+      if (try_lock(F_RDLCK)) {
+        std::lock_guard g(mirror_);
+        lock_ = Lock::kShared;
+        shared_since_ = steady::now();
+        log::info("credit_ledger_shared", {{"lock", path.string()}, {"holds", "rows"}});
+        writer_->tick_now(this);  // try to own it alone once the other server is gone
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    if (steady::now() >= deadline)
+      throw std::runtime_error("credit ledger: another scigate server holds " + path.string() +
+                               " and did not share the ledger within " + std::to_string(wait.count()) +
+                               " ms; is it stopped (SIGSTOP, a debugger)?");
+  }
+}
+
+bool SqliteLedger::owns_alone() const {
+  std::lock_guard g(mirror_);
+  return alone_;
+}
+
+void SqliteLedger::claim_failed(const std::string& what) {
+  std::lock_guard g(mirror_);
+  if (lock_ != Lock::kClaiming) return;
+  try_lock(F_RDLCK);  // (a downgrade cannot conflict)
+  lock_ = Lock::kShared;
+  shared_since_ = std::chrono::steady_clock::now();
+  writer_->tick_now(this);
+  log::error("credit_ledger_claim_failed", {{"detail", what}});
+}
+
+std::optional<ReserveResult> SqliteLedger::hold_in_memory(const HoldRequest& req, const credits::HoldSpec& spec) {
+  std::lock_guard g(mirror_);
+  if (!alone_ || stale_ || next_hold_id_ <= hold_id_end_ || !store_.can_hold_in_memory(spec)) return std::nullopt;
+  auto o = store_.hold_in_memory(spec, next_hold_id_);
+  // A refusal is left to the writer: it first reloads what changed elsewhere (a grant made a
+  // moment ago with `scigate credits grant`, which the mirror sees only at its next poll).
+  if (o.kind != credits::ReserveOutcome::Kind::kHeld) return std::nullopt;
+  --next_hold_id_;
+  ++memory_holds_;
+  ReserveResult r;
+  r.hold.project = req.project;
+  r.hold.id = std::to_string(o.hold_id);
+  r.hold.amount = o.held;
+  return r;
 }
 
 void SqliteLedger::note_unpriced(const Usage& usage) const {
@@ -252,6 +361,7 @@ asio::awaitable<ReserveResult> SqliteLedger::reserve(HoldRequest req) {
   op->spec.args_hash = req.arguments_hash;
   op->spec.owner = req.owner;
   op->spec.key_ttl_ms = std::chrono::duration_cast<std::chrono::milliseconds>(options_.idempotency_ttl).count();
+  if (auto in_memory = hold_in_memory(req, op->spec)) co_return std::move(*in_memory);
   co_await submit(op);
 
   using Kind = credits::ReserveOutcome::Kind;
@@ -359,25 +469,59 @@ credits::SweepCounts SqliteLedger::sweep_now() {
 SqliteLedger::Stats SqliteLedger::stats() const {
   state::Writer::Stats w = writer_->stats();
   return Stats{operations_.load(), w.transactions, w.retried_batches, w.failed_items, reloads_.load(),
-               w.busy_waits, w.syncs};
+               w.busy_waits, w.syncs, memory_holds_.load(), yields_.load()};
 }
 
 void SqliteLedger::begin() {
-  if (needs_reload_ || store_.changed_elsewhere()) {
+  std::lock_guard g(mirror_);
+  bool moved = store_.changed_elsewhere();
+  if (moved && alone_) {
+    // Another connection wrote: `scigate credits grant`, or a server that wants to share the
+    // ledger (claim()). Either way our in-memory holds become rows, from this transaction on.
+    alone_ = false;
+    ++yields_;
+    log::info("credit_ledger_yield", {{"memory_holds", store_.has_memory_holds()}});
+  }
+  if (needs_reload_ || moved) {
     store_.load();  // the first transaction, a grant from the CLI, or state left behind by a rollback
     if (loaded_) ++reloads_;
     loaded_ = true;
     needs_reload_ = false;
+    stale_ = false;
   }
+  if (!alone_ && store_.has_memory_holds()) store_.persist_memory_holds();
 }
 
 void SqliteLedger::before_commit() {
+  std::lock_guard g(mirror_);
   store_.flush();
-  store_.bump_epoch();
+  // Alone, nobody else keeps a mirror of these rows (the CLI reads them afresh).
+  if (!alone_) store_.bump_epoch();
+}
+
+void SqliteLedger::committed() {
+  std::lock_guard g(mirror_);
+  store_.committed();
+  if (claim_applied_) {
+    claim_applied_ = false;
+    lock_ = Lock::kExclusive;
+    alone_ = true;
+    writer_->tick_now(this);
+  } else if (lock_ == Lock::kExclusive && !alone_ && !store_.has_memory_holds()) {
+    // Every hold is a row now and the rows are committed: let the other server in.
+    try_lock(F_RDLCK);  // (a downgrade cannot conflict)
+    lock_ = Lock::kShared;
+    shared_since_ = std::chrono::steady_clock::now();
+    writer_->tick_now(this);
+  }
 }
 
 void SqliteLedger::rolled_back() noexcept {
+  std::lock_guard g(mirror_);
+  store_.rolled_back();
   needs_reload_ = true;  // the mirror holds changes the database has just dropped
+  stale_ = true;         // and decides no hold in memory until it is reloaded
+  claim_applied_ = false;  // (the kClaim is retried alone, or fails: claim_failed())
 }
 
 state::Writer::TimePoint SqliteLedger::tick(state::Writer::TimePoint now) {
@@ -385,11 +529,38 @@ state::Writer::TimePoint SqliteLedger::tick(state::Writer::TimePoint now) {
     next_sweep_ = now + options_.sweep_interval;
     writer_->enqueue(std::make_shared<Op>(this, Op::Kind::kSweep));  // answered to nobody
   }
-  return next_sweep_;
+  // The connection's lock before the mirror's, as in a transaction.
+  auto db = writer_->db().lock();
+  std::lock_guard g(mirror_);
+  switch (lock_) {
+    case Lock::kExclusive:
+      if (alone_ && store_.changed_elsewhere())
+        writer_->enqueue(std::make_shared<Op>(this, Op::Kind::kYield));  // its begin() yields
+      return std::min(next_sweep_, now + options_.contender_poll);
+    case Lock::kShared:
+      if (now - shared_since_ >= options_.reclaim_after && try_lock(F_WRLCK)) {
+        lock_ = Lock::kClaiming;  // the other server is gone
+        writer_->enqueue(std::make_shared<Op>(this, Op::Kind::kClaim));
+      }
+      return std::min(next_sweep_, now + std::max(options_.contender_poll, options_.reclaim_after / 4));
+    default:
+      return next_sweep_;
+  }
 }
 
 void SqliteLedger::apply(Op& op) {
+  std::lock_guard g(mirror_);
   switch (op.kind) {
+    case Op::Kind::kClaim:
+      if (lock_ != Lock::kClaiming) break;
+      store_.load();  // current, under the write lock, before deciding anything in memory
+      next_hold_id_ = store_.take_hold_ids(kHoldIdBlock);
+      hold_id_end_ = next_hold_id_ - kHoldIdBlock;
+      claim_applied_ = true;
+      break;  // alone from the COMMIT on (committed())
+    case Op::Kind::kSignal:
+    case Op::Kind::kYield:
+      break;
     case Op::Kind::kInit:
       store_.ensure_accounts();
       op.rates_added = store_.sync_rates(options_.rates);

@@ -16,6 +16,16 @@
 // Free calls stay off the writer: a hold whose worst case prices to zero and carries no
 // idempotency key returns at once, and its settle and release do nothing.
 //
+// Holds in memory (claim(), docs/CREDITS.md): a server that owns the database alone decides a
+// plain hold in its caller's thread, against the mirror under a mutex shared with the writer,
+// and writes nothing for it; the call's settle then writes its charge in the same transaction
+// as its audit record — one transaction per call, and no hand-off before the tool runs. The
+// owner holds an exclusive open-file-description lock on "<database>-ledger.lock"; another
+// server's claim() takes it shared, which it gets once the owner, asked through the epoch, has
+// written its in-memory holds out as rows and gone back to one row per hold. An owner alone
+// again (the other server gone) takes the lock back. A ledger that never claims writes a row for
+// every hold, so it must not spend beside a claimed one (the CLI never spends).
+//
 // Thread-safety: every method may be called from any thread. reserve/settle/release/usage are
 // not cancellable: once submitted, an operation completes (the pipeline relies on this to
 // release what it held).
@@ -24,12 +34,9 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
-#include <deque>
 #include <filesystem>
 #include <memory>
 #include <mutex>
-#include <thread>
 
 #include "policies/credit_store.hpp"
 #include "policies/credits.hpp"
@@ -51,6 +58,10 @@ struct CreditLedgerOptions {
   bool durable = true;                           // charges survive power loss (fsync before the answer)
   // With a writer of its own (the first constructor): set, it checkpoints the WAL, not our commits.
   state::WalCheckpointer* checkpointer = nullptr;
+  // Holds in memory (claim()): how long an owner that shared the database waits before it
+  // tries to own it alone again, and how often an owner looks for a server that wants to share.
+  std::chrono::milliseconds reclaim_after{1000};
+  std::chrono::milliseconds contender_poll{50};
 };
 
 class SqliteLedger final : public Ledger, private state::Writer::Participant {
@@ -75,6 +86,12 @@ class SqliteLedger final : public Ledger, private state::Writer::Participant {
   // live server on the same database are left alone. Returns how many were voided. Not in the
   // constructor, so that CLI commands that build the App (scigate key ...) do no recovery.
   int recover_after_restart();
+  // For a server about to serve: joins the owners of this database's ledger (holds in memory
+  // while it is the only one; see the top of this file). `db_path` names the lock beside it.
+  // Waits up to `wait` for an owner to share; throws if it does not (a stopped process).
+  void claim(const std::filesystem::path& db_path, std::chrono::milliseconds wait = std::chrono::seconds(30));
+  // Whether holds are decided in memory now (tests, stats).
+  bool owns_alone() const;
   // Runs a sweep now and waits for it (tests and operators; the writer also sweeps every
   // sweep_interval).
   credits::SweepCounts sweep_now();
@@ -88,6 +105,8 @@ class SqliteLedger final : public Ledger, private state::Writer::Participant {
     uint64_t operations = 0, transactions = 0, retried_batches = 0, failed_operations = 0, reloads = 0;
     uint64_t busy_waits = 0;  // waits for the write lock (held by another connection: the CLI)
     uint64_t syncs = 0;       // WAL fsyncs, each covering every charge committed before it
+    uint64_t memory_holds = 0;  // holds decided in memory (no writer round trip, no row)
+    uint64_t yields = 0;        // times this owner wrote its holds out for another server
   };
   // Operations and reloads are this ledger's; the rest its writer's (shared: the audit's too).
   Stats stats() const;
@@ -104,10 +123,14 @@ class SqliteLedger final : public Ledger, private state::Writer::Participant {
   std::shared_ptr<Op> settle_op(const Hold& hold, const Usage& actual, nlohmann::json result);
   void apply(Op& op);
   void note_unpriced(const Usage& usage) const;
+  std::optional<ReserveResult> hold_in_memory(const HoldRequest& req, const credits::HoldSpec& spec);
+  bool try_lock(short type);
+  void claim_failed(const std::string& what);
 
   // state::Writer::Participant, on the writer thread.
   void begin() override;
   void before_commit() override;
+  void committed() override;
   void rolled_back() noexcept override;
   state::Writer::TimePoint tick(state::Writer::TimePoint now) override;
 
@@ -115,11 +138,24 @@ class SqliteLedger final : public Ledger, private state::Writer::Participant {
   credits::RateTable rates_;
   std::unique_ptr<state::Writer> own_writer_;  // the first constructor's
   state::Writer* writer_;
-  credits::CreditStore store_;  // writer thread only
-  bool needs_reload_ = true;    // writer thread: load the mirror at the next transaction
-  bool loaded_ = false;         // writer thread: loaded once (later loads are reloads)
+  // The mirror: the writer thread's, and callers' for in-memory holds, under mirror_.
+  mutable std::mutex mirror_;
+  credits::CreditStore store_;
+  bool needs_reload_ = true;    // load the mirror at the next transaction
+  bool loaded_ = false;         // loaded once (later loads are reloads)
+  // Holds in memory, under mirror_.
+  // What this ledger holds of the lock file (claim()). kClaiming: exclusive, its kClaim op not
+  // yet committed. kExclusive with alone_ false: yielding (holds being written out).
+  enum class Lock { kNone, kShared, kClaiming, kExclusive };
+  Lock lock_ = Lock::kNone;
+  bool alone_ = false;          // holds in memory now: exclusive lock, mirror current
+  bool stale_ = false;
+  bool claim_applied_ = false;  // a kClaim ran in the open transaction          // a rollback left the mirror ahead of the database until reload
+  int64_t next_hold_id_ = 0, hold_id_end_ = 0;  // in-memory ids: next_hold_id_ down to > hold_id_end_
+  int lock_fd_ = -1;
+  state::Writer::TimePoint shared_since_{};    // when the lock went shared
   state::Writer::TimePoint next_sweep_;        // writer thread
-  std::atomic<uint64_t> operations_{0}, reloads_{0};
+  std::atomic<uint64_t> operations_{0}, reloads_{0}, memory_holds_{0}, yields_{0};
 };
 
 }  // namespace scigate

@@ -40,9 +40,13 @@ int64_t system_now_ms() {
 struct CreditStore::Statements {
   explicit Statements(sqlite3* db)
       : insert_hold(db,
-                    "INSERT INTO credit_holds(account, project, user, tool, request_id, amount, sub_budget, "
+                    "INSERT INTO credit_holds(id, account, project, user, tool, request_id, amount, sub_budget, "
                     "created_ms, expires_ms, state, idempotency_key, args_hash, owner) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,'open',?,?,?)"),
+                    // An explicit id (an in-memory hold written out, negative), or the next
+                    // positive one: not SQLite's max(rowid) + 1, which after negative rows
+                    // alone would land among ids in-memory holds have already used.
+                    "VALUES (COALESCE(?, MAX(0, COALESCE((SELECT id FROM credit_holds ORDER BY id DESC LIMIT 1), 0)) + 1),"
+                    "?,?,?,?,?,?,?,?,?,'open',?,?,?)"),
         settle_hold(db,
                     "UPDATE credit_holds SET state = 'settled', posted = ?, closed_ms = ?, result = ? "
                     "WHERE id = ? AND state = 'open'"),
@@ -106,7 +110,7 @@ const AccountState* CreditStore::account(const std::string& account) const {
 
 void CreditStore::load() {
   accounts_.clear();
-  open_.clear();
+  std::erase_if(open_, [](const auto& e) { return !e.second.in_memory; });  // rows are reloaded below
   dirty_grants_.clear();
   dirty_accounts_.clear();
   dirty_users_.clear();
@@ -146,6 +150,12 @@ void CreditStore::load() {
       }
       open_.emplace(h.id, std::move(h));
     }
+  }
+  for (const auto& [id, h] : open_) {
+    if (!h.in_memory) continue;
+    auto& a = accounts_[h.account];
+    a.purse.held += h.amount;
+    if (h.sub_budget) a.users[h.user].held += h.amount;
   }
   st_->epoch.reset();
   epoch_ = st_->epoch.step() ? st_->epoch.column_int(0) : 0;
@@ -237,7 +247,21 @@ void CreditStore::lapse(const std::string& account, AccountState& a) {
   }
 }
 
-ReserveOutcome CreditStore::reserve(const HoldSpec& s) {
+ReserveOutcome CreditStore::reserve(const HoldSpec& s) { return hold(s, 0); }
+
+bool CreditStore::can_hold_in_memory(const HoldSpec& s) const {
+  if (!s.idempotency_key.empty() || !s.owner.empty()) return false;
+  auto it = accounts_.find(account_of(s.project));
+  if (it == accounts_.end()) return true;  // refused: no account, nothing to write
+  int64_t now = clock_();
+  if (it->second.purse.has_expired(now)) return false;
+  auto u = it->second.users.find(s.user);
+  return u == it->second.users.end() || !u->second.has_expired(now);
+}
+
+ReserveOutcome CreditStore::hold_in_memory(const HoldSpec& s, int64_t id) { return hold(s, id); }
+
+ReserveOutcome CreditStore::hold(const HoldSpec& s, int64_t memory_id) {
   ReserveOutcome out;
   out.account = account_of(s.project);
   int64_t now = clock_();
@@ -282,25 +306,78 @@ ReserveOutcome CreditStore::reserve(const HoldSpec& s) {
     }
     amount = std::min(amount, available);
     if (user_purse) amount = std::min(amount, user_purse->available());
+    if (memory_id != 0 && amount < s.amount) {
+      // Less than asked for: the caller asks the writer, which sees grants made elsewhere.
+      out.kind = ReserveOutcome::Kind::kInsufficient;
+      out.available = amount;
+      return out;
+    }
   }
   out.held = amount;
-  OpenHold h{0, out.account, s.project, s.user, s.tool, s.request_id, amount,
+  OpenHold h{memory_id, out.account, s.project, s.user, s.tool, s.request_id, amount,
              now, s.expires_ms, user_purse != nullptr, !s.idempotency_key.empty(),
-             s.owner.empty() ? instance_ : s.owner};
-  auto& st = st_->insert_hold;
-  st.reset();
-  st.bind(1, h.account).bind(2, h.project).bind(3, h.user).bind(4, h.tool).bind(5, h.request_id);
-  st.bind(6, h.amount).bind(7, int64_t(h.sub_budget ? 1 : 0)).bind(8, h.created_ms).bind(9, h.expires_ms);
-  if (h.keyed) st.bind(10, s.idempotency_key).bind(11, s.args_hash); else st.bind_null(10).bind_null(11);
-  st.bind(12, h.owner);
-  st.step();
-  // SQLite picks the id under the write lock: unique across processes sharing the file.
-  h.id = sqlite3_last_insert_rowid(db_);
+             s.owner.empty() ? instance_ : s.owner, memory_id != 0};
+  if (h.in_memory) {
+    ++memory_holds_;
+  } else {
+    insert_hold_row(h, s.idempotency_key, s.args_hash);
+    // SQLite picks the id under the write lock: unique across processes sharing the file.
+    h.id = sqlite3_last_insert_rowid(db_);
+  }
   if (a) a->purse.held += h.amount;
   if (user_purse) user_purse->held += h.amount;
   out.hold_id = h.id;
   open_.emplace(h.id, std::move(h));
   return out;
+}
+
+void CreditStore::insert_hold_row(const OpenHold& h, const std::string& key, const std::string& args_hash) {
+  auto& st = st_->insert_hold;
+  st.reset();
+  if (h.id != 0) st.bind(1, h.id); else st.bind_null(1);
+  st.bind(2, h.account).bind(3, h.project).bind(4, h.user).bind(5, h.tool).bind(6, h.request_id);
+  st.bind(7, h.amount).bind(8, int64_t(h.sub_budget ? 1 : 0)).bind(9, h.created_ms).bind(10, h.expires_ms);
+  if (h.keyed) st.bind(11, key).bind(12, args_hash); else st.bind_null(11).bind_null(12);
+  st.bind(13, h.owner);
+  st.step();
+}
+
+int CreditStore::persist_memory_holds() {
+  int n = 0;
+  for (auto& [id, h] : open_) {
+    if (!h.in_memory) continue;
+    insert_hold_row(h, "", "");
+    h.in_memory = false;
+    persisted_in_txn_.push_back(id);
+    ++n;
+  }
+  memory_holds_ = 0;
+  return n;
+}
+
+int64_t CreditStore::take_hold_ids(int64_t count) {
+  Statement st(db_, "UPDATE credit_meta SET hold_floor = hold_floor - ? WHERE id = 1 RETURNING hold_floor");
+  st.bind(1, count);
+  if (!st.step()) throw state::DbError("credit_meta has no row");
+  return st.column_int(0) + count - 1;
+}
+
+void CreditStore::committed() {
+  settled_in_txn_.clear();
+  persisted_in_txn_.clear();
+}
+
+void CreditStore::rolled_back() noexcept {
+  for (auto id : persisted_in_txn_)
+    if (auto it = open_.find(id); it != open_.end()) {
+      it->second.in_memory = true;
+      ++memory_holds_;
+    }
+  for (auto& h : settled_in_txn_) {
+    ++memory_holds_;
+    open_.emplace(h.id, std::move(h));
+  }
+  committed();
 }
 
 void CreditStore::close_hold(OpenHold& h) {
@@ -330,18 +407,25 @@ std::optional<MicroCredits> CreditStore::settle(int64_t hold_id, MicroCredits pr
     dirty_accounts_.insert(h.account);
     balance_after = a->second.purse.balance();
   }
-  auto& st = st_->settle_hold;
-  st.reset();
-  st.bind(1, posted).bind(2, now);
-  std::string stored;
-  if (h.keyed) {
-    stored = dump_text(result);
-    st.bind(3, stored);
+  if (h.in_memory) {
+    // No row to close: the posting below is the record. Kept until the COMMIT, to be reopened
+    // (and settled again by the retry) if the transaction rolls back.
+    --memory_holds_;
+    settled_in_txn_.push_back(h);
   } else {
-    st.bind_null(3);
+    auto& st = st_->settle_hold;
+    st.reset();
+    st.bind(1, posted).bind(2, now);
+    std::string stored;
+    if (h.keyed) {
+      stored = dump_text(result);
+      st.bind(3, stored);
+    } else {
+      st.bind_null(3);
+    }
+    st.bind(4, hold_id);
+    st.step();
   }
-  st.bind(4, hold_id);
-  st.step();
   // A hold of nothing (a keyed free call) leaves no posting: the hold row records the settle.
   if (h.amount > 0)
     post(now, h.account, h.user, "charge", -posted, balance_after, h.sub_budget, h.id, 0, h.tool, h.request_id,
@@ -354,10 +438,14 @@ bool CreditStore::void_hold(int64_t hold_id, const std::string& reason) {
   auto it = open_.find(hold_id);
   if (it == open_.end()) return false;
   close_hold(it->second);
-  auto& st = st_->void_hold;
-  st.reset();
-  st.bind(1, clock_()).bind(2, reason).bind(3, hold_id);
-  st.step();
+  if (it->second.in_memory) {
+    --memory_holds_;  // a void needs no record and stands even if the transaction rolls back
+  } else {
+    auto& st = st_->void_hold;
+    st.reset();
+    st.bind(1, clock_()).bind(2, reason).bind(3, hold_id);
+    st.step();
+  }
   open_.erase(it);
   return true;
 }
@@ -632,11 +720,18 @@ Verification verify(sqlite3* db, int64_t now_ms) {
                       {});
       n > 0)
     problem(std::to_string(n) + " settled holds without exactly one matching charge");
+  // A charge of an in-memory hold (negative id) has no hold row unless the hold was written out.
   if (auto n = scalar("SELECT COUNT(*) FROM credit_postings p WHERE p.kind = 'charge' AND NOT EXISTS "
-                      "(SELECT 1 FROM credit_holds h WHERE h.id = p.hold_id AND h.state = 'settled')",
+                      "(SELECT 1 FROM credit_holds h WHERE h.id = p.hold_id AND h.state = 'settled') AND NOT "
+                      "(p.hold_id < 0 AND NOT EXISTS (SELECT 1 FROM credit_holds h WHERE h.id = p.hold_id))",
                       {});
       n > 0)
     problem(std::to_string(n) + " charges without a settled hold");
+  if (auto n = scalar("SELECT COUNT(*) FROM (SELECT hold_id FROM credit_postings WHERE kind = 'charge' AND "
+                      "hold_id IS NOT NULL GROUP BY hold_id HAVING COUNT(*) > 1)",
+                      {});
+      n > 0)
+    problem(std::to_string(n) + " holds charged more than once");
   v.holds_open = static_cast<int>(scalar("SELECT COUNT(*) FROM credit_holds WHERE state = 'open'", {}));
   Statement stale(db, "SELECT COUNT(*) FROM credit_holds WHERE state = 'open' AND expires_ms <= ?");
   stale.bind(1, now_ms);

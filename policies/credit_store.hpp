@@ -12,6 +12,13 @@
 // moved under it (scigate credits grant, a second server on the same file) reloads before it
 // decides anything (changed_elsewhere()). One server per database reloads never.
 //
+// Holds in memory: a store whose ledger owns the database alone (SqliteLedger::claim) may keep
+// plain holds — no idempotency key, not detached — in the mirror only (hold_in_memory), with
+// negative ids; their settle writes the charge's posting and nothing else. Nobody else can see
+// them, so before another server shares the database they are written out as ordinary open rows
+// (persist_memory_holds). A process that dies takes its in-memory holds with it, as restart
+// recovery would void them anyway.
+//
 // Not thread-safe.
 #include <sqlite3.h>
 
@@ -53,6 +60,7 @@ struct OpenHold {
   bool sub_budget = false;  // also held against the user's sub-budget
   bool keyed = false;       // carries an idempotency key: settle stores the result
   std::string owner;        // "PID/instance" of the store that made it
+  bool in_memory = false;   // no row (yet): see "Holds in memory" above
 };
 
 struct HoldSpec {
@@ -112,6 +120,25 @@ class CreditStore {
   int sync_rates(const std::vector<Rate>& rates);
 
   ReserveOutcome reserve(const HoldSpec& spec);
+  // Whether `spec` may be held in memory: no idempotency key (its lookup and replay need the
+  // row), not detached (it must outlive the process), and no grant of the account or of the
+  // user's sub-budget due to lapse (a lapse writes postings).
+  bool can_hold_in_memory(const HoldSpec& spec) const;
+  // reserve() without a row: the hold, with id `id` (negative), lives in the mirror only. Only
+  // a whole hold: one that would take less than spec.amount is refused (kInsufficient).
+  ReserveOutcome hold_in_memory(const HoldSpec& spec, int64_t id);
+  bool has_memory_holds() const { return memory_holds_ > 0; }
+  // Writes every in-memory hold as an open row with the same id. Inside a transaction.
+  int persist_memory_holds();
+  // Takes `count` in-memory hold ids below credit_meta.hold_floor (moving it down) and returns
+  // the highest; the block is [highest − count + 1, highest]. Inside a transaction.
+  int64_t take_hold_ids(int64_t count);
+  // The transaction that ran this store's operations committed, or rolled back. After a
+  // rollback, in-memory holds settled in it are open again (their postings are gone; the
+  // settle is retried) and holds written out in it are in memory again; the rows' side needs
+  // load().
+  void committed();
+  void rolled_back() noexcept;
   // Posts min(price, held) for an open hold and closes it; nullopt when the hold is not open
   // (voided by the sweeper or at restart). `result` is stored for replay when the hold is keyed.
   std::optional<MicroCredits> settle(int64_t hold_id, MicroCredits price, const std::string& usage_json,
@@ -149,6 +176,8 @@ class CreditStore {
             const std::string& tool, const std::string& request_id, const std::string& detail);
   void lapse(const std::string& account, AccountState& a);
   void close_hold(OpenHold& h);
+  ReserveOutcome hold(const HoldSpec& spec, int64_t memory_id);  // memory_id 0: a row
+  void insert_hold_row(const OpenHold& h, const std::string& key, const std::string& args_hash);
 
   sqlite3* db_;
   std::vector<ProjectAccount> projects_;
@@ -160,6 +189,9 @@ class CreditStore {
   std::map<int64_t, MicroCredits> dirty_grants_;
   std::set<std::string> dirty_accounts_;
   std::set<std::pair<std::string, std::string>> dirty_users_;
+  std::vector<OpenHold> settled_in_txn_;   // in-memory holds settled in the open transaction
+  std::vector<int64_t> persisted_in_txn_;  // in-memory holds written out in it
+  std::size_t memory_holds_ = 0;           // open holds with in_memory
   std::string instance_;  // this store's owner tag: "PID/random"
   int64_t epoch_ = -1;
 };

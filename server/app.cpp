@@ -170,10 +170,17 @@ int App::thread_count() const {
   return std::max(2u, std::thread::hardware_concurrency());
 }
 
-int App::serve_http(const std::string& host, uint16_t port, const std::string& port_file) {
-  if (sqlite_ledger_) sqlite_ledger_->recover_after_restart();
+void App::prepare_to_serve() {
+  if (sqlite_ledger_) {
+    sqlite_ledger_->claim(config_.database);  // holds in memory while no other server shares the file
+    sqlite_ledger_->recover_after_restart();
+  }
   if (tasks_) tasks_->recover();
   audit_.prepare_checkpoints();
+}
+
+int App::serve_http(const std::string& host, uint16_t port, const std::string& port_file) {
+  prepare_to_serve();
   asio::io_context io;
   mcp::SessionStore sessions(config_.http.max_sessions);
   dispatcher_.on_tools_changed_legacy = [&sessions] {
@@ -252,7 +259,6 @@ int App::serve_http(const std::string& host, uint16_t port, const std::string& p
 }
 
 int App::serve_stdio() {
-  audit_.prepare_checkpoints();
   Principal principal;
   if (const char* key = std::getenv("SCIGATE_API_KEY"); key && *key) {
     // An API key or, with [oidc], a JWT; checked once, at start (it may fetch the JWKS here).
@@ -272,8 +278,7 @@ int App::serve_stdio() {
                {{"detail", "set [stdio] principal in the config, or SCIGATE_API_KEY in the environment"}});
     return 2;
   }
-  if (sqlite_ledger_) sqlite_ledger_->recover_after_restart();
-  if (tasks_) tasks_->recover();
+  prepare_to_serve();
   asio::io_context io;
   auto work = asio::make_work_guard(io);
   jobs_->start(io);

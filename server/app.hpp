@@ -41,6 +41,11 @@ class App {
   explicit App(Config config);
   ~App();
 
+  // What a server does once before it serves (serve_* call it; benchmarks that drive the
+  // pipeline in-process too): owns the credit ledger (alone, or shared with another server on
+  // the same database), voids holds left by a previous process, recovers tasks, and readies
+  // the audit checkpoints.
+  void prepare_to_serve();
   // Serves Streamable HTTP until SIGTERM/SIGINT; returns the exit code. `port_file`, when set,
   // receives the bound port once listening (useful with port 0).
   int serve_http(const std::string& host, uint16_t port, const std::string& port_file);

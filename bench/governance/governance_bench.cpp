@@ -250,6 +250,7 @@ int main(int argc, char** argv) {
     run(bin + " credits grant --config " + (dir / "scigate.toml").string() + " --project demo 1000000 2>&1");
     Config config = load_config(dir / "scigate.toml");
     App app(config);
+    app.prepare_to_serve();  // as a server does: it owns the ledger alone (holds in memory)
     auto governed_auth = [&]() -> Principal {
       auto p = app.keys().authenticate(token);
       if (!p) throw std::runtime_error("the bench key does not authenticate");

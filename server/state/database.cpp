@@ -431,6 +431,13 @@ const std::vector<Migration>& schema_migrations() {
         DROP TABLE transfer_files;
         ALTER TABLE transfer_file_batches RENAME TO transfer_files;
       )sql"},
+      {11, R"sql(
+        -- In-memory credit holds (policies/credit_ledger.cpp, docs/CREDITS.md "Holds in
+        -- memory"): a server that owns the ledger alone keeps its calls' holds in memory, with
+        -- negative ids taken in blocks below this floor, so that ids stay unique across
+        -- servers and restarts (a charge's posting names its hold even when it never had a row).
+        ALTER TABLE credit_meta ADD COLUMN hold_floor INTEGER NOT NULL DEFAULT 0;
+      )sql"},
   };
   return kMigrations;
 }

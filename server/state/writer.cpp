@@ -41,6 +41,15 @@ void Writer::remove(Participant* p) {
   idle_cv_.wait(l, [&] { return !busy_; });
 }
 
+void Writer::tick_now(Participant* p) {
+  {
+    std::lock_guard g(mutex_);
+    if (std::find(participants_.begin(), participants_.end(), p) == participants_.end()) return;
+    if (std::find(fresh_.begin(), fresh_.end(), p) == fresh_.end()) fresh_.push_back(p);
+  }
+  cv_.notify_one();
+}
+
 void Writer::enqueue(std::shared_ptr<Item> item) {
   bool wake;
   {
@@ -87,7 +96,11 @@ void Writer::run() {
   std::unique_lock l(mutex_);
   for (;;) {
     // Periodic work first, outside any transaction and without the queue's lock.
-    for (Participant* p : fresh_) ticks.emplace_back(p, TimePoint::min());
+    for (Participant* p : fresh_) {  // added, or asked to tick now
+      auto it = std::find_if(ticks.begin(), ticks.end(), [&](const auto& t) { return t.first == p; });
+      if (it == ticks.end()) ticks.emplace_back(p, TimePoint::min());
+      else it->second = TimePoint::min();
+    }
     fresh_.clear();
     ticks.erase(std::remove_if(ticks.begin(), ticks.end(),
                                [&](const auto& t) {

@@ -114,6 +114,8 @@ class Writer {
   // progress and runs nothing of it afterwards (flush() first to answer its queued items).
   void add(Participant* p);
   void remove(Participant* p);
+  // Runs `p`'s tick soon, not when it said it was next due (its periodic work has changed).
+  void tick_now(Participant* p);
 
   void enqueue(std::shared_ptr<Item> item);
   // Blocks until every item enqueued so far has been answered (its caller resumed, or queued
@@ -140,7 +142,7 @@ class Writer {
   std::condition_variable idle_cv_;  // flush() and remove() wait
   std::deque<std::shared_ptr<Item>> queue_;
   std::vector<Participant*> participants_;
-  std::vector<Participant*> fresh_;  // added, not ticked yet
+  std::vector<Participant*> fresh_;  // added or tick_now(), not ticked since
   bool stop_ = false, paused_ = false, busy_ = false;
   int64_t outstanding_ = 0;  // enqueued, not yet answered
   std::atomic<uint64_t> items_{0}, transactions_{0}, retried_{0}, failed_{0};

@@ -34,7 +34,7 @@ struct TempDb {
   }
   ~TempDb() {
     std::error_code ec;
-    for (auto suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path.string() + suffix, ec);
+    for (auto suffix : {"", "-wal", "-shm", "-ledger.lock"}) std::filesystem::remove(path.string() + suffix, ec);
   }
   int64_t scalar(const std::string& sql) {
     state::Database db(path);
@@ -605,6 +605,10 @@ TEST_CASE("credit ledger: 64 concurrent callers never overspend, and the books b
   grant(db, clock, "acct-p", 7 * C, std::nullopt, "user-3");  // one caller on a tight sub-budget
   auto opts = make_options(clock);
   SqliteLedger ledger(db.path, opts);
+  // Both ways: a hold row per hold, and holds in memory (the ledger owns the database alone).
+  const bool alone = GENERATE(false, true);
+  if (alone) ledger.claim(db.path);
+  CHECK(ledger.owns_alone() == alone);
 
   asio::io_context io;
   constexpr int kCallers = 64, kCalls = 25;
@@ -670,6 +674,7 @@ TEST_CASE("credit ledger: 64 concurrent callers never overspend, and the books b
   CHECK(checks > 0);
   CHECK(refused > 0);  // the balance covered only part of the calls
   CHECK(settled > 100);
+  CHECK((ledger.stats().memory_holds > 0) == alone);
   INFO("refused " << refused << ", settled " << settled << ", released " << released << ", transactions "
                   << ledger.stats().transactions << " for " << ledger.stats().operations << " operations");
 
@@ -824,4 +829,230 @@ TEST_CASE("credit ledger: a flexible hold takes what is available, down to its m
   r.run(ledger.release(b.hold));
   CHECK(r.run(ledger.usage("P", "alice")).available == 3 * C);
   CHECK(db.verify(clock.ms).ok);
+}
+
+namespace {
+template <class F>
+bool eventually(F f, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
+  auto until = std::chrono::steady_clock::now() + limit;
+  while (!f()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
+CreditLedgerOptions quick_options(TestClock& clock) {
+  auto o = make_options(clock);
+  o.reclaim_after = std::chrono::milliseconds(20);
+  o.contender_poll = std::chrono::milliseconds(5);
+  return o;
+}
+}  // namespace
+
+TEST_CASE("credit ledger: alone on its database, a hold is decided in memory and only its charge is written") {
+  TempDb db;
+  TestClock clock;
+  grant(db, clock, "acct-p", 10 * C);
+  SqliteLedger ledger(db.path, quick_options(clock));
+  ledger.claim(db.path);
+  REQUIRE(ledger.owns_alone());
+  Runner r;
+  auto before = ledger.stats();
+  auto res = r.run(ledger.reserve(request("P", units(3))));
+  REQUIRE_FALSE(res.error);
+  CHECK(res.hold.id.front() == '-');  // in-memory ids are negative, rows' positive
+  CHECK(res.hold.amount == 3 * C);
+  CHECK(ledger.stats().transactions == before.transactions);  // no writer round trip
+  CHECK(ledger.stats().memory_holds == 1);
+  CHECK(db.scalar("SELECT COUNT(*) FROM credit_holds") == 0);
+  auto u = r.run(ledger.usage("P", "alice"));
+  CHECK(u.held == 3 * C);
+  REQUIRE(u.holds.size() == 1);
+  CHECK(u.holds[0].id == res.hold.id);
+
+  // More than the mirror can grant goes to the writer, which refuses it with the numbers.
+  auto refused = r.run(ledger.reserve(request("P", units(8))));
+  REQUIRE(refused.error);
+  CHECK(refused.error->code == ErrorCode::kInsufficientCredits);
+  CHECK(refused.error->message.find("7 available") != std::string::npos);
+
+  CHECK(r.run(ledger.settle(res.hold, units(2), json::object())) == 2 * C);
+  CHECK(r.run(ledger.settle(res.hold, units(2), json::object())) == 0);  // never twice
+  CHECK(db.scalar("SELECT COUNT(*) FROM credit_holds") == 0);
+  CHECK(db.scalar("SELECT hold_id FROM credit_postings WHERE kind = 'charge'") == std::stoll(res.hold.id));
+  CHECK(db.scalar("SELECT balance FROM credit_accounts WHERE account = 'acct-p'") == 8 * C);
+
+  // Released, and timed out: neither leaves a trace, and a late settle posts nothing.
+  auto released = r.run(ledger.reserve(request("P", units(1))));
+  r.run(ledger.release(released.hold));
+  auto late = request("P", units(1));
+  late.timeout = std::chrono::seconds(60);
+  auto timed_out = r.run(ledger.reserve(late));
+  REQUIRE_FALSE(timed_out.error);
+  CHECK(r.run(ledger.usage("P", "alice")).held == 1 * C);
+  clock.advance(std::chrono::seconds(61));
+  CHECK(ledger.sweep_now().voided == 1);
+  CHECK(r.run(ledger.settle(timed_out.hold, units(1), json::object())) == 0);
+  CHECK(r.run(ledger.usage("P", "alice")).held == 0);
+  CHECK(db.scalar("SELECT balance FROM credit_accounts WHERE account = 'acct-p'") == 8 * C);
+
+  // A grant made elsewhere a moment ago (`scigate credits grant`): a hold the mirror could not
+  // yet cover is decided by the writer, which sees the grant; the owner shares for a moment
+  // (the grant moved the epoch) and then owns the database alone again.
+  grant(db, clock, "acct-p", 10 * C);
+  auto big = r.run(ledger.reserve(request("P", units(15))));
+  REQUIRE_FALSE(big.error);
+  CHECK(big.hold.amount == 15 * C);
+  CHECK(ledger.stats().yields == 1);
+  CHECK(eventually([&] { return ledger.owns_alone(); }));
+  CHECK(r.run(ledger.settle(big.hold, units(15), json::object())) == 15 * C);
+  CHECK(db.scalar("SELECT balance FROM credit_accounts WHERE account = 'acct-p'") == 3 * C);
+  auto v = db.verify(clock.ms);
+  CHECK(v.ok);
+  for (const auto& p : v.problems) WARN(p);
+}
+
+TEST_CASE("credit ledger: a second server makes the owner write its holds out, and neither overspends") {
+  TempDb db;
+  TestClock clock;
+  grant(db, clock, "acct-p", 10 * C);
+  Runner r;
+  auto b_opts = quick_options(clock);
+  std::optional<SqliteLedger> a(std::in_place, db.path, quick_options(clock));
+  a->claim(db.path);
+  REQUIRE(a->owns_alone());
+  auto held_by_a = r.run(a->reserve(request("P", units(8))));
+  REQUIRE_FALSE(held_by_a.error);
+  CHECK(db.scalar("SELECT COUNT(*) FROM credit_holds") == 0);
+
+  SqliteLedger b(db.path, b_opts);
+  b.claim(db.path);  // returns once `a` has written its hold out and shares
+  CHECK_FALSE(a->owns_alone());
+  CHECK_FALSE(b.owns_alone());
+  CHECK(a->stats().yields == 1);
+  CHECK(db.scalar("SELECT COUNT(*) FROM credit_holds WHERE state = 'open'") == 1);
+  CHECK(db.scalar("SELECT id FROM credit_holds") == std::stoll(held_by_a.hold.id));
+
+  auto refused = r.run(b.reserve(request("P", units(5))));  // 2 left beside a's 8
+  REQUIRE(refused.error);
+  CHECK(refused.error->code == ErrorCode::kInsufficientCredits);
+  CHECK(r.run(a->settle(held_by_a.hold, units(8), json::object())) == 8 * C);
+  auto by_b = r.run(b.reserve(request("P", units(2))));
+  REQUIRE_FALSE(by_b.error);
+  CHECK(by_b.hold.id.front() != '-');  // shared: a row
+  CHECK(r.run(b.settle(by_b.hold, units(2), json::object())) == 2 * C);
+  CHECK(db.scalar("SELECT balance FROM credit_accounts WHERE account = 'acct-p'") == 0);
+
+  // Shared, `a` writes rows; it dies with one open, and b's restart recovery voids it.
+  grant(db, clock, "acct-p", 5 * C);
+  auto left_open = r.run(a->reserve(request("P", units(1))));
+  REQUIRE_FALSE(left_open.error);
+  CHECK(left_open.hold.id.front() != '-');
+  a.reset();
+  CHECK(b.recover_after_restart() == 1);
+  // Alone again, b takes the database back and holds in memory.
+  CHECK(eventually([&] { return b.owns_alone(); }));
+  auto again = r.run(b.reserve(request("P", units(1))));
+  CHECK(again.hold.id.front() == '-');
+  CHECK(r.run(b.settle(again.hold, units(1), json::object())) == 1 * C);
+  auto v = db.verify(clock.ms);
+  CHECK(v.ok);
+  for (const auto& p : v.problems) WARN(p);
+}
+
+TEST_CASE("credit ledger: a server joining an owner that spends in memory under load never overspends with it") {
+  TempDb db;
+  TestClock clock;
+  grant(db, clock, "acct-p", 60 * C);
+  SqliteLedger a(db.path, quick_options(clock));
+  a.claim(db.path);
+  std::optional<SqliteLedger> b;
+  std::atomic<bool> b_ready{false};
+  asio::io_context io;
+  std::atomic<MicroCredits> told{0};
+  std::atomic<int> held{0}, refused{0}, unexpected{0};
+  std::vector<std::future<void>> done;
+  for (int c = 0; c < 16; ++c)
+    done.push_back(asio::co_spawn(
+        io,
+        [&, c]() -> asio::awaitable<void> {
+          for (int i = 0; i < 40; ++i) {
+            SqliteLedger& ledger = (c % 2 && b_ready) ? *b : a;
+            auto res = co_await ledger.reserve(request("P", units(0.25 + (c + i) % 4 * 0.25)));
+            if (res.error) {
+              if (res.error->code != ErrorCode::kInsufficientCredits) ++unexpected;
+              ++refused;
+              continue;
+            }
+            ++held;
+            told += co_await ledger.settle(res.hold, units(0.25 + (c + i) % 3 * 0.25), json::object());
+          }
+        },
+        asio::use_future));
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2; ++t) threads.emplace_back([&] { io.run(); });
+  // Join once `a` has spent some of it in memory.
+  REQUIRE(eventually([&] { return a.stats().memory_holds >= 20; }));
+  b.emplace(db.path, quick_options(clock));
+  b->claim(db.path);
+  b_ready = true;
+  for (auto& f : done) f.get();
+  for (auto& t : threads) t.join();
+  CHECK(unexpected == 0);
+  CHECK(refused > 0);
+  CHECK(held > 0);
+  CHECK(a.stats().yields >= 1);
+  MicroCredits balance = db.scalar("SELECT balance FROM credit_accounts WHERE account = 'acct-p'");
+  CHECK(balance >= 0);
+  CHECK(balance == 60 * C - told.load());
+  CHECK(db.scalar("SELECT COUNT(*) FROM credit_holds WHERE state = 'open'") == 0);
+  auto v = db.verify(clock.ms);
+  CHECK(v.ok);
+  for (const auto& p : v.problems) WARN(p);
+}
+
+TEST_CASE("credit ledger: an in-memory hold whose settle's transaction fails is settled by the retry, once") {
+  TempDb db;
+  TestClock clock;
+  grant(db, clock, "acct-p", 10 * C);
+  {
+    state::Database conn(db.path);
+    conn.exec("CREATE TRIGGER poison BEFORE INSERT ON credit_postings WHEN NEW.tool = 'poison' "
+              "BEGIN SELECT RAISE(ABORT, 'poisoned'); END");
+  }
+  SqliteLedger ledger(db.path, quick_options(clock));
+  ledger.claim(db.path);
+  Runner r;
+  auto bad = r.run(ledger.reserve(request("P", units(2), "alice", "poison")));
+  auto good = r.run(ledger.reserve(request("P", units(3))));
+  REQUIRE_FALSE(bad.error);
+  REQUIRE_FALSE(good.error);
+  CHECK(bad.hold.id.front() == '-');
+  CHECK(good.hold.id.front() == '-');
+  asio::io_context io;
+  ledger.pause();  // both settles in one transaction, which the poisoned one makes fail
+  auto bad_settle = asio::co_spawn(io, ledger.settle(bad.hold, units(2), json::object()), asio::use_future);
+  auto good_settle = asio::co_spawn(io, ledger.settle(good.hold, units(3), json::object()), asio::use_future);
+  io.poll();
+  ledger.resume();
+  std::thread t([&] { io.run(); });
+  CHECK(good_settle.get() == 3 * C);
+  CHECK(bad_settle.get() == 0);
+  t.join();
+  CHECK(ledger.stats().retried_batches >= 1);
+  // The good one was charged once; the bad one's hold is open again, until its timeout.
+  CHECK(db.scalar("SELECT COUNT(*) FROM credit_postings WHERE kind = 'charge'") == 1);
+  CHECK(db.scalar("SELECT balance FROM credit_accounts WHERE account = 'acct-p'") == 7 * C);
+  CHECK(r.run(ledger.usage("P", "alice")).held == 2 * C);
+  clock.advance(std::chrono::hours(2));
+  CHECK(ledger.sweep_now().voided == 1);
+  CHECK(r.run(ledger.usage("P", "alice")).held == 0);
+  // And holds are decided in memory again once the mirror has been reloaded.
+  auto next = r.run(ledger.reserve(request("P", units(1))));
+  CHECK(next.hold.id.front() == '-');
+  CHECK(r.run(ledger.settle(next.hold, units(1), json::object())) == 1 * C);
+  auto v = db.verify(clock.ms);
+  CHECK(v.ok);
+  for (const auto& p : v.problems) WARN(p);
 }
