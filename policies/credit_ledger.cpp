@@ -422,7 +422,7 @@ void SqliteLedger::settle_queued(Hold hold, Usage actual, json result, std::shar
   op->posted_out = std::move(posted);
   op->queued = true;
   ++operations_;
-  writer_->enqueue(op);
+  writer_->enqueue(op, /*wake_writer=*/false);  // the call's audit record follows and wakes it
 }
 
 asio::awaitable<void> SqliteLedger::release(Hold hold) {
@@ -440,7 +440,7 @@ void SqliteLedger::release_queued(Hold hold) {
   op->project = hold.project;
   op->queued = true;
   ++operations_;
-  writer_->enqueue(op);
+  writer_->enqueue(op, /*wake_writer=*/false);  // the call's audit record follows and wakes it
 }
 
 asio::awaitable<UsageReport> SqliteLedger::usage(std::string project, std::string user) {

@@ -7,6 +7,15 @@
 #include "server/observability/log.hpp"
 
 namespace scigate::state {
+namespace {
+inline void cpu_pause() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+}  // namespace
 
 Writer::Writer(const std::filesystem::path& db_path, Options options) : db_(db_path), options_(options) {
   if (options_.checkpointer) options_.checkpointer->watch(db_.handle());
@@ -50,21 +59,29 @@ void Writer::tick_now(Participant* p) {
   cv_.notify_one();
 }
 
-void Writer::enqueue(std::shared_ptr<Item> item) {
+void Writer::enqueue(std::shared_ptr<Item> item, bool wake_writer) {
   bool wake;
   {
     std::lock_guard g(mutex_);
     ++outstanding_;
-    // The writer only sleeps on an empty queue, so only the first item of a batch wakes it:
-    // under load it drains big batches instead of being woken once per call.
-    wake = queue_.empty();
+    // The writer only sleeps on an empty queue (or one of unwoken items), so only the first
+    // item of a batch wakes it: under load it drains big batches instead of being woken once
+    // per call.
+    bool idle = queue_.empty() || unwoken_;
+    wake = idle && wake_writer;
+    unwoken_ = idle && !wake_writer;
     queue_.push_back(std::move(item));
+    if (wake) wakes_.fetch_add(1, std::memory_order_release);
   }
   if (wake) cv_.notify_one();
 }
 
 void Writer::flush() {
   std::unique_lock l(mutex_);
+  if (unwoken_) {
+    unwoken_ = false;
+    cv_.notify_one();
+  }
   // And the batch done: its participants' after_batch (log mirror, checkpoint) has run too.
   idle_cv_.wait(l, [&] { return outstanding_ == 0 && !busy_; });
 }
@@ -121,11 +138,21 @@ void Writer::run() {
     }
     TimePoint wake = TimePoint::max();
     for (const auto& t : ticks) wake = std::min(wake, t.second);
-    auto ready = [&] { return stop_ || !fresh_.empty() || (!paused_ && !queue_.empty()); };
+    auto ready = [&] { return stop_ || !fresh_.empty() || (!paused_ && !queue_.empty() && !unwoken_); };
+    if (!ready() && options_.spin.count() > 0) {
+      // Poll a little before sleeping: the next call's items usually come sooner than a
+      // sleeping thread wakes.
+      uint64_t seen = wakes_.load(std::memory_order_acquire);
+      l.unlock();
+      auto until = std::min(wake, steady::now() + options_.spin);
+      while (wakes_.load(std::memory_order_acquire) == seen && steady::now() < until) cpu_pause();
+      l.lock();
+    }
     if (wake == TimePoint::max()) cv_.wait(l, ready);
     else cv_.wait_until(l, wake, ready);
     if (stop_ && queue_.empty()) return;
     if ((paused_ && !stop_) || queue_.empty()) continue;
+    unwoken_ = false;
     while (!queue_.empty() && batch.size() < options_.max_batch) {
       batch.push_back(std::move(queue_.front()));
       queue_.pop_front();

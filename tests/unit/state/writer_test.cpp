@@ -221,3 +221,33 @@ TEST_CASE("writer: ticks run when due and stop once the participant is removed")
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   CHECK(t.ticks == after);
 }
+
+TEST_CASE("writer: an item enqueued without waking the writer waits for the one that belongs with it") {
+  TempDb db;
+  for (int spin_us : {0, 50}) {
+    state::Writer::Options o;
+    o.spin = std::chrono::microseconds(spin_us);
+    state::Writer w(db.path, o);
+    Recorder p("p");
+    w.add(&p);
+    w.flush();  // (the first tick)
+    auto before = w.stats().transactions;
+    // A call's settle, then (a little later) its audit record: one transaction for both.
+    auto settle = std::make_shared<Row>(w, p, "settle " + std::to_string(spin_us));
+    w.enqueue(settle, /*wake_writer=*/false);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    CHECK(settle->applied == 0);  // not woken, not even by a spinning writer
+    auto record = std::make_shared<Row>(w, p, "record " + std::to_string(spin_us));
+    w.enqueue(record);
+    CHECK(record->done.get_future().wait_for(std::chrono::seconds(5)) == std::future_status::ready);
+    CHECK(settle->answers == 1);
+    CHECK(w.stats().transactions == before + 1);
+    // One that nothing follows is still written by flush() (a server stopping).
+    auto lone = std::make_shared<Row>(w, p, "lone " + std::to_string(spin_us));
+    w.enqueue(lone, false);
+    w.flush();
+    CHECK(lone->answers == 1);
+    w.remove(&p);
+  }
+  CHECK(db.rows() == std::vector<std::string>{"settle 0", "record 0", "lone 0", "settle 50", "record 50", "lone 50"});
+}
