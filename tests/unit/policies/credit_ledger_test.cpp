@@ -119,6 +119,13 @@ HoldRequest request(const std::string& project, Usage worst, const std::string& 
 
 Usage units(double n) { return Usage().add("unit", n); }
 
+// Makes inserting a row of tool "poison" into `table` fail, so that its batch rolls back.
+void poison(TempDb& db, const std::string& table) {
+  state::Database conn(db.path);
+  conn.exec("CREATE TRIGGER poison BEFORE INSERT ON " + table +
+            " WHEN NEW.tool = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned'); END");
+}
+
 }  // namespace
 
 TEST_CASE("credit ledger: pricing is exact integer arithmetic, rounded up once per call") {
@@ -561,11 +568,7 @@ TEST_CASE("credit ledger: one failing operation in a batch fails alone") {
   TempDb db;
   TestClock clock;
   grant(db, clock, "acct-p", 1000 * C);
-  {
-    state::Database conn(db.path);
-    conn.exec("CREATE TRIGGER poison BEFORE INSERT ON credit_holds WHEN NEW.tool = 'poison' "
-              "BEGIN SELECT RAISE(ABORT, 'poisoned'); END");
-  }
+  poison(db, "credit_holds");  // a row of tool "poison" fails its insert
   SqliteLedger ledger(db.path, make_options(clock));
   asio::io_context io;
   ledger.pause();  // let them queue, so that they share a transaction
@@ -1016,11 +1019,7 @@ TEST_CASE("credit ledger: an in-memory hold whose settle's transaction fails is 
   TempDb db;
   TestClock clock;
   grant(db, clock, "acct-p", 10 * C);
-  {
-    state::Database conn(db.path);
-    conn.exec("CREATE TRIGGER poison BEFORE INSERT ON credit_postings WHEN NEW.tool = 'poison' "
-              "BEGIN SELECT RAISE(ABORT, 'poisoned'); END");
-  }
+  poison(db, "credit_postings");  // a row of tool "poison" fails its insert
   SqliteLedger ledger(db.path, quick_options(clock));
   ledger.claim(db.path);
   Runner r;
