@@ -119,6 +119,13 @@ HoldRequest request(const std::string& project, Usage worst, const std::string& 
 
 Usage units(double n) { return Usage().add("unit", n); }
 
+// The ledger's invariants (credits::verify) hold on the committed rows; the problems if not.
+void check_books(TempDb& db, int64_t now_ms) {
+  auto v = db.verify(now_ms);
+  CHECK(v.ok);
+  for (const auto& p : v.problems) WARN(p);
+}
+
 // Makes inserting a row of tool "poison" into `table` fail, so that its batch rolls back.
 void poison(TempDb& db, const std::string& table) {
   state::Database conn(db.path);
@@ -227,9 +234,7 @@ TEST_CASE("credit ledger: hold, settle and release, and settle never posts more 
     CHECK(db.scalar("SELECT COUNT(*) FROM credit_holds") == 1);
   }
   ledger.sweep_now();
-  auto v = db.verify(clock.ms);
-  CHECK(v.ok);
-  for (const auto& p : v.problems) WARN(p);
+  check_books(db, clock.ms);
 }
 
 TEST_CASE("credit ledger: idempotency keys charge once, replay the result, and refuse conflicts") {
@@ -695,9 +700,7 @@ TEST_CASE("credit ledger: 64 concurrent callers never overspend, and the books b
   // user-3 spent at most its sub-budget
   CHECK(db.scalar("SELECT -COALESCE(SUM(amount), 0) FROM credit_postings WHERE user = 'user-3' AND kind = 'charge'") <=
         7 * C);
-  auto v = db.verify(clock.ms);
-  CHECK(v.ok);
-  for (const auto& p : v.problems) WARN(p);
+  check_books(db, clock.ms);
   // Group commit happened: fewer transactions than operations.
   CHECK(ledger.stats().transactions < ledger.stats().operations);
 }
@@ -911,9 +914,7 @@ TEST_CASE("credit ledger: alone on its database, a hold is decided in memory and
   CHECK(eventually([&] { return ledger.owns_alone(); }));
   CHECK(r.run(ledger.settle(big.hold, units(15), json::object())) == 15 * C);
   CHECK(db.scalar("SELECT balance FROM credit_accounts WHERE account = 'acct-p'") == 3 * C);
-  auto v = db.verify(clock.ms);
-  CHECK(v.ok);
-  for (const auto& p : v.problems) WARN(p);
+  check_books(db, clock.ms);
 }
 
 TEST_CASE("credit ledger: a second server makes the owner write its holds out, and neither overspends") {
@@ -959,9 +960,7 @@ TEST_CASE("credit ledger: a second server makes the owner write its holds out, a
   auto again = r.run(b.reserve(request("P", units(1))));
   CHECK(again.hold.id.front() == '-');
   CHECK(r.run(b.settle(again.hold, units(1), json::object())) == 1 * C);
-  auto v = db.verify(clock.ms);
-  CHECK(v.ok);
-  for (const auto& p : v.problems) WARN(p);
+  check_books(db, clock.ms);
 }
 
 TEST_CASE("credit ledger: a server joining an owner that spends in memory under load never overspends with it") {
@@ -1010,9 +1009,7 @@ TEST_CASE("credit ledger: a server joining an owner that spends in memory under 
   CHECK(balance >= 0);
   CHECK(balance == 60 * C - told.load());
   CHECK(db.scalar("SELECT COUNT(*) FROM credit_holds WHERE state = 'open'") == 0);
-  auto v = db.verify(clock.ms);
-  CHECK(v.ok);
-  for (const auto& p : v.problems) WARN(p);
+  check_books(db, clock.ms);
 }
 
 TEST_CASE("credit ledger: an in-memory hold whose settle's transaction fails is settled by the retry, once") {
@@ -1051,7 +1048,5 @@ TEST_CASE("credit ledger: an in-memory hold whose settle's transaction fails is 
   auto next = r.run(ledger.reserve(request("P", units(1))));
   CHECK(next.hold.id.front() == '-');
   CHECK(r.run(ledger.settle(next.hold, units(1), json::object())) == 1 * C);
-  auto v = db.verify(clock.ms);
-  CHECK(v.ok);
-  for (const auto& p : v.problems) WARN(p);
+  check_books(db, clock.ms);
 }
