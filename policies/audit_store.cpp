@@ -52,16 +52,9 @@ class Sha256 {
 };
 #pragma GCC diagnostic pop
 
-// The record's members after details, in canonical order (see append_audit_message).
-void append_after_details(std::string& out, const AuditRowView& r, bool with_hash) {
-  out += ",\"duration_us\":";
-  canonical::append_int(out, r.duration_us);
-  out += ",\"error_code\":";
-  canonical::append_string(out, r.error_code);
-  if (with_hash) {
-    out += ",\"hash\":";
-    canonical::append_string(out, r.hash);
-  }
+// The record's members from outcome to tool, in canonical order, each after a comma: shared
+// by the canonical text and the log mirror's line (which puts its own keys around them).
+void append_outcome_to_tool(std::string& out, const AuditRowView& r) {
   out += ",\"outcome\":";
   canonical::append_string(out, r.outcome);
   out += ",\"prev_hash\":";
@@ -80,6 +73,19 @@ void append_after_details(std::string& out, const AuditRowView& r, bool with_has
   canonical::append_int(out, r.time_ms);
   out += ",\"tool\":";
   canonical::append_string(out, r.tool);
+}
+
+// The record's members after details, in canonical order (see append_audit_message).
+void append_after_details(std::string& out, const AuditRowView& r, bool with_hash) {
+  out += ",\"duration_us\":";
+  canonical::append_int(out, r.duration_us);
+  out += ",\"error_code\":";
+  canonical::append_string(out, r.error_code);
+  if (with_hash) {
+    out += ",\"hash\":";
+    canonical::append_string(out, r.hash);
+  }
+  append_outcome_to_tool(out, r);
   out += '}';
 }
 
@@ -123,24 +129,8 @@ void append_audit_log_line(std::string& out, const AuditRowView& r, std::string_
   canonical::append_string(out, r.error_code);
   out += ",\"event\":\"audit\",\"hash\":";
   canonical::append_string(out, r.hash);
-  out += ",\"level\":\"info\",\"outcome\":";
-  canonical::append_string(out, r.outcome);
-  out += ",\"prev_hash\":";
-  canonical::append_string(out, r.prev_hash);
-  out += ",\"principal\":";
-  canonical::append_string(out, r.principal);
-  out += ",\"project\":";
-  canonical::append_string(out, r.project);
-  out += ",\"request_id\":";
-  canonical::append_string(out, r.request_id);
-  out += ",\"rules\":";
-  canonical::append_string(out, r.rules);
-  out += ",\"seq\":";
-  canonical::append_int(out, r.seq);
-  out += ",\"time_ms\":";
-  canonical::append_int(out, r.time_ms);
-  out += ",\"tool\":";
-  canonical::append_string(out, r.tool);
+  out += ",\"level\":\"info\"";
+  append_outcome_to_tool(out, r);
   out += ",\"ts\":";
   canonical::append_string(out, ts);
   out += '}';
