@@ -1,5 +1,6 @@
 #include "server/state/writer.hpp"
 
+#include <sched.h>
 #include <sqlite3.h>
 
 #include <algorithm>
@@ -16,6 +17,13 @@ inline void cpu_pause() {
 #endif
 }
 }  // namespace
+
+int SpinPolicy::allowed_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 2;
+  return CPU_COUNT(&set);
+}
 
 Writer::Writer(const std::filesystem::path& db_path, Options options) : db_(db_path), options_(options) {
   if (options_.checkpointer) options_.checkpointer->watch(db_.handle());
@@ -100,8 +108,9 @@ void Writer::resume() {
 }
 
 Writer::Stats Writer::stats() const {
-  return Stats{items_.load(), transactions_.load(), retried_.load(), failed_.load(), db_.busy_waits(),
-               syncer_ ? syncer_->syncs() : 0};
+  return Stats{items_.load(),        transactions_.load(), retried_.load(),
+               failed_.load(),       db_.busy_waits(),     syncer_ ? syncer_->syncs() : 0,
+               spins_.load(),        spin_hits_.load()};
 }
 
 void Writer::run() {
@@ -110,6 +119,7 @@ void Writer::run() {
   // participants are skipped).
   std::vector<std::pair<Participant*, TimePoint>> ticks;
   std::vector<std::shared_ptr<Item>> batch;
+  SpinPolicy spin(options_.spin);
   std::unique_lock l(mutex_);
   for (;;) {
     // Periodic work first, outside any transaction and without the queue's lock.
@@ -139,14 +149,22 @@ void Writer::run() {
     TimePoint wake = TimePoint::max();
     for (const auto& t : ticks) wake = std::min(wake, t.second);
     auto ready = [&] { return stop_ || !fresh_.empty() || (!paused_ && !queue_.empty() && !unwoken_); };
-    if (!ready() && options_.spin.count() > 0) {
+    if (!ready()) {
       // Poll a little before sleeping: the next call's items usually come sooner than a
-      // sleeping thread wakes.
-      uint64_t seen = wakes_.load(std::memory_order_acquire);
-      l.unlock();
-      auto until = std::min(wake, steady::now() + options_.spin);
-      while (wakes_.load(std::memory_order_acquire) == seen && steady::now() < until) cpu_pause();
-      l.lock();
+      // sleeping thread wakes (SpinPolicy says when that is a loss).
+      if (auto budget = spin.budget(now); budget.count() > 0) {
+        uint64_t seen = wakes_.load(std::memory_order_acquire);
+        l.unlock();
+        auto until = std::min(wake, steady::now() + budget);
+        while (wakes_.load(std::memory_order_acquire) == seen && steady::now() < until) cpu_pause();
+        bool hit = wakes_.load(std::memory_order_acquire) != seen;
+        spin.polled(hit);
+        spins_.fetch_add(1, std::memory_order_relaxed);
+        if (hit) spin_hits_.fetch_add(1, std::memory_order_relaxed);
+        l.lock();
+      } else {
+        spin.slept();
+      }
     }
     if (wake == TimePoint::max()) cv_.wait(l, ready);
     else cv_.wait_until(l, wake, ready);

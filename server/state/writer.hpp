@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "server/state/database.hpp"
+#include "server/state/spin_policy.hpp"
 #include "server/state/wal_checkpointer.hpp"
 #include "server/state/wal_syncer.hpp"
 
@@ -93,9 +94,10 @@ class Writer {
     bool sync = false;  // a WalSyncer fsyncs the WAL before items that needs_sync() are answered
     std::size_t max_batch = 1024;  // items per transaction at most
     WalCheckpointer* checkpointer = nullptr;  // set: it checkpoints the WAL, not our commits
-    // After a batch, how long the writer polls for the next item before it sleeps: waking a
-    // sleeping thread costs tens of microseconds on a virtual machine (bench/governance: 29 µs
-    // of a lone caller's 128), and a lone caller's next call comes within about that. 0: sleep.
+    // After a batch, how long the writer polls for the next item before it sleeps at most:
+    // waking a sleeping thread costs tens of microseconds on a virtual machine (bench/governance:
+    // 29 µs of a lone caller's 128), and a lone caller's next call comes within about that.
+    // SpinPolicy (spin_policy.hpp) polls less, or not at all, where that is a loss. 0: sleep.
     std::chrono::microseconds spin{50};
   };
 
@@ -103,6 +105,7 @@ class Writer {
     uint64_t items = 0, transactions = 0, retried_batches = 0, failed_items = 0;
     uint64_t busy_waits = 0;  // waits for the write lock (another connection: CLI, a second server)
     uint64_t syncs = 0;       // WAL fsyncs, each covering every commit before it
+    uint64_t spins = 0, spin_hits = 0;  // polls before sleeping; those that found an item
   };
 
   Writer(const std::filesystem::path& db_path, Options options);
@@ -155,6 +158,7 @@ class Writer {
   std::atomic<uint64_t> wakes_{0};  // enqueues that wake the writer (its spin watches this)
   int64_t outstanding_ = 0;  // enqueued, not yet answered
   std::atomic<uint64_t> items_{0}, transactions_{0}, retried_{0}, failed_{0};
+  std::atomic<uint64_t> spins_{0}, spin_hits_{0};
   std::thread thread_;
 };
 

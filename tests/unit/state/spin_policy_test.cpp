@@ -1,0 +1,107 @@
+#include <catch2/catch.hpp>
+
+#include <sched.h>
+
+#include <chrono>
+#include <future>
+#include <memory>
+
+#include "server/common/crypto.hpp"
+#include "server/state/database.hpp"
+#include "server/state/spin_policy.hpp"
+#include "server/state/writer.hpp"
+
+using namespace scigate;
+using std::chrono::microseconds;
+
+namespace {
+
+// Pins the calling thread to its first allowed CPU for the scope; threads it starts meanwhile
+// inherit that.
+struct OneCpu {
+  cpu_set_t was;
+  OneCpu() {
+    CPU_ZERO(&was);
+    REQUIRE(sched_getaffinity(0, sizeof(was), &was) == 0);
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    for (int c = 0; c < CPU_SETSIZE; ++c)
+      if (CPU_ISSET(c, &was)) {
+        CPU_SET(c, &one);
+        break;
+      }
+    REQUIRE(sched_setaffinity(0, sizeof(one), &one) == 0);
+  }
+  ~OneCpu() { sched_setaffinity(0, sizeof(was), &was); }
+};
+
+}  // namespace
+
+TEST_CASE("spin policy: misses halve the poll until it stops, a probe every 64 sleeps, a hit restores it") {
+  if (state::SpinPolicy::allowed_cpus() < 2) return;  // polling is off on one CPU (next test)
+  state::SpinPolicy spin(microseconds(50));
+  auto now = state::SpinPolicy::Clock::now();
+  CHECK(spin.budget(now) == microseconds(50));
+  spin.polled(false);
+  CHECK(spin.budget(now) == microseconds(25));
+  spin.polled(false);
+  spin.polled(false);
+  CHECK(spin.budget(now) == microseconds(6));
+  spin.polled(false);  // 3 µs: under a sixteenth of 50
+  CHECK(spin.budget(now) == microseconds(0));
+  for (int i = 0; i < 63; ++i) spin.slept();
+  CHECK(spin.budget(now) == microseconds(0));
+  spin.slept();
+  CHECK(spin.budget(now) == microseconds(50));  // the probe
+  spin.polled(false);
+  spin.polled(true);
+  CHECK(spin.budget(now) == microseconds(50));
+  CHECK(spin.polls() == 6);
+  CHECK(spin.hits() == 1);
+  state::SpinPolicy off(microseconds(0));
+  CHECK(off.budget(now) == microseconds(0));
+}
+
+TEST_CASE("spin policy: a thread allowed one CPU never polls, and notices when that changes") {
+  auto now = state::SpinPolicy::Clock::now();
+  std::unique_ptr<OneCpu> pinned = std::make_unique<OneCpu>();
+  state::SpinPolicy spin(microseconds(50));
+  CHECK(spin.budget(now) == microseconds(0));
+  pinned.reset();
+  if (state::SpinPolicy::allowed_cpus() < 2) return;
+  CHECK(spin.budget(now + std::chrono::milliseconds(10)) == microseconds(0));  // read once a second
+  CHECK(spin.budget(now + std::chrono::seconds(2)) == microseconds(50));
+}
+
+TEST_CASE("writer: on one CPU it sleeps at once after a batch instead of polling") {
+  auto path = std::filesystem::temp_directory_path() / ("scigate-spin-" + crypto::random_hex(6) + ".db");
+  struct Nothing final : state::Writer::Participant {};
+  struct Touch final : state::Writer::Item {
+    explicit Touch(state::Writer::Participant* p) : Item(p) {}
+    std::promise<void> done;
+    void apply() override {}
+    void failed(const std::string&) override {}
+    void answer() override { done.set_value(); }
+  };
+  for (bool one_cpu : {true, false}) {
+    if (!one_cpu && state::SpinPolicy::allowed_cpus() < 2) continue;
+    std::unique_ptr<OneCpu> pinned;
+    if (one_cpu) pinned = std::make_unique<OneCpu>();  // before the writer's thread starts
+    state::Writer w(path, {});
+    pinned.reset();
+    Nothing p;
+    w.add(&p);
+    for (int i = 0; i < 5; ++i) {
+      auto item = std::make_shared<Touch>(&p);
+      auto f = item->done.get_future();
+      w.enqueue(item);
+      REQUIRE(f.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
+    }
+    w.flush();
+    w.remove(&p);
+    INFO("one CPU: " << one_cpu);
+    if (one_cpu) CHECK(w.stats().spins == 0);
+    else CHECK(w.stats().spins > 0);
+  }
+  for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path.string() + suffix);
+}
