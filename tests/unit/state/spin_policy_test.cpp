@@ -5,6 +5,7 @@
 #include <chrono>
 #include <future>
 #include <memory>
+#include <thread>
 
 #include "server/common/crypto.hpp"
 #include "server/state/database.hpp"
@@ -98,6 +99,8 @@ TEST_CASE("writer: on one CPU it sleeps at once after a batch instead of polling
       REQUIRE(f.wait_for(std::chrono::seconds(5)) == std::future_status::ready);
     }
     w.flush();
+    // Idle now: a writer that polls has done so (and given up) well within this.
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
     w.remove(&p);
     INFO("one CPU: " << one_cpu);
     if (one_cpu) CHECK(w.stats().spins == 0);
