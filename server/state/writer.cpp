@@ -25,7 +25,11 @@ int SpinPolicy::allowed_cpus() {
   return CPU_COUNT(&set);
 }
 
-Writer::Writer(const std::filesystem::path& db_path, Options options) : db_(db_path), options_(options) {
+Writer::Writer(const std::filesystem::path& db_path, Options options)
+    : db_(db_path),
+      options_(options),
+      begin_(db_.handle(), "BEGIN IMMEDIATE"),
+      commit_(db_.handle(), "COMMIT") {
   if (options_.checkpointer) options_.checkpointer->watch(db_.handle());
   if (options_.sync) syncer_ = std::make_unique<WalSyncer>(db_path);
   thread_ = std::thread([this] { run(); });
@@ -191,11 +195,19 @@ void Writer::run() {
   }
 }
 
+void Writer::run_cached(Statement& st) {
+  struct Reset {
+    Statement& st;
+    ~Reset() { st.reset(); }
+  } reset{st};
+  st.step();
+}
+
 void Writer::process(std::vector<std::shared_ptr<Item>>& batch, std::size_t begin, std::size_t end) {
   std::vector<Item*> early;  // answered before this attempt's COMMIT
   try {
     auto lock = db_.lock();
-    db_.exec("BEGIN IMMEDIATE");
+    run_cached(begin_);
     std::vector<Participant*> begun;
     try {
       for (std::size_t i = begin; i < end; ++i) {
@@ -215,7 +227,7 @@ void Writer::process(std::vector<std::shared_ptr<Item>>& batch, std::size_t begi
           answer(item);
         }
       }
-      db_.exec("COMMIT");
+      run_cached(commit_);
     } catch (...) {
       sqlite3_exec(db_.handle(), "ROLLBACK", nullptr, nullptr, nullptr);  // (a failed COMMIT may have ended it)
       for (Participant* p : begun) p->rolled_back();

@@ -141,10 +141,13 @@ class Writer {
   void run();
   void process(std::vector<std::shared_ptr<Item>>& batch, std::size_t begin, std::size_t end);
   void answer(Item& item);
+  void run_cached(Statement& st);  // steps a statement without rows, then resets it
   void answer_all(std::vector<std::shared_ptr<Item>>& batch);
 
   Database db_;
   Options options_;
+  // Prepared once: sqlite3_exec parses them again for every transaction.
+  Statement begin_, commit_;
   std::unique_ptr<WalSyncer> syncer_;  // outlives the writer thread
 
   std::mutex mutex_;
