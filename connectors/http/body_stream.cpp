@@ -2,6 +2,8 @@
 
 #include <boost/asio/use_awaitable.hpp>
 
+#include <atomic>
+
 namespace scigate::http {
 namespace asio = boost::asio;
 
@@ -18,7 +20,17 @@ struct BodyStream::State {
   // One slot: a ring while one is pending is coalesced. Thread-safe (try_send from curl's thread).
   asio::experimental::concurrent_channel<void(boost::system::error_code)> bell;
 
+  std::atomic<bool> ring_due{false};  // a ring waits for the end of the client's round
+
   void ring() { bell.try_send(boost::system::error_code{}); }
+  // From the client's thread: one ring per round, however many heads, pieces and ends it saw.
+  static void ring_soon(const std::shared_ptr<State>& s) {
+    if (s->ring_due.exchange(true)) return;
+    CurlClient::at_round_end([s] {
+      s->ring_due = false;
+      s->ring();
+    });
+  }
 };
 
 namespace {
@@ -37,7 +49,7 @@ struct StreamCompletion final : CurlClient::Completion {
       }
       state->done = true;
     }
-    state->ring();
+    BodyStream::State::ring_soon(state);
   }
   std::shared_ptr<BodyStream::State> state;
 };
@@ -57,7 +69,7 @@ BodyStream::BodyStream(CurlClient& client, Request request, asio::any_io_executo
       s->status = status;
       s->headers = headers;
     }
-    s->ring();
+    State::ring_soon(s);
     return true;
   };
   request.on_data = [weak](std::string_view piece) {
@@ -68,7 +80,7 @@ BodyStream::BodyStream(CurlClient& client, Request request, asio::any_io_executo
       if (s->pending.size() + piece.size() > s->limit) return false;  // the reader fell behind
       s->pending.append(piece);
     }
-    s->ring();
+    State::ring_soon(s);
     return true;
   };
   request.cancel_token = token_;

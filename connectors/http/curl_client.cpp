@@ -23,6 +23,17 @@ struct GlobalInit {
 
 void global_init_once() { static GlobalInit init; }
 
+// The client thread's work for the end of the current round (at_round_end); null elsewhere.
+thread_local std::vector<std::function<void()>>* t_round_end = nullptr;
+
+void run_round_end(std::vector<std::function<void()>>& hooks) {
+  while (!hooks.empty()) {  // a hook may add another
+    std::vector<std::function<void()>> now;
+    now.swap(hooks);
+    for (auto& fn : now) fn();
+  }
+}
+
 std::string trim(std::string_view s) {
   while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
   while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
@@ -197,6 +208,8 @@ struct CurlClient::Impl {
   }
 
   void run() {
+    std::vector<std::function<void()>> round_end;
+    t_round_end = &round_end;
     while (true) {
       std::deque<std::unique_ptr<Transfer>> adds;
       std::deque<uint64_t> cancels;
@@ -241,6 +254,8 @@ struct CurlClient::Impl {
           finish(std::move(t));
         }
         active.clear();
+        run_round_end(round_end);
+        t_round_end = nullptr;
         return;
       }
       int running = 0;
@@ -273,6 +288,7 @@ struct CurlClient::Impl {
         }
         finish(std::move(t));
       }
+      run_round_end(round_end);
       curl_multi_poll(multi, nullptr, 0, 1000, nullptr);
     }
   }
@@ -327,6 +343,11 @@ bool CancelToken::arm(std::function<void()> canceller) {
   if (cancelled_) return false;
   canceller_ = std::move(canceller);
   return true;
+}
+
+void CurlClient::at_round_end(std::function<void()> fn) {
+  if (t_round_end) t_round_end->push_back(std::move(fn));
+  else fn();
 }
 
 uint64_t CurlClient::started() const { return impl_->started.load(); }

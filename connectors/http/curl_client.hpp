@@ -120,6 +120,13 @@ class CurlClient {
         Initiation{this}, boost::asio::use_awaitable, std::move(request));
   }
 
+  // For Request callbacks and Completion::complete, which run on the client's thread: runs `fn`
+  // once the client has handled everything that arrived in the current round of I/O, before it
+  // waits again, so that a consumer told of a head, some body and the end in one round is woken
+  // once, not three times (on a busy core each wake-up is a context switch). On any other
+  // thread `fn` runs at once.
+  static void at_round_end(std::function<void()> fn);
+
   // Transfers started and in flight, for tests and metrics.
   uint64_t started() const;
   std::size_t in_flight() const;
