@@ -36,6 +36,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_options.hpp"
 #include "connectors/storage/transfer_service.hpp"
 #include "server/state/database.hpp"
 #include "tests/support/nginx_server.hpp"
@@ -226,20 +227,20 @@ int main(int argc, char** argv) {
   int small_files = 10000, small_bytes = 4096, repeat = 3;
   fs::path base = "/tmp";
   std::string json_out;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string k = argv[i], v = argv[i + 1];
-    if (k == "--large-mib") large_mib = std::stoll(v);
-    else if (k == "--small-files") small_files = std::stoi(v);
-    else if (k == "--small-bytes") small_bytes = std::stoi(v);
-    else if (k == "--download-mib") download_mib = std::stoll(v);
-    else if (k == "--repeat") repeat = std::stoi(v);
-    else if (k == "--dir") base = v;
-    else if (k == "--json") json_out = v;
-    else {
-      std::cerr << "unknown option " << k << "\n";
-      return 2;
-    }
-  }
+  scigate::bench::parse_options(argc, argv, 1,
+                       "scigate_data_bench [--large-mib 2048] [--small-files 10000] [--small-bytes 4096] "
+                       "[--download-mib 1024] [--repeat 3] [--dir /tmp] [--json FILE]",
+                       [&](const std::string& k, const std::string& v) {
+                         if (k == "--large-mib") large_mib = std::stoll(v);
+                         else if (k == "--small-files") small_files = std::stoi(v);
+                         else if (k == "--small-bytes") small_bytes = std::stoi(v);
+                         else if (k == "--download-mib") download_mib = std::stoll(v);
+                         else if (k == "--repeat") repeat = std::stoi(v);
+                         else if (k == "--dir") base = v;
+                         else if (k == "--json") json_out = v;
+                         else return false;
+                         return true;
+                       });
   std::string tmpl_s = (base / "scigate-data-bench-XXXXXX").string();
   std::vector<char> tmpl(tmpl_s.begin(), tmpl_s.end());
   tmpl.push_back(0);

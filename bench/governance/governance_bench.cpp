@@ -35,6 +35,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_options.hpp"
 #include "policies/audit_store.hpp"
 #include "server/app.hpp"
 #include "server/auth/directory.hpp"
@@ -175,22 +176,25 @@ Stats measure_floor(state::Writer& writer, state::Writer::Participant& owner, bo
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) {
-    std::cerr << "usage: scigate_governance_bench SCIGATE_BINARY [--calls N] [--durability fsync|commit] [--callers N] [--out FILE]\n";
-    return 2;
-  }
-  std::string bin = argv[1];
+  const std::string usage =
+      "scigate_governance_bench SCIGATE_BINARY [--calls N] [--durability fsync|commit] [--callers N] [--out FILE]";
   int calls = 50000;
   std::string out_file;
   std::vector<std::string> modes = {"fsync", "commit"};
   std::vector<int> callers = {1, 16};
-  for (int i = 2; i + 1 < argc; i += 2) {
-    std::string k = argv[i];
-    if (k == "--calls") calls = std::atoi(argv[i + 1]);
-    else if (k == "--durability") modes = {argv[i + 1]};
-    else if (k == "--out") out_file = argv[i + 1];
-    else if (k == "--callers") callers = {std::atoi(argv[i + 1])};
+  scigate::bench::parse_options(argc, argv, 2, usage, [&](const std::string& k, const std::string& v) {
+    if (k == "--calls") calls = std::stoi(v);
+    else if (k == "--durability") modes = {v};
+    else if (k == "--out") out_file = v;
+    else if (k == "--callers") callers = {std::stoi(v)};
+    else return false;
+    return true;
+  });
+  if (argc < 2 || std::string(argv[1]).rfind("--", 0) == 0) {
+    std::cerr << "usage: " << usage << "\n";
+    return 2;
   }
+  std::string bin = argv[1];
   // One App per [server] durability mode, in the same run: "fsync" answers a call once its
   // audit record (committed after its charge) is fsynced; "commit" once it is in the WAL.
   log::init("json", "off");

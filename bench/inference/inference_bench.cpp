@@ -58,6 +58,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_options.hpp"
 #include "tests/integration/server_process.hpp"
 #include "tests/support/inference_double.hpp"
 
@@ -523,31 +524,34 @@ int main(int argc, char** argv) {
 int run_bench(int argc, char** argv) {
   Options o;
   if (::geteuid() == 0) o.nice = -20;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string a = argv[i], v = argv[i + 1];
-    if (a == "--rate") o.rate = std::stod(v);
-    else if (a == "--seconds") o.seconds = std::stod(v);
-    else if (a == "--warmup") o.warmup = std::stod(v);
-    else if (a == "--streams") o.streams = std::stoi(v);
-    else if (a == "--stream-tokens") o.stream_tokens = std::stoi(v);
-    else if (a == "--stream-interval-ms") o.stream_interval_ms = std::stoi(v);
-    else if (a == "--max-tokens") o.max_tokens = std::stoi(v);
-    else if (a == "--pin") o.pin = v != "0";
-    else if (a == "--credits") o.credits = v != "0" && v != "off";
-    else if (a == "--echo") o.echo = v != "0";
-    else if (a == "--threads") o.threads = std::stoi(v);
-    else if (a == "--nice") o.nice = std::stoi(v);
-    else if (a == "--json") o.json_path = v;
-    else if (a == "--durability") {
-      o.durability.clear();
-      std::stringstream ss(v);
-      std::string d;
-      while (std::getline(ss, d, ',')) o.durability.push_back(d);
-    } else {
-      std::fprintf(stderr, "unknown option %s\n", a.c_str());
-      return 2;
-    }
-  }
+  scigate::bench::parse_options(argc, argv, 1,
+                       "scigate_inference_bench [--rate 500] [--seconds 20] [--warmup 3] [--streams 1000] "
+                       "[--stream-tokens 50] [--stream-interval-ms 50] [--max-tokens 8] [--durability commit,fsync] "
+                       "[--pin 1] [--threads N] [--credits on] [--echo 0] [--nice -20] [--json FILE]",
+                       [&](const std::string& a, const std::string& v) {
+                         if (a == "--rate") o.rate = std::stod(v);
+                         else if (a == "--seconds") o.seconds = std::stod(v);
+                         else if (a == "--warmup") o.warmup = std::stod(v);
+                         else if (a == "--streams") o.streams = std::stoi(v);
+                         else if (a == "--stream-tokens") o.stream_tokens = std::stoi(v);
+                         else if (a == "--stream-interval-ms") o.stream_interval_ms = std::stoi(v);
+                         else if (a == "--max-tokens") o.max_tokens = std::stoi(v);
+                         else if (a == "--pin") o.pin = v != "0";
+                         else if (a == "--credits") o.credits = v != "0" && v != "off";
+                         else if (a == "--echo") o.echo = v != "0";
+                         else if (a == "--threads") o.threads = std::stoi(v);
+                         else if (a == "--nice") o.nice = std::stoi(v);
+                         else if (a == "--json") o.json_path = v;
+                         else if (a == "--durability") {
+                           o.durability.clear();
+                           std::stringstream ss(v);
+                           std::string d;
+                           while (std::getline(ss, d, ',')) o.durability.push_back(d);
+                         } else {
+                           return false;
+                         }
+                         return true;
+                       });
   if (o.json_path.empty()) o.json_path = std::string(SCIGATE_SOURCE_DIR) + "/bench/inference/last-run.json";
   if (o.pin && std::thread::hardware_concurrency() < 2) o.pin = false;
   const int threads = o.threads >= 0 ? o.threads : (o.pin ? 1 : -1);

@@ -28,6 +28,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_options.hpp"
 #include "connectors/scheduler/slurm/slurm_rest.hpp"
 #include "tests/integration/server_process.hpp"
 #include "tests/support/run_blocking.hpp"
@@ -76,14 +77,17 @@ tools = ["submit_job", "get_job", "list_jobs", "get_usage"]
 
 int main(int argc, char** argv) {
   int submits = 100, jobs = 1000, agents = 100, seconds = 10;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string a = argv[i];
-    int v = std::atoi(argv[i + 1]);
-    if (a == "--submits") submits = v;
-    else if (a == "--jobs") jobs = v;
-    else if (a == "--agents") agents = v;
-    else if (a == "--seconds") seconds = v;
-  }
+  scigate::bench::parse_options(argc, argv, 1,
+                       "scigate_slurm_gateway_bench [--submits 100] [--jobs 1000] [--agents 100] [--seconds 10]",
+                       [&](const std::string& a, const std::string& s) {
+                         int v = std::stoi(s);
+                         if (a == "--submits") submits = v;
+                         else if (a == "--jobs") jobs = v;
+                         else if (a == "--agents") agents = v;
+                         else if (a == "--seconds") seconds = v;
+                         else return false;
+                         return true;
+                       });
   std::string why;
   auto* cluster = test::SlurmCluster::get(&why);
   if (!cluster) {

@@ -24,6 +24,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench/bench_options.hpp"
 #include "connectors/quantum/qasm/qasm_parser.hpp"
 #include "connectors/quantum/statevector/kernels.hpp"
 #include "connectors/quantum/statevector/simulator.hpp"
@@ -140,20 +141,21 @@ int main(int argc, char** argv) {
   int qubits = 26, layered_qubits = 25, layers = 13, repeat = 3;
   bool skip_unfused = false;
   std::string json_path;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
-    if (a == "--qubits") qubits = std::stoi(next());
-    else if (a == "--layered-qubits") layered_qubits = std::stoi(next());
-    else if (a == "--layers") layers = std::stoi(next());
-    else if (a == "--repeat") repeat = std::stoi(next());
-    else if (a == "--skip-unfused") skip_unfused = true;
-    else if (a == "--json") json_path = next();
-    else {
-      std::fprintf(stderr, "unknown option %s\n", a.c_str());
-      return 2;
-    }
-  }
+  scigate::bench::parse_options(
+      argc, argv, 1,
+      "scigate_quantum_bench [--qubits 26] [--layered-qubits 25] [--layers 13] [--repeat 3] [--skip-unfused] "
+      "[--json FILE]",
+      [&](const std::string& a, const std::string& v) {
+        if (a == "--qubits") qubits = std::stoi(v);
+        else if (a == "--layered-qubits") layered_qubits = std::stoi(v);
+        else if (a == "--layers") layers = std::stoi(v);
+        else if (a == "--repeat") repeat = std::stoi(v);
+        else if (a == "--skip-unfused") skip_unfused = true;
+        else if (a == "--json") json_path = v;
+        else return false;
+        return true;
+      },
+      {"--skip-unfused"});
   json out;
   out["cpus"] = std::thread::hardware_concurrency();
   out["simd_available"] = simd_available();
