@@ -7,9 +7,11 @@
 // - The thread may run on one CPU only (taskset, a cgroup cpuset, a one-vCPU VM): the thread
 //   that would hand it work needs that very CPU, so every microsecond polled delays the work
 //   polled for. The allowed CPUs are read again every second (affinity can change at run time).
-// - Polls keep finding nothing (calls come further apart than the budget): each miss halves the
-//   next budget, and below a sixteenth of the maximum polling stops; every 64th sleep after
-//   that probes once with the full budget, and a hit restores it.
+// - Polls mostly find nothing (calls come further apart than the budget): the policy keeps a
+//   running hit rate (each poll weighs 1/8) and stops polling below one in four; every 64th
+//   sleep after that polls once to see whether the load has changed. A closed-loop caller's
+//   polls hit most of the time but miss in runs (bench/governance), which is why it is a rate
+//   and not a count of misses in a row.
 #include <chrono>
 #include <cstdint>
 
@@ -19,7 +21,7 @@ class SpinPolicy {
  public:
   using Clock = std::chrono::steady_clock;
 
-  explicit SpinPolicy(std::chrono::microseconds max) : max_(max), budget_(max) {}
+  explicit SpinPolicy(std::chrono::microseconds max) : max_(max) {}
 
   // How long to poll now (zero: sleep at once). The caller reports the outcome with polled()
   // when it polled, and calls slept() when it did not.
@@ -30,29 +32,25 @@ class SpinPolicy {
       next_cpu_check_ = now + std::chrono::seconds(1);
     }
     if (cpus_ < 2) return {};
-    return budget_;
+    return rate_ >= kOn || probe_ ? max_ : std::chrono::microseconds(0);
   }
 
   void polled(bool found_work) {
     ++polls_;
-    if (found_work) {
-      ++hits_;
-      budget_ = max_;
-      sleeps_off_ = 0;
-      return;
-    }
-    budget_ /= 2;
-    if (budget_ * 16 < max_) budget_ = {};
+    if (found_work) ++hits_;
+    rate_ += ((found_work ? kOne : 0) - rate_) / 8;
+    probe_ = false;
   }
 
   void slept() {
-    if (max_.count() <= 0 || budget_.count() > 0) return;
+    if (max_.count() <= 0 || rate_ >= kOn) return;
     if (++sleeps_off_ >= 64) {  // probe: the load may have changed
-      budget_ = max_;
+      probe_ = true;
       sleeps_off_ = 0;
     }
   }
 
+  bool polling() const { return rate_ >= kOn; }
   uint64_t polls() const { return polls_; }
   uint64_t hits() const { return hits_; }
 
@@ -60,7 +58,10 @@ class SpinPolicy {
   static int allowed_cpus();
 
  private:
-  std::chrono::microseconds max_, budget_;
+  static constexpr int kOne = 1024, kOn = kOne / 4;  // the hit rate, in 1024ths
+  std::chrono::microseconds max_;
+  int rate_ = kOne;
+  bool probe_ = false;
   int cpus_ = 0;
   Clock::time_point next_cpu_check_{};
   uint64_t polls_ = 0, hits_ = 0;
