@@ -74,6 +74,26 @@ AuditLogOptions audit_options(const Config& c) {
   o.sync_before_answer = c.durability == "fsync";
   return o;
 }
+
+// The state writer's counters for /metrics (docs/OPERATIONS.md lists them).
+std::string writer_metrics(const state::Writer::Stats& s) {
+  std::string o;
+  auto counter = [&](const char* name, const char* help, uint64_t v) {
+    o += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " counter\n" + name + " " +
+         std::to_string(v) + "\n";
+  };
+  counter("scigate_state_items_total", "Writes (holds, settles, audit records) the state writer has committed.", s.items);
+  counter("scigate_state_transactions_total", "Transactions the state writer has committed.", s.transactions);
+  counter("scigate_state_retried_batches_total", "Batches rolled back and retried item by item after a failure.",
+          s.retried_batches);
+  counter("scigate_state_failed_items_total", "Writes that failed (their callers got an error).", s.failed_items);
+  counter("scigate_state_lock_waits_total", "Waits for the database write lock held by another connection.",
+          s.busy_waits);
+  counter("scigate_state_fsyncs_total", "WAL fsyncs (durability = fsync).", s.syncs);
+  counter("scigate_state_polls_total", "Polls for the next write before the idle writer sleeps.", s.spins);
+  counter("scigate_state_poll_hits_total", "Polls that found a write before their budget ran out.", s.spin_hits);
+  return o;
+}
 }  // namespace
 
 CreditLedgerOptions credit_ledger_options(const Config& config) {
@@ -125,6 +145,7 @@ App::App(Config config)
       dispatcher_(config_, pipeline_, registry_, policy_, metrics_, tasks_.get()) {
   if (sqlite_ledger_)
     jobs_->set_pricer([ledger = sqlite_ledger_](const Usage& u) { return ledger->rates().price(u); });
+  metrics_.add_collector([this] { return writer_metrics(writer_.stats()); });
   policy_.set_schema_lookup([this](const std::string& tool) -> const json* {
     const Tool* t = registry_.find(tool);
     return t ? &t->descriptor().input_schema : nullptr;

@@ -56,6 +56,7 @@ class App {
   // For in-process benchmarks (bench/governance): the governed pipeline and its tools.
   ToolCallPipeline& pipeline() { return pipeline_; }
   ToolRegistry& registry() { return registry_; }
+  state::Writer::Stats state_stats() const { return writer_.stats(); }  // also on /metrics
   Ledger& ledger() { return *ledger_; }
   const Config& config() const { return config_; }
 

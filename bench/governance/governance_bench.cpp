@@ -287,9 +287,14 @@ int main(int argc, char** argv) {
       measure(bare, bare_auth, c, calls / 10);
       measure(app.pipeline(), governed_auth, c, calls / 10);
       Stats b1 = measure(bare, bare_auth, c, calls);
+      auto before = app.state_stats();
       Stats g1 = measure(app.pipeline(), governed_auth, c, calls);
       Stats b2 = measure(bare, bare_auth, c, calls);
       Stats g2 = measure(app.pipeline(), governed_auth, c, calls);
+      auto after = app.state_stats();
+      // Whether the idle writer's polls paid (SpinPolicy): counted over both governed runs.
+      uint64_t polls = after.spins - before.spins, hits = after.spin_hits - before.spin_hits;
+      uint64_t transactions = after.transactions - before.transactions;
       measure_floor(floor_writer, floor_owner, sync, c, calls / 10);
       Stats f1 = measure_floor(floor_writer, floor_owner, sync, c, calls);
       Stats f2 = measure_floor(floor_writer, floor_owner, sync, c, calls);
@@ -303,7 +308,10 @@ int main(int argc, char** argv) {
       nlohmann::json cell{{"bare", j(b)}, {"governed", j(g)}, {"floor_one_writer_round_trip", j(f)},
                           {"added_p50_us", g.p50_us - b.p50_us}, {"added_p99_us", g.p99_us - b.p99_us},
                           {"throughput_ratio", g.calls_per_s / b.calls_per_s},
-                          {"added_p50_over_floor_p50", (g.p50_us - b.p50_us) / f.p50_us}};
+                          {"added_p50_over_floor_p50", (g.p50_us - b.p50_us) / f.p50_us},
+                          {"writer", {{"transactions_per_call", double(transactions) / (2.0 * calls)},
+                                      {"polls_per_call", double(polls) / (2.0 * calls)},
+                                      {"poll_hit_rate", polls ? double(hits) / double(polls) : 0.0}}}};
       report["concurrency_" + std::to_string(c)] = cell;
       std::printf("%2d callers: bare p50 %.1f us p99 %.1f us %.0f/s | governed p50 %.1f us p99 %.1f us %.0f/s "
                   "(%lld ok, %lld refused) | added p50 %.1f us p99 %.1f us\n",
@@ -312,6 +320,9 @@ int main(int argc, char** argv) {
                   g.p99_us - b.p99_us);
       std::printf("            floor (one writer round trip + commit) p50 %.1f us p99 %.1f us %.0f/s | added p50 / floor p50 = %.2f\n",
                   f.p50_us, f.p99_us, f.calls_per_s, (g.p50_us - b.p50_us) / f.p50_us);
+      std::printf("            writer: %.2f transactions/call, %.2f polls/call, %.0f%% of polls found work\n",
+                  double(transactions) / (2.0 * calls), double(polls) / (2.0 * calls),
+                  polls ? 100.0 * double(hits) / double(polls) : 0.0);
     }
     floor_writer.flush();
     floor_writer.remove(&floor_owner);

@@ -40,6 +40,11 @@ void Metrics::record_rpc(const std::string& method) {
   ++rpc_[method];
 }
 
+void Metrics::add_collector(std::function<std::string()> collector) {
+  std::lock_guard g(mutex_);
+  collectors_.push_back(std::move(collector));
+}
+
 std::string Metrics::render() const {
   std::ostringstream o;
   std::lock_guard g(mutex_);
@@ -67,6 +72,7 @@ std::string Metrics::render() const {
     << "scigate_tool_calls_in_flight " << in_flight.load() << "\n";
   o << "# HELP scigate_http_connections Open HTTP connections.\n# TYPE scigate_http_connections gauge\n"
     << "scigate_http_connections " << connections.load() << "\n";
+  for (const auto& c : collectors_) o << c();
   return o.str();
 }
 

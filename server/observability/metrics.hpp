@@ -6,9 +6,11 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
+#include <vector>
 
 namespace scigate {
 
@@ -21,6 +23,10 @@ class Metrics {
   std::atomic<int64_t> sessions{0};
   std::atomic<int64_t> in_flight{0};
   std::atomic<int64_t> connections{0};
+
+  // Lines another component renders itself at each scrape (the state writer's counters): whole
+  // series with their # HELP and # TYPE. Register before serving; collectors must outlive this.
+  void add_collector(std::function<std::string()> collector);
 
   std::string render() const;
 
@@ -37,6 +43,7 @@ class Metrics {
   std::map<std::string, Histogram> latency_;
   std::map<int, uint64_t> http_;
   std::map<std::string, uint64_t> rpc_;
+  std::vector<std::function<std::string()>> collectors_;
 };
 
 }  // namespace scigate

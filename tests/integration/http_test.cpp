@@ -28,9 +28,9 @@ json call(Client& c, const std::string& key, const json& req) {
 int metric(uint16_t port, const std::string& series) {
   Client c(port);
   auto r = c.request(verb::get, "/metrics", {});
-  auto p = r.body.find(series + " ");
+  auto p = r.body.find("\n" + series + " ");  // a sample line, not its # HELP
   if (p == std::string::npos) return 0;
-  return std::stoi(r.body.substr(p + series.size() + 1));
+  return std::stoi(r.body.substr(p + series.size() + 2));
 }
 
 }  // namespace
@@ -48,6 +48,23 @@ TEST_CASE("http: health, readiness and metrics endpoints") {
   CHECK(m.body.find("scigate_http_connections") != std::string::npos);
   CHECK(c.request(verb::post, "/healthz", {}).status == 405);
   CHECK(c.request(verb::get, "/nope", {}).status == 404);
+}
+
+TEST_CASE("http: /metrics counts the state writer's commits") {
+  auto& s = shared_server();
+  int items = metric(s.port(), "scigate_state_items_total");
+  int transactions = metric(s.port(), "scigate_state_transactions_total");
+  Client c(s.port());
+  auto r = call(c, s.user_key(), modern_request(7, "tools/call", {{"name", "echo"}, {"arguments", {{"text", "m"}}}}));
+  REQUIRE(r["result"]["isError"] == false);
+  // The call is answered once its audit record is committed: the counters already show it.
+  CHECK(metric(s.port(), "scigate_state_items_total") > items);
+  CHECK(metric(s.port(), "scigate_state_transactions_total") > transactions);
+  CHECK(metric(s.port(), "scigate_state_failed_items_total") == 0);
+  auto m = c.request(verb::get, "/metrics", {});
+  for (const char* series : {"scigate_state_fsyncs_total", "scigate_state_polls_total", "scigate_state_poll_hits_total",
+                             "scigate_state_lock_waits_total", "scigate_state_retried_batches_total"})
+    CHECK(m.body.find(std::string("# TYPE ") + series + " counter\n" + series + " ") != std::string::npos);
 }
 
 TEST_CASE("http: authentication at the edge") {
