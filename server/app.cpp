@@ -72,6 +72,7 @@ AuditLogOptions audit_options(const Config& c) {
   AuditLogOptions o{true, c.audit.signing_key, c.audit.checkpoint_file, c.audit.checkpoint_every_records,
                     c.audit.checkpoint_every};
   o.sync_before_answer = c.durability == "fsync";
+  o.also_log = c.audit.log_mirror;
   return o;
 }
 

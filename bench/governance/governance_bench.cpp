@@ -6,7 +6,8 @@
 // in the same process and run, at 1 and 16 concurrent callers. The difference is what
 // governance adds to a call. Then `audit verify` over everything written.
 //
-//   scigate_governance_bench SCIGATE_BINARY [--calls N] [--durability fsync|commit] [--callers N] [--out FILE.json]
+//   scigate_governance_bench SCIGATE_BINARY [--calls N] [--durability fsync|commit] [--callers N]
+//                            [--log-mirror on|off] [--out FILE.json]
 //
 // Both durability modes run by default, each in a fresh directory.
 //
@@ -177,16 +178,19 @@ Stats measure_floor(state::Writer& writer, state::Writer::Participant& owner, bo
 
 int main(int argc, char** argv) {
   const std::string usage =
-      "scigate_governance_bench SCIGATE_BINARY [--calls N] [--durability fsync|commit] [--callers N] [--out FILE]";
+      "scigate_governance_bench SCIGATE_BINARY [--calls N] [--durability fsync|commit] [--callers N] "
+      "[--log-mirror on|off] [--out FILE]";
   int calls = 50000;
   std::string out_file;
   std::vector<std::string> modes = {"fsync", "commit"};
   std::vector<int> callers = {1, 16};
+  bool log_mirror = true;  // [audit] log_mirror, on as in production
   scigate::bench::parse_options(argc, argv, 2, usage, [&](const std::string& k, const std::string& v) {
     if (k == "--calls") calls = std::stoi(v);
     else if (k == "--durability") modes = {v};
     else if (k == "--out") out_file = v;
     else if (k == "--callers") callers = {std::stoi(v)};
+    else if (k == "--log-mirror" && (v == "on" || v == "off")) log_mirror = v == "on";
     else return false;
     return true;
   });
@@ -249,6 +253,9 @@ int main(int argc, char** argv) {
       auto server = cfg.find("[server]\n");
       if (server == std::string::npos) throw std::runtime_error("the demo config has no [server]");
       cfg.insert(server + 9, "durability = \"" + durability + "\"\n");
+      auto audit = cfg.find("[audit]\n");
+      if (audit == std::string::npos) throw std::runtime_error("the demo config has no [audit]");
+      cfg.insert(audit + 8, std::string("log_mirror = ") + (log_mirror ? "true" : "false") + "\n");
       std::ofstream(dir / "scigate.toml") << cfg;
     }
     run(bin + " credits grant --config " + (dir / "scigate.toml").string() + " --project demo 1000000 2>&1");
@@ -338,6 +345,7 @@ int main(int argc, char** argv) {
   };
   nlohmann::json report = nlohmann::json::object();
   report["calls"] = calls;
+  report["log_mirror"] = log_mirror;
   for (const auto& mode : modes) report[mode] = run_mode(mode);
   if (!out_file.empty()) std::ofstream(out_file) << report.dump(2) << "\n";
   return 0;

@@ -711,8 +711,9 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
   if (auto* s = section(root, "inference", source)) parse_inference(*s, c.inference, source);
   if (auto* s = section(root, "credits", source)) parse_credits(*s, c.credits, source);
   if (auto* s = section(root, "audit", source)) {
-    reject_unknown(*s, {"signing_key", "checkpoint_file", "checkpoint_every_records", "checkpoint_every_s"}, "[audit]",
-                   source);
+    reject_unknown(*s, {"signing_key", "checkpoint_file", "checkpoint_every_records", "checkpoint_every_s", "log_mirror"},
+                   "[audit]", source);
+    c.audit.log_mirror = get<bool>(*s, "log_mirror", c.audit.log_mirror, source);
     c.audit.signing_key = get<std::string>(*s, "signing_key", c.audit.signing_key.string(), source);
     c.audit.checkpoint_file = get<std::string>(*s, "checkpoint_file", c.audit.checkpoint_file.string(), source);
     c.audit.checkpoint_every_records =

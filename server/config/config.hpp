@@ -99,6 +99,9 @@ struct AuditConfig {
   std::filesystem::path checkpoint_file = "audit-checkpoints.jsonl";
   int64_t checkpoint_every_records = 1000;  // 0: not by count
   std::chrono::seconds checkpoint_every{60};  // 0: not by time
+  // Each committed record also written to the log as an `audit` event (for a SIEM); the
+  // database holds the chain either way.
+  bool log_mirror = true;
 };
 
 // [sites.slurm]: how a Slurm site is reached (connectors/scheduler/slurm). Kept as given.

@@ -457,3 +457,23 @@ TEST_CASE("audit crash: after SIGKILL at random points, verify passes and no ack
     if (!recorded.count(a)) missing.push_back(a);
   CHECK(missing.empty());
 }
+
+TEST_CASE("audit log_mirror: on, each record is also an audit line in the log; off, only the database has it") {
+  auto run = [](bool mirror) {
+    ServerProcess s(std::string("[audit]\nlog_mirror = ") + (mirror ? "true" : "false") + "\n");
+    Client c(s.port());
+    std::string text = std::string("mirror-") + (mirror ? "on" : "off");
+    auto r = call_tool(c, s.user_key(), "echo", {{"text", text}});
+    REQUIRE(r["result"]["structuredContent"]["text"] == text);
+    REQUIRE(s.stop() == 0);  // the mirror runs after the answer; a clean stop has written it
+    bool recorded = false;
+    for (auto& rec : export_records(s))
+      if (rec["tool"] == "echo" && rec["details"]["arguments"]["text"] == text) recorded = true;
+    CHECK(recorded);
+    std::string log = s.log();
+    bool mirrored = log.find("\"event\":\"audit\"") != std::string::npos && log.find(text) != std::string::npos;
+    CHECK(mirrored == mirror);
+  };
+  run(true);
+  run(false);
+}

@@ -10,18 +10,21 @@ TEST_CASE("config [audit]: defaults beside the config, values, and strict keys")
   CHECK(d.audit.checkpoint_file == std::filesystem::path("/etc/scigate/audit-checkpoints.jsonl"));
   CHECK(d.audit.checkpoint_every_records == 1000);
   CHECK(d.audit.checkpoint_every == std::chrono::seconds(60));
+  CHECK(d.audit.log_mirror);
 
   Config c = parse_config(R"([audit]
 signing_key = "/var/lib/scigate/k.pem"
 checkpoint_file = "cp/audit.jsonl"
 checkpoint_every_records = 0
 checkpoint_every_s = 15
+log_mirror = false
 )",
                           "/etc/scigate", "test.toml");
   CHECK(c.audit.signing_key == std::filesystem::path("/var/lib/scigate/k.pem"));
   CHECK(c.audit.checkpoint_file == std::filesystem::path("/etc/scigate/cp/audit.jsonl"));
   CHECK(c.audit.checkpoint_every_records == 0);
   CHECK(c.audit.checkpoint_every == std::chrono::seconds(15));
+  CHECK_FALSE(c.audit.log_mirror);
 
   auto refused = [](const std::string& text, const std::string& expect) {
     try {
@@ -36,5 +39,6 @@ checkpoint_every_s = 15
   refused("[audit]\ncheckpoint_every_s = -1\n", "must be zero or more");
   refused("[audit]\ncheckpoint_every_records = \"many\"\n", "wrong type");
   refused("[audit]\nsigning_key = \"\"\n", "must not be empty");
+  refused("[audit]\nlog_mirror = \"no\"\n", "wrong type");
   refused("audit = 1\n", "[audit] must be a table");
 }
