@@ -458,7 +458,7 @@ TEST_CASE("audit crash: after SIGKILL at random points, verify passes and no ack
   CHECK(missing.empty());
 }
 
-TEST_CASE("audit log_mirror: on, each record is also an audit line in the log; off, only the database has it") {
+TEST_CASE("audit log_mirror: on, each record is also an audit line in the log, off, only the database has it") {
   auto run = [](bool mirror) {
     ServerProcess s(std::string("[audit]\nlog_mirror = ") + (mirror ? "true" : "false") + "\n");
     Client c(s.port());
