@@ -9,9 +9,10 @@
 //   polled for. The allowed CPUs are read again every second (affinity can change at run time).
 // - Polls mostly find nothing (calls come further apart than the budget): the policy keeps a
 //   running hit rate (each poll weighs 1/8) and stops polling below one in four; every 64th
-//   sleep after that polls once to see whether the load has changed. A closed-loop caller's
-//   polls hit most of the time but miss in runs (bench/governance), which is why it is a rate
-//   and not a count of misses in a row.
+//   sleep after that polls once to see whether the load has changed. A rate, not a count of
+//   misses in a row: hits and misses come mixed, and what decides whether polling pays is
+//   their proportion (bench/governance records it: a lone caller's polls, always on, hit only
+//   12-16% of the time — the call's round trip is longer than the budget).
 #include <chrono>
 #include <cstdint>
 
