@@ -25,7 +25,8 @@ class Metrics {
   std::atomic<int64_t> connections{0};
 
   // Lines another component renders itself at each scrape (the state writer's counters): whole
-  // series with their # HELP and # TYPE. Register before serving; collectors must outlive this.
+  // series with their # HELP and # TYPE. Register before serving; what a collector reads must
+  // outlive the last render().
   void add_collector(std::function<std::string()> collector);
 
   std::string render() const;

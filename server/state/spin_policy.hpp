@@ -33,7 +33,7 @@ class SpinPolicy {
       next_cpu_check_ = now + std::chrono::seconds(1);
     }
     if (cpus_ < 2) return {};
-    return rate_ >= kOn || probe_ ? max_ : std::chrono::microseconds(0);
+    return polling() || probe_ ? max_ : std::chrono::microseconds(0);
   }
 
   void polled(bool found_work) {
@@ -44,7 +44,7 @@ class SpinPolicy {
   }
 
   void slept() {
-    if (max_.count() <= 0 || rate_ >= kOn) return;
+    if (max_.count() <= 0 || polling()) return;
     if (++sleeps_off_ >= 64) {  // probe: the load may have changed
       probe_ = true;
       sleeps_off_ = 0;
