@@ -745,12 +745,13 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     facts_.tool = st->call.request.tool;
     cancel_on_disconnect_ = true;  // an OpenAI client that hangs up has given up
     if (st->call.stream) co_return co_await openai_stream(st, v, ka);
-    // Raw pointers in the closure: GCC 12 destroys a lambda temporary inside a co_await
-    // expression twice, which a captured shared_ptr does not survive. `st` outlives the call.
+    // A named closure, not one written inside the co_await: GCC 12 destroys a lambda temporary
+    // in a co_await expression twice (scripts/check-coroutine-captures.py). `st` outlives the call.
     OpenAiCall* sp = st.get();
-    co_await run_with_disconnect_watch(st->call.request.cancellation, [sp, api]() -> asio::awaitable<void> {
+    auto work = [sp, api]() -> asio::awaitable<void> {
       sp->out = co_await api->pipeline().run(std::move(sp->call.request));
-    });
+    };
+    co_await run_with_disconnect_watch(st->call.request.cancellation, std::move(work));
     facts_.audited = true;  // the pipeline recorded the call
     if (disconnected_ || st->out.cancelled) co_return false;
     co_await send(openai_answer(st->answer(), v, ka));
@@ -814,13 +815,14 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
       self->push(q, jsonrpc::dump(chunk));
     };
     openai::OpenAiApi* api = server_->deps_.openai;
-    // Raw pointers in the closure (see handle_openai); `st` and `q` outlive the call.
+    // A named closure (see handle_openai); `st` and `q` outlive the call.
     Connection* me = this;
     OpenAiCall* sp = st.get();
     EventQueue* qp = q.get();
-    co_await run_with_disconnect_watch(st->call.request.cancellation, [me, sp, qp, api, v]() -> asio::awaitable<void> {
+    auto work = [me, sp, qp, api, v]() -> asio::awaitable<void> {
       co_await (me->openai_dispatch(sp, api) && me->pump_openai(qp, v, &sp->started));
-    });
+    };
+    co_await run_with_disconnect_watch(st->call.request.cancellation, std::move(work));
     facts_.audited = true;
     if (disconnected_ || st->out.cancelled) co_return false;
     if (!st->started) {

@@ -242,7 +242,13 @@ template <typename R>
 boost::asio::awaitable<R> LocalScheduler::offload(std::function<R()> fn) {
   namespace asio = boost::asio;
   auto ex = co_await asio::this_coro::executor;
-  co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, R)>(
+  // The operation is built in a statement of its own and then awaited. Written inside the
+  // co_await, GCC 12 destroyed this initiation lambda twice, and with it its copy of `ex`: for a
+  // call from a connection that is the connection's strand, whose last reference then went
+  // early, so beast's timers later used a freed strand (heap corruption: a SIGSEGV at shutdown,
+  // or a copy of a job record that never ended). tests/unit/common/gcc_coroutine_test.cpp pins
+  // the compiler behaviour; scripts/check-coroutine-captures.py finds the pattern.
+  auto op = asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, R)>(
       [this, ex](auto handler, std::function<R()> f) {
         asio::post(files_, [ex, f = std::move(f), handler = std::move(handler)]() mutable {
           std::exception_ptr error;
@@ -258,6 +264,7 @@ boost::asio::awaitable<R> LocalScheduler::offload(std::function<R()> fn) {
         });
       },
       asio::use_awaitable, std::move(fn));
+  co_return co_await std::move(op);
 }
 
 // The functions handed to offload() are built here, outside the coroutines (GCC 12 destroys

@@ -6,13 +6,20 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <thread>
 
 #include "connectors/scheduler/local/local_scheduler.hpp"
 #include "server/common/error.hpp"
+#include "support/counting_executor.hpp"
 
 using namespace scigate;
 using namespace scigate::jobs;
@@ -74,7 +81,63 @@ LocalSchedulerOptions options(const fs::path& root) {
   return o;
 }
 
+struct Calls {
+  std::string id;
+  std::vector<JobStatus> polled;
+  std::optional<JobStatus> final_status;
+  bool done = false;
+};
+
+// Every coroutine entry point once, as a tool call makes them: from a coroutine whose
+// executor is not the scheduler's.
+boost::asio::awaitable<void> call_each(LocalScheduler& sched, fs::path root, Calls& out) {
+  JobSpec spec = spec_for(root, "j-0000000000c1", "echo hi");
+  out.id = co_await sched.submit(std::move(spec));
+  boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor);
+  for (int i = 0; i < 1000; ++i) {
+    std::vector<std::string> ids{out.id};
+    out.polled = co_await sched.poll(std::move(ids));
+    if (!out.polled.empty() && is_final(out.polled[0].state)) break;
+    timer.expires_after(std::chrono::milliseconds(20));
+    co_await timer.async_wait(boost::asio::use_awaitable);
+  }
+  co_await sched.cancel(out.id);  // the job has ended: a no-op, but still a call to the runner
+  out.final_status = co_await sched.final_status(out.id);
+  out.done = true;
+}
+
 }  // namespace
+
+TEST_CASE("local scheduler: its coroutine calls release every copy of the caller's executor") {
+  // The caller's executor is a connection's strand in the server: one release too many freed
+  // the strand under its live timers (GCC 12 destroyed offload()'s initiation lambda twice).
+  JobsRoot root;
+  std::optional<LocalScheduler> sched;
+  sched.emplace(options(root.path));
+  boost::asio::io_context io;
+  auto guard = boost::asio::make_work_guard(io);  // the calls run on the scheduler's threads
+  std::atomic<int> live{0};
+  Calls calls;
+  std::exception_ptr failure;
+  {
+    boost::asio::any_io_executor ex = scigate::testing::CountingExecutor(io, live);
+    boost::asio::co_spawn(ex, call_each(*sched, root.path, calls), [&guard, &failure](std::exception_ptr e) {
+      failure = e;
+      guard.reset();
+    });
+  }
+  io.run();
+  // The scheduler's threads may still hold (and be about to destroy) a closure with a copy of
+  // the executor; its destructor joins them.
+  sched.reset();
+  REQUIRE_FALSE(failure);
+  REQUIRE(calls.done);
+  REQUIRE(calls.polled.size() == 1);
+  CHECK(calls.polled[0].state == JobState::kCompleted);
+  REQUIRE(calls.final_status);
+  CHECK(calls.final_status->state == JobState::kCompleted);
+  CHECK(live.load() == 0);  // below zero: a copy destroyed twice; above: one leaked
+}
 
 TEST_CASE("local scheduler: exit codes, output files, scrubbed environment, unprivileged user") {
   JobsRoot root;
