@@ -68,10 +68,17 @@ TaskManager::Work gated(std::shared_ptr<Gate> gate, std::string text) {
     asio::steady_timer t(co_await asio::this_coro::executor);
     // Both ways of stopping must arrive: the flag, and the cancellation of awaited operations.
     bool aborted = false;
+    // A cancellation that lands between two waits (the timer had fired, its completion was
+    // queued) is not an aborted wait: the coroutine's next co_await throws it instead.
     while (!gate->release.load() && !aborted) {
       t.expires_after(std::chrono::milliseconds(5));
-      auto [ec] = co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
-      aborted = ec == asio::error::operation_aborted;
+      try {
+        auto [ec] = co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+        aborted = ec == asio::error::operation_aborted;
+      } catch (const boost::system::system_error& e) {
+        aborted = e.code() == asio::error::operation_aborted;
+        if (!aborted) throw;
+      }
     }
     if (aborted && cancel->cancelled()) gate->saw_cancel = true;
     TaskOutcome o;
