@@ -26,8 +26,11 @@ class CountingExecutor {
   CountingExecutor(const CountingExecutor& o) noexcept : inner_(o.inner_), live_(o.live_) { ++*live_; }
   CountingExecutor(CountingExecutor&& o) noexcept : inner_(o.inner_), live_(o.live_) { ++*live_; }
   CountingExecutor& operator=(const CountingExecutor& o) noexcept {
+    ++*o.live_;  // this copy now counts against the other's counter
+    --*live_;
     inner_ = o.inner_;
-    return *this;  // both count: live_ is the same counter in every test that uses one
+    live_ = o.live_;
+    return *this;
   }
   ~CountingExecutor() { --*live_; }
 

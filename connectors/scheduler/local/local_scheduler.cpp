@@ -246,8 +246,9 @@ boost::asio::awaitable<R> LocalScheduler::offload(std::function<R()> fn) {
   // co_await, GCC 12 destroyed this initiation lambda twice, and with it its copy of `ex`: for a
   // call from a connection that is the connection's strand, whose last reference then went
   // early, so beast's timers later used a freed strand (heap corruption: a SIGSEGV at shutdown,
-  // or a copy of a job record that never ended). tests/unit/common/gcc_coroutine_test.cpp pins
-  // the compiler behaviour; scripts/check-coroutine-captures.py finds the pattern.
+  // or a copy of a job record that never ended). The unit test "local scheduler: its coroutine
+  // calls release every copy of the caller's executor" catches it; so does
+  // scripts/check-coroutine-captures.py, for any lambda written that way.
   auto op = asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, R)>(
       [this, ex](auto handler, std::function<R()> f) {
         asio::post(files_, [ex, f = std::move(f), handler = std::move(handler)]() mutable {
