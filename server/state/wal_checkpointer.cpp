@@ -6,8 +6,10 @@
 
 namespace scigate::state {
 
-WalCheckpointer::WalCheckpointer(std::filesystem::path db_path, int threshold_frames)
-    : db_path_(std::move(db_path)), threshold_(threshold_frames) {
+WalCheckpointer::WalCheckpointer(std::filesystem::path db_path, int threshold_frames, int backstop_frames)
+    : db_path_(std::move(db_path)),
+      threshold_(threshold_frames),
+      backstop_frames_(backstop_frames > 0 ? backstop_frames : 24 * threshold_frames) {
   if (sqlite3_open_v2(db_path_.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX, nullptr) != SQLITE_OK) {
     std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
     sqlite3_close(db_);
@@ -36,10 +38,24 @@ void WalCheckpointer::watch(sqlite3* db) {
   sqlite3_wal_hook(db, &WalCheckpointer::on_commit, this);  // replaces the autocheckpoint hook
 }
 
-int WalCheckpointer::on_commit(void* p, sqlite3*, const char*, int frames) {
+int WalCheckpointer::on_commit(void* p, sqlite3* db, const char* schema, int frames) {
   // Runs inside the writer's COMMIT: an atomic store and, once per threshold, a wake-up.
   auto* self = static_cast<WalCheckpointer*>(p);
   self->frames_.store(frames, std::memory_order_relaxed);
+  if (frames >= self->backstop_frames_) {
+    // The thread has fallen far behind (starved, or busy with a checkpoint): this commit
+    // checkpoints, as SQLite's own hook does (the write lock is already released here). BUSY
+    // (the thread is checkpointing right now) is fine: the next commit asks again.
+    int wal = 0, copied = 0;
+    if (sqlite3_wal_checkpoint_v2(db, schema, SQLITE_CHECKPOINT_PASSIVE, &wal, &copied) == SQLITE_OK) {
+      if (self->backstop_runs_.fetch_add(1, std::memory_order_relaxed) == 0)
+        log::warn("wal_checkpoint_backstop", {{"path", self->db_path_.string()},
+                                              {"frames", frames},
+                                              {"detail", "the checkpoint thread fell behind; a commit checkpointed"}});
+      self->mark_.store(wal, std::memory_order_relaxed);
+    }
+    return SQLITE_OK;
+  }
   // Counted from the WAL's size at the last checkpoint (0 once the WAL has started over): a
   // WAL that busy writers never let restart stays long, and every commit would ask again.
   int mark = self->mark_.load(std::memory_order_relaxed);

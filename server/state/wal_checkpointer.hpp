@@ -18,6 +18,13 @@
 // PASSIVE left) bounds the WAL. Connections not watched (CLI commands, the job and transfer
 // ledgers) keep SQLite's autocheckpoint: correct, only slower for them.
 //
+// The thread can fall behind: on a loaded machine it may not be scheduled for tens of
+// milliseconds while a writer commits hundreds of transactions. So that the WAL's bound does
+// not depend on the scheduler, a watched commit that finds the WAL `backstop_frames` long
+// (24 thresholds by default) runs the PASSIVE checkpoint itself, as SQLite's autocheckpoint
+// would have: a slow commit now and then on a starved machine, instead of a WAL that grows
+// without limit. backstop_checkpoints() counts them; on a healthy machine it stays 0.
+//
 // Thread-safety: watch() from any thread; the object must outlive the connections it watches.
 #include <sqlite3.h>
 
@@ -33,7 +40,8 @@ namespace scigate::state {
 
 class WalCheckpointer {
  public:
-  explicit WalCheckpointer(std::filesystem::path db_path, int threshold_frames = 1000);
+  // backstop_frames 0: 24 × threshold_frames.
+  explicit WalCheckpointer(std::filesystem::path db_path, int threshold_frames = 1000, int backstop_frames = 0);
   ~WalCheckpointer();  // the thread stops; the last connection to close checkpoints anyway
   WalCheckpointer(const WalCheckpointer&) = delete;
   WalCheckpointer& operator=(const WalCheckpointer&) = delete;
@@ -43,6 +51,7 @@ class WalCheckpointer {
 
   uint64_t checkpoints() const { return checkpoints_.load(); }  // checkpoints run
   uint64_t restarts() const { return restarts_.load(); }        // of which RESTART
+  uint64_t backstop_checkpoints() const { return backstop_runs_.load(); }  // run by a commit instead
 
  private:
   static int on_commit(void* self, sqlite3* db, const char* schema, int frames);
@@ -51,6 +60,7 @@ class WalCheckpointer {
 
   std::filesystem::path db_path_;
   int threshold_;
+  int backstop_frames_;
   sqlite3* db_ = nullptr;
   std::mutex mutex_;
   std::condition_variable cv_;
@@ -58,7 +68,7 @@ class WalCheckpointer {
   std::atomic<int> frames_{0};        // the WAL's size at the latest watched commit
   std::atomic<int> mark_{0};          // its size at the last checkpoint (0: it started over since)
   std::atomic<bool> signalled_{false};  // a checkpoint was asked for and has not run yet
-  std::atomic<uint64_t> checkpoints_{0}, restarts_{0};
+  std::atomic<uint64_t> checkpoints_{0}, restarts_{0}, backstop_runs_{0};
   std::thread thread_;
 };
 

@@ -41,7 +41,7 @@ std::uintmax_t write(const fs::path& path, state::WalCheckpointer* checkpointer)
 
 }  // namespace
 
-TEST_CASE("wal checkpointer: watched commits never checkpoint, yet the WAL stays bounded") {
+TEST_CASE("wal checkpointer: watched commits leave checkpoints to its thread, yet the WAL stays bounded") {
   // Control: without checkpoints the WAL holds everything written (~18 MB here).
   TempPath unchecked;
   std::uintmax_t grown = write(unchecked.path, nullptr);
@@ -58,10 +58,33 @@ TEST_CASE("wal checkpointer: watched commits never checkpoint, yet the WAL stays
   INFO(checkpointer.checkpoints() << " checkpoints, " << checkpointer.restarts() << " restarts");
   CHECK(checkpointer.checkpoints() < 200);
   // The writer's bursts leave PASSIVE little chance to finish everything; the RESTART past 16
-  // thresholds (~4 MB of frames here) bounds the WAL all the same.
+  // thresholds (~4 MB of frames here) bounds the WAL all the same, and should the thread be
+  // starved (CI under load once let the WAL reach 9.4 MB), commits checkpoint past 24 (~6 MB).
+  INFO(checkpointer.backstop_checkpoints() << " checkpoints by commits");
   CHECK(bounded < grown / 2);
   state::Database db(checked.path);
   state::Statement st(db.handle(), "SELECT COUNT(*) FROM t");
   REQUIRE(st.step());
   CHECK(st.column_int(0) == 1500);  // nothing lost to the checkpoints
+}
+
+TEST_CASE("wal checkpointer: a commit checkpoints itself once the thread has fallen far behind") {
+  // A threshold never reached stands for a thread that never gets to run: only the backstop
+  // (128 frames) checkpoints, so the bound below holds whatever the scheduler does.
+  TempPath path;
+  { state::Database create(path.path); }
+  constexpr int backstop = 128;
+  state::WalCheckpointer checkpointer(path.path, /*threshold_frames=*/1 << 30, backstop);
+  std::uintmax_t high_water = write(path.path, &checkpointer);
+  CHECK(checkpointer.checkpoints() == 0);
+  CHECK(checkpointer.backstop_checkpoints() > 0);
+  // The commit that reaches the backstop checkpoints; the next one starts the WAL over. A
+  // frame is a 4 KiB page and its 24-byte header; a transaction here writes 2–3 of them.
+  constexpr std::uintmax_t frame = 4096 + 24;
+  INFO(checkpointer.backstop_checkpoints() << " checkpoints by commits");
+  CHECK(high_water <= 32 + (backstop + 8) * frame);
+  state::Database db(path.path);
+  state::Statement st(db.handle(), "SELECT COUNT(*) FROM t");
+  REQUIRE(st.step());
+  CHECK(st.column_int(0) == 1500);
 }
