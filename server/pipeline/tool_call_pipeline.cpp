@@ -51,6 +51,17 @@ std::string derived_fact_note(const std::string& reason, const std::string& hint
   return {};
 }
 
+// What an exception caught as exception_ptr says (for the log, never for the caller).
+std::string describe(std::exception_ptr e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& x) {
+    return x.what();
+  } catch (...) {
+    return "an exception of unknown type";
+  }
+}
+
 json success_result(ToolResult& result) {
   json r = json::object();
   r["content"] = json::array({json{{"type", "text"}, {"text", std::move(result.text)}}});
@@ -99,7 +110,9 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
   const bool one_writer = ledger_.writer() != nullptr && ledger_.writer() == audit_.writer();
 
   // Every path ends here: one audit record, durable before the caller gets an answer.
+  bool auditing = false;  // set by finish(): a fault while auditing is not audited again
   auto finish = [&](std::string outcome, const Error* err) -> asio::awaitable<void> {
+    auditing = true;
     auto elapsed = std::chrono::steady_clock::now() - started;
     audit.outcome = outcome;
     if (err) {
@@ -118,98 +131,119 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
     co_await finish(std::move(outcome), &e);
   };
 
-  // 1. The tool, which must also be one the caller may see.
-  Tool* tool = registry_.find(req.tool);
-  if (!tool || !visible(req.principal, *tool)) {
-    out.protocol_error = jsonrpc::ProtocolError{jsonrpc::kInvalidParams, "Unknown tool: " + req.tool, nullptr, nullptr};
-    Error e{ErrorCode::kNotFound, "unknown tool", {}, {}};
-    co_await finish("invalid", &e);
-    co_return out;
-  }
-  const ToolDescriptor& desc = tool->descriptor();
+  // Steps 1-5 run in a try: a fault there (a tool's derive_facts or worst_case_usage, the
+  // ledger) is answered as an internal error and audited like every other outcome; until the
+  // hold is taken there is nothing to give back.
+  Tool* tool = nullptr;
+  std::string project;
+  Hold hold;
+  std::exception_ptr fault;
+  try {
+    // 1. The tool, which must also be one the caller may see.
+    tool = registry_.find(req.tool);
+    if (!tool || !visible(req.principal, *tool)) {
+      out.protocol_error = jsonrpc::ProtocolError{jsonrpc::kInvalidParams, "Unknown tool: " + req.tool, nullptr, nullptr};
+      Error e{ErrorCode::kNotFound, "unknown tool", {}, {}};
+      co_await finish("invalid", &e);
+      co_return out;
+    }
+    const ToolDescriptor& desc = tool->descriptor();
 
-  // 2. The project the call is for, and the caller's role there.
-  std::string project = req.requested_project.empty() ? req.principal.default_project() : req.requested_project;
-  audit.project = project;
-  if (project.empty() && desc.needs_project) {
-    Error e{ErrorCode::kForbidden, req.principal.name + " is not a member of any project, and " + req.tool +
-                                       " must be charged to one",
-            "ask an administrator to add " + req.principal.name + " to a project", {}};
-    co_await fail("denied", e);
-    co_return out;
-  }
-  if (!project.empty() && !req.principal.member_of(project)) {
-    std::string mine;
-    for (const auto& p : req.principal.projects) mine += (mine.empty() ? "" : ", ") + p;
-    Error e{ErrorCode::kForbidden, req.principal.name + " is not a member of project " + project,
-            mine.empty() ? "ask an administrator to add you to a project"
-                         : "act for one of your projects (" + mine + ") with _meta[\"io.scigate/project\"] or the X-Scigate-Project header",
-            {}};
-    co_await fail("denied", e);
-    co_return out;
-  }
-  if (!project.empty() && !req.principal.has_role(project, desc.required_role)) {
-    Error e{ErrorCode::kForbidden,
-            req.tool + " needs the " + desc.required_role + " role in project " + project + ", which " +
-                req.principal.name + " does not hold",
-            "ask a project admin to grant the " + desc.required_role + " role", {}};
-    co_await fail("denied", e);
-    co_return out;
-  }
+    // 2. The project the call is for, and the caller's role there.
+    project = req.requested_project.empty() ? req.principal.default_project() : req.requested_project;
+    audit.project = project;
+    if (project.empty() && desc.needs_project) {
+      Error e{ErrorCode::kForbidden, req.principal.name + " is not a member of any project, and " + req.tool +
+                                         " must be charged to one",
+              "ask an administrator to add " + req.principal.name + " to a project", {}};
+      co_await fail("denied", e);
+      co_return out;
+    }
+    if (!project.empty() && !req.principal.member_of(project)) {
+      std::string mine;
+      for (const auto& p : req.principal.projects) mine += (mine.empty() ? "" : ", ") + p;
+      Error e{ErrorCode::kForbidden, req.principal.name + " is not a member of project " + project,
+              mine.empty() ? "ask an administrator to add you to a project"
+                           : "act for one of your projects (" + mine + ") with _meta[\"io.scigate/project\"] or the X-Scigate-Project header",
+              {}};
+      co_await fail("denied", e);
+      co_return out;
+    }
+    if (!project.empty() && !req.principal.has_role(project, desc.required_role)) {
+      Error e{ErrorCode::kForbidden,
+              req.tool + " needs the " + desc.required_role + " role in project " + project + ", which " +
+                  req.principal.name + " does not hold",
+              "ask a project admin to grant the " + desc.required_role + " role", {}};
+      co_await fail("denied", e);
+      co_return out;
+    }
 
-  // 3. Arguments against the tool's inputSchema; the audit keeps them, secrets redacted.
-  if (auto e = registry_.validate_arguments(*tool, req.arguments)) {
-    co_await fail("invalid", *e);
-    co_return out;
-  }
-  facts["arguments"] = redact_arguments(req.arguments, desc.input_schema);
+    // 3. Arguments against the tool's inputSchema; the audit keeps them, secrets redacted.
+    if (auto e = registry_.validate_arguments(*tool, req.arguments)) {
+      co_await fail("invalid", *e);
+      co_return out;
+    }
+    facts["arguments"] = redact_arguments(req.arguments, desc.input_schema);
 
-  // 3b. Facts the tool derives from the arguments (a circuit's qubits), which policy conditions
-  // and the credit hold see beside the arguments.
-  std::variant<json, Error> derived = tool->derive_facts(req.arguments);
-  if (auto* e = std::get_if<Error>(&derived)) {
-    co_await fail("invalid", *e);
-    co_return out;
-  }
-  const json& derived_facts = std::get<json>(derived);
-  const json decided_args = merge_derived_facts(req.arguments, derived_facts);
-  if (!derived_facts.empty()) facts["derived"] = derived_facts;
+    // 3b. Facts the tool derives from the arguments (a circuit's qubits), which policy conditions
+    // and the credit hold see beside the arguments.
+    std::variant<json, Error> derived = tool->derive_facts(req.arguments);
+    if (auto* e = std::get_if<Error>(&derived)) {
+      co_await fail("invalid", *e);
+      co_return out;
+    }
+    const json& derived_facts = std::get<json>(derived);
+    const json decided_args = merge_derived_facts(req.arguments, derived_facts);
+    if (!derived_facts.empty()) facts["derived"] = derived_facts;
 
-  // 4. Policy (rules, then rate limits).
-  Decision decision = policy_.decide(PolicyQuery{req.principal, project, req.tool, decided_args});
-  audit.decision_rules = join(decision.rule_ids);
-  if (!decision.policy_hash.empty()) facts["policy_hash"] = decision.policy_hash;
-  if (!decision.permitted()) {
-    Error e{decision.retry_after ? ErrorCode::kRateLimited : ErrorCode::kPolicyDenied, decision.reason,
-            decision.hint + derived_fact_note(decision.reason, decision.hint, derived_facts, req.arguments), {}};
-    if (decision.retry_after) e.retry_after_ms = std::max<int64_t>(1, decision.retry_after->count());
-    if (e.message.find("(rule ") == std::string::npos && !audit.decision_rules.empty())
-      e.message += " (rule " + audit.decision_rules + ")";
-    co_await fail(decision.retry_after ? "rate_limited" : "denied", e);
-    co_return out;
-  }
+    // 4. Policy (rules, then rate limits).
+    Decision decision = policy_.decide(PolicyQuery{req.principal, project, req.tool, decided_args});
+    audit.decision_rules = join(decision.rule_ids);
+    if (!decision.policy_hash.empty()) facts["policy_hash"] = decision.policy_hash;
+    if (!decision.permitted()) {
+      Error e{decision.retry_after ? ErrorCode::kRateLimited : ErrorCode::kPolicyDenied, decision.reason,
+              decision.hint + derived_fact_note(decision.reason, decision.hint, derived_facts, req.arguments), {}};
+      if (decision.retry_after) e.retry_after_ms = std::max<int64_t>(1, decision.retry_after->count());
+      if (e.message.find("(rule ") == std::string::npos && !audit.decision_rules.empty())
+        e.message += " (rule " + audit.decision_rules + ")";
+      co_await fail(decision.retry_after ? "rate_limited" : "denied", e);
+      co_return out;
+    }
 
-  // 5. Credit hold for the worst case (plus the tool's flat per-call rate, if it has one).
-  Usage worst = tool->worst_case_usage(decided_args);
-  worst.add("call:" + req.tool, 1);
-  std::optional<Usage> minimum = tool->minimum_usage(decided_args);
-  if (minimum) minimum->add("call:" + req.tool, 1);
-  HoldRequest hr{project, req.principal.name, req.tool, req.request_id, std::move(worst), std::move(minimum),
-                 req.idempotency_key,
-                 req.idempotency_key.empty() ? std::string() : crypto::sha256_hex(req.tool + "\n" + jsonrpc::dump(req.arguments)),
-                 timeout + std::chrono::seconds(60)};
-  ReserveResult reserved = co_await ledger_.reserve(std::move(hr));
-  if (reserved.error) {
-    co_await fail(reserved.error->code == ErrorCode::kConflict ? "invalid" : "denied", *reserved.error);
-    co_return out;
+    // 5. Credit hold for the worst case (plus the tool's flat per-call rate, if it has one).
+    Usage worst = tool->worst_case_usage(decided_args);
+    worst.add("call:" + req.tool, 1);
+    std::optional<Usage> minimum = tool->minimum_usage(decided_args);
+    if (minimum) minimum->add("call:" + req.tool, 1);
+    HoldRequest hr{project, req.principal.name, req.tool, req.request_id, std::move(worst), std::move(minimum),
+                   req.idempotency_key,
+                   req.idempotency_key.empty() ? std::string() : crypto::sha256_hex(req.tool + "\n" + jsonrpc::dump(req.arguments)),
+                   timeout + std::chrono::seconds(60), {}};
+    ReserveResult reserved = co_await ledger_.reserve(std::move(hr));
+    if (reserved.error) {
+      co_await fail(reserved.error->code == ErrorCode::kConflict ? "invalid" : "denied", *reserved.error);
+      co_return out;
+    }
+    hold = std::move(reserved.hold);
+    if (hold.replay) {
+      // A retry of a call that already completed under this idempotency key: the same answer,
+      // charged once.
+      out.result = std::move(*hold.replay);
+      facts["replayed"] = true;
+      co_await finish("replayed", nullptr);
+      co_return out;
+    }
+  } catch (...) {
+    if (auditing) throw;
+    fault = std::current_exception();
   }
-  Hold hold = std::move(reserved.hold);
-  if (hold.replay) {
-    // A retry of a call that already completed under this idempotency key: the same answer,
-    // charged once.
-    out.result = std::move(*hold.replay);
-    facts["replayed"] = true;
-    co_await finish("replayed", nullptr);
+  if (fault) {
+    Error failure = Error::internal("before the tool ran: " + describe(fault));
+    std::string correlation = req.request_id;
+    log::error("call_failed", {{"request_id", correlation}, {"tool", req.tool}, {"detail", failure.detail}});
+    failure.message = "internal error (correlation id " + correlation + ")";
+    failure.hint = "this is a server fault, not a problem with the arguments; retry later, or report the correlation id";
+    co_await fail("internal", failure);
     co_return out;
   }
   facts["held"] = hold.amount;

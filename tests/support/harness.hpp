@@ -69,6 +69,7 @@ class CountingLedger : public Ledger {
   }
   asio::awaitable<ReserveResult> reserve(HoldRequest r) override {
     std::lock_guard g(mutex);
+    if (fail_reserve) throw std::runtime_error("disk I/O error in /var/lib/scigate/state.db");
     ReserveResult out;
     if (!r.idempotency_key.empty()) {
       if (auto it = done.find(r.idempotency_key); it != done.end()) {
@@ -106,6 +107,7 @@ class CountingLedger : public Ledger {
   std::map<std::string, json> done;         // idempotency key -> stored result
   MicroCredits balance = 1'000'000;
   int holds = 0, settled = 0, released = 0;
+  bool fail_reserve = false;  // reserve() throws, as a ledger whose database fails would
 };
 
 struct Harness {

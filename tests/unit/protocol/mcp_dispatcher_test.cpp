@@ -293,6 +293,49 @@ TEST_CASE("tools/call: a tool that throws yields an internal error with a correl
   CHECK(h.ledger.released == 1);
 }
 
+TEST_CASE("tools/call: a fault before the tool runs is an audited internal error, and the tool never runs") {
+  Harness h;
+  struct Fragile : Tool {
+    ToolDescriptor d{"fragile", "", "estimates badly", json::parse(R"({"type":"object"})"), nullptr, {}, TaskSupport::kForbidden};
+    const ToolDescriptor& descriptor() const override { return d; }
+    Usage worst_case_usage(const json& args) const override {
+      if (args.contains("boom")) throw std::runtime_error("estimate read /etc/shadow");
+      return {};
+    }
+    boost::asio::awaitable<ToolResult> call(const json&, CallContext&) override {
+      ran = true;
+      co_return ToolResult::success(nullptr, "ran");
+    }
+    mutable bool ran = false;
+  };
+  auto tool = std::make_unique<Fragile>();
+  auto* raw = tool.get();
+  h.registry.add(std::move(tool));
+  std::string wire;
+  SECTION("the tool's own cost estimate throws") {
+    auto out = h.call(Harness::modern(1, "tools/call", {{"name", "fragile"}, {"arguments", {{"boom", true}}}}));
+    wire = out.response->dump();
+    CHECK(h.ledger.holds == 0);
+  }
+  SECTION("the ledger fails while holding") {
+    h.ledger.fail_reserve = true;
+    auto out = h.call(Harness::modern(1, "tools/call", {{"name", "fragile"}}));
+    wire = out.response->dump();
+  }
+  CHECK_FALSE(raw->ran);
+  json r = json::parse(wire)["result"];
+  CHECK(r["isError"] == true);
+  CHECK(r["_meta"]["io.scigate/error"]["code"] == "internal");
+  CHECK(wire.find("correlation id req-") != std::string::npos);
+  CHECK(wire.find("shadow") == std::string::npos);    // the detail stays in the log
+  CHECK(wire.find("/var/lib") == std::string::npos);
+  REQUIRE(h.audit.records.size() == 1);               // audited like any other outcome
+  CHECK(h.audit.records[0].outcome == "internal");
+  CHECK(h.audit.records[0].tool == "fragile");
+  CHECK(h.audit.records[0].project == "demo");
+  CHECK(h.ledger.balance == 1'000'000);
+}
+
 TEST_CASE("tools/call: output that breaks the outputSchema never reaches the client") {
   Harness h;
   struct Liar : Tool {
