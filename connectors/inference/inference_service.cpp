@@ -603,6 +603,7 @@ asio::awaitable<void> InferenceService::stream_once(Backend& b, const ChatCall& 
   http::Request r = base_request(b, key, call.completions ? "/v1/completions" : "/v1/chat/completions",
                                  upstream_body(call, true), call.deadline);
   r.headers.push_back("Accept: text/event-stream");
+  const std::chrono::milliseconds limit = r.timeout;  // the whole exchange's, for the message
   r.max_body = kStreamBuffer;
   // An event is a few hundred bytes and arrives as the model makes it: 4 KiB reads take a burst
   // of them at once, for a quarter of libcurl's default buffer per stream (bench/inference:
@@ -629,6 +630,10 @@ asio::awaitable<void> InferenceService::stream_once(Backend& b, const ChatCall& 
     const http::Response& resp = s.response();
     if (resp.cancelled) {
       out.cancelled = true;
+    } else if (resp.status == 0 && resp.timed_out) {
+      t.fail(ErrorCode::kTimeout,
+             "inference backend " + b.cfg.id + " did not answer within " + std::to_string(limit.count()) + " ms",
+             "retry later, or raise the call's time limit", false, true);
     } else if (resp.status == 0) {
       t.fail(ErrorCode::kBackendUnavailable, "cannot reach inference backend " + b.cfg.id + ": " + resp.error,
              "retry shortly", true, true);
@@ -713,6 +718,15 @@ asio::awaitable<void> InferenceService::stream_once(Backend& b, const ChatCall& 
   }
   if (resp.error.empty() && !out.finish_reason.empty()) {  // a server that ends without [DONE]
     t.ok = true;
+    co_return;
+  }
+  if (resp.timed_out) {
+    // The whole-call limit (request_timeout_ms, or what was left of the call's deadline): a
+    // timeout, not a failing backend, and nothing to retry within the same deadline.
+    t.fail(ErrorCode::kTimeout,
+           "inference backend " + b.cfg.id + " did not finish within " + std::to_string(limit.count()) +
+               " ms (" + std::to_string(out.content_chunks) + " chunks received)",
+           "ask for fewer tokens (max_tokens), or raise the call's time limit", false, false);
     co_return;
   }
   t.fail(ErrorCode::kBackendUnavailable,

@@ -296,6 +296,38 @@ TEST_CASE("inference: errors come back as the caller can act on them, and cost w
   CHECK(d.stats()["streams_cancelled_by_client"].get<int>() >= 1);  // the backend was told to stop
 }
 
+TEST_CASE("inference: a stream past the whole-call limit is a timeout (504 on /v1), not retried, and pays what came") {
+  InferenceDouble d(vllm());
+  InfServer is({backend_entry("gpu01", d, "request_timeout_ms = 800")}, "retries = 2\n");
+  auto& s = is.s;
+  Client c(s.port());
+  wait_served(c, s);
+  d.control({{"token_interval_ms", 100}});  // 40 tokens: 4 s, the limit cuts it at ~8
+
+  double before = balance(c, s);
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = call_tool(c, s.user_key(), "call_inference", chat_args(40));
+  INFO(r.dump());
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(3));
+  CHECK(error_code(r) == "timeout");
+  CHECK(error_message(r).find("did not finish within 800 ms") != std::string::npos);
+  CHECK(chat_requests(d) == 1);  // a retry could not finish within the same limit either
+  CHECK(d.stats()["streams_cancelled_by_client"].get<int>() >= 1);
+  // The prompt and the tokens that came are paid, not the 40 held.
+  const int estimate = 16 + 8 + 5;
+  double paid = before - balance(c, s);
+  CHECK(paid > estimate * 0.001 + 2 * 0.002);
+  CHECK(paid < estimate * 0.001 + 20 * 0.002);
+
+  // The OpenAI-compatible endpoint says so as OpenAI would: 504, a timeout_error.
+  json body = {{"model", kModel}, {"messages", json::array({json{{"role", "user"}, {"content", "Hello, world!"}}})},
+               {"max_tokens", 40}};
+  auto h = c.request(verb::post, "/v1/chat/completions", bearer(s.user_key()), body.dump());
+  INFO(h.body);
+  CHECK(h.status == 504);
+  CHECK(h.json_body()["error"]["type"] == "timeout_error");
+}
+
 TEST_CASE("inference: max_tokens is cut to what the project can pay, so the budget is never overrun") {
   InferenceDouble d(vllm({"pricey"}));
   InfServer is({backend_entry("gpu01", d)});
