@@ -11,6 +11,12 @@
 #include <sstream>
 #include <thread>
 
+#include <sqlite3.h>
+
+#include <map>
+#include <mutex>
+#include <set>
+
 #include "server_process.hpp"
 
 using namespace scigate::itest;
@@ -142,7 +148,32 @@ TEST_CASE("credits: a retried call with an idempotency key is answered again and
   CHECK(st["charged"] == "0.2");
 }
 
-TEST_CASE("credits: SIGKILL under load, then restart, and the books balance with no hold left") {
+namespace {
+
+// Rows of a query on the server's database (read-only, beside the running server), as strings.
+std::vector<std::vector<std::string>> query(const std::filesystem::path& db_path, const std::string& sql) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+  sqlite3_busy_timeout(db, 5000);
+  sqlite3_stmt* st = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr) == SQLITE_OK);
+  std::vector<std::vector<std::string>> rows;
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    std::vector<std::string> row;
+    for (int i = 0; i < sqlite3_column_count(st); ++i) {
+      const unsigned char* v = sqlite3_column_text(st, i);
+      row.push_back(v ? reinterpret_cast<const char*>(v) : "");
+    }
+    rows.push_back(std::move(row));
+  }
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return rows;
+}
+
+}  // namespace
+
+TEST_CASE("credits: SIGKILL under load, then restart: every answered call is audited and charged once, the books match the audit, no hold is left") {
   ServerProcess s("", false);
   // This test is about crashes, not policy: the demo policy's sleep rate limit would refuse
   // most calls before they hold anything.
@@ -150,6 +181,8 @@ TEST_CASE("credits: SIGKILL under load, then restart, and the books balance with
       << "[[rules]]\nid = \"members-all\"\neffect = \"permit\"\nprincipals = [\"role:member\"]\n";
   s.start();
   std::mt19937 rng(std::random_device{}());
+  std::set<std::string> answered_keys;  // idempotency keys of calls a client saw succeed
+  std::mutex m;
   for (int round = 0; round < 3; ++round) {
     std::atomic<bool> stop{false};
     std::atomic<int> answered{0};
@@ -160,10 +193,24 @@ TEST_CASE("credits: SIGKILL under load, then restart, and the books balance with
           Client c(s.port());
           for (int i = 0; !stop; ++i) {
             double seconds = 0.001 * ((t * 7 + i) % 40);
-            auto req = modern_request(i, "tools/call",
-                                      {{"name", "sleep"}, {"arguments", {{"seconds", seconds}, {"steps", 1}}}});
-            c.request(verb::post, "/mcp", modern_headers(s.user_key(), "tools/call", "sleep"), req.dump());
-            ++answered;
+            json params = {{"name", "sleep"}, {"arguments", {{"seconds", seconds}, {"steps", 1}}}};
+            // Every other call carries an idempotency key: its hold is a row in the database
+            // (for the replay), which restart recovery must void if the call died with the server.
+            std::string key;
+            if (i % 2 == 0) {
+              key = "r" + std::to_string(round) + "-t" + std::to_string(t) + "-" + std::to_string(i);
+              params["_meta"]["io.scigate/idempotency_key"] = key;
+            }
+            auto r = c.request(verb::post, "/mcp", modern_headers(s.user_key(), "tools/call", "sleep"),
+                               modern_request(i, "tools/call", params).dump());
+            auto body = r.json_body();
+            if (r.status == 200 && body.contains("result") && body["result"]["isError"] == false) {
+              ++answered;
+              if (!key.empty()) {
+                std::lock_guard g(m);
+                answered_keys.insert(key);
+              }
+            }
           }
         } catch (const std::exception&) {
           // the server died under us
@@ -179,12 +226,55 @@ TEST_CASE("credits: SIGKILL under load, then restart, and the books balance with
     s.start();  // restart recovery voids the holds of the calls that died
     std::string v = credits_text(s, {"verify"});
     CHECK(v.find("credit ledger consistent: 1 accounts, 0 open holds") != std::string::npos);
+    std::string out;
+    int rc = run_command({binary(), "audit", "verify", "--config", s.config_path()}, &out);
+    INFO(out);
+    CHECK(rc == 0);
   }
-  // Alone on its database, the server kept its calls' holds in memory: they died with it, and
-  // there was nothing left for recovery to void (rows of a shared ledger: the unit tests).
   CHECK(s.wait_for_log("credit_ledger_owned"));
+  const auto db = s.dir() / "scigate.db";
+
+  // No hold row is open: the keyed calls' holds were settled or voided by recovery.
+  CHECK(query(db, "SELECT COUNT(*) FROM credit_holds WHERE state = 'open'")[0][0] == "0");
+  INFO("keyed holds voided at recovery: "
+       << query(db, "SELECT COUNT(*) FROM credit_holds WHERE void_reason IS NOT NULL")[0][0]);
+
+  // Every call a client saw answered is in the audit log, as ok, and charged.
+  std::map<std::string, std::string> audited;  // idempotency key -> cost
+  for (const auto& row : query(db, "SELECT details, cost FROM audit_log WHERE tool = 'sleep' AND outcome = 'ok'")) {
+    json d = json::parse(row[0], nullptr, false);
+    if (d.is_object() && d.contains("idempotency_key")) audited[d["idempotency_key"].get<std::string>()] = row[1];
+  }
+  std::vector<std::string> missing;
+  for (const auto& k : answered_keys)
+    if (!audited.count(k) || audited[k] == "0") missing.push_back(k);
+  INFO(answered_keys.size() << " keyed calls answered, " << audited.size() << " audited");
+  CHECK(answered_keys.size() > 20);  // the load was real
+  CHECK(missing.empty());
+  if (!missing.empty()) FAIL("answered but not audited and charged: " << missing.front());
+
+  // The books match the audit, call by call: each charge posting has the ok audit record of
+  // its request with the same amount, and each audited charge has its posting (one: a key
+  // charged twice would show as two postings of one request).
+  auto postings = query(db, "SELECT request_id, -amount FROM credit_postings WHERE kind = 'charge' ORDER BY seq");
+  auto records = query(db, "SELECT request_id, cost FROM audit_log WHERE tool = 'sleep' AND cost > 0");
+  std::map<std::string, std::string> charged, recorded;
+  for (const auto& p : postings) {
+    CHECK(charged.count(p[0]) == 0);
+    charged[p[0]] = p[1];
+  }
+  for (const auto& r : records) recorded[r[0]] = r[1];
+  CHECK(postings.size() > 20);
+  CHECK(charged == recorded);
+
+  // And the balance is the grants minus those charges, exactly.
   auto bal = credits_json(s, {"balance", "--project", "demo", "--format", "json"});
   auto st = credits_json(s, {"statement", "--project", "demo", "--format", "jsonl"});
   CHECK(st["closing_balance_micro"] == bal["balance_micro"]);
+  CHECK(st["charges"].get<std::size_t>() == postings.size());
   CHECK(bal["held"] == "0");
+  int64_t grants = std::stoll(query(db, "SELECT SUM(amount) FROM credit_postings WHERE kind = 'grant'")[0][0]);
+  int64_t spent = 0;
+  for (const auto& p : postings) spent += std::stoll(p[1]);
+  CHECK(bal["balance_micro"].get<int64_t>() == grants - spent);
 }
