@@ -1126,6 +1126,10 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
         });
       };
       co_await (dispatch() && pump_events(q, [] { return false; }));
+      // A notifications/cancelled (2025-11-25) cancelled this coroutine too: clear that, or the
+      // writes below would throw at once and the stream end without its last chunk (a partial
+      // HTTP message to the client). The request still gets no response event.
+      co_await asio::this_coro::reset_cancellation_state();
       if (out.response && !out.audited && out.response->contains("error")) {
         const json& err = (*out.response)["error"];
         facts_.rpc_code = err.value("code", 0);

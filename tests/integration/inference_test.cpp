@@ -458,6 +458,59 @@ TEST_CASE("inference: a client that hangs up mid-stream stops the generation and
   CHECK(d.stats()["streams_completed"].get<int>() == 0);
 }
 
+TEST_CASE("inference: call_inference reports progress, and notifications/cancelled stops the backend's generation") {
+  InferenceDouble d(vllm());
+  InfServer is({backend_entry("gpu01", d)});
+  auto& s = is.s;
+  Client c(s.port());
+  wait_served(c, s);
+  d.control({{"token_interval_ms", 20}, {"completion_tokens", 400}});  // 8 s if left alone
+  double before = balance(c, s);
+  std::string sid = c.request(verb::post, "/mcp", legacy_headers(s.user_key()), legacy_initialize().dump())
+                        .header("mcp-session-id");
+  REQUIRE_FALSE(sid.empty());
+
+  json call{{"jsonrpc", "2.0"}, {"id", "inf-1"}, {"method", "tools/call"},
+            {"params", {{"name", "call_inference"}, {"arguments", chat_args(400)}, {"_meta", {{"progressToken", "gen"}}}}}};
+  Client caller(s.port());
+  auto t0 = std::chrono::steady_clock::now();
+  caller.send_raw(raw_post(legacy_headers(s.user_key(), sid), call.dump()));
+  auto head = caller.read_head();
+  REQUIRE(head.status == 200);
+  REQUIRE(head.header("content-type") == "text/event-stream");
+  // Progress every 16 tokens, against max_tokens.
+  std::vector<json> progress;
+  while (progress.size() < 2) {
+    auto ev = caller.next_event();
+    REQUIRE(ev);
+    if (ev->value("method", "") == "notifications/progress") progress.push_back(*ev);
+  }
+  CHECK(progress[0]["params"]["progressToken"] == "gen");
+  CHECK(progress[0]["params"]["progress"] == 16);
+  CHECK(progress[1]["params"]["progress"] == 32);
+  CHECK(progress[0]["params"]["total"] == 400);
+  CHECK(progress[0]["params"]["message"] == "tokens generated");
+
+  json cancel{{"jsonrpc", "2.0"}, {"method", "notifications/cancelled"}, {"params", {{"requestId", "inf-1"}, {"reason", "user stop"}}}};
+  CHECK(c.request(verb::post, "/mcp", legacy_headers(s.user_key(), sid), cancel.dump()).status == 202);
+  // The backend is told at once (its stream closed by scigate), long before the 8 s.
+  REQUIRE(eventually([&] { return d.stats()["streams_cancelled_by_client"].get<int>() == 1; }));
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+  CHECK(d.stats()["streams_completed"].get<int>() == 0);
+  // The call is answered no further (a cancelled request gets no response) and is audited as
+  // cancelled; it pays the prompt and the tokens that came, not the 400 held.
+  while (auto ev = caller.next_event(std::chrono::milliseconds(500))) CHECK(ev->value("id", json()) != "inf-1");
+  CHECK(s.wait_for_log("\"outcome\":\"cancelled\""));
+  double charged = 0;
+  REQUIRE(eventually([&] {
+    charged = before - balance(c, s);
+    return charged > 0;
+  }));
+  const int estimate = 16 + 8 + 5;
+  CHECK(charged >= estimate * 0.001 + 32 * 0.002 - 1e-9);
+  CHECK(charged < estimate * 0.001 + 400 * 0.002);
+}
+
 TEST_CASE("inference: 200 concurrent calls to a backend that takes 1 s finish in about 1 s") {
   InferenceDouble d(vllm());
   InfServer is({backend_entry("gpu01", d, "max_concurrency = 256")});
