@@ -5,6 +5,8 @@
 // usage, and what the backend received.
 #include <catch2/catch.hpp>
 
+#include <set>
+
 #include <atomic>
 #include <cmath>
 #include <filesystem>
@@ -43,7 +45,7 @@ max_tokens = { max = 100000, optional = true }
 id = "members-look"
 effect = "permit"
 principals = ["role:member"]
-tools = ["get_usage", "whoami", "stat_file"]
+tools = ["get_usage", "whoami", "stat_file", "query_model_registry", "get_model"]
 )";
 
 InferenceDoubleOptions vllm(std::vector<std::string> models = {kModel}) {
@@ -218,6 +220,38 @@ TEST_CASE("inference: llama.cpp's unasked usage, then /tokenize when a backend r
   const int estimate = 16 + 8 + 5;  // frame + message + ceil(13 bytes / 3)
   CHECK(u["prompt_tokens"] == estimate);
   CHECK(before - balance(c, s) == Approx(estimate * 0.001 + 6 * 0.002));
+}
+
+TEST_CASE("inference: the backends' /v1/models keep the registry's served-now current, down and up again") {
+  InferenceDouble d(vllm({kModel, "in-house-finetune"}));
+  InfServer is({backend_entry("gpu01", d)});
+  auto& s = is.s;
+  Client c(s.port());
+  wait_served(c, s);
+  auto served_now = [&] {
+    std::set<std::string> ids;
+    auto r = call_tool(c, s.user_key(), "query_model_registry", {{"served_now", true}});
+    for (const auto& m : r["structuredContent"]["models"]) ids.insert(m["id"].get<std::string>());
+    return ids;
+  };
+  // The catalog (the example manifest) learns from the health poll who serves what.
+  REQUIRE(eventually([&] { return served_now() == std::set<std::string>{kModel}; }));
+  auto m = call_tool(c, s.user_key(), "get_model", {{"model", kModel}})["structuredContent"];
+  REQUIRE(m["served_by"].size() == 1);
+  CHECK(m["served_by"][0]["backend"] == "gpu01");
+  // A served model no manifest describes is not invented; the operator is told.
+  CHECK(s.wait_for_log("\"event\":\"inference_model_not_in_catalog\""));
+  CHECK(s.wait_for_log("in-house-finetune"));
+
+  // The backend goes away: it serves nothing, and the registry says so.
+  d.control({{"down", true}});
+  CHECK(eventually([&] { return served_now().empty(); }));
+  CHECK(s.wait_for_log("\"event\":\"inference_backend_down\""));
+  CHECK(call_tool(c, s.user_key(), "get_model", {{"model", kModel}})["structuredContent"]["served_by"].empty());
+  // And comes back.
+  d.control({{"down", false}});
+  CHECK(eventually([&] { return served_now() == std::set<std::string>{kModel}; }));
+  CHECK(s.wait_for_log("\"event\":\"inference_backend_up\""));
 }
 
 TEST_CASE("inference: a failing replica is retried elsewhere, its breaker opens, and a trial closes it after the cooldown") {

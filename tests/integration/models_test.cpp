@@ -131,8 +131,9 @@ TEST_CASE("models: filters, full-text search and pages through the server") {
 TEST_CASE("models: availability written to model_backends shows as served") {
   ServerProcess s;
   Client c(s.port());
-  // The inference connector will call ModelCatalog::set_served; here the table is written as it
-  // would be, from outside the server process.
+  // The inference connector's health poll calls ModelCatalog::set_served (end to end:
+  // inference_test.cpp); here the table is written from outside the server process, with no
+  // backend configured, to show the tools read it as it is.
   sqlite3* db = nullptr;
   REQUIRE(sqlite3_open((s.dir() / "scigate.db").c_str(), &db) == SQLITE_OK);
   sqlite3_busy_timeout(db, 5000);
