@@ -94,6 +94,20 @@ json chat_args(int max_tokens, const std::string& model = kModel, const std::str
   return json{{"model", model}, {"messages", json::array({json{{"role", "user"}, {"content", text}}})}, {"max_tokens", max_tokens}};
 }
 
+// scigate's prompt estimate for chat_args' default message: frame + message + ceil(13 bytes / 3).
+constexpr int kPromptEstimate = 16 + 8 + 5;
+
+// What the project has paid since `before`, once the charge has landed (it is settled after the
+// call ends, which a cancelled or cut-off caller does not wait for).
+double charged_since(Client& c, const ServerProcess& s, double before) {
+  double charged = 0;
+  REQUIRE(eventually([&] {
+    charged = before - balance(c, s);
+    return charged > 0;
+  }));
+  return charged;
+}
+
 std::string words(int n) {
   std::string s;
   for (int i = 0; i < n; ++i) s += (i ? " w" : "w") + std::to_string(i);
@@ -217,7 +231,7 @@ TEST_CASE("inference: llama.cpp's unasked usage, then /tokenize when a backend r
   u = r["structuredContent"]["usage"];
   CHECK(u["counted_by"] == "hold");
   CHECK(u["completion_tokens"] == 6);
-  const int estimate = 16 + 8 + 5;  // frame + message + ceil(13 bytes / 3)
+  const int estimate = kPromptEstimate;
   CHECK(u["prompt_tokens"] == estimate);
   CHECK(before - balance(c, s) == Approx(estimate * 0.001 + 6 * 0.002));
 }
@@ -314,7 +328,7 @@ TEST_CASE("inference: errors come back as the caller can act on them, and cost w
   CHECK(error_code(r) == "backend_unavailable");
   CHECK(error_message(r).find("broke off after 3 chunks") != std::string::npos);
   CHECK(chat_requests(d) == 1);
-  const int estimate = 16 + 8 + 5;
+  const int estimate = kPromptEstimate;
   CHECK(before - balance(c, s) == Approx(estimate * 0.001 + 3 * 0.002));
 
   // A proxy answering HTML, and a backend that sends nothing in time: both retried, then said.
@@ -348,7 +362,7 @@ TEST_CASE("inference: a stream past the whole-call limit is a timeout (504 on /v
   CHECK(chat_requests(d) == 1);  // a retry could not finish within the same limit either
   CHECK(d.stats()["streams_cancelled_by_client"].get<int>() >= 1);
   // The prompt and the tokens that came are paid, not the 40 held.
-  const int estimate = 16 + 8 + 5;
+  const int estimate = kPromptEstimate;
   double paid = before - balance(c, s);
   CHECK(paid > estimate * 0.001 + 2 * 0.002);
   CHECK(paid < estimate * 0.001 + 20 * 0.002);
@@ -481,12 +495,8 @@ TEST_CASE("inference: a client that hangs up mid-stream stops the generation and
   }
   REQUIRE(eventually([&] { return d.stats()["streams_cancelled_by_client"].get<int>() == 1; }));
   // Charged: the prompt estimate and the tokens that came before the hang-up; far from 200.
-  double charged = 0;
-  REQUIRE(eventually([&] {
-    charged = before - balance(c, s);
-    return charged > 0;
-  }));
-  const int estimate = 16 + 8 + 5;
+  double charged = charged_since(c, s, before);
+  const int estimate = kPromptEstimate;
   CHECK(charged >= estimate * 0.001 + 3 * 0.002 - 1e-9);
   CHECK(charged < estimate * 0.001 + 100 * 0.002);
   CHECK(d.stats()["streams_completed"].get<int>() == 0);
@@ -535,12 +545,8 @@ TEST_CASE("inference: call_inference reports progress, and notifications/cancell
   // cancelled; it pays the prompt and the tokens that came, not the 400 held.
   while (auto ev = caller.next_event(std::chrono::milliseconds(500))) CHECK(ev->value("id", json()) != "inf-1");
   CHECK(s.wait_for_log("\"outcome\":\"cancelled\""));
-  double charged = 0;
-  REQUIRE(eventually([&] {
-    charged = before - balance(c, s);
-    return charged > 0;
-  }));
-  const int estimate = 16 + 8 + 5;
+  double charged = charged_since(c, s, before);
+  const int estimate = kPromptEstimate;
   CHECK(charged >= estimate * 0.001 + 32 * 0.002 - 1e-9);
   CHECK(charged < estimate * 0.001 + 400 * 0.002);
 }
