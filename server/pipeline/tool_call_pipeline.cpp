@@ -62,6 +62,15 @@ std::string describe(std::exception_ptr e) {
   }
 }
 
+// A server fault as the caller sees it: the detail goes to the log (`event`), the caller gets
+// the request's correlation id to report.
+Error internal_failure(const std::string& event, const std::string& request_id, const std::string& tool, Error failure) {
+  log::error(event, {{"request_id", request_id}, {"tool", tool}, {"detail", failure.detail}});
+  failure.message = "internal error (correlation id " + request_id + ")";
+  failure.hint = "this is a server fault, not a problem with the arguments; report the correlation id";
+  return failure;
+}
+
 json success_result(ToolResult& result) {
   json r = json::object();
   r["content"] = json::array({json{{"type", "text"}, {"text", std::move(result.text)}}});
@@ -238,12 +247,8 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
     fault = std::current_exception();
   }
   if (fault) {
-    Error failure = Error::internal("before the tool ran: " + describe(fault));
-    std::string correlation = req.request_id;
-    log::error("call_failed", {{"request_id", correlation}, {"tool", req.tool}, {"detail", failure.detail}});
-    failure.message = "internal error (correlation id " + correlation + ")";
-    failure.hint = "this is a server fault, not a problem with the arguments; retry later, or report the correlation id";
-    co_await fail("internal", failure);
+    co_await fail("internal", internal_failure("call_failed", req.request_id, req.tool,
+                                               Error::internal("before the tool ran: " + describe(fault))));
     co_return out;
   }
   facts["held"] = hold.amount;
@@ -369,12 +374,7 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
     co_await finish("cancelled", &e);
     co_return out;
   }
-  if (outcome == "internal") {
-    std::string correlation = req.request_id;
-    log::error("tool_failed", {{"request_id", correlation}, {"tool", req.tool}, {"detail", failure.detail}});
-    failure.message = "internal error (correlation id " + correlation + ")";
-    failure.hint = "this is a server fault, not a problem with the arguments; report the correlation id";
-  }
+  if (outcome == "internal") failure = internal_failure("tool_failed", req.request_id, req.tool, std::move(failure));
   co_await fail(outcome, failure);
   co_return out;
 }
