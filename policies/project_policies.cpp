@@ -32,12 +32,19 @@ ProjectPolicies::ProjectPolicies(std::vector<Source> sources) : sources_(std::mo
 
 ProjectPolicies::~ProjectPolicies() { stop_watching(); }
 
-std::shared_ptr<const ProjectPolicies::Snapshot> ProjectPolicies::load_all() const {
+std::shared_ptr<const ProjectPolicies::Snapshot> ProjectPolicies::load_all(std::filesystem::path* failed) const {
   auto snap = std::make_shared<Snapshot>();
   std::map<std::filesystem::path, std::shared_ptr<const policy::Policy>> by_file;  // a file shared by projects is read once
   for (const auto& s : sources_) {
     auto& p = by_file[s.file];
-    if (!p) p = std::make_shared<const policy::Policy>(policy::Policy::load(s.file));
+    if (!p) {
+      try {
+        p = std::make_shared<const policy::Policy>(policy::Policy::load(s.file));
+      } catch (const PolicyError&) {
+        if (failed) *failed = s.file;
+        throw;
+      }
+    }
     snap->by_project[s.project] = p;
   }
   return snap;
@@ -82,17 +89,32 @@ bool ProjectPolicies::could_permit(const Principal& principal, const std::string
 
 std::optional<std::string> ProjectPolicies::reload_from(const char* trigger) {
   std::lock_guard lock(reload_mutex_);
+  auto old = current_.load(std::memory_order_acquire);
+  auto hash_in = [](const Snapshot& snap, const std::string& project) {
+    auto it = snap.by_project.find(project);
+    return it == snap.by_project.end() ? std::string() : it->second->hash();
+  };
+  std::vector<ReloadEvent> events;
   std::shared_ptr<const Snapshot> fresh;
+  std::filesystem::path failed;
   try {
-    fresh = load_all();
+    fresh = load_all(&failed);
   } catch (const PolicyError& e) {
     log::error("policy_reload_failed", {{"trigger", trigger}, {"detail", e.what()}, {"effect", "the previous policy stays in force"}});
+    for (const auto& s : sources_)
+      if (s.file == failed) events.push_back(ReloadEvent{trigger, s.project, s.file, false, hash_in(*old, s.project), "", e.what()});
+    if (reload_observer_ && !events.empty()) reload_observer_(events);
     return std::string(e.what());
   }
   current_.store(fresh, std::memory_order_release);
   nlohmann::json hashes = nlohmann::json::object();
   for (const auto& [project, p] : fresh->by_project) hashes[project] = p->hash();
   log::info("policy_reloaded", {{"trigger", trigger}, {"policies", hashes}});
+  for (const auto& s : sources_) {
+    std::string now = hash_in(*fresh, s.project), before = hash_in(*old, s.project);
+    if (now != before) events.push_back(ReloadEvent{trigger, s.project, s.file, true, now, before, ""});
+  }
+  if (reload_observer_ && !events.empty()) reload_observer_(events);
   return std::nullopt;
 }
 

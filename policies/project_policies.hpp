@@ -58,8 +58,26 @@ class ProjectPolicies final : public PolicyEngine {
   // policy where the project has no file.
   bool could_permit(const Principal& principal, const std::string& project, const std::string& tool,
                     const nlohmann::json& fixed) const override;
+  // What a reload did to one project's policy, for the audit log: a new policy in force
+  // (`accepted`), or a broken file refused while the previous one stays (`error` says why).
+  struct ReloadEvent {
+    std::string trigger;  // "sighup", "file_change", "request"
+    std::string project;
+    std::filesystem::path file;
+    bool accepted = false;
+    std::string hash;           // accepted: the new policy's; refused: the one still in force
+    std::string previous_hash;  // accepted: the one it replaced
+    std::string error;          // refused: "FILE:LINE:COLUMN: what"
+  };
+  // Called after each reload with one event per project whose policy changed or whose file was
+  // refused (a reload that changes nothing reports nothing). Runs on the reloading thread (a
+  // signal handler's I/O thread, the watcher); set once, before the engine is shared.
+  void set_reload_observer(std::function<void(const std::vector<ReloadEvent>&)> observer) {
+    reload_observer_ = std::move(observer);
+  }
+
   // Re-reads every file; all are swapped in, or none (the error names file:line:column).
-  // Logs policy_reloaded or policy_reload_failed.
+  // Logs policy_reloaded or policy_reload_failed, and tells the reload observer.
   std::optional<std::string> reload() override { return reload_from("request"); }
   // The same, with what asked for it ("sighup", "file_change") in the log line.
   std::optional<std::string> reload_from(const char* trigger);
@@ -77,13 +95,15 @@ class ProjectPolicies final : public PolicyEngine {
   struct Snapshot {
     std::map<std::string, std::shared_ptr<const policy::Policy>> by_project;
   };
-  std::shared_ptr<const Snapshot> load_all() const;
+  // Throws PolicyError; *failed (when given) is then the file that could not be used.
+  std::shared_ptr<const Snapshot> load_all(std::filesystem::path* failed = nullptr) const;
   void watch_loop(std::chrono::milliseconds interval, std::function<void()> on_reloaded);
 
   std::vector<Source> sources_;
   std::atomic<std::shared_ptr<const Snapshot>> current_;
   MembershipPolicy membership_;
   SchemaLookup schema_lookup_;
+  std::function<void(const std::vector<ReloadEvent>&)> reload_observer_;
   mutable RateLimiter limiter_;
   std::mutex reload_mutex_;
 

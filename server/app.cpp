@@ -13,7 +13,9 @@
 #include "connectors/scheduler/slurm/slurm_cli.hpp"
 #include "connectors/scheduler/slurm/slurm_rest.hpp"
 #include "server/auth/directory.hpp"
+#include "server/common/crypto.hpp"
 #include "server/common/decimal.hpp"
+#include "server/common/time_format.hpp"
 #include "server/observability/log.hpp"
 #include "server/transport/http_server.hpp"
 #include "server/transport/stdio_transport.hpp"
@@ -66,6 +68,23 @@ std::unique_ptr<jobs::Scheduler> make_scheduler(const SiteConfig& site) {
   if (site.scheduler == "ibm-runtime" && site.ibm_runtime)
     return std::make_unique<quantum::IbmRuntimeScheduler>(*site.ibm_runtime);
   return nullptr;
+}
+
+// A policy reload that changed a project's policy, or refused its broken file: the policy that
+// decides every later call is part of the trail an auditor reads (docs/AUDIT.md).
+AuditRecord policy_reload_record(const ProjectPolicies::ReloadEvent& e) {
+  AuditRecord r;
+  r.time_ms = unix_now_ms();
+  r.request_id = "policy-" + crypto::random_hex(8);
+  r.project = e.project;
+  r.outcome = e.accepted ? "ok" : "invalid";
+  if (!e.accepted) r.error_code = "policy_invalid";
+  r.details = {{"event", "policy_reload"}, {"trigger", e.trigger}, {"file", e.file.string()}, {"policy_hash", e.hash}};
+  if (e.accepted)
+    r.details["previous_policy_hash"] = e.previous_hash;
+  else
+    r.details["reason"] = e.error.substr(0, 500);
+  return r;
 }
 
 AuditLogOptions audit_options(const Config& c) {
@@ -147,13 +166,16 @@ App::App(Config config)
   if (sqlite_ledger_)
     jobs_->set_pricer([ledger = sqlite_ledger_](const Usage& u) { return ledger->rates().price(u); });
   metrics_.add_collector([this] { return writer_metrics(writer_.stats()); });
+  policy_.set_reload_observer([this](const std::vector<ProjectPolicies::ReloadEvent>& events) {
+    for (const auto& e : events) audit_.append(policy_reload_record(e));
+  });
   policy_.set_schema_lookup([this](const std::string& tool) -> const json* {
     const Tool* t = registry_.find(tool);
     return t ? &t->descriptor().input_schema : nullptr;
   });
 }
 
-App::~App() = default;
+App::~App() { policy_.stop_watching(); }  // the watcher reports reloads to audit_, destroyed first
 
 void App::reload_policies() {
   // A broken file keeps the policy in force (ProjectPolicies logs why); clients re-list tools

@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "server_process.hpp"
@@ -121,6 +122,67 @@ TEST_CASE("policy: SIGHUP with a broken file keeps the previous policy in force"
   REQUIRE(s.wait_for_log(R"("event":"policy_reloaded")"));
   CHECK(call(c, s.user_key(), "echo", {{"text", "x"}})["isError"] == true);
   CHECK(s.running());
+}
+
+TEST_CASE("policy: every reload that changes a policy or refuses a file is an audit record") {
+  ServerProcess s;
+  Client c(s.port());
+  REQUIRE(call(c, s.user_key(), "echo", {{"text", "before"}})["isError"] == false);
+  // A broken file (refused), a good one (accepted), and a signal that changes nothing (no record).
+  write_policy(s, "[[rules]]\nid = \"oops\"\neffect = \"permit\"\n[rules.when]\nseconds = { maxx = 5 }\n");
+  kill(s.pid(), SIGHUP);
+  REQUIRE(s.wait_for_log("policy_reload_failed"));
+  write_policy(s, kEchoHelloOnly);
+  kill(s.pid(), SIGHUP);
+  REQUIRE(s.wait_for_log(R"("event":"policy_reloaded")"));
+  kill(s.pid(), SIGHUP);
+  for (auto t0 = std::chrono::steady_clock::now();
+       count(s.log(), R"("event":"policy_reloaded")") < 2 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5);)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  REQUIRE(call(c, s.user_key(), "echo", {{"text", "hello"}})["isError"] == false);
+  REQUIRE(s.stop() == 0);
+
+  std::string out;
+  REQUIRE(run_command({binary(), "audit", "export", "--config", s.config_path()}, &out) == 0);
+  std::vector<json> reloads, calls;
+  std::istringstream in(out);
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty()) continue;
+    json r = json::parse(line);
+    if (r.contains("details") && r["details"].value("event", "") == "policy_reload") reloads.push_back(r);
+    else if (r.value("tool", "") == "echo") calls.push_back(r);
+  }
+  // The watcher (1 s poll) may see the broken file too before it is replaced: one or two
+  // refusals, from either trigger; the good file is accepted exactly once, whoever loads it first.
+  std::vector<json> refusals, acceptances;
+  for (const auto& r : reloads) (r["outcome"] == "ok" ? acceptances : refusals).push_back(r);
+  REQUIRE(calls.size() == 2);
+  REQUIRE(acceptances.size() == 1);
+  REQUIRE(!refusals.empty());
+  CHECK(refusals.size() <= 2);
+  const json& refused = refusals[0];
+  const json& accepted = acceptances[0];
+  CHECK(refused["project"] == "demo");
+  CHECK(refused["principal"] == "");
+  CHECK(refused["outcome"] == "invalid");
+  CHECK(refused["error_code"] == "policy_invalid");
+  CHECK((refused["details"]["trigger"] == "sighup" || refused["details"]["trigger"] == "file_change"));
+  CHECK(refused["details"]["file"] == policy_file(s));
+  CHECK(refused["details"]["reason"].get<std::string>().rfind(policy_file(s) + ":5:13: unknown key \"maxx\"", 0) == 0);
+  // The policy still in force is the one the first call was decided by.
+  std::string original = calls[0]["details"]["policy_hash"];
+  CHECK(refused["details"]["policy_hash"] == original);
+  CHECK(accepted["outcome"] == "ok");
+  CHECK(accepted["error_code"] == "");
+  CHECK(accepted["details"]["previous_policy_hash"] == original);
+  CHECK(accepted["details"]["policy_hash"] == calls[1]["details"]["policy_hash"]);
+  CHECK(accepted["details"]["policy_hash"] != original);
+  CHECK(accepted["request_id"].get<std::string>().rfind("policy-", 0) == 0);
+  // In the chain between the calls they separate.
+  CHECK(calls[0]["seq"] < refused["seq"]);
+  CHECK(refused["seq"] < accepted["seq"]);
+  CHECK(accepted["seq"] < calls[1]["seq"]);
+  CHECK(run_command({binary(), "audit", "verify", "--config", s.config_path()}, &out) == 0);
 }
 
 TEST_CASE("policy: a broken file stops start-up with its line and column") {
