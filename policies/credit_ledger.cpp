@@ -39,6 +39,7 @@ struct SqliteLedger::Op final : state::Writer::Item {
   std::shared_ptr<MicroCredits> posted_out;  // settle_queued: what was posted, set in apply()
   bool queued = false;      // settle_queued/release_queued: nobody waits, answer() logs
   std::string user;         // usage
+  bool whole_project = false;  // usage: every user's holds and charges (a manager's view)
 
   credits::ReserveOutcome reserved;
   std::optional<MicroCredits> posted;
@@ -443,10 +444,11 @@ void SqliteLedger::release_queued(Hold hold) {
   writer_->enqueue(op, /*wake_writer=*/false);  // the call's audit record follows and wakes it
 }
 
-asio::awaitable<UsageReport> SqliteLedger::usage(std::string project, std::string user) {
+asio::awaitable<UsageReport> SqliteLedger::usage(std::string project, std::string user, bool whole_project) {
   auto op = std::make_shared<Op>(this, Op::Kind::kUsage);
   op->project = std::move(project);
   op->user = std::move(user);
+  op->whole_project = whole_project;
   co_await submit(op);
   if (op->failure) throw std::runtime_error("credit ledger: " + *op->failure);
   co_return std::move(op->report);
@@ -587,7 +589,7 @@ void SqliteLedger::apply(Op& op) {
       op.swept.lapsed = store_.sweep().lapsed;
       break;
     case Op::Kind::kUsage:
-      op.report = store_.report(op.project, op.user, rates_);
+      op.report = store_.report(op.project, op.user, rates_, op.whole_project);
       break;
   }
 }

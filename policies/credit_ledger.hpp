@@ -76,7 +76,7 @@ class SqliteLedger final : public Ledger, private state::Writer::Participant {
   boost::asio::awaitable<ReserveResult> reserve(HoldRequest request) override;
   boost::asio::awaitable<MicroCredits> settle(Hold hold, Usage actual, nlohmann::json result) override;
   boost::asio::awaitable<void> release(Hold hold) override;
-  boost::asio::awaitable<UsageReport> usage(std::string project, std::string user) override;
+  boost::asio::awaitable<UsageReport> usage(std::string project, std::string user, bool whole_project) override;
   const state::Writer* writer() const override { return writer_; }
   void settle_queued(Hold hold, Usage actual, nlohmann::json result, std::shared_ptr<MicroCredits> posted) override;
   void release_queued(Hold hold) override;

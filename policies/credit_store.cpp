@@ -566,7 +566,7 @@ void CreditStore::flush() {
 }
 
 UsageReport CreditStore::report(const std::string& project, const std::string& user, const RateTable& rates,
-                                int recent) {
+                                bool whole_project, int recent) {
   flush();
   UsageReport r;
   r.metered = true;
@@ -595,17 +595,28 @@ UsageReport CreditStore::report(const std::string& project, const std::string& u
   }
   std::vector<const OpenHold*> holds;
   for (const auto& [id, h] : open_)
-    if (h.account == r.account) holds.push_back(&h);
+    if (h.account == r.account && (whole_project || h.user == user)) holds.push_back(&h);
   std::sort(holds.begin(), holds.end(), [](auto* a, auto* b) { return a->id > b->id; });
   if (holds.size() > static_cast<std::size_t>(recent)) holds.resize(static_cast<std::size_t>(recent));
   for (const auto* h : holds)
     r.holds.push_back(UsageReport::OpenHold{std::to_string(h->id), h->user, h->tool, h->amount, h->created_ms,
                                             h->expires_ms});
-  {
+  if (whole_project) {
     Statement st(db_,
                  "SELECT time_ms, user, tool, request_id, amount FROM credit_postings "
                  "WHERE account = ? AND kind = 'charge' ORDER BY seq DESC LIMIT ?");
     st.bind(1, r.account).bind(2, int64_t(recent));
+    while (st.step())
+      r.recent_charges.push_back(UsageReport::Charge{st.column_int(0), st.column_text(1), st.column_text(2),
+                                                     st.column_text(3), -st.column_int(4)});
+  } else {
+    // Bounded: a member's view never scans a large account's whole history.
+    Statement st(db_,
+                 "SELECT time_ms, user, tool, request_id, amount FROM ("
+                 "SELECT seq, time_ms, user, tool, request_id, amount FROM credit_postings "
+                 "WHERE account = ? AND kind = 'charge' ORDER BY seq DESC LIMIT ?) "
+                 "WHERE user = ? ORDER BY seq DESC LIMIT ?");
+    st.bind(1, r.account).bind(2, int64_t(kOwnChargesScanned)).bind(3, user).bind(4, int64_t(recent));
     while (st.step())
       r.recent_charges.push_back(UsageReport::Charge{st.column_int(0), st.column_text(1), st.column_text(2),
                                                      st.column_text(3), -st.column_int(4)});

@@ -160,7 +160,11 @@ class CreditStore {
   void flush();
 
   // For reports, inside a transaction. recent: how many holds and charges to list.
-  UsageReport report(const std::string& project, const std::string& user, const RateTable& rates, int recent = 20);
+  // `whole_project`: the holds and charges of every user; else only `user`'s, found among the
+  // account's last kOwnChargesScanned charges.
+  static constexpr int kOwnChargesScanned = 5000;
+  UsageReport report(const std::string& project, const std::string& user, const RateTable& rates, bool whole_project,
+                     int recent = 20);
 
   const std::string& account_of(const std::string& project) const;
   const AccountState* account(const std::string& account) const;

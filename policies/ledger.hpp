@@ -151,8 +151,9 @@ class Ledger {
   }
   // release() without waiting; the same condition.
   virtual void release_queued(Hold) { throw std::logic_error("release_queued on a ledger without a writer"); }
-  // The state of `project`'s account as `user` (a member) may see it.
-  virtual boost::asio::awaitable<UsageReport> usage(std::string project, std::string user) {
+  // The state of `project`'s account as `user` may see it: with `whole_project` (a manager) the
+  // holds and charges of every user, else only the user's own.
+  virtual boost::asio::awaitable<UsageReport> usage(std::string project, std::string user, bool whole_project) {
     UsageReport r;
     r.project = std::move(project);
     co_return r;

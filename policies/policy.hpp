@@ -52,6 +52,10 @@ class PolicyEngine {
                             const nlohmann::json& fixed) const {
     return principal.member_of(project);
   }
+  // What the project's policy lets the principal do, for get_usage: the matching rules and the
+  // rate limits with the tokens left (Policy::limits_for); null where the project has no policy
+  // file (its members may call every tool, without rate limits).
+  virtual nlohmann::json limits_for(const Principal&, const std::string& /*project*/) const { return nullptr; }
   // Re-reads policy sources; on any error the previous policy stays in force and the error
   // (file:line:column: what) is returned. The built-in engine has nothing to reload.
   virtual std::optional<std::string> reload() { return std::nullopt; }

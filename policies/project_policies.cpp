@@ -87,6 +87,14 @@ bool ProjectPolicies::could_permit(const Principal& principal, const std::string
   return it->second->could_permit_with(principal, project, tool, fixed, schema_lookup_ ? schema_lookup_(tool) : nullptr);
 }
 
+nlohmann::json ProjectPolicies::limits_for(const Principal& principal, const std::string& project) const {
+  if (project.empty() || !principal.member_of(project)) return nullptr;
+  auto snap = current_.load(std::memory_order_acquire);
+  auto it = snap->by_project.find(project);
+  if (it == snap->by_project.end()) return nullptr;
+  return it->second->limits_for(principal, project, &limiter_, std::chrono::system_clock::now());
+}
+
 std::optional<std::string> ProjectPolicies::reload_from(const char* trigger) {
   std::lock_guard lock(reload_mutex_);
   auto old = current_.load(std::memory_order_acquire);

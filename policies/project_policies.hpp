@@ -76,6 +76,7 @@ class ProjectPolicies final : public PolicyEngine {
     reload_observer_ = std::move(observer);
   }
 
+  nlohmann::json limits_for(const Principal& principal, const std::string& project) const override;
   // Re-reads every file; all are swapped in, or none (the error names file:line:column).
   // Logs policy_reloaded or policy_reload_failed, and tells the reload observer.
   std::optional<std::string> reload() override { return reload_from("request"); }

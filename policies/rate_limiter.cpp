@@ -64,6 +64,14 @@ RateLimiter::Result RateLimiter::acquire(const std::string& key, double per_seco
   return Result{};
 }
 
+double RateLimiter::available(const std::string& key, double per_second, double burst, Clock::time_point now) const {
+  Shard& s = shard_for(key);
+  std::lock_guard lock(s.mutex);
+  auto it = s.buckets.find(key);
+  if (it == s.buckets.end()) return burst;
+  return refilled(it->second.tokens, it->second.last_ns, to_ns(now), per_second, burst);
+}
+
 void RateLimiter::refund(const std::string& key, double burst, double amount) {
   Shard& s = shard_for(key);
   std::lock_guard lock(s.mutex);

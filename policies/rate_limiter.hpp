@@ -37,6 +37,8 @@ class RateLimiter {
   // are there. An amount above `burst` can never be taken (retry_after is zero then).
   Result acquire(const std::string& key, double per_second, double burst, Clock::time_point now, bool consume = true,
                  double amount = 1.0);
+  // The tokens the bucket `key` holds at `now` (a bucket never used holds `burst`); takes none.
+  double available(const std::string& key, double per_second, double burst, Clock::time_point now) const;
   // Gives back tokens taken by acquire() (when a later limit of the same call refused it).
   void refund(const std::string& key, double burst, double amount = 1.0);
 

@@ -577,6 +577,13 @@ std::string hint_from(const Explain& ex) {
   return join(parts, "; ");
 }
 
+// "10 calls per minute per principal", "200000 tokens per minute per project".
+std::string rate_text(const RateLimit& l) {
+  static const char* kPer[] = {"per principal", "per project", "per tool", "per principal and tool"};
+  return format_number(l.count) + " " + (l.cost.empty() ? std::string("calls") : l.cost) + " per " + l.period_name + " " +
+         kPer[static_cast<int>(l.per)];
+}
+
 // ---------------------------------------------------------------- parsing
 
 struct Parser {
@@ -1306,6 +1313,66 @@ Decision Policy::decide_rules(const PolicyQuery& q, const json* schema) const {
   return d;
 }
 
+std::string Policy::bucket_key(const RateLimit& l, const std::string& project, const Principal& principal,
+                               const std::string& tool) {
+  std::string key;
+  key.reserve(project.size() + l.bucket_prefix.size() + principal.name.size() + tool.size() + 16);
+  key += project;
+  key += '\x1f';
+  key += l.bucket_prefix;
+  key += '\x1f';
+  if (l.per == RateLimit::Per::kPrincipal || l.per == RateLimit::Per::kPrincipalTool) {
+    key += principal.kind;
+    key += ':';
+    key += principal.name;
+    key += '\x1f';
+  }
+  if (l.per == RateLimit::Per::kTool || l.per == RateLimit::Per::kPrincipalTool) key += tool;
+  return key;
+}
+
+json Policy::limits_for(const Principal& principal, const std::string& project, const RateLimiter* limiter,
+                        std::chrono::system_clock::time_point now) const {
+  auto tools_json = [](const std::vector<std::string>& tools) { return tools.empty() ? json("*") : json(tools); };
+  json rules = json::array();
+  for (const Rule& r : rules_) {
+    if (!principal_matches(r.principals, principal, project)) continue;
+    json j = {{"id", r.id}, {"effect", r.permit ? "permit" : "forbid"}, {"tools", tools_json(r.tools)}};
+    if (!r.description.empty()) j["description"] = r.description;
+    // A permit's conditions are what a call must satisfy; a forbid's, when it refuses one.
+    json conditions = json::array();
+    for (const Condition& c : r.when) conditions.push_back(pass_advice(c) + (c.optional ? " (when given)" : ""));
+    if (!conditions.empty()) j[r.permit ? "requires" : "refuses_when"] = std::move(conditions);
+    if (r.context) j["hours"] = r.context->text;
+    rules.push_back(std::move(j));
+  }
+  json limits = json::array();
+  static const char* kPer[] = {"principal", "project", "tool", "principal+tool"};
+  for (const RateLimit& l : rate_limits_) {
+    if (!principal_matches(l.principals, principal, project)) continue;
+    json j = {{"id", l.id}, {"tools", tools_json(l.tools)}, {"per", kPer[static_cast<int>(l.per)]},
+              {"limit", rate_text(l)}, {"burst", l.burst}};
+    if (!l.description.empty()) j["description"] = l.description;
+    if (!l.cost.empty()) j["counts"] = l.cost;
+    if (limiter) {
+      const double per_second = l.count / l.period_s;
+      // The caller's bucket; per tool there is one per tool, shown when the tools are named.
+      if (l.per == RateLimit::Per::kPrincipal || l.per == RateLimit::Per::kProject) {
+        j["available"] = std::floor(limiter->available(bucket_key(l, project, principal, ""), per_second, l.burst, now) * 1000) / 1000;
+      } else if (!l.tools.empty() && std::none_of(l.tools.begin(), l.tools.end(), [](const std::string& t) {
+                   return t.find_first_of("*?") != std::string::npos;
+                 })) {
+        json by_tool = json::object();
+        for (const auto& t : l.tools)
+          by_tool[t] = std::floor(limiter->available(bucket_key(l, project, principal, t), per_second, l.burst, now) * 1000) / 1000;
+        j["available"] = std::move(by_tool);
+      }
+    }
+    limits.push_back(std::move(j));
+  }
+  return {{"policy_hash", hash_}, {"rules", std::move(rules)}, {"rate_limits", std::move(limits)}};
+}
+
 void Policy::apply_rate_limits(const PolicyQuery& q, RateLimiter& limiter, Decision& d) const {
   // Tokens taken from earlier limits are given back when a later one refuses: a refused call
   // must not count.
@@ -1316,19 +1383,7 @@ void Policy::apply_rate_limits(const PolicyQuery& q, RateLimiter& limiter, Decis
   std::vector<Taken> taken;
   for (const RateLimit& l : rate_limits_) {
     if (!tool_matches(l.tools, q.tool) || !principal_matches(l.principals, q.principal, q.project)) continue;
-    std::string key;
-    key.reserve(q.project.size() + l.bucket_prefix.size() + q.principal.name.size() + q.tool.size() + 16);
-    key += q.project;
-    key += '\x1f';
-    key += l.bucket_prefix;
-    key += '\x1f';
-    if (l.per == RateLimit::Per::kPrincipal || l.per == RateLimit::Per::kPrincipalTool) {
-      key += q.principal.kind;
-      key += ':';
-      key += q.principal.name;
-      key += '\x1f';
-    }
-    if (l.per == RateLimit::Per::kTool || l.per == RateLimit::Per::kPrincipalTool) key += q.tool;
+    std::string key = bucket_key(l, q.project, q.principal, q.tool);
     double amount = 1.0;
     if (!l.cost.empty() && q.arguments.is_object())
       if (auto c = q.arguments.find(l.cost); c != q.arguments.end() && c->is_number()) amount = std::max(0.0, c->get<double>());
@@ -1338,9 +1393,8 @@ void Policy::apply_rate_limits(const PolicyQuery& q, RateLimiter& limiter, Decis
       continue;
     }
     for (const auto& t : taken) limiter.refund(t.key, t.burst, t.amount);
-    static const char* kPer[] = {"per principal", "per project", "per tool", "per principal and tool"};
     const std::string unit = l.cost.empty() ? "calls" : l.cost;
-    std::string rate = format_number(l.count) + " " + unit + " per " + l.period_name + " " + kPer[static_cast<int>(l.per)];
+    std::string rate = rate_text(l);
     d.effect = Decision::Effect::kDeny;
     d.rule_ids = {l.id};
     if (amount > l.burst) {

@@ -132,6 +132,13 @@ class Policy {
   bool could_permit_with(const Principal& principal, const std::string& project, const std::string& tool,
                          const nlohmann::json& fixed, const nlohmann::json* input_schema = nullptr) const;
 
+  // What this policy lets the principal do in `project`, for get_usage: the rules that match
+  // the principal (permits with what they require, forbids with when they fire, time windows)
+  // and the rate limits that count its calls, with the tokens left now in its buckets (from
+  // `limiter`, when given). Conditions are described, not evaluated.
+  nlohmann::json limits_for(const Principal& principal, const std::string& project, const RateLimiter* limiter,
+                            std::chrono::system_clock::time_point now) const;
+
   const std::string& source() const { return source_; }
   const std::string& hash() const { return hash_; }  // hex SHA-256 of the file's bytes
   const std::vector<Rule>& rules() const { return rules_; }
@@ -141,6 +148,8 @@ class Policy {
  private:
   Decision decide_rules(const PolicyQuery& query, const nlohmann::json* input_schema) const;
   void apply_rate_limits(const PolicyQuery& query, RateLimiter& limiter, Decision& d) const;
+  static std::string bucket_key(const RateLimit& l, const std::string& project, const Principal& principal,
+                                const std::string& tool);
 
   std::string source_;
   std::string hash_;

@@ -16,7 +16,7 @@ namespace scigate::tools {
 ToolRegistry make_registry(const Config& config, const ToolServices& services) {
   ToolRegistry r;
   r.add(std::make_unique<WhoamiTool>(config.server_name));
-  if (services.ledger) r.add(std::make_unique<UsageTool>(*services.ledger));
+  if (services.ledger) r.add(std::make_unique<UsageTool>(*services.ledger, services.policy));
   if (services.audit_query) r.add(std::make_unique<QueryAuditLogTool>(*services.audit_query));
   if (services.jobs) {
     r.add(std::make_unique<SubmitJobTool>(*services.jobs));

@@ -49,6 +49,13 @@ json credits_json(const ServerProcess& s, const std::vector<std::string>& args) 
   return lines.back();  // balance: the project; statement: the summary
 }
 
+std::string create_key(const ServerProcess& s, const std::string& principal) {
+  std::string out;
+  REQUIRE(run_command({binary(), "key", "create", "--config", s.config_path(), "--principal", principal}, &out) == 0);
+  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+  return out;
+}
+
 std::string credits_text(const ServerProcess& s, const std::vector<std::string>& args, int expect = 0) {
   std::vector<std::string> argv = {binary(), "credits"};
   argv.insert(argv.end(), args.begin(), args.end());
@@ -130,6 +137,92 @@ TEST_CASE("credits: a call the project cannot pay is refused with the price, and
   CHECK(bal["grants"][1]["remaining"] == "1000");
   auto u = call_tool(c, s.user_key(), "get_usage", json::object())["structuredContent"];
   CHECK(u["balance"].dump() == "1999.9");
+}
+
+TEST_CASE("credits: get_usage shows a member its own charges, a manager everyone's, and the limits its policy sets") {
+  ServerProcess s("", false);
+  std::ofstream(s.dir() / "policies" / "physics.toml") << R"(
+[[rules]]
+id = "short-sleeps"
+effect = "permit"
+principals = ["role:member"]
+tools = ["sleep", "echo", "get_usage"]
+[rules.when]
+seconds = { max = 5, optional = true }
+
+[[rules]]
+id = "robots-never-sleep"
+effect = "forbid"
+principals = ["service:*"]
+tools = ["sleep"]
+
+[[rules]]
+id = "office-echo"
+effect = "permit"
+principals = ["role:manager"]
+tools = ["echo"]
+[rules.context]
+hours = "08:00-20:00"
+
+[[rate_limits]]
+id = "sleep-rate"
+tools = ["sleep"]
+per = "principal"
+rate = "10/minute"
+burst = 3
+)";
+  s.merge_config("[[projects]]\nid = \"physics\"\nmembers = [\"demo\", \"bea\"]\nmanagers = [\"max\"]\n"
+                 "policy = \"policies/physics.toml\"\n");
+  s.merge_config("[[projects]]\nid = \"open\"\nmembers = [\"bea\"]\n");
+  s.start();
+  credits_text(s, {"grant", "--project", "physics", "100"});
+  credits_text(s, {"grant", "--project", "open", "100"});
+  std::string bea = create_key(s, "bea"), max = create_key(s, "max");
+  Client c(s.port());
+  json physics = {{"io.scigate/project", "physics"}};
+  for (const auto& key : {bea, bea, max, s.user_key()})
+    REQUIRE(call_tool(c, key, "sleep", {{"seconds", 0.05}, {"steps", 1}}, physics)["isError"] == false);
+
+  // A member: its own charges only, and the rules that concern it with the tokens left.
+  auto as_bea = call_tool(c, bea, "get_usage", json::object(), physics);
+  REQUIRE(as_bea["isError"] == false);
+  json u = as_bea["structuredContent"];
+  CHECK(u["shown"] == "own");
+  REQUIRE(u["recent_charges"].size() == 2);
+  for (const auto& ch : u["recent_charges"]) CHECK(ch["user"] == "bea");
+  const json& pol = u["policy"];
+  REQUIRE(pol.is_object());
+  CHECK(pol["policy_hash"].get<std::string>().size() == 64);
+  REQUIRE(pol["rules"].size() == 1);  // not the robots' forbid, not the managers' permit
+  CHECK(pol["rules"][0]["id"] == "short-sleeps");
+  CHECK(pol["rules"][0]["effect"] == "permit");
+  CHECK(pol["rules"][0]["requires"] == json::array({"seconds at most 5 (when given)"}));
+  REQUIRE(pol["rate_limits"].size() == 1);
+  const json& rl = pol["rate_limits"][0];
+  CHECK(rl["id"] == "sleep-rate");
+  CHECK(rl["limit"] == "10 calls per minute per principal");
+  CHECK(rl["burst"] == 3);
+  // Two of three taken; a sixth of a token a second comes back.
+  CHECK(rl["available"].get<double>() >= 1.0);
+  CHECK(rl["available"].get<double>() < 2.0);
+  CHECK(as_bea["content"][0]["text"].get<std::string>().find("Rate limit sleep-rate: 10 calls per minute per principal, 1 left now") !=
+        std::string::npos);
+
+  // A manager: everyone's charges, and its own rules (the office-hours permit too).
+  json m = call_tool(c, max, "get_usage", json::object(), physics)["structuredContent"];
+  CHECK(m["shown"] == "project");
+  std::multiset<std::string> users;
+  for (const auto& ch : m["recent_charges"]) users.insert(ch["user"].get<std::string>());
+  CHECK(users == std::multiset<std::string>{"bea", "bea", "demo", "max"});
+  REQUIRE(m["policy"]["rules"].size() == 2);
+  CHECK(m["policy"]["rules"][1]["id"] == "office-echo");
+  CHECK(m["policy"]["rules"][1]["hours"] == "08:00-20:00 (UTC)");
+  CHECK(m["policy"]["rate_limits"][0]["available"].get<double>() >= 2.0);  // max's own bucket
+
+  // A project without a policy file: no limits beyond membership.
+  json o = call_tool(c, bea, "get_usage", json::object(), {{"io.scigate/project", "open"}})["structuredContent"];
+  CHECK(o["project"] == "open");
+  CHECK(o["policy"].is_null());
 }
 
 TEST_CASE("credits: a retried call with an idempotency key is answered again and charged once") {

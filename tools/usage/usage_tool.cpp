@@ -1,5 +1,6 @@
 #include "tools/usage/usage_tool.hpp"
 
+#include <cmath>
 #include <ctime>
 
 #include "policies/credits.hpp"
@@ -41,21 +42,40 @@ const char* kOutputSchema = R"({
       "required": ["resource", "credits_per_unit", "unit"]}},
     "sub_budget": {"type": ["object", "null"], "properties": {
       "user": {"type": "string"}, "balance": {"type": "number"}, "held": {"type": "number"},
-      "available": {"type": "number"}}}
+      "available": {"type": "number"}}},
+    "shown": {"type": "string", "enum": ["project", "own"],
+      "description": "whose holds and charges are listed: everyone's (a project manager) or the caller's own"},
+    "policy": {"type": ["object", "null"],
+      "description": "the limits the project's policy sets on the caller; null: no policy file, members may call every tool",
+      "properties": {
+        "policy_hash": {"type": "string"},
+        "rules": {"type": "array", "items": {"type": "object", "properties": {
+          "id": {"type": "string"}, "effect": {"type": "string", "enum": ["permit", "forbid"]},
+          "tools": {"type": ["array", "string"]}, "description": {"type": "string"},
+          "requires": {"type": "array", "items": {"type": "string"}},
+          "refuses_when": {"type": "array", "items": {"type": "string"}},
+          "hours": {"type": "string"}}, "required": ["id", "effect", "tools"]}},
+        "rate_limits": {"type": "array", "items": {"type": "object", "properties": {
+          "id": {"type": "string"}, "tools": {"type": ["array", "string"]}, "per": {"type": "string"},
+          "limit": {"type": "string"}, "burst": {"type": "number"}, "counts": {"type": "string"},
+          "available": {"type": ["number", "object"]}, "description": {"type": "string"}},
+          "required": ["id", "tools", "per", "limit", "burst"]}}}}
   },
   "required": ["metered", "project"]
 })";
 
 }  // namespace
 
-UsageTool::UsageTool(Ledger& ledger) : ledger_(ledger) {
+UsageTool::UsageTool(Ledger& ledger, const PolicyEngine* policy) : ledger_(ledger), policy_(policy) {
   descriptor_.name = "get_usage";
   descriptor_.title = "Credit usage";
   descriptor_.description =
       "Shows the credits of the project this call is for: balance, what running calls hold, what is "
       "available for new calls, the credit line, grants and when they expire, recent charges, the "
-      "rates (credits per GPU-hour, token, call, ...) and your own sub-budget if you have one. Call it "
-      "before expensive work, or when a call was refused for lack of credits.";
+      "rates (credits per GPU-hour, token, call, ...), your own sub-budget if you have one, and the limits "
+      "the project's policy sets on you (what each rule permits or forbids, rate limits and how much of "
+      "each is left). Project managers see every member's holds and charges; others see their own. Call "
+      "it before expensive work, or when a call was refused for lack of credits or by a limit.";
   descriptor_.input_schema = json::parse(R"({"type":"object","properties":{},"additionalProperties":false})");
   descriptor_.output_schema = json::parse(kOutputSchema);
   descriptor_.annotations = ToolAnnotations{.read_only = true, .destructive = false, .idempotent = true, .open_world = false};
@@ -150,9 +170,30 @@ std::string UsageTool::to_text(const UsageReport& r) {
   return t;
 }
 
+std::string UsageTool::policy_text(const json& limits) {
+  if (limits.is_null()) return "";
+  std::string t = " Policy: " + std::to_string(limits["rules"].size()) + " rule" + (limits["rules"].size() == 1 ? "" : "s") +
+                  " apply to you (see policy.rules).";
+  for (const auto& l : limits["rate_limits"]) {
+    t += " Rate limit " + l["id"].get<std::string>() + ": " + l["limit"].get<std::string>();
+    if (l.contains("available") && l["available"].is_number())
+      t += ", " + credits::format(static_cast<MicroCredits>(std::floor(l["available"].get<double>()) * 1e6)) + " left now";
+    t += ".";
+  }
+  return t;
+}
+
 boost::asio::awaitable<ToolResult> UsageTool::call(const json&, CallContext& ctx) {
-  UsageReport report = co_await ledger_.usage(ctx.project, ctx.principal.name);
-  co_return ToolResult::success(to_json(report), to_text(report));
+  // A manager (or admin) of the project sees everyone's holds and charges, like a Slurm
+  // account coordinator; a member sees its own.
+  const bool whole_project = ctx.principal.has_role(ctx.project, "manager");
+  UsageReport report = co_await ledger_.usage(ctx.project, ctx.principal.name, whole_project);
+  json out = to_json(report);
+  out["shown"] = whole_project ? "project" : "own";
+  json limits = policy_ ? policy_->limits_for(ctx.principal, ctx.project) : json(nullptr);
+  std::string text = to_text(report) + policy_text(limits);
+  out["policy"] = std::move(limits);
+  co_return ToolResult::success(std::move(out), std::move(text));
 }
 
 }  // namespace scigate::tools

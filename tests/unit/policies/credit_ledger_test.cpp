@@ -193,7 +193,7 @@ TEST_CASE("credit ledger: hold, settle and release, and settle never posts more 
   REQUIRE_FALSE(h1.error);
   CHECK_FALSE(h1.hold.id.empty());
   CHECK(h1.hold.amount == 10 * C);
-  auto u = r.run(ledger.usage("P", "alice"));
+  auto u = r.run(ledger.usage("P", "alice", true));
   CHECK(u.metered);
   CHECK(u.account == "acct-p");
   CHECK(u.balance == 100 * C);
@@ -203,7 +203,7 @@ TEST_CASE("credit ledger: hold, settle and release, and settle never posts more 
   CHECK(u.holds[0].id == h1.hold.id);
 
   CHECK(r.run(ledger.settle(h1.hold, units(4.25), json::object())) == 4'250'000);
-  u = r.run(ledger.usage("P", "alice"));
+  u = r.run(ledger.usage("P", "alice", true));
   CHECK(u.balance == 95'750'000);
   CHECK(u.held == 0);
   REQUIRE(u.recent_charges.size() == 1);
@@ -212,12 +212,12 @@ TEST_CASE("credit ledger: hold, settle and release, and settle never posts more 
   SECTION("settle posts at most the hold") {
     auto h2 = r.run(ledger.reserve(request("P", units(10))));
     CHECK(r.run(ledger.settle(h2.hold, units(50), json::object())) == 10 * C);
-    CHECK(r.run(ledger.usage("P", "alice")).balance == 85'750'000);
+    CHECK(r.run(ledger.usage("P", "alice", true)).balance == 85'750'000);
   }
   SECTION("release voids the hold and charges nothing; a second release or settle does nothing") {
     auto h2 = r.run(ledger.reserve(request("P", units(10))));
     r.run(ledger.release(h2.hold));
-    CHECK(r.run(ledger.usage("P", "alice")).available == 95'750'000);
+    CHECK(r.run(ledger.usage("P", "alice", true)).available == 95'750'000);
     r.run(ledger.release(h2.hold));
     CHECK(r.run(ledger.settle(h2.hold, units(1), json::object())) == 0);
     CHECK(db.scalar("SELECT COUNT(*) FROM credit_holds WHERE state = 'voided' AND void_reason = 'released'") == 1);
@@ -272,7 +272,7 @@ TEST_CASE("credit ledger: idempotency keys charge once, replay the result, and r
   REQUIRE(replay.hold.replay);
   CHECK(*replay.hold.replay == result);
   CHECK(replay.hold.id.empty());
-  CHECK(r.run(ledger.usage("P", "alice")).balance == 97 * C);  // charged once
+  CHECK(r.run(ledger.usage("P", "alice", true)).balance == 97 * C);  // charged once
 
   auto other = r.run(ledger.reserve(keyed("B")));
   REQUIRE(other.error);
@@ -338,7 +338,7 @@ TEST_CASE("credit ledger: grants expire, charges draw from the earliest-expiring
 
   auto h = r.run(ledger.reserve(request("P", units(4))));
   CHECK(r.run(ledger.settle(h.hold, units(4), json::object())) == 4 * C);
-  auto u = r.run(ledger.usage("P", "alice"));
+  auto u = r.run(ledger.usage("P", "alice", true));
   REQUIRE(u.grants.size() == 2);
   CHECK(u.grants[0].remaining == 6 * C);  // the expiring grant paid
   CHECK(u.grants[1].remaining == 10 * C);
@@ -349,7 +349,7 @@ TEST_CASE("credit ledger: grants expire, charges draw from the earliest-expiring
   clock.advance(std::chrono::hours(2));
   auto swept = ledger.sweep_now();
   CHECK(swept.voided == 0);
-  u = r.run(ledger.usage("P", "alice"));
+  u = r.run(ledger.usage("P", "alice", true));
   CHECK(u.available == 0);  // 16 balance − 1 lapsed − 15 held
   CHECK(u.balance == 15 * C);
   // Refused now: the expired credits are not available to new calls.
@@ -357,7 +357,7 @@ TEST_CASE("credit ledger: grants expire, charges draw from the earliest-expiring
 
   CHECK(r.run(ledger.settle(held.hold, units(2), json::object())) == 2 * C);
   ledger.sweep_now();  // what the hold kept of the expired grant now lapses
-  u = r.run(ledger.usage("P", "alice"));
+  u = r.run(ledger.usage("P", "alice", true));
   CHECK(u.balance == 10 * C);
   REQUIRE(u.grants.size() == 1);
   CHECK(u.grants[0].remaining == 10 * C);
@@ -391,15 +391,15 @@ TEST_CASE("credit ledger: a user's sub-budget limits that user even when the pro
   REQUIRE_FALSE(bob.error);
   auto alice = r.run(ledger.reserve(request("P", units(5), "alice")));
   REQUIRE_FALSE(alice.error);
-  auto u = r.run(ledger.usage("P", "alice"));
+  auto u = r.run(ledger.usage("P", "alice", true));
   REQUIRE(u.sub_budget);
   CHECK(u.sub_budget->available == 0);
   CHECK(u.available == 89 * C);
   CHECK(r.run(ledger.settle(alice.hold, units(3), json::object())) == 3 * C);
-  u = r.run(ledger.usage("P", "alice"));
+  u = r.run(ledger.usage("P", "alice", true));
   CHECK(u.sub_budget->balance == 2 * C);
   CHECK(u.balance == 97 * C);
-  CHECK_FALSE(r.run(ledger.usage("P", "bob")).sub_budget);
+  CHECK_FALSE(r.run(ledger.usage("P", "bob", true)).sub_budget);
   r.run(ledger.release(bob.hold));
   CHECK(db.verify(clock.ms).ok);
 }
@@ -418,7 +418,7 @@ TEST_CASE("credit ledger: a credit line lets the balance go negative down to the
   auto b = r.run(ledger.reserve(request("L", units(20))));
   REQUIRE_FALSE(b.error);
   CHECK(r.run(ledger.settle(b.hold, units(20), json::object())) == 20 * C);
-  auto u = r.run(ledger.usage("L", "alice"));
+  auto u = r.run(ledger.usage("L", "alice", true));
   CHECK(u.balance == -50 * C);
   CHECK(u.available == 0);
   CHECK(u.credit_line == 50 * C);
@@ -426,7 +426,7 @@ TEST_CASE("credit ledger: a credit line lets the balance go negative down to the
   CHECK(db.scalar("SELECT debt FROM credit_accounts WHERE account = 'L'") == 50 * C);
 
   grant(db, clock, "L", 80 * C);  // settles the debt first
-  u = r.run(ledger.usage("L", "alice"));
+  u = r.run(ledger.usage("L", "alice", true));
   CHECK(u.balance == 30 * C);
   CHECK(u.available == 80 * C);
   CHECK(db.scalar("SELECT debt FROM credit_accounts WHERE account = 'L'") == 0);
@@ -458,9 +458,9 @@ TEST_CASE("credit ledger: restart recovery voids the holds of calls that died wi
   }
   SqliteLedger again(db.path, make_options(clock));
   Runner r;
-  CHECK(r.run(again.usage("P", "alice")).held == 42 * C);
+  CHECK(r.run(again.usage("P", "alice", true)).held == 42 * C);
   CHECK(again.recover_after_restart() == 3);
-  auto u = r.run(again.usage("P", "alice"));
+  auto u = r.run(again.usage("P", "alice", true));
   CHECK(u.held == 5 * C);  // the live server's hold stays
   CHECK(u.balance == 99 * C);
   CHECK(db.scalar("SELECT COUNT(*) FROM credit_holds WHERE state = 'voided' AND void_reason = 'restart'") == 3);
@@ -487,11 +487,11 @@ TEST_CASE("credit ledger: a detached job hold survives restart recovery and is s
   SqliteLedger again(db.path, make_options(clock));
   Runner r;
   CHECK(again.recover_after_restart() == 1);  // the call's hold only
-  CHECK(r.run(again.usage("P", "alice")).held == 30 * C);
+  CHECK(r.run(again.usage("P", "alice", true)).held == 30 * C);
   CHECK(db.scalar("SELECT owner = 'job:j-0123456789ab' FROM credit_holds WHERE state = 'open'") == 1);
   CHECK(r.run(again.settle(job_hold, units(12), json::object())) == 12 * C);
   CHECK(r.run(again.settle(job_hold, units(12), json::object())) == 0);  // never twice
-  auto u = r.run(again.usage("P", "alice"));
+  auto u = r.run(again.usage("P", "alice", true));
   CHECK(u.held == 0);
   CHECK(u.balance == 88 * C);
   CHECK(db.verify(clock.ms).ok);
@@ -553,7 +553,7 @@ TEST_CASE("credit ledger: the sweeper voids holds past their timeout, and a late
   CHECK(ledger.sweep_now().voided == 1);
   CHECK(db.verify(clock.ms).ok);
   CHECK(r.run(ledger.settle(h.hold, units(5), json::object())) == 0);
-  CHECK(r.run(ledger.usage("P", "alice")).balance == 100 * C);
+  CHECK(r.run(ledger.usage("P", "alice", true)).balance == 100 * C);
   CHECK(db.scalar("SELECT void_reason = 'timeout' FROM credit_holds") == 1);
 }
 
@@ -602,7 +602,7 @@ TEST_CASE("credit ledger: one failing operation in a batch fails alone") {
   CHECK(ledger.stats().failed_operations == 1);
   CHECK(db.scalar("SELECT COUNT(*) FROM credit_holds WHERE state = 'open'") == 19);
   Runner r;
-  CHECK(r.run(ledger.usage("P", "alice")).held == 19 * C);  // the mirror agrees after the rollback
+  CHECK(r.run(ledger.usage("P", "alice", true)).held == 19 * C);  // the mirror agrees after the rollback
 }
 
 TEST_CASE("credit ledger: 64 concurrent callers never overspend, and the books balance exactly") {
@@ -818,7 +818,7 @@ TEST_CASE("credit ledger: a flexible hold takes what is available, down to its m
   auto a = r.run(ledger.reserve(flexible));
   REQUIRE_FALSE(a.error);
   CHECK(a.hold.amount == 10 * C);
-  CHECK(r.run(ledger.usage("P", "alice")).available == 0);
+  CHECK(r.run(ledger.usage("P", "alice", true)).available == 0);
   // Nothing left: even the minimum is refused, with the usual message.
   HoldRequest second = request("P", units(30));
   second.minimum = units(1);
@@ -833,7 +833,7 @@ TEST_CASE("credit ledger: a flexible hold takes what is available, down to its m
   REQUIRE_FALSE(b.error);
   CHECK(b.hold.amount == 2 * C);
   r.run(ledger.release(b.hold));
-  CHECK(r.run(ledger.usage("P", "alice")).available == 3 * C);
+  CHECK(r.run(ledger.usage("P", "alice", true)).available == 3 * C);
   CHECK(db.verify(clock.ms).ok);
 }
 
@@ -872,7 +872,7 @@ TEST_CASE("credit ledger: alone on its database, a hold is decided in memory and
   CHECK(ledger.stats().transactions == before.transactions);  // no writer round trip
   CHECK(ledger.stats().memory_holds == 1);
   CHECK(db.scalar("SELECT COUNT(*) FROM credit_holds") == 0);
-  auto u = r.run(ledger.usage("P", "alice"));
+  auto u = r.run(ledger.usage("P", "alice", true));
   CHECK(u.held == 3 * C);
   REQUIRE(u.holds.size() == 1);
   CHECK(u.holds[0].id == res.hold.id);
@@ -896,11 +896,11 @@ TEST_CASE("credit ledger: alone on its database, a hold is decided in memory and
   late.timeout = std::chrono::seconds(60);
   auto timed_out = r.run(ledger.reserve(late));
   REQUIRE_FALSE(timed_out.error);
-  CHECK(r.run(ledger.usage("P", "alice")).held == 1 * C);
+  CHECK(r.run(ledger.usage("P", "alice", true)).held == 1 * C);
   clock.advance(std::chrono::seconds(61));
   CHECK(ledger.sweep_now().voided == 1);
   CHECK(r.run(ledger.settle(timed_out.hold, units(1), json::object())) == 0);
-  CHECK(r.run(ledger.usage("P", "alice")).held == 0);
+  CHECK(r.run(ledger.usage("P", "alice", true)).held == 0);
   CHECK(db.scalar("SELECT balance FROM credit_accounts WHERE account = 'acct-p'") == 8 * C);
 
   // A grant made elsewhere a moment ago (`scigate credits grant`): a hold the mirror could not
@@ -1040,10 +1040,10 @@ TEST_CASE("credit ledger: an in-memory hold whose settle's transaction fails is 
   // The good one was charged once; the bad one's hold is open again, until its timeout.
   CHECK(db.scalar("SELECT COUNT(*) FROM credit_postings WHERE kind = 'charge'") == 1);
   CHECK(db.scalar("SELECT balance FROM credit_accounts WHERE account = 'acct-p'") == 7 * C);
-  CHECK(r.run(ledger.usage("P", "alice")).held == 2 * C);
+  CHECK(r.run(ledger.usage("P", "alice", true)).held == 2 * C);
   clock.advance(std::chrono::hours(2));
   CHECK(ledger.sweep_now().voided == 1);
-  CHECK(r.run(ledger.usage("P", "alice")).held == 0);
+  CHECK(r.run(ledger.usage("P", "alice", true)).held == 0);
   // And holds are decided in memory again once the mirror has been reloaded.
   auto next = r.run(ledger.reserve(request("P", units(1))));
   CHECK(next.hold.id.front() == '-');
