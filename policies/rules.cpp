@@ -577,6 +577,19 @@ std::string hint_from(const Explain& ex) {
   return join(parts, "; ");
 }
 
+// "4.2 s", "12 min", "3.5 h".
+std::string wait_text(std::chrono::milliseconds wait) {
+  double s = static_cast<double>(wait.count()) / 1000.0;
+  char buf[32];
+  if (s < 120)
+    std::snprintf(buf, sizeof buf, "%.1f s", s);
+  else if (s < 7200)
+    std::snprintf(buf, sizeof buf, "%.0f min", std::ceil(s / 60));
+  else
+    std::snprintf(buf, sizeof buf, "%.1f h", s / 3600);
+  return buf;
+}
+
 // "10 calls per minute per principal", "200000 tokens per minute per project".
 std::string rate_text(const RateLimit& l) {
   static const char* kPer[] = {"per principal", "per project", "per tool", "per principal and tool"};
@@ -785,7 +798,7 @@ struct Parser {
   TimeWindow context(const toml::node& n, int offset_minutes) const {
     const toml::table* t = n.as_table();
     if (!t) fail(n.source(), "context must be a table");
-    reject_unknown(*t, {"hours", "days"}, "[rules.context]", source);
+    reject_unknown(*t, {"hours", "days", "rate", "per", "burst"}, "[rules.context]", source);
     TimeWindow w;
     std::string hours_text, days_text;
     if (const toml::node* h = t->get("hours")) {
@@ -874,27 +887,38 @@ struct Parser {
         return std::tie(a.pos.line, a.pos.column) < std::tie(b.pos.line, b.pos.column);
       });
     }
-    if (const toml::node* c = t.get("context")) r.context = context(*c, offset_minutes);
+    if (const toml::node* c = t.get("context")) {
+      const toml::table* ct = c->as_table();
+      if (!ct) fail(c->source(), "context must be a table");
+      reject_unknown(*ct, {"hours", "days", "rate", "per", "burst"}, "[rules.context]", source);
+      if (ct->get("hours") || ct->get("days")) r.context = context(*c, offset_minutes);
+      if (const toml::node* rn = ct->get("rate")) {
+        if (!r.permit)
+          fail(rn->source(), "a forbid cannot have a rate (it refuses whatever the rate); to refuse calls beyond a rate, "
+                             "use [[rate_limits]]");
+        RateLimit q;
+        q.id = r.id;
+        rate(*ct, "the context of rule \"" + r.id + "\"", q);
+        q.bucket_prefix = "rule:" + r.id + "|" + std::to_string(static_cast<int>(q.per)) + "|" + format_number(q.count) +
+                          "/" + format_number(q.period_s) + "|" + format_number(q.burst);
+        r.quota = std::move(q);
+      } else if (const toml::node* x = ct->get("per") ? ct->get("per") : ct->get("burst")) {
+        fail(x->source(), "per and burst in [rules.context] need a rate, e.g. rate = \"5/day\"");
+      }
+      if (!r.context && !r.quota) fail(c->source(), "context needs hours, days, a rate, or several of them");
+    }
     return r;
   }
 
-  RateLimit rate_limit(const toml::table& t) const {
-    refuse_project_key(t, source);
-    reject_unknown(t, {"id", "description", "principals", "tools", "per", "rate", "burst", "cost"}, "[[rate_limits]]",
-                   source);
-    RateLimit l;
-    l.pos = Position{static_cast<int>(t.source().begin.line), static_cast<int>(t.source().begin.column)};
-    l.id = rule_id(t, t.source(), "a rate limit");
-    l.description = optional_string(t, "description", source);
-    if (const toml::node* p = t.get("principals")) l.principals = principals(*p);
-    if (const toml::node* p = t.get("tools")) l.tools = tools(*p);
+  // `rate` (required), `per` and `burst` of a [[rate_limits]] entry or a rule's [rules.context].
+  void rate(const toml::table& t, const std::string& what, RateLimit& l) const {
     std::string per = optional_string(t, "per", source);
     if (per.empty() || per == "principal") l.per = RateLimit::Per::kPrincipal;
     else if (per == "project") l.per = RateLimit::Per::kProject;
     else if (per == "tool") l.per = RateLimit::Per::kTool;
     else if (per == "principal+tool") l.per = RateLimit::Per::kPrincipalTool;
     else fail(t.get("per")->source(), "per must be \"principal\", \"project\", \"tool\" or \"principal+tool\"");
-    std::string rate = required_string(t, "rate", t.source(), "rate limit \"" + l.id + "\"", source);
+    std::string rate = required_string(t, "rate", t.source(), what, source);
     const toml::node* rn = t.get("rate");
     auto slash = rate.find('/');
     std::optional<double> count;
@@ -918,6 +942,19 @@ struct Parser {
       if (!v || *v < 1 || !std::isfinite(*v)) fail(b->source(), "burst must be a number of calls, 1 or more");
       l.burst = *v;
     }
+  }
+
+  RateLimit rate_limit(const toml::table& t) const {
+    refuse_project_key(t, source);
+    reject_unknown(t, {"id", "description", "principals", "tools", "per", "rate", "burst", "cost"}, "[[rate_limits]]",
+                   source);
+    RateLimit l;
+    l.pos = Position{static_cast<int>(t.source().begin.line), static_cast<int>(t.source().begin.column)};
+    l.id = rule_id(t, t.source(), "a rate limit");
+    l.description = optional_string(t, "description", source);
+    if (const toml::node* p = t.get("principals")) l.principals = principals(*p);
+    if (const toml::node* p = t.get("tools")) l.tools = tools(*p);
+    rate(t, "rate limit \"" + l.id + "\"", l);
     l.cost = optional_string(t, "cost", source);
     if (t.get("cost") && (l.cost.empty() || l.cost.find_first_of(" \t") != std::string::npos))
       fail(t.get("cost")->source(), "cost must name a numeric argument, such as \"tokens\"");
@@ -1200,12 +1237,17 @@ bool Policy::could_permit_with(const Principal& principal, const std::string& pr
 }
 
 Decision Policy::decide(const PolicyQuery& q, RateLimiter* limiter, const json* input_schema) const {
-  Decision d = decide_rules(q, input_schema);
-  if (d.permitted() && limiter) apply_rate_limits(q, *limiter, d);
+  std::optional<QuotaToken> quota;
+  Decision d = decide_rules(q, input_schema, limiter, &quota);
+  if (d.permitted() && limiter) {
+    apply_rate_limits(q, *limiter, d);
+    if (!d.permitted() && quota) limiter->refund(quota->key, quota->burst);  // a refused call uses no quota
+  }
   return d;
 }
 
-Decision Policy::decide_rules(const PolicyQuery& q, const json* schema) const {
+Decision Policy::decide_rules(const PolicyQuery& q, const json* schema, RateLimiter* limiter,
+                              std::optional<QuotaToken>* taken) const {
   Decision d;
   d.policy_hash = hash_;
   const LocalTime now = local_time(q.now, utc_offset_minutes_);
@@ -1244,14 +1286,26 @@ Decision Policy::decide_rules(const PolicyQuery& q, const json* schema) const {
     return d;
   }
 
-  // 2. The first permit whose conditions all hold grants the call.
+  // 2. The first permit whose conditions all hold, and whose quota (if any) is not used up,
+  // grants the call.
   bool any_applicable = false;
+  const Rule* spent = nullptr;  // the first permit that held but had no quota left
+  std::chrono::milliseconds spent_retry{0};
   for (const Rule* rp : applicable) {
     const Rule& r = *rp;
     if (!r.permit) continue;
     any_applicable = true;
     RuleEval ev = evaluate(r, q.arguments, schema, now, false, nullptr);
     if (ev.result == Eval::kHolds) {
+      if (r.quota && limiter) {
+        std::string key = bucket_key(*r.quota, q.project, q.principal, q.tool);
+        auto got = limiter->acquire(key, r.quota->count / r.quota->period_s, r.quota->burst, q.now, q.consume);
+        if (!got.allowed) {
+          if (!spent) spent = &r, spent_retry = got.retry_after;
+          continue;
+        }
+        if (q.consume) *taken = QuotaToken{std::move(key), r.quota->burst};
+      }
       d.effect = Decision::Effect::kPermit;
       d.rule_ids = {r.id};
       d.reason = "permitted by rule " + r.id;
@@ -1264,8 +1318,19 @@ Decision Policy::decide_rules(const PolicyQuery& q, const json* schema) const {
     }
   }
 
-  // 3. Default deny, explained by the permit that came nearest.
+  // 3. Default deny, explained by the permit that came nearest: one that held but had used up
+  // its quota is as near as a call can come, and waiting helps.
   d.effect = Decision::Effect::kDeny;
+  if (spent) {
+    const RateLimit& l = *spent->quota;
+    d.rule_ids = {spent->id};
+    d.reason = "rule " + spent->id + " permits at most " + rate_text(l) + ", and they are used up; retry in " +
+               wait_text(spent_retry) + " (rule " + spent->id + ")";
+    d.hint = !spent->hint.empty() ? spent->hint
+                                  : "wait " + wait_text(spent_retry) + " before calling " + q.tool + " again";
+    d.retry_after = spent_retry;
+    return d;
+  }
   if (any_applicable) {
     const Rule* best = nullptr;
     RuleEval best_ev;
@@ -1344,6 +1409,12 @@ json Policy::limits_for(const Principal& principal, const std::string& project, 
     for (const Condition& c : r.when) conditions.push_back(pass_advice(c) + (c.optional ? " (when given)" : ""));
     if (!conditions.empty()) j[r.permit ? "requires" : "refuses_when"] = std::move(conditions);
     if (r.context) j["hours"] = r.context->text;
+    if (r.quota) {
+      j["quota"] = rate_text(*r.quota);
+      if (limiter && (r.quota->per == RateLimit::Per::kPrincipal || r.quota->per == RateLimit::Per::kProject))
+        j["quota_left"] = std::floor(limiter->available(bucket_key(*r.quota, project, principal, ""),
+                                                        r.quota->count / r.quota->period_s, r.quota->burst, now) * 1000) / 1000;
+    }
     rules.push_back(std::move(j));
   }
   json limits = json::array();
@@ -1404,10 +1475,9 @@ void Policy::apply_rate_limits(const PolicyQuery& q, RateLimiter& limiter, Decis
       d.hint = "make the call smaller: at most " + format_number(l.burst) + " " + unit;
       return;
     }
-    char secs[32];
-    std::snprintf(secs, sizeof secs, "%.1f", static_cast<double>(r.retry_after.count()) / 1000.0);
-    d.reason = "rate limit " + l.id + ": " + rate + "; retry in " + secs + " s";
-    d.hint = "wait " + std::string(secs) + " s before calling " + q.tool + " again (at most " + rate + ", bursts of " +
+    std::string wait = wait_text(r.retry_after);
+    d.reason = "rate limit " + l.id + ": " + rate + "; retry in " + wait;
+    d.hint = "wait " + wait + " before calling " + q.tool + " again (at most " + rate + ", bursts of " +
              format_number(l.burst) + ")";
     d.retry_after = r.retry_after;
     return;

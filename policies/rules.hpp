@@ -79,18 +79,6 @@ struct TimeWindow {
   std::string text;                      // "08:00-20:00 on mon, tue (UTC+01:00)"
 };
 
-struct Rule {
-  std::string id;
-  bool permit = true;
-  std::string description;
-  std::string hint;  // given to the caller when this rule denies; generated when empty
-  std::vector<PrincipalPattern> principals;  // empty: anyone acting for the project
-  std::vector<std::string> tools;            // globs; empty: every tool
-  std::vector<Condition> when;
-  std::optional<TimeWindow> context;
-  Position pos;
-};
-
 struct RateLimit {
   enum class Per { kPrincipal, kProject, kTool, kPrincipalTool } per = Per::kPrincipal;
   std::string id;
@@ -107,6 +95,22 @@ struct RateLimit {
   std::string bucket_prefix;  // id plus settings: a bucket survives a reload only if they are unchanged
   Position pos;
 };
+
+struct Rule {
+  std::string id;
+  bool permit = true;
+  std::string description;
+  std::string hint;  // given to the caller when this rule denies; generated when empty
+  std::vector<PrincipalPattern> principals;  // empty: anyone acting for the project
+  std::vector<std::string> tools;            // globs; empty: every tool
+  std::vector<Condition> when;
+  std::optional<TimeWindow> context;
+  // [rules.context] rate: a permit grants at most this many calls per period (per principal or
+  // project); once they are used up it no longer holds, and later permits are tried.
+  std::optional<RateLimit> quota;
+  Position pos;
+};
+
 
 class Policy {
  public:
@@ -146,7 +150,13 @@ class Policy {
   int utc_offset_minutes() const { return utc_offset_minutes_; }
 
  private:
-  Decision decide_rules(const PolicyQuery& query, const nlohmann::json* input_schema) const;
+  // A token a permit's quota gave the call, returned if a rate limit refuses it after all.
+  struct QuotaToken {
+    std::string key;
+    double burst = 1;
+  };
+  Decision decide_rules(const PolicyQuery& query, const nlohmann::json* input_schema, RateLimiter* limiter,
+                        std::optional<QuotaToken>* taken) const;
   void apply_rate_limits(const PolicyQuery& query, RateLimiter& limiter, Decision& d) const;
   static std::string bucket_key(const RateLimit& l, const std::string& project, const Principal& principal,
                                 const std::string& tool);

@@ -774,3 +774,101 @@ cost = "tokens"
   CHECK_THROWS_WITH(Policy::parse("[[rate_limits]]\nid = \"r\"\nrate = \"1/min\"\ncost = \"\"\n", "x.toml"),
                     Catch::Contains("cost must name a numeric argument"));
 }
+
+TEST_CASE("rule rate: a permit grants its quota, then the next permit decides, then a retry-after denial") {
+  // Managers' big jobs: 2 a day without asking; beyond that, only small ones (the next rule).
+  Policy p = Policy::parse(R"(
+[[rules]]
+id = "big-jobs-daily"
+effect = "permit"
+tools = ["submit_job"]
+[rules.when]
+nodes = { max = 64 }
+[rules.context]
+rate = "2/day"
+
+[[rules]]
+id = "small-jobs"
+effect = "permit"
+tools = ["submit_job"]
+[rules.when]
+nodes = { max = 4 }
+
+[[rules]]
+id = "project-quota"
+effect = "permit"
+tools = ["run_quantum_circuit"]
+[rules.context]
+rate = "3/hour"
+per = "project"
+hours = "08:00-20:00"
+
+[[rate_limits]]
+id = "qpu-burst"
+tools = ["run_quantum_circuit"]
+rate = "1/minute"
+burst = 1
+)",
+                           "p.toml");
+  RateLimiter limiter;
+  auto a = member("alice"), b = member("bob");
+  auto t = at(6, 12);
+  json big = {{"nodes", 32}}, small = {{"nodes", 2}};
+  CHECK(decide(p, a, "submit_job", big, t, &limiter).rule_ids == std::vector<std::string>{"big-jobs-daily"});
+  // A small job within the quota uses it too: the first permit that holds grants.
+  CHECK(decide(p, a, "submit_job", small, t, &limiter).rule_ids == std::vector<std::string>{"big-jobs-daily"});
+  // Used up: a small job falls through to the next permit, a big one is refused with when to retry.
+  CHECK(decide(p, a, "submit_job", small, t, &limiter).rule_ids == std::vector<std::string>{"small-jobs"});
+  auto d = decide(p, a, "submit_job", big, t, &limiter);
+  CHECK_FALSE(d.permitted());
+  CHECK(d.rule_ids == std::vector<std::string>{"big-jobs-daily"});
+  REQUIRE(d.retry_after);
+  CHECK(d.retry_after->count() == 12 * 3600 * 1000);  // one call per 12 h comes back
+  CHECK(d.reason ==
+        "rule big-jobs-daily permits at most 2 calls per day per principal, and they are used up; retry in 12.0 h "
+        "(rule big-jobs-daily)");
+  CHECK(d.hint == "wait 12.0 h before calling submit_job again");
+  // consume=false (policy check) looks without taking; bob has his own quota.
+  CHECK(decide(p, b, "submit_job", big, t, &limiter, false).permitted());
+  CHECK(decide(p, b, "submit_job", big, t, &limiter).permitted());
+  // Half a day later one is back.
+  CHECK(decide(p, a, "submit_job", big, t + std::chrono::hours(12), &limiter).permitted());
+
+  // Per project, inside a time window; a rate limit that refuses afterwards gives the quota back.
+  auto q = [&](const Principal& who, std::chrono::system_clock::time_point when) {
+    return decide(p, who, "run_quantum_circuit", json::object(), when, &limiter);
+  };
+  CHECK(q(a, t).permitted());
+  CHECK(q(a, t).rule_ids == std::vector<std::string>{"qpu-burst"});  // refused by the rate limit: quota returned
+  CHECK(q(b, t).permitted());
+  CHECK(q(member("carol"), t).permitted());  // the third of the project's 3
+  d = q(member("dave"), t);
+  CHECK(d.rule_ids == std::vector<std::string>{"project-quota"});
+  CHECK(d.reason.find("3 calls per hour per project, and they are used up; retry in 20 min") != std::string::npos);
+  // Outside the window the rule does not hold at all, quota or not.
+  CHECK(q(member("erin"), at(6, 22)).reason.find("calls are permitted only 08:00-20:00") != std::string::npos);
+
+  // Without a limiter (nothing to count with) the quota is not applied.
+  CHECK(decide(p, a, "submit_job", big, t).permitted());
+
+  // What get_usage shows.
+  json lim = p.limits_for(a, "p", &limiter, t);
+  REQUIRE(lim["rules"].size() == 3);
+  CHECK(lim["rules"][0]["quota"] == "2 calls per day per principal");
+  CHECK(lim["rules"][0]["quota_left"] == 0);
+  CHECK(lim["rules"][2]["quota"] == "3 calls per hour per project");
+  CHECK(lim["rules"][2]["hours"] == "08:00-20:00 (UTC)");
+}
+
+TEST_CASE("rule rate: parse errors name the line and column") {
+  CHECK(error_of("[[rules]]\nid = \"f\"\neffect = \"forbid\"\n[rules.context]\nrate = \"5/day\"\n")
+            .find("pol.toml:5:8: a forbid cannot have a rate") == 0);
+  CHECK(error_of("[[rules]]\nid = \"r\"\neffect = \"permit\"\n[rules.context]\nrate = \"5 per day\"\n")
+            .find("pol.toml:5:8: rate must be") == 0);
+  CHECK(error_of("[[rules]]\nid = \"r\"\neffect = \"permit\"\n[rules.context]\nburst = 3\n")
+            .find("pol.toml:5:9: per and burst in [rules.context] need a rate") == 0);
+  CHECK(error_of("[[rules]]\nid = \"r\"\neffect = \"permit\"\n[rules.context]\nrate = \"5/day\"\nper = \"galaxy\"\n")
+            .find("pol.toml:6:7: per must be") == 0);
+  CHECK(error_of("[[rules]]\nid = \"r\"\neffect = \"permit\"\n[rules.context]\nrates = \"5/day\"\n")
+            .find("pol.toml:5:1: unknown key \"rates\"") == 0);
+}
