@@ -225,6 +225,86 @@ burst = 3
   CHECK(o["policy"].is_null());
 }
 
+TEST_CASE("credits cli: a sub-budget bounds its user, a credit line lets the project run into debt, and the statement settles it") {
+  // 10 credits per second slept + 0.1 per call: 0.03 s costs 0.4, 0.1 s 1.1.
+  ServerProcess s("[credits.rates]\n\"sleep_second\" = { credits = 10, unit = \"s\" }\n", false);
+  s.merge_config("[[projects]]\nid = \"lab\"\nmembers = [\"demo\", \"bea\"]\ncredit_line = 2\n");
+  s.start();
+  credits_text(s, {"grant", "--project", "lab", "1"});
+  CHECK(credits_text(s, {"grant", "--project", "lab", "--user", "bea", "0.5", "--by", "pi"})
+            .find("granted 0.5 credits to bea's sub-budget in project lab") != std::string::npos);
+  std::string bea = create_key(s, "bea");
+  Client c(s.port());
+  json lab = {{"io.scigate/project", "lab"}};
+  auto sleep_for = [&](const std::string& key, double seconds) {
+    return call_tool(c, key, "sleep", {{"seconds", seconds}, {"steps", 1}}, lab);
+  };
+
+  // bea is held to her sub-budget, though the project could pay.
+  auto refused = sleep_for(bea, 0.05);
+  REQUIRE(refused["isError"] == true);
+  CHECK(refused["_meta"]["io.scigate/error"]["message"].get<std::string>().find(
+            "0.5 available in bea's sub-budget in project lab") != std::string::npos);
+  REQUIRE(sleep_for(bea, 0.03)["isError"] == false);  // 0.4 of her 0.5
+  // demo has no sub-budget: the project's balance, then its credit line.
+  REQUIRE(sleep_for(s.user_key(), 0.1)["isError"] == false);  // balance 0.6 -> -0.5
+  auto over = sleep_for(s.user_key(), 0.2);                    // 2.1 > 1.5 available
+  REQUIRE(over["isError"] == true);
+  CHECK(over["_meta"]["io.scigate/error"]["code"] == "insufficient_credits");
+  CHECK(over["_meta"]["io.scigate/error"]["message"].get<std::string>().find("1.5 available in project lab") !=
+        std::string::npos);
+  REQUIRE(sleep_for(s.user_key(), 0.13)["isError"] == false);  // 1.4: balance -1.9, the most the line is used
+
+  auto bal = credits_json(s, {"balance", "--project", "lab", "--format", "json"});
+  CHECK(bal["balance"] == "-1.9");
+  CHECK(bal["credit_line"] == "2");
+  CHECK(bal["credit_line_used"] == "1.9");
+  // A new grant repays the debt first.
+  credits_text(s, {"grant", "--project", "lab", "1"});
+  bal = credits_json(s, {"balance", "--project", "lab", "--format", "json"});
+  CHECK(bal["balance"] == "-0.9");
+  CHECK(bal["credit_line_used"] == "0.9");
+
+  std::string out;
+  REQUIRE(run_command({binary(), "credits", "statement", "--project", "lab", "--format", "jsonl", "--config", s.config_path()},
+                      &out) == 0);
+  std::vector<json> rows;
+  std::istringstream in(out);
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) rows.push_back(json::parse(line));
+  REQUIRE(!rows.empty());
+  json summary = rows.back();
+  rows.pop_back();
+  CHECK(summary["kind"] == "summary");
+  CHECK(summary["granted"] == "2");
+  CHECK(summary["charged"] == "2.9");
+  CHECK(summary["charges"] == 3);
+  CHECK(summary["closing_balance"] == "-0.9");
+  CHECK(summary["credit_line"] == "2");
+  CHECK(summary["credit_line_used"] == "0.9");
+  CHECK(summary["credit_line_peak"] == "1.9");  // for settlement: the most used during the period
+  int allowances = 0, sub_budget_charges = 0;
+  for (const auto& r : rows) {
+    if (r["kind"] == "allowance") {
+      ++allowances;
+      CHECK(r["user"] == "bea");
+      CHECK(r["amount"] == "0.5");
+      CHECK(r["detail"]["granted_by"] == "pi");
+    }
+    if (r["kind"] == "charge" && r.value("sub_budget", false)) {
+      ++sub_budget_charges;
+      CHECK(r["user"] == "bea");
+      CHECK(r["amount"] == "-0.4");
+    }
+  }
+  CHECK(allowances == 1);
+  CHECK(sub_budget_charges == 1);
+  std::string text = credits_text(s, {"statement", "--project", "lab"});
+  CHECK(text.find("(sub-budget)") != std::string::npos);
+  CHECK(text.find("sub-budget of bea, grant") != std::string::npos);
+  CHECK(credits_text(s, {"verify"}).find("consistent") != std::string::npos);
+}
+
 TEST_CASE("credits: a retried call with an idempotency key is answered again and charged once") {
   ServerProcess s;
   Client c(s.port());
