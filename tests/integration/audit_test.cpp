@@ -29,13 +29,6 @@ auditors = ["ann"]
 admins = ["root"]
 )";
 
-std::string create_key(const ServerProcess& s, const std::string& principal) {
-  std::string out;
-  REQUIRE(run_command({binary(), "key", "create", "--config", s.config_path(), "--principal", principal}, &out) == 0);
-  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
-  return out;
-}
-
 json call_tool(Client& c, const std::string& key, const std::string& tool, json args, const std::string& project = "",
                int id = 1) {
   json params{{"name", tool}, {"arguments", std::move(args)}};

@@ -49,13 +49,6 @@ json credits_json(const ServerProcess& s, const std::vector<std::string>& args) 
   return lines.back();  // balance: the project; statement: the summary
 }
 
-std::string create_key(const ServerProcess& s, const std::string& principal) {
-  std::string out;
-  REQUIRE(run_command({binary(), "key", "create", "--config", s.config_path(), "--principal", principal}, &out) == 0);
-  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
-  return out;
-}
-
 std::string credits_text(const ServerProcess& s, const std::vector<std::string>& args, int expect = 0) {
   std::vector<std::string> argv = {binary(), "credits"};
   argv.insert(argv.end(), args.begin(), args.end());

@@ -361,4 +361,12 @@ std::string raw_post(const std::map<std::string, std::string>& headers, const st
   return raw + "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
 }
 
+std::string create_key(const ServerProcess& s, const std::string& principal) {
+  std::string out;
+  if (run_command({binary(), "key", "create", "--config", s.config_path(), "--principal", principal}, &out) != 0)
+    throw std::runtime_error("scigate key create --principal " + principal + " failed");
+  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+  return out;
+}
+
 }  // namespace scigate::itest

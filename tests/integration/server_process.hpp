@@ -64,6 +64,10 @@ class ServerProcess {
   std::string user_key_, service_key_;
 };
 
+// `scigate key create --principal NAME` against the server's config: the new API key (throws
+// when the command fails).
+std::string create_key(const ServerProcess& s, const std::string& principal);
+
 struct Reply {
   int status = 0;
   std::map<std::string, std::string> headers;  // lower-case names
