@@ -197,9 +197,18 @@ TEST_CASE("policy: a rate limit answers rate_limited with retry_after_ms") {
   ServerProcess s("", false);
   write_policy(s, R"(
 [[rules]]
+id = "one-sleep-a-day"
+effect = "permit"
+principals = ["role:member"]
+tools = ["sleep"]
+[rules.context]
+rate = "1/day"
+
+[[rules]]
 id = "members"
 effect = "permit"
 principals = ["role:member"]
+tools = ["echo", "whoami", "get_usage"]
 [[rate_limits]]
 id = "echo-burst"
 tools = ["echo"]
@@ -220,6 +229,17 @@ burst = 2
   // Other principals have their own bucket.
   CHECK(call(c, s.service_key(), "echo", {{"text", "4"}})["isError"] == false);
   CHECK(s.wait_for_log(R"("outcome":"rate_limited")"));
+
+  // A rule's own call rate: the quota is used up, nothing else permits sleep.
+  CHECK(call(c, s.user_key(), "sleep", {{"seconds", 0.01}, {"steps", 1}})["isError"] == false);
+  auto again = call(c, s.user_key(), "sleep", {{"seconds", 0.01}, {"steps", 1}});
+  CHECK(again["isError"] == true);
+  auto q = again["_meta"]["io.scigate/error"];
+  CHECK(q["code"] == "rate_limited");
+  CHECK(q["retry_after_ms"].get<int64_t>() > 23 * 3600 * 1000);
+  CHECK(q["message"] == "rule one-sleep-a-day permits at most 1 calls per day per principal, and they are used up; "
+                        "retry in 24.0 h (rule one-sleep-a-day)");
+  CHECK(s.wait_for_log(R"("rules":"one-sleep-a-day")"));
 }
 
 TEST_CASE("cli: policy check explains a decision, exit 0 allow, 1 deny, 2 usage") {
