@@ -41,6 +41,10 @@ struct AuditVerification {
   std::optional<audit::Checkpoint> newest_checkpoint;  // newest checkpoint that was used
   // Export verification: whether the records form one run without gaps.
   bool contiguous = true;
+  // Export verification: record lines read with the full JSON parser because they were not
+  // exactly as `scigate audit export` writes them, or did not match their hash (the rest take
+  // a fast reader; the verdict is the same either way).
+  int64_t parsed_in_full = 0;
 };
 
 // The chain in the database, without checkpoints.

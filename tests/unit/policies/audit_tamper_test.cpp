@@ -41,12 +41,15 @@ AuditRecord record(int i) {
   AuditRecord r;
   r.time_ms = 1'700'000'000'000 + i * 1000;
   r.request_id = "req-" + std::to_string(i);
-  r.principal = i % 3 ? "alice" : "bob";
+  // Record 8's principal needs an escape at the top level, record 7's text braces, brackets,
+  // quotes and escapes inside details: what the exported line's fast reader must get right.
+  r.principal = i == 8 ? "o\"brien" : i % 3 ? "alice" : "bob";
   r.project = i % 2 ? "demo" : "other";
   r.tool = "echo";
   r.outcome = "ok";
   r.cost = i;
-  r.details = {{"arguments", {{"text", "call " + std::to_string(i)}}}, {"held", i * 10}, {"client", "t"}};
+  std::string text = i == 7 ? "a \"}\" {[ \\\" ] \n\t\u00e9 }}" : "call " + std::to_string(i);
+  r.details = {{"arguments", {{"text", text}}}, {"held", i * 10}, {"client", "t"}};
   return r;
 }
 
@@ -437,6 +440,17 @@ TEST_CASE("audit export: verifies offline, a tampered line is found, key order d
     CHECK(v.records == 20);
     CHECK(v.contiguous);
     CHECK(v.checkpoints_matched == 4);
+    CHECK(v.parsed_in_full == 1);  // record 8's escaped principal; record 7's details took the fast reader
+  }
+  SECTION("a change inside details that keeps the line canonical and its braces balanced is found") {
+    auto lines = lines_of(full);
+    REQUIRE(lines[7].find("{[ \\\\\\\" ]") != std::string::npos);  // record 7's hostile text, escaped
+    auto p = lines[7].find("{[");
+    lines[7].replace(p, 2, "[{");
+    auto v = verify(join(lines));
+    CHECK_FALSE(v.ok);
+    CHECK(v.first_bad_seq == 7);
+    CHECK(contains(v.detail, "does not match its hash"));
   }
   SECTION("a tampered line names its record") {
     auto lines = lines_of(full);
@@ -461,7 +475,9 @@ TEST_CASE("audit export: verifies offline, a tampered line is found, key order d
       REQUIRE(text.rfind("{ \"tool\"", 0) == 0);
       lines[i] = text;
     }
-    CHECK(verify(join(lines)).ok);
+    auto v = verify(join(lines));
+    CHECK(v.ok);
+    CHECK(v.parsed_in_full == 3);
   }
   SECTION("a field the hash does not cover is refused") {
     auto lines = lines_of(full);
