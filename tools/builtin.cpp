@@ -28,7 +28,8 @@ ToolRegistry make_registry(const Config& config, const ToolServices& services) {
   }
   if (services.models && services.policy) {
     r.add(std::make_unique<QueryModelRegistryTool>(ModelToolDeps{*services.models, *services.policy, services.rates}));
-    r.add(std::make_unique<GetModelTool>(ModelToolDeps{*services.models, *services.policy, services.rates}));
+    r.add(std::make_unique<GetModelTool>(
+        ModelToolDeps{*services.models, *services.policy, services.rates, services.inference}));
   }
   if (services.inference) {
     r.add(std::make_unique<CallInferenceTool>(InferenceToolDeps{*services.inference, config.inference, services.rates}));

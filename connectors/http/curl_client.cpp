@@ -281,6 +281,12 @@ struct CurlClient::Impl {
           else t->response.status = 0;
           t->response.partial = result == CURLE_PARTIAL_FILE;
           t->response.timed_out = result == CURLE_OPERATION_TIMEDOUT;
+          // libcurl reports the connect timeout and the whole-exchange timeout with the same
+          // code; the connect time (set for a reused connection too) tells them apart.
+          curl_off_t connect_us = 0;
+          curl_easy_getinfo(t->easy, CURLINFO_CONNECT_TIME_T, &connect_us);
+          t->response.connect_failed = result == CURLE_COULDNT_CONNECT || result == CURLE_COULDNT_RESOLVE_HOST ||
+                                       (t->response.timed_out && connect_us == 0);
           std::string what = !t->abort_reason.empty() ? t->abort_reason
                              : t->errbuf[0]         ? std::string(t->errbuf)
                                                     : std::string(curl_easy_strerror(result));

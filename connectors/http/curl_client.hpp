@@ -94,6 +94,9 @@ struct Response {
   std::string error;    // empty when an HTTP answer came (whatever its status)
   bool cancelled = false;
   bool timed_out = false;
+  // No connection was made: refused, unreachable, or the connect timeout passed (timed_out is
+  // set too then). Nothing reached the server, so the exchange may be retried anywhere.
+  bool connect_failed = false;
   bool partial = false;  // the connection ended before the body the server announced
   double seconds = 0;   // the whole exchange
   std::string remote_address;  // the peer's address, as connected

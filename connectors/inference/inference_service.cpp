@@ -630,7 +630,7 @@ asio::awaitable<void> InferenceService::stream_once(Backend& b, const ChatCall& 
     const http::Response& resp = s.response();
     if (resp.cancelled) {
       out.cancelled = true;
-    } else if (resp.status == 0 && resp.timed_out) {
+    } else if (resp.status == 0 && resp.timed_out && !resp.connect_failed) {
       t.fail(ErrorCode::kTimeout,
              "inference backend " + b.cfg.id + " did not answer within " + std::to_string(limit.count()) + " ms",
              "retry later, or raise the call's time limit", false, true);
@@ -700,6 +700,17 @@ asio::awaitable<void> InferenceService::stream_once(Backend& b, const ChatCall& 
   }
   if (stream_error) {
     s.cancel();
+    // llama.cpp reports a prompt longer than the context as an error event inside a 200 stream
+    // (code 400, exceed_context_size_error): the caller's to fix, as the same error before the
+    // stream would be - not retried, and no fault of the backend.
+    const int code = stream_error->code;
+    if ((code >= 400 && code < 500 && code != 401 && code != 403 && code != 404 && code != 429) ||
+        stream_error->type == "exceed_context_size_error" || stream_error->type == "invalid_request_error") {
+      t.fail(ErrorCode::kBackendRejected, "the model server rejected the request: " + stream_error->message,
+             "change the request as the message says (shorter prompt, smaller max_tokens, valid parameters)", false,
+             false);
+      co_return;
+    }
     t.fail(ErrorCode::kBackendUnavailable, "inference backend " + b.cfg.id + " failed mid-stream: " + stream_error->message,
            "retry the call", !out.delivered, true);
     co_return;
@@ -758,10 +769,13 @@ asio::awaitable<void> InferenceService::json_once(Backend& b, Kind kind, const C
     co_return;
   }
   if (resp.status == 0) {
-    t.fail(resp.timed_out ? ErrorCode::kTimeout : ErrorCode::kBackendUnavailable,
-           (resp.timed_out ? "inference backend " + b.cfg.id + " did not answer in time: "
-                           : "cannot reach inference backend " + b.cfg.id + ": ") + resp.error,
-           "retry shortly", !resp.timed_out, true);
+    // A connect timeout is a backend that cannot be reached (retried elsewhere), not a call that
+    // ran out of time.
+    const bool timeout = resp.timed_out && !resp.connect_failed;
+    t.fail(timeout ? ErrorCode::kTimeout : ErrorCode::kBackendUnavailable,
+           (timeout ? "inference backend " + b.cfg.id + " did not answer in time: "
+                    : "cannot reach inference backend " + b.cfg.id + ": ") + resp.error,
+           "retry shortly", !timeout, true);
     co_return;
   }
   if (resp.status != 200) {

@@ -1,6 +1,7 @@
 #include "server/cli/models_cli.hpp"
 
 #include <chrono>
+#include <map>
 #include <stdexcept>
 
 #include "connectors/registry/model_catalog.hpp"
@@ -133,6 +134,11 @@ int cmd_list(const Config& config, const ModelsArgs& a, std::ostream& out, std::
   if (who)
     visible = [&](const ModelRecord& m) { return tools::model_visible(*engine, *who, project, m); };
 
+  // The GPU type of each configured backend, shown beside the backends serving a model.
+  std::map<std::string, std::string> gpu;
+  for (const auto& b : config.inference.backends)
+    if (!b.gpu_type.empty()) gpu[b.id] = b.gpu_type;
+
   json arr = json::array();
   std::size_t hidden = 0;
   for (;;) {
@@ -142,11 +148,17 @@ int cmd_list(const Config& config, const ModelsArgs& a, std::ostream& out, std::
     hidden += page.hidden;
     for (const auto& m : page.models) {
       if (format == "json") {
-        arr.push_back(registry::full_json(m));
+        json j = registry::full_json(m);
+        for (auto& s : j["served_by"])
+          if (auto g = gpu.find(s.value("backend", "")); g != gpu.end()) s["gpu_type"] = g->second;
+        arr.push_back(std::move(j));
         continue;
       }
       std::vector<std::string> backends;
-      for (const auto& s : m.served_by) backends.push_back(s.backend);
+      for (const auto& s : m.served_by) {
+        auto g = gpu.find(s.backend);
+        backends.push_back(g == gpu.end() ? s.backend : s.backend + " (" + g->second + ")");
+      }
       out << m.id << "\t" << m.modality << "\t" << registry::size_text(m.parameters) << "\t" << m.context_length
           << "\t" << m.license << "\t" << (backends.empty() ? "-" : joined(backends)) << "\n";
     }

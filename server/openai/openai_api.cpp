@@ -172,6 +172,81 @@ json OpenAiApi::stream_error(const ToolCallOutcome& outcome) {
   return a.body;
 }
 
+namespace {
+
+// The parts of call_inference's structuredContent an OpenAI answer is made of.
+struct Replayed {
+  json message = json::object();
+  json finish_reason;
+  std::string model;
+  json usage;
+};
+
+Replayed replayed(const json& call_result) {
+  Replayed r;
+  const json sc = call_result.is_object() ? call_result.value("structuredContent", json::object()) : json::object();
+  r.message["role"] = "assistant";
+  r.message["content"] = sc.value("text", std::string());
+  if (sc.contains("tool_calls") && sc["tool_calls"].is_array() && !sc["tool_calls"].empty())
+    r.message["tool_calls"] = sc["tool_calls"];
+  std::string fr = sc.value("finish_reason", std::string("stop"));
+  r.finish_reason = fr == "unknown" ? json(nullptr) : json(fr);
+  r.model = sc.value("model", std::string());
+  if (sc.contains("usage") && sc["usage"].is_object()) {
+    const json& u = sc["usage"];
+    r.usage = json::object();
+    r.usage["prompt_tokens"] = u.value("prompt_tokens", int64_t(0));
+    r.usage["completion_tokens"] = u.value("completion_tokens", int64_t(0));
+    r.usage["total_tokens"] = u.value("total_tokens", int64_t(0));
+  }
+  return r;
+}
+
+json answer_head(const std::string& object, const std::string& model) {
+  json out = json::object();
+  out["id"] = "chatcmpl-" + crypto::random_hex(12);
+  out["object"] = object;
+  out["created"] = 0;
+  out["model"] = model;
+  return out;
+}
+
+}  // namespace
+
+json OpenAiApi::completion_from_result(const json& call_result) {
+  Replayed r = replayed(call_result);
+  json out = answer_head("chat.completion", r.model);
+  json choice = json::object();
+  choice["index"] = 0;
+  choice["message"] = std::move(r.message);
+  choice["logprobs"] = nullptr;
+  choice["finish_reason"] = r.finish_reason;
+  out["choices"] = json::array({std::move(choice)});
+  if (!r.usage.is_null()) out["usage"] = r.usage;
+  return out;
+}
+
+std::vector<json> OpenAiApi::chunks_from_result(const json& call_result) {
+  Replayed r = replayed(call_result);
+  json head = answer_head("chat.completion.chunk", r.model);
+  std::vector<json> out;
+  json chunk = head;
+  json choice = json::object();
+  choice["index"] = 0;
+  choice["delta"] = std::move(r.message);
+  choice["logprobs"] = nullptr;
+  choice["finish_reason"] = r.finish_reason;
+  chunk["choices"] = json::array({std::move(choice)});
+  out.push_back(std::move(chunk));
+  if (!r.usage.is_null()) {
+    json usage = head;
+    usage["choices"] = json::array();
+    usage["usage"] = r.usage;
+    out.push_back(std::move(usage));
+  }
+  return out;
+}
+
 json OpenAiApi::models(const Principal& principal, const std::string& project) const {
   json data = json::array();
   for (const auto& id : service_.served_models()) {

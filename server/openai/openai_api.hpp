@@ -14,6 +14,7 @@
 #include <optional>
 #include <string>
 #include <variant>
+#include <vector>
 
 #include "connectors/inference/openai_wire.hpp"
 #include "server/pipeline/tool_call_pipeline.hpp"
@@ -66,6 +67,13 @@ class OpenAiApi {
   static ApiAnswer answer(const ToolCallOutcome& outcome, const json& built, const std::string& tool);
   // The OpenAI error event a stream ends with when the call fails after it started.
   static json stream_error(const ToolCallOutcome& outcome);
+  // A chat answer rebuilt from call_inference's result alone, for a call that relayed no chunks
+  // because it was not run again: a retry under an Idempotency-Key replays the first call's
+  // result (its text, tool calls, finish reason and usage; the id is new). As one
+  // "chat.completion", or as the chunks of a stream ("chat.completion.chunk"s, the usage chunk
+  // last).
+  static json completion_from_result(const json& call_result);
+  static std::vector<json> chunks_from_result(const json& call_result);
 
   // GET /v1/models: what is served now and the project's policy lets the principal call.
   json models(const Principal& principal, const std::string& project) const;

@@ -668,7 +668,9 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
   // --- the OpenAI-compatible API (server/openai) -------------------------------------------------
   Response openai_answer(const openai::ApiAnswer& a, unsigned v, bool ka) {
     Response r = json_response(static_cast<http::status>(a.status), v, ka, a.body);
-    if (a.status == 429 && a.retry_after_ms > 0)
+    // 503 too: every replica at its concurrency limit says when to come back, and the OpenAI
+    // SDKs honour Retry-After on the statuses they retry.
+    if ((a.status == 429 || a.status == 503) && a.retry_after_ms > 0)
       r.set(http::field::retry_after, std::to_string((a.retry_after_ms + 999) / 1000));
     return r;
   }
@@ -768,10 +770,24 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     json whole;                            // embeddings: the backend's answer
     ToolCallOutcome out;
     bool started = false;  // streaming: the event stream's head is out
+    bool relayed = false;  // not streaming: the tool relayed the backend's answer
     std::shared_ptr<EventQueue> queue;  // streaming: chunks on their way to the client
 
+    // A call that succeeded without relaying anything was not run again: a retry under an
+    // Idempotency-Key, answered with the first call's result.
+    bool replayed() const {
+      return !relayed && !out.protocol_error && out.result.is_object() && !out.result.value("isError", false);
+    }
     openai::ApiAnswer answer() const {
-      if (embeddings) return openai::OpenAiApi::answer(out, call.base64 ? openai::embeddings_as_base64(whole) : whole, tool);
+      if (embeddings) {
+        if (replayed())
+          return openai::api_error(409, "conflict_error",
+                                   "this Idempotency-Key belongs to an embeddings request that already completed (and "
+                                   "was charged); its vectors are not kept for a replay: send the request with a new key",
+                                   "idempotency_key_reused");
+        return openai::OpenAiApi::answer(out, call.base64 ? openai::embeddings_as_base64(whole) : whole, tool);
+      }
+      if (replayed()) return openai::ApiAnswer{200, openai::OpenAiApi::completion_from_result(out.result)};
       return openai::OpenAiApi::answer(out, builder.build(), tool);
     }
   };
@@ -795,6 +811,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     if (!st.call.stream) {
       OpenAiCall* p = &st;  // lives until the call ends (the handler holds it)
       tc.partial = [p](const json& piece) {
+        p->relayed = true;
         if (p->embeddings) p->whole = piece;
         else p->builder.add(piece);
       };
@@ -825,6 +842,18 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     co_await run_with_disconnect_watch(st->call.request.cancellation, std::move(work));
     facts_.audited = true;
     if (disconnected_ || st->out.cancelled) co_return false;
+    if (!st->started && st->replayed()) {
+      // A retry under an Idempotency-Key: the first call's result, as a stream.
+      co_await write_sse_header(v, "");
+      std::vector<json> chunks = openai::OpenAiApi::chunks_from_result(st->out.result);
+      for (const auto& chunk : chunks) {
+        if (!include_usage && chunk["choices"].empty()) continue;
+        co_await write_chunk("data: " + jsonrpc::dump(chunk) + "\n\n");
+      }
+      co_await write_chunk("data: [DONE]\n\n");
+      co_await write_last_chunk();
+      co_return !disconnected_ && ka;
+    }
     if (!st->started) {
       openai::ApiAnswer a = openai::OpenAiApi::answer(st->out, json(), st->tool);
       if (a.status == 200) a = openai::api_error(502, "server_error", "the model server sent no output", "empty_answer");

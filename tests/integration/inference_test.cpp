@@ -7,10 +7,18 @@
 
 #include <set>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <future>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -29,24 +37,63 @@ using http::verb;
 namespace {
 
 constexpr const char* kModel = "llama-3.1-8b-instruct";
+constexpr const char* kLlamaModel = "qwen2.5-0.5b-instruct-q4";  // served by the llama.cpp double
 constexpr const char* kBackendKey = "backend-secret-key-3f9a";
 
-constexpr const char* kPolicy = R"(
+// The switch to run the tests that need no test double against a real vLLM or llama.cpp server
+// (docs/INFERENCE.md, "Testing"): SCIGATE_TEST_INFERENCE_URL (its base, without /v1) and
+// SCIGATE_TEST_INFERENCE_MODEL (a chat model it serves); optional SCIGATE_TEST_INFERENCE_FLAVOR
+// (vllm, the default, or llamacpp) and SCIGATE_TEST_INFERENCE_KEY (its --api-key).
+struct RealServer {
+  std::string url, model, flavor, key;
+};
+std::optional<RealServer> real_server() {
+  const char* url = std::getenv("SCIGATE_TEST_INFERENCE_URL");
+  if (!url || !*url) return std::nullopt;
+  auto env = [](const char* name, const char* fallback) {
+    const char* v = std::getenv(name);
+    return std::string(v && *v ? v : fallback);
+  };
+  RealServer r{url, env("SCIGATE_TEST_INFERENCE_MODEL", ""), env("SCIGATE_TEST_INFERENCE_FLAVOR", "vllm"),
+               env("SCIGATE_TEST_INFERENCE_KEY", "")};
+  while (!r.url.empty() && r.url.back() == '/') r.url.pop_back();
+  if (r.model.empty()) throw std::runtime_error("SCIGATE_TEST_INFERENCE_URL is set: set SCIGATE_TEST_INFERENCE_MODEL too");
+  return r;
+}
+
+// At the top of a test that needs the test double (its /_control, its deterministic model and
+// token counts, or its request log): against a real server it is skipped, saying why.
+#define NEEDS_DOUBLE(why)                                                                         \
+  do {                                                                                             \
+    if (auto real_ = real_server()) {                                                              \
+      WARN("skipped: runs against the inference test double only (" << why << "); "               \
+           << "SCIGATE_TEST_INFERENCE_URL points at " << real_->url);                             \
+      return;                                                                                      \
+    }                                                                                              \
+  } while (0)
+
+// The demo project's policy: members may call the inference tools with the test models.
+// `extra_when` adds conditions to that permit; `extra_rules` adds rules and rate limits.
+std::string policy_text(const std::string& extra_rules = "", const std::string& extra_when = "") {
+  std::string models = R"("llama-3.1-8b-instruct", "pricey", "bge-m3", "qwen2.5-0.5b-instruct-q4")";
+  if (auto real = real_server()) models += ", \"" + real->model + "\"";
+  return R"(
 [[rules]]
 id = "members-infer"
 effect = "permit"
 principals = ["role:member"]
 tools = ["call_inference", "embed"]
 [rules.when]
-model = { in = ["llama-3.1-8b-instruct", "pricey", "bge-m3"] }
+model = { in = [)" + models + R"(] }
 max_tokens = { max = 100000, optional = true }
-
+)" + extra_when + R"(
 [[rules]]
 id = "members-look"
 effect = "permit"
 principals = ["role:member"]
-tools = ["get_usage", "whoami", "stat_file", "query_model_registry", "get_model"]
-)";
+tools = ["get_usage", "whoami", "stat_file", "read_file", "query_model_registry", "get_model"]
+)" + extra_rules;
+}
 
 InferenceDoubleOptions vllm(std::vector<std::string> models = {kModel}) {
   InferenceDoubleOptions o;
@@ -55,34 +102,47 @@ InferenceDoubleOptions vllm(std::vector<std::string> models = {kModel}) {
   return o;
 }
 
+std::string url_entry(const std::string& id, const std::string& url, const std::string& flavor,
+                      const std::string& extra = "") {
+  return "{ id = \"" + id + "\", url = \"" + url + "\", flavor = \"" + flavor + "\"" +
+         (extra.empty() ? "" : ", " + extra) + " }";
+}
+
 std::string backend_entry(const std::string& id, const InferenceDouble& d, const std::string& extra = "") {
-  return "{ id = \"" + id + "\", url = \"" + d.base_url() + "\", flavor = \"" + d.options().flavor +
-         "\", api_key_file = \"backend.key\"" + (extra.empty() ? "" : ", " + extra) + " }";
+  return url_entry(id, d.base_url(), d.options().flavor, "api_key_file = \"backend.key\"" + (extra.empty() ? "" : ", " + extra));
 }
 
 // A server whose [inference] backends are the given entries; tokens cost 0.001 (in) and 0.002
-// (out) credits, "pricey" output 1 credit a token.
+// (out) credits, "pricey" output 1 credit a token. `inference_extra` goes into [inference]
+// (health_interval_ms there replaces the default of 200); `policy_extra` is appended to the demo
+// project's policy; `config_extra` to the config's top level.
 struct InfServer {
   ServerProcess s;
-  InfServer(const std::vector<std::string>& backends, const std::string& inference_extra = "")
-      : s(config(backends, inference_extra), false) {
-    std::ofstream(s.dir() / "backend.key") << kBackendKey << "\n";
-    std::ofstream(s.dir() / "policies" / "demo.toml") << kPolicy;
+  InfServer(const std::vector<std::string>& backends, const std::string& inference_extra = "",
+            const std::string& policy_extra = "", const std::string& config_extra = "",
+            const std::string& policy_when = "")
+      : s(config_extra + config(backends, inference_extra), false) {
+    auto real = real_server();
+    std::ofstream(s.dir() / "backend.key") << (real ? real->key : std::string(kBackendKey)) << "\n";
+    std::ofstream(s.dir() / "policies" / "demo.toml") << policy_text(policy_extra, policy_when);
     s.start();
   }
   static std::string config(const std::vector<std::string>& backends, const std::string& extra) {
     std::string list;
     for (const auto& b : backends) list += (list.empty() ? "" : ", ") + b;
+    std::string rates;
+    if (auto real = real_server())
+      rates = "\"tokens_in:" + real->model + "\" = 0.001\n\"tokens_out:" + real->model + "\" = 0.002\n";
     return R"([credits.rates]
 "tokens_in:llama-3.1-8b-instruct" = 0.001
 "tokens_out:llama-3.1-8b-instruct" = 0.002
 "tokens_out:pricey" = 1
 "tokens_in:bge-m3" = 0.001
-
+)" + rates + R"(
 [inference]
-retry_backoff_ms = 10
-health_interval_ms = 200
-)" + extra + "backends = [" + list + "]\n";
+)" + (extra.find("retry_backoff_ms") == std::string::npos ? "retry_backoff_ms = 10\n" : "") +
+           (extra.find("health_interval_ms") == std::string::npos ? "health_interval_ms = 200\n" : "") + extra +
+           "backends = [" + list + "]\n";
   }
 };
 
@@ -146,9 +206,105 @@ std::vector<std::string> sse_data(const std::string& body) {
   return out;
 }
 
+// One tools/call on a connection of its own, without Catch (for threads): the CallToolResult,
+// or {"transport_status", "body"} when there is none.
+json mcp_call(uint16_t port, const std::string& key, const std::string& tool, json args) {
+  Client c(port);
+  auto req = modern_request(1, "tools/call", {{"name", tool}, {"arguments", std::move(args)}});
+  auto r = c.request(verb::post, "/mcp", modern_headers(key, "tools/call", tool), req.dump());
+  json body = r.json_body();
+  if (body.is_object() && body.contains("result")) return body["result"];
+  return json{{"transport_status", r.status}, {"body", r.body}};
+}
+
+// The audit records of `tool` in the server's log, oldest first.
+std::vector<json> audit_records(const ServerProcess& s, const std::string& tool) {
+  std::vector<json> out;
+  std::istringstream in(s.log());
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] != '{') continue;
+    json j = json::parse(line, nullptr, false);
+    if (j.is_object() && j.value("event", "") == "audit" && j.value("tool", "") == tool) out.push_back(std::move(j));
+  }
+  return out;
+}
+
+// The newest audit record of `tool` that `pick` accepts (waiting for it: records are logged
+// asynchronously); null when none came.
+template <class F>
+json audit_record(const ServerProcess& s, const std::string& tool, F pick) {
+  json found;
+  eventually([&] {
+    auto all = audit_records(s, tool);
+    for (auto it = all.rbegin(); it != all.rend(); ++it)
+      if (pick(*it)) {
+        found = *it;
+        return true;
+      }
+    return false;
+  });
+  return found;
+}
+
+// A listening socket that never accepts, its one-place queue already full: the kernel drops
+// further SYNs, so a connect to it is never answered, as to a host that went down behind a
+// firewall.
+struct Blackhole {
+  int fd = -1;
+  std::vector<int> fillers;
+  uint16_t port = 0;
+  Blackhole() {
+    fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), len) != 0 || ::listen(fd, 0) != 0 ||
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+      throw std::runtime_error("cannot set up the blackhole listener");
+    port = ntohs(a.sin_port);
+    for (int i = 0; i < 3; ++i) {
+      int c = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+      (void)::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a);
+      fillers.push_back(c);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ~Blackhole() {
+    for (int c : fillers) ::close(c);
+    ::close(fd);
+  }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port); }
+};
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+json v1_chat(const std::string& model, int max_tokens, bool stream, const std::string& text = "Hello, world!") {
+  json body = {{"model", model}, {"messages", json::array({json{{"role", "user"}, {"content", text}}})},
+               {"max_tokens", max_tokens}};
+  if (stream) body["stream"] = true;
+  return body;
+}
+
+// The text of a /v1 event stream's chunks.
+std::string sse_text(const std::vector<std::string>& events) {
+  std::string text;
+  for (const auto& e : events) {
+    json chunk = json::parse(e, nullptr, false);
+    if (!chunk.is_object() || !chunk.contains("choices") || chunk["choices"].empty()) continue;
+    const json& delta = chunk["choices"][0]["delta"];
+    if (delta.contains("content") && delta["content"].is_string()) text += delta["content"].get<std::string>();
+  }
+  return text;
+}
+
 }  // namespace
 
 TEST_CASE("inference: call_inference streams from vLLM, is charged the backend's usage, and the backend saw what it should") {
+  NEEDS_DOUBLE("asserts the double's exact text, token counts and the request it received");
   InferenceDouble d(vllm());
   InfServer is({backend_entry("gpu01", d)});
   auto& s = is.s;
@@ -197,6 +353,7 @@ TEST_CASE("inference: call_inference streams from vLLM, is charged the backend's
 }
 
 TEST_CASE("inference: llama.cpp's unasked usage, then /tokenize when a backend reports none, then the hold") {
+  NEEDS_DOUBLE("switches the double's usage and /tokenize off through /_control");
   InferenceDoubleOptions o = vllm();
   o.flavor = "llamacpp";
   InferenceDouble d(o);
@@ -237,6 +394,7 @@ TEST_CASE("inference: llama.cpp's unasked usage, then /tokenize when a backend r
 }
 
 TEST_CASE("inference: the backends' /v1/models keep the registry's served-now current, down and up again") {
+  NEEDS_DOUBLE("takes the double down and up through /_control");
   InferenceDouble d(vllm({kModel, "in-house-finetune"}));
   InfServer is({backend_entry("gpu01", d)});
   auto& s = is.s;
@@ -269,6 +427,7 @@ TEST_CASE("inference: the backends' /v1/models keep the registry's served-now cu
 }
 
 TEST_CASE("inference: a failing replica is retried elsewhere, its breaker opens, and a trial closes it after the cooldown") {
+  NEEDS_DOUBLE("makes a replica fail through /_control");
   InferenceDouble a(vllm()), b(vllm());
   InfServer is({backend_entry("a", a), backend_entry("b", b)}, "breaker_failures = 2\nbreaker_cooldown_ms = 1500\n");
   auto& s = is.s;
@@ -294,6 +453,7 @@ TEST_CASE("inference: a failing replica is retried elsewhere, its breaker opens,
 }
 
 TEST_CASE("inference: errors come back as the caller can act on them, and cost what was generated") {
+  NEEDS_DOUBLE("injects 500s, cut streams and slow first tokens through /_control");
   InferenceDoubleOptions o = vllm();
   o.max_model_len = 64;
   o.error_format = "flat";
@@ -345,6 +505,7 @@ TEST_CASE("inference: errors come back as the caller can act on them, and cost w
 }
 
 TEST_CASE("inference: a stream past the whole-call limit is a timeout (504 on /v1), not retried, and pays what came") {
+  NEEDS_DOUBLE("slows the double's stream through /_control");
   InferenceDouble d(vllm());
   InfServer is({backend_entry("gpu01", d, "request_timeout_ms = 800")}, "retries = 2\n");
   auto& s = is.s;
@@ -377,6 +538,7 @@ TEST_CASE("inference: a stream past the whole-call limit is a timeout (504 on /v
 }
 
 TEST_CASE("inference: max_tokens is cut to what the project can pay, so the budget is never overrun") {
+  NEEDS_DOUBLE("needs the double's model 'pricey' and its deterministic output");
   InferenceDouble d(vllm({"pricey"}));
   InfServer is({backend_entry("gpu01", d)});
   auto& s = is.s;
@@ -397,6 +559,7 @@ TEST_CASE("inference: max_tokens is cut to what the project can pay, so the budg
 }
 
 TEST_CASE("inference: the OpenAI-compatible endpoint answers like OpenAI, streaming included, with scigate's keys and policy") {
+  NEEDS_DOUBLE("asserts the double's exact text and token counts");
   InferenceDouble d(vllm({kModel, "bge-m3", "not-allowed"}));
   InfServer is({backend_entry("gpu01", d)});
   auto& s = is.s;
@@ -474,6 +637,7 @@ TEST_CASE("inference: the OpenAI-compatible endpoint answers like OpenAI, stream
 }
 
 TEST_CASE("inference: a client that hangs up mid-stream stops the generation and pays for what was generated") {
+  NEEDS_DOUBLE("slows the double's stream through /_control");
   InferenceDouble d(vllm());
   InfServer is({backend_entry("gpu01", d)});
   auto& s = is.s;
@@ -503,6 +667,7 @@ TEST_CASE("inference: a client that hangs up mid-stream stops the generation and
 }
 
 TEST_CASE("inference: call_inference reports progress, and notifications/cancelled stops the backend's generation") {
+  NEEDS_DOUBLE("slows the double's stream through /_control");
   InferenceDouble d(vllm());
   InfServer is({backend_entry("gpu01", d)});
   auto& s = is.s;
@@ -552,6 +717,7 @@ TEST_CASE("inference: call_inference reports progress, and notifications/cancell
 }
 
 TEST_CASE("inference: 200 concurrent calls to a backend that takes 1 s finish in about 1 s") {
+  NEEDS_DOUBLE("sets the double's latency through /_control");
   InferenceDouble d(vllm());
   InfServer is({backend_entry("gpu01", d, "max_concurrency = 256")});
   auto& s = is.s;
@@ -581,6 +747,7 @@ TEST_CASE("inference: 200 concurrent calls to a backend that takes 1 s finish in
 }
 
 TEST_CASE("inference: embed returns vectors inline with their usage, or their shape when asked") {
+  NEEDS_DOUBLE("needs the double's embedding model and dimensions");
   InferenceDouble d(vllm({"bge-m3"}));
   InfServer is({backend_entry("gpu01", d)});
   auto& s = is.s;
@@ -604,6 +771,7 @@ TEST_CASE("inference: embed returns vectors inline with their usage, or their sh
 }
 
 TEST_CASE("inference: embed with save_to writes the vectors to a storage area and returns their location") {
+  NEEDS_DOUBLE("needs the double's embedding model and dimensions");
   InferenceDouble d(vllm({"bge-m3"}));
   InfServer is({backend_entry("gpu01", d)});
   auto& s = is.s;
@@ -670,6 +838,7 @@ TEST_CASE("inference: embed with save_to writes the vectors to a storage area an
 // Streams are read 4 KiB at a time (libcurl's default is 16 KiB per transfer): a long burst of
 // events, most of them split across reads, still reaches the /v1 client whole and in order.
 TEST_CASE("inference: a long stream read in small pieces reaches the /v1 client whole") {
+  NEEDS_DOUBLE("asserts the double's exact 600-token text");
   InferenceDouble d(vllm());
   InfServer srv({backend_entry("gpu01", d)});
   Client c(srv.s.port());
@@ -690,4 +859,568 @@ TEST_CASE("inference: a long stream read in small pieces reaches the /v1 client 
       text += chunk["choices"][0]["delta"]["content"].get<std::string>();
   }
   CHECK(text == words(600));
+}
+
+// --- routing: replicas, connection failures, the queue -----------------------------------------
+
+TEST_CASE("inference: replicas share the load, one that refuses connections is passed over, and each shows its GPU") {
+  NEEDS_DOUBLE("stops a replica and slows both through /_control");
+  InferenceDouble a(vllm()), b(vllm());
+  // One health round at start and none during the test: the dead replica must be found by the
+  // calls themselves.
+  InfServer is({backend_entry("a", a, "gpu_type = \"h100\""), backend_entry("b", b, "gpu_type = \"a100\"")},
+               "health_interval_ms = 60000\n");
+  auto& s = is.s;
+  Client c(s.port());
+  json m;
+  REQUIRE(eventually([&] {
+    m = call_tool(c, s.user_key(), "get_model", {{"model", kModel}})["structuredContent"];
+    return m["served_by"].size() == 2;
+  }));
+  // What each serving backend runs on, for the agent choosing a model and for the operator.
+  std::map<std::string, std::string> gpu;
+  for (const auto& e : m["served_by"]) gpu[e["backend"].get<std::string>()] = e.value("gpu_type", "");
+  CHECK(gpu == std::map<std::string, std::string>{{"a", "h100"}, {"b", "a100"}});
+  std::string listed;
+  REQUIRE(run_command({binary(), "models", "list", "--config", s.config_path(), "--served"}, &listed) == 0);
+  CHECK(listed.find("a (h100)") != std::string::npos);
+  CHECK(listed.find("b (a100)") != std::string::npos);
+
+  // Six calls at once, each taking 400 ms: spread over both replicas by free capacity.
+  a.control({{"first_token_ms", 400}});
+  b.control({{"first_token_ms", 400}});
+  std::vector<std::future<json>> calls;
+  for (int i = 0; i < 6; ++i)
+    calls.push_back(std::async(std::launch::async, [&] { return mcp_call(s.port(), s.user_key(), "call_inference", chat_args(2)); }));
+  std::map<std::string, int> by;
+  for (auto& f : calls) {
+    json r = f.get();
+    INFO(r.dump());
+    CHECK(r.value("isError", true) == false);
+    by[r["structuredContent"].value("backend", "?")]++;
+  }
+  CHECK(by["a"] >= 2);
+  CHECK(by["b"] >= 2);
+  CHECK(by["a"] + by["b"] == 6);
+  CHECK(chat_requests(a) == by["a"]);
+  CHECK(chat_requests(b) == by["b"]);
+
+  // a goes away (its port refuses connections). It still looks as free as b, so each call tries
+  // it first, cannot connect, and is retried on b: every call succeeds, in two attempts.
+  b.control({{"reset", true}});
+  a.stop();
+  for (int i = 0; i < 3; ++i) {
+    auto r = call_tool(c, s.user_key(), "call_inference", chat_args(3));
+    INFO(r.dump());
+    REQUIRE(r["isError"] == false);
+    CHECK(r["structuredContent"]["backend"] == "b");
+  }
+  CHECK(chat_requests(b) == 3);
+  json rec = audit_record(s, "call_inference", [](const json& r) { return r["details"].value("attempts", 0) == 2; });
+  REQUIRE(rec.is_object());
+  CHECK(rec["details"]["backend"] == "b");
+  CHECK(rec["outcome"] == "ok");
+}
+
+TEST_CASE("inference: a backend that never accepts the connection fails within connect_timeout_ms and is retried as unreachable") {
+  NEEDS_DOUBLE("needs a listener that never accepts, which a real server is not");
+  Blackhole hole;
+  InfServer is({url_entry("hole", hole.url(), "vllm", "models = [\"" + std::string(kModel) + "\"], connect_timeout_ms = 300")},
+               "retries = 1\nbreaker_failures = 100\n");
+  auto& s = is.s;
+  Client c(s.port());
+  wait_served(c, s);  // from the config's `models`: it has never answered
+  double before = balance(c, s);
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = call_tool(c, s.user_key(), "call_inference", chat_args(5));
+  double secs = seconds_since(t0);
+  INFO(r.dump());
+  // Unreachable (retried: two attempts of 300 ms each), not a call that ran out of time.
+  CHECK(error_code(r) == "backend_unavailable");
+  CHECK(error_message(r).find("cannot reach inference backend hole") != std::string::npos);
+  CHECK(secs >= 0.55);
+  CHECK(secs < 2.5);
+  CHECK(balance(c, s) == Approx(before));
+  json rec = audit_record(s, "call_inference", [](const json& x) { return x["outcome"] == "tool_error"; });
+  REQUIRE(rec.is_object());
+  CHECK(rec["details"]["attempts"] == 2);
+  CHECK(rec["error_code"] == "backend_unavailable");
+}
+
+TEST_CASE("inference: calls beyond a backend's max_concurrency wait for a slot, and past queue_timeout_ms fail saying when to retry") {
+  NEEDS_DOUBLE("slows the double through /_control and reads its in-flight count");
+  InferenceDouble d(vllm());
+  // No health rounds after the first: the double's in-flight count is then the calls' alone.
+  InfServer is({backend_entry("gpu01", d, "max_concurrency = 1")}, "queue_timeout_ms = 600\nhealth_interval_ms = 60000\n");
+  auto& s = is.s;
+  Client c(s.port());
+  wait_served(c, s);
+
+  // The second call waits for the first one's slot (never two at the backend), then runs.
+  d.control({{"first_token_ms", 300}});
+  auto first = std::async(std::launch::async, [&] { return mcp_call(s.port(), s.user_key(), "call_inference", chat_args(2)); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = call_tool(c, s.user_key(), "call_inference", chat_args(2));
+  double waited = seconds_since(t0);
+  INFO(r.dump());
+  CHECK(r["isError"] == false);
+  CHECK(first.get().value("isError", true) == false);
+  CHECK(d.stats()["max_in_flight"] == 1);
+  CHECK(waited >= 0.45);  // about 200 ms in the queue, then its own 300 ms
+
+  // The slot is held for a second: calls that come meanwhile give up after 600 ms, with a
+  // retry time (the MCP error's retry_after_ms, /v1's 503 with Retry-After).
+  d.control({{"reset", true}, {"first_token_ms", 1000}});
+  auto holder = std::async(std::launch::async, [&] { return mcp_call(s.port(), s.user_key(), "call_inference", chat_args(2)); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  auto openai = std::async(std::launch::async, [&] {
+    Client c2(s.port());
+    return c2.request(verb::post, "/v1/chat/completions", bearer(s.user_key()), v1_chat(kModel, 2, false).dump());
+  });
+  t0 = std::chrono::steady_clock::now();
+  r = call_tool(c, s.user_key(), "call_inference", chat_args(2));
+  waited = seconds_since(t0);
+  CHECK(error_code(r) == "backend_unavailable");
+  CHECK(error_message(r).find("at its concurrency limit") != std::string::npos);
+  CHECK(r["_meta"]["io.scigate/error"].value("retry_after_ms", 0) > 0);
+  CHECK(waited >= 0.5);
+  CHECK(waited < 0.95);  // gave up before the slot came free
+  auto h = openai.get();
+  INFO(h.body);
+  CHECK(h.status == 503);
+  CHECK(h.json_body()["error"]["type"] == "service_unavailable_error");
+  CHECK_FALSE(h.header("retry-after").empty());
+  CHECK(holder.get().value("isError", true) == false);
+  CHECK(chat_requests(d) == 1);  // only the holder reached the backend
+}
+
+// --- what the two servers say ----------------------------------------------------------------
+
+TEST_CASE("inference: vLLM's nested error, llama.cpp's 503 while loading and its error event in a 200 stream reach the caller as they should") {
+  NEEDS_DOUBLE("needs the doubles' small contexts and loading state through /_control");
+  InferenceDoubleOptions vo = vllm();
+  vo.max_model_len = 64;
+  vo.error_format = "nested";
+  InferenceDouble v(vo);
+  InferenceDoubleOptions lo = vllm({kLlamaModel});
+  lo.flavor = "llamacpp";
+  lo.max_model_len = 64;
+  InferenceDouble l(lo);
+  InfServer is({backend_entry("vllm", v), backend_entry("llama", l)},
+               "retries = 3\nretry_backoff_ms = 50\nbreaker_failures = 100\n");
+  auto& s = is.s;
+  Client c(s.port());
+  wait_served(c, s);
+  wait_served(c, s, kLlamaModel);
+  const std::string too_long = words(80);  // beyond both 64-token contexts
+
+  // vLLM: 400 {"error": {"message": ...}} before the stream. Its text reaches the MCP caller and
+  // the OpenAI client; the caller's to fix, so not retried.
+  auto r = call_tool(c, s.user_key(), "call_inference", chat_args(5, kModel, too_long));
+  INFO(r.dump());
+  CHECK(error_code(r) == "backend_rejected");
+  CHECK(error_message(r).find("maximum context length is 64 tokens") != std::string::npos);
+  CHECK(chat_requests(v) == 1);
+  auto h = c.request(verb::post, "/v1/chat/completions", bearer(s.user_key()), v1_chat(kModel, 5, true, too_long).dump());
+  INFO(h.body);
+  CHECK(h.status == 400);
+  CHECK(h.json_body()["error"]["type"] == "invalid_request_error");
+  CHECK(h.json_body()["error"]["message"].get<std::string>().find("maximum context length is 64 tokens") != std::string::npos);
+
+  // llama.cpp streams the same refusal as an `error:` event inside a 200 answer. It is the
+  // same refusal: backend_rejected with llama.cpp's message, not retried, and for a /v1 client
+  // still a 400 (no output had started).
+  r = call_tool(c, s.user_key(), "call_inference", chat_args(5, kLlamaModel, too_long));
+  INFO(r.dump());
+  CHECK(error_code(r) == "backend_rejected");
+  CHECK(error_message(r).find("exceeds the available context size (64 tokens)") != std::string::npos);
+  CHECK(chat_requests(l) == 1);
+  h = c.request(verb::post, "/v1/chat/completions", bearer(s.user_key()), v1_chat(kLlamaModel, 5, true, too_long).dump());
+  INFO(h.body);
+  CHECK(h.status == 400);
+  CHECK(h.json_body()["error"]["message"].get<std::string>().find("exceeds the available context size") != std::string::npos);
+
+  // llama.cpp while loading answers 503 "Loading model" on every path: retried with backoff
+  // until it is up (three retries of 50, 100, 200 ms, give or take half, outlast 120 ms).
+  l.control({{"reset", true}, {"loading_ms", 120}});
+  r = call_tool(c, s.user_key(), "call_inference", chat_args(3, kLlamaModel));
+  INFO(r.dump());
+  CHECK(r["isError"] == false);
+  CHECK(l.stats()["counts"].value("/v1/chat/completions", 0) >= 2);
+  // Still loading after every retry: the caller is told what the backend said.
+  l.control({{"reset", true}, {"loading_ms", 5000}});
+  r = call_tool(c, s.user_key(), "call_inference", chat_args(3, kLlamaModel));
+  INFO(r.dump());
+  CHECK(error_code(r) == "backend_unavailable");
+  CHECK(error_message(r).find("is unavailable (503): Loading model") != std::string::npos);
+  CHECK(l.stats()["counts"].value("/v1/chat/completions", 0) == 4);
+  l.control({{"loading_ms", 0}});
+}
+
+// --- embed -----------------------------------------------------------------------------------
+
+TEST_CASE("inference: embed takes at most max_embedding_inputs, and vectors too large to return inline are saved and handed back by name") {
+  NEEDS_DOUBLE("needs the double's embedding model and dimensions");
+  InferenceDouble d(vllm({"bge-m3"}));
+  // Two vectors of 8 numbers fit in 200 bytes (about 12 a number); three do not.
+  InfServer is({backend_entry("gpu01", d)}, "max_embedding_inputs = 4\nmax_inline_vectors_bytes = 200\n");
+  auto& s = is.s;
+  Client c(s.port());
+  wait_served(c, s, "bge-m3");
+  auto embeddings_calls = [&] { return d.stats()["counts"].value("/v1/embeddings", 0); };
+
+  // More inputs than allowed: refused before anything is held or sent, on both surfaces.
+  auto many = call_tool(c, s.user_key(), "embed", {{"model", "bge-m3"}, {"input", json::array({"a", "b", "c", "d", "e"})}});
+  INFO(many.dump());
+  CHECK(many["isError"] == true);
+  CHECK(error_code(many) == "invalid_arguments");
+  auto h = c.request(verb::post, "/v1/embeddings", bearer(s.user_key()),
+                     json{{"model", "bge-m3"}, {"input", json::array({"a", "b", "c", "d", "e"})}}.dump());
+  CHECK(h.status == 400);
+  CHECK(embeddings_calls() == 0);
+
+  auto fits = call_tool(c, s.user_key(), "embed", {{"model", "bge-m3"}, {"input", json::array({"one", "two"})}});
+  CHECK(fits["structuredContent"]["inline"] == true);
+  CHECK(fits["structuredContent"]["vectors"].size() == 2);
+  CHECK_FALSE(fits["structuredContent"].contains("saved"));
+
+  // Too large to return: the shape and norms inline, the numbers in a new file of the project's
+  // scratch area, whose name the result gives (with its size and checksum).
+  double before = balance(c, s);
+  const json texts = json::array({"one two", "three", "four five six"});
+  auto r = call_tool(c, s.user_key(), "embed", {{"model", "bge-m3"}, {"input", texts}});
+  INFO(r.dump());
+  REQUIRE(r["isError"] == false);
+  auto sc = r["structuredContent"];
+  CHECK(sc["inline"] == false);
+  CHECK_FALSE(sc.contains("vectors"));
+  CHECK(sc["count"] == 3);
+  REQUIRE(sc.contains("saved"));
+  const std::string uri = sc["saved"]["uri"];
+  CHECK(uri.rfind("area://scratch/embeddings/bge-m3-", 0) == 0);
+  CHECK(uri.size() > 6);
+  CHECK(uri.substr(uri.size() - 6) == ".jsonl");
+  CHECK(sc["saved"]["auto"] == true);
+  CHECK(sc["saved"]["format"] == "jsonl");
+  CHECK(sc["note"].get<std::string>().find(uri) != std::string::npos);
+  CHECK(r["content"][0]["text"].get<std::string>().find(uri) != std::string::npos);
+  CHECK(before - balance(c, s) == Approx(sc["usage"]["prompt_tokens"].get<int>() * 0.001));
+
+  // The handle works with the data tools: read_file gives the numbers back, one array per
+  // input in input order, with the norms the result reported; stat_file the same checksum.
+  auto rf = call_tool(c, s.user_key(), "read_file", {{"uri", uri}});
+  INFO(rf.dump());
+  REQUIRE(rf["isError"] == false);
+  CHECK(rf["structuredContent"]["truncated"] == false);
+  std::istringstream in(rf["structuredContent"]["text"].get<std::string>());
+  std::string line;
+  std::vector<json> rows;
+  while (std::getline(in, line))
+    if (!line.empty() && line[0] == '[') rows.push_back(json::parse(line));
+  REQUIRE(rows.size() == 3);
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    double sum = 0;
+    for (const auto& x : rows[i]) sum += x.get<double>() * x.get<double>();
+    CHECK(std::sqrt(sum) == Approx(sc["norms"][i].get<double>()).epsilon(1e-9));
+  }
+  auto st = call_tool(c, s.user_key(), "stat_file", {{"uri", uri}, {"sha256", true}});
+  CHECK(st["structuredContent"]["sha256"] == sc["saved"]["sha256"]);
+  CHECK(st["structuredContent"]["size"] == sc["saved"]["bytes"]);
+
+  // Two such calls never collide, and summary_only still writes nothing.
+  auto again = call_tool(c, s.user_key(), "embed", {{"model", "bge-m3"}, {"input", texts}});
+  CHECK(again["structuredContent"]["saved"]["uri"] != uri);
+  auto summary = call_tool(c, s.user_key(), "embed", {{"model", "bge-m3"}, {"input", texts}, {"summary_only", true}});
+  CHECK_FALSE(summary["structuredContent"].contains("saved"));
+  std::size_t files = 0;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator(s.dir() / "data" / "demo" / "scratch" / "embeddings")) ++files;
+  CHECK(files == 2);
+}
+
+// --- keys -------------------------------------------------------------------------------------
+
+TEST_CASE("inference: a backend key from the environment (api_key_env) is sent as Bearer and never shown to agents") {
+  NEEDS_DOUBLE("reads the Authorization header the double received");
+  const std::string env_key = "sk-env-7c1d55e0b2a94f";
+  ::setenv("SCIGATE_TEST_GPU02_KEY", env_key.c_str(), 1);
+  ::unsetenv("SCIGATE_TEST_NO_SUCH_KEY");
+  InferenceDoubleOptions o = vllm();
+  o.api_key = env_key;
+  InferenceDouble d(o);
+  InferenceDouble locked(vllm({"bge-m3"}));  // wants kBackendKey; its entry names an unset variable
+  InfServer is({url_entry("gpu02", d.base_url(), "vllm", "api_key_env = \"SCIGATE_TEST_GPU02_KEY\""),
+                url_entry("locked", locked.base_url(), "vllm", "api_key_env = \"SCIGATE_TEST_NO_SUCH_KEY\", models = [\"bge-m3\"]")});
+  ::unsetenv("SCIGATE_TEST_GPU02_KEY");  // the server has its own copy of the environment
+  auto& s = is.s;
+  Client c(s.port());
+  wait_served(c, s);
+
+  auto r = call_tool(c, s.user_key(), "call_inference", chat_args(3));
+  INFO(r.dump());
+  REQUIRE(r["isError"] == false);
+  CHECK(d.stats()["last_request"]["headers"]["authorization"] == "Bearer " + env_key);
+
+  // A variable that is not set: the operator is told which; the caller gets a configuration
+  // problem to report, not a key.
+  CHECK(s.wait_for_log("SCIGATE_TEST_NO_SUCH_KEY"));
+  auto e = call_tool(c, s.user_key(), "embed", {{"model", "bge-m3"}, {"input", "x"}});
+  INFO(e.dump());
+  CHECK(error_code(e) == "backend_unavailable");
+  CHECK(error_message(e).find("refused scigate's credentials") != std::string::npos);
+
+  // Nothing an agent or OpenAI client can read carries the key.
+  std::string seen = r.dump() + e.dump();
+  seen += call_tool(c, s.user_key(), "get_model", {{"model", kModel}}).dump();
+  seen += call_tool(c, s.user_key(), "query_model_registry", json::object()).dump();
+  seen += call_tool(c, s.user_key(), "whoami", json::object()).dump();
+  seen += c.request(verb::post, "/mcp", modern_headers(s.user_key(), "tools/list"), modern_request(2, "tools/list").dump()).body;
+  seen += c.request(verb::get, "/v1/models", bearer(s.user_key())).body;
+  CHECK(seen.find(env_key) == std::string::npos);
+  CHECK(s.log().find(env_key) == std::string::npos);
+}
+
+// --- the OpenAI-compatible endpoint -----------------------------------------------------------
+
+TEST_CASE("inference: on /v1 a stream broken after output ends in an error event, OpenAI-Project picks the project, and Idempotency-Key charges once") {
+  NEEDS_DOUBLE("cuts the double's stream through /_control and counts its requests");
+  InferenceDouble d(vllm());
+  InfServer is({backend_entry("gpu01", d)}, "", "", "[[projects]]\nid = \"physics\"\nmembers = [\"demo\"]\n");
+  auto& s = is.s;
+  Client c(s.port());
+  wait_served(c, s);
+
+  // What an OpenAI client sees when the backend breaks off after three tokens: the three
+  // chunks, an error event in OpenAI's shape (the SDKs raise it as an APIError), then [DONE].
+  d.control({{"cut_after_tokens", 3}});
+  auto h = c.request(verb::post, "/v1/chat/completions", bearer(s.user_key()), v1_chat(kModel, 10, true).dump());
+  REQUIRE(h.status == 200);
+  auto events = sse_data(h.body);
+  INFO(h.body);
+  REQUIRE(events.size() >= 3);
+  CHECK(events.back() == "[DONE]");
+  CHECK(sse_text(events) == words(3));
+  json err = json::parse(events[events.size() - 2], nullptr, false);
+  REQUIRE(err.contains("error"));
+  CHECK(err["error"]["type"] == "service_unavailable_error");
+  CHECK(err["error"]["code"] == "backend_unavailable");
+  CHECK(err["error"]["message"].get<std::string>().find("broke off after 3 chunks") != std::string::npos);
+  d.control({{"reset", true}});
+
+  // OpenAI-Project (what the SDKs send for project=...) chooses the project the call is for:
+  // physics has no credits, demo has; a project the key is not in is refused.
+  auto with_project = [&](const std::string& p) {
+    auto hd = bearer(s.user_key());
+    hd["OpenAI-Project"] = p;
+    return c.request(verb::post, "/v1/chat/completions", hd, v1_chat(kModel, 5, false).dump());
+  };
+  auto phys = with_project("physics");
+  INFO(phys.body);
+  CHECK(phys.status == 402);
+  CHECK(phys.json_body()["error"]["code"] == "insufficient_credits");
+  CHECK(with_project("demo").status == 200);
+  CHECK(with_project("nuclear").status == 403);
+  CHECK(chat_requests(d) == 1);
+  // X-Scigate-Project wins over OpenAI-Project.
+  auto hd = bearer(s.user_key());
+  hd["OpenAI-Project"] = "physics";
+  hd["X-Scigate-Project"] = "demo";
+  CHECK(c.request(verb::post, "/v1/chat/completions", hd, v1_chat(kModel, 5, false).dump()).status == 200);
+
+  // Idempotency-Key: a client retrying the same request gets the same answer, and the backend
+  // runs and the project pays once. Also for a stream, replayed as one.
+  d.control({{"reset", true}});
+  double before = balance(c, s);
+  auto keyed = bearer(s.user_key());
+  keyed["Idempotency-Key"] = "retry-7f3a";
+  auto first = c.request(verb::post, "/v1/chat/completions", keyed, v1_chat(kModel, 5, false).dump());
+  auto again = c.request(verb::post, "/v1/chat/completions", keyed, v1_chat(kModel, 5, false).dump());
+  INFO(first.body << "\n" << again.body);
+  REQUIRE(first.status == 200);
+  REQUIRE(again.status == 200);
+  CHECK(first.json_body()["choices"][0]["message"]["content"] == words(5));
+  CHECK(again.json_body()["choices"][0]["message"]["content"] == words(5));
+  CHECK(again.json_body()["choices"][0]["finish_reason"] == "length");
+  CHECK(again.json_body()["usage"] == first.json_body()["usage"]);
+  CHECK(again.json_body()["object"] == "chat.completion");
+  CHECK(chat_requests(d) == 1);
+  CHECK(before - balance(c, s) == Approx(8 * 0.001 + 5 * 0.002));
+  // The same key for a different request is refused, not answered with the other one's result.
+  auto other = c.request(verb::post, "/v1/chat/completions", keyed, v1_chat(kModel, 6, false).dump());
+  CHECK(other.status == 409);
+
+  json stream_body = v1_chat(kModel, 5, true);
+  stream_body["stream_options"] = {{"include_usage", true}};
+  keyed["Idempotency-Key"] = "retry-stream-1";
+  auto s1 = c.request(verb::post, "/v1/chat/completions", keyed, stream_body.dump());
+  auto s2 = c.request(verb::post, "/v1/chat/completions", keyed, stream_body.dump());
+  INFO(s2.body);
+  REQUIRE(s2.status == 200);
+  CHECK(s2.header("content-type").rfind("text/event-stream", 0) == 0);
+  auto e1 = sse_data(s1.body), e2 = sse_data(s2.body);
+  CHECK(sse_text(e1) == words(5));
+  CHECK(sse_text(e2) == words(5));
+  REQUIRE(e2.size() >= 2);
+  CHECK(e2.back() == "[DONE]");
+  CHECK(json::parse(e2[e2.size() - 2])["usage"]["completion_tokens"] == 5);
+  CHECK(chat_requests(d) == 2);
+}
+
+TEST_CASE("inference: the audit records of call_inference and of a /v1 call name the tool, model, backend, usage and cost") {
+  NEEDS_DOUBLE("asserts the double's exact token counts");
+  InferenceDouble d(vllm());
+  InfServer is({backend_entry("gpu01", d)});
+  auto& s = is.s;
+  Client c(s.port());
+  wait_served(c, s);
+
+  auto r = call_tool(c, s.user_key(), "call_inference", chat_args(10));
+  REQUIRE(r["isError"] == false);
+  auto hd = bearer(s.user_key());
+  hd["User-Agent"] = "OpenAI/Python 1.54.0";
+  auto h = c.request(verb::post, "/v1/chat/completions", hd, v1_chat(kModel, 5, false).dump());
+  REQUIRE(h.status == 200);
+
+  json mcp = audit_record(s, "call_inference", [](const json& x) { return x["details"]["usage"].value("completion_tokens", 0) == 10; });
+  json v1 = audit_record(s, "call_inference", [](const json& x) { return x["details"].value("client", "") == "OpenAI/Python 1.54.0"; });
+  REQUIRE(mcp.is_object());
+  REQUIRE(v1.is_object());
+  for (const auto& [rec, completion] : {std::pair{mcp, 10}, std::pair{v1, 5}}) {
+    INFO(rec.dump());
+    CHECK(rec["tool"] == "call_inference");
+    CHECK(rec["outcome"] == "ok");
+    CHECK(rec["principal"] == "demo");
+    CHECK(rec["project"] == "demo");
+    CHECK(rec["details"]["model"] == kModel);
+    CHECK(rec["details"]["backend"] == "gpu01");
+    CHECK(rec["details"]["attempts"] == 1);
+    CHECK(rec["details"]["usage"]["prompt_tokens"] == 8);
+    CHECK(rec["details"]["usage"]["completion_tokens"] == completion);
+    CHECK(rec["details"]["usage"]["counted_by"] == "backend");
+    // micro-credits: 8 prompt tokens at 0.001, the completion at 0.002
+    CHECK(rec["cost"] == 8 * 1000 + completion * 2000);
+  }
+}
+
+// --- policy -----------------------------------------------------------------------------------
+
+TEST_CASE("inference: a context cap and a tokens-per-minute limit in the project's policy hold before the backend is asked") {
+  NEEDS_DOUBLE("counts the requests the double received");
+  InferenceDouble d(vllm());
+  InfServer is({backend_entry("gpu01", d)}, "", R"(
+[[rate_limits]]
+id = "tokens-per-minute"
+tools = ["call_inference", "embed"]
+per = "project"
+rate = "300/minute"
+cost = "tokens"
+)", "", "prompt_tokens = { max = 100 }\n");
+  auto& s = is.s;
+  Client c(s.port());
+  wait_served(c, s);
+
+  // A prompt beyond the cap (about 230 tokens by the estimate) is refused by the policy.
+  auto r = call_tool(c, s.user_key(), "call_inference", chat_args(5, kModel, words(150)));
+  INFO(r.dump());
+  CHECK(error_code(r) == "policy_denied");
+  auto h = c.request(verb::post, "/v1/chat/completions", bearer(s.user_key()), v1_chat(kModel, 5, false, words(150)).dump());
+  CHECK(h.status == 403);
+  CHECK(chat_requests(d) == 0);
+
+  // Each call takes its prompt estimate + max_tokens (29 + 100) from a bucket of 300 a minute:
+  // two pass, the third waits for tokens, on /v1 too (429 with Retry-After).
+  for (int i = 0; i < 2; ++i) REQUIRE(call_tool(c, s.user_key(), "call_inference", chat_args(100))["isError"] == false);
+  r = call_tool(c, s.user_key(), "call_inference", chat_args(100));
+  INFO(r.dump());
+  CHECK(error_code(r) == "rate_limited");
+  CHECK(error_message(r).find("tokens-per-minute") != std::string::npos);
+  CHECK(r["_meta"]["io.scigate/error"].value("retry_after_ms", 0) > 0);
+  h = c.request(verb::post, "/v1/chat/completions", bearer(s.user_key()), v1_chat(kModel, 100, false).dump());
+  CHECK(h.status == 429);
+  CHECK(h.json_body()["error"]["type"] == "rate_limit_error");
+  CHECK_FALSE(h.header("retry-after").empty());
+  // A call larger than the whole bucket can never pass: refused for good (not rate_limited,
+  // which clients retry), with how small it must be.
+  r = call_tool(c, s.user_key(), "call_inference", chat_args(400));
+  INFO(r.dump());
+  CHECK(error_code(r) == "policy_denied");
+  CHECK(error_message(r).find("takes 429 tokens, more than the limit allows at once (300)") != std::string::npos);
+  CHECK(chat_requests(d) == 2);
+}
+
+// --- the same checks against a real server ----------------------------------------------------
+
+// Runs against the double, or against the real vLLM / llama.cpp server SCIGATE_TEST_INFERENCE_URL
+// names: it asserts only what any conforming server must do.
+TEST_CASE("inference: conformance: chat, /v1 streaming, a prompt beyond the context, and the bill, against the double or a real server") {
+  std::optional<InferenceDouble> dbl;
+  std::string url, model, flavor;
+  if (auto real = real_server()) {
+    url = real->url;
+    model = real->model;
+    flavor = real->flavor;
+  } else {
+    dbl.emplace(vllm());
+    url = dbl->base_url();
+    model = kModel;
+    flavor = "vllm";
+  }
+  InfServer is({url_entry("upstream", url, flavor, "api_key_file = \"backend.key\", request_timeout_ms = 120000")});
+  auto& s = is.s;
+  Client c(s.port());
+  wait_served(c, s, model);
+
+  // A short chat: text, a finish reason, the backend's own usage, and exactly that charged.
+  double before = balance(c, s);
+  auto r = call_tool(c, s.user_key(), "call_inference", chat_args(8, model, "Say hello."));
+  INFO(r.dump());
+  REQUIRE(r["isError"] == false);
+  auto sc = r["structuredContent"];
+  CHECK_FALSE(sc["text"].get<std::string>().empty());
+  CHECK((sc["finish_reason"] == "stop" || sc["finish_reason"] == "length"));
+  CHECK(sc["backend"] == "upstream");
+  CHECK(sc["usage"]["counted_by"] == "backend");
+  const int prompt = sc["usage"]["prompt_tokens"], completion = sc["usage"]["completion_tokens"];
+  CHECK(prompt > 0);
+  CHECK(completion >= 1);
+  CHECK(completion <= 8);
+  CHECK(before - balance(c, s) == Approx(prompt * 0.001 + completion * 0.002));
+  json rec = audit_record(s, "call_inference", [](const json& x) { return x["outcome"] == "ok"; });
+  REQUIRE(rec.is_object());
+  CHECK(rec["details"]["model"] == model);
+  CHECK(rec["details"]["usage"]["completion_tokens"] == completion);
+
+  // /v1 streaming, with the usage chunk asked for.
+  json body = v1_chat(model, 8, true, "Say hello.");
+  body["stream_options"] = {{"include_usage", true}};
+  auto h = c.request(verb::post, "/v1/chat/completions", bearer(s.user_key()), body.dump());
+  INFO(h.body);
+  REQUIRE(h.status == 200);
+  CHECK(h.header("content-type").rfind("text/event-stream", 0) == 0);
+  auto events = sse_data(h.body);
+  REQUIRE(events.size() >= 3);
+  CHECK(events.back() == "[DONE]");
+  CHECK_FALSE(sse_text(events).empty());
+  json usage_chunk = json::parse(events[events.size() - 2]);
+  CHECK(usage_chunk["usage"]["completion_tokens"].get<int>() >= 1);
+  auto models = c.request(verb::get, "/v1/models", bearer(s.user_key())).json_body();
+  bool listed = false;
+  for (const auto& m : models["data"]) listed = listed || m["id"] == model;
+  CHECK(listed);
+
+  // A prompt longer than the model's context (as its /v1/models says, or 4096): the server's
+  // own refusal reaches the caller as one to act on, and nothing is charged.
+  int context = 4096;
+  for (const auto& m : models["data"])
+    if (m["id"] == model && m.contains("max_model_len")) context = m["max_model_len"].get<int>();
+  if (context > 60000) {
+    WARN("the context check is skipped: a prompt beyond " << context << " tokens is larger than a request should be");
+    return;
+  }
+  before = balance(c, s);
+  r = call_tool(c, s.user_key(), "call_inference", chat_args(8, model, words(context + 64)));
+  INFO(r.dump());
+  CHECK(error_code(r) == "backend_rejected");
+  CHECK_FALSE(error_message(r).empty());
+  CHECK(balance(c, s) == Approx(before));
 }

@@ -4,7 +4,11 @@
 #include <boost/system/system_error.hpp>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
+
+#include "server/common/crypto.hpp"
+#include "server/common/time_format.hpp"
 
 namespace scigate::tools {
 namespace asio = boost::asio;
@@ -96,7 +100,8 @@ constexpr const char* kEmbedOutput = R"({
     "inline": {"type": "boolean"},
     "saved": {"type": "object",
               "properties": {"uri": {"type": "string"}, "bytes": {"type": "integer"}, "sha256": {"type": "string"},
-                             "format": {"type": "string", "enum": ["jsonl"]}},
+                             "format": {"type": "string", "enum": ["jsonl"]},
+                             "auto": {"type": "boolean", "description": "written without save_to, because the vectors were too large to return inline"}},
               "required": ["uri", "bytes", "sha256", "format"]},
     "note": {"type": "string"},
     "usage": {"type": "object",
@@ -188,8 +193,10 @@ std::string chat_text(const json& r) {
   return t;
 }
 
-json audit_facts(const inference::ChatOutcome& out, const json& usage) {
+// The record says which model ran where, and what it counted: an auditor reads the bill from it.
+json audit_facts(const std::string& model, const inference::ChatOutcome& out, const json& usage) {
   json a = json::object();
+  a["model"] = model;
   a["backend"] = out.backend;
   a["attempts"] = out.attempts;
   a["usage"] = usage;
@@ -329,7 +336,7 @@ asio::awaitable<ToolResult> CallInferenceTool::call(const json& args, CallContex
   if (out.cancelled || ctx.cancelled()) throw_cancelled();
   if (out.error) {
     ToolResult r = ToolResult::failure(*out.error);
-    ctx.audit_fields = audit_facts(out, usage_json(prompt_estimate, out.content_chunks, "hold"));
+    ctx.audit_fields = audit_facts(model, out, usage_json(prompt_estimate, out.content_chunks, "hold"));
     // Output that reached the caller is paid for; a refusal before any is not.
     if (out.delivered) r.usage = ctx.incurred;
     ctx.incurred = Usage{};
@@ -362,7 +369,7 @@ asio::awaitable<ToolResult> CallInferenceTool::call(const json& args, CallContex
   json usage = usage_json(prompt_tokens, completion_tokens, counted_by);
   json structured = chat_result(out, builder.tool_calls(), model, max_tokens, capped, usage);
   std::string text = chat_text(structured);
-  ctx.audit_fields = audit_facts(out, usage);
+  ctx.audit_fields = audit_facts(model, out, usage);
   ToolResult r = ToolResult::success(std::move(structured), std::move(text));
   r.usage = token_usage(model, prompt_tokens, completion_tokens);
   co_return r;
@@ -473,6 +480,25 @@ std::optional<Error> check_save_to(const storage::Areas* areas, const std::strin
   return areas->check_write(project, std::get<storage::Location>(where));
 }
 
+// Where vectors too large to return inline go when the caller named no save_to: a new file under
+// embeddings/ in an area the project may write (its "scratch" area when it has one, else the
+// first), named after the model, the time and a random part so that calls never collide.
+std::optional<std::string> auto_save_uri(const storage::Areas* areas, const std::string& project,
+                                         const std::string& model) {
+  if (!areas) return std::nullopt;
+  const AreaConfig* pick = nullptr;
+  for (const auto& a : areas->visible(project)) {
+    if (!a.may_write || !a.config) continue;
+    if (!pick || a.config->id == "scratch") pick = a.config;
+    if (pick->id == "scratch") break;
+  }
+  if (!pick) return std::nullopt;
+  std::string name;
+  for (char c : model) name += std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_' ? c : '_';
+  return "area://" + pick->id + "/embeddings/" + name + "-" + std::to_string(unix_now_ms()) + "-" +
+         crypto::random_hex(4) + ".jsonl";
+}
+
 json joined_texts(const json& input) {
   if (!input.is_array()) return input;
   std::string joined;
@@ -557,16 +583,39 @@ asio::awaitable<ToolResult> EmbedTool::call(const json& args, CallContext& ctx) 
   const bool fits = v.bytes <= deps_.config.max_inline_vectors_bytes;
   const bool inline_vectors = !summary_only && fits && saved.is_null();
   std::string note;
-  if (!summary_only && !fits && saved.is_null())
-    note = std::to_string(v.norms.size()) + " vectors of " + std::to_string(v.dimensions) +
-           " dimensions are too large to return inline (limit " + std::to_string(deps_.config.max_inline_vectors_bytes) +
-           " bytes); pass save_to (e.g. area://scratch/embeddings.jsonl) to have them written to a storage area, "
-           "embed fewer texts per call, or use the OpenAI-compatible /v1/embeddings endpoint";
+  if (!summary_only && !fits && saved.is_null()) {
+    const std::string too_large = std::to_string(v.norms.size()) + " vectors of " + std::to_string(v.dimensions) +
+                                  " dimensions are too large to return inline (limit " +
+                                  std::to_string(deps_.config.max_inline_vectors_bytes) + " bytes)";
+    // The caller asked for the vectors: they are kept where it can reach them, not dropped.
+    std::string why_not;
+    if (std::optional<std::string> uri = auto_save_uri(deps_.areas, ctx.project, model)) {
+      storage::Location where = std::get<storage::Location>(storage::parse_location(*uri));
+      std::shared_ptr<const std::string> bytes = vectors_jsonl(v);
+      std::variant<storage::WriteResult, Error> written =
+          co_await deps_.areas->write(ctx.project, std::move(where), std::move(bytes));
+      if (auto* w = std::get_if<storage::WriteResult>(&written)) {
+        saved = saved_json(*uri, *w);
+        saved["auto"] = true;
+        note = too_large + ", so they were written to " + *uri +
+               " (JSON Lines: one array per input, in input order); read them with read_file or from a job. The file "
+               "stays in the area, counted against its quota, until it is removed; pass save_to to choose the name";
+      } else {
+        why_not = "; saving them to " + *uri + " failed: " + std::get<Error>(written).message;
+      }
+    } else {
+      why_not = "; the project has no storage area scigate may write them to";
+    }
+    if (note.empty())
+      note = too_large + why_not +
+             ". Pass save_to (e.g. area://scratch/embeddings.jsonl) to have them written to a storage area, embed "
+             "fewer texts per call, or use the OpenAI-compatible /v1/embeddings endpoint";
+  }
   json structured = embed_result(model, out.backend, v, inline_vectors, note, usage, saved);
   std::string text = "embedded " + std::to_string(structured["count"].get<std::size_t>()) + " input(s) with " + model +
                      " on " + out.backend + ": " + std::to_string(structured["dimensions"].get<std::size_t>()) +
                      " dimensions, " + std::to_string(tokens) + " tokens" + (note.empty() ? "" : "\n" + note);
-  ctx.audit_fields = audit_facts(out, usage);
+  ctx.audit_fields = audit_facts(model, out, usage);
   ToolResult r = ToolResult::success(std::move(structured), std::move(text));
   r.usage = token_usage(model, tokens, -1);
   co_return r;

@@ -1,6 +1,9 @@
 #include "tools/models/model_tools.hpp"
 
 #include <functional>
+#include <map>
+
+#include "connectors/inference/inference_service.hpp"
 
 namespace scigate::tools {
 namespace asio = boost::asio;
@@ -60,7 +63,9 @@ const char* kGetOutputSchema = R"json({
     "tasks": {"type": "array", "items": {"type": "string"}},
     "rates": {"type": "object"},
     "prices": {"type": "object"},
-    "served_by": {"type": "array", "items": {"type": "object", "required": ["backend", "seen_ms"]}}
+    "served_by": {"type": "array", "items": {"type": "object", "required": ["backend", "seen_ms"],
+                                             "properties": {"backend": {"type": "string"}, "seen_ms": {"type": "integer"},
+                                                            "gpu_type": {"type": "string"}}}}
   },
   "required": ["id", "modality", "tasks", "rates", "served_by"]
 })json";
@@ -191,10 +196,20 @@ asio::awaitable<ToolResult> GetModelTool::call(const json& args, CallContext& ct
     }
   }
   out["prices"] = std::move(prices);
+  // What each serving backend runs on, from the server's config (the registry only knows ids).
+  std::map<std::string, std::string> gpu;
+  if (deps_.inference)
+    for (const auto& b : deps_.inference->backends())
+      if (!b.gpu_type.empty()) gpu[b.id] = b.gpu_type;
+  for (auto& s : out["served_by"])
+    if (auto g = gpu.find(s.value("backend", "")); g != gpu.end()) s["gpu_type"] = g->second;
   std::string text = model_line(*m);
   if (!m->description.empty()) text += "\n" + m->description;
   text += m->served_by.empty() ? "\nnot served by any backend now" : "\nserved by";
-  for (const auto& s : m->served_by) text += " " + s.backend;
+  for (const auto& s : m->served_by) {
+    text += " " + s.backend;
+    if (auto g = gpu.find(s.backend); g != gpu.end()) text += " (" + g->second + ")";
+  }
   co_return ToolResult::success(std::move(out), text);
 }
 

@@ -9,6 +9,10 @@
 #include "policies/policy.hpp"
 #include "tools/tool.hpp"
 
+namespace scigate::inference {
+class InferenceService;
+}
+
 namespace scigate::tools {
 
 // What the model tools need from the server; owned by App.
@@ -16,6 +20,8 @@ struct ModelToolDeps {
   registry::ModelRegistry& registry;
   const PolicyEngine& policy;            // asked from the registry's worker thread (thread-safe)
   const credits::RateTable* rates = nullptr;  // prices shown by get_model; null: none
+  // The configured backends (their GPU type and health, for get_model's served_by); null: none.
+  const inference::InferenceService* inference = nullptr;
 };
 
 class QueryModelRegistryTool final : public Tool {

@@ -157,3 +157,41 @@ TEST_CASE("OpenAI endpoint: scigate's errors become OpenAI's statuses and error 
   ok.result = json{{"isError", false}};
   CHECK(openai::OpenAiApi::answer(ok, json{{"id", "x"}}, "x").body["id"] == "x");
 }
+
+// A retry under an Idempotency-Key relays no chunks: the /v1 answer is rebuilt from the first
+// call's result (integration: "inference: on /v1 ... Idempotency-Key charges once").
+TEST_CASE("OpenAI endpoint: a replayed call_inference result becomes a chat.completion, or a stream of chunks") {
+  json result = {{"isError", false},
+                 {"structuredContent",
+                  {{"text", "w0 w1"},
+                   {"finish_reason", "length"},
+                   {"model", "m"},
+                   {"backend", "gpu01"},
+                   {"max_tokens", 2},
+                   {"tool_calls", json::array({json{{"index", 0}, {"id", "call_1"}, {"type", "function"}}})},
+                   {"usage", {{"prompt_tokens", 8}, {"completion_tokens", 2}, {"total_tokens", 10}, {"counted_by", "backend"}}}}}};
+  json c = openai::OpenAiApi::completion_from_result(result);
+  CHECK(c["object"] == "chat.completion");
+  CHECK(c["model"] == "m");
+  CHECK(c["id"].get<std::string>().rfind("chatcmpl-", 0) == 0);
+  CHECK(c["choices"][0]["message"]["role"] == "assistant");
+  CHECK(c["choices"][0]["message"]["content"] == "w0 w1");
+  CHECK(c["choices"][0]["message"]["tool_calls"][0]["id"] == "call_1");
+  CHECK(c["choices"][0]["finish_reason"] == "length");
+  CHECK(c["usage"] == json{{"prompt_tokens", 8}, {"completion_tokens", 2}, {"total_tokens", 10}});  // no counted_by
+
+  auto chunks = openai::OpenAiApi::chunks_from_result(result);
+  REQUIRE(chunks.size() == 2);
+  CHECK(chunks[0]["object"] == "chat.completion.chunk");
+  CHECK(chunks[0]["choices"][0]["delta"]["content"] == "w0 w1");
+  CHECK(chunks[0]["choices"][0]["finish_reason"] == "length");
+  CHECK(chunks[1]["choices"].empty());
+  CHECK(chunks[1]["usage"]["completion_tokens"] == 2);
+  CHECK(chunks[0]["id"] == chunks[1]["id"]);
+
+  // An unknown finish reason is OpenAI's null, and no usage means no usage chunk.
+  result["structuredContent"]["finish_reason"] = "unknown";
+  result["structuredContent"].erase("usage");
+  CHECK(openai::OpenAiApi::completion_from_result(result)["choices"][0]["finish_reason"].is_null());
+  CHECK(openai::OpenAiApi::chunks_from_result(result).size() == 1);
+}
