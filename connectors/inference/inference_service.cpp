@@ -701,11 +701,11 @@ asio::awaitable<void> InferenceService::stream_once(Backend& b, const ChatCall& 
   if (stream_error) {
     s.cancel();
     // llama.cpp reports a prompt longer than the context as an error event inside a 200 stream
-    // (code 400, exceed_context_size_error): the caller's to fix, as the same error before the
-    // stream would be - not retried, and no fault of the backend.
-    const int code = stream_error->code;
-    if ((code >= 400 && code < 500 && code != 401 && code != 403 && code != 404 && code != 429) ||
-        stream_error->type == "exceed_context_size_error" || stream_error->type == "invalid_request_error") {
+    // (exceed_context_size_error; invalid_request_error for other bad requests): the caller's to
+    // fix, as the same error before the stream would be - not retried, and no fault of the
+    // backend. Judged by llama.cpp's types, not the code: vLLM's stream generator labels every
+    // failure mid-stream 400 BadRequestError, an engine crash included.
+    if (stream_error->type == "exceed_context_size_error" || stream_error->type == "invalid_request_error") {
       t.fail(ErrorCode::kBackendRejected, "the model server rejected the request: " + stream_error->message,
              "change the request as the message says (shorter prompt, smaller max_tokens, valid parameters)", false,
              false);

@@ -491,6 +491,18 @@ TEST_CASE("inference: errors come back as the caller can act on them, and cost w
   const int estimate = kPromptEstimate;
   CHECK(before - balance(c, s) == Approx(estimate * 0.001 + 3 * 0.002));
 
+  // The engine fails mid-generation. vLLM's stream says 400 BadRequestError whatever the cause,
+  // so the code does not make it the caller's fault: backend_unavailable with vLLM's message,
+  // not retried (output had begun), the prompt and three tokens paid.
+  d.control({{"reset", true}, {"error_after_tokens", 3}});
+  before = balance(c, s);
+  r = call_tool(c, s.user_key(), "call_inference", chat_args(10));
+  INFO(r.dump());
+  CHECK(error_code(r) == "backend_unavailable");
+  CHECK(error_message(r).find("failed mid-stream: EngineCore encountered an issue") != std::string::npos);
+  CHECK(chat_requests(d) == 1);
+  CHECK(before - balance(c, s) == Approx(estimate * 0.001 + 3 * 0.002));
+
   // A proxy answering HTML, and a backend that sends nothing in time: both retried, then said.
   d.control({{"reset", true}, {"wrong_content_type", true}});
   r = call_tool(c, s.user_key(), "call_inference", chat_args(5));
@@ -985,7 +997,9 @@ TEST_CASE("inference: calls beyond a backend's max_concurrency wait for a slot, 
   CHECK(error_message(r).find("at its concurrency limit") != std::string::npos);
   CHECK(r["_meta"]["io.scigate/error"].value("retry_after_ms", 0) > 0);
   CHECK(waited >= 0.5);
-  CHECK(waited < 0.95);  // gave up before the slot came free
+  // It gave up before the slot came free: the error says so (a call that got the slot would
+  // have succeeded). The bound on the time is loose: a loaded CI machine (ASan) adds its own.
+  CHECK(waited < 3.0);
   auto h = openai.get();
   INFO(h.body);
   CHECK(h.status == 503);

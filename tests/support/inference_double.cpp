@@ -15,8 +15,8 @@
 // Control API (never authenticated, never counted, answered even when `down` or loading):
 //   POST /_control        JSON; any of first_token_ms, token_interval_ms, latency_ms,
 //                         completion_tokens, loading_ms, fail_next {status, count, format},
-//                         cut_after_tokens, wrong_content_type, omit_usage, tokenize_status,
-//                         down, reset. 204 when applied, 400 (nothing applied) for an unknown
+//                         cut_after_tokens, error_after_tokens, wrong_content_type, omit_usage,
+//                         tokenize_status, down, reset. 204 when applied, 400 (nothing applied) for an unknown
 //                         key or a bad value. `reset` is applied first, then the other keys.
 //   GET  /_control        the behaviour now in force
 //   GET  /_control/stats  {counts: {path: n}, status_counts: {"200": n}, requests_total,
@@ -358,6 +358,7 @@ struct Behaviour {
   int fail_count = 0;
   std::string fail_format;  // "", "flat", "nested"
   int cut_after_tokens = -1;
+  int error_after_tokens = -1;
   bool wrong_content_type = false;
   bool omit_usage = false;
   int tokenize_status = 0;
@@ -392,7 +393,8 @@ class State {
   std::string apply(const json& j) {
     if (!j.is_object()) return "the control body must be a JSON object";
     static const char* kKnown[] = {"first_token_ms",  "token_interval_ms", "latency_ms",   "completion_tokens",
-                                   "loading_ms",      "fail_next",         "cut_after_tokens", "wrong_content_type",
+                                   "loading_ms",      "fail_next",         "cut_after_tokens", "error_after_tokens",
+                                   "wrong_content_type",
                                    "omit_usage",      "tokenize_status",   "down",         "reset"};
     for (auto it = j.begin(); it != j.end(); ++it) {
       if (std::none_of(std::begin(kKnown), std::end(kKnown), [&](const char* k) { return it.key() == k; }))
@@ -430,14 +432,16 @@ class State {
     if (j.contains("tokenize_status") && b.tokenize_status != 0 && (b.tokenize_status < 100 || b.tokenize_status > 599))
       return "tokenize_status must be 0 or an HTTP status";
     if (loading_ms >= 0) b.loading_until = loading_ms == 0 ? Clock::time_point{} : Clock::now() + std::chrono::milliseconds(loading_ms);
-    if (j.contains("cut_after_tokens")) {
-      const auto& v = j["cut_after_tokens"];
+    for (auto [key, field] : {std::pair<const char*, int*>{"cut_after_tokens", &b.cut_after_tokens},
+                              std::pair<const char*, int*>{"error_after_tokens", &b.error_after_tokens}}) {
+      if (!j.contains(key)) continue;
+      const auto& v = j[key];
       if (v.is_null()) {
-        b.cut_after_tokens = -1;
+        *field = -1;
       } else if (v.is_number_integer() && v.get<long long>() >= -1 && v.get<long long>() < 1'000'000) {
-        b.cut_after_tokens = v.get<int>();
+        *field = v.get<int>();
       } else {
-        return "cut_after_tokens must be an integer >= 0 (or -1 / null: off)";
+        return std::string(key) + " must be an integer >= 0 (or -1 / null: off)";
       }
     }
     for (const char* key : {"wrong_content_type", "omit_usage", "down"}) {
@@ -492,6 +496,7 @@ class State {
                 {"loading_ms_left", loading_left},
                 {"fail_next", f},
                 {"cut_after_tokens", b_.cut_after_tokens},
+                {"error_after_tokens", b_.error_after_tokens},
                 {"wrong_content_type", b_.wrong_content_type},
                 {"omit_usage", b_.omit_usage},
                 {"tokenize_status", b_.tokenize_status},
@@ -843,6 +848,8 @@ struct StreamPlan {
   int first_token_ms = 0;
   int token_interval_ms = 0;
   int cut_after = -1;
+  int error_after = -1;
+  std::string error_event;  // written after `error_after` tokens, in place of the rest
 };
 
 void append_usage(std::string& out, const StreamPlan& p, int completion) {
@@ -1196,6 +1203,20 @@ Prepared generate(App& app, const Request& req, const Behaviour& b, Kind kind) {
     plan.first_token_ms = b.first_token_ms;
     plan.token_interval_ms = b.token_interval_ms;
     plan.cut_after = b.cut_after_tokens;
+    plan.error_after = b.error_after_tokens;
+    if (plan.error_after >= 0) {
+      // The engine fails mid-generation. vLLM's stream generator catches every exception and
+      // sends create_streaming_error_response(str(e)): a "data:" event in the error format,
+      // always type BadRequestError and code 400 whatever went wrong, then "data: [DONE]".
+      // llama.cpp sends an "error:" event with the real type (server_error, 500) and ends.
+      if (vllm)
+        plan.error_event = "data: " +
+                           vllm_error_body(app.opt.flat_errors, 400, "BadRequestError",
+                                           "EngineCore encountered an issue. See stack trace (above) for the root cause.") +
+                           "\n\ndata: [DONE]\n\n";
+      else
+        plan.error_event = "error: " + llama_error_object(500, "the model crashed while decoding", "server_error").dump() + "\n\n";
+    }
     Prepared p;
     p.stream = true;
     p.plan = std::move(plan);
@@ -1633,11 +1654,17 @@ asio::awaitable<StreamEnd> produce(tcp::socket& sock, const StreamPlan& plan) {
     if (co_await write_chunk(sock, buf) != StreamEnd::completed) co_return StreamEnd::peer_gone;
     for (int i = 0; i < plan.n_tokens; ++i) {
       if (plan.cut_after == i) co_return StreamEnd::cut;
+      if (plan.error_after == i) break;
       if (i > 0 && !co_await sleep_ms(timer, plan.token_interval_ms)) co_return StreamEnd::peer_gone;
       render_token(plan, i, buf);
       if (co_await write_chunk(sock, buf) != StreamEnd::completed) co_return StreamEnd::peer_gone;
     }
     if (plan.cut_after == plan.n_tokens) co_return StreamEnd::cut;
+    if (plan.error_after >= 0 && plan.error_after <= plan.n_tokens) {
+      if (co_await write_chunk(sock, plan.error_event) != StreamEnd::completed) co_return StreamEnd::peer_gone;
+      auto [ec, n] = co_await asio::async_write(sock, http::make_chunk_last(), kAwait);
+      co_return ec ? StreamEnd::peer_gone : StreamEnd::completed;
+    }
   }
   render_closing(plan, prompt_ms, ms_since(t_first), buf);
   if (co_await write_chunk(sock, buf) != StreamEnd::completed) co_return StreamEnd::peer_gone;
