@@ -1094,6 +1094,16 @@ TEST_CASE("inference: embed takes at most max_embedding_inputs, and vectors too 
   CHECK(h.status == 400);
   CHECK(embeddings_calls() == 0);
 
+  // A backend that fails: the call's audit record still names the model and the backend.
+  d.control({{"fail_next", {{"status", 500}, {"count", 3}}}});
+  auto failed = call_tool(c, s.user_key(), "embed", {{"model", "bge-m3"}, {"input", json::array({"x"})}});
+  CHECK(error_code(failed) == "backend_unavailable");
+  json rec = audit_record(s, "embed", [](const json& r) { return r["outcome"] == "tool_error"; });
+  REQUIRE(rec.is_object());
+  CHECK(rec["details"]["model"] == "bge-m3");
+  CHECK(rec["details"]["backend"] == "gpu01");
+  d.control({{"reset", true}});
+
   auto fits = call_tool(c, s.user_key(), "embed", {{"model", "bge-m3"}, {"input", json::array({"one", "two"})}});
   CHECK(fits["structuredContent"]["inline"] == true);
   CHECK(fits["structuredContent"]["vectors"].size() == 2);

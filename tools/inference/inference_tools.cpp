@@ -537,7 +537,11 @@ asio::awaitable<ToolResult> EmbedTool::call(const json& args, CallContext& ctx) 
   body["encoding_format"] = "float";
   inference::ChatOutcome out = co_await deps_.service.embed(model, std::move(body), ctx.deadline);
   if (out.cancelled || ctx.cancelled()) throw_cancelled();
-  if (out.error) co_return ToolResult::failure(*out.error);
+  if (out.error) {
+    // The record of a failed call names the model and the backend that failed, as call_inference's does.
+    ctx.audit_fields = audit_facts(model, out, nullptr);
+    co_return ToolResult::failure(*out.error);
+  }
   Vectors v = read_vectors(out.response);
   if (!v.ok)
     co_return ToolResult::failure(Error{ErrorCode::kBackendUnavailable,
