@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <random>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -526,6 +527,61 @@ TEST_CASE("audit export: verifies offline, a tampered line is found, key order d
     CHECK(v.ok);
     CHECK(contains(describe(v), "signed after the export"));
   }
+}
+
+TEST_CASE("audit export: random edits to a line are refused unless they leave the record the same") {
+  // The fast reader takes lines as views into the text; whatever bytes an export holds, a line
+  // it accepts must mean exactly the record that was written (and nothing may read out of
+  // bounds: this runs under ASan in CI).
+  TempDir t;
+  write_log(t, 20, false);
+  std::vector<std::string> lines;
+  {
+    audit::AuditReader reader(t.db());
+    reader.scan({}, [&](const AuditRowView& r) {
+      lines.push_back(audit_export_line(r));
+      return true;
+    });
+  }
+  REQUIRE(lines.size() == 20);
+  const std::string header = canonical::dump(nlohmann::json{{"scigate_audit_export", {{"version", 1}, {"to_end", true}}}});
+  std::mt19937 rng(20261123);
+  const std::string alphabet = "{}[]\",:\\ 0123456789-eE.tfnulrsa\x01\xc3\xa9";
+  int accepted_changed = 0, refused = 0, accepted_same = 0;
+  for (int iter = 0; iter < 1500; ++iter) {
+    const std::size_t i = rng() % lines.size();
+    std::string line = lines[i];
+    const int edits = 1 + static_cast<int>(rng() % 3);
+    for (int e = 0; e < edits && !line.empty(); ++e) {
+      const std::size_t at = rng() % line.size();
+      const char c = alphabet[rng() % alphabet.size()];
+      switch (rng() % 4) {
+        case 0: line[at] = c; break;
+        case 1: line.insert(line.begin() + static_cast<std::ptrdiff_t>(at), c); break;
+        case 2: line.erase(at, 1 + rng() % 8); break;
+        default: line.insert(at, line.substr(rng() % line.size(), 1 + rng() % 12)); break;
+      }
+    }
+    if (line == lines[i]) continue;
+    std::string text = header + "\n";
+    for (std::size_t k = 0; k < lines.size(); ++k) text += (k == i ? line : lines[k]) + "\n";
+    std::istringstream in(text);
+    AuditVerification v = verify_audit_export(in, AuditVerifyOptions{});
+    if (!v.ok) {
+      ++refused;
+      CHECK(v.first_bad_seq.has_value());
+      continue;
+    }
+    // Accepted: only if the edit changed nothing the hash covers (say, a space between tokens).
+    auto original = nlohmann::json::parse(lines[i]);
+    auto edited = nlohmann::json::parse(line, nullptr, false);
+    INFO("line " << i << ": " << line);
+    REQUIRE_FALSE(edited.is_discarded());
+    if (canonical::dump(edited) == canonical::dump(original)) ++accepted_same;
+    else ++accepted_changed;
+  }
+  CHECK(accepted_changed == 0);
+  CHECK(refused > 1000);
 }
 
 TEST_CASE("audit record hash: canonical, so key order and a JSON round trip do not change it") {
