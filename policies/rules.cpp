@@ -1408,7 +1408,7 @@ json Policy::limits_for(const Principal& principal, const std::string& project, 
     json conditions = json::array();
     for (const Condition& c : r.when) conditions.push_back(pass_advice(c) + (c.optional ? " (when given)" : ""));
     if (!conditions.empty()) j[r.permit ? "requires" : "refuses_when"] = std::move(conditions);
-    if (r.context) j["hours"] = r.context->text;
+    if (r.context) j["window"] = r.context->text;
     if (r.quota) {
       j["quota"] = rate_text(*r.quota);
       if (limiter && (r.quota->per == RateLimit::Per::kPrincipal || r.quota->per == RateLimit::Per::kProject))

@@ -209,7 +209,7 @@ burst = 3
   CHECK(users == std::multiset<std::string>{"bea", "bea", "demo", "max"});
   REQUIRE(m["policy"]["rules"].size() == 2);
   CHECK(m["policy"]["rules"][1]["id"] == "office-echo");
-  CHECK(m["policy"]["rules"][1]["hours"] == "08:00-20:00 (UTC)");
+  CHECK(m["policy"]["rules"][1]["window"] == "08:00-20:00 (UTC)");
   CHECK(m["policy"]["rate_limits"][0]["available"].get<double>() >= 2.0);  // max's own bucket
 
   // A project without a policy file: no limits beyond membership.

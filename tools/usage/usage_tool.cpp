@@ -54,7 +54,8 @@ const char* kOutputSchema = R"({
           "tools": {"type": ["array", "string"]}, "description": {"type": "string"},
           "requires": {"type": "array", "items": {"type": "string"}},
           "refuses_when": {"type": "array", "items": {"type": "string"}},
-          "hours": {"type": "string"}}, "required": ["id", "effect", "tools"]}},
+          "window": {"type": "string", "description": "when the rule applies: hours and days"},
+          "quota": {"type": "string"}, "quota_left": {"type": "number"}}, "required": ["id", "effect", "tools"]}},
         "rate_limits": {"type": "array", "items": {"type": "object", "properties": {
           "id": {"type": "string"}, "tools": {"type": ["array", "string"]}, "per": {"type": "string"},
           "limit": {"type": "string"}, "burst": {"type": "number"}, "counts": {"type": "string"},

@@ -857,7 +857,7 @@ burst = 1
   CHECK(lim["rules"][0]["quota"] == "2 calls per day per principal");
   CHECK(lim["rules"][0]["quota_left"] == 0);
   CHECK(lim["rules"][2]["quota"] == "3 calls per hour per project");
-  CHECK(lim["rules"][2]["hours"] == "08:00-20:00 (UTC)");
+  CHECK(lim["rules"][2]["window"] == "08:00-20:00 (UTC)");
 }
 
 TEST_CASE("rule rate: parse errors name the line and column") {
