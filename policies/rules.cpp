@@ -1399,6 +1399,12 @@ std::string Policy::bucket_key(const RateLimit& l, const std::string& project, c
 json Policy::limits_for(const Principal& principal, const std::string& project, const RateLimiter* limiter,
                         std::chrono::system_clock::time_point now) const {
   auto tools_json = [](const std::vector<std::string>& tools) { return tools.empty() ? json("*") : json(tools); };
+  // Tokens left in the caller's bucket of `l` for `tool` (to a thousandth, rounded down).
+  auto left = [&](const RateLimit& l, const std::string& tool) {
+    return std::floor(limiter->available(bucket_key(l, project, principal, tool), l.count / l.period_s, l.burst, now) * 1000) /
+           1000;
+  };
+  auto one_bucket = [](const RateLimit& l) { return l.per == RateLimit::Per::kPrincipal || l.per == RateLimit::Per::kProject; };
   json rules = json::array();
   for (const Rule& r : rules_) {
     if (!principal_matches(r.principals, principal, project)) continue;
@@ -1411,9 +1417,7 @@ json Policy::limits_for(const Principal& principal, const std::string& project, 
     if (r.context) j["window"] = r.context->text;
     if (r.quota) {
       j["quota"] = rate_text(*r.quota);
-      if (limiter && (r.quota->per == RateLimit::Per::kPrincipal || r.quota->per == RateLimit::Per::kProject))
-        j["quota_left"] = std::floor(limiter->available(bucket_key(*r.quota, project, principal, ""),
-                                                        r.quota->count / r.quota->period_s, r.quota->burst, now) * 1000) / 1000;
+      if (limiter && one_bucket(*r.quota)) j["quota_left"] = left(*r.quota, "");
     }
     rules.push_back(std::move(j));
   }
@@ -1426,16 +1430,15 @@ json Policy::limits_for(const Principal& principal, const std::string& project, 
     if (!l.description.empty()) j["description"] = l.description;
     if (!l.cost.empty()) j["counts"] = l.cost;
     if (limiter) {
-      const double per_second = l.count / l.period_s;
       // The caller's bucket; per tool there is one per tool, shown when the tools are named.
-      if (l.per == RateLimit::Per::kPrincipal || l.per == RateLimit::Per::kProject) {
-        j["available"] = std::floor(limiter->available(bucket_key(l, project, principal, ""), per_second, l.burst, now) * 1000) / 1000;
+      if (one_bucket(l)) {
+        j["available"] = left(l, "");
       } else if (!l.tools.empty() && std::none_of(l.tools.begin(), l.tools.end(), [](const std::string& t) {
                    return t.find_first_of("*?") != std::string::npos;
                  })) {
         json by_tool = json::object();
         for (const auto& t : l.tools)
-          by_tool[t] = std::floor(limiter->available(bucket_key(l, project, principal, t), per_second, l.burst, now) * 1000) / 1000;
+          by_tool[t] = left(l, t);
         j["available"] = std::move(by_tool);
       }
     }
