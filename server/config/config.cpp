@@ -628,7 +628,8 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
                  "the top level",
                  source);
   if (auto* s = section(root, "server", source)) {
-    reject_unknown(*s, {"name", "database", "log_level", "log_format", "threads", "instructions", "durability"},
+    reject_unknown(*s, {"name", "database", "log_level", "log_format", "threads", "instructions", "durability",
+                        "writer_poll_us"},
                    "[server]", source);
     c.server_name = get<std::string>(*s, "name", c.server_name, source);
     c.database = get<std::string>(*s, "database", c.database.string(), source);
@@ -640,6 +641,11 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
     if (c.durability != "fsync" && c.durability != "commit")
       throw ConfigError(source + ": server.durability must be \"fsync\" (an answered call's charge and audit record "
                                  "survive power loss) or \"commit\" (they survive a crash of the server; faster)");
+    int64_t poll = get<int64_t>(*s, "writer_poll_us", c.writer_poll.count(), source);
+    if (poll > 10'000)  // (a negative value is refused by get(), with its line and column)
+      throw ConfigError(source + ": server.writer_poll_us must be between 0 (never poll) and 10000 microseconds (got " +
+                        std::to_string(poll) + ")");
+    c.writer_poll = std::chrono::microseconds(poll);
   }
   static const std::vector<std::string> kLevels = {"trace", "debug", "info", "warn", "error", "off"};
   if (std::find(kLevels.begin(), kLevels.end(), c.log_level) == kLevels.end())

@@ -265,6 +265,8 @@ struct Config {
   // When an answered call's charge and audit record are safe: "fsync" (on disk: power loss) or
   // "commit" (in the WAL: a crash of the server process). docs/OPERATIONS.md "Durability".
   std::string durability = "fsync";
+  // The state writer's longest poll for its next item before it sleeps (state::Writer::Options).
+  std::chrono::microseconds writer_poll{200};
   int threads = 0;                  // 0: one per core, at least 2
   std::size_t max_message_bytes = 4 * 1024 * 1024;
   int max_depth = 64;

@@ -12,7 +12,15 @@
 //   sleep after that polls once to see whether the load has changed. A rate, not a count of
 //   misses in a row: hits and misses come mixed, and what decides whether polling pays is
 //   their proportion (bench/governance records it: a lone caller's polls, always on, hit only
-//   12-16% of the time — the call's round trip is longer than the budget).
+//   12-16% of the time with a fixed 50 µs budget — the call's round trip is longer).
+//
+// How long to poll follows the load too: the policy keeps a running estimate of how long the
+// thread stays idle before its next item comes (each idle period weighs 1/8; periods longer
+// than twice the ceiling count as twice the ceiling) and polls for 1.5 times that, never more
+// than the ceiling it was given, never less than 10 µs. A lone caller whose next call comes
+// 75 µs after the last answer gets a ~110 µs budget, so its polls hit; calls 2 ms apart push
+// the budget to the ceiling, where the polls miss and the hit rate turns polling off.
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 
@@ -22,7 +30,8 @@ class SpinPolicy {
  public:
   using Clock = std::chrono::steady_clock;
 
-  explicit SpinPolicy(std::chrono::microseconds max) : max_(max) {}
+  // Until idle gaps are known, the budget is the ceiling.
+  explicit SpinPolicy(std::chrono::microseconds max) : max_(max), gap16_(16 * max.count()) {}
 
   // How long to poll now (zero: sleep at once). The caller reports the outcome with polled()
   // when it polled, and calls slept() when it did not.
@@ -33,8 +42,19 @@ class SpinPolicy {
       next_cpu_check_ = now + std::chrono::seconds(1);
     }
     if (cpus_ < 2) return {};
-    return polling() || probe_ ? max_ : std::chrono::microseconds(0);
+    if (!polling() && !probe_) return {};
+    // 1.5 times the typical idle gap, within [min(10 µs, ceiling), ceiling].
+    int64_t want = (gap16_ + gap16_ / 2) / 16;
+    return std::chrono::microseconds(std::clamp<int64_t>(want, std::min<int64_t>(10, max_.count()), max_.count()));
   }
+
+  // The thread had been idle for `gap` when its next item came (whether a poll found it or the
+  // thread was woken for it).
+  void idle_ended(std::chrono::microseconds gap) {
+    int64_t g = std::min<int64_t>(std::max<int64_t>(gap.count(), 0), 2 * max_.count());
+    gap16_ += (16 * g - gap16_) / 8;
+  }
+  std::chrono::microseconds typical_gap() const { return std::chrono::microseconds(gap16_ / 16); }
 
   void polled(bool found_work) {
     ++polls_;
@@ -61,6 +81,7 @@ class SpinPolicy {
  private:
   static constexpr int kOne = 1024, kOn = kOne / 4;  // the hit rate, in 1024ths
   std::chrono::microseconds max_;
+  int64_t gap16_;  // the typical idle gap, a running estimate in 1/16 µs
   int rate_ = kOne;
   bool probe_ = false;
   int cpus_ = 0;

@@ -4,6 +4,7 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <optional>
 
 #include "server/observability/log.hpp"
 
@@ -124,6 +125,7 @@ void Writer::run() {
   std::vector<std::pair<Participant*, TimePoint>> ticks;
   std::vector<std::shared_ptr<Item>> batch;
   SpinPolicy spin(options_.spin);
+  std::optional<TimePoint> idle_since;  // when the queue was last found empty (for SpinPolicy)
   std::unique_lock l(mutex_);
   for (;;) {
     // Periodic work first, outside any transaction and without the queue's lock.
@@ -154,6 +156,7 @@ void Writer::run() {
     for (const auto& t : ticks) wake = std::min(wake, t.second);
     auto ready = [&] { return stop_ || !fresh_.empty() || (!paused_ && !queue_.empty() && !unwoken_); };
     if (!ready()) {
+      if (!idle_since) idle_since = now;
       // Poll a little before sleeping: the next call's items usually come sooner than a
       // sleeping thread wakes (SpinPolicy says when that is a loss).
       if (auto budget = spin.budget(now); budget.count() > 0) {
@@ -175,6 +178,10 @@ void Writer::run() {
     if (stop_ && queue_.empty()) return;
     if ((paused_ && !stop_) || queue_.empty()) continue;
     unwoken_ = false;
+    if (idle_since) {
+      spin.idle_ended(std::chrono::duration_cast<std::chrono::microseconds>(steady::now() - *idle_since));
+      idle_since.reset();
+    }
     while (!queue_.empty() && batch.size() < options_.max_batch) {
       batch.push_back(std::move(queue_.front()));
       queue_.pop_front();

@@ -206,6 +206,21 @@ TEST_CASE("config: [server] durability is fsync by default, commit on request, n
   }
 }
 
+TEST_CASE("config: [server] writer_poll_us is 200 by default, 0 turns polling off, and is bounded") {
+  CHECK(parse_config("", "/x", "t.toml").writer_poll == std::chrono::microseconds(200));
+  CHECK(parse_config("[server]\nwriter_poll_us = 0\n", "/x", "t.toml").writer_poll == std::chrono::microseconds(0));
+  CHECK(parse_config("[server]\nwriter_poll_us = 75\n", "/x", "t.toml").writer_poll == std::chrono::microseconds(75));
+  for (auto [bad, says] : {std::pair{"-1", "t.toml:2:18: \"writer_poll_us\" must be zero or more"},
+                           std::pair{"10001", "server.writer_poll_us must be between 0 (never poll) and 10000"}}) {
+    try {
+      parse_config(std::string("[server]\nwriter_poll_us = ") + bad + "\n", "/x", "t.toml");
+      FAIL("expected a ConfigError for " << bad);
+    } catch (const ConfigError& e) {
+      CHECK_THAT(e.what(), Catch::Contains(says));
+    }
+  }
+}
+
 TEST_CASE("config: the quantum table is off by default, read when present, and checked") {
   Config d = parse_config("", "/etc/scigate", "test.toml");
   CHECK_FALSE(d.quantum.enabled);

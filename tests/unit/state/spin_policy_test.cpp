@@ -74,6 +74,33 @@ TEST_CASE("spin policy: polls while one in four finds work, probes every 64 slee
   CHECK(off.budget(now) == microseconds(0));
 }
 
+TEST_CASE("spin policy: the budget follows the typical idle gap, between 10 µs and the ceiling") {
+  if (state::SpinPolicy::allowed_cpus() < 2) return;
+  auto now = state::SpinPolicy::Clock::now();
+  state::SpinPolicy spin(microseconds(200));
+  CHECK(spin.budget(now) == microseconds(200));  // nothing known yet: the ceiling
+  // A lone caller whose next call comes ~75 µs after the writer went idle: polls of ~110 µs,
+  // long enough to catch it, not the whole ceiling.
+  for (int i = 0; i < 64; ++i) spin.idle_ended(microseconds(75));
+  CHECK(spin.typical_gap().count() >= 75);
+  CHECK(spin.typical_gap().count() <= 82);  // (the running estimate converges from above)
+  CHECK(spin.budget(now) >= microseconds(112));
+  CHECK(spin.budget(now) <= microseconds(123));
+  // Items back to back: never less than 10 µs.
+  for (int i = 0; i < 64; ++i) spin.idle_ended(microseconds(1));
+  CHECK(spin.budget(now) == microseconds(10));
+  // Calls 2 ms apart: capped at the ceiling; one 2 ms gap moves the estimate by at most
+  // 2 × ceiling / 8, not by 2 ms / 8.
+  spin.idle_ended(microseconds(2000));
+  CHECK(spin.typical_gap() <= microseconds(1 + 400 / 8));
+  for (int i = 0; i < 64; ++i) spin.idle_ended(microseconds(2000));
+  CHECK(spin.budget(now) == microseconds(200));
+  // A ceiling below 10 µs is still the ceiling.
+  state::SpinPolicy tiny(microseconds(5));
+  for (int i = 0; i < 64; ++i) tiny.idle_ended(microseconds(1));
+  CHECK(tiny.budget(now) == microseconds(5));
+}
+
 TEST_CASE("spin policy: one poll in three finding work keeps it polling, one in eight stops it") {
   if (state::SpinPolicy::allowed_cpus() < 2) return;
   auto now = state::SpinPolicy::Clock::now();
