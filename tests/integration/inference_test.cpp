@@ -1162,6 +1162,52 @@ TEST_CASE("inference: embed takes at most max_embedding_inputs, and vectors too 
   CHECK(files == 2);
 }
 
+TEST_CASE("inference: a /v1/embeddings retry under a used Idempotency-Key is charged once and answered 409, a new key runs") {
+  NEEDS_DOUBLE("counts the double's embeddings requests");
+  InferenceDouble d(vllm({"bge-m3"}));
+  InfServer is({backend_entry("gpu01", d)});
+  auto& s = is.s;
+  Client c(s.port());
+  wait_served(c, s, "bge-m3");
+  auto embeddings_calls = [&] { return d.stats()["counts"].value("/v1/embeddings", 0); };
+  const std::string body = json{{"model", "bge-m3"}, {"input", json::array({"alpha", "beta"})}}.dump();
+  auto keyed = bearer(s.user_key());
+  keyed["Idempotency-Key"] = "emb-retry-1";
+
+  double before = balance(c, s);
+  auto first = c.request(verb::post, "/v1/embeddings", keyed, body);
+  INFO(first.body);
+  REQUIRE(first.status == 200);
+  REQUIRE(first.json_body()["data"].size() == 2);
+  const double paid = before - balance(c, s);
+  CHECK(paid > 0);
+  CHECK(embeddings_calls() == 1);
+
+  // The retry (an SDK after a dropped connection): not run again, not charged again, and told
+  // plainly that the vectors are gone and what to do — not an empty 200 or a 502.
+  auto again = c.request(verb::post, "/v1/embeddings", keyed, body);
+  INFO(again.body);
+  CHECK(again.status == 409);
+  json err = again.json_body()["error"];
+  CHECK(err["type"] == "conflict_error");
+  CHECK(err["code"] == "idempotency_key_reused");
+  CHECK(err["message"].get<std::string>().find("send the request with a new key") != std::string::npos);
+  CHECK(embeddings_calls() == 1);
+  CHECK(before - balance(c, s) == Approx(paid));
+
+  // A different request under the same key is refused as well (409), never answered with the
+  // first one's result; a new key runs and pays.
+  auto other = c.request(verb::post, "/v1/embeddings", keyed,
+                         json{{"model", "bge-m3"}, {"input", json::array({"gamma"})}}.dump());
+  CHECK(other.status == 409);
+  CHECK(embeddings_calls() == 1);
+  keyed["Idempotency-Key"] = "emb-retry-2";
+  auto fresh = c.request(verb::post, "/v1/embeddings", keyed, body);
+  CHECK(fresh.status == 200);
+  CHECK(embeddings_calls() == 2);
+  CHECK(before - balance(c, s) == Approx(2 * paid));
+}
+
 // --- keys -------------------------------------------------------------------------------------
 
 TEST_CASE("inference: a backend key from the environment (api_key_env) is sent as Bearer and never shown to agents") {
