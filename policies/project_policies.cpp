@@ -1,4 +1,5 @@
 #include "policies/project_policies.hpp"
+#include "server/common/thread_name.hpp"
 
 #include <sys/stat.h>
 
@@ -160,7 +161,10 @@ void ProjectPolicies::watch(std::chrono::milliseconds interval, std::function<vo
     stop_ = false;
   }
   if (sources_.empty()) return;  // nothing to watch
-  watcher_ = std::thread([this, interval, cb = std::move(on_reloaded)] { watch_loop(interval, cb); });
+  watcher_ = std::thread([this, interval, cb = std::move(on_reloaded)] {
+    name_this_thread("sg-policy-watch");
+    watch_loop(interval, cb);
+  });
 }
 
 void ProjectPolicies::stop_watching() {

@@ -1,4 +1,5 @@
 #include "server/app.hpp"
+#include "server/common/thread_name.hpp"
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -292,7 +293,11 @@ int App::serve_http(const std::string& host, uint16_t port, const std::string& p
   watch_policies(io);
 
   std::vector<std::thread> threads;
-  for (int i = 1; i < thread_count(); ++i) threads.emplace_back([&io] { io.run(); });
+  for (int i = 1; i < thread_count(); ++i)
+    threads.emplace_back([&io, i] {
+      name_this_thread("sg-io-" + std::to_string(i));
+      io.run();
+    });
   io.run();
   for (auto& t : threads) t.join();
   drain_writers();
@@ -341,7 +346,11 @@ int App::serve_stdio() {
   wait_hup();
   watch_policies(io);
   std::vector<std::thread> threads;
-  for (int i = 0; i < thread_count(); ++i) threads.emplace_back([&io] { io.run(); });
+  for (int i = 0; i < thread_count(); ++i)
+    threads.emplace_back([&io, i] {
+      name_this_thread("sg-io-" + std::to_string(i));
+      io.run();
+    });
   transport::StdioOptions opts;
   opts.max_message_bytes = config_.max_message_bytes;
   opts.max_depth = config_.max_depth;

@@ -1,4 +1,5 @@
 #include "connectors/http/curl_client.hpp"
+#include "server/common/thread_name.hpp"
 
 #include <curl/curl.h>
 
@@ -305,7 +306,10 @@ CurlClient::CurlClient() : impl_(std::make_shared<Impl>()) {
   impl_->multi = curl_multi_init();
   if (!impl_->multi) throw std::runtime_error("curl_multi_init failed");
   curl_multi_setopt(impl_->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);
-  impl_->thread = std::thread([impl = impl_.get()] { impl->run(); });
+  impl_->thread = std::thread([impl = impl_.get()] {
+    name_this_thread("sg-http");
+    impl->run();
+  });
 }
 
 CurlClient::~CurlClient() {

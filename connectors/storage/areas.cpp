@@ -1,4 +1,5 @@
 #include "connectors/storage/areas.hpp"
+#include "server/common/thread_name.hpp"
 
 #include <algorithm>
 
@@ -75,6 +76,7 @@ std::string to_uri(const Location& l) {
 }
 
 Areas::Areas(const DataConfig& config, int file_threads) : config_(config), pool_(std::max(1, file_threads)) {
+  name_pool_threads(pool_, static_cast<std::size_t>(std::max(1, file_threads)), "sg-files");
   for (const auto& a : config_.areas) {
     storages_.emplace(key(a), std::make_shared<PosixStorage>(a));
     if (a.quota_bytes > 0 || a.quota_files > 0) quotas_.emplace(key(a), std::make_unique<Quota>());

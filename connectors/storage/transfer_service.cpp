@@ -1,4 +1,5 @@
 #include "connectors/storage/transfer_service.hpp"
+#include "server/common/thread_name.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
@@ -297,7 +298,11 @@ TransferService::TransferService(const Config& config, const std::filesystem::pa
     : config_(config), ledger_(ledger), areas_(areas), db_(db_path),
       transfer_pool_(static_cast<std::size_t>(config.data.max_concurrent + config.data.workers_per_transfer - 1)),
       hash_pool_(static_cast<std::size_t>(config.data.hash_threads)),
-      address_policy_(std::make_unique<AddressPolicy>(config.data.http.allowed_networks)) {}
+      address_policy_(std::make_unique<AddressPolicy>(config.data.http.allowed_networks)) {
+  name_pool_threads(transfer_pool_, static_cast<std::size_t>(config.data.max_concurrent + config.data.workers_per_transfer - 1),
+                    "sg-transfer");
+  name_pool_threads(hash_pool_, static_cast<std::size_t>(config.data.hash_threads), "sg-hash");
+}
 
 TransferService::~TransferService() { stop(); }
 

@@ -1,4 +1,5 @@
 #include "server/auth/jwks.hpp"
+#include "server/common/thread_name.hpp"
 
 #include <curl/curl.h>
 #include <openssl/bn.h>
@@ -278,7 +279,10 @@ JwksCache::Refresh JwksCache::refresh(bool force) {
   return Refresh::kRefreshed;
 }
 
-JwksRefresher::JwksRefresher(JwksCache& cache) : cache_(cache), thread_([this] { run(); }) {}
+JwksRefresher::JwksRefresher(JwksCache& cache) : cache_(cache), thread_([this] {
+  name_this_thread("sg-jwks");
+  run();
+}) {}
 
 JwksRefresher::~JwksRefresher() {
   {

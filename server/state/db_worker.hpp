@@ -18,12 +18,13 @@
 #include <functional>
 
 #include "server/state/database.hpp"
+#include "server/common/thread_name.hpp"
 
 namespace scigate::state {
 
 class DbWorker {
  public:
-  explicit DbWorker(const std::filesystem::path& path) : db_(path) {}
+  explicit DbWorker(const std::filesystem::path& path) : db_(path) { name_pool_threads(pool_, 1, "sg-db"); }
   ~DbWorker() { pool_.join(); }
 
   Database& db() { return db_; }

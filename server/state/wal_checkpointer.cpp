@@ -1,4 +1,5 @@
 #include "server/state/wal_checkpointer.hpp"
+#include "server/common/thread_name.hpp"
 
 #include <thread>
 
@@ -18,7 +19,10 @@ WalCheckpointer::WalCheckpointer(std::filesystem::path db_path, int threshold_fr
     return;  // watch() then leaves connections to checkpoint on their own
   }
   sqlite3_busy_timeout(db_, 0);  // a busy database is tried again at the next request
-  thread_ = std::thread([this] { run(); });
+  thread_ = std::thread([this] {
+    name_this_thread("sg-checkpoint");
+    run();
+  });
 }
 
 WalCheckpointer::~WalCheckpointer() {

@@ -1,4 +1,5 @@
 #include "server/state/wal_syncer.hpp"
+#include "server/common/thread_name.hpp"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -8,7 +9,10 @@
 namespace scigate::state {
 
 WalSyncer::WalSyncer(std::filesystem::path db_path) : wal_path_(db_path.string() + "-wal") {
-  thread_ = std::thread([this] { run(); });
+  thread_ = std::thread([this] {
+    name_this_thread("sg-walsync");
+    run();
+  });
 }
 
 WalSyncer::~WalSyncer() {

@@ -1,4 +1,5 @@
 #include "server/state/writer.hpp"
+#include "server/common/thread_name.hpp"
 
 #include <sched.h>
 #include <sqlite3.h>
@@ -33,7 +34,10 @@ Writer::Writer(const std::filesystem::path& db_path, Options options)
       commit_(db_.handle(), "COMMIT") {
   if (options_.checkpointer) options_.checkpointer->watch(db_.handle());
   if (options_.sync) syncer_ = std::make_unique<WalSyncer>(db_path);
-  thread_ = std::thread([this] { run(); });
+  thread_ = std::thread([this] {
+    name_this_thread("sg-writer");
+    run();
+  });
 }
 
 Writer::~Writer() {

@@ -1,4 +1,5 @@
 #include "server/transport/stdio_transport.hpp"
+#include "server/common/thread_name.hpp"
 
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>
@@ -24,7 +25,10 @@ namespace {
 // Writes whole lines to stdout from one thread, so a slow reader never blocks an I/O thread.
 class LineWriter {
  public:
-  explicit LineWriter(int fd) : fd_(fd), thread_([this] { loop(); }) {}
+  explicit LineWriter(int fd) : fd_(fd), thread_([this] {
+    name_this_thread("sg-stdout");
+    loop();
+  }) {}
   ~LineWriter() {
     {
       std::lock_guard g(mutex_);

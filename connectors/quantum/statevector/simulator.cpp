@@ -1,4 +1,5 @@
 #include "connectors/quantum/statevector/simulator.hpp"
+#include "server/common/thread_name.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -162,7 +163,11 @@ namespace {
 class ThreadTeam {
  public:
   explicit ThreadTeam(int threads) {
-    for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { work(i); });
+    for (int i = 1; i < threads; ++i)
+      workers_.emplace_back([this, i] {
+        name_this_thread("sg-qsim-" + std::to_string(i));
+        work(i);
+      });
   }
   ~ThreadTeam() {
     {

@@ -1,4 +1,5 @@
 #include "connectors/scheduler/local/local_scheduler.hpp"
+#include "server/common/thread_name.hpp"
 
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/post.hpp>
@@ -224,7 +225,11 @@ LocalScheduler::LocalScheduler(LocalSchedulerOptions options) : options_(std::mo
   fs::create_directories(options_.jobs_root / ".control");
   ::chmod((options_.jobs_root / ".control").c_str(), 0711);
   ::chmod(options_.jobs_root.c_str(), 0755);
-  runner_ = std::thread([this] { run(); });
+  name_pool_threads(files_, 1, "sg-job-files");
+  runner_ = std::thread([this] {
+    name_this_thread("sg-local-jobs");
+    run();
+  });
 }
 
 LocalScheduler::~LocalScheduler() {
