@@ -564,9 +564,11 @@ struct StreamReader {
       }
       json chunk = json::parse(e.data, nullptr, false);
       if (chunk.is_discarded()) continue;  // a keep-alive or junk line: not ours to judge
-      if (auto err = parse_error(chunk); err && !chunk.contains("choices")) {
-        error = err;
-        break;
+      if (!chunk.contains("choices")) {  // (a chunk with choices is never an error: no need to look)
+        if (auto err = parse_error(chunk)) {
+          error = err;
+          break;
+        }
       }
       ChunkDelta d = chunk_delta(chunk);
       out.text += d.text;

@@ -3,18 +3,25 @@
 namespace scigate::inference {
 
 bool SseParser::feed(std::string_view bytes, std::vector<SseEvent>* events) {
-  for (char c : bytes) {
-    if (c == '\n' && last_cr_) {  // the \n of a \r\n
+  // A line at a time, not a byte at a time: the run up to the next CR or LF is appended whole.
+  std::size_t i = 0;
+  const std::size_t n = bytes.size();
+  while (i < n) {
+    if (last_cr_) {  // the previous piece ended a line with \r: a \n next is the rest of \r\n
       last_cr_ = false;
-      continue;
+      if (bytes[i] == '\n') {
+        ++i;
+        continue;
+      }
     }
-    last_cr_ = c == '\r';
-    if (c == '\n' || c == '\r') {
-      end_line(events);
-      continue;
-    }
-    line_.push_back(c);
+    std::size_t end = i;
+    while (end < n && bytes[end] != '\n' && bytes[end] != '\r') ++end;
+    line_.append(bytes.data() + i, end - i);
     if (line_.size() + data_.size() + error_.size() > max_) return false;
+    if (end == n) break;  // the line goes on in the next piece
+    last_cr_ = bytes[end] == '\r';
+    end_line(events);
+    i = end + 1;
   }
   return true;
 }
@@ -51,7 +58,8 @@ std::optional<UpstreamError> parse_error(const json& body) {
   if (!body.is_object()) return std::nullopt;
   const json* e = nullptr;
   if (auto it = body.find("error"); it != body.end() && it->is_object()) e = &*it;
-  else if (body.value("object", "") == "error") e = &body;
+  else if (auto o = body.find("object"); o != body.end() && o->is_string() && o->get_ref<const std::string&>() == "error")
+    e = &body;
   // The bare error object (llama.cpp's `error:` stream field): a message with a code or type.
   else if (body.contains("message") && body["message"].is_string() && (body.contains("code") || body.contains("type")) &&
            !body.contains("choices"))
@@ -136,7 +144,8 @@ void CompletionBuilder::add(const json& chunk) {
   if (created_.is_null() && chunk.contains("created")) created_ = chunk["created"];
   if (model_.is_null() && chunk.contains("model")) model_ = chunk["model"];
   if (chunk.contains("system_fingerprint") && !chunk["system_fingerprint"].is_null()) fingerprint_ = chunk["system_fingerprint"];
-  if (chunk.value("object", "") == "text_completion") object_ = "text_completion";
+  if (auto o = chunk.find("object"); o != chunk.end() && o->is_string() && o->get_ref<const std::string&>() == "text_completion")
+    object_ = "text_completion";
   if (auto u = chunk.find("usage"); u != chunk.end() && u->is_object()) usage_ = *u;
   auto cs = chunk.find("choices");
   if (cs == chunk.end() || !cs->is_array()) return;

@@ -118,6 +118,11 @@ TEST_CASE("redact: credential-looking strings, wherever they are") {
       "https://x.blob.core.windows.net/c/f?sv=2021-08-06&sig=AbCdEfGh0123456789%2Fxyz",
       "host=db user=jobs password=hunter22 dbname=runs",
       "--password=hunter22",
+      // Names and schemes in any case.
+      "HOST=db USER=jobs PASSWORD=hunter22",
+      "BEARER ABCDEFGHIJKLMNOPQRSTUVWXYZ012345",
+      "X-API-KEY: 0123456789abcdef",
+      "https://files.example.org/get?Access_Token=AbC123dEf456",
   };
   for (const char* s : secrets) {
     INFO(s);

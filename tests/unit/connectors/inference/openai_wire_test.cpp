@@ -31,6 +31,23 @@ TEST_CASE("inference wire: SSE events survive any split, CRLF, comments and mult
     CHECK(parse_error_text(events[0].data)->message == "too long");
     CHECK(events[1].data == "[DONE]");
   }
+  {
+    // Lines ended by a lone CR (the SSE spec allows it), fed whole and a byte at a time.
+    const std::string cr = "data: one\r\rdata: two\rdata: three\r\r\r\ndata: [DONE]\r\n\r\n";
+    for (bool bytewise : {false, true}) {
+      SseParser p;
+      std::vector<SseEvent> events;
+      if (bytewise)
+        for (char c : cr) REQUIRE(p.feed(std::string_view(&c, 1), &events));
+      else
+        REQUIRE(p.feed(cr, &events));
+      REQUIRE(events.size() == 3);
+      CHECK(events[0].data == "one");
+      CHECK(events[1].data == "two\nthree");
+      CHECK(events[2].data == "[DONE]");
+      CHECK_FALSE(p.partial());
+    }
+  }
   SseParser p;
   std::vector<SseEvent> events;
   p.feed("data: {\"cut\": tr", &events);
