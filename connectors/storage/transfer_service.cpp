@@ -293,14 +293,20 @@ std::string TransferService::new_id() {
   return id;
 }
 
+namespace {
+// One thread per running transfer, plus the extra workers one transfer may use.
+std::size_t transfer_threads(const DataConfig& d) {
+  return static_cast<std::size_t>(d.max_concurrent + d.workers_per_transfer - 1);
+}
+}  // namespace
+
 TransferService::TransferService(const Config& config, const std::filesystem::path& db_path, Ledger& ledger,
                                  Areas& areas)
     : config_(config), ledger_(ledger), areas_(areas), db_(db_path),
-      transfer_pool_(static_cast<std::size_t>(config.data.max_concurrent + config.data.workers_per_transfer - 1)),
+      transfer_pool_(transfer_threads(config.data)),
       hash_pool_(static_cast<std::size_t>(config.data.hash_threads)),
       address_policy_(std::make_unique<AddressPolicy>(config.data.http.allowed_networks)) {
-  name_pool_threads(transfer_pool_, static_cast<std::size_t>(config.data.max_concurrent + config.data.workers_per_transfer - 1),
-                    "sg-transfer");
+  name_pool_threads(transfer_pool_, transfer_threads(config.data), "sg-transfer");
   name_pool_threads(hash_pool_, static_cast<std::size_t>(config.data.hash_threads), "sg-hash");
 }
 
