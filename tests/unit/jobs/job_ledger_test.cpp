@@ -86,14 +86,19 @@ struct Running {
   asio::io_context io;
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work{io.get_executor()};
   std::thread thread;
-  explicit Running(JobService& svc) {
+  JobService& svc;
+  explicit Running(JobService& s) : svc(s) {
     svc.start(io);
     thread = std::thread([this] { io.run(); });
   }
+  // As the server does (App::drain_writers): the service's database thread may still post a
+  // poller's completion to `io`; it must do so before `io` is destroyed (ASan saw one land in
+  // a dead io_context).
   ~Running() {
     work.reset();
     io.stop();
     thread.join();
+    svc.stop();
   }
 };
 
