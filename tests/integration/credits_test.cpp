@@ -18,6 +18,7 @@
 #include <set>
 
 #include "server_process.hpp"
+#include "tests/support/eventually.hpp"
 
 using namespace scigate::itest;
 using http::verb;
@@ -232,6 +233,13 @@ TEST_CASE("credits cli: a sub-budget bounds its user, a credit line lets the pro
   auto sleep_for = [&](const std::string& key, double seconds) {
     return call_tool(c, key, "sleep", {{"seconds", seconds}, {"steps", 1}}, lab);
   };
+
+  // The grants came from another process: the server's ledger picks them up within its check
+  // for other writers (50 ms), not at the instant the CLI returns (CI once ran the next call
+  // inside that window). get_usage runs in a ledger transaction, which reloads when they moved.
+  REQUIRE(scigate::test::eventually([&] {
+    return call_tool(c, bea, "get_usage", json::object(), lab)["structuredContent"]["sub_budget"].is_object();
+  }));
 
   // bea is held to her sub-budget, though the project could pay.
   auto refused = sleep_for(bea, 0.05);
