@@ -216,26 +216,50 @@ namespace {
 // In-memory hold ids taken per claim: ample for one owner's time alone (2^40 calls), and the
 // int64 range below zero lasts 2^23 claims. An owner that runs out writes rows again.
 constexpr int64_t kHoldIdBlock = int64_t(1) << 40;
-}  // namespace
 
-bool SqliteLedger::try_lock(short type) {
-  // Open-file-description locks: per open(), so two ledgers in one process exclude each other
-  // like two processes; and a conversion either happens whole or not at all (flock(2) drops
-  // the old lock first), so an owner that fails to go exclusive stays shared.
-  struct flock fl {};
-  fl.l_type = type;
-  fl.l_whence = SEEK_SET;
-  return ::fcntl(lock_fd_, F_OFD_SETLK, &fl) == 0;
-}
-
-void SqliteLedger::claim(const std::filesystem::path& db_path, std::chrono::milliseconds wait) {
-  using steady = std::chrono::steady_clock;
-  if (lock_fd_ >= 0) return;
+// The lock file beside the database that says who decides holds in memory.
+int open_ledger_lock(const std::filesystem::path& db_path) {
   auto path = db_path;
   path += "-ledger.lock";
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0) throw std::runtime_error("credit ledger: cannot open " + path.string() + ": " + std::strerror(errno));
-  lock_fd_ = fd;
+  return fd;
+}
+
+// Open-file-description locks: per open(), so two ledgers in one process exclude each other
+// like two processes; and a conversion either happens whole or not at all (flock(2) drops the
+// old lock first), so an owner that fails to go exclusive stays shared.
+bool ofd_lock(int fd, short type) {
+  struct flock fl {};
+  fl.l_type = type;
+  fl.l_whence = SEEK_SET;
+  return ::fcntl(fd, F_OFD_SETLK, &fl) == 0;
+}
+
+// Takes the lock shared once its owner has written its holds out: `signal` moves the epoch,
+// and is repeated every 250 ms (the owner may have been idle, or busy). False at `deadline`.
+bool share_when_owner_yields(int fd, const std::function<void()>& signal,
+                             std::chrono::steady_clock::time_point deadline) {
+  using steady = std::chrono::steady_clock;
+  for (;;) {
+    signal();
+    auto until = std::min(deadline, steady::now() + std::chrono::milliseconds(250));
+    while (steady::now() < until) {
+      if (ofd_lock(fd, F_RDLCK)) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    if (steady::now() >= deadline) return ofd_lock(fd, F_RDLCK);
+  }
+}
+}  // namespace
+
+bool SqliteLedger::try_lock(short type) { return ofd_lock(lock_fd_, type); }
+
+void SqliteLedger::claim(const std::filesystem::path& db_path, std::chrono::milliseconds wait) {
+  if (lock_fd_ >= 0) return;
+  auto path = db_path;
+  path += "-ledger.lock";
+  lock_fd_ = open_ledger_lock(db_path);
   if (try_lock(F_WRLCK)) {
     {
       std::lock_guard g(mirror_);
@@ -255,28 +279,41 @@ void SqliteLedger::claim(const std::filesystem::path& db_path, std::chrono::mill
     lock_fd_ = -1;
     return;
   }
-  // Another server owns it: move the epoch so that it writes its holds out and shares, and
-  // take the lock shared once it has. Asked again every 250 ms (it may have been idle).
-  auto deadline = steady::now() + wait;
-  for (;;) {
-    run_blocking(std::make_shared<Op>(this, Op::Kind::kSignal));
-    auto until = std::min(deadline, steady::now() + std::chrono::milliseconds(250));
-    while (steady::now() < until) {
-      if (try_lock(F_RDLCK)) {
-        std::lock_guard g(mirror_);
-        lock_ = Lock::kShared;
-        shared_since_ = steady::now();
-        log::info("credit_ledger_shared", {{"lock", path.string()}, {"holds", "rows"}});
-        writer_->tick_now(this);  // try to own it alone once the other server is gone
-        return;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    }
-    if (steady::now() >= deadline)
-      throw std::runtime_error("credit ledger: another scigate server holds " + path.string() +
-                               " and did not share the ledger within " + std::to_string(wait.count()) +
-                               " ms; is it stopped (SIGSTOP, a debugger)?");
+  // Another server owns it: move the epoch so that it writes its holds out and shares.
+  bool shared = share_when_owner_yields(
+      lock_fd_, [this] { run_blocking(std::make_shared<Op>(this, Op::Kind::kSignal)); },
+      std::chrono::steady_clock::now() + wait);
+  if (!shared)
+    throw std::runtime_error("credit ledger: another scigate server holds " + path.string() +
+                             " and did not share the ledger within " + std::to_string(wait.count()) +
+                             " ms; is it stopped (SIGSTOP, a debugger)?");
+  {
+    std::lock_guard g(mirror_);
+    lock_ = Lock::kShared;
+    shared_since_ = std::chrono::steady_clock::now();
   }
+  log::info("credit_ledger_shared", {{"lock", path.string()}, {"holds", "rows"}});
+  writer_->tick_now(this);  // try to own it alone once the other server is gone
+}
+
+LedgerVisit::LedgerVisit(const std::filesystem::path& db_path, const std::function<void()>& signal,
+                         std::chrono::milliseconds wait) {
+  fd_ = open_ledger_lock(db_path);
+  if (ofd_lock(fd_, F_RDLCK)) {
+    shared_ = true;  // no owner alone: every server decides holds in transactions
+    return;
+  }
+  if (errno != EAGAIN && errno != EACCES) {
+    shared_ = true;  // no locks on this file system: no server can own the ledger alone
+    ::close(fd_);
+    fd_ = -1;
+    return;
+  }
+  shared_ = share_when_owner_yields(fd_, signal, std::chrono::steady_clock::now() + wait);
+}
+
+LedgerVisit::~LedgerVisit() {
+  if (fd_ >= 0) ::close(fd_);
 }
 
 bool SqliteLedger::owns_alone() const {

@@ -35,6 +35,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <mutex>
 
@@ -149,13 +150,39 @@ class SqliteLedger final : public Ledger, private state::Writer::Participant {
   enum class Lock { kNone, kShared, kClaiming, kExclusive };
   Lock lock_ = Lock::kNone;
   bool alone_ = false;          // holds in memory now: exclusive lock, mirror current
-  bool stale_ = false;
-  bool claim_applied_ = false;  // a kClaim ran in the open transaction          // a rollback left the mirror ahead of the database until reload
+  bool stale_ = false;          // a rollback left the mirror ahead of the database until reload
+  bool claim_applied_ = false;  // a kClaim ran in the open transaction
   int64_t next_hold_id_ = 0, hold_id_end_ = 0;  // in-memory ids: next_hold_id_ down to > hold_id_end_
   int lock_fd_ = -1;
   state::Writer::TimePoint shared_since_{};    // when the lock went shared
   state::Writer::TimePoint next_sweep_;        // writer thread
   std::atomic<uint64_t> operations_{0}, reloads_{0}, memory_holds_{0}, yields_{0};
+};
+
+// For a process that changes the ledger without spending from it (`scigate credits grant`):
+// holds the ledger's lock shared while it lives, after asking a server that owns the database
+// alone (holds in memory, decided against its mirror) to write its holds out and share — the
+// request a second server makes in claim(). While any process holds the lock shared, servers
+// decide every hold in a transaction, which reloads what another connection committed: a
+// change made under a LedgerVisit applies to every hold decided after its COMMIT. Without it,
+// an owner would notice the change only at its next look at the epoch (contender_poll, ~50 ms)
+// and could decide holds in that window against a limit the change had just tightened.
+class LedgerVisit {
+ public:
+  // `signal` moves credit_meta.epoch in a transaction of its own (an owner that sees it move
+  // yields); it is repeated every 250 ms until the owner shares or `wait` passes.
+  LedgerVisit(const std::filesystem::path& db_path, const std::function<void()>& signal,
+              std::chrono::milliseconds wait);
+  ~LedgerVisit();  // the lock goes: an owner takes the database back alone after reclaim_after
+  LedgerVisit(const LedgerVisit&) = delete;
+  LedgerVisit& operator=(const LedgerVisit&) = delete;
+  // False when an owner did not share within `wait` (a stopped process): it may decide holds
+  // against the old state until it next looks at the epoch.
+  bool shared() const { return shared_; }
+
+ private:
+  int fd_ = -1;
+  bool shared_ = false;
 };
 
 }  // namespace scigate

@@ -115,6 +115,24 @@ std::string writer_metrics(const state::Writer::Stats& s) {
   counter("scigate_state_poll_hits_total", "Polls that found a write before their budget ran out.", s.spin_hits);
   return o;
 }
+
+std::string ledger_metrics(const SqliteLedger& ledger) {
+  auto s = ledger.stats();
+  std::string o;
+  o += "# HELP scigate_credit_memory_holds_total Holds decided in memory (the server owned the ledger alone).\n"
+       "# TYPE scigate_credit_memory_holds_total counter\nscigate_credit_memory_holds_total " +
+       std::to_string(s.memory_holds) + "\n";
+  o += "# HELP scigate_credit_yields_total Times the server wrote its holds out to share the ledger (a CLI grant, a "
+       "second server).\n# TYPE scigate_credit_yields_total counter\nscigate_credit_yields_total " +
+       std::to_string(s.yields) + "\n";
+  o += "# HELP scigate_credit_reloads_total Times the server reloaded the ledger after another process wrote to it.\n"
+       "# TYPE scigate_credit_reloads_total counter\nscigate_credit_reloads_total " +
+       std::to_string(s.reloads) + "\n";
+  o += "# HELP scigate_credit_ledger_alone 1 while holds are decided in memory, 0 while every hold is a row.\n"
+       "# TYPE scigate_credit_ledger_alone gauge\nscigate_credit_ledger_alone " +
+       std::string(ledger.owns_alone() ? "1" : "0") + "\n";
+  return o;
+}
 }  // namespace
 
 CreditLedgerOptions credit_ledger_options(const Config& config) {
@@ -167,6 +185,7 @@ App::App(Config config)
   if (sqlite_ledger_)
     jobs_->set_pricer([ledger = sqlite_ledger_](const Usage& u) { return ledger->rates().price(u); });
   metrics_.add_collector([this] { return writer_metrics(writer_.stats()); });
+  if (sqlite_ledger_) metrics_.add_collector([ledger = sqlite_ledger_] { return ledger_metrics(*ledger); });
   policy_.set_reload_observer([this](const std::vector<ProjectPolicies::ReloadEvent>& events) {
     for (const auto& e : events) audit_.append(policy_reload_record(e));
   });

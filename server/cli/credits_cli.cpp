@@ -3,9 +3,11 @@
 #include <cstdlib>
 #include <ctime>
 #include <iomanip>
+#include <iostream>
 #include <sstream>
 #include <stdexcept>
 
+#include "policies/credit_ledger.hpp"
 #include "policies/credit_store.hpp"
 #include "policies/credits.hpp"
 #include "server/app.hpp"
@@ -41,6 +43,9 @@ std::unique_ptr<state::Database> open_db(const Config& config) {
   db->migrate(state::schema_migrations());
   return db;
 }
+
+// How long a grant waits for a running server to share the ledger (it answers within ~50 ms).
+constexpr std::chrono::milliseconds kServerShareWait{5000};
 
 credits::CreditStore store_for(state::Database& db, const Config& config) {
   return credits::CreditStore(db.handle(), credit_ledger_options(config).projects, nullptr);
@@ -324,6 +329,25 @@ int64_t grant_credits(const Config& config, const std::string& project, const st
   auto db = open_db(config);
   db->exec("PRAGMA synchronous=FULL");  // a grant is money: it must survive power loss
   auto store = store_for(*db, config);
+  // A running server that decides holds in memory is asked to share the ledger first, so the
+  // grant (a new sub-budget can tighten a user's limit) applies to every hold after the COMMIT.
+  LedgerVisit visit(
+      config.database,
+      [&] {
+        store.begin();
+        try {
+          store.bump_epoch();
+          store.commit();
+        } catch (...) {
+          store.rollback();
+          throw;
+        }
+      },
+      kServerShareWait);
+  if (!visit.shared())
+    std::cerr << "warning: the scigate server using " << config.database.string() << " did not answer within "
+              << kServerShareWait.count() / 1000 << " s (stopped?); it applies this grant within ~50 ms of running "
+              << "again\n";
   store.begin();
   try {
     store.load();

@@ -1,7 +1,8 @@
 #pragma once
 // `scigate credits grant|balance|statement|rates|verify`: the managers' and auditors' side of the
 // credit ledger. These work on the database directly, whether or not a server is running; a
-// grant tells a running server to reload (credit_meta.epoch), so it applies to the next call.
+// grant first asks a running server that holds in memory to share the ledger (LedgerVisit), so
+// it applies to every call whose hold is decided after the command returns.
 #include <map>
 #include <optional>
 #include <ostream>

@@ -25,14 +25,6 @@ json call(Client& c, const std::string& key, const json& req) {
   return r.json_body();
 }
 
-int metric(uint16_t port, const std::string& series) {
-  Client c(port);
-  auto r = c.request(verb::get, "/metrics", {});
-  auto p = r.body.find("\n" + series + " ");  // a sample line, not its # HELP
-  if (p == std::string::npos) return 0;
-  return std::stoi(r.body.substr(p + series.size() + 2));
-}
-
 }  // namespace
 
 TEST_CASE("http: health, readiness and metrics endpoints") {
@@ -65,6 +57,10 @@ TEST_CASE("http: /metrics counts the state writer's commits") {
   for (const char* series : {"scigate_state_fsyncs_total", "scigate_state_polls_total", "scigate_state_poll_hits_total",
                              "scigate_state_lock_waits_total", "scigate_state_retried_batches_total"})
     CHECK(m.body.find(std::string("# TYPE ") + series + " counter\n" + series + " ") != std::string::npos);
+  for (const char* series : {"scigate_credit_memory_holds_total", "scigate_credit_yields_total",
+                             "scigate_credit_reloads_total"})
+    CHECK(m.body.find(std::string("# TYPE ") + series + " counter\n" + series + " ") != std::string::npos);
+  CHECK(m.body.find("# TYPE scigate_credit_ledger_alone gauge\n") != std::string::npos);
 }
 
 TEST_CASE("http: authentication at the edge") {

@@ -369,4 +369,12 @@ std::string create_key(const ServerProcess& s, const std::string& principal) {
   return out;
 }
 
+int64_t metric(uint16_t port, const std::string& series) {
+  Client c(port);
+  auto r = c.request(http::verb::get, "/metrics", {});
+  auto p = r.body.find("\n" + series + " ");  // a sample line, not its # HELP
+  if (p == std::string::npos) return 0;
+  return std::stoll(r.body.substr(p + series.size() + 2));
+}
+
 }  // namespace scigate::itest

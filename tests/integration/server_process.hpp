@@ -107,6 +107,8 @@ std::map<std::string, std::string> modern_headers(const std::string& key, const 
                                                   const std::string& name = "");
 std::map<std::string, std::string> legacy_headers(const std::string& key, const std::string& session = "");
 json modern_request(json id, const std::string& method, json params = json::object());
+// The value of one sample of GET /metrics (a series without labels); 0 when absent.
+int64_t metric(uint16_t port, const std::string& series);
 // A 2025-11-25 initialize request (id 1).
 json legacy_initialize();
 // The bytes of a POST /mcp, for tests that read the answer as a stream or drop the connection.

@@ -6,6 +6,9 @@
 
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <filesystem>
@@ -915,6 +918,87 @@ TEST_CASE("credit ledger: alone on its database, a hold is decided in memory and
   CHECK(r.run(ledger.settle(big.hold, units(15), json::object())) == 15 * C);
   CHECK(db.scalar("SELECT balance FROM credit_accounts WHERE account = 'acct-p'") == 3 * C);
   check_books(db, clock.ms);
+}
+
+TEST_CASE("credit ledger: a change made under a LedgerVisit binds an owner's very next hold") {
+  TempDb db;
+  TestClock clock;
+  grant(db, clock, "acct-p", 10 * C);
+  auto o = quick_options(clock);
+  // The owner looks at the epoch only this often when idle: without the visit, a hold decided
+  // in memory this soon after the change would still see the old limits.
+  o.contender_poll = std::chrono::milliseconds(300);
+  SqliteLedger ledger(db.path, o);
+  ledger.claim(db.path);
+  REQUIRE(ledger.owns_alone());
+  Runner r;
+  auto before = r.run(ledger.reserve(request("P", units(2), "bob")));
+  REQUIRE_FALSE(before.error);
+  CHECK(before.hold.id.front() == '-');  // in memory
+  int signals = 0;
+  {
+    LedgerVisit visit(
+        db.path,
+        [&] {
+          ++signals;
+          state::Database conn(db.path);
+          credits::CreditStore store(conn.handle(), make_options(clock).projects, clock.fn());
+          store.begin();
+          store.bump_epoch();
+          store.commit();
+        },
+        std::chrono::seconds(5));
+    REQUIRE(visit.shared());
+    CHECK(signals >= 1);
+    CHECK_FALSE(ledger.owns_alone());
+    CHECK(db.scalar("SELECT COUNT(*) FROM credit_holds WHERE state = 'open'") == 1);  // written out
+    // A new sub-budget tightens bob's limit to 1 credit: his next hold is refused at once.
+    grant(db, clock, "acct-p", 1 * C, std::nullopt, "bob");
+    auto refused = r.run(ledger.reserve(request("P", units(2), "bob")));
+    REQUIRE(refused.error);
+    CHECK(refused.error->code == ErrorCode::kInsufficientCredits);
+    CHECK(refused.error->message.find("bob's sub-budget") != std::string::npos);
+    // A second visitor while the owner shares gets the lock at once, without asking.
+    int second_signals = 0;
+    LedgerVisit again(db.path, [&] { ++second_signals; }, std::chrono::seconds(5));
+    CHECK(again.shared());
+    CHECK(second_signals == 0);
+  }
+  // The visits over, the owner takes the database back and holds in memory again.
+  CHECK(eventually([&] { return ledger.owns_alone(); }));
+  auto after = r.run(ledger.reserve(request("P", units(1))));
+  REQUIRE_FALSE(after.error);
+  CHECK(after.hold.id.front() == '-');
+  CHECK(r.run(ledger.settle(before.hold, units(2), json::object())) == 2 * C);
+  r.run(ledger.release(after.hold));
+  check_books(db, clock.ms);
+}
+
+TEST_CASE("credit ledger: a visitor takes the lock at once with no owner, and gives up on one that never shares") {
+  TempDb db;
+  int signals = 0;
+  {
+    LedgerVisit visit(db.path, [&] { ++signals; }, std::chrono::seconds(5));
+    CHECK(visit.shared());
+    CHECK(signals == 0);
+  }
+  // An owner that holds the lock and never answers (a stopped server): asked again every
+  // 250 ms, then the visit gives up at its deadline and says so.
+  std::string lock_path = db.path.string() + "-ledger.lock";
+  int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  REQUIRE(fd >= 0);
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  REQUIRE(::fcntl(fd, F_OFD_SETLK, &fl) == 0);
+  auto t0 = std::chrono::steady_clock::now();
+  LedgerVisit stuck(db.path, [&] { ++signals; }, std::chrono::milliseconds(600));
+  auto waited = std::chrono::steady_clock::now() - t0;
+  CHECK_FALSE(stuck.shared());
+  CHECK(signals >= 2);  // at 0, 250 and 500 ms (a stalled machine may skip the last)
+  CHECK(waited >= std::chrono::milliseconds(600));
+  CHECK(waited < std::chrono::seconds(5));
+  ::close(fd);
 }
 
 TEST_CASE("credit ledger: a second server makes the owner write its holds out, and neither overspends") {
