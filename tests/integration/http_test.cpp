@@ -293,6 +293,28 @@ TEST_CASE("http: progress streams as SSE and closing the stream cancels the call
   CHECK(s.wait_for_log("\"outcome\":\"cancelled\""));
 }
 
+TEST_CASE("http: a request pipelined behind a running call is served after it, whole") {
+  // The first call runs under the disconnect watch, which reads whatever arrives meanwhile in
+  // small pieces; the second request (larger than one such read) must come out intact.
+  auto& s = shared_server();
+  auto slow = modern_request(1, "tools/call", {{"name", "sleep"}, {"arguments", {{"seconds", 0.2}, {"steps", 1}}}});
+  std::string text(3000, 'p');
+  auto echo = modern_request(2, "tools/call", {{"name", "echo"}, {"arguments", {{"text", text}}}});
+  Client c(s.port());
+  c.send_raw(raw_post(modern_headers(s.user_key(), "tools/call", "sleep"), slow.dump()) +
+             raw_post(modern_headers(s.user_key(), "tools/call", "echo"), echo.dump()));
+  beast::flat_buffer buffer;
+  for (int id : {1, 2}) {
+    http::response<http::string_body> res;
+    http::read(c.socket(), buffer, res);
+    REQUIRE(res.result_int() == 200);
+    auto body = json::parse(res.body());
+    CHECK(body["id"] == id);
+    CHECK(body["result"]["isError"] == false);
+    if (id == 2) CHECK(body["result"]["structuredContent"]["text"] == text);
+  }
+}
+
 TEST_CASE("http: a short SSE call ends with its response and the connection is reusable") {
   auto& s = shared_server();
   auto req = modern_request(6, "tools/call", {{"name", "sleep"}, {"arguments", {{"seconds", 0.05}, {"steps", 2}}}});
