@@ -298,7 +298,16 @@ void SqliteLedger::claim(const std::filesystem::path& db_path, std::chrono::mill
 
 LedgerVisit::LedgerVisit(const std::filesystem::path& db_path, const std::function<void()>& signal,
                          std::chrono::milliseconds wait) {
-  fd_ = open_ledger_lock(db_path);
+  auto path = db_path;
+  path += "-ledger.lock";
+  // Not created here: a server creates it when it claims the ledger, so none exists where no
+  // server ever ran (and a CLI run as another user leaves no file the server cannot open).
+  fd_ = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd_ < 0) {
+    shared_ = errno == ENOENT;
+    if (!shared_) problem_ = path.string() + ": " + std::strerror(errno);
+    return;
+  }
   if (ofd_lock(fd_, F_RDLCK)) {
     shared_ = true;  // no owner alone: every server decides holds in transactions
     return;
@@ -310,6 +319,8 @@ LedgerVisit::LedgerVisit(const std::filesystem::path& db_path, const std::functi
     return;
   }
   shared_ = share_when_owner_yields(fd_, signal, std::chrono::steady_clock::now() + wait);
+  if (!shared_) problem_ = "the server holding " + path.string() + " did not share the ledger within " +
+                           std::to_string(wait.count()) + " ms (stopped?)";
 }
 
 LedgerVisit::~LedgerVisit() {

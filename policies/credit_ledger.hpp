@@ -38,6 +38,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
 
 #include "policies/credit_store.hpp"
 #include "policies/credits.hpp"
@@ -176,13 +177,16 @@ class LedgerVisit {
   ~LedgerVisit();  // the lock goes: an owner takes the database back alone after reclaim_after
   LedgerVisit(const LedgerVisit&) = delete;
   LedgerVisit& operator=(const LedgerVisit&) = delete;
-  // False when an owner did not share within `wait` (a stopped process): it may decide holds
-  // against the old state until it next looks at the epoch.
+  // False when an owner did not share within `wait` (a stopped process) or the lock file
+  // cannot be opened (permissions): a server may then decide holds against the old state until
+  // it next looks at the epoch. problem() says which.
   bool shared() const { return shared_; }
+  const std::string& problem() const { return problem_; }
 
  private:
   int fd_ = -1;
   bool shared_ = false;
+  std::string problem_;
 };
 
 }  // namespace scigate

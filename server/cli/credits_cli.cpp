@@ -345,9 +345,8 @@ int64_t grant_credits(const Config& config, const std::string& project, const st
       },
       kServerShareWait);
   if (!visit.shared())
-    std::cerr << "warning: the scigate server using " << config.database.string() << " did not answer within "
-              << kServerShareWait.count() / 1000 << " s (stopped?); it applies this grant within ~50 ms of running "
-              << "again\n";
+    std::cerr << "warning: could not ask a running scigate server to share the ledger first (" << visit.problem()
+              << "); a running server applies this grant within ~50 ms\n";
   store.begin();
   try {
     store.load();

@@ -977,14 +977,16 @@ TEST_CASE("credit ledger: a change made under a LedgerVisit binds an owner's ver
 TEST_CASE("credit ledger: a visitor takes the lock at once with no owner, and gives up on one that never shares") {
   TempDb db;
   int signals = 0;
+  std::string lock_path = db.path.string() + "-ledger.lock";
   {
+    // No server ever claimed this database: no lock file, and the visit makes none.
     LedgerVisit visit(db.path, [&] { ++signals; }, std::chrono::seconds(5));
     CHECK(visit.shared());
     CHECK(signals == 0);
+    CHECK_FALSE(std::filesystem::exists(lock_path));
   }
   // An owner that holds the lock and never answers (a stopped server): asked again every
   // 250 ms, then the visit gives up at its deadline and says so.
-  std::string lock_path = db.path.string() + "-ledger.lock";
   int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   REQUIRE(fd >= 0);
   struct flock fl {};
@@ -995,6 +997,7 @@ TEST_CASE("credit ledger: a visitor takes the lock at once with no owner, and gi
   LedgerVisit stuck(db.path, [&] { ++signals; }, std::chrono::milliseconds(600));
   auto waited = std::chrono::steady_clock::now() - t0;
   CHECK_FALSE(stuck.shared());
+  CHECK(stuck.problem().find("did not share the ledger within 600 ms") != std::string::npos);
   CHECK(signals >= 2);  // at 0, 250 and 500 ms (a stalled machine may skip the last)
   CHECK(waited >= std::chrono::milliseconds(600));
   CHECK(waited < std::chrono::seconds(5));
