@@ -97,6 +97,75 @@ json ToolCallPipeline::error_result(const Error& e) {
               {"_meta", {{"io.scigate/error", err}}}};
 }
 
+ToolCallPipeline::Admission ToolCallPipeline::admit(const ToolCallRequest& req, AuditRecord& audit,
+                                                    json& facts) const {
+  Admission a;
+  auto refuse = [&a](const char* outcome, Error e) -> Admission& {
+    a.outcome = outcome;
+    a.refusal = std::move(e);
+    return a;
+  };
+  // 1. The tool, which must also be one the caller may see.
+  Tool* tool = registry_.find(req.tool);
+  if (!tool || !visible(req.principal, *tool)) {
+    a.unknown_tool = true;
+    return refuse("invalid", Error{ErrorCode::kNotFound, "unknown tool", {}, {}});
+  }
+  const ToolDescriptor& desc = tool->descriptor();
+
+  // 2. The project the call is for, and the caller's role there.
+  a.project = req.requested_project.empty() ? req.principal.default_project() : req.requested_project;
+  const std::string& project = a.project;
+  audit.project = project;
+  if (project.empty() && desc.needs_project)
+    return refuse("denied", Error{ErrorCode::kForbidden,
+                                  req.principal.name + " is not a member of any project, and " + req.tool +
+                                      " must be charged to one",
+                                  "ask an administrator to add " + req.principal.name + " to a project", {}});
+  if (!project.empty() && !req.principal.member_of(project)) {
+    std::string mine;
+    for (const auto& p : req.principal.projects) mine += (mine.empty() ? "" : ", ") + p;
+    return refuse("denied",
+                  Error{ErrorCode::kForbidden, req.principal.name + " is not a member of project " + project,
+                        mine.empty() ? "ask an administrator to add you to a project"
+                                     : "act for one of your projects (" + mine +
+                                           ") with _meta[\"io.scigate/project\"] or the X-Scigate-Project header",
+                        {}});
+  }
+  if (!project.empty() && !req.principal.has_role(project, desc.required_role))
+    return refuse("denied", Error{ErrorCode::kForbidden,
+                                  req.tool + " needs the " + desc.required_role + " role in project " + project +
+                                      ", which " + req.principal.name + " does not hold",
+                                  "ask a project admin to grant the " + desc.required_role + " role", {}});
+
+  // 3. Arguments against the tool's inputSchema; the audit keeps them, secrets redacted.
+  if (auto e = registry_.validate_arguments(*tool, req.arguments)) return refuse("invalid", std::move(*e));
+  facts["arguments"] = redact_arguments(req.arguments, desc.input_schema);
+
+  // 3b. Facts the tool derives from the arguments (a circuit's qubits), which policy conditions
+  // and the credit hold see beside the arguments.
+  std::variant<json, Error> derived = tool->derive_facts(req.arguments);
+  if (auto* e = std::get_if<Error>(&derived)) return refuse("invalid", std::move(*e));
+  const json& derived_facts = std::get<json>(derived);
+  a.decided_args = merge_derived_facts(req.arguments, derived_facts);
+  if (!derived_facts.empty()) facts["derived"] = derived_facts;
+
+  // 4. Policy (rules, then rate limits).
+  Decision decision = policy_.decide(PolicyQuery{req.principal, project, req.tool, a.decided_args});
+  audit.decision_rules = join(decision.rule_ids);
+  if (!decision.policy_hash.empty()) facts["policy_hash"] = decision.policy_hash;
+  if (!decision.permitted()) {
+    Error e{decision.retry_after ? ErrorCode::kRateLimited : ErrorCode::kPolicyDenied, decision.reason,
+            decision.hint + derived_fact_note(decision.reason, decision.hint, derived_facts, req.arguments), {}};
+    if (decision.retry_after) e.retry_after_ms = std::max<int64_t>(1, decision.retry_after->count());
+    if (e.message.find("(rule ") == std::string::npos && !audit.decision_rules.empty())
+      e.message += " (rule " + audit.decision_rules + ")";
+    return refuse(decision.retry_after ? "rate_limited" : "denied", std::move(e));
+  }
+  a.tool = tool;
+  return a;
+}
+
 asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
   const auto started = std::chrono::steady_clock::now();
   // Cancellation stops the tool, never the bookkeeping around it: holds are released and the
@@ -148,76 +217,20 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
   Hold hold;
   std::exception_ptr fault;
   try {
-    // 1. The tool, which must also be one the caller may see.
-    tool = registry_.find(req.tool);
-    if (!tool || !visible(req.principal, *tool)) {
-      out.protocol_error = jsonrpc::ProtocolError{jsonrpc::kInvalidParams, "Unknown tool: " + req.tool, nullptr, nullptr};
-      Error e{ErrorCode::kNotFound, "unknown tool", {}, {}};
-      co_await finish("invalid", &e);
+    // 1-4. The tool, the project and role, the arguments and policy: nothing waits there.
+    Admission adm = admit(req, audit, facts);
+    project = adm.project;
+    if (adm.refusal) {
+      if (adm.unknown_tool) {
+        out.protocol_error = jsonrpc::ProtocolError{jsonrpc::kInvalidParams, "Unknown tool: " + req.tool, nullptr, nullptr};
+        co_await finish(adm.outcome, &*adm.refusal);
+      } else {
+        co_await fail(adm.outcome, *adm.refusal);
+      }
       co_return out;
     }
-    const ToolDescriptor& desc = tool->descriptor();
-
-    // 2. The project the call is for, and the caller's role there.
-    project = req.requested_project.empty() ? req.principal.default_project() : req.requested_project;
-    audit.project = project;
-    if (project.empty() && desc.needs_project) {
-      Error e{ErrorCode::kForbidden, req.principal.name + " is not a member of any project, and " + req.tool +
-                                         " must be charged to one",
-              "ask an administrator to add " + req.principal.name + " to a project", {}};
-      co_await fail("denied", e);
-      co_return out;
-    }
-    if (!project.empty() && !req.principal.member_of(project)) {
-      std::string mine;
-      for (const auto& p : req.principal.projects) mine += (mine.empty() ? "" : ", ") + p;
-      Error e{ErrorCode::kForbidden, req.principal.name + " is not a member of project " + project,
-              mine.empty() ? "ask an administrator to add you to a project"
-                           : "act for one of your projects (" + mine + ") with _meta[\"io.scigate/project\"] or the X-Scigate-Project header",
-              {}};
-      co_await fail("denied", e);
-      co_return out;
-    }
-    if (!project.empty() && !req.principal.has_role(project, desc.required_role)) {
-      Error e{ErrorCode::kForbidden,
-              req.tool + " needs the " + desc.required_role + " role in project " + project + ", which " +
-                  req.principal.name + " does not hold",
-              "ask a project admin to grant the " + desc.required_role + " role", {}};
-      co_await fail("denied", e);
-      co_return out;
-    }
-
-    // 3. Arguments against the tool's inputSchema; the audit keeps them, secrets redacted.
-    if (auto e = registry_.validate_arguments(*tool, req.arguments)) {
-      co_await fail("invalid", *e);
-      co_return out;
-    }
-    facts["arguments"] = redact_arguments(req.arguments, desc.input_schema);
-
-    // 3b. Facts the tool derives from the arguments (a circuit's qubits), which policy conditions
-    // and the credit hold see beside the arguments.
-    std::variant<json, Error> derived = tool->derive_facts(req.arguments);
-    if (auto* e = std::get_if<Error>(&derived)) {
-      co_await fail("invalid", *e);
-      co_return out;
-    }
-    const json& derived_facts = std::get<json>(derived);
-    const json decided_args = merge_derived_facts(req.arguments, derived_facts);
-    if (!derived_facts.empty()) facts["derived"] = derived_facts;
-
-    // 4. Policy (rules, then rate limits).
-    Decision decision = policy_.decide(PolicyQuery{req.principal, project, req.tool, decided_args});
-    audit.decision_rules = join(decision.rule_ids);
-    if (!decision.policy_hash.empty()) facts["policy_hash"] = decision.policy_hash;
-    if (!decision.permitted()) {
-      Error e{decision.retry_after ? ErrorCode::kRateLimited : ErrorCode::kPolicyDenied, decision.reason,
-              decision.hint + derived_fact_note(decision.reason, decision.hint, derived_facts, req.arguments), {}};
-      if (decision.retry_after) e.retry_after_ms = std::max<int64_t>(1, decision.retry_after->count());
-      if (e.message.find("(rule ") == std::string::npos && !audit.decision_rules.empty())
-        e.message += " (rule " + audit.decision_rules + ")";
-      co_await fail(decision.retry_after ? "rate_limited" : "denied", e);
-      co_return out;
-    }
+    tool = adm.tool;
+    const json& decided_args = adm.decided_args;
 
     // 5. Credit hold for the worst case (plus the tool's flat per-call rate, if it has one).
     Usage worst = tool->worst_case_usage(decided_args);

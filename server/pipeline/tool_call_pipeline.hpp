@@ -61,6 +61,22 @@ class ToolCallPipeline {
   bool visible(const Principal& principal, const Tool& tool) const;
 
  private:
+  // Steps 1-4 of a call, none of which waits: the tool (one the caller may see), the project
+  // and the caller's role there, the arguments (validated; redacted into `facts`), derived
+  // facts and the policy decision. A plain function rather than part of run(), so that its
+  // locals do not live in run()'s coroutine frame for as long as the call (GCC gives each
+  // local of a coroutine its own slot: the frame was 7 KiB, and a streamed call keeps it for
+  // minutes).
+  struct Admission {
+    Tool* tool = nullptr;  // set when admitted
+    std::string project;
+    nlohmann::json decided_args;  // the arguments with the derived facts merged in
+    std::optional<Error> refusal;
+    std::string outcome;        // with a refusal: "invalid", "denied" or "rate_limited"
+    bool unknown_tool = false;  // a protocol error, not a tool result
+  };
+  Admission admit(const ToolCallRequest& req, AuditRecord& audit, nlohmann::json& facts) const;
+
   const ToolRegistry& registry_;
   const PolicyEngine& policy_;
   Ledger& ledger_;
