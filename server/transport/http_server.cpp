@@ -470,15 +470,25 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     tcp_layer().expires_never();
   }
 
-  // Returns whether the connection may be kept open.
+  // Routes a request; returns whether the connection may be kept open. A router only: a coroutine's frame holds every local of its body for as
+  // long as it runs (GCC 12 does not share slots), and this one waits for the whole call — a
+  // streamed one for minutes — so each endpoint's locals live in a coroutine of its own.
   asio::awaitable<bool> handle(Request& req) {
     std::string_view target = req.target();
     auto q = target.find('?');
     std::string path(target.substr(0, q));
+    if (path == "/healthz" || path == "/readyz" || path == "/metrics" || server_->deps_.auth.is_metadata_path(path))
+      co_return co_await handle_public(req, path);
+    if (path == "/audit/events") co_return co_await handle_audit_events(req, q == std::string_view::npos ? std::string_view() : target.substr(q + 1));
+    if (path.rfind("/v1/", 0) == 0) co_return co_await handle_openai(req, path);
+    co_return co_await handle_mcp(req, path);
+  }
+
+  // The probes and the RFC 9728 metadata: public, not audited.
+  asio::awaitable<bool> handle_public(Request& req, const std::string& path) {
     const unsigned v = req.version();
     const bool ka = req.keep_alive();
     auto& deps = server_->deps_;
-
     if (path == "/healthz" || path == "/readyz" || path == "/metrics") {
       facts_.audit = false;  // probes are not requests to the gateway's services
       if (req.method() != http::verb::get && req.method() != http::verb::head) {
@@ -505,22 +515,24 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
       co_return ka;
     }
     // RFC 9728: where MCP clients learn which authorization server issues tokens for us. Public.
-    if (deps.auth.is_metadata_path(path)) {
-      facts_.audit = false;  // public metadata, like the probes
-      if (req.method() != http::verb::get && req.method() != http::verb::head) {
-        Response r = error_response(http::status::method_not_allowed, v, ka, kTransportError, path + " takes GET");
-        r.set(http::field::allow, std::string_view("GET"));
-        co_await send(std::move(r));
-        co_return ka;
-      }
-      Response r = json_response(http::status::ok, v, ka, *deps.auth.protected_resource_metadata());
-      // Public metadata: browser-based clients (MCP Inspector) read it cross-origin.
-      r.set(http::field::access_control_allow_origin, std::string_view("*"));
+    facts_.audit = false;  // public metadata, like the probes
+    if (req.method() != http::verb::get && req.method() != http::verb::head) {
+      Response r = error_response(http::status::method_not_allowed, v, ka, kTransportError, path + " takes GET");
+      r.set(http::field::allow, std::string_view("GET"));
       co_await send(std::move(r));
       co_return ka;
     }
-    if (path == "/audit/events") co_return co_await handle_audit_events(req, q == std::string_view::npos ? std::string_view() : target.substr(q + 1));
-    if (path.rfind("/v1/", 0) == 0) co_return co_await handle_openai(req, path);
+    Response r = json_response(http::status::ok, v, ka, *deps.auth.protected_resource_metadata());
+    // Public metadata: browser-based clients (MCP Inspector) read it cross-origin.
+    r.set(http::field::access_control_allow_origin, std::string_view("*"));
+    co_await send(std::move(r));
+    co_return ka;
+  }
+
+  // /mcp, and the answer to any other path.
+  asio::awaitable<bool> handle_mcp(Request& req, const std::string& path) {
+    const unsigned v = req.version();
+    const bool ka = req.keep_alive();
     if (path != "/mcp") {
       co_await send(error_response(http::status::not_found, v, ka, kTransportError,
                                    "no such endpoint: " + path + " (the MCP endpoint is /mcp)"));
@@ -691,7 +703,12 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
                              p.name + " is not a member of project " + (project.empty() ? std::string("(none)") : project));
   }
 
-  asio::awaitable<bool> handle_openai(Request& req, const std::string& path) {
+  struct OpenAiCall;
+  // Everything before an OpenAI-compatible call runs: the path, the origin, the method, the
+  // caller, the body. Answers refusals and /v1/models itself and returns null; otherwise the
+  // call to run. Its own coroutine, so that none of this (the parsed body included) stays in
+  // memory while the call runs.
+  asio::awaitable<std::shared_ptr<OpenAiCall>> open_openai_call(Request& req, const std::string& path) {
     const unsigned v = req.version();
     const bool ka = req.keep_alive();
     auto& deps = server_->deps_;
@@ -702,21 +719,21 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     if (!api || !known) {
       Response r = openai_answer(openai_not_found(api != nullptr, path), v, ka);
       co_await send(std::move(r));
-      co_return ka;
+      co_return nullptr;
     }
     if (std::string origin = header(req, "Origin"); !origin.empty() && !origin_allowed(origin, cfg_.allowed_origins)) {
       co_await send(openai_answer(openai::api_error(403, "permission_error", "Origin " + origin + " is not allowed"), v, ka));
-      co_return ka;
+      co_return nullptr;
     }
     const bool is_models = path == "/v1/models";
     if (req.method() != (is_models ? http::verb::get : http::verb::post)) {
       Response r = openai_answer(openai::api_error(405, "invalid_request_error", path + (is_models ? " takes GET" : " takes POST")), v, ka);
       r.set(http::field::allow, std::string_view(is_models ? "GET" : "POST"));
       co_await send(std::move(r));
-      co_return ka;
+      co_return nullptr;
     }
     std::optional<Principal> principal = co_await authenticate(req, /*api_style=*/true);
-    if (!principal) co_return ka;
+    if (!principal) co_return nullptr;
     // The project: scigate's header, or the one the OpenAI SDKs send (OpenAI-Project).
     std::string project = header(req, "X-Scigate-Project");
     if (project.empty()) project = header(req, "OpenAI-Project");
@@ -725,11 +742,11 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
       if (p.empty() || !principal->member_of(p)) {
         Response r = openai_answer(openai_not_member(*principal, p), v, ka);
         co_await send(std::move(r));
-        co_return ka;
+        co_return nullptr;
       }
       facts_.audit = false;  // a listing, like tools/list
       co_await send(json_response(http::status::ok, v, ka, api->models(*principal, p)));
-      co_return ka;
+      co_return nullptr;
     }
 
     const std::string& text = req.body();
@@ -740,16 +757,25 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
                                                     "the request body is not JSON (or nests deeper than " +
                                                         std::to_string(server_->deps_.config.max_depth) + " levels)"),
                                   v, ka));
-      co_return ka;
+      co_return nullptr;
     }
     const bool embeddings = path == "/v1/embeddings";
     auto st = std::make_shared<OpenAiCall>();
     st->embeddings = embeddings;
     if (auto refused = prepare_openai_call(*st, body, *principal, project, req)) {
       co_await send(openai_answer(*refused, v, ka));
-      co_return ka;
+      co_return nullptr;
     }
     facts_.tool = st->call.request.tool;
+    co_return st;
+  }
+
+  asio::awaitable<bool> handle_openai(Request& req, const std::string& path) {
+    const unsigned v = req.version();
+    const bool ka = req.keep_alive();
+    std::shared_ptr<OpenAiCall> st = co_await open_openai_call(req, path);
+    if (!st) co_return ka;  // answered
+    openai::OpenAiApi* api = server_->deps_.openai;
     cancel_on_disconnect_ = true;  // an OpenAI client that hangs up has given up
     if (st->call.stream) co_return co_await openai_stream(st, v, ka);
     // A named closure, not one written inside the co_await: GCC 12 destroys a lambda temporary
