@@ -166,130 +166,47 @@ ToolCallPipeline::Admission ToolCallPipeline::admit(const ToolCallRequest& req, 
   return a;
 }
 
-asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
-  const auto started = std::chrono::steady_clock::now();
+asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest request) {
   // Cancellation stops the tool, never the bookkeeping around it: holds are released and the
   // audit record written whatever happens to the caller.
   co_await asio::this_coro::throw_if_cancelled(false);
-  ToolCallOutcome out;
-  AuditRecord audit;
-  audit.time_ms = unix_now_ms();
-  audit.request_id = req.request_id;
-  audit.principal = req.principal.name;
-  audit.tool = req.tool;
-  json facts = json::object();  // merged into the record's details
-  facts["auth"] = req.principal.auth_method;
-  if (!req.client_name.empty()) facts["client"] = req.client_name;
-  if (!req.idempotency_key.empty()) facts["idempotency_key"] = req.idempotency_key;
-  if (!req.task_id.empty()) facts["task_id"] = req.task_id;
-  const std::chrono::seconds timeout = req.timeout.value_or(tool_timeout_);
+  // The call's state lives in this frame for as long as the tool runs. The steps before and
+  // after the tool are coroutines of their own (open, close), so their locals — GCC 12 gives
+  // each local of a coroutine its own frame slot — exist only while they run.
+  Call c;
+  c.req = std::move(request);
+  c.started = std::chrono::steady_clock::now();
+  c.audit.time_ms = unix_now_ms();
+  c.audit.request_id = c.req.request_id;
+  c.audit.principal = c.req.principal.name;
+  c.audit.tool = c.req.tool;
+  c.facts = json::object();
+  c.facts["auth"] = c.req.principal.auth_method;
+  if (!c.req.client_name.empty()) c.facts["client"] = c.req.client_name;
+  if (!c.req.idempotency_key.empty()) c.facts["idempotency_key"] = c.req.idempotency_key;
+  if (!c.req.task_id.empty()) c.facts["task_id"] = c.req.task_id;
+  c.timeout = c.req.timeout.value_or(tool_timeout_);
   // The ledger and the audit log share a writer (the server's): a settle or release need not be
   // awaited before the audit record that follows it (Ledger::writer()).
-  const bool one_writer = ledger_.writer() != nullptr && ledger_.writer() == audit_.writer();
+  c.one_writer = ledger_.writer() != nullptr && ledger_.writer() == audit_.writer();
 
-  // Every path ends here: one audit record, durable before the caller gets an answer.
-  bool auditing = false;  // set by finish(): a fault while auditing is not audited again
-  auto finish = [&](std::string outcome, const Error* err) -> asio::awaitable<void> {
-    auditing = true;
-    auto elapsed = std::chrono::steady_clock::now() - started;
-    audit.outcome = outcome;
-    if (err) {
-      audit.error_code = std::string(to_string(err->code));
-      if (!err->detail.empty()) facts["detail"] = err->detail;
-    }
-    audit.duration_us = std::chrono::duration_cast<std::chrono::microseconds>(elapsed).count();
-    if (!audit.details.is_object()) audit.details = json::object();
-    for (auto it = facts.begin(); it != facts.end(); ++it) audit.details[it.key()] = std::move(it.value());
-    metrics_.record_call(registry_.find(req.tool) ? req.tool : "(unknown)", outcome,
-                         std::chrono::duration<double>(elapsed).count());
-    co_await audit_.append_durable(std::move(audit));
-  };
-  auto fail = [&](std::string outcome, const Error& e) -> asio::awaitable<void> {
-    out.result = error_result(e);
-    co_await finish(std::move(outcome), &e);
-  };
-
-  // Steps 1-5 run in a try: a fault there (a tool's derive_facts or worst_case_usage, the
-  // ledger) is answered as an internal error and audited like every other outcome; until the
-  // hold is taken there is nothing to give back.
-  Tool* tool = nullptr;
-  std::string project;
-  Hold hold;
-  std::exception_ptr fault;
-  try {
-    // 1-4. The tool, the project and role, the arguments and policy: nothing waits there.
-    Admission adm = admit(req, audit, facts);
-    project = adm.project;
-    if (adm.refusal) {
-      if (adm.unknown_tool) {
-        out.protocol_error = jsonrpc::ProtocolError{jsonrpc::kInvalidParams, "Unknown tool: " + req.tool, nullptr, nullptr};
-        co_await finish(adm.outcome, &*adm.refusal);
-      } else {
-        co_await fail(adm.outcome, *adm.refusal);
-      }
-      co_return out;
-    }
-    tool = adm.tool;
-    const json& decided_args = adm.decided_args;
-
-    // 5. Credit hold for the worst case (plus the tool's flat per-call rate, if it has one).
-    Usage worst = tool->worst_case_usage(decided_args);
-    worst.add("call:" + req.tool, 1);
-    std::optional<Usage> minimum = tool->minimum_usage(decided_args);
-    if (minimum) minimum->add("call:" + req.tool, 1);
-    HoldRequest hr{project, req.principal.name, req.tool, req.request_id, std::move(worst), std::move(minimum),
-                   req.idempotency_key,
-                   req.idempotency_key.empty() ? std::string() : crypto::sha256_hex(req.tool + "\n" + jsonrpc::dump(req.arguments)),
-                   timeout + std::chrono::seconds(60), {}};
-    ReserveResult reserved = co_await ledger_.reserve(std::move(hr));
-    if (reserved.error) {
-      co_await fail(reserved.error->code == ErrorCode::kConflict ? "invalid" : "denied", *reserved.error);
-      co_return out;
-    }
-    hold = std::move(reserved.hold);
-    if (hold.replay) {
-      // A retry of a call that already completed under this idempotency key: the same answer,
-      // charged once.
-      out.result = std::move(*hold.replay);
-      facts["replayed"] = true;
-      co_await finish("replayed", nullptr);
-      co_return out;
-    }
-  } catch (...) {
-    if (auditing) throw;
-    fault = std::current_exception();
-  }
-  if (fault) {
-    co_await fail("internal", internal_failure("call_failed", req.request_id, req.tool,
-                                               Error::internal("before the tool ran: " + describe(fault))));
-    co_return out;
-  }
-  facts["held"] = hold.amount;
-  // A cancellation that arrived while the hold was being committed found no operation to
-  // cancel (the ledger's are not cancellable): do not start the tool only to wait for it.
-  if (req.cancellation->cancelled()) {
-    co_await ledger_.release(hold);
-    out.cancelled = true;
-    Error e{ErrorCode::kCancelled, "cancelled by the caller", {}, {}};
-    co_await finish("cancelled", &e);
-    co_return out;
-  }
+  if (!co_await open(c)) co_return std::move(c.out);
 
   // 6. The tool itself, bounded by the deadline and stopped by cancellation.
   CallContext ctx;
-  ctx.principal = req.principal;
-  ctx.project = project;
-  ctx.request_id = req.request_id;
-  ctx.protocol_version = req.protocol_version;
-  ctx.era = req.era;
-  ctx.client_name = req.client_name;
-  ctx.deadline = started + timeout;
-  ctx.task_id = req.task_id;
-  ctx.progress = std::move(req.progress);
-  ctx.cancellation = req.cancellation;
-  ctx.held = hold.amount;
-  ctx.metered = !hold.id.empty();
-  ctx.partial = std::move(req.partial);
+  ctx.principal = c.req.principal;
+  ctx.project = c.project;
+  ctx.request_id = c.req.request_id;
+  ctx.protocol_version = c.req.protocol_version;
+  ctx.era = c.req.era;
+  ctx.client_name = c.req.client_name;
+  ctx.deadline = c.started + c.timeout;
+  ctx.task_id = c.req.task_id;
+  ctx.progress = std::move(c.req.progress);
+  ctx.cancellation = c.req.cancellation;
+  ctx.held = c.hold.amount;
+  ctx.metered = !c.hold.id.empty();
+  ctx.partial = std::move(c.req.partial);
 
   std::optional<ToolResult> result;
   std::string outcome;
@@ -298,13 +215,13 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
   // carried out as a value: a throwing tool must not wait for the deadline.
   auto guarded = [&]() -> asio::awaitable<std::pair<std::optional<ToolResult>, std::exception_ptr>> {
     try {
-      co_return std::make_pair(std::optional<ToolResult>(co_await tool->call(req.arguments, ctx)), nullptr);
+      co_return std::make_pair(std::optional<ToolResult>(co_await c.tool->call(c.req.arguments, ctx)), nullptr);
     } catch (...) {
       co_return std::make_pair(std::optional<ToolResult>(), std::current_exception());
     }
   };
   try {
-    asio::steady_timer deadline(co_await asio::this_coro::executor, timeout);
+    asio::steady_timer deadline(co_await asio::this_coro::executor, c.timeout);
     // as_tuple: the timer cancelled after every normal call must not cost an exception.
     auto winner = co_await (guarded() || deadline.async_wait(asio::as_tuple(asio::use_awaitable)));
     if (winner.index() == 0) {
@@ -316,7 +233,7 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
     } else {
       ctx.cancellation->cancel();
       outcome = "timeout";
-      failure = Error{ErrorCode::kTimeout, "the call did not finish within " + std::to_string(timeout.count()) + " s",
+      failure = Error{ErrorCode::kTimeout, "the call did not finish within " + std::to_string(c.timeout.count()) + " s",
                       "ask for less work per call, or use the tool's asynchronous form where it has one", {}};
     }
   } catch (const boost::system::system_error& e) {
@@ -333,63 +250,158 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest req) {
   if (!result && ctx.cancelled() && outcome != "timeout") outcome = "cancelled";
   co_await asio::this_coro::reset_cancellation_state(asio::disable_cancellation());
 
-  // 7. Settle what was used, release the rest; then audit.
+  co_await close(c, std::move(result), std::move(outcome), std::move(failure), ctx);
+  co_return std::move(c.out);
+}
+
+// Every path ends here: one audit record, durable before the caller gets an answer.
+asio::awaitable<void> ToolCallPipeline::finish(Call& c, std::string outcome, const Error* err) {
+  c.auditing = true;
+  auto elapsed = std::chrono::steady_clock::now() - c.started;
+  c.audit.outcome = outcome;
+  if (err) {
+    c.audit.error_code = std::string(to_string(err->code));
+    if (!err->detail.empty()) c.facts["detail"] = err->detail;
+  }
+  c.audit.duration_us = std::chrono::duration_cast<std::chrono::microseconds>(elapsed).count();
+  if (!c.audit.details.is_object()) c.audit.details = json::object();
+  for (auto it = c.facts.begin(); it != c.facts.end(); ++it) c.audit.details[it.key()] = std::move(it.value());
+  metrics_.record_call(registry_.find(c.req.tool) ? c.req.tool : "(unknown)", outcome,
+                       std::chrono::duration<double>(elapsed).count());
+  co_await audit_.append_durable(std::move(c.audit));
+}
+
+asio::awaitable<void> ToolCallPipeline::fail(Call& c, std::string outcome, const Error& e) {
+  c.out.result = error_result(e);
+  co_await finish(c, std::move(outcome), &e);
+}
+
+// Steps 1-5: admission and the credit hold. False when the call has been answered without
+// running the tool (c.out is the answer, and it is audited).
+asio::awaitable<bool> ToolCallPipeline::open(Call& c) {
+  // Steps 1-5 run in a try: a fault there (a tool's derive_facts or worst_case_usage, the
+  // ledger) is answered as an internal error and audited like every other outcome; until the
+  // hold is taken there is nothing to give back.
+  std::exception_ptr fault;
+  try {
+    // 1-4. The tool, the project and role, the arguments and policy: nothing waits there.
+    Admission adm = admit(c.req, c.audit, c.facts);
+    c.project = adm.project;
+    if (adm.refusal) {
+      if (adm.unknown_tool) {
+        c.out.protocol_error = jsonrpc::ProtocolError{jsonrpc::kInvalidParams, "Unknown tool: " + c.req.tool, nullptr, nullptr};
+        co_await finish(c, adm.outcome, &*adm.refusal);
+      } else {
+        co_await fail(c, adm.outcome, *adm.refusal);
+      }
+      co_return false;
+    }
+    c.tool = adm.tool;
+    const json& decided_args = adm.decided_args;
+
+    // 5. Credit hold for the worst case (plus the tool's flat per-call rate, if it has one).
+    Usage worst = c.tool->worst_case_usage(decided_args);
+    worst.add("call:" + c.req.tool, 1);
+    std::optional<Usage> minimum = c.tool->minimum_usage(decided_args);
+    if (minimum) minimum->add("call:" + c.req.tool, 1);
+    HoldRequest hr{c.project, c.req.principal.name, c.req.tool, c.req.request_id, std::move(worst), std::move(minimum),
+                   c.req.idempotency_key,
+                   c.req.idempotency_key.empty() ? std::string() : crypto::sha256_hex(c.req.tool + "\n" + jsonrpc::dump(c.req.arguments)),
+                   c.timeout + std::chrono::seconds(60), {}};
+    ReserveResult reserved = co_await ledger_.reserve(std::move(hr));
+    if (reserved.error) {
+      co_await fail(c, reserved.error->code == ErrorCode::kConflict ? "invalid" : "denied", *reserved.error);
+      co_return false;
+    }
+    c.hold = std::move(reserved.hold);
+    if (c.hold.replay) {
+      // A retry of a call that already completed under this idempotency key: the same answer,
+      // charged once.
+      c.out.result = std::move(*c.hold.replay);
+      c.facts["replayed"] = true;
+      co_await finish(c, "replayed", nullptr);
+      co_return false;
+    }
+  } catch (...) {
+    if (c.auditing) throw;
+    fault = std::current_exception();
+  }
+  if (fault) {
+    co_await fail(c, "internal", internal_failure("call_failed", c.req.request_id, c.req.tool,
+                                                  Error::internal("before the tool ran: " + describe(fault))));
+    co_return false;
+  }
+  c.facts["held"] = c.hold.amount;
+  // A cancellation that arrived while the hold was being committed found no operation to
+  // cancel (the ledger's are not cancellable): do not start the tool only to wait for it.
+  if (c.req.cancellation->cancelled()) {
+    co_await ledger_.release(c.hold);
+    c.out.cancelled = true;
+    Error e{ErrorCode::kCancelled, "cancelled by the caller", {}, {}};
+    co_await finish(c, "cancelled", &e);
+    co_return false;
+  }
+  co_return true;
+}
+
+// Step 7, once the tool has ended: settle or release, then the audit record.
+asio::awaitable<void> ToolCallPipeline::close(Call& c, std::optional<ToolResult> result, std::string outcome,
+                                              Error failure, CallContext& ctx) {
   if (result && !result->error) {
-    if (auto problem = registry_.validate_output(*tool, result->structured)) {
+    if (auto problem = registry_.validate_output(*c.tool, result->structured)) {
       // A server bug: never hand the client content that breaks the advertised schema.
       result.reset();
       outcome = "internal";
       failure = Error::internal("output does not match outputSchema: " + *problem);
     }
   }
-  if (!ctx.audit_fields.empty()) audit.details = std::move(ctx.audit_fields);
+  if (!ctx.audit_fields.empty()) c.audit.details = std::move(ctx.audit_fields);
   if (result) {
     json r = result->error ? error_result(*result->error) : success_result(*result);
     // A tool error that used resources (a job that ran and failed) pays for them; the flat
     // per-call rate is charged for every call that ran.
-    result->usage.add("call:" + req.tool, 1);
+    result->usage.add("call:" + c.req.tool, 1);
     // The ledger keeps the result only to replay it for an idempotency key: without one, it
     // gets none (no copy of a long answer).
     json replayable;
-    if (!req.idempotency_key.empty()) replayable = r;
-    if (one_writer) {
+    if (!c.req.idempotency_key.empty()) replayable = r;
+    if (c.one_writer) {
       // Not awaited: the audit record below is queued after it on the same writer, written
       // after it and durable with it, and reads what it posted.
       auto posted = std::make_shared<MicroCredits>(0);
-      ledger_.settle_queued(hold, std::move(result->usage), std::move(replayable), posted);
-      audit.cost_posted = std::move(posted);
+      ledger_.settle_queued(c.hold, std::move(result->usage), std::move(replayable), posted);
+      c.audit.cost_posted = std::move(posted);
     } else {
-      audit.cost = co_await ledger_.settle(hold, std::move(result->usage), std::move(replayable));
+      c.audit.cost = co_await ledger_.settle(c.hold, std::move(result->usage), std::move(replayable));
     }
-    out.result = std::move(r);
+    c.out.result = std::move(r);
     if (result->error) {
-      co_await finish("tool_error", &*result->error);
+      co_await finish(c, "tool_error", &*result->error);
     } else {
-      co_await finish("ok", nullptr);
+      co_await finish(c, "ok", nullptr);
     }
-    co_return out;
+    co_return;
   }
   if (!ctx.incurred.empty()) {
     // Ended without a result, but the tool had used something (a backend generated tokens
     // before the caller went away): that is charged, the rest of the hold released.
-    ctx.incurred.add("call:" + req.tool, 1);
-    facts["incurred"] = true;
+    ctx.incurred.add("call:" + c.req.tool, 1);
+    c.facts["incurred"] = true;
     Error e = outcome == "cancelled" ? Error{ErrorCode::kCancelled, "cancelled by the caller", {}, {}} : failure;
-    audit.cost = co_await ledger_.settle(hold, std::move(ctx.incurred), error_result(e));
-  } else if (one_writer) {
-    ledger_.release_queued(hold);
+    c.audit.cost = co_await ledger_.settle(c.hold, std::move(ctx.incurred), error_result(e));
+  } else if (c.one_writer) {
+    ledger_.release_queued(c.hold);
   } else {
-    co_await ledger_.release(hold);
+    co_await ledger_.release(c.hold);
   }
   if (outcome == "cancelled") {
-    out.cancelled = true;
+    c.out.cancelled = true;
     Error e{ErrorCode::kCancelled, "cancelled by the caller", {}, {}};
-    co_await finish("cancelled", &e);
-    co_return out;
+    co_await finish(c, "cancelled", &e);
+    co_return;
   }
-  if (outcome == "internal") failure = internal_failure("tool_failed", req.request_id, req.tool, std::move(failure));
-  co_await fail(outcome, failure);
-  co_return out;
+  if (outcome == "internal") failure = internal_failure("tool_failed", c.req.request_id, c.req.tool, std::move(failure));
+  co_await fail(c, outcome, failure);
 }
 
 bool ToolCallPipeline::visible(const Principal& principal, const Tool& tool) const {

@@ -77,6 +77,26 @@ class ToolCallPipeline {
   };
   Admission admit(const ToolCallRequest& req, AuditRecord& audit, nlohmann::json& facts) const;
 
+  // One call's state, shared by the phases of run().
+  struct Call {
+    ToolCallRequest req;
+    std::chrono::steady_clock::time_point started;
+    std::chrono::seconds timeout{0};
+    bool one_writer = false;
+    bool auditing = false;  // set by finish(): a fault while auditing is not audited again
+    ToolCallOutcome out;
+    AuditRecord audit;
+    nlohmann::json facts;  // merged into the record's details
+    Tool* tool = nullptr;
+    std::string project;
+    Hold hold;
+  };
+  boost::asio::awaitable<bool> open(Call& c);
+  boost::asio::awaitable<void> close(Call& c, std::optional<ToolResult> result, std::string outcome, Error failure,
+                                     CallContext& ctx);
+  boost::asio::awaitable<void> finish(Call& c, std::string outcome, const Error* err);
+  boost::asio::awaitable<void> fail(Call& c, std::string outcome, const Error& e);
+
   const ToolRegistry& registry_;
   const PolicyEngine& policy_;
   Ledger& ledger_;
