@@ -318,7 +318,12 @@ LedgerVisit::LedgerVisit(const std::filesystem::path& db_path, const std::functi
     fd_ = -1;
     return;
   }
-  shared_ = share_when_owner_yields(fd_, signal, std::chrono::steady_clock::now() + wait);
+  try {
+    shared_ = share_when_owner_yields(fd_, signal, std::chrono::steady_clock::now() + wait);
+  } catch (const std::exception& e) {  // the signal's transaction (a busy database): warn, do not fail
+    problem_ = std::string("asking the server to share the ledger failed: ") + e.what();
+    return;
+  }
   if (!shared_) problem_ = "the server holding " + path.string() + " did not share the ledger within " +
                            std::to_string(wait.count()) + " ms (stopped?)";
 }

@@ -168,6 +168,9 @@ class SqliteLedger final : public Ledger, private state::Writer::Participant {
 // change made under a LedgerVisit applies to every hold decided after its COMMIT. Without it,
 // an owner would notice the change only at its next look at the epoch (contender_poll, ~50 ms)
 // and could decide holds in that window against a limit the change had just tightened.
+// (One window remains: no lock file yet — no server ever claimed this database — and a server
+// starting for the first time at that very moment, whose claim loads the ledger before this
+// process commits; it sees the change at its next look at the epoch, as before.)
 class LedgerVisit {
  public:
   // `signal` moves credit_meta.epoch in a transaction of its own (an owner that sees it move
@@ -177,9 +180,9 @@ class LedgerVisit {
   ~LedgerVisit();  // the lock goes: an owner takes the database back alone after reclaim_after
   LedgerVisit(const LedgerVisit&) = delete;
   LedgerVisit& operator=(const LedgerVisit&) = delete;
-  // False when an owner did not share within `wait` (a stopped process) or the lock file
-  // cannot be opened (permissions): a server may then decide holds against the old state until
-  // it next looks at the epoch. problem() says which.
+  // False when an owner did not share within `wait` (a stopped process), the lock file cannot
+  // be opened (permissions) or `signal` threw: a server may then decide holds against the old
+  // state until it next looks at the epoch. problem() says which. Never throws for these.
   bool shared() const { return shared_; }
   const std::string& problem() const { return problem_; }
 

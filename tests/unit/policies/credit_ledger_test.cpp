@@ -998,6 +998,10 @@ TEST_CASE("credit ledger: a visitor takes the lock at once with no owner, and gi
   auto waited = std::chrono::steady_clock::now() - t0;
   CHECK_FALSE(stuck.shared());
   CHECK(stuck.problem().find("did not share the ledger within 600 ms") != std::string::npos);
+  // A signal that fails (the database busy past its timeout) is a warning, not an exception.
+  LedgerVisit failing(db.path, [] { throw std::runtime_error("database is locked"); }, std::chrono::seconds(5));
+  CHECK_FALSE(failing.shared());
+  CHECK(failing.problem().find("database is locked") != std::string::npos);
   CHECK(signals >= 2);  // at 0, 250 and 500 ms (a stalled machine may skip the last)
   CHECK(waited >= std::chrono::milliseconds(600));
   CHECK(waited < std::chrono::seconds(5));
