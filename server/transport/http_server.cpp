@@ -1025,27 +1025,40 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     co_return false;
   }
 
-  asio::awaitable<bool> handle_post(Request& req, const Principal& principal) {
+  // What handle_post decides before anything runs — all of it without waiting: the message
+  // for the dispatcher, or the refusal to send. A plain function: handle_post's frame lives as
+  // long as the call (minutes for a long tool call), and each refusal's Response and strings
+  // would otherwise keep a slot in it (GCC 12).
+  struct PostPlan {
+    std::optional<Response> refusal;
+    mcp::Inbound in;  // in.message set, unless refused
+    std::shared_ptr<mcp::LegacySession> new_session;
+    bool notification = false;  // not a request: dispatched and answered 202
+    bool modern = false;
+    bool stream = false;
+  };
+  PostPlan plan_post(Request& req, const Principal& principal) {
+    PostPlan plan;
     auto& deps = server_->deps_;
     const unsigned v = req.version();
     const bool ka = req.keep_alive();
     std::string ctype = lower(header(req, "Content-Type"));
     if (ctype.rfind("application/json", 0) != 0) {
-      co_await send(error_response(http::status::unsupported_media_type, v, ka, kTransportError,
-                                   "Content-Type must be application/json"));
-      co_return ka;
+      plan.refusal.emplace(error_response(http::status::unsupported_media_type, v, ka, kTransportError,
+                                          "Content-Type must be application/json"));
+      return plan;
     }
     std::string accept = header(req, "Accept");
     if (!accepts(accept, "application/json")) {
-      co_await send(error_response(http::status::not_acceptable, v, ka, kTransportError,
-                                   "Accept must include application/json (and text/event-stream for streaming)"));
-      co_return ka;
+      plan.refusal.emplace(error_response(http::status::not_acceptable, v, ka, kTransportError,
+                                          "Accept must include application/json (and text/event-stream for streaming)"));
+      return plan;
     }
     auto parsed = jsonrpc::parse(req.body(), {cfg_.max_body_bytes, deps.config.max_depth});
     if (!parsed.message) {
-      co_await send(error_response(http::status::bad_request, v, ka, parsed.error->code, parsed.error->message,
-                                   parsed.error->id));
-      co_return ka;
+      plan.refusal.emplace(error_response(http::status::bad_request, v, ka, parsed.error->code, parsed.error->message,
+                                          parsed.error->id));
+      return plan;
     }
     jsonrpc::Message& msg = *parsed.message;
     facts_.rpc_method = msg.method;
@@ -1056,69 +1069,100 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     const bool modern = meta && meta->contains(mcp::kMetaProtocolVersion);
     const std::string pv = header(req, "MCP-Protocol-Version");
 
-    mcp::Inbound in;
+    mcp::Inbound& in = plan.in;
     in.transport = mcp::Transport::kHttp;
     in.principal = principal;
     in.project_header = header(req, "X-Scigate-Project");
     in.idempotency_header = header(req, "Idempotency-Key");
-    std::shared_ptr<mcp::LegacySession> new_session;
+    std::shared_ptr<mcp::LegacySession>& new_session = plan.new_session;
 
     if (modern) {
       if (auto bad = check_modern_headers(req, msg, *meta)) {
-        co_await send(error_response(http::status::bad_request, v, ka, mcp::kHeaderMismatch, *bad, msg.id));
-        co_return ka;
+        plan.refusal.emplace(error_response(http::status::bad_request, v, ka, mcp::kHeaderMismatch, *bad, msg.id));
+        return plan;
       }
     } else if (pv == mcp::kModernVersion) {
       if (msg.kind == jsonrpc::Kind::kRequest) {
-        co_await send(error_response(http::status::bad_request, v, ka, jsonrpc::kInvalidParams,
-                                     std::string("protocol 2026-07-28 requires params._meta[\"") +
-                                         mcp::kMetaProtocolVersion + "\"] on every request",
-                                     msg.id));
-        co_return ka;
+        plan.refusal.emplace(error_response(http::status::bad_request, v, ka, jsonrpc::kInvalidParams,
+                                            std::string("protocol 2026-07-28 requires params._meta[\"") +
+                                                mcp::kMetaProtocolVersion + "\"] on every request",
+                                            msg.id));
+        return plan;
       }
     } else {
       if (!pv.empty() && !mcp::is_legacy_version(pv)) {
-        co_await send(error_response(http::status::bad_request, v, ka, mcp::kUnsupportedProtocolVersion,
-                                     "Unsupported protocol version " + pv, msg.id,
-                                     unsupported_version_data(pv)));
-        co_return ka;
+        plan.refusal.emplace(error_response(http::status::bad_request, v, ka, mcp::kUnsupportedProtocolVersion,
+                                            "Unsupported protocol version " + pv, msg.id,
+                                            unsupported_version_data(pv)));
+        return plan;
       }
       if (msg.kind == jsonrpc::Kind::kRequest && msg.method == "initialize") {
         new_session = deps.sessions.create();
         if (!new_session) {
-          co_await send(error_response(http::status::service_unavailable, v, ka, kTransportError,
-                                       "too many open sessions; try again later", msg.id));
-          co_return ka;
+          plan.refusal.emplace(error_response(http::status::service_unavailable, v, ka, kTransportError,
+                                              "too many open sessions; try again later", msg.id));
+          return plan;
         }
         new_session->owner = principal;
         in.session = new_session;
       } else {
         if (header(req, "Mcp-Session-Id").empty()) {
-          co_await send(error_response(
+          plan.refusal.emplace(error_response(
               http::status::bad_request, v, ka, kTransportError,
               "Bad Request: Mcp-Session-Id header is required (send initialize first, or use protocol 2026-07-28)",
               msg.id));
-          co_return ka;
+          return plan;
         }
         in.session = find_session(req, principal);
         if (!in.session) {
-          co_await send(error_response(http::status::not_found, v, ka, kSessionNotFound,
-                                       "Session not found: it ended or expired; initialize a new one", msg.id));
-          co_return ka;
+          plan.refusal.emplace(error_response(http::status::not_found, v, ka, kSessionNotFound,
+                                              "Session not found: it ended or expired; initialize a new one", msg.id));
+          return plan;
         }
         if (!pv.empty() && in.session->initialized() && pv != in.session->version()) {
-          co_await send(error_response(http::status::bad_request, v, ka, mcp::kUnsupportedProtocolVersion,
-                                       "MCP-Protocol-Version " + pv + " does not match the session's " +
-                                           in.session->version(),
-                                       msg.id));
-          co_return ka;
+          plan.refusal.emplace(error_response(http::status::bad_request, v, ka, mcp::kUnsupportedProtocolVersion,
+                                              "MCP-Protocol-Version " + pv + " does not match the session's " +
+                                                  in.session->version(),
+                                              msg.id));
+          return plan;
         }
       }
       in.channel = in.session->id();
     }
 
+    plan.modern = modern;
     if (msg.kind != jsonrpc::Kind::kRequest) {
+      plan.notification = true;
       in.message = std::move(msg);
+      return plan;
+    }
+    // Stream (SSE) when there will be something to say before the answer: progress for a tool
+    // call, or the notifications of a subscription. Otherwise one JSON object.
+    const bool wants_progress = msg.method == "tools/call" && meta && meta->contains("progressToken");
+    // A modern request the dispatcher will refuse (version, _meta) gets its 400 as plain JSON.
+    const bool valid_modern = modern && (*meta)[mcp::kMetaProtocolVersion] == mcp::kModernVersion &&
+                              meta->contains(mcp::kMetaClientCapabilities) &&
+                              (*meta)[mcp::kMetaClientCapabilities].is_object();
+    plan.stream = accepts(accept, "text/event-stream") && !accept.empty() && (!modern || valid_modern) &&
+                  (wants_progress || msg.method == "subscriptions/listen");
+    in.message = std::move(msg);
+    return plan;
+  }
+
+  asio::awaitable<bool> handle_post(Request& req, const Principal& principal) {
+    auto& deps = server_->deps_;
+    const unsigned v = req.version();
+    const bool ka = req.keep_alive();
+    PostPlan plan = plan_post(req, principal);
+    if (plan.refusal) {
+      co_await send(std::move(*plan.refusal));
+      co_return ka;
+    }
+    mcp::Inbound& in = plan.in;
+    const bool modern = plan.modern;
+    const bool stream = plan.stream;
+    std::shared_ptr<mcp::LegacySession>& new_session = plan.new_session;
+    if (plan.notification) {
       co_await deps.dispatcher.handle(std::move(in));
       Response r{http::status::accepted, v};
       r.keep_alive(ka);
@@ -1127,17 +1171,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
       co_return ka;
     }
 
-    // Stream (SSE) when there will be something to say before the answer: progress for a tool
-    // call, or the notifications of a subscription. Otherwise one JSON object.
-    const bool wants_progress = msg.method == "tools/call" && meta && meta->contains("progressToken");
-    // A modern request the dispatcher will refuse (version, _meta) gets its 400 as plain JSON.
-    const bool valid_modern = modern && (*meta)[mcp::kMetaProtocolVersion] == mcp::kModernVersion &&
-                              meta->contains(mcp::kMetaClientCapabilities) &&
-                              (*meta)[mcp::kMetaClientCapabilities].is_object();
-    const bool stream = accepts(accept, "text/event-stream") && !accept.empty() && (!modern || valid_modern) &&
-                        (wants_progress || msg.method == "subscriptions/listen");
     std::string session_header = new_session ? new_session->id() : "";
-    in.message = std::move(msg);
     auto flag = in.cancellation;
     // notifications/cancelled (from another POST) reaches this request through the dispatcher.
     const uint64_t generation = ++request_generation_;
