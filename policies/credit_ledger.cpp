@@ -218,9 +218,13 @@ namespace {
 constexpr int64_t kHoldIdBlock = int64_t(1) << 40;
 
 // The lock file beside the database that says who decides holds in memory.
-int open_ledger_lock(const std::filesystem::path& db_path) {
+std::filesystem::path ledger_lock_path(const std::filesystem::path& db_path) {
   auto path = db_path;
   path += "-ledger.lock";
+  return path;
+}
+
+int open_ledger_lock(const std::filesystem::path& path) {
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0) throw std::runtime_error("credit ledger: cannot open " + path.string() + ": " + std::strerror(errno));
   return fd;
@@ -257,9 +261,8 @@ bool SqliteLedger::try_lock(short type) { return ofd_lock(lock_fd_, type); }
 
 void SqliteLedger::claim(const std::filesystem::path& db_path, std::chrono::milliseconds wait) {
   if (lock_fd_ >= 0) return;
-  auto path = db_path;
-  path += "-ledger.lock";
-  lock_fd_ = open_ledger_lock(db_path);
+  const auto path = ledger_lock_path(db_path);
+  lock_fd_ = open_ledger_lock(path);
   if (try_lock(F_WRLCK)) {
     {
       std::lock_guard g(mirror_);
@@ -298,8 +301,7 @@ void SqliteLedger::claim(const std::filesystem::path& db_path, std::chrono::mill
 
 LedgerVisit::LedgerVisit(const std::filesystem::path& db_path, const std::function<void()>& signal,
                          std::chrono::milliseconds wait) {
-  auto path = db_path;
-  path += "-ledger.lock";
+  const auto path = ledger_lock_path(db_path);
   // Not created here: a server creates it when it claims the ledger, so none exists where no
   // server ever ran (and a CLI run as another user leaves no file the server cannot open).
   fd_ = ::open(path.c_str(), O_RDWR | O_CLOEXEC);

@@ -96,13 +96,16 @@ AuditLogOptions audit_options(const Config& c) {
   return o;
 }
 
+// One unlabelled Prometheus sample with its HELP and TYPE lines.
+void sample(std::string& o, const char* type, const char* name, const char* help, uint64_t v) {
+  o += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + " " +
+       std::to_string(v) + "\n";
+}
+
 // The state writer's counters for /metrics (docs/OPERATIONS.md lists them).
 std::string writer_metrics(const state::Writer::Stats& s) {
   std::string o;
-  auto counter = [&](const char* name, const char* help, uint64_t v) {
-    o += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " counter\n" + name + " " +
-         std::to_string(v) + "\n";
-  };
+  auto counter = [&](const char* name, const char* help, uint64_t v) { sample(o, "counter", name, help, v); };
   counter("scigate_state_items_total", "Writes (holds, settles, audit records) the state writer has committed.", s.items);
   counter("scigate_state_transactions_total", "Transactions the state writer has committed.", s.transactions);
   counter("scigate_state_retried_batches_total", "Batches rolled back and retried item by item after a failure.",
@@ -116,21 +119,18 @@ std::string writer_metrics(const state::Writer::Stats& s) {
   return o;
 }
 
+// The credit ledger's mode and counters for /metrics.
 std::string ledger_metrics(const SqliteLedger& ledger) {
   auto s = ledger.stats();
   std::string o;
-  o += "# HELP scigate_credit_memory_holds_total Holds decided in memory (the server owned the ledger alone).\n"
-       "# TYPE scigate_credit_memory_holds_total counter\nscigate_credit_memory_holds_total " +
-       std::to_string(s.memory_holds) + "\n";
-  o += "# HELP scigate_credit_yields_total Times the server wrote its holds out to share the ledger (a CLI grant, a "
-       "second server).\n# TYPE scigate_credit_yields_total counter\nscigate_credit_yields_total " +
-       std::to_string(s.yields) + "\n";
-  o += "# HELP scigate_credit_reloads_total Times the server reloaded the ledger after another process wrote to it.\n"
-       "# TYPE scigate_credit_reloads_total counter\nscigate_credit_reloads_total " +
-       std::to_string(s.reloads) + "\n";
-  o += "# HELP scigate_credit_ledger_alone 1 while holds are decided in memory, 0 while every hold is a row.\n"
-       "# TYPE scigate_credit_ledger_alone gauge\nscigate_credit_ledger_alone " +
-       std::string(ledger.owns_alone() ? "1" : "0") + "\n";
+  sample(o, "counter", "scigate_credit_memory_holds_total",
+         "Holds decided in memory (the server owned the ledger alone).", s.memory_holds);
+  sample(o, "counter", "scigate_credit_yields_total",
+         "Times the server wrote its holds out to share the ledger (a CLI grant, a second server).", s.yields);
+  sample(o, "counter", "scigate_credit_reloads_total",
+         "Times the server reloaded the ledger after another process wrote to it.", s.reloads);
+  sample(o, "gauge", "scigate_credit_ledger_alone",
+         "1 while holds are decided in memory, 0 while every hold is a row.", ledger.owns_alone() ? 1 : 0);
   return o;
 }
 }  // namespace
