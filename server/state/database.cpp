@@ -438,6 +438,13 @@ const std::vector<Migration>& schema_migrations() {
         -- servers and restarts (a charge's posting names its hold even when it never had a row).
         ALTER TABLE credit_meta ADD COLUMN hold_floor INTEGER NOT NULL DEFAULT 0;
       )sql"},
+      {12, R"sql(
+        -- The governance writer's journal (server/state/journal.hpp): the highest entry whose
+        -- item is committed, written in the same transaction as the item. Entries above it
+        -- are replayed at the next start.
+        CREATE TABLE state_journal (id INTEGER PRIMARY KEY CHECK (id = 1), applied INTEGER NOT NULL);
+        INSERT INTO state_journal(id, applied) VALUES (1, 0);
+      )sql"},
   };
   return kMigrations;
 }

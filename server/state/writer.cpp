@@ -5,6 +5,7 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <cstring>
 #include <optional>
 
 #include "server/observability/log.hpp"
@@ -48,6 +49,14 @@ Writer::~Writer() {
   cv_.notify_one();
   thread_.join();
   syncer_.reset();  // a last sync, then the answers still waiting for one
+  // Everything is committed: a clean stop leaves an empty journal.
+  if (journal_ && journal_committed_ == journal_seq_) {
+    try {
+      journal_->clear();
+    } catch (const std::exception& e) {
+      log::warn("state_journal_write_failed", {{"detail", e.what()}});
+    }
+  }
 }
 
 void Writer::add(Participant* p) {
@@ -76,21 +85,165 @@ void Writer::tick_now(Participant* p) {
   cv_.notify_one();
 }
 
+bool Writer::push(std::shared_ptr<Item> item, bool wake_writer) {
+  ++outstanding_;
+  // The writer only sleeps on an empty queue (or one of unwoken items), so only the first
+  // item of a batch wakes it: under load it drains big batches instead of being woken once
+  // per call.
+  bool idle = queue_.empty() || unwoken_;
+  bool wake = idle && wake_writer;
+  unwoken_ = idle && !wake_writer;
+  queue_.push_back(std::move(item));
+  if (wake) wakes_.fetch_add(1, std::memory_order_release);
+  return wake;
+}
+
 void Writer::enqueue(std::shared_ptr<Item> item, bool wake_writer) {
   bool wake;
   {
     std::lock_guard g(mutex_);
-    ++outstanding_;
-    // The writer only sleeps on an empty queue (or one of unwoken items), so only the first
-    // item of a batch wakes it: under load it drains big batches instead of being woken once
-    // per call.
-    bool idle = queue_.empty() || unwoken_;
-    wake = idle && wake_writer;
-    unwoken_ = idle && !wake_writer;
-    queue_.push_back(std::move(item));
-    if (wake) wakes_.fetch_add(1, std::memory_order_release);
+    wake = push(std::move(item), wake_writer);
   }
   if (wake) cv_.notify_one();
+}
+
+namespace {
+// Journaled items the writer may be behind by before enqueue_journaled() refuses (the callers
+// then wait for their commits, which lets it catch up), and the file size past which a journal
+// whose entries are all committed is emptied (and at which, not yet emptied, it refuses).
+constexpr int64_t kJournalBacklog = 8192;
+constexpr uint64_t kJournalClearBytes = 1u << 20;
+constexpr uint64_t kJournalMaxBytes = 256u << 20;
+}  // namespace
+
+bool Writer::journaling() const {
+  std::lock_guard g(mutex_);
+  return journal_on_;
+}
+
+bool Writer::enqueue_journaled(std::shared_ptr<Item> item, bool wake_writer) {
+  thread_local std::string payload;
+  payload.clear();
+  if (!item->journal_entry(payload)) return false;
+  char tag = item->owner_->journal_tag();
+  bool wake;
+  int err = 0;
+  {
+    std::lock_guard g(mutex_);
+    if (!journal_on_ || outstanding_ >= kJournalBacklog || journal_->size() >= kJournalMaxBytes) {
+      journal_refused_.fetch_add(1, std::memory_order_relaxed);
+      return false;
+    }
+    uint64_t seq = journal_seq_ + 1;
+    Journal::frame(journal_pending_, seq, tag, payload);
+    if (wake_writer) {
+      err = journal_->write(journal_pending_);
+      journal_pending_.clear();
+      if (err) journal_on_ = false;
+    }
+    if (!err) {
+      journal_seq_ = seq;
+      item->journal_seq_ = seq;
+      wake = push(std::move(item), wake_writer);
+    }
+  }
+  if (err) {
+    log::error("state_journal_write_failed",
+               {{"path", journal_->path().string()},
+                {"detail", std::strerror(err)},
+                {"effect", "answers wait for their commit until the server restarts"}});
+    journal_refused_.fetch_add(1, std::memory_order_relaxed);
+    return false;
+  }
+  journaled_.fetch_add(1, std::memory_order_relaxed);
+  if (wake) cv_.notify_one();
+  return true;
+}
+
+std::size_t Writer::open_journal(const std::filesystem::path& path, bool append) {
+  auto journal = std::make_unique<Journal>(path);
+  if (!journal->locked()) {
+    log::warn("state_journal_busy", {{"path", path.string()},
+                                     {"detail", "another process holds it; this one answers after each commit"}});
+    return 0;
+  }
+  uint64_t applied = 0;
+  {
+    auto lock = db_.lock();
+    Statement st(db_.handle(), "SELECT applied FROM state_journal WHERE id = 1");
+    if (st.step()) applied = static_cast<uint64_t>(st.column_int(0));
+    st.reset();
+    journal_mark_.emplace(db_.handle(), "UPDATE state_journal SET applied = ?1 WHERE id = 1 AND applied < ?1");
+  }
+  Journal::Contents contents = journal->read();
+  if (contents.dropped_bytes > 0)
+    log::warn("state_journal_torn_tail", {{"path", path.string()},
+                                          {"bytes", contents.dropped_bytes},
+                                          {"detail", "an entry cut off by a crash while it was written (never answered)"}});
+  std::vector<Participant*> participants;
+  {
+    std::lock_guard g(mutex_);
+    participants = participants_;
+  }
+  uint64_t top = applied;
+  std::vector<std::shared_ptr<Item>> items;
+  for (auto& e : contents.entries) {
+    top = std::max(top, e.seq);
+    if (e.seq <= applied) continue;  // committed before the crash
+    auto owner = std::find_if(participants.begin(), participants.end(),
+                              [&](Participant* p) { return p->journal_tag() == e.tag; });
+    try {
+      if (owner == participants.end()) throw std::runtime_error(std::string("no component reads entries tagged '") + e.tag + "'");
+      auto item = (*owner)->decode(e.payload);
+      if (!item) continue;
+      item->journal_seq_ = e.seq;
+      items.push_back(std::move(item));
+    } catch (const std::exception& ex) {
+      log::error("state_journal_entry_skipped", {{"path", path.string()}, {"seq", e.seq}, {"detail", ex.what()}});
+    }
+  }
+  uint64_t failed_before = failed_.load();
+  for (auto& item : items) enqueue(std::move(item));
+  flush();
+  if (failed_.load() != failed_before)
+    throw std::runtime_error("replaying " + path.string() + ": " + std::to_string(failed_.load() - failed_before) +
+                             " entries could not be committed (see the log); the journal is kept for the next start");
+  if (!items.empty())
+    log::warn("state_journal_replayed", {{"path", path.string()},
+                                         {"entries", items.size()},
+                                         {"detail", "answered before the server stopped, committed now"}});
+  std::lock_guard g(mutex_);
+  journal->clear();
+  journal_seq_ = journal_committed_ = top;
+  journal_ = std::move(journal);
+  journal_on_ = append;
+  return items.size();
+}
+
+bool Writer::catch_up(std::chrono::milliseconds limit) {
+  std::unique_lock l(mutex_);
+  uint64_t target = journal_seq_;
+  if (journal_committed_ >= target) return true;
+  if (unwoken_) {  // (a settle whose audit record has not come yet)
+    unwoken_ = false;
+    cv_.notify_one();
+  }
+  return idle_cv_.wait_for(l, limit, [&] { return journal_committed_ >= target; });
+}
+
+void Writer::maybe_clear_journal() {
+  // Everything journaled is committed: the entries are no longer needed. Not at every idle
+  // moment (a truncate per call would cost more than the appends).
+  if (!journal_ || journal_committed_ != journal_seq_ || !journal_pending_.empty() ||
+      journal_->size() < kJournalClearBytes)
+    return;
+  try {
+    journal_->clear();
+  } catch (const std::exception& e) {
+    journal_on_ = false;
+    log::error("state_journal_write_failed", {{"detail", e.what()},
+                                              {"effect", "answers wait for their commit until the server restarts"}});
+  }
 }
 
 void Writer::flush() {
@@ -117,9 +270,14 @@ void Writer::resume() {
 }
 
 Writer::Stats Writer::stats() const {
-  return Stats{items_.load(),        transactions_.load(), retried_.load(),
-               failed_.load(),       db_.busy_waits(),     syncer_ ? syncer_->syncs() : 0,
-               spins_.load(),        spin_hits_.load()};
+  Stats s{items_.load(),        transactions_.load(), retried_.load(),
+          failed_.load(),       db_.busy_waits(),     syncer_ ? syncer_->syncs() : 0,
+          spins_.load(),        spin_hits_.load()};
+  s.journaled = journaled_.load();
+  s.journal_refused = journal_refused_.load();
+  std::lock_guard g(mutex_);
+  s.journal_bytes = journal_ ? journal_->size() : 0;
+  return s;
 }
 
 void Writer::run() {
@@ -201,6 +359,8 @@ void Writer::run() {
     for (Participant* p : owners) p->after_batch();
     batch.clear();
     l.lock();
+    if (committed_seq_ > journal_committed_) journal_committed_ = committed_seq_;
+    maybe_clear_journal();
     busy_ = false;
     idle_cv_.notify_all();
   }
@@ -231,6 +391,13 @@ void Writer::process(std::vector<std::shared_ptr<Item>>& batch, std::size_t begi
         item.apply();
       }
       for (Participant* p : begun) p->before_commit();
+      uint64_t top = 0;  // the journal's highest entry in this transaction, recorded with it
+      for (std::size_t i = begin; i < end; ++i)
+        if (!batch[i]->answered_) top = std::max(top, batch[i]->journal_seq_);
+      if (top > 0 && journal_mark_) {
+        journal_mark_->bind(1, static_cast<int64_t>(top));
+        run_cached(*journal_mark_);
+      }
       for (std::size_t i = begin; i < end; ++i) {
         Item& item = *batch[i];
         if (!item.answered_ && item.answer_before_commit()) {
@@ -245,6 +412,7 @@ void Writer::process(std::vector<std::shared_ptr<Item>>& batch, std::size_t begi
       throw;
     }
     for (Participant* p : begun) p->committed();
+    for (std::size_t i = begin; i < end; ++i) committed_seq_ = std::max(committed_seq_, batch[i]->journal_seq_);
     ++transactions_;
   } catch (const std::exception& e) {
     std::string what = e.what();

@@ -23,8 +23,15 @@
 // decided under the write lock and needs no durability). An item answered before a COMMIT that
 // then failed is told so (Item::lost) and not run again.
 //
-// Thread-safety: enqueue(), flush(), pause(), resume(), add(), remove() and stats() from any
-// thread. Participant callbacks and Item::apply/failed/lost run on the writer thread with the
+// The journal: with open_journal(), an item that can describe itself (Item::journal_entry) is
+// written to an append-only file as it is enqueued (enqueue_journaled) and may be relied on at
+// once, before its COMMIT: a crash of the process loses nothing that was journaled, because
+// the next open_journal() replays every entry past the highest sequence number committed (kept
+// in the database, in the same transactions as the items: table state_journal). This is how a
+// tool call is answered without waiting for the writer in `durability = "commit"`.
+//
+// Thread-safety: enqueue(), enqueue_journaled(), flush(), pause(), resume(), add(), remove() and
+// stats() from any thread. Participant callbacks and Item::apply/failed/lost run on the writer thread with the
 // connection's lock held (tick and after_batch without it); Item::answer runs on the writer
 // thread or, for synced items, on the syncer's.
 #include <atomic>
@@ -35,11 +42,14 @@
 #include <filesystem>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
 #include "server/state/database.hpp"
+#include "server/state/journal.hpp"
 #include "server/state/spin_policy.hpp"
 #include "server/state/wal_checkpointer.hpp"
 #include "server/state/wal_syncer.hpp"
@@ -49,6 +59,7 @@ namespace scigate::state {
 class Writer {
  public:
   using TimePoint = std::chrono::steady_clock::time_point;
+  class Item;
 
   class Participant {
    public:
@@ -67,6 +78,15 @@ class Writer {
       (void)now;
       return TimePoint::max();
     }
+    // The journal (open_journal): a participant whose items have journal entries names them
+    // with a tag of its own (not 0) and turns an entry's payload back into its item at replay
+    // (nullptr: nothing to do). Throws when the payload does not parse (the entry is skipped,
+    // and logged).
+    virtual char journal_tag() const { return 0; }
+    virtual std::shared_ptr<Item> decode(std::string_view payload) {
+      (void)payload;
+      return nullptr;
+    }
   };
 
   class Item {
@@ -83,10 +103,17 @@ class Writer {
     // It was answered before a COMMIT that failed: its changes are gone.
     virtual void lost(const std::string& what) { (void)what; }
     virtual void answer() = 0;
+    // Appends what replaying this item after a crash needs (its owner's decode() reads it) and
+    // returns true; false: it has no journal entry (enqueue_journaled() then refuses it).
+    virtual bool journal_entry(std::string& out) const {
+      (void)out;
+      return false;
+    }
 
    private:
     friend class Writer;
     Participant* owner_;
+    uint64_t journal_seq_ = 0;  // its journal entry's sequence number, 0: none
     bool answered_ = false;  // writer thread (and the syncer's, for synced items, after the writer is done with it)
   };
 
@@ -107,6 +134,8 @@ class Writer {
     uint64_t busy_waits = 0;  // waits for the write lock (another connection: CLI, a second server)
     uint64_t syncs = 0;       // WAL fsyncs, each covering every commit before it
     uint64_t spins = 0, spin_hits = 0;  // polls before sleeping; those that found an item
+    uint64_t journaled = 0, journal_refused = 0;  // enqueue_journaled(): entries written; refused
+    uint64_t journal_bytes = 0;  // the journal file's size now
   };
 
   Writer(const std::filesystem::path& db_path, Options options);
@@ -129,6 +158,29 @@ class Writer {
   // call's settle, then its audit record) and only that one wakes the writer, so that the two
   // share a batch; flush() and ticks take such an item all the same.
   void enqueue(std::shared_ptr<Item> item, bool wake_writer = true);
+
+  // The write-ahead journal at `path` (journal.hpp; docs/ARCHITECTURE.md "The journal"). Locks
+  // the file; replays what its last owner journaled but never committed — each entry decoded by
+  // the participant whose tag it carries, enqueued in journal order and committed before this
+  // returns; then empties it and, with `append`, takes entries from enqueue_journaled(). Call
+  // once, after the participants are added and before any enqueue_journaled(). Returns the
+  // number of entries replayed; 0 and no journal when another process holds the file. Throws
+  // when the file cannot be opened, or a replayed entry cannot be committed (the database is
+  // unusable: the journal is kept for the next start).
+  std::size_t open_journal(const std::filesystem::path& path, bool append);
+  bool journaling() const;
+  // enqueue() with the item's entry (Item::journal_entry) written to the journal first, so that
+  // the item survives a crash of the process from now on, committed or not: its answer() is
+  // not worth waiting for. With wake_writer false the entry waits in memory and goes out with
+  // the next journaled enqueue's write (one write for a call's settle and its audit record);
+  // should that write fail, the later item is refused and waits for its COMMIT, which covers
+  // this one too. False, and nothing enqueued: no journal, no entry, too much journaled but not
+  // yet committed (the writer is behind: the caller waits, which slows the callers down to what
+  // the writer commits), or the write failed (the journal is then off until restart).
+  bool enqueue_journaled(std::shared_ptr<Item> item, bool wake_writer = true);
+  // Blocks (at most `limit`) until every item journaled before the call is committed, so that
+  // another connection reads what was answered from the journal. False at the limit.
+  bool catch_up(std::chrono::milliseconds limit);
   // Blocks until every item enqueued so far has been answered (its caller resumed, or queued
   // on its executor) and the writer is between batches (after_batch done). The server calls it
   // after its I/O threads have stopped and before their io_context is destroyed.
@@ -144,6 +196,8 @@ class Writer {
   void answer(Item& item);
   void run_cached(Statement& st);  // steps a statement without rows, then resets it
   void answer_all(std::vector<std::shared_ptr<Item>>& batch);
+  bool push(std::shared_ptr<Item> item, bool wake_writer);  // under mutex_; true: wake the writer
+  void maybe_clear_journal();  // under mutex_
 
   Database db_;
   Options options_;
@@ -151,7 +205,7 @@ class Writer {
   Statement begin_, commit_;
   std::unique_ptr<WalSyncer> syncer_;  // outlives the writer thread
 
-  std::mutex mutex_;
+  mutable std::mutex mutex_;
   std::condition_variable cv_;       // the writer waits for work
   std::condition_variable idle_cv_;  // flush() and remove() wait
   std::deque<std::shared_ptr<Item>> queue_;
@@ -163,6 +217,16 @@ class Writer {
   int64_t outstanding_ = 0;  // enqueued, not yet answered
   std::atomic<uint64_t> items_{0}, transactions_{0}, retried_{0}, failed_{0};
   std::atomic<uint64_t> spins_{0}, spin_hits_{0};
+  // The journal: the file, appends on, entries framed but not yet written, the last sequence
+  // number given and the highest committed (under mutex_); the statement that records the
+  // highest committed in the database, in each transaction with journaled items (writer thread).
+  std::unique_ptr<Journal> journal_;
+  bool journal_on_ = false;
+  std::string journal_pending_;
+  uint64_t journal_seq_ = 0, journal_committed_ = 0;
+  std::optional<Statement> journal_mark_;
+  uint64_t committed_seq_ = 0;  // writer thread: the highest journaled item committed
+  std::atomic<uint64_t> journaled_{0}, journal_refused_{0};
   std::thread thread_;
 };
 

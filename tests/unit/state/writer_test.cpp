@@ -1,6 +1,10 @@
 #include <catch2/catch.hpp>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <cstdlib>
 #include <chrono>
 #include <filesystem>
 #include <functional>
@@ -250,4 +254,137 @@ TEST_CASE("writer: an item enqueued without waking the writer waits for the one 
     w.remove(&p);
   }
   CHECK(db.rows() == std::vector<std::string>{"settle 0", "record 0", "lone 0", "settle 50", "record 50", "lone 50"});
+}
+
+namespace {
+
+// A participant whose items are journaled rows: the payload is the row's text.
+struct Journaled final : state::Writer::Participant {
+  explicit Journaled(state::Writer& w) : writer(w) {}
+  state::Writer& writer;
+  char journal_tag() const override { return 'T'; }
+  std::shared_ptr<state::Writer::Item> decode(std::string_view payload) override;
+};
+
+struct JournalRow final : state::Writer::Item {
+  JournalRow(Journaled& owner, std::string v) : Item(&owner), writer(owner.writer), value(std::move(v)) {}
+  state::Writer& writer;
+  std::string value;
+  void apply() override {
+    state::Statement st(writer.db().handle(), "INSERT INTO t(x) VALUES (?)");
+    st.bind(1, value);
+    st.step();
+  }
+  bool journal_entry(std::string& out) const override {
+    out += value;
+    return true;
+  }
+  void failed(const std::string&) override {}
+  void answer() override {}
+};
+
+std::shared_ptr<state::Writer::Item> Journaled::decode(std::string_view payload) {
+  if (payload == "unreadable") throw std::runtime_error("not a row");
+  return std::make_shared<JournalRow>(*this, std::string(payload));
+}
+
+struct JournalDb : TempDb {
+  fs::path journal = path.string() + "-writer.journal";
+  JournalDb() {
+    state::Database db(path);
+    db.exec("CREATE TABLE state_journal(id INTEGER PRIMARY KEY CHECK (id = 1), applied INTEGER NOT NULL);"
+            "INSERT INTO state_journal VALUES (1, 0)");
+  }
+  ~JournalDb() { fs::remove(journal); }
+};
+
+// In a child process: journals `committed` rows and waits for their commit, then journals
+// `uncommitted` more with the writer held, and dies without a word (as under SIGKILL).
+void crash_after_journaling(const JournalDb& db, std::vector<std::string> committed,
+                            std::vector<std::string> uncommitted) {
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    state::Writer w(db.path, {});
+    Journaled p(w);
+    w.add(&p);
+    bool ok = w.open_journal(db.journal, true) == 0;
+    for (auto& v : committed) ok = ok && w.enqueue_journaled(std::make_shared<JournalRow>(p, v));
+    w.flush();
+    w.pause();
+    for (auto& v : uncommitted) ok = ok && w.enqueue_journaled(std::make_shared<JournalRow>(p, v));
+    std::_Exit(ok ? 0 : 3);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+}
+
+}  // namespace
+
+TEST_CASE("writer journal: what was journaled but never committed is replayed at the next open, once") {
+  JournalDb db;
+  crash_after_journaling(db, {"a", "b"}, {"c", "d", "e"});
+  CHECK(db.rows() == std::vector<std::string>{"a", "b"});  // c, d, e died uncommitted
+  {
+    state::Writer w(db.path, {});
+    Journaled p(w);
+    w.add(&p);
+    CHECK(w.open_journal(db.journal, true) == 3);  // not a and b again: committed before
+    CHECK(w.journaling());
+    CHECK(fs::file_size(db.journal) == 0);
+    CHECK(db.rows() == std::vector<std::string>{"a", "b", "c", "d", "e"});
+    // And it goes on journaling, from a sequence number above the old ones.
+    CHECK(w.enqueue_journaled(std::make_shared<JournalRow>(p, "f")));
+    w.flush();
+    CHECK(fs::file_size(db.journal) > 0);
+    w.remove(&p);
+  }
+  CHECK(fs::file_size(db.journal) == 0);  // a clean stop leaves it empty
+  {
+    state::Writer w(db.path, {});
+    Journaled p(w);
+    w.add(&p);
+    CHECK(w.open_journal(db.journal, false) == 0);
+    CHECK_FALSE(w.journaling());  // append false: replay only (a server in durability = fsync)
+    w.remove(&p);
+  }
+  CHECK(db.rows() == std::vector<std::string>{"a", "b", "c", "d", "e", "f"});
+}
+
+TEST_CASE("writer journal: a torn last entry and an unreadable one are skipped, the others replayed") {
+  JournalDb db;
+  crash_after_journaling(db, {}, {"x", "unreadable", "y", "z"});
+  // A crash inside the last write: cut the file in the middle of "z"'s entry.
+  auto size = fs::file_size(db.journal);
+  fs::resize_file(db.journal, size - 1);
+  state::Writer w(db.path, {});
+  Journaled p(w);
+  w.add(&p);
+  CHECK(w.open_journal(db.journal, true) == 2);
+  CHECK(db.rows() == std::vector<std::string>{"x", "y"});
+  w.remove(&p);
+}
+
+TEST_CASE("writer journal: a second writer on the same file goes without one; without a journal nothing is journaled") {
+  JournalDb db;
+  state::Writer first(db.path, {});
+  Journaled p1(first);
+  first.add(&p1);
+  state::Writer second(db.path, {});
+  Journaled p2(second);
+  second.add(&p2);
+  CHECK_FALSE(second.enqueue_journaled(std::make_shared<JournalRow>(p2, "before open")));
+  CHECK(first.open_journal(db.journal, true) == 0);
+  CHECK(first.journaling());
+  CHECK(second.open_journal(db.journal, true) == 0);
+  CHECK_FALSE(second.journaling());  // locked by the first: it waits for its commits instead
+  CHECK_FALSE(second.enqueue_journaled(std::make_shared<JournalRow>(p2, "refused")));
+  CHECK(first.enqueue_journaled(std::make_shared<JournalRow>(p1, "journaled")));
+  first.flush();
+  CHECK(first.stats().journaled == 1);
+  CHECK(db.rows() == std::vector<std::string>{"journaled"});
+  first.remove(&p1);
+  second.remove(&p2);
 }
