@@ -203,6 +203,7 @@ AuditQueryService::~AuditQueryService() {
 }
 
 AuditPage AuditQueryService::run(const EventFilter& filter) {
+  if (before_read_) before_read_();
   if (!reader_) reader_ = std::make_unique<AuditReader>(db_path_);
   return reader_->page(filter);
 }

@@ -185,6 +185,12 @@ struct SqliteAuditLog::Item final : state::Writer::Item {
   std::optional<boost::asio::any_completion_handler<void()>> handler;
 
   void apply() override { log->write(*this); }
+  // The record as its canonical message without a chain (seq 0, no prev_hash): the chain is
+  // the writer's to extend, at replay as at the first attempt.
+  bool journal_entry(std::string& out) const override {
+    append_audit_message(out, view_of(record, 0, details, ""), false);
+    return true;
+  }
   bool needs_sync() const override { return handler && log->options_.sync_before_answer; }
   void failed(const std::string& what) override {
     // The database is unusable (disk full, removed): say so loudly, and keep the record in the
@@ -304,8 +310,39 @@ void SqliteAuditLog::check_checkpoint_against_log() {
 
 void SqliteAuditLog::append(AuditRecord record) { writer_->enqueue(std::make_shared<Item>(this, std::move(record))); }
 
+std::shared_ptr<state::Writer::Item> SqliteAuditLog::decode(std::string_view payload) {
+  auto j = nlohmann::json::parse(payload);
+  AuditRecord r;
+  r.time_ms = j.at("time_ms").get<int64_t>();
+  r.request_id = j.at("request_id").get<std::string>();
+  r.principal = j.at("principal").get<std::string>();
+  r.project = j.at("project").get<std::string>();
+  r.tool = j.at("tool").get<std::string>();
+  r.outcome = j.at("outcome").get<std::string>();
+  r.error_code = j.at("error_code").get<std::string>();
+  r.decision_rules = j.at("rules").get<std::string>();
+  r.cost = j.at("cost").get<int64_t>();
+  r.duration_us = j.at("duration_us").get<int64_t>();
+  r.details = std::move(j.at("details"));
+  auto item = std::make_shared<Item>(this, std::move(r));
+  canonical::append(item->details, item->record.details);
+  return item;
+}
+
+bool SqliteAuditLog::append_journaled(const std::shared_ptr<Item>& item) {
+  // Only a record whose cost is known now: one that reads a queued settle's posting
+  // (cost_posted) must wait for that settle's commit, which its own covers.
+  if (item->record.cost_posted || !writer_->journaling()) return false;
+  canonical::append(item->details, item->record.details.is_object() ? item->record.details : nlohmann::json::object());
+  if (writer_->enqueue_journaled(item)) return true;
+  item->details.clear();
+  return false;
+}
+
 boost::asio::awaitable<void> SqliteAuditLog::append_durable(AuditRecord record) {
   auto item = std::make_shared<Item>(this, std::move(record));
+  // Journaled: it survives a crash of the server from now on; the caller need not wait.
+  if (append_journaled(item)) return []() -> boost::asio::awaitable<void> { co_return; }();
   return boost::asio::async_initiate<decltype(boost::asio::use_awaitable), void()>(
       [this, item](auto handler) {
         item->executor = boost::asio::get_associated_executor(handler);
@@ -337,8 +374,8 @@ void SqliteAuditLog::write(Item& item) {
                     "INSERT INTO audit_log(seq, time_ms, request_id, principal, project, tool, outcome, "
                     "error_code, rules, cost, duration_us, details, prev_hash, hash) "
                     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
-  item.details.clear();
-  canonical::append(item.details, r.details.is_object() ? r.details : nlohmann::json::object());
+  if (item.details.empty())  // (journaled records have theirs already)
+    canonical::append(item.details, r.details.is_object() ? r.details : nlohmann::json::object());
   int64_t seq = head_seq_ + 1;
   item.prev_hash = head_hash_;
   item.hash = audit_row_hash(view_of(r, seq, item.details, head_hash_));

@@ -121,6 +121,9 @@ class SqliteAuditLog final : public AuditLog, private state::Writer::Participant
   void rolled_back() noexcept override;
   void after_batch() override;
   state::Writer::TimePoint tick(state::Writer::TimePoint now) override;
+  char journal_tag() const override { return 'A'; }
+  std::shared_ptr<state::Writer::Item> decode(std::string_view payload) override;
+  bool append_journaled(const std::shared_ptr<Item>& item);
 
   AuditLogOptions options_;
   std::unique_ptr<state::Writer> own_writer_;  // the first constructors'

@@ -16,6 +16,7 @@
 #include <thread>
 #include <unordered_set>
 
+#include "policies/canonical_json.hpp"
 #include "server/observability/log.hpp"
 
 namespace scigate {
@@ -38,6 +39,10 @@ struct SqliteLedger::Op final : state::Writer::Item {
   json result;              // settle
   std::shared_ptr<MicroCredits> posted_out;  // settle_queued: what was posted, set in apply()
   bool queued = false;      // settle_queued/release_queued: nobody waits, answer() logs
+  // settle_queued with a journal: the hold (pinned) and the amount (`price`) were decided
+  // before the op was queued, and the op is in the journal (decode() makes it again).
+  bool decided = false;
+  credits::OpenHold hold;
   std::string user;         // usage
   bool whole_project = false;  // usage: every user's holds and charges (a manager's view)
 
@@ -92,8 +97,36 @@ struct SqliteLedger::Op final : state::Writer::Item {
       handler.reset();
     }
   }
+  bool journal_entry(std::string& out) const override;
   void log_queued_outcome();
 };
+
+bool SqliteLedger::Op::journal_entry(std::string& out) const {
+  if (kind != Kind::kSettle || !decided) return false;
+  // Canonical JSON by hand (keys in order): this is on the caller's thread.
+  out += "{\"account\":";
+  canonical::append_string(out, hold.account);
+  out += ",\"amount\":";
+  canonical::append_int(out, hold.amount);
+  out += ",\"hold\":";
+  canonical::append_int(out, hold.id);
+  out += ",\"posted\":";
+  canonical::append_int(out, price);
+  out += ",\"project\":";
+  canonical::append_string(out, hold.project);
+  out += ",\"request_id\":";
+  canonical::append_string(out, hold.request_id);
+  out += ",\"sub_budget\":";
+  out += hold.sub_budget ? "true" : "false";
+  out += ",\"tool\":";
+  canonical::append_string(out, hold.tool);
+  out += ",\"usage\":";
+  canonical::append_string(out, usage_json);
+  out += ",\"user\":";
+  canonical::append_string(out, hold.user);
+  out += '}';
+  return true;
+}
 
 namespace {
 
@@ -471,14 +504,53 @@ asio::awaitable<MicroCredits> SqliteLedger::settle(Hold hold, Usage actual, json
   co_return *op->posted;
 }
 
-void SqliteLedger::settle_queued(Hold hold, Usage actual, json result, std::shared_ptr<MicroCredits> posted) {
+std::optional<MicroCredits> SqliteLedger::decide_settle(Op& op) {
+  // Only an in-memory hold of a server that owns the ledger alone, with a journal: its amount
+  // depends on nothing but the hold, which nobody else can see or void.
+  if (op.hold_id >= 0 || !writer_->journaling()) return std::nullopt;
+  std::lock_guard g(mirror_);
+  const credits::OpenHold* h = store_.pin(op.hold_id);
+  if (!h) return std::nullopt;  // voided: the settle posts nothing, and says so
+  op.hold = *h;
+  op.price = std::clamp<MicroCredits>(op.price, 0, h->amount);
+  op.decided = true;
+  return op.price;
+}
+
+std::optional<MicroCredits> SqliteLedger::settle_queued(Hold hold, Usage actual, json result,
+                                                        std::shared_ptr<MicroCredits> posted) {
   if (posted) *posted = 0;
-  if (hold.id.empty()) return;
+  if (hold.id.empty()) return 0;
   auto op = settle_op(hold, actual, std::move(result));
-  op->posted_out = std::move(posted);
   op->queued = true;
   ++operations_;
-  writer_->enqueue(op, /*wake_writer=*/false);  // the call's audit record follows and wakes it
+  // The call's audit record follows and wakes the writer (and writes this entry with its own).
+  if (auto decided = decide_settle(*op)) {
+    if (writer_->enqueue_journaled(op, /*wake_writer=*/false)) return decided;
+  }
+  op->posted_out = std::move(posted);
+  writer_->enqueue(op, /*wake_writer=*/false);
+  return std::nullopt;
+}
+
+std::shared_ptr<state::Writer::Item> SqliteLedger::decode(std::string_view payload) {
+  auto j = json::parse(payload);
+  auto op = std::make_shared<Op>(this, Op::Kind::kSettle);
+  op->hold.id = j.at("hold").get<int64_t>();
+  op->hold.account = j.at("account").get<std::string>();
+  op->hold.project = j.at("project").get<std::string>();
+  op->hold.user = j.at("user").get<std::string>();
+  op->hold.tool = j.at("tool").get<std::string>();
+  op->hold.request_id = j.at("request_id").get<std::string>();
+  op->hold.amount = j.at("amount").get<int64_t>();
+  op->hold.sub_budget = j.at("sub_budget").get<bool>();
+  op->hold_id = op->hold.id;
+  op->project = op->hold.project;
+  op->price = j.at("posted").get<int64_t>();
+  op->usage_json = j.at("usage").get<std::string>();
+  op->decided = true;
+  op->queued = true;
+  return op;
 }
 
 asio::awaitable<void> SqliteLedger::release(Hold hold) {
@@ -626,7 +698,8 @@ void SqliteLedger::apply(Op& op) {
       op.reserved = store_.reserve(op.spec);
       break;
     case Op::Kind::kSettle:
-      op.posted = store_.settle(op.hold_id, op.price, op.usage_json, op.result);
+      op.posted = op.decided ? std::optional<MicroCredits>(store_.settle_decided(op.hold, op.price, op.usage_json))
+                             : store_.settle(op.hold_id, op.price, op.usage_json, op.result);
       if (op.posted_out) *op.posted_out = op.posted.value_or(0);
       break;
     case Op::Kind::kRelease:

@@ -80,7 +80,8 @@ class SqliteLedger final : public Ledger, private state::Writer::Participant {
   boost::asio::awaitable<void> release(Hold hold) override;
   boost::asio::awaitable<UsageReport> usage(std::string project, std::string user, bool whole_project) override;
   const state::Writer* writer() const override { return writer_; }
-  void settle_queued(Hold hold, Usage actual, nlohmann::json result, std::shared_ptr<MicroCredits> posted) override;
+  std::optional<MicroCredits> settle_queued(Hold hold, Usage actual, nlohmann::json result,
+                                           std::shared_ptr<MicroCredits> posted) override;
   void release_queued(Hold hold) override;
 
   // Restart recovery, for a server about to serve: every open hold whose process is gone (the
@@ -123,6 +124,7 @@ class SqliteLedger final : public Ledger, private state::Writer::Participant {
   boost::asio::awaitable<void> submit(std::shared_ptr<Op> op);
   void run_blocking(std::shared_ptr<Op> op);
   std::shared_ptr<Op> settle_op(const Hold& hold, const Usage& actual, nlohmann::json result);
+  std::optional<MicroCredits> decide_settle(Op& op);
   void apply(Op& op);
   void note_unpriced(const Usage& usage) const;
   std::optional<ReserveResult> hold_in_memory(const HoldRequest& req, const credits::HoldSpec& spec);
@@ -135,6 +137,8 @@ class SqliteLedger final : public Ledger, private state::Writer::Participant {
   void committed() override;
   void rolled_back() noexcept override;
   state::Writer::TimePoint tick(state::Writer::TimePoint now) override;
+  char journal_tag() const override { return 'L'; }
+  std::shared_ptr<state::Writer::Item> decode(std::string_view payload) override;
 
   CreditLedgerOptions options_;
   credits::RateTable rates_;

@@ -395,18 +395,7 @@ std::optional<MicroCredits> CreditStore::settle(int64_t hold_id, MicroCredits pr
   int64_t now = clock_();
   MicroCredits posted = std::clamp<MicroCredits>(price, 0, h.amount);
   close_hold(h);
-  MicroCredits balance_after = 0;
-  if (auto a = accounts_.find(h.account); a != accounts_.end() && h.amount > 0) {
-    std::vector<GrantChange> changed;
-    a->second.purse.charge(posted, &changed);
-    if (h.sub_budget) {
-      a->second.users[h.user].charge(posted, &changed);
-      dirty_users_.insert({h.account, h.user});
-    }
-    for (const auto& c : changed) dirty_grants_[c.grant_id] = c.remaining;
-    dirty_accounts_.insert(h.account);
-    balance_after = a->second.purse.balance();
-  }
+  MicroCredits balance_after = charge(h, posted);
   if (h.in_memory) {
     // No row to close: the posting below is the record. Kept until the COMMIT, to be reopened
     // (and settled again by the retry) if the transaction rolls back.
@@ -431,6 +420,39 @@ std::optional<MicroCredits> CreditStore::settle(int64_t hold_id, MicroCredits pr
     post(now, h.account, h.user, "charge", -posted, balance_after, h.sub_budget, h.id, 0, h.tool, h.request_id,
          usage_json);
   open_.erase(it);
+  return posted;
+}
+
+MicroCredits CreditStore::charge(const OpenHold& h, MicroCredits posted) {
+  auto a = accounts_.find(h.account);
+  if (a == accounts_.end() || h.amount <= 0) return 0;
+  std::vector<GrantChange> changed;
+  a->second.purse.charge(posted, &changed);
+  if (h.sub_budget) {
+    a->second.users[h.user].charge(posted, &changed);
+    dirty_users_.insert({h.account, h.user});
+  }
+  for (const auto& c : changed) dirty_grants_[c.grant_id] = c.remaining;
+  dirty_accounts_.insert(h.account);
+  return a->second.purse.balance();
+}
+
+const OpenHold* CreditStore::pin(int64_t hold_id) {
+  auto it = open_.find(hold_id);
+  if (it == open_.end()) return nullptr;
+  it->second.settling = true;
+  return &it->second;
+}
+
+MicroCredits CreditStore::settle_decided(const OpenHold& hold, MicroCredits posted, const std::string& usage_json) {
+  posted = std::clamp<MicroCredits>(posted, 0, hold.amount);
+  if (open_.count(hold.id)) return settle(hold.id, posted, usage_json, nlohmann::json()).value_or(0);
+  // The hold is gone — the process that held it died and this is the replay of its journal,
+  // or another process voided it after it was written out — but the call was answered with
+  // this charge: post it all the same (its held amount was released when the hold went).
+  if (hold.amount > 0)
+    post(clock_(), hold.account, hold.user, "charge", -posted, charge(hold, posted), hold.sub_budget, hold.id, 0,
+         hold.tool, hold.request_id, usage_json);
   return posted;
 }
 
@@ -472,7 +494,7 @@ SweepCounts CreditStore::sweep() {
   int64_t now = clock_();
   std::vector<int64_t> expired;
   for (const auto& [id, h] : open_)
-    if (h.expires_ms <= now) expired.push_back(id);
+    if (h.expires_ms <= now && !h.settling) expired.push_back(id);
   std::sort(expired.begin(), expired.end());
   for (auto id : expired) c.voided += void_hold(id, "timeout") ? 1 : 0;
   for (auto& [account, a] : accounts_) {

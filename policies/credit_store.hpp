@@ -61,6 +61,7 @@ struct OpenHold {
   bool keyed = false;       // carries an idempotency key: settle stores the result
   std::string owner;        // "PID/instance" of the store that made it
   bool in_memory = false;   // no row (yet): see "Holds in memory" above
+  bool settling = false;    // its settle is decided and queued (pin()): the sweep leaves it
 };
 
 struct HoldSpec {
@@ -143,6 +144,12 @@ class CreditStore {
   // (voided by the sweeper or at restart). `result` is stored for replay when the hold is keyed.
   std::optional<MicroCredits> settle(int64_t hold_id, MicroCredits price, const std::string& usage_json,
                                      const nlohmann::json& result);
+  // A settle decided before it runs (SqliteLedger::settle_queued with a journal): pin() marks
+  // the open hold so that the sweep leaves it to its settle (nullptr: not open);
+  // settle_decided() then posts min(posted, hold.amount) — through settle() while the hold is
+  // open, else straight to the account (a replay after a crash: the hold died with the process).
+  const OpenHold* pin(int64_t hold_id);
+  MicroCredits settle_decided(const OpenHold& hold, MicroCredits posted, const std::string& usage_json);
   bool void_hold(int64_t hold_id, const std::string& reason);
   // Restart recovery: voids the open holds whose owner process is gone (another ledger in this
   // process included: one ledger per database per process). Processes sharing a SQLite file in
@@ -180,6 +187,7 @@ class CreditStore {
             const std::string& tool, const std::string& request_id, const std::string& detail);
   void lapse(const std::string& account, AccountState& a);
   void close_hold(OpenHold& h);
+  MicroCredits charge(const OpenHold& h, MicroCredits posted);  // returns the balance after
   ReserveOutcome hold(const HoldSpec& spec, int64_t memory_id);  // memory_id 0: a row
   void insert_hold_row(const OpenHold& h, const std::string& key, const std::string& args_hash);
 

@@ -145,8 +145,10 @@ class Ledger {
   // and reads what it posted (AuditRecord::cost_posted).
   virtual const state::Writer* writer() const { return nullptr; }
   // settle() without waiting: `posted` receives what was posted before anything queued after
-  // it on writer() runs. Only for a ledger with a writer() (others throw std::logic_error).
-  virtual void settle_queued(Hold, Usage, nlohmann::json, std::shared_ptr<MicroCredits>) {
+  // it on writer() runs. Returns the amount when it is decided already (the settle is in
+  // writer()'s journal, or there is nothing to post): the call's audit record can then be
+  // journaled too. Only for a ledger with a writer() (others throw std::logic_error).
+  virtual std::optional<MicroCredits> settle_queued(Hold, Usage, nlohmann::json, std::shared_ptr<MicroCredits>) {
     throw std::logic_error("settle_queued on a ledger without a writer");
   }
   // release() without waiting; the same condition.

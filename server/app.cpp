@@ -116,6 +116,11 @@ std::string writer_metrics(const state::Writer::Stats& s) {
   counter("scigate_state_fsyncs_total", "WAL fsyncs (durability = fsync).", s.syncs);
   counter("scigate_state_polls_total", "Polls for the next write before the idle writer sleeps.", s.spins);
   counter("scigate_state_poll_hits_total", "Polls that found a write before their budget ran out.", s.spin_hits);
+  counter("scigate_state_journaled_total",
+          "Writes answered from the journal before their commit (durability = commit).", s.journaled);
+  counter("scigate_state_journal_refused_total",
+          "Writes that waited for their commit because the journal was off, behind or failing.", s.journal_refused);
+  sample(o, "gauge", "scigate_state_journal_bytes", "Size of the journal file now.", s.journal_bytes);
   return o;
 }
 
@@ -186,6 +191,8 @@ App::App(Config config)
     jobs_->set_pricer([ledger = sqlite_ledger_](const Usage& u) { return ledger->rates().price(u); });
   metrics_.add_collector([this] { return writer_metrics(writer_.stats()); });
   if (sqlite_ledger_) metrics_.add_collector([ledger = sqlite_ledger_] { return ledger_metrics(*ledger); });
+  // An auditor's query reads every call answered before it, journaled or committed.
+  audit_query_->before_read([this] { writer_.catch_up(std::chrono::seconds(2)); });
   policy_.set_reload_observer([this](const std::vector<ProjectPolicies::ReloadEvent>& events) {
     for (const auto& e : events) audit_.append(policy_reload_record(e));
   });
@@ -235,6 +242,13 @@ int App::thread_count() const {
 }
 
 void App::prepare_to_serve() {
+  // The journal first: what a crashed server answered but never committed (charges and audit
+  // records) is committed before anything else reads the ledger or the log. It is kept in
+  // `commit` mode only; a server in `fsync` mode replays one left by an earlier run.
+  auto journal = config_.database;
+  journal += "-writer.journal";
+  bool append = config_.durability == "commit";
+  if (append || std::filesystem::exists(journal)) writer_.open_journal(journal, append);
   if (sqlite_ledger_) {
     sqlite_ledger_->claim(config_.database);  // holds in memory while no other server shares the file
     sqlite_ledger_->recover_after_restart();

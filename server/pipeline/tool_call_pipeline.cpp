@@ -367,10 +367,13 @@ asio::awaitable<void> ToolCallPipeline::close(Call& c, std::optional<ToolResult>
     if (!c.req.idempotency_key.empty()) replayable = r;
     if (c.one_writer) {
       // Not awaited: the audit record below is queued after it on the same writer, written
-      // after it and durable with it, and reads what it posted.
+      // after it and durable with it, and reads what it posted — or, decided already (the
+      // settle is journaled), says it.
       auto posted = std::make_shared<MicroCredits>(0);
-      ledger_.settle_queued(c.hold, std::move(result->usage), std::move(replayable), posted);
-      c.audit.cost_posted = std::move(posted);
+      if (auto decided = ledger_.settle_queued(c.hold, std::move(result->usage), std::move(replayable), posted))
+        c.audit.cost = *decided;
+      else
+        c.audit.cost_posted = std::move(posted);
     } else {
       c.audit.cost = co_await ledger_.settle(c.hold, std::move(result->usage), std::move(replayable));
     }

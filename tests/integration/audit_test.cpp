@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include <signal.h>
+#include <sqlite3.h>
 #include <sys/wait.h>
 
 #include <atomic>
@@ -502,4 +503,27 @@ TEST_CASE("audit log_mirror: on, each record is also an audit line in the log, o
   };
   run(true);
   run(false);
+}
+
+TEST_CASE("audit api: with durability = commit, an auditor's query waits for the calls answered before it") {
+  ServerProcess s(std::string(kProjects) + "[server]\ndurability = \"commit\"\n");
+  std::string ann = create_key(s, "ann");
+  Client c(s.port());
+  // Another connection holds the write lock: calls are answered from the journal and cannot
+  // commit until it lets go.
+  sqlite3* blocker = nullptr;
+  REQUIRE(sqlite3_open((s.dir() / "scigate.db").c_str(), &blocker) == SQLITE_OK);
+  REQUIRE(sqlite3_exec(blocker, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK);
+  REQUIRE(call_tool(c, s.user_key(), "echo", {{"text", "journaled"}}, "physics")["result"]["isError"] == false);
+  std::thread release([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    sqlite3_exec(blocker, "ROLLBACK", nullptr, nullptr, nullptr);
+  });
+  auto r = c.request(verb::get, "/audit/events?project=physics&tool=echo", bearer(ann));
+  release.join();
+  sqlite3_close(blocker);
+  REQUIRE(r.status == 200);
+  auto events = r.json_body()["events"];
+  REQUIRE(events.size() == 1);  // not an empty page read before the record was committed
+  CHECK(events[0]["details"]["arguments"]["text"] == "journaled");
 }

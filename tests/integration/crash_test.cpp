@@ -45,7 +45,11 @@ std::set<std::string> audited_echoes(const std::filesystem::path& db_path) {
 }  // namespace
 
 TEST_CASE("crash: SIGKILL under load loses no answered call and leaves a verifiable audit chain") {
-  ServerProcess srv("", false);
+  // commit: calls are answered once their record is in the writer's journal; the restart
+  // replays what was not yet committed.
+  const std::string durability = GENERATE(as<std::string>{}, "fsync", "commit");
+  INFO("durability = " << durability);
+  ServerProcess srv("[server]\ndurability = \"" + durability + "\"\n", false);
   std::mt19937 rng(std::random_device{}());
   std::set<std::string> answered;
   std::mutex answered_mutex;
@@ -85,6 +89,9 @@ TEST_CASE("crash: SIGKILL under load loses no answered call and leaves a verifia
     REQUIRE(rc == 0);
   }
 
+  // The restart first commits what the journal holds (commit mode); then every answered call
+  // is in the log.
+  srv.start();
   auto audited = audited_echoes(srv.dir() / "scigate.db");
   std::vector<std::string> missing;
   for (const auto& t : answered)
@@ -95,8 +102,7 @@ TEST_CASE("crash: SIGKILL under load loses no answered call and leaves a verifia
   CHECK(missing.empty());
   if (!missing.empty()) FAIL("first missing: " << missing.front());
 
-  // And the server still starts and serves after all that.
-  srv.start();
+  // And the server still serves after all that.
   Client c(srv.port());
   json req = modern_request(1, "tools/call", {{"name", "echo"}, {"arguments", {{"text", "after"}}}});
   auto r = c.request(verb::post, "/mcp", modern_headers(srv.user_key(), "tools/call", "echo"), req.dump());

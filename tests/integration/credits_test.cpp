@@ -379,7 +379,11 @@ std::vector<std::vector<std::string>> query(const std::filesystem::path& db_path
 }  // namespace
 
 TEST_CASE("credits: SIGKILL under load, then restart: every answered call is audited and charged once, the books match the audit, no hold is left") {
-  ServerProcess s("", false);
+  // fsync: answers wait for the WAL's fsync. commit: the un-keyed calls (holds in memory) are
+  // answered from the writer's journal before their commit, and replayed at the restart.
+  const std::string durability = GENERATE(as<std::string>{}, "fsync", "commit");
+  INFO("durability = " << durability);
+  ServerProcess s("[server]\ndurability = \"" + durability + "\"\n", false);
   // This test is about crashes, not policy: the demo policy's sleep rate limit would refuse
   // most calls before they hold anything.
   std::ofstream(s.dir() / "policies" / "demo.toml")
@@ -482,4 +486,61 @@ TEST_CASE("credits: SIGKILL under load, then restart: every answered call is aud
   int64_t spent = 0;
   for (const auto& p : postings) spent += std::stoll(p[1]);
   CHECK(bal["balance_micro"].get<int64_t>() == grants - spent);
+}
+
+TEST_CASE("credits: with durability = commit, calls are answered while the database is locked, and a SIGKILL then loses none of them") {
+  ServerProcess s("[server]\ndurability = \"commit\"\n", false);
+  std::ofstream(s.dir() / "policies" / "demo.toml")
+      << "[[rules]]\nid = \"members-all\"\neffect = \"permit\"\nprincipals = [\"role:member\"]\n";
+  s.start();
+  REQUIRE(s.wait_for_log("credit_ledger_owned"));  // holds in memory: settles can be journaled
+  const auto db = s.dir() / "scigate.db";
+  int64_t balance_before = credits_json(s, {"balance", "--project", "demo", "--format", "json"})["balance_micro"];
+
+  // Another connection takes the write lock, as a long transaction would: nothing the server
+  // writes can commit now.
+  sqlite3* blocker = nullptr;
+  REQUIRE(sqlite3_open(db.c_str(), &blocker) == SQLITE_OK);
+  REQUIRE(sqlite3_exec(blocker, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK);
+  Client c(s.port());
+  const int calls = 12;
+  for (int i = 1; i <= calls; ++i) {
+    auto result = call_tool(c, s.user_key(), "sleep", {{"seconds", 0.001 * i}, {"steps", 1}});
+    INFO(result.dump());
+    CHECK(result["isError"] == false);  // answered from the journal, before any commit
+  }
+  CHECK(query(db, "SELECT COUNT(*) FROM audit_log WHERE tool = 'sleep'")[0][0] == "0");  // (read: not blocked)
+  kill(s.pid(), SIGKILL);
+  while (s.running()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  sqlite3_exec(blocker, "ROLLBACK", nullptr, nullptr, nullptr);
+  sqlite3_close(blocker);
+
+  s.start();  // replays the journal before it serves
+  CHECK(s.wait_for_log("state_journal_replayed"));
+  std::set<std::string> audited;
+  std::map<std::string, std::string> recorded;  // request id -> cost
+  for (const auto& row :
+       query(db, "SELECT details, cost, request_id FROM audit_log WHERE tool = 'sleep' AND outcome = 'ok'")) {
+    json d = json::parse(row[0], nullptr, false);
+    CHECK(std::stoll(row[1]) >= 100000);  // at least "call:sleep" = 0.1
+    recorded[row[2]] = row[1];
+    if (d.is_object() && d.contains("arguments")) audited.insert(d["arguments"]["seconds"].dump());
+  }
+  CHECK(audited.size() == static_cast<std::size_t>(calls));
+  // Each call charged once, as its record says.
+  std::map<std::string, std::string> charged;
+  int64_t spent = 0;
+  for (const auto& p : query(db, "SELECT request_id, -amount FROM credit_postings WHERE kind = 'charge'")) {
+    CHECK(charged.count(p[0]) == 0);
+    charged[p[0]] = p[1];
+    spent += std::stoll(p[1]);
+  }
+  CHECK(charged == recorded);
+  std::string v = credits_text(s, {"verify"});
+  CHECK(v.find("credit ledger consistent: 1 accounts, 0 open holds") != std::string::npos);
+  auto bal = credits_json(s, {"balance", "--project", "demo", "--format", "json"});
+  CHECK(bal["balance_micro"].get<int64_t>() == balance_before - spent);
+  std::string out;
+  CHECK(run_command({binary(), "audit", "verify", "--config", s.config_path()}, &out) == 0);
+  INFO(out);
 }
