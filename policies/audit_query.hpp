@@ -78,9 +78,9 @@ class AuditQueryService {
   ~AuditQueryService();
   // Resumes on the caller's executor. Throws state::DbError when the database is unreadable.
   boost::asio::awaitable<AuditPage> query(EventFilter filter);
-  // Runs on the query's thread before each read: the server waits there for its writer to
-  // commit what it answered from the journal, so that an auditor reads every call answered
-  // before the query (state::Writer::catch_up). Set before the first query.
+  // Runs on the query's thread before each read: the server waits there (up to 2 s) for its
+  // writer to commit what it answered from the journal, so that an auditor reads every call
+  // answered before the query (state::Writer::catch_up). Set before the first query.
   void before_read(std::function<void()> f) { before_read_ = std::move(f); }
 
  private:

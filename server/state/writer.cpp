@@ -53,6 +53,7 @@ Writer::~Writer() {
   if (journal_ && journal_committed_ == journal_seq_) {
     try {
       journal_->clear();
+      spare_->clear();
     } catch (const std::exception& e) {
       log::warn("state_journal_write_failed", {{"detail", e.what()}});
     }
@@ -114,6 +115,7 @@ namespace {
 constexpr int64_t kJournalBacklog = 8192;
 constexpr uint64_t kJournalClearBytes = 1u << 20;
 constexpr uint64_t kJournalMaxBytes = 256u << 20;
+constexpr int kJournalRetries = 3;  // a journaled item that fails alone is retried this often
 }  // namespace
 
 bool Writer::journaling() const {
@@ -121,48 +123,66 @@ bool Writer::journaling() const {
   return journal_on_;
 }
 
-bool Writer::enqueue_journaled(std::shared_ptr<Item> item, bool wake_writer) {
+bool Writer::journal_locked(Item& item, bool write) {
   thread_local std::string payload;
   payload.clear();
-  if (!item->journal_entry(payload)) return false;
-  char tag = item->owner_->journal_tag();
+  if (!item.journal_entry(payload)) return false;
+  // The active file is full and the other one empty: turn to it. The full one is emptied once
+  // everything in it is committed (maybe_clear_journal).
+  if (spare_ && spare_last_ == 0 && journal_->size() >= kJournalClearBytes) {
+    std::swap(journal_, spare_);
+    spare_last_ = journal_seq_;
+  }
+  uint64_t seq = journal_seq_ + 1;
+  Journal::frame(journal_pending_, seq, item.owner_->journal_tag(), payload);
+  if (write) {
+    int err = journal_->write(journal_pending_);
+    journal_pending_.clear();
+    if (err) {
+      journal_on_ = false;
+      log::error("state_journal_write_failed",
+                 {{"path", journal_->path().string()},
+                  {"detail", std::strerror(err)},
+                  {"effect", "answers wait for their commit until the server restarts"}});
+      return false;
+    }
+  }
+  journal_seq_ = seq;
+  item.journal_seq_ = seq;
+  return true;
+}
+
+bool Writer::enqueue_journaled(std::shared_ptr<Item> item, bool wake_writer) {
   bool wake;
-  int err = 0;
   {
     std::lock_guard g(mutex_);
-    if (!journal_on_ || outstanding_ >= kJournalBacklog || journal_->size() >= kJournalMaxBytes) {
+    if (!journal_on_ || outstanding_ >= kJournalBacklog || journal_->size() >= kJournalMaxBytes ||
+        !journal_locked(*item, wake_writer)) {
       journal_refused_.fetch_add(1, std::memory_order_relaxed);
       return false;
     }
-    uint64_t seq = journal_seq_ + 1;
-    Journal::frame(journal_pending_, seq, tag, payload);
-    if (wake_writer) {
-      err = journal_->write(journal_pending_);
-      journal_pending_.clear();
-      if (err) journal_on_ = false;
-    }
-    if (!err) {
-      journal_seq_ = seq;
-      item->journal_seq_ = seq;
-      wake = push(std::move(item), wake_writer);
-    }
-  }
-  if (err) {
-    log::error("state_journal_write_failed",
-               {{"path", journal_->path().string()},
-                {"detail", std::strerror(err)},
-                {"effect", "answers wait for their commit until the server restarts"}});
-    journal_refused_.fetch_add(1, std::memory_order_relaxed);
-    return false;
+    wake = push(std::move(item), wake_writer);
   }
   journaled_.fetch_add(1, std::memory_order_relaxed);
   if (wake) cv_.notify_one();
   return true;
 }
 
+bool Writer::rejournal(const std::shared_ptr<Item>& item) {
+  std::lock_guard g(mutex_);
+  if (!journal_ || !journal_locked(*item, true)) return false;
+  ++item->journal_retries_;
+  item->requeued_ = true;
+  queue_.push_back(item);  // (still outstanding: not counted again)
+  return true;
+}
+
 std::size_t Writer::open_journal(const std::filesystem::path& path, bool append) {
   auto journal = std::make_unique<Journal>(path);
-  if (!journal->locked()) {
+  auto other = path;
+  other += ".2";
+  auto spare = std::make_unique<Journal>(other);
+  if (!journal->locked() || !spare->locked()) {
     log::warn("state_journal_busy", {{"path", path.string()},
                                      {"detail", "another process holds it; this one answers after each commit"}});
     return 0;
@@ -175,11 +195,17 @@ std::size_t Writer::open_journal(const std::filesystem::path& path, bool append)
     st.reset();
     journal_mark_.emplace(db_.handle(), "UPDATE state_journal SET applied = ?1 WHERE id = 1 AND applied < ?1");
   }
-  Journal::Contents contents = journal->read();
-  if (contents.dropped_bytes > 0)
-    log::warn("state_journal_torn_tail", {{"path", path.string()},
-                                          {"bytes", contents.dropped_bytes},
-                                          {"detail", "an entry cut off by a crash while it was written (never answered)"}});
+  Journal::Contents contents;
+  for (const Journal* file : {journal.get(), spare.get()}) {
+    Journal::Contents c = file->read();
+    if (c.dropped_bytes > 0)
+      log::warn("state_journal_torn_tail", {{"path", file->path().string()},
+                                            {"bytes", c.dropped_bytes},
+                                            {"detail", "an entry cut off by a crash while it was written (never answered)"}});
+    for (auto& e : c.entries) contents.entries.push_back(std::move(e));
+  }
+  std::sort(contents.entries.begin(), contents.entries.end(),
+            [](const Journal::Entry& a, const Journal::Entry& b) { return a.seq < b.seq; });
   std::vector<Participant*> participants;
   {
     std::lock_guard g(mutex_);
@@ -202,22 +228,32 @@ std::size_t Writer::open_journal(const std::filesystem::path& path, bool append)
       log::error("state_journal_entry_skipped", {{"path", path.string()}, {"seq", e.seq}, {"detail", ex.what()}});
     }
   }
+  {
+    // Installed before the replay, appends still off: an entry that fails is journaled again.
+    std::lock_guard g(mutex_);
+    journal_ = std::move(journal);
+    spare_ = std::move(spare);
+    spare_last_ = 0;
+    journal_seq_ = top;
+    journal_committed_ = applied;
+  }
+  std::size_t replayed = items.size();
   uint64_t failed_before = failed_.load();
   for (auto& item : items) enqueue(std::move(item));
   flush();
   if (failed_.load() != failed_before)
     throw std::runtime_error("replaying " + path.string() + ": " + std::to_string(failed_.load() - failed_before) +
                              " entries could not be committed (see the log); the journal is kept for the next start");
-  if (!items.empty())
+  if (replayed > 0)
     log::warn("state_journal_replayed", {{"path", path.string()},
-                                         {"entries", items.size()},
+                                         {"entries", replayed},
                                          {"detail", "answered before the server stopped, committed now"}});
   std::lock_guard g(mutex_);
-  journal->clear();
-  journal_seq_ = journal_committed_ = top;
-  journal_ = std::move(journal);
+  journal_->clear();
+  spare_->clear();
+  journal_committed_ = journal_seq_;
   journal_on_ = append;
-  return items.size();
+  return replayed;
 }
 
 bool Writer::catch_up(std::chrono::milliseconds limit) {
@@ -232,13 +268,12 @@ bool Writer::catch_up(std::chrono::milliseconds limit) {
 }
 
 void Writer::maybe_clear_journal() {
-  // Everything journaled is committed: the entries are no longer needed. Not at every idle
-  // moment (a truncate per call would cost more than the appends).
-  if (!journal_ || journal_committed_ != journal_seq_ || !journal_pending_.empty() ||
-      journal_->size() < kJournalClearBytes)
-    return;
+  // The full file's entries are all committed (or journaled again, after a failure, in the
+  // active one): they are no longer needed.
+  if (!spare_ || spare_last_ == 0 || journal_committed_ < spare_last_) return;
   try {
-    journal_->clear();
+    spare_->clear();
+    spare_last_ = 0;
   } catch (const std::exception& e) {
     journal_on_ = false;
     log::error("state_journal_write_failed", {{"detail", e.what()},
@@ -276,7 +311,7 @@ Writer::Stats Writer::stats() const {
   s.journaled = journaled_.load();
   s.journal_refused = journal_refused_.load();
   std::lock_guard g(mutex_);
-  s.journal_bytes = journal_ ? journal_->size() : 0;
+  s.journal_bytes = journal_ ? journal_->size() + spare_->size() : 0;
   return s;
 }
 
@@ -420,6 +455,12 @@ void Writer::process(std::vector<std::shared_ptr<Item>>& batch, std::size_t begi
     if (end - begin == 1) {
       Item& item = *batch[begin];
       if (!item.answered_) {
+        // A journaled item was relied on already: journaled again and retried behind the
+        // others (whose commits may now pass its old number), a few times before it fails.
+        if (item.journal_seq_ > 0 && item.journal_retries_ < kJournalRetries && rejournal(batch[begin])) {
+          log::warn("state_journal_retry", {{"seq", item.journal_seq_}, {"detail", what}});
+          return;
+        }
         item.failed(what);
         ++failed_;
       }
@@ -443,6 +484,10 @@ void Writer::answer(Item& item) {
 void Writer::answer_all(std::vector<std::shared_ptr<Item>>& batch) {
   std::vector<std::shared_ptr<Item>> after_sync;
   for (auto& item : batch) {
+    if (item->requeued_) {  // answered when its retry has run
+      item->requeued_ = false;
+      continue;
+    }
     if (item->answered_) continue;
     if (syncer_ && item->needs_sync()) after_sync.push_back(item);
     else answer(*item);

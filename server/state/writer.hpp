@@ -27,7 +27,11 @@
 // written to an append-only file as it is enqueued (enqueue_journaled) and may be relied on at
 // once, before its COMMIT: a crash of the process loses nothing that was journaled, because
 // the next open_journal() replays every entry past the highest sequence number committed (kept
-// in the database, in the same transactions as the items: table state_journal). This is how a
+// in the database, in the same transactions as the items: table state_journal). Items commit in
+// journal order; one that fails alone is journaled again with a new number and retried (a few
+// times) behind the others, so "the highest committed" never passes an entry still needed. The
+// journal is two files used in turn: once the active one passes 1 MiB the other takes the
+// appends, and the full one is emptied when everything in it is committed. This is how a
 // tool call is answered without waiting for the writer in `durability = "commit"`.
 //
 // Thread-safety: enqueue(), enqueue_journaled(), flush(), pause(), resume(), add(), remove() and
@@ -114,6 +118,8 @@ class Writer {
     friend class Writer;
     Participant* owner_;
     uint64_t journal_seq_ = 0;  // its journal entry's sequence number, 0: none
+    int journal_retries_ = 0;   // times it failed alone and was journaled again
+    bool requeued_ = false;     // failed alone and queued again: not answered with its batch
     bool answered_ = false;  // writer thread (and the syncer's, for synced items, after the writer is done with it)
   };
 
@@ -135,7 +141,7 @@ class Writer {
     uint64_t syncs = 0;       // WAL fsyncs, each covering every commit before it
     uint64_t spins = 0, spin_hits = 0;  // polls before sleeping; those that found an item
     uint64_t journaled = 0, journal_refused = 0;  // enqueue_journaled(): entries written; refused
-    uint64_t journal_bytes = 0;  // the journal file's size now
+    uint64_t journal_bytes = 0;  // the journal files' size now
   };
 
   Writer(const std::filesystem::path& db_path, Options options);
@@ -159,8 +165,8 @@ class Writer {
   // share a batch; flush() and ticks take such an item all the same.
   void enqueue(std::shared_ptr<Item> item, bool wake_writer = true);
 
-  // The write-ahead journal at `path` (journal.hpp; docs/ARCHITECTURE.md "The journal"). Locks
-  // the file; replays what its last owner journaled but never committed — each entry decoded by
+  // The write-ahead journal at `path` and `path` + ".2" (journal.hpp; docs/ARCHITECTURE.md "The
+  // journal"). Locks the files; replays what its last owner journaled but never committed — each entry decoded by
   // the participant whose tag it carries, enqueued in journal order and committed before this
   // returns; then empties it and, with `append`, takes entries from enqueue_journaled(). Call
   // once, after the participants are added and before any enqueue_journaled(). Returns the
@@ -198,6 +204,11 @@ class Writer {
   void answer_all(std::vector<std::shared_ptr<Item>>& batch);
   bool push(std::shared_ptr<Item> item, bool wake_writer);  // under mutex_; true: wake the writer
   void maybe_clear_journal();  // under mutex_
+  // Under mutex_: frames `item`'s entry with the next sequence number and writes it (with what
+  // is pending when `write`); false when that fails (the journal is then off).
+  bool journal_locked(Item& item, bool write);
+  // Writer thread: an item that failed alone, journaled again and queued behind the others.
+  bool rejournal(const std::shared_ptr<Item>& item);
 
   Database db_;
   Options options_;
@@ -220,7 +231,8 @@ class Writer {
   // The journal: the file, appends on, entries framed but not yet written, the last sequence
   // number given and the highest committed (under mutex_); the statement that records the
   // highest committed in the database, in each transaction with journaled items (writer thread).
-  std::unique_ptr<Journal> journal_;
+  std::unique_ptr<Journal> journal_, spare_;  // appends go to journal_; spare_ is the other file
+  uint64_t spare_last_ = 0;  // the last entry in spare_ (0: it is empty)
   bool journal_on_ = false;
   std::string journal_pending_;
   uint64_t journal_seq_ = 0, journal_committed_ = 0;

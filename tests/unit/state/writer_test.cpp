@@ -270,7 +270,19 @@ struct JournalRow final : state::Writer::Item {
   JournalRow(Journaled& owner, std::string v) : Item(&owner), writer(owner.writer), value(std::move(v)) {}
   state::Writer& writer;
   std::string value;
+  int fail_first = 0;         // throws in its first applies
+  bool die_on_retry = false;  // the process dies when it is applied again after failing
+  std::string failure;
   void apply() override {
+    if (fail_first > 0) {
+      --fail_first;
+      if (die_on_retry && fail_first == 0) {
+        // Next time: die in the middle of the retry's transaction.
+        fail_first = -1;
+      }
+      throw std::runtime_error("bad item " + value);
+    }
+    if (fail_first < 0) std::_Exit(0);
     state::Statement st(writer.db().handle(), "INSERT INTO t(x) VALUES (?)");
     st.bind(1, value);
     st.step();
@@ -279,7 +291,7 @@ struct JournalRow final : state::Writer::Item {
     out += value;
     return true;
   }
-  void failed(const std::string&) override {}
+  void failed(const std::string& what) override { failure = what; }
   void answer() override {}
 };
 
@@ -295,7 +307,10 @@ struct JournalDb : TempDb {
     db.exec("CREATE TABLE state_journal(id INTEGER PRIMARY KEY CHECK (id = 1), applied INTEGER NOT NULL);"
             "INSERT INTO state_journal VALUES (1, 0)");
   }
-  ~JournalDb() { fs::remove(journal); }
+  ~JournalDb() {
+    fs::remove(journal);
+    fs::remove(journal.string() + ".2");
+  }
 };
 
 // In a child process: journals `committed` rows and waits for their commit, then journals
@@ -387,4 +402,90 @@ TEST_CASE("writer journal: a second writer on the same file goes without one; wi
   CHECK(db.rows() == std::vector<std::string>{"journaled"});
   first.remove(&p1);
   second.remove(&p2);
+}
+
+TEST_CASE("writer journal: a journaled item that fails alone is journaled again and retried behind the others") {
+  JournalDb db;
+  {
+    state::Writer w(db.path, {});
+    Journaled p(w);
+    w.add(&p);
+    w.open_journal(db.journal, true);
+    w.pause();  // a, b and c in one batch; b throws: the batch is retried item by item
+    auto b = std::make_shared<JournalRow>(p, "b");
+    b->fail_first = 2;  // in the batch, and alone: journaled again, retried after c
+    CHECK(w.enqueue_journaled(std::make_shared<JournalRow>(p, "a")));
+    CHECK(w.enqueue_journaled(b));
+    CHECK(w.enqueue_journaled(std::make_shared<JournalRow>(p, "c")));
+    w.resume();
+    w.flush();
+    CHECK(b->failure.empty());
+    CHECK(w.stats().failed_items == 0);
+    CHECK(db.rows() == std::vector<std::string>{"a", "c", "b"});
+    // One that keeps failing fails after its retries, and is reported.
+    auto d = std::make_shared<JournalRow>(p, "d");
+    d->fail_first = 100;
+    CHECK(w.enqueue_journaled(d));
+    w.flush();
+    CHECK(w.stats().failed_items == 1);
+    CHECK(d->failure.find("bad item d") != std::string::npos);
+    w.remove(&p);
+  }
+  CHECK(db.rows() == std::vector<std::string>{"a", "c", "b"});
+}
+
+TEST_CASE("writer journal: a crash before a failed item's retry commits replays it, though later items committed") {
+  JournalDb db;
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    state::Writer w(db.path, {});
+    Journaled p(w);
+    w.add(&p);
+    w.open_journal(db.journal, true);
+    w.pause();
+    auto b = std::make_shared<JournalRow>(p, "b");
+    b->fail_first = 2;
+    b->die_on_retry = true;  // c commits (its number above b's), then the process dies
+    w.enqueue_journaled(std::make_shared<JournalRow>(p, "a"));
+    w.enqueue_journaled(b);
+    w.enqueue_journaled(std::make_shared<JournalRow>(p, "c"));
+    w.resume();
+    w.flush();
+    std::_Exit(3);  // (not reached)
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+  CHECK(db.rows() == std::vector<std::string>{"a", "c"});
+  state::Writer w(db.path, {});
+  Journaled p(w);
+  w.add(&p);
+  CHECK(w.open_journal(db.journal, true) == 1);
+  CHECK(db.rows() == std::vector<std::string>{"a", "c", "b"});
+  w.remove(&p);
+}
+
+TEST_CASE("writer journal: past 1 MiB the appends turn to the other file, and the full one is emptied once committed") {
+  JournalDb db;
+  state::Writer w(db.path, {});
+  Journaled p(w);
+  w.add(&p);
+  w.open_journal(db.journal, true);
+  fs::path other = db.journal.string() + ".2";
+  std::string big(4000, 'x');
+  w.pause();  // nothing committed yet: the first file fills past 1 MiB, then the other takes over
+  for (int i = 0; i < 300; ++i) REQUIRE(w.enqueue_journaled(std::make_shared<JournalRow>(p, big)));
+  CHECK(fs::file_size(db.journal) >= (1u << 20));
+  CHECK(fs::file_size(other) > 0);
+  CHECK(fs::file_size(db.journal) + fs::file_size(other) >= 300u * 4000u);
+  w.resume();
+  w.flush();
+  CHECK(fs::file_size(db.journal) == 0);  // all of it committed: emptied
+  CHECK(fs::file_size(other) > 0);        // the active one, kept
+  CHECK(w.stats().journal_bytes == fs::file_size(other));
+  CHECK(db.rows().size() == 300u);
+  w.remove(&p);
+  fs::remove(other);
 }
