@@ -509,8 +509,10 @@ std::optional<MicroCredits> SqliteLedger::decide_settle(Op& op) {
   // depends on nothing but the hold, which nobody else can see or void.
   if (op.hold_id >= 0 || !writer_->journaling()) return std::nullopt;
   std::lock_guard g(mirror_);
+  if (!alone_ || stale_) return std::nullopt;
+  auto it = store_.open_holds().find(op.hold_id);
+  if (it == store_.open_holds().end() || !it->second.in_memory) return std::nullopt;  // voided, or a row now
   const credits::OpenHold* h = store_.pin(op.hold_id);
-  if (!h) return std::nullopt;  // voided: the settle posts nothing, and says so
   op.hold = *h;
   op.price = std::clamp<MicroCredits>(op.price, 0, h->amount);
   op.decided = true;
@@ -698,7 +700,7 @@ void SqliteLedger::apply(Op& op) {
       op.reserved = store_.reserve(op.spec);
       break;
     case Op::Kind::kSettle:
-      op.posted = op.decided ? std::optional<MicroCredits>(store_.settle_decided(op.hold, op.price, op.usage_json))
+      op.posted = op.decided ? store_.settle_decided(op.hold, op.price, op.usage_json)
                              : store_.settle(op.hold_id, op.price, op.usage_json, op.result);
       if (op.posted_out) *op.posted_out = op.posted.value_or(0);
       break;

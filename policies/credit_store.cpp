@@ -110,6 +110,9 @@ const AccountState* CreditStore::account(const std::string& account) const {
 
 void CreditStore::load() {
   accounts_.clear();
+  std::set<int64_t> pinned;  // rows whose decided settle is queued: they stay pinned
+  for (const auto& [id, h] : open_)
+    if (!h.in_memory && h.settling) pinned.insert(id);
   std::erase_if(open_, [](const auto& e) { return !e.second.in_memory; });  // rows are reloaded below
   dirty_grants_.clear();
   dirty_accounts_.clear();
@@ -148,6 +151,7 @@ void CreditStore::load() {
         it->second.purse.held += h.amount;
         if (h.sub_budget) it->second.users[h.user].held += h.amount;
       }
+      h.settling = pinned.count(h.id) > 0;
       open_.emplace(h.id, std::move(h));
     }
   }
@@ -444,12 +448,20 @@ const OpenHold* CreditStore::pin(int64_t hold_id) {
   return &it->second;
 }
 
-MicroCredits CreditStore::settle_decided(const OpenHold& hold, MicroCredits posted, const std::string& usage_json) {
+std::optional<MicroCredits> CreditStore::settle_decided(const OpenHold& hold, MicroCredits posted,
+                                                       const std::string& usage_json) {
   posted = std::clamp<MicroCredits>(posted, 0, hold.amount);
-  if (open_.count(hold.id)) return settle(hold.id, posted, usage_json, nlohmann::json()).value_or(0);
-  // The hold is gone — the process that held it died and this is the replay of its journal,
-  // or another process voided it after it was written out — but the call was answered with
-  // this charge: post it all the same (its held amount was released when the hold went).
+  if (open_.count(hold.id)) return settle(hold.id, posted, usage_json, nlohmann::json());
+  {
+    // A row that is not open: written out while the ledger was shared, then voided by another
+    // process (it outlived its timeout). Its credits were released; charging them now could
+    // overspend the account, so nothing is posted, as for any settle that finds its hold gone.
+    Statement st(db_, "SELECT state FROM credit_holds WHERE id = ?");
+    st.bind(1, hold.id);
+    if (st.step()) return std::nullopt;
+  }
+  // No row: the process that held it in memory died and this is the replay of its journal.
+  // The call was answered with this charge: post it (the held amount died with the process).
   if (hold.amount > 0)
     post(clock_(), hold.account, hold.user, "charge", -posted, charge(hold, posted), hold.sub_budget, hold.id, 0,
          hold.tool, hold.request_id, usage_json);

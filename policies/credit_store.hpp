@@ -147,9 +147,11 @@ class CreditStore {
   // A settle decided before it runs (SqliteLedger::settle_queued with a journal): pin() marks
   // the open hold so that the sweep leaves it to its settle (nullptr: not open);
   // settle_decided() then posts min(posted, hold.amount) — through settle() while the hold is
-  // open, else straight to the account (a replay after a crash: the hold died with the process).
+  // open; straight to the account when it never had a row (a replay after a crash: the hold
+  // died with the process); nullopt when its row was voided (by another process, past its
+  // timeout, while the ledger was shared).
   const OpenHold* pin(int64_t hold_id);
-  MicroCredits settle_decided(const OpenHold& hold, MicroCredits posted, const std::string& usage_json);
+  std::optional<MicroCredits> settle_decided(const OpenHold& hold, MicroCredits posted, const std::string& usage_json);
   bool void_hold(int64_t hold_id, const std::string& reason);
   // Restart recovery: voids the open holds whose owner process is gone (another ledger in this
   // process included: one ledger per database per process). Processes sharing a SQLite file in
