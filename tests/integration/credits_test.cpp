@@ -442,6 +442,14 @@ TEST_CASE("credits: SIGKILL under load, then restart: every answered call is aud
   }
   CHECK(s.wait_for_log("credit_ledger_owned"));
   const auto db = s.dir() / "scigate.db";
+  if (durability == "commit") {
+    // The un-keyed calls (holds in memory) go through the journal: one more shows it.
+    Client c(s.port());
+    REQUIRE(call_tool(c, s.user_key(), "sleep", {{"seconds", 0.001}, {"steps", 1}})["isError"] == false);
+    CHECK(metric(s.port(), "scigate_state_journaled_total") >= 2);  // its settle and its record
+  }
+  // No call is recorded twice (a journal entry replayed although it had been committed).
+  CHECK(query(db, "SELECT COUNT(*) FROM (SELECT request_id FROM audit_log GROUP BY request_id HAVING COUNT(*) > 1)")[0][0] == "0");
 
   // No hold row is open: the keyed calls' holds were settled or voided by recovery.
   CHECK(query(db, "SELECT COUNT(*) FROM credit_holds WHERE state = 'open'")[0][0] == "0");
