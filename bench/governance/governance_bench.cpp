@@ -21,6 +21,8 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/thread_pool.hpp>
 
 #include <algorithm>
@@ -116,9 +118,52 @@ Stats measure_calls(int concurrency, int calls, const std::function<asio::awaita
   return s;
 }
 
-// Echo calls, each authenticated (when `authenticate` is set) and run through `pipeline`.
+// Open loop: `concurrency` coroutines share a schedule of `rate` calls/s (call i is due at
+// t0 + i/rate, taken by whichever coroutine is free), each timed from when it was due — so a
+// call that had to wait for a free caller counts its wait (no coordinated omission).
+Stats measure_paced(int concurrency, double rate, int calls, const std::function<asio::awaitable<bool>(int)>& one) {
+  asio::io_context io;
+  std::vector<std::vector<double>> lat(concurrency);
+  std::atomic<int64_t> ok{0}, refused{0};
+  std::atomic<int> next{0};
+  auto t0 = Clock::now() + std::chrono::milliseconds(5);
+  auto worker = [&](int w) -> asio::awaitable<void> {
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    for (;;) {
+      int i = next.fetch_add(1);
+      if (i >= calls) co_return;
+      auto due = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(i / rate));
+      if (Clock::now() < due) {
+        timer.expires_at(due);
+        co_await timer.async_wait(asio::use_awaitable);
+      }
+      bool good = co_await one(i);
+      lat[w].push_back(std::chrono::duration<double, std::micro>(Clock::now() - due).count());
+      if (good) ++ok;
+      else ++refused;
+    }
+  };
+  for (int w = 0; w < concurrency; ++w) asio::co_spawn(io, worker(w), asio::detached);
+  std::thread second([&] { io.run(); });
+  io.run();
+  second.join();
+  double wall = std::chrono::duration<double>(Clock::now() - t0).count();
+  std::vector<double> all;
+  for (auto& v : lat) all.insert(all.end(), v.begin(), v.end());
+  Stats s;
+  s.calls_per_s = static_cast<double>(all.size()) / wall;
+  s.mean_us = all.empty() ? 0 : std::accumulate(all.begin(), all.end(), 0.0) / static_cast<double>(all.size());
+  s.p50_us = percentile(all, 0.50);
+  s.p99_us = percentile(all, 0.99);
+  s.ok = ok;
+  s.refused = refused;
+  return s;
+}
+
+// Echo calls, each authenticated (when `authenticate` is set) and run through `pipeline`;
+// closed loop, or at `rate` calls/s when it is set.
 Stats measure(ToolCallPipeline& pipeline, const std::function<Principal()>& authenticate, int concurrency,
-              int calls) {
+              int calls, double rate = 0) {
   std::function<asio::awaitable<bool>(int)> one = [&](int i) -> asio::awaitable<bool> {
     ToolCallRequest req;
     req.principal = authenticate();
@@ -131,7 +176,7 @@ Stats measure(ToolCallPipeline& pipeline, const std::function<Principal()>& auth
     auto out = co_await pipeline.run(std::move(req));
     co_return !out.protocol_error && out.result.value("isError", true) == false;
   };
-  return measure_calls(concurrency, calls, one);
+  return rate > 0 ? measure_paced(concurrency, rate, calls, one) : measure_calls(concurrency, calls, one);
 }
 
 // The floor under any governed call in this design (DESIGN.md: no I/O thread blocks on SQLite):
@@ -180,19 +225,23 @@ Stats measure_floor(state::Writer& writer, state::Writer::Participant& owner, bo
 int main(int argc, char** argv) {
   const std::string usage =
       "scigate_governance_bench SCIGATE_BINARY [--calls N] [--durability fsync|commit] [--callers N] "
-      "[--log-mirror on|off] [--throughput-callers N] [--out FILE]";
+      "[--log-mirror on|off] [--throughput-callers N] [--paced-rate CALLS_PER_S] [--out FILE]";
   int calls = 50000;
   std::string out_file;
   std::vector<std::string> modes = {"fsync", "commit"};
   std::vector<int> callers = {1, 16};
   bool log_mirror = true;  // [audit] log_mirror, on as in production
   int throughput_callers = 64;  // 0: no sustained-throughput phase
+  // The 16 callers again, open loop at this rate (0: no paced phase): their added latency
+  // when the machine is not saturated, which a closed loop of 16 on 2 vCPUs always is.
+  double paced_rate = 8000;
   scigate::bench::parse_options(argc, argv, 2, usage, [&](const std::string& k, const std::string& v) {
     if (k == "--calls") calls = std::stoi(v);
     else if (k == "--durability") modes = {v};
     else if (k == "--out") out_file = v;
     else if (k == "--callers") callers = {std::stoi(v)};
     else if (k == "--throughput-callers") throughput_callers = std::stoi(v);
+    else if (k == "--paced-rate") paced_rate = std::stod(v);
     else if (k == "--log-mirror" && (v == "on" || v == "off")) log_mirror = v == "on";
     else return false;
     return true;
@@ -333,6 +382,30 @@ int main(int argc, char** argv) {
       std::printf("            writer: %.2f transactions/call, %.2f polls/call, %.0f%% of polls found work\n",
                   double(transactions) / (2.0 * calls), double(polls) / (2.0 * calls),
                   polls ? 100.0 * double(hits) / double(polls) : 0.0);
+    }
+    if (paced_rate > 0) {
+      // Open loop: 16 callers sharing a schedule of --paced-rate calls/s, bare and governed in
+      // turn, each timed from when its call was due; the better of two runs each.
+      const int c = 16;
+      int n = std::max(1000, calls);
+      measure(bare, bare_auth, c, n / 10, paced_rate);
+      measure(app.pipeline(), governed_auth, c, n / 10, paced_rate);
+      Stats b1 = measure(bare, bare_auth, c, n, paced_rate);
+      Stats g1 = measure(app.pipeline(), governed_auth, c, n, paced_rate);
+      Stats b2 = measure(bare, bare_auth, c, n, paced_rate);
+      Stats g2 = measure(app.pipeline(), governed_auth, c, n, paced_rate);
+      Stats b = b1.p50_us <= b2.p50_us ? b1 : b2;
+      Stats g = g1.p50_us <= g2.p50_us ? g1 : g2;
+      report["paced_16"] = nlohmann::json{{"rate", paced_rate},
+                                          {"bare", {{"p50_us", b.p50_us}, {"p99_us", b.p99_us}, {"calls_per_s", b.calls_per_s}}},
+                                          {"governed", {{"p50_us", g.p50_us}, {"p99_us", g.p99_us}, {"calls_per_s", g.calls_per_s},
+                                                        {"ok", g.ok}, {"refused", g.refused}}},
+                                          {"added_p50_us", g.p50_us - b.p50_us},
+                                          {"added_p99_us", g.p99_us - b.p99_us}};
+      std::printf("16 callers, open loop at %.0f calls/s: bare p50 %.1f us p99 %.1f us | governed p50 %.1f us p99 %.1f us "
+                  "(%lld ok, %lld refused) | added p50 %.1f us p99 %.1f us\n",
+                  paced_rate, b.p50_us, b.p99_us, g.p50_us, g.p99_us, static_cast<long long>(g.ok),
+                  static_cast<long long>(g.refused), g.p50_us - b.p50_us, g.p99_us - b.p99_us);
     }
     // Sustained throughput: the governed pipeline at --throughput-callers (default 64) callers,
     // enough to keep it saturated. At 16 callers a `fsync` run is bounded by Little's law (each
