@@ -104,26 +104,24 @@ struct SqliteLedger::Op final : state::Writer::Item {
 bool SqliteLedger::Op::journal_entry(std::string& out) const {
   if (kind != Kind::kSettle || !decided) return false;
   // Canonical JSON by hand (keys in order): this is on the caller's thread.
-  out += "{\"account\":";
-  canonical::append_string(out, hold.account);
-  out += ",\"amount\":";
-  canonical::append_int(out, hold.amount);
-  out += ",\"hold\":";
-  canonical::append_int(out, hold.id);
-  out += ",\"posted\":";
-  canonical::append_int(out, price);
-  out += ",\"project\":";
-  canonical::append_string(out, hold.project);
-  out += ",\"request_id\":";
-  canonical::append_string(out, hold.request_id);
-  out += ",\"sub_budget\":";
-  out += hold.sub_budget ? "true" : "false";
-  out += ",\"tool\":";
-  canonical::append_string(out, hold.tool);
-  out += ",\"usage\":";
-  canonical::append_string(out, usage_json);
-  out += ",\"user\":";
-  canonical::append_string(out, hold.user);
+  auto text = [&](const char* key, std::string_view v) {
+    out += key;
+    canonical::append_string(out, v);
+  };
+  auto number = [&](const char* key, int64_t v) {
+    out += key;
+    canonical::append_int(out, v);
+  };
+  text("{\"account\":", hold.account);
+  number(",\"amount\":", hold.amount);
+  number(",\"hold\":", hold.id);
+  number(",\"posted\":", price);
+  text(",\"project\":", hold.project);
+  text(",\"request_id\":", hold.request_id);
+  out += hold.sub_budget ? ",\"sub_budget\":true" : ",\"sub_budget\":false";
+  text(",\"tool\":", hold.tool);
+  text(",\"usage\":", usage_json);
+  text(",\"user\":", hold.user);
   out += '}';
   return true;
 }

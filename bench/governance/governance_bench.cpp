@@ -82,6 +82,20 @@ std::string run(const std::string& cmd) {
   return out;
 }
 
+// Each caller's latencies (µs), merged.
+Stats summarize(std::vector<std::vector<double>>& lat, int64_t ok, int64_t refused, double wall_s) {
+  std::vector<double> all;
+  for (auto& v : lat) all.insert(all.end(), v.begin(), v.end());
+  Stats s;
+  s.calls_per_s = static_cast<double>(all.size()) / wall_s;
+  s.mean_us = all.empty() ? 0 : std::accumulate(all.begin(), all.end(), 0.0) / static_cast<double>(all.size());
+  s.p50_us = percentile(all, 0.50);
+  s.p99_us = percentile(all, 0.99);
+  s.ok = ok;
+  s.refused = refused;
+  return s;
+}
+
 // `calls` calls of `one(i)` (true: answered ok) from `concurrency` coroutines on a 2-thread
 // io_context, each timed from start to answer.
 Stats measure_calls(int concurrency, int calls, const std::function<asio::awaitable<bool>(int)>& one) {
@@ -105,17 +119,7 @@ Stats measure_calls(int concurrency, int calls, const std::function<asio::awaita
   std::thread second([&] { io.run(); });
   io.run();
   second.join();
-  double wall = std::chrono::duration<double>(Clock::now() - t0).count();
-  std::vector<double> all;
-  for (auto& v : lat) all.insert(all.end(), v.begin(), v.end());
-  Stats s;
-  s.calls_per_s = static_cast<double>(all.size()) / wall;
-  s.mean_us = all.empty() ? 0 : std::accumulate(all.begin(), all.end(), 0.0) / static_cast<double>(all.size());
-  s.p50_us = percentile(all, 0.50);
-  s.p99_us = percentile(all, 0.99);
-  s.ok = ok;
-  s.refused = refused;
-  return s;
+  return summarize(lat, ok, refused, std::chrono::duration<double>(Clock::now() - t0).count());
 }
 
 // Open loop: `concurrency` coroutines share a schedule of `rate` calls/s (call i is due at
@@ -147,17 +151,7 @@ Stats measure_paced(int concurrency, double rate, int calls, const std::function
   std::thread second([&] { io.run(); });
   io.run();
   second.join();
-  double wall = std::chrono::duration<double>(Clock::now() - t0).count();
-  std::vector<double> all;
-  for (auto& v : lat) all.insert(all.end(), v.begin(), v.end());
-  Stats s;
-  s.calls_per_s = static_cast<double>(all.size()) / wall;
-  s.mean_us = all.empty() ? 0 : std::accumulate(all.begin(), all.end(), 0.0) / static_cast<double>(all.size());
-  s.p50_us = percentile(all, 0.50);
-  s.p99_us = percentile(all, 0.99);
-  s.ok = ok;
-  s.refused = refused;
-  return s;
+  return summarize(lat, ok, refused, std::chrono::duration<double>(Clock::now() - t0).count());
 }
 
 // Echo calls, each authenticated (when `authenticate` is set) and run through `pipeline`;

@@ -313,27 +313,44 @@ struct JournalDb : TempDb {
   }
 };
 
-// In a child process: journals `committed` rows and waits for their commit, then journals
-// `uncommitted` more with the writer held, and dies without a word (as under SIGKILL).
-void crash_after_journaling(const JournalDb& db, std::vector<std::string> committed,
-                            std::vector<std::string> uncommitted) {
+// A writer on the database with a Journaled participant (removed before the writer stops).
+struct JournalWriter {
+  explicit JournalWriter(const fs::path& db) : w(db, {}), p(w) { w.add(&p); }
+  ~JournalWriter() { w.remove(&p); }
+  state::Writer w;
+  Journaled p;
+};
+
+// Runs `body` in a child process, with a writer on `db` that has opened the journal; the
+// child then dies without a word (as under SIGKILL), exit status 0 when `body` returned true.
+void in_crashing_child(const JournalDb& db, const std::function<bool(state::Writer&, Journaled&)>& body) {
   pid_t pid = ::fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
-    state::Writer w(db.path, {});
-    Journaled p(w);
-    w.add(&p);
-    bool ok = w.open_journal(db.journal, true) == 0;
-    for (auto& v : committed) ok = ok && w.enqueue_journaled(std::make_shared<JournalRow>(p, v));
-    w.flush();
-    w.pause();
-    for (auto& v : uncommitted) ok = ok && w.enqueue_journaled(std::make_shared<JournalRow>(p, v));
+    JournalWriter w_p(db.path);
+    auto& w = w_p.w;
+    auto& p = w_p.p;
+    bool ok = w.open_journal(db.journal, true) == 0 && body(w, p);
     std::_Exit(ok ? 0 : 3);
   }
   int status = 0;
   REQUIRE(::waitpid(pid, &status, 0) == pid);
   REQUIRE(WIFEXITED(status));
   REQUIRE(WEXITSTATUS(status) == 0);
+}
+
+// Journals `committed` rows and waits for their commit, then journals `uncommitted` more with
+// the writer held, and dies.
+void crash_after_journaling(const JournalDb& db, std::vector<std::string> committed,
+                            std::vector<std::string> uncommitted) {
+  in_crashing_child(db, [&](state::Writer& w, Journaled& p) {
+    bool ok = true;
+    for (auto& v : committed) ok = ok && w.enqueue_journaled(std::make_shared<JournalRow>(p, v));
+    w.flush();
+    w.pause();
+    for (auto& v : uncommitted) ok = ok && w.enqueue_journaled(std::make_shared<JournalRow>(p, v));
+    return ok;
+  });
 }
 
 }  // namespace
@@ -343,9 +360,9 @@ TEST_CASE("writer journal: what was journaled but never committed is replayed at
   crash_after_journaling(db, {"a", "b"}, {"c", "d", "e"});
   CHECK(db.rows() == std::vector<std::string>{"a", "b"});  // c, d, e died uncommitted
   {
-    state::Writer w(db.path, {});
-    Journaled p(w);
-    w.add(&p);
+    JournalWriter w_p(db.path);
+    auto& w = w_p.w;
+    auto& p = w_p.p;
     CHECK(w.open_journal(db.journal, true) == 3);  // not a and b again: committed before
     CHECK(w.journaling());
     CHECK(fs::file_size(db.journal) == 0);
@@ -354,16 +371,14 @@ TEST_CASE("writer journal: what was journaled but never committed is replayed at
     CHECK(w.enqueue_journaled(std::make_shared<JournalRow>(p, "f")));
     w.flush();
     CHECK(fs::file_size(db.journal) > 0);
-    w.remove(&p);
   }
   CHECK(fs::file_size(db.journal) == 0);  // a clean stop leaves it empty
   {
-    state::Writer w(db.path, {});
-    Journaled p(w);
-    w.add(&p);
+    JournalWriter w_p(db.path);
+    auto& w = w_p.w;
+    auto& p = w_p.p;
     CHECK(w.open_journal(db.journal, false) == 0);
     CHECK_FALSE(w.journaling());  // append false: replay only (a server in durability = fsync)
-    w.remove(&p);
   }
   CHECK(db.rows() == std::vector<std::string>{"a", "b", "c", "d", "e", "f"});
 }
@@ -374,22 +389,21 @@ TEST_CASE("writer journal: a torn last entry and an unreadable one are skipped, 
   // A crash inside the last write: cut the file in the middle of "z"'s entry.
   auto size = fs::file_size(db.journal);
   fs::resize_file(db.journal, size - 1);
-  state::Writer w(db.path, {});
-  Journaled p(w);
-  w.add(&p);
+  JournalWriter w_p(db.path);
+  auto& w = w_p.w;
+  auto& p = w_p.p;
   CHECK(w.open_journal(db.journal, true) == 2);
   CHECK(db.rows() == std::vector<std::string>{"x", "y"});
-  w.remove(&p);
 }
 
 TEST_CASE("writer journal: a second writer on the same file goes without one; without a journal nothing is journaled") {
   JournalDb db;
-  state::Writer first(db.path, {});
-  Journaled p1(first);
-  first.add(&p1);
-  state::Writer second(db.path, {});
-  Journaled p2(second);
-  second.add(&p2);
+  JournalWriter first_p1(db.path);
+  auto& first = first_p1.w;
+  auto& p1 = first_p1.p;
+  JournalWriter second_p2(db.path);
+  auto& second = second_p2.w;
+  auto& p2 = second_p2.p;
   CHECK_FALSE(second.enqueue_journaled(std::make_shared<JournalRow>(p2, "before open")));
   CHECK(first.open_journal(db.journal, true) == 0);
   CHECK(first.journaling());
@@ -400,16 +414,14 @@ TEST_CASE("writer journal: a second writer on the same file goes without one; wi
   first.flush();
   CHECK(first.stats().journaled == 1);
   CHECK(db.rows() == std::vector<std::string>{"journaled"});
-  first.remove(&p1);
-  second.remove(&p2);
 }
 
 TEST_CASE("writer journal: a journaled item that fails alone is journaled again and retried behind the others") {
   JournalDb db;
   {
-    state::Writer w(db.path, {});
-    Journaled p(w);
-    w.add(&p);
+    JournalWriter w_p(db.path);
+    auto& w = w_p.w;
+    auto& p = w_p.p;
     w.open_journal(db.journal, true);
     w.pause();  // a, b and c in one batch; b throws: the batch is retried item by item
     auto b = std::make_shared<JournalRow>(p, "b");
@@ -429,49 +441,37 @@ TEST_CASE("writer journal: a journaled item that fails alone is journaled again 
     w.flush();
     CHECK(w.stats().failed_items == 1);
     CHECK(d->failure.find("bad item d") != std::string::npos);
-    w.remove(&p);
   }
   CHECK(db.rows() == std::vector<std::string>{"a", "c", "b"});
 }
 
 TEST_CASE("writer journal: a crash before a failed item's retry commits replays it, though later items committed") {
   JournalDb db;
-  pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    state::Writer w(db.path, {});
-    Journaled p(w);
-    w.add(&p);
-    w.open_journal(db.journal, true);
+  in_crashing_child(db, [](state::Writer& w, Journaled& p) {
     w.pause();
     auto b = std::make_shared<JournalRow>(p, "b");
     b->fail_first = 2;
-    b->die_on_retry = true;  // c commits (its number above b's), then the process dies
+    b->die_on_retry = true;  // c commits (its number above b's), then the process dies: status 0
     w.enqueue_journaled(std::make_shared<JournalRow>(p, "a"));
     w.enqueue_journaled(b);
     w.enqueue_journaled(std::make_shared<JournalRow>(p, "c"));
     w.resume();
     w.flush();
-    std::_Exit(3);  // (not reached)
-  }
-  int status = 0;
-  REQUIRE(::waitpid(pid, &status, 0) == pid);
-  REQUIRE(WIFEXITED(status));
-  REQUIRE(WEXITSTATUS(status) == 0);
+    return false;  // (not reached)
+  });
   CHECK(db.rows() == std::vector<std::string>{"a", "c"});
-  state::Writer w(db.path, {});
-  Journaled p(w);
-  w.add(&p);
+  JournalWriter w_p(db.path);
+  auto& w = w_p.w;
+  auto& p = w_p.p;
   CHECK(w.open_journal(db.journal, true) == 1);
   CHECK(db.rows() == std::vector<std::string>{"a", "c", "b"});
-  w.remove(&p);
 }
 
 TEST_CASE("writer journal: past 1 MiB the appends turn to the other file, and the full one is emptied once committed") {
   JournalDb db;
-  state::Writer w(db.path, {});
-  Journaled p(w);
-  w.add(&p);
+  JournalWriter w_p(db.path);
+  auto& w = w_p.w;
+  auto& p = w_p.p;
   w.open_journal(db.journal, true);
   fs::path other = db.journal.string() + ".2";
   std::string big(4000, 'x');
@@ -486,6 +486,5 @@ TEST_CASE("writer journal: past 1 MiB the appends turn to the other file, and th
   CHECK(fs::file_size(other) > 0);        // the active one, kept
   CHECK(w.stats().journal_bytes == fs::file_size(other));
   CHECK(db.rows().size() == 300u);
-  w.remove(&p);
   fs::remove(other);
 }
