@@ -42,6 +42,7 @@ Journal::Journal(std::filesystem::path path) : path_(std::move(path)) {
   fl.l_type = F_WRLCK;
   fl.l_whence = SEEK_SET;
   locked_ = ::fcntl(fd_, F_OFD_SETLK, &fl) == 0;
+  if (!locked_) lock_error_ = errno;
   struct stat st {};
   if (::fstat(fd_, &st) == 0) size_ = static_cast<uint64_t>(st.st_size);
 }

@@ -41,6 +41,8 @@ class Journal {
   Journal& operator=(const Journal&) = delete;
 
   bool locked() const { return locked_; }
+  // Why not: EAGAIN/EACCES — another process holds it; another errno — no locks here.
+  int lock_error() const { return lock_error_; }
   const std::filesystem::path& path() const { return path_; }
   // Every whole entry from the start of the file.
   Contents read() const;
@@ -58,6 +60,7 @@ class Journal {
   std::filesystem::path path_;
   int fd_ = -1;
   bool locked_ = false;
+  int lock_error_ = 0;
   uint64_t size_ = 0;
 };
 

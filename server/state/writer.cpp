@@ -5,6 +5,7 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <optional>
 
@@ -183,8 +184,13 @@ std::size_t Writer::open_journal(const std::filesystem::path& path, bool append)
   other += ".2";
   auto spare = std::make_unique<Journal>(other);
   if (!journal->locked() || !spare->locked()) {
-    log::warn("state_journal_busy", {{"path", path.string()},
-                                     {"detail", "another process holds it; this one answers after each commit"}});
+    int err = journal->locked() ? spare->lock_error() : journal->lock_error();
+    bool busy = err == EAGAIN || err == EACCES;
+    log::warn("state_journal_busy",
+              {{"path", path.string()},
+               {"detail", busy ? std::string("another process holds it; this one answers after each commit")
+                               : "cannot lock it (" + std::string(std::strerror(err)) +
+                                     "): no journal, answers wait for each commit"}});
     return 0;
   }
   uint64_t applied = 0;
