@@ -396,7 +396,7 @@ TEST_CASE("writer journal: a torn last entry and an unreadable one are skipped, 
   CHECK(db.rows() == std::vector<std::string>{"x", "y"});
 }
 
-TEST_CASE("writer journal: a second writer on the same file goes without one; without a journal nothing is journaled") {
+TEST_CASE("writer journal: a second writer on the same file goes without one, and without a journal nothing is journaled") {
   JournalDb db;
   JournalWriter first_p1(db.path);
   auto& first = first_p1.w;
