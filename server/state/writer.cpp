@@ -119,10 +119,9 @@ constexpr uint64_t kJournalMaxBytes = 256u << 20;
 constexpr int kJournalRetries = 3;  // a journaled item that fails alone is retried this often
 }  // namespace
 
-bool Writer::journaling() const {
-  std::lock_guard g(mutex_);
-  return journal_on_;
-}
+// Without the queue's lock: every call asks (settle_queued, the audit record), in fsync mode
+// too; enqueue_journaled() decides under the lock.
+bool Writer::journaling() const { return journal_on_.load(std::memory_order_relaxed); }
 
 bool Writer::journal_locked(Item& item, bool write) {
   thread_local std::string payload;

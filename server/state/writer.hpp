@@ -233,7 +233,7 @@ class Writer {
   // highest committed in the database, in each transaction with journaled items (writer thread).
   std::unique_ptr<Journal> journal_, spare_;  // appends go to journal_; spare_ is the other file
   uint64_t spare_last_ = 0;  // the last entry in spare_ (0: it is empty)
-  bool journal_on_ = false;
+  std::atomic<bool> journal_on_{false};  // written under mutex_; journaling() reads it without
   std::string journal_pending_;
   uint64_t journal_seq_ = 0, journal_committed_ = 0;
   std::optional<Statement> journal_mark_;
