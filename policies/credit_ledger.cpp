@@ -508,9 +508,8 @@ std::optional<MicroCredits> SqliteLedger::decide_settle(Op& op) {
   if (op.hold_id >= 0 || !writer_->journaling()) return std::nullopt;
   std::lock_guard g(mirror_);
   if (!alone_ || stale_) return std::nullopt;
-  auto it = store_.open_holds().find(op.hold_id);
-  if (it == store_.open_holds().end() || !it->second.in_memory) return std::nullopt;  // voided, or a row now
   const credits::OpenHold* h = store_.pin(op.hold_id);
+  if (!h) return std::nullopt;  // voided, or a row now
   op.hold = *h;
   op.price = std::clamp<MicroCredits>(op.price, 0, h->amount);
   op.decided = true;

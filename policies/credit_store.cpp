@@ -443,7 +443,7 @@ MicroCredits CreditStore::charge(const OpenHold& h, MicroCredits posted) {
 
 const OpenHold* CreditStore::pin(int64_t hold_id) {
   auto it = open_.find(hold_id);
-  if (it == open_.end()) return nullptr;
+  if (it == open_.end() || !it->second.in_memory) return nullptr;
   it->second.settling = true;
   return &it->second;
 }

@@ -145,7 +145,8 @@ class CreditStore {
   std::optional<MicroCredits> settle(int64_t hold_id, MicroCredits price, const std::string& usage_json,
                                      const nlohmann::json& result);
   // A settle decided before it runs (SqliteLedger::settle_queued with a journal): pin() marks
-  // the open hold so that the sweep leaves it to its settle (nullptr: not open);
+  // an open in-memory hold so that the sweep leaves it to its settle (nullptr: not open, or a
+  // row);
   // settle_decided() then posts min(posted, hold.amount) — through settle() while the hold is
   // open; straight to the account when it never had a row (a replay after a crash: the hold
   // died with the process); nullopt when its row was voided (by another process, past its
