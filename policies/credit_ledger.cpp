@@ -681,7 +681,10 @@ void SqliteLedger::apply(Op& op) {
   switch (op.kind) {
     case Op::Kind::kClaim:
       if (lock_ != Lock::kClaiming) break;
-      store_.load();  // current, under the write lock, before deciding anything in memory
+      // Current, under the write lock, before deciding anything in memory. Operations ahead
+      // of it in this transaction changed the mirror: written first, or the reload drops them.
+      store_.flush();
+      store_.load();
       next_hold_id_ = store_.take_hold_ids(kHoldIdBlock);
       hold_id_end_ = next_hold_id_ - kHoldIdBlock;
       claim_applied_ = true;

@@ -1054,6 +1054,50 @@ TEST_CASE("credit ledger: a second server makes the owner write its holds out, a
   check_books(db, clock.ms);
 }
 
+TEST_CASE("credit ledger: a settle sharing its transaction with the owner's reclaim is kept whole") {
+  // The reclaim reloads the mirror inside the transaction: a charge applied before it in the
+  // same batch must reach the account, not only the postings.
+  TempDb db;
+  TestClock clock;
+  grant(db, clock, "acct-p", 10 * C);
+  Runner r;
+  SqliteLedger a(db.path, quick_options(clock));
+  a.claim(db.path);
+  std::optional<SqliteLedger> b(std::in_place, db.path, quick_options(clock));
+  b->claim(db.path);  // a shares: its next hold is a row
+  REQUIRE_FALSE(a.owns_alone());
+  auto held = r.run(a.reserve(request("P", units(4))));
+  REQUIRE_FALSE(held.error);
+  REQUIRE(held.hold.id.front() != '-');
+  asio::io_context io;
+  a.pause();  // the settle waits in the queue for the reclaim
+  auto settled = asio::co_spawn(io, a.settle(held.hold, units(3), json::object()), asio::use_future);
+  io.poll();
+  b.reset();  // the other server goes: a's tick queues its kClaim behind the settle
+  // a takes the lock file exclusive as it queues the kClaim (F_OFD_GETLK only looks).
+  int fd = ::open((db.path.string() + "-ledger.lock").c_str(), O_RDWR | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  CHECK(eventually([&] {
+    struct flock fl {};
+    fl.l_type = F_RDLCK;
+    fl.l_whence = SEEK_SET;
+    return ::fcntl(fd, F_OFD_GETLK, &fl) == 0 && fl.l_type == F_WRLCK;
+  }));
+  ::close(fd);
+  a.resume();
+  std::thread t([&] { io.run(); });
+  CHECK(settled.get() == 3 * C);
+  t.join();
+  CHECK(eventually([&] { return a.owns_alone(); }));
+  CHECK(db.scalar("SELECT balance FROM credit_accounts WHERE account = 'acct-p'") == 7 * C);
+  check_books(db, clock.ms);
+  // Alone again, its mirror agrees with the books: 6 of the 7 left can be held in memory.
+  auto next = r.run(a.reserve(request("P", units(6))));
+  REQUIRE_FALSE(next.error);
+  CHECK(next.hold.id.front() == '-');
+  CHECK(r.run(a.reserve(request("P", units(2)))).error);
+}
+
 TEST_CASE("credit ledger: a server joining an owner that spends in memory under load never overspends with it") {
   TempDb db;
   TestClock clock;
