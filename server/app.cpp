@@ -166,7 +166,8 @@ App::App(Config config)
       authenticator_(config_, keys_),
       // fsync mode: the writer fsyncs before answering an audit record; its commits never
       // checkpoint (checkpointer_ does).
-      writer_(config_.database, state::Writer::Options{config_.durability == "fsync", 1024, &checkpointer_, config_.writer_poll}),
+      writer_(config_.database, state::Writer::Options{config_.durability == "fsync", 1024, &checkpointer_, config_.writer_poll,
+                                                         config_.writer_linger}),
       ledger_(make_ledger(config_, writer_, &sqlite_ledger_)),
       audit_query_(std::make_unique<audit::AuditQueryService>(config_.database)),
       jobs_(std::make_unique<jobs::JobService>(config_, config_.database, *ledger_, make_scheduler)),

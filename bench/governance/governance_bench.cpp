@@ -54,6 +54,25 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
+// CPU seconds (user + system) of this process's threads named `name` (comm), from /proc.
+double thread_cpu_s(const std::string& name) {
+  double ticks = 0;
+  for (const auto& t : fs::directory_iterator("/proc/self/task")) {
+    std::string comm;
+    std::getline(std::ifstream(t.path() / "comm"), comm);
+    if (comm != name) continue;
+    std::string stat;
+    std::getline(std::ifstream(t.path() / "stat"), stat);
+    std::istringstream rest(stat.substr(stat.rfind(')') + 2));
+    std::string field;
+    for (int i = 3; i <= 13; ++i) rest >> field;  // state .. cmajflt
+    double utime = 0, stime = 0;
+    rest >> utime >> stime;
+    ticks += utime + stime;
+  }
+  return ticks / double(sysconf(_SC_CLK_TCK));
+}
+
 struct NullAudit final : AuditLog {
   void append(AuditRecord) override {}
 };
@@ -219,12 +238,13 @@ Stats measure_floor(state::Writer& writer, state::Writer::Participant& owner, bo
 int main(int argc, char** argv) {
   const std::string usage =
       "scigate_governance_bench SCIGATE_BINARY [--calls N] [--durability fsync|commit] [--callers N] "
-      "[--log-mirror on|off] [--throughput-callers N] [--paced-rate CALLS_PER_S] [--out FILE]";
+      "[--log-mirror on|off] [--throughput-callers N] [--paced-rate CALLS_PER_S] [--server KEY=VALUE] [--out FILE]";
   int calls = 50000;
   std::string out_file;
   std::vector<std::string> modes = {"fsync", "commit"};
   std::vector<int> callers = {1, 16};
   bool log_mirror = true;  // [audit] log_mirror, on as in production
+  std::vector<std::string> server_settings;  // --server KEY=VALUE: extra [server] settings (A/B of a knob)
   int throughput_callers = 64;  // 0: no sustained-throughput phase
   // The 16 callers again, open loop at this rate (0: no paced phase): their added latency
   // when the machine is not saturated, which a closed loop of 16 on 2 vCPUs always is.
@@ -236,6 +256,7 @@ int main(int argc, char** argv) {
     else if (k == "--callers") callers = {std::stoi(v)};
     else if (k == "--throughput-callers") throughput_callers = std::stoi(v);
     else if (k == "--paced-rate") paced_rate = std::stod(v);
+    else if (k == "--server" && v.find('=') != std::string::npos) server_settings.push_back(v);
     else if (k == "--log-mirror" && (v == "on" || v == "off")) log_mirror = v == "on";
     else return false;
     return true;
@@ -298,7 +319,9 @@ int main(int argc, char** argv) {
       cfg.insert(at + 16, "\"call:echo\" = 0.000001\n");
       auto server = cfg.find("[server]\n");
       if (server == std::string::npos) throw std::runtime_error("the demo config has no [server]");
-      cfg.insert(server + 9, "durability = \"" + durability + "\"\n");
+      std::string settings = "durability = \"" + durability + "\"\n";
+      for (const auto& kv : server_settings) settings += kv + "\n";
+      cfg.insert(server + 9, settings);
       auto audit = cfg.find("[audit]\n");
       if (audit == std::string::npos) throw std::runtime_error("the demo config has no [audit]");
       cfg.insert(audit + 8, std::string("log_mirror = ") + (log_mirror ? "true" : "false") + "\n");
@@ -385,9 +408,14 @@ int main(int argc, char** argv) {
       measure(bare, bare_auth, c, n / 10, paced_rate);
       measure(app.pipeline(), governed_auth, c, n / 10, paced_rate);
       Stats b1 = measure(bare, bare_auth, c, n, paced_rate);
+      auto before = app.state_stats();
+      double writer_cpu = thread_cpu_s("sg-writer");
       Stats g1 = measure(app.pipeline(), governed_auth, c, n, paced_rate);
       Stats b2 = measure(bare, bare_auth, c, n, paced_rate);
       Stats g2 = measure(app.pipeline(), governed_auth, c, n, paced_rate);
+      // The writer's work per governed call (both governed runs; the bare ones use no writer).
+      writer_cpu = thread_cpu_s("sg-writer") - writer_cpu;
+      double transactions = double(app.state_stats().transactions - before.transactions);
       Stats b = b1.p50_us <= b2.p50_us ? b1 : b2;
       Stats g = g1.p50_us <= g2.p50_us ? g1 : g2;
       report["paced_16"] = nlohmann::json{{"rate", paced_rate},
@@ -395,11 +423,15 @@ int main(int argc, char** argv) {
                                           {"governed", {{"p50_us", g.p50_us}, {"p99_us", g.p99_us}, {"calls_per_s", g.calls_per_s},
                                                         {"ok", g.ok}, {"refused", g.refused}}},
                                           {"added_p50_us", g.p50_us - b.p50_us},
-                                          {"added_p99_us", g.p99_us - b.p99_us}};
+                                          {"added_p99_us", g.p99_us - b.p99_us},
+                                          {"writer", {{"transactions_per_call", transactions / (2.0 * n)},
+                                                      {"cpu_us_per_call", 1e6 * writer_cpu / (2.0 * n)}}}};
       std::printf("16 callers, open loop at %.0f calls/s: bare p50 %.1f us p99 %.1f us | governed p50 %.1f us p99 %.1f us "
                   "(%lld ok, %lld refused) | added p50 %.1f us p99 %.1f us\n",
                   paced_rate, b.p50_us, b.p99_us, g.p50_us, g.p99_us, static_cast<long long>(g.ok),
                   static_cast<long long>(g.refused), g.p50_us - b.p50_us, g.p99_us - b.p99_us);
+      std::printf("            writer: %.2f transactions/call, %.1f us CPU/call\n", transactions / (2.0 * n),
+                  1e6 * writer_cpu / (2.0 * n));
     }
     // Sustained throughput: the governed pipeline at --throughput-callers (default 64) callers,
     // enough to keep it saturated. At 16 callers a `fsync` run is bounded by Little's law (each

@@ -457,6 +457,7 @@ struct Options {
   int threads = -1;  // -1: 1 when pinned, else the server's default
   int nice = 0;
   std::string json_path;
+  std::vector<std::string> server;  // --server KEY=VALUE: extra [server] settings (an A/B of one knob)
 };
 
 // The children, for a SIGINT/SIGTERM of the benchmark: their fixtures' destructors would not run.
@@ -478,6 +479,7 @@ Gateway start_gateway(const Options& o, const std::string& durability, const std
   std::ostringstream cfg;
   cfg << "[server]\nlog_level = \"warn\"\ndurability = \"" << durability << "\"\n";
   if (threads >= 0) cfg << "threads = " << threads << "\n";
+  for (const auto& kv : o.server) cfg << kv << "\n";
   if (!o.credits) cfg << "[credits]\nenabled = false\n";
   cfg << "[inference]\nhealth_interval_ms = 10000\n"
       << "[[inference.backends]]\nid = \"double\"\nurl = \"" << backend_url << "\"\nflavor = \"vllm\"\n"
@@ -527,7 +529,7 @@ int run_bench(int argc, char** argv) {
   scigate::bench::parse_options(argc, argv, 1,
                        "scigate_inference_bench [--rate 500] [--seconds 20] [--warmup 3] [--streams 1000] "
                        "[--stream-tokens 50] [--stream-interval-ms 50] [--max-tokens 8] [--durability commit,fsync] "
-                       "[--pin 1] [--threads N] [--credits on] [--echo 0] [--nice -20] [--json FILE]",
+                       "[--pin 1] [--threads N] [--credits on] [--echo 0] [--nice -20] [--server KEY=VALUE] [--json FILE]",
                        [&](const std::string& a, const std::string& v) {
                          if (a == "--rate") o.rate = std::stod(v);
                          else if (a == "--seconds") o.seconds = std::stod(v);
@@ -542,6 +544,7 @@ int run_bench(int argc, char** argv) {
                          else if (a == "--threads") o.threads = std::stoi(v);
                          else if (a == "--nice") o.nice = std::stoi(v);
                          else if (a == "--json") o.json_path = v;
+                         else if (a == "--server" && v.find('=') != std::string::npos) o.server.push_back(v);
                          else if (a == "--durability") {
                            o.durability.clear();
                            std::stringstream ss(v);

@@ -629,7 +629,7 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
                  source);
   if (auto* s = section(root, "server", source)) {
     reject_unknown(*s, {"name", "database", "log_level", "log_format", "threads", "instructions", "durability",
-                        "writer_poll_us"},
+                        "writer_poll_us", "writer_linger_us"},
                    "[server]", source);
     c.server_name = get<std::string>(*s, "name", c.server_name, source);
     c.database = get<std::string>(*s, "database", c.database.string(), source);
@@ -646,6 +646,11 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
       throw ConfigError(source + ": server.writer_poll_us must be between 0 (never poll) and 10000 microseconds (got " +
                         std::to_string(poll) + ")");
     c.writer_poll = std::chrono::microseconds(poll);
+    int64_t linger = get<int64_t>(*s, "writer_linger_us", c.writer_linger.count(), source);
+    if (linger > 100'000)
+      throw ConfigError(source + ": server.writer_linger_us must be between 0 (woken for every write) and 100000 "
+                                 "microseconds (got " + std::to_string(linger) + ")");
+    c.writer_linger = std::chrono::microseconds(linger);
   }
   static const std::vector<std::string> kLevels = {"trace", "debug", "info", "warn", "error", "off"};
   if (std::find(kLevels.begin(), kLevels.end(), c.log_level) == kLevels.end())

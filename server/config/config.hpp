@@ -267,6 +267,9 @@ struct Config {
   std::string durability = "fsync";
   // The state writer's longest poll for its next item before it sleeps (state::Writer::Options).
   std::chrono::microseconds writer_poll{200};
+  // With durability = "commit": how long journaled writes may wait for the writer to come by
+  // itself (state::Writer::Options::linger).
+  std::chrono::microseconds writer_linger{10000};
   int threads = 0;                  // 0: one per core, at least 2
   std::size_t max_message_bytes = 4 * 1024 * 1024;
   int max_depth = 64;

@@ -87,17 +87,30 @@ void Writer::tick_now(Participant* p) {
   cv_.notify_one();
 }
 
-bool Writer::push(std::shared_ptr<Item> item, bool wake_writer) {
+bool Writer::push(std::shared_ptr<Item> item, bool wake_writer, bool journaled) {
   ++outstanding_;
-  // The writer only sleeps on an empty queue (or one of unwoken items), so only the first
-  // item of a batch wakes it: under load it drains big batches instead of being woken once
-  // per call.
-  bool idle = queue_.empty() || unwoken_;
-  bool wake = idle && wake_writer;
-  unwoken_ = idle && !wake_writer;
+  // The writer only sleeps on an empty queue (or one of unwoken or lingered items), so only
+  // the first item of a batch wakes it: under load it drains big batches instead of being
+  // woken once per call.
+  bool taken = !queue_.empty() && !unwoken_;  // what is queued will be taken (woken or lingered)
+  bool wake = (!taken || lingered_) && wake_writer;
+  unwoken_ = !taken && !wake_writer;
+  if (wake && journaled && lingering_) {
+    wake = false;  // it comes for it by itself (Options::linger)
+    lingered_ = true;
+  } else if (wake) {
+    lingered_ = false;
+  }
   queue_.push_back(std::move(item));
   if (wake) wakes_.fetch_add(1, std::memory_order_release);
   return wake;
+}
+
+void Writer::wake_now() {
+  if (!unwoken_ && !lingered_) return;
+  unwoken_ = false;
+  lingered_ = false;
+  cv_.notify_one();
 }
 
 void Writer::enqueue(std::shared_ptr<Item> item, bool wake_writer) {
@@ -161,7 +174,7 @@ bool Writer::enqueue_journaled(std::shared_ptr<Item> item, bool wake_writer) {
       journal_refused_.fetch_add(1, std::memory_order_relaxed);
       return false;
     }
-    wake = push(std::move(item), wake_writer);
+    wake = push(std::move(item), wake_writer, /*journaled=*/true);
   }
   journaled_.fetch_add(1, std::memory_order_relaxed);
   if (wake) cv_.notify_one();
@@ -265,10 +278,7 @@ bool Writer::catch_up(std::chrono::milliseconds limit) {
   std::unique_lock l(mutex_);
   uint64_t target = journal_seq_;
   if (journal_committed_ >= target) return true;
-  if (unwoken_) {  // (a settle whose audit record has not come yet)
-    unwoken_ = false;
-    cv_.notify_one();
-  }
+  wake_now();  // (a settle whose audit record has not come yet, or items it lingers over)
   return idle_cv_.wait_for(l, limit, [&] { return journal_committed_ >= target; });
 }
 
@@ -288,10 +298,7 @@ void Writer::maybe_clear_journal() {
 
 void Writer::flush() {
   std::unique_lock l(mutex_);
-  if (unwoken_) {
-    unwoken_ = false;
-    cv_.notify_one();
-  }
+  wake_now();
   // And the batch done: its participants' after_batch (log mirror, checkpoint) has run too.
   idle_cv_.wait(l, [&] { return outstanding_ == 0 && !busy_; });
 }
@@ -328,6 +335,7 @@ void Writer::run() {
   std::vector<std::shared_ptr<Item>> batch;
   SpinPolicy spin(options_.spin);
   std::optional<TimePoint> idle_since;  // when the queue was last found empty (for SpinPolicy)
+  std::optional<TimePoint> last_journaled;  // when it last took a journaled item
   std::unique_lock l(mutex_);
   for (;;) {
     // Periodic work first, outside any transaction and without the queue's lock.
@@ -357,7 +365,10 @@ void Writer::run() {
     TimePoint wake = TimePoint::max();
     for (const auto& t : ticks) wake = std::min(wake, t.second);
     auto ready = [&] { return stop_ || !fresh_.empty() || (!paused_ && !queue_.empty() && !unwoken_); };
-    if (!ready()) {
+    // Journaled work of late: it is found at a deadline, not woken for (Options::linger).
+    bool linger = options_.linger.count() > 0 && journal_on_.load(std::memory_order_relaxed) &&
+                  last_journaled && now - *last_journaled < std::chrono::seconds(1);
+    if (!ready() && !linger) {
       if (!idle_since) idle_since = now;
       // Poll a little before sleeping: the next call's items usually come sooner than a
       // sleeping thread wakes (SpinPolicy says when that is a loss).
@@ -375,16 +386,23 @@ void Writer::run() {
         spin.slept();
       }
     }
+    if (linger) {
+      wake = std::min(wake, now + options_.linger);
+      lingering_ = true;
+    }
     if (wake == TimePoint::max()) cv_.wait(l, ready);
     else cv_.wait_until(l, wake, ready);
+    lingering_ = false;
     if (stop_ && queue_.empty()) return;
     if ((paused_ && !stop_) || queue_.empty()) continue;
     unwoken_ = false;
+    lingered_ = false;
     if (idle_since) {
       spin.idle_ended(std::chrono::duration_cast<std::chrono::microseconds>(steady::now() - *idle_since));
       idle_since.reset();
     }
     while (!queue_.empty() && batch.size() < options_.max_batch) {
+      if (queue_.front()->journal_seq_ > 0) last_journaled = steady::now();
       batch.push_back(std::move(queue_.front()));
       queue_.pop_front();
     }

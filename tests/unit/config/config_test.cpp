@@ -206,6 +206,23 @@ TEST_CASE("config: [server] durability is fsync by default, commit on request, n
   }
 }
 
+TEST_CASE("config: [server] writer_linger_us is 10000 by default, 0 turns it off, and is bounded") {
+  CHECK(parse_config("", "/x", "t.toml").writer_linger == std::chrono::microseconds(10000));
+  CHECK(parse_config("[server]\nwriter_linger_us = 0\n", "/x", "t.toml").writer_linger == std::chrono::microseconds(0));
+  CHECK(parse_config("[server]\nwriter_linger_us = 5000\n", "/x", "t.toml").writer_linger ==
+        std::chrono::microseconds(5000));
+  for (auto [bad, says] :
+       {std::pair{"-1", "t.toml:2:20: \"writer_linger_us\" must be zero or more"},
+        std::pair{"100001", "server.writer_linger_us must be between 0 (woken for every write) and 100000"}}) {
+    try {
+      parse_config(std::string("[server]\nwriter_linger_us = ") + bad + "\n", "/x", "t.toml");
+      FAIL("expected a ConfigError for " << bad);
+    } catch (const ConfigError& e) {
+      CHECK_THAT(e.what(), Catch::Contains(says));
+    }
+  }
+}
+
 TEST_CASE("config: [server] writer_poll_us is 200 by default, 0 turns polling off, and is bounded") {
   CHECK(parse_config("", "/x", "t.toml").writer_poll == std::chrono::microseconds(200));
   CHECK(parse_config("[server]\nwriter_poll_us = 0\n", "/x", "t.toml").writer_poll == std::chrono::microseconds(0));

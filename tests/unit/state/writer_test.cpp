@@ -315,7 +315,7 @@ struct JournalDb : TempDb {
 
 // A writer on the database with a Journaled participant (removed before the writer stops).
 struct JournalWriter {
-  explicit JournalWriter(const fs::path& db) : w(db, {}), p(w) { w.add(&p); }
+  explicit JournalWriter(const fs::path& db, state::Writer::Options o = {}) : w(db, o), p(w) { w.add(&p); }
   ~JournalWriter() { w.remove(&p); }
   state::Writer w;
   Journaled p;
@@ -461,9 +461,7 @@ TEST_CASE("writer journal: a crash before a failed item's retry commits replays 
   });
   CHECK(db.rows() == std::vector<std::string>{"a", "c"});
   JournalWriter w_p(db.path);
-  auto& w = w_p.w;
-  auto& p = w_p.p;
-  CHECK(w.open_journal(db.journal, true) == 1);
+  CHECK(w_p.w.open_journal(db.journal, true) == 1);
   CHECK(db.rows() == std::vector<std::string>{"a", "c", "b"});
 }
 
@@ -487,4 +485,46 @@ TEST_CASE("writer journal: past 1 MiB the appends turn to the other file, and th
   CHECK(w.stats().journal_bytes == fs::file_size(other));
   CHECK(db.rows().size() == 300u);
   fs::remove(other);
+}
+
+TEST_CASE("writer journal: journaled items do not wake a writer that had journaled work; it comes for them, together") {
+  JournalDb db;
+  state::Writer::Options o;
+  o.linger = std::chrono::seconds(1);  // long: nothing below happens by the deadline by chance
+  JournalWriter w_p(db.path, o);
+  auto& w = w_p.w;
+  auto& p = w_p.p;
+  w.open_journal(db.journal, true);
+  using steady = std::chrono::steady_clock;
+  auto committed_within = [&](std::size_t rows, std::chrono::milliseconds limit) {
+    auto until = steady::now() + limit;
+    while (db.rows().size() < rows && steady::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    return db.rows().size() >= rows;
+  };
+  // The first after a quiet spell wakes it, as ever.
+  REQUIRE(w.enqueue_journaled(std::make_shared<JournalRow>(p, "first")));
+  CHECK(committed_within(1, std::chrono::milliseconds(500)));
+  w.flush();  // (the writer now sleeps until its deadline)
+  auto before = w.stats().transactions;
+
+  // Ten more: none wakes it; they wait for its deadline and commit in one transaction.
+  for (int i = 0; i < 10; ++i) REQUIRE(w.enqueue_journaled(std::make_shared<JournalRow>(p, "r" + std::to_string(i))));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(db.rows().size() == 1u);
+  CHECK(committed_within(11, std::chrono::seconds(5)));
+  CHECK(w.stats().transactions == before + 1);
+
+  // An item someone waits for is taken at once, and what lingered before it with it.
+  REQUIRE(w.enqueue_journaled(std::make_shared<JournalRow>(p, "lingered")));
+  auto t0 = steady::now();
+  w.enqueue(std::make_shared<JournalRow>(p, "waited for"));
+  CHECK(committed_within(13, std::chrono::seconds(5)));
+  CHECK(steady::now() - t0 < std::chrono::milliseconds(500));
+
+  // catch_up() does not wait for the deadline either.
+  REQUIRE(w.enqueue_journaled(std::make_shared<JournalRow>(p, "caught up")));
+  t0 = steady::now();
+  CHECK(w.catch_up(std::chrono::seconds(5)));
+  CHECK(steady::now() - t0 < std::chrono::milliseconds(500));
+  CHECK(db.rows().back() == "caught up");
 }
