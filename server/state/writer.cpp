@@ -93,9 +93,9 @@ bool Writer::push(std::shared_ptr<Item> item, bool wake_writer, bool journaled) 
   // the first item of a batch wakes it: under load it drains big batches instead of being
   // woken once per call.
   bool taken = !queue_.empty() && !unwoken_;  // what is queued will be taken (woken or lingered)
-  bool wake = (!taken || lingered_) && wake_writer;
+  bool wake = (!taken || lingered_) && wake_writer;  // (lingered: woken once there are enough)
   unwoken_ = !taken && !wake_writer;
-  if (wake && journaled && lingering_) {
+  if (wake && journaled && lingering_ && queue_.size() + 1 < options_.linger_items) {
     wake = false;  // it comes for it by itself (Options::linger)
     lingered_ = true;
   } else if (wake) {

@@ -143,6 +143,9 @@ class Writer {
     // call up to this much later. 0: woken for each, as without a journal.
     // [server] writer_linger_us.
     std::chrono::microseconds linger{10000};
+    // ... or until this many items are queued: under load a window's worth would make one long
+    // transaction, a burst of writer CPU that callers sharing the cores wait behind.
+    std::size_t linger_items = 32;
   };
 
   struct Stats {

@@ -528,3 +528,26 @@ TEST_CASE("writer journal: journaled items do not wake a writer that had journal
   CHECK(steady::now() - t0 < std::chrono::milliseconds(500));
   CHECK(db.rows().back() == "caught up");
 }
+
+TEST_CASE("writer journal: a lingering writer is woken once enough journaled items are queued") {
+  JournalDb db;
+  state::Writer::Options o;
+  o.linger = std::chrono::seconds(1);
+  o.linger_items = 4;
+  JournalWriter w_p(db.path, o);
+  auto& w = w_p.w;
+  auto& p = w_p.p;
+  w.open_journal(db.journal, true);
+  REQUIRE(w.enqueue_journaled(std::make_shared<JournalRow>(p, "first")));
+  w.flush();  // committed; the writer now lingers
+  REQUIRE(db.rows().size() == 1u);
+  for (int i = 0; i < 3; ++i) REQUIRE(w.enqueue_journaled(std::make_shared<JournalRow>(p, "r" + std::to_string(i))));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(db.rows().size() == 1u);  // three: it lingers on
+  auto t0 = std::chrono::steady_clock::now();
+  REQUIRE(w.enqueue_journaled(std::make_shared<JournalRow>(p, "r3")));  // the fourth wakes it
+  while (db.rows().size() < 5u && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5))
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  CHECK(db.rows().size() == 5u);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(500));
+}
