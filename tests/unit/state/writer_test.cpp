@@ -487,7 +487,7 @@ TEST_CASE("writer journal: past 1 MiB the appends turn to the other file, and th
   fs::remove(other);
 }
 
-TEST_CASE("writer journal: journaled items do not wake a writer that had journaled work; it comes for them, together") {
+TEST_CASE("writer journal: journaled items do not wake a writer that had journaled work, it comes for them together") {
   JournalDb db;
   state::Writer::Options o;
   o.linger = std::chrono::seconds(1);  // long: nothing below happens by the deadline by chance
