@@ -401,11 +401,13 @@ void Writer::run() {
       spin.idle_ended(std::chrono::duration_cast<std::chrono::microseconds>(steady::now() - *idle_since));
       idle_since.reset();
     }
+    bool journaled = false;
     while (!queue_.empty() && batch.size() < options_.max_batch) {
-      if (queue_.front()->journal_seq_ > 0) last_journaled = steady::now();
+      journaled = journaled || queue_.front()->journal_seq_ > 0;
       batch.push_back(std::move(queue_.front()));
       queue_.pop_front();
     }
+    if (journaled) last_journaled = steady::now();
     busy_ = true;
     l.unlock();
     process(batch, 0, batch.size());
