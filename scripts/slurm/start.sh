@@ -177,7 +177,13 @@ if (( WANT_REST )); then
       "127.0.0.1:$REST_PORT" >"$LOG/slurmrestd-jwt.log" 2>&1 &
     echo $! > "$RUN/slurmrestd-jwt.pid"
   fi
-  wait_for "slurmrestd on 127.0.0.1:$REST_PORT" 15 bash -c "exec 3<>/dev/tcp/127.0.0.1/$REST_PORT"
+  # Ready when it answers HTTP, not merely when the port accepts: a port taken meanwhile by
+  # another daemon (clusters of parallel tests pick free ports at once) accepts the connection
+  # and resets it at the first request.
+  wait_for "slurmrestd answering HTTP on 127.0.0.1:$REST_PORT" 15 bash -c \
+    'exec 3<>"/dev/tcp/127.0.0.1/$0" || exit 1
+     printf "GET /openapi/v3 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n" >&3
+     IFS= read -r -t 2 line <&3 && [[ $line == HTTP/1.[01]\ * ]]' "$REST_PORT"
 fi
 
 echo "SLURM_CONF=$SLURM_CONF"

@@ -130,6 +130,22 @@ static void reap_abandoned() {
 
 void SlurmCluster::start() {
   reap_abandoned();
+  // The ports are picked free here and bound by the daemons a moment later: the cluster of a
+  // parallel test may take one in between (start.sh then fails, waiting for a daemon that
+  // could not bind). One more try, with other ports.
+  for (int attempt = 1;; ++attempt) {
+    try {
+      start_once();
+      return;
+    } catch (const std::runtime_error& e) {
+      if (attempt == 2) throw;
+      std::cerr << "slurm test cluster did not come up; trying again with other ports:\n" << e.what() << "\n";
+      state_.clear();
+    }
+  }
+}
+
+void SlurmCluster::start_once() {
   char tmpl[] = "/tmp/sg-slurm-XXXXXX";  // short: unix socket paths are limited to 107 bytes
   if (!::mkdtemp(tmpl)) throw std::runtime_error("mkdtemp failed");
   state_ = tmpl;

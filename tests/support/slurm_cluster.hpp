@@ -41,6 +41,7 @@ class SlurmCluster {
  private:
   SlurmCluster() = default;
   void start();
+  void start_once();
   std::filesystem::path state_, rest_socket_;
   std::string rest_url_, job_user_;
 };
