@@ -444,9 +444,16 @@ TEST_CASE("credits: SIGKILL under load, then restart: every answered call is aud
   const auto db = s.dir() / "scigate.db";
   if (durability == "commit") {
     // The un-keyed calls (holds in memory) go through the journal: one more shows it.
+    auto count = [&](const char* sql) { return std::stoll(query(db, sql)[0][0]); };
+    const char* kCharges = "SELECT COUNT(*) FROM credit_postings WHERE kind = 'charge'";
+    const char* kRecords = "SELECT COUNT(*) FROM audit_log WHERE tool = 'sleep'";
+    const int64_t charges = count(kCharges), records = count(kRecords);
     Client c(s.port());
     REQUIRE(call_tool(c, s.user_key(), "sleep", {{"seconds", 0.001}, {"steps", 1}})["isError"] == false);
     CHECK(metric(s.port(), "scigate_state_journaled_total") >= 2);  // its settle and its record
+    // Answered from the journal, committed within the writer's linger: the books below are
+    // read from the file by other processes, so wait until its charge and record are in it.
+    CHECK(scigate::test::eventually([&] { return count(kCharges) == charges + 1 && count(kRecords) == records + 1; }));
   }
   // No call is recorded twice (a journal entry replayed although it had been committed).
   CHECK(query(db, "SELECT COUNT(*) FROM (SELECT request_id FROM audit_log GROUP BY request_id HAVING COUNT(*) > 1)")[0][0] == "0");
