@@ -1,11 +1,16 @@
 #include "connectors/http/curl_client.hpp"
 #include "server/common/thread_name.hpp"
 
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <curl/curl.h>
+#include <sys/epoll.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <cerrno>
+#include <cstring>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -123,26 +128,38 @@ size_t on_read_body(char* buf, size_t size, size_t n, void* user) {
 
 }  // namespace
 
+// What both drivers share: the queues callers fill from any thread, the transfers curl runs, and
+// the steps of a round. A round's steps run in the driving context only (the client's thread,
+// or whoever holds ReactorDriver::drive).
 struct CurlClient::Impl {
   CURLM* multi = nullptr;
   std::mutex m;  // guards the queues and `stop`
   std::deque<std::unique_ptr<Transfer>> to_add;
   std::deque<uint64_t> to_cancel;
   // Transfers started and not finished. A cancel may arrive before its transfer reaches the
-  // thread: it is kept for the next round while the id is still here.
+  // driving context: it is kept for the next round while the id is still here.
   std::unordered_set<uint64_t> live;
   bool stop = false;
   std::atomic<uint64_t> next_id{1};
   std::atomic<uint64_t> started{0};
   std::atomic<std::size_t> in_flight{0};
-  // Owned by the thread only:
+  // Owned by the driving context only:
   std::unordered_map<uint64_t, std::unique_ptr<Transfer>> active;
-  std::thread thread;
+  std::vector<std::function<void()>> round_end;
 
-  ~Impl() {
+  Impl() {
+    multi = curl_multi_init();
+    if (!multi) throw std::runtime_error("curl_multi_init failed");
+    curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);
+  }
+  virtual ~Impl() {
     if (multi) curl_multi_cleanup(multi);
   }
-  void wake() { curl_multi_wakeup(multi); }
+  // Asks the driving context to take what was queued (from any thread).
+  virtual void wake() = 0;
+  // Ends the driving context: what is in flight completes as cancelled. Called once, by
+  // ~CurlClient, on any thread but a callback's.
+  virtual void shut_down() = 0;
 
   void finish(std::unique_ptr<Transfer> t) {
     t->response.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t->t0).count();
@@ -157,7 +174,13 @@ struct CurlClient::Impl {
     c->complete(std::move(r));
   }
 
-  bool configure(Transfer& t) {
+  static void fail(Transfer& t, bool cancelled, const char* why) {
+    t.response.cancelled = cancelled;
+    t.response.status = 0;
+    t.response.error = why;
+  }
+
+  void configure(Transfer& t) {
     CURL* e = t.easy;
     const Request& q = t.request;
     curl_easy_setopt(e, CURLOPT_PRIVATE, &t);
@@ -205,129 +228,338 @@ struct CurlClient::Impl {
       curl_easy_setopt(e, CURLOPT_POSTFIELDS, q.body.data());
       if (q.method != "POST") curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, q.method.c_str());
     }
-    return true;
+  }
+
+  // Hands what callers queued to curl; returns true once the client is stopping.
+  bool take_queued() {
+    std::deque<std::unique_ptr<Transfer>> adds;
+    std::deque<uint64_t> cancels;
+    bool stopping;
+    {
+      std::lock_guard g(m);
+      adds.swap(to_add);
+      cancels.swap(to_cancel);
+      stopping = stop;
+    }
+    for (auto& t : adds) {
+      CURLMcode rc = curl_multi_add_handle(multi, t->easy);
+      if (rc != CURLM_OK) {
+        t->response.error = std::string("cannot start the request: ") + curl_multi_strerror(rc);
+        finish(std::move(t));
+        continue;
+      }
+      uint64_t id = t->id;
+      active.emplace(id, std::move(t));
+    }
+    for (uint64_t id : cancels) {
+      auto it = active.find(id);
+      if (it == active.end()) {
+        std::lock_guard g(m);
+        if (live.count(id)) to_cancel.push_back(id);  // its add is on the way
+        continue;
+      }
+      curl_multi_remove_handle(multi, it->second->easy);
+      auto t = std::move(it->second);
+      active.erase(it);
+      fail(*t, true, "cancelled");
+      finish(std::move(t));
+    }
+    return stopping;
+  }
+
+  // Completes every transfer still running (the client is going away).
+  void cancel_active() {
+    for (auto& [id, t] : active) {
+      curl_multi_remove_handle(multi, t->easy);
+      fail(*t, true, "the client is shutting down");
+      finish(std::move(t));
+    }
+    active.clear();
+  }
+
+  // Completes the transfers curl has finished.
+  void reap() {
+    int left = 0;
+    while (CURLMsg* msg = curl_multi_info_read(multi, &left)) {
+      if (msg->msg != CURLMSG_DONE) continue;
+      Transfer* raw = nullptr;
+      curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, reinterpret_cast<char**>(&raw));
+      CURLcode result = msg->data.result;
+      curl_multi_remove_handle(multi, msg->easy_handle);
+      auto it = active.find(raw->id);
+      if (it == active.end()) continue;
+      auto t = std::move(it->second);
+      active.erase(it);
+      if (char* ip = nullptr; curl_easy_getinfo(t->easy, CURLINFO_PRIMARY_IP, &ip) == CURLE_OK && ip)
+        t->response.remote_address = ip;
+      if (result == CURLE_OK) {
+        curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &t->response.status);
+      } else {
+        // A stream keeps the status it had (206, then cut short): the caller may resume.
+        if (t->request.on_headers) curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &t->response.status);
+        else t->response.status = 0;
+        t->response.partial = result == CURLE_PARTIAL_FILE;
+        t->response.timed_out = result == CURLE_OPERATION_TIMEDOUT;
+        // libcurl reports the connect timeout and the whole-exchange timeout with the same
+        // code; the connect time (set for a reused connection too) tells them apart.
+        curl_off_t connect_us = 0;
+        curl_easy_getinfo(t->easy, CURLINFO_CONNECT_TIME_T, &connect_us);
+        t->response.connect_failed = result == CURLE_COULDNT_CONNECT || result == CURLE_COULDNT_RESOLVE_HOST ||
+                                     (t->response.timed_out && connect_us == 0);
+        std::string what = !t->abort_reason.empty() ? t->abort_reason
+                           : t->errbuf[0]         ? std::string(t->errbuf)
+                                                  : std::string(curl_easy_strerror(result));
+        t->response.error = what;
+      }
+      finish(std::move(t));
+    }
+  }
+
+  // Marks the calling thread as the driving context for at_round_end while it lives.
+  struct Round {
+    explicit Round(Impl& impl) : impl(impl) { t_round_end = &impl.round_end; }
+    ~Round() {
+      run_round_end(impl.round_end);
+      t_round_end = nullptr;
+    }
+    Impl& impl;
+  };
+};
+
+namespace {
+
+// A thread of its own, waiting in curl_multi_poll (level-triggered) and woken by
+// curl_multi_wakeup. Callbacks may block it (a disk write, an upload's producer).
+struct ThreadDriver final : CurlClient::Impl {
+  std::thread thread;
+
+  ThreadDriver() {
+    thread = std::thread([this] {
+      name_this_thread("sg-http");
+      run();
+    });
+  }
+  ~ThreadDriver() override {
+    if (thread.joinable()) shut_down();
+  }
+  void wake() override { curl_multi_wakeup(multi); }
+
+  void shut_down() override {
+    {
+      std::lock_guard g(m);
+      stop = true;
+    }
+    wake();
+    if (thread.joinable()) thread.join();
   }
 
   void run() {
-    std::vector<std::function<void()>> round_end;
-    t_round_end = &round_end;
+    Round round(*this);
     while (true) {
-      std::deque<std::unique_ptr<Transfer>> adds;
-      std::deque<uint64_t> cancels;
-      bool stopping;
-      {
-        std::lock_guard g(m);
-        adds.swap(to_add);
-        cancels.swap(to_cancel);
-        stopping = stop;
-      }
-      for (auto& t : adds) {
-        CURLMcode rc = curl_multi_add_handle(multi, t->easy);
-        if (rc != CURLM_OK) {
-          t->response.error = std::string("cannot start the request: ") + curl_multi_strerror(rc);
-          finish(std::move(t));
-          continue;
-        }
-        uint64_t id = t->id;
-        active.emplace(id, std::move(t));
-      }
-      for (uint64_t id : cancels) {
-        auto it = active.find(id);
-        if (it == active.end()) {
-          std::lock_guard g(m);
-          if (live.count(id)) to_cancel.push_back(id);  // its add is on the way
-          continue;
-        }
-        curl_multi_remove_handle(multi, it->second->easy);
-        auto t = std::move(it->second);
-        active.erase(it);
-        t->response.cancelled = true;
-        t->response.status = 0;
-        t->response.error = "cancelled";
-        finish(std::move(t));
-      }
-      if (stopping) {
-        for (auto& [id, t] : active) {
-          curl_multi_remove_handle(multi, t->easy);
-          t->response.cancelled = true;
-          t->response.status = 0;
-          t->response.error = "the client is shutting down";
-          finish(std::move(t));
-        }
-        active.clear();
-        run_round_end(round_end);
-        t_round_end = nullptr;
+      if (take_queued()) {
+        cancel_active();
         return;
       }
       int running = 0;
       curl_multi_perform(multi, &running);
-      int left = 0;
-      while (CURLMsg* msg = curl_multi_info_read(multi, &left)) {
-        if (msg->msg != CURLMSG_DONE) continue;
-        Transfer* raw = nullptr;
-        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, reinterpret_cast<char**>(&raw));
-        CURLcode result = msg->data.result;
-        curl_multi_remove_handle(multi, msg->easy_handle);
-        auto it = active.find(raw->id);
-        if (it == active.end()) continue;
-        auto t = std::move(it->second);
-        active.erase(it);
-        if (char* ip = nullptr; curl_easy_getinfo(t->easy, CURLINFO_PRIMARY_IP, &ip) == CURLE_OK && ip)
-          t->response.remote_address = ip;
-        if (result == CURLE_OK) {
-          curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &t->response.status);
-        } else {
-          // A stream keeps the status it had (206, then cut short): the caller may resume.
-          if (t->request.on_headers) curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &t->response.status);
-          else t->response.status = 0;
-          t->response.partial = result == CURLE_PARTIAL_FILE;
-          t->response.timed_out = result == CURLE_OPERATION_TIMEDOUT;
-          // libcurl reports the connect timeout and the whole-exchange timeout with the same
-          // code; the connect time (set for a reused connection too) tells them apart.
-          curl_off_t connect_us = 0;
-          curl_easy_getinfo(t->easy, CURLINFO_CONNECT_TIME_T, &connect_us);
-          t->response.connect_failed = result == CURLE_COULDNT_CONNECT || result == CURLE_COULDNT_RESOLVE_HOST ||
-                                       (t->response.timed_out && connect_us == 0);
-          std::string what = !t->abort_reason.empty() ? t->abort_reason
-                             : t->errbuf[0]         ? std::string(t->errbuf)
-                                                    : std::string(curl_easy_strerror(result));
-          t->response.error = what;
-        }
-        finish(std::move(t));
-      }
+      reap();
       run_round_end(round_end);
       curl_multi_poll(multi, nullptr, 0, 1000, nullptr);
     }
   }
 };
 
-CurlClient::CurlClient() : impl_(std::make_shared<Impl>()) {
+// libcurl driven by an Asio reactor (curl_multi_socket_action), on the I/O threads that run
+// the executor: a request, its answer and the caller's resumption need no other thread and
+// no hand-off between threads. Callbacks must not block (they run on an I/O thread).
+//
+// Asio's epoll reactor is edge-triggered, and curl reads a socket in bounded pieces, so a
+// socket can stay readable without a new edge. curl's sockets therefore go into an epoll set
+// of their own, level-triggered like curl_multi_poll, and only that set's descriptor is
+// watched by Asio: whenever the set has something ready, a round takes everything it reports
+// (epoll_wait with no wait) until it reports nothing. Asio's wait is re-armed before the set
+// is read, so an edge that comes during a round is never lost (at worst it wakes an empty one).
+struct ReactorDriver final : CurlClient::Impl {
+  // Everything below and curl's multi handle are used by the holder of `drive` only: one I/O
+  // thread at a time, whichever runs a handler.
+  std::mutex drive;
+  int epoll_fd = -1;
+  boost::asio::posix::stream_descriptor watch;
+  boost::asio::steady_timer timer;
+  bool closed = false;
+  bool kick = false;  // curl asked for a timeout action now (it must not be called from its callback)
+  std::atomic<bool> queued_round{false};  // a round for queued work is posted
+  std::weak_ptr<ReactorDriver> self;
+
+  explicit ReactorDriver(boost::asio::any_io_executor ex) : watch(ex), timer(ex) {
+    epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+    if (epoll_fd < 0) throw std::runtime_error(std::string("epoll_create1: ") + std::strerror(errno));
+    watch.assign(epoll_fd);
+    curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, &ReactorDriver::on_socket);
+    curl_multi_setopt(multi, CURLMOPT_SOCKETDATA, this);
+    curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, &ReactorDriver::on_timer);
+    curl_multi_setopt(multi, CURLMOPT_TIMERDATA, this);
+  }
+  ~ReactorDriver() override { close(); }
+
+  static std::shared_ptr<ReactorDriver> make(boost::asio::any_io_executor ex) {
+    auto d = std::make_shared<ReactorDriver>(std::move(ex));
+    d->self = d;
+    std::lock_guard g(d->drive);
+    d->arm();
+    return d;
+  }
+
+  void wake() override {
+    if (queued_round.exchange(true)) return;
+    boost::asio::post(watch.get_executor(), [w = self] {
+      if (auto d = w.lock()) {
+        d->queued_round = false;
+        d->round(false, false);
+      }
+    });
+  }
+
+  void shut_down() override {
+    {
+      std::lock_guard g(m);
+      stop = true;
+    }
+    std::lock_guard g(drive);
+    if (closed) return;
+    Round r(*this);
+    take_queued();
+    cancel_active();
+    close();
+  }
+
+  // Under `drive`. Ends curl's multi handle first (it may still tell its callbacks of sockets).
+  void close() {
+    if (closed) return;
+    closed = true;
+    if (multi) curl_multi_cleanup(multi);
+    multi = nullptr;
+    boost::system::error_code ec;
+    timer.cancel();
+    watch.cancel(ec);
+    watch.close(ec);  // closes epoll_fd
+    epoll_fd = -1;
+  }
+
+  void arm() {
+    watch.async_wait(boost::asio::posix::descriptor_base::wait_read, [w = self](const boost::system::error_code& ec) {
+      if (ec == boost::asio::error::operation_aborted) return;
+      if (auto d = w.lock()) d->round(true, true);
+    });
+  }
+
+  // One round: queued adds and cancels, curl's due timeouts, and, when the set signalled
+  // (`read_set`), every socket it reports ready until it reports none. `rearm` for the wait's
+  // own completion only: one wait is outstanding at any time.
+  void round(bool read_set, bool rearm) {
+    std::lock_guard g(drive);
+    if (closed) return;
+    Round r(*this);
+    if (rearm) arm();  // before reading the set: see the class comment
+    if (take_queued()) return;  // ~CurlClient is on its way; shut_down() completes the rest
+    settle();
+    if (!read_set) return;
+    epoll_event events[64];
+    for (int pass = 0; pass < 16; ++pass) {
+      int n = epoll_wait(epoll_fd, events, 64, 0);
+      if (n <= 0) return;
+      for (int i = 0; i < n; ++i) {
+        int flags = 0;
+        if (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP)) flags |= CURL_CSELECT_IN;
+        if (events[i].events & EPOLLOUT) flags |= CURL_CSELECT_OUT;
+        if (events[i].events & EPOLLERR) flags |= CURL_CSELECT_ERR;
+        int running = 0;
+        curl_multi_socket_action(multi, static_cast<curl_socket_t>(events[i].data.fd), flags, &running);
+      }
+      settle();
+    }
+    // Still busy after 16 passes: let the I/O thread serve others, then go on (the wait
+    // outstanding stays as it is).
+    boost::asio::post(watch.get_executor(), [w = self] {
+      if (auto d = w.lock()) d->round(true, false);
+    });
+  }
+
+  // Runs the timeout actions curl asked for "now" and completes what finished.
+  void settle() {
+    for (;;) {
+      reap();
+      if (!kick) return;
+      kick = false;
+      int running = 0;
+      curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    }
+  }
+
+  void on_timeout() {
+    std::lock_guard g(drive);
+    if (closed) return;
+    Round r(*this);
+    int running = 0;
+    curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    settle();
+  }
+
+  static int on_socket(CURL*, curl_socket_t s, int what, void* user, void*) {
+    auto* d = static_cast<ReactorDriver*>(user);
+    if (d->epoll_fd < 0) return 0;
+    if (what == CURL_POLL_REMOVE) {
+      epoll_ctl(d->epoll_fd, EPOLL_CTL_DEL, s, nullptr);  // gone already if curl closed it: fine
+      return 0;
+    }
+    epoll_event ev{};
+    ev.events = (what & CURL_POLL_IN ? EPOLLIN : 0u) | (what & CURL_POLL_OUT ? EPOLLOUT : 0u);
+    ev.data.fd = s;
+    if (epoll_ctl(d->epoll_fd, EPOLL_CTL_MOD, s, &ev) != 0 && errno == ENOENT)
+      epoll_ctl(d->epoll_fd, EPOLL_CTL_ADD, s, &ev);
+    return 0;
+  }
+
+  static int on_timer(CURLM*, long timeout_ms, void* user) {
+    auto* d = static_cast<ReactorDriver*>(user);
+    if (d->closed) return 0;
+    if (timeout_ms < 0) {
+      d->timer.cancel();
+    } else if (timeout_ms == 0) {
+      d->kick = true;  // settle() runs it once curl has returned
+    } else {
+      d->timer.expires_after(std::chrono::milliseconds(timeout_ms));
+      d->timer.async_wait([w = d->self](const boost::system::error_code& ec) {
+        if (ec == boost::asio::error::operation_aborted) return;
+        if (auto p = w.lock()) p->on_timeout();
+      });
+    }
+    return 0;
+  }
+};
+
+}  // namespace
+
+CurlClient::CurlClient() {
   global_init_once();
-  impl_->multi = curl_multi_init();
-  if (!impl_->multi) throw std::runtime_error("curl_multi_init failed");
-  curl_multi_setopt(impl_->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);
-  impl_->thread = std::thread([impl = impl_.get()] {
-    name_this_thread("sg-http");
-    impl->run();
-  });
+  impl_ = std::make_shared<ThreadDriver>();
+}
+
+CurlClient::CurlClient(boost::asio::any_io_executor executor) {
+  global_init_once();
+  impl_ = ReactorDriver::make(std::move(executor));
 }
 
 CurlClient::~CurlClient() {
-  {
-    std::lock_guard g(impl_->m);
-    impl_->stop = true;
-  }
-  impl_->wake();
-  if (impl_->thread.joinable()) impl_->thread.join();
-  // Requests added after the thread ended never started.
+  impl_->shut_down();
+  // Requests added after the driver stopped never started.
   std::deque<std::unique_ptr<Transfer>> left;
   {
     std::lock_guard g(impl_->m);
     left.swap(impl_->to_add);
   }
   for (auto& t : left) {
-    t->response.cancelled = true;
-    t->response.error = "the client is shutting down";
+    Impl::fail(*t, true, "the client is shutting down");
     impl_->finish(std::move(t));
   }
 }

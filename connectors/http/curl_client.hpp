@@ -1,20 +1,30 @@
 #pragma once
 // An asynchronous HTTP(S) client for every connector that talks HTTP to the outside (a remote
-// QPU service, inference servers, HTTP data sources): libcurl's multi interface on ONE thread
-// of its own. Callers await perform(); no I/O thread ever blocks on the network, and hundreds of
-// slow requests in flight cost one socket each, not one thread each.
+// QPU service, inference servers, HTTP data sources): libcurl's multi interface. Callers await
+// perform(); no I/O thread ever blocks on the network, and hundreds of slow requests in flight
+// cost one socket each, not one thread each.
 //
-// Why a thread and not Asio's reactor: curl reads a socket in bounded pieces, so "readable"
-// can stay true without a new edge, and Asio waits on epoll edge-triggered; the thread runs
-// curl_multi_poll (level-triggered poll) and is woken with curl_multi_wakeup when a request is
-// added or cancelled. One thread suffices: it only moves bytes and parses no bodies.
+// Two ways to drive it, one per kind of caller:
+// - CurlClient(): a thread of its own in curl_multi_poll, woken with curl_multi_wakeup when a
+//   request is added or cancelled. Request callbacks may block that thread (a download writing
+//   to disk, an upload waiting for its producer): data transfers use this one.
+// - CurlClient(executor): driven by the executor's reactor (curl_multi_socket_action) on the
+//   I/O threads that run it: a request goes out and its answer comes in on the thread that
+//   serves the call, with no hand-off to another thread and back (on a busy core each hand-off
+//   is a context switch). Callbacks must not block. Inference uses this one. It must be
+//   destroyed before the executor's io_context.
+// Asio waits on epoll edge-triggered while curl reads a socket in bounded pieces ("readable"
+// can stay true without a new edge); the reactor driver keeps curl's sockets in a level-
+// triggered epoll set of its own and lets Asio watch only that set (curl_client.cpp).
 //
 // libcurl gives TLS (OpenSSL), proxies from the environment (https_proxy, no_proxy), HTTP/1.1
 // keep-alive with one connection cache for all requests of a client, and exact timeouts.
 //
 // Threads: perform() may be called from any executor and the caller resumes on its own
 // executor. Cancelling the awaiting coroutine (its cancellation slot) removes the transfer and
-// completes it with Response::cancelled. Request::on_data runs on the client's thread.
+// completes it with Response::cancelled. Request callbacks run in the client's driving context
+// (its thread, or an I/O thread of its executor), one at a time.
+#include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
@@ -70,7 +80,8 @@ struct Request {
   // bytes): copy up to n bytes into buf and return how many, 0 at the end, -1 to stop.
   std::function<long(char* buf, std::size_t n)> on_read;
   int64_t upload_size = -1;
-  // Callbacks run on the client's thread; on_data/on_read may block it briefly (backpressure).
+  // Callbacks run in the client's driving context; on_data/on_read may block it briefly
+  // (backpressure) with the thread-driven client only.
   // When set, the exchange can be stopped through it (see CancelToken).
   std::shared_ptr<CancelToken> cancel_token;
   // CURLOPT_RESOLVE entries ("host:port:address"): pins a name to an address already checked.
@@ -110,8 +121,10 @@ struct Response {
 
 class CurlClient {
  public:
-  CurlClient();
-  // Cancels what is in flight (completing it with Response::cancelled) and joins the thread.
+  CurlClient();  // a thread of its own
+  explicit CurlClient(boost::asio::any_io_executor executor);  // driven by the executor's reactor
+  // Cancels what is in flight (completing it with Response::cancelled); joins the thread, or
+  // leaves the executor.
   ~CurlClient();
   CurlClient(const CurlClient&) = delete;
   CurlClient& operator=(const CurlClient&) = delete;
@@ -123,23 +136,25 @@ class CurlClient {
         Initiation{this}, boost::asio::use_awaitable, std::move(request));
   }
 
-  // For Request callbacks and Completion::complete, which run on the client's thread: runs `fn`
+  // For Request callbacks and Completion::complete, which run in the driving context: runs `fn`
   // once the client has handled everything that arrived in the current round of I/O, before it
   // waits again, so that a consumer told of a head, some body and the end in one round is woken
-  // once, not three times (on a busy core each wake-up is a context switch). On any other
-  // thread `fn` runs at once.
+  // once, not three times (on a busy core each wake-up is a context switch). Outside a round
+  // `fn` runs at once.
   static void at_round_end(std::function<void()> fn);
 
   // Transfers started and in flight, for tests and metrics.
   uint64_t started() const;
   std::size_t in_flight() const;
 
+  struct Impl;  // the drivers' common part (curl_client.cpp)
+
   struct Completion {
     virtual ~Completion() = default;
     virtual void complete(Response r) = 0;
   };
-  // The exchange without a coroutine: `completion` runs once, on the client's thread (or on the
-  // caller's, when the exchange cannot start). Stop it with Request::cancel_token.
+  // The exchange without a coroutine: `completion` runs once, in the driving context (or on the
+  // caller's thread, when the exchange cannot start). Stop it with Request::cancel_token.
   void start(Request request, std::unique_ptr<Completion> completion) {
     start(std::move(request), std::move(completion), boost::asio::cancellation_slot());
   }
@@ -150,7 +165,6 @@ class CurlClient {
     template <typename Handler>
     void operator()(Handler handler, Request request) const;
   };
-  struct Impl;
   void start(Request request, std::unique_ptr<Completion> completion, boost::asio::cancellation_slot slot);
 
   std::shared_ptr<Impl> impl_;

@@ -223,7 +223,7 @@ void classify(InferenceService::Try& t, const std::string& backend, long status,
 }  // namespace
 
 InferenceService::InferenceService(const InferenceConfig& config, registry::ModelRegistry* registry)
-    : config_(config), registry_(registry), client_(std::make_unique<http::CurlClient>()) {
+    : config_(config), registry_(registry) {
   for (const auto& c : config_.backends) {
     auto b = std::make_unique<Backend>();
     b->cfg = c;
@@ -239,13 +239,16 @@ InferenceService::~InferenceService() { stop(); }
 
 void InferenceService::start(asio::io_context& io) {
   io_ = &io;
+  // Driven by the I/O threads' reactor: a call's request and answer stay on the thread that
+  // serves it (its callbacks only buffer and ring; nothing in them blocks).
+  if (!client_ && !stopping_->load()) client_ = std::make_unique<http::CurlClient>(io.get_executor());
   if (backends_.empty()) return;
   asio::co_spawn(io, poll_loop(), asio::detached);
 }
 
 void InferenceService::stop() {
   stopping_->store(true);
-  client_.reset();  // cancels what is in flight; joins its thread
+  client_.reset();  // cancels what is in flight (before the io_context goes: it is driven by it)
 }
 
 asio::awaitable<void> InferenceService::poll_loop() {
@@ -267,6 +270,7 @@ asio::awaitable<void> InferenceService::refresh() {
 }
 
 asio::awaitable<void> InferenceService::check(Backend& b) {
+  if (!client_) co_return;
   auto stopping = stopping_;
   std::string problem;
   std::string key = read_secret(b.cfg, &problem);  // re-read: keys rotate
@@ -489,7 +493,8 @@ asio::awaitable<ChatOutcome> InferenceService::embed(std::string model, json bod
 asio::awaitable<ChatOutcome> InferenceService::call(Kind kind, ChatCall call, const ChunkSink* sink) {
   ChatOutcome out;
   if (!client_) {
-    out.error = Error{ErrorCode::kBackendUnavailable, "the inference service is shutting down", "retry later", {}};
+    out.error = Error{ErrorCode::kBackendUnavailable, "the inference service is not running (starting or shutting down)",
+                      "retry later", {}};
     co_return out;
   }
   std::vector<std::string> tried;

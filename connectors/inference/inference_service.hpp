@@ -12,8 +12,9 @@
 //   one trial call is let through (half-open).
 // - Health: a poller asks each backend's /health and /v1/models every health_interval and tells
 //   the model registry what is served now (ModelRegistry::set_served).
-// - All HTTP goes through one http::CurlClient (libcurl multi on its own thread): a slow backend
-//   costs a socket, never a thread.
+// - All HTTP goes through one http::CurlClient, driven by the I/O threads' reactor (made in
+//   start()): a slow backend costs a socket, never a thread, and a call's request and answer
+//   need no other thread.
 //
 // Threads: every coroutine may be awaited from any executor; ChunkSink runs on the caller's.
 // Cancellation of the awaiting coroutine cancels the backend request (the connection is closed,
@@ -89,7 +90,8 @@ class InferenceService {
   InferenceService(const InferenceConfig& config, registry::ModelRegistry* registry);
   ~InferenceService();
 
-  // Starts the health poller on `io` (its first round runs at once).
+  // Makes the HTTP client, driven by `io`, and starts the health poller on it (its first
+  // round runs at once). Calls before start() fail as "not running".
   void start(boost::asio::io_context& io);
   // Ends the poller and the HTTP client; calls still in flight complete as cancelled.
   void stop();
