@@ -79,8 +79,9 @@ class AuditQueryService {
   // Resumes on the caller's executor. Throws state::DbError when the database is unreadable.
   boost::asio::awaitable<AuditPage> query(EventFilter filter);
   // Runs on the query's thread before each read: the server waits there (up to 2 s) for its
-  // writer to commit what it answered from the journal, so that an auditor reads every call
-  // answered before the query (state::Writer::catch_up). Set before the first query.
+  // writer to commit what it answered from the journal or queued without waiting (the record
+  // of a previous read), so that an auditor reads every call answered and every record appended
+  // before the query (state::Writer::catch_up). Set before the first query.
   void before_read(std::function<void()> f) { before_read_ = std::move(f); }
 
  private:

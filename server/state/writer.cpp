@@ -89,6 +89,7 @@ void Writer::tick_now(Participant* p) {
 
 bool Writer::push(std::shared_ptr<Item> item, bool wake_writer, bool journaled) {
   ++outstanding_;
+  ++pushed_;
   // The writer only sleeps on an empty queue (or one of unwoken or lingered items), so only
   // the first item of a batch wakes it: under load it drains big batches instead of being
   // woken once per call.
@@ -186,7 +187,8 @@ bool Writer::rejournal(const std::shared_ptr<Item>& item) {
   if (!journal_ || !journal_locked(*item, true)) return false;
   ++item->journal_retries_;
   item->requeued_ = true;
-  queue_.push_back(item);  // (still outstanding: not counted again)
+  queue_.push_back(item);  // (still outstanding: not counted again there)
+  ++pushed_;                // (but an entry of the queue again)
   return true;
 }
 
@@ -276,10 +278,13 @@ std::size_t Writer::open_journal(const std::filesystem::path& path, bool append)
 
 bool Writer::catch_up(std::chrono::milliseconds limit) {
   std::unique_lock l(mutex_);
-  uint64_t target = journal_seq_;
-  if (journal_committed_ >= target) return true;
+  // Both: an item journaled again after failing alone is queued behind later ones (done_
+  // passes it), and journal_committed_ says nothing of unjournaled items.
+  const uint64_t journaled = journal_seq_, pushed = pushed_;
+  auto caught_up = [&] { return journal_committed_ >= journaled && done_ >= pushed; };
+  if (caught_up()) return true;
   wake_now();  // (a settle whose audit record has not come yet, or items it lingers over)
-  return idle_cv_.wait_for(l, limit, [&] { return journal_committed_ >= target; });
+  return idle_cv_.wait_for(l, limit, caught_up);
 }
 
 void Writer::maybe_clear_journal() {
@@ -417,8 +422,10 @@ void Writer::run() {
     for (const auto& item : batch)
       if (std::find(owners.begin(), owners.end(), item->owner_) == owners.end()) owners.push_back(item->owner_);
     for (Participant* p : owners) p->after_batch();
+    const std::size_t taken = batch.size();
     batch.clear();
     l.lock();
+    done_ += taken;
     if (committed_seq_ > journal_committed_) journal_committed_ = committed_seq_;
     maybe_clear_journal();
     busy_ = false;

@@ -197,8 +197,10 @@ class Writer {
   // yet committed (the writer is behind: the caller waits, which slows the callers down to what
   // the writer commits), or the write failed (the journal is then off until restart).
   bool enqueue_journaled(std::shared_ptr<Item> item, bool wake_writer = true);
-  // Blocks (at most `limit`) until every item journaled before the call is committed, so that
-  // another connection reads what was answered from the journal. False at the limit.
+  // Blocks (at most `limit`) until every item enqueued or journaled before the call has been
+  // committed (or has failed), so that another connection reads what was answered from the
+  // journal and what was appended without waiting (an auditor's own previous reads of the log).
+  // False at the limit.
   bool catch_up(std::chrono::milliseconds limit);
   // Blocks until every item enqueued so far has been answered (its caller resumed, or queued
   // on its executor) and the writer is between batches (after_batch done). The server calls it
@@ -243,6 +245,10 @@ class Writer {
   bool lingered_ = false;   // the queue holds journaled items it was not woken for
   std::atomic<uint64_t> wakes_{0};  // enqueues that wake the writer (its spin watches this)
   int64_t outstanding_ = 0;  // enqueued, not yet answered
+  // Entries put in the queue so far (items journaled again count again), and how many the
+  // writer has taken from it and finished (committed, failed or journaled again): the queue is
+  // FIFO, so the first `done_` entries are all finished (catch_up()).
+  uint64_t pushed_ = 0, done_ = 0;
   std::atomic<uint64_t> items_{0}, transactions_{0}, retried_{0}, failed_{0};
   std::atomic<uint64_t> spins_{0}, spin_hits_{0};
   // The journal: the file, appends on, entries framed but not yet written, the last sequence

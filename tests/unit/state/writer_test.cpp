@@ -256,6 +256,37 @@ TEST_CASE("writer: an item enqueued without waking the writer waits for the one 
   CHECK(db.rows() == std::vector<std::string>{"settle 0", "record 0", "lone 0", "settle 50", "record 50", "lone 50"});
 }
 
+TEST_CASE("writer: catch_up() waits until what was enqueued before it is committed, journaled or not") {
+  TempDb db;
+  state::Writer w(db.path, {});
+  Recorder p("p");
+  w.add(&p);
+  w.flush();
+  CHECK(w.catch_up(std::chrono::milliseconds(0)));  // nothing queued: at once
+  // An audit record appended without waiting (no journal here): a reader on another connection
+  // must see it once catch_up() returns.
+  w.pause();
+  auto record = std::make_shared<Row>(w, p, "record");
+  w.enqueue(record);
+  auto unwoken = std::make_shared<Row>(w, p, "unwoken");
+  w.enqueue(unwoken, /*wake_writer=*/false);
+  CHECK_FALSE(w.catch_up(std::chrono::milliseconds(50)));  // held: not committed
+  CHECK(db.rows().empty());
+  std::thread resume([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    w.resume();
+  });
+  CHECK(w.catch_up(std::chrono::seconds(5)));
+  resume.join();
+  CHECK(db.rows() == std::vector<std::string>{"record", "unwoken"});  // the unwoken one too: it was woken for
+  // A failed item counts as done: catch_up() does not wait for it until the limit.
+  w.enqueue(std::make_shared<Row>(w, p, "bad", Row::Kind::kThrow));
+  auto t0 = std::chrono::steady_clock::now();
+  CHECK(w.catch_up(std::chrono::seconds(5)));
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(2));
+  w.remove(&p);
+}
+
 namespace {
 
 // A participant whose items are journaled rows: the payload is the row's text.
