@@ -6,6 +6,11 @@
 //     /v1/chat/completions, (c) through scigate's MCP tools/call call_inference; the three kinds
 //     take turns in one evenly spaced schedule (the order shuffled within each round), so that
 //     noise hits them alike. scigate receives --rate calls/s (b and c), the backend 1.5x that.
+//     With nginx installed (--nginx 1, default), a fourth kind in the same schedule: (d) through
+//     nginx as a plain reverse proxy to the same backend (keep-alive upstream, no buffering, no
+//     access log; pinned and reniced as scigate is) - what one proxy hop with no governance
+//     costs on this machine, the reference scigate's added latency and CPU are compared with.
+//     Each kind then gets --rate/2 calls/s, the backend 2x --rate.
 //     1b (--echo 1): (b) against MCP's no-op echo tool in the same kind of schedule: what the
 //     governed pipeline costs without a backend. (--credits off runs scigate without the ledger.)
 //  2. added time to first token, streaming: (a) straight with stream=true vs (b) scigate's
@@ -19,7 +24,7 @@
 //   ninja -C build scigate_inference_bench
 //   build/scigate_inference_bench [--rate 500] [--seconds 20] [--streams 1000]
 //       [--durability commit,fsync] [--pin 1] [--threads N] [--credits on] [--echo 0] [--nice -20]
-//       [--json FILE]
+//       [--nginx 1] [--json FILE]
 //
 // The backend is tests/support/inference_double.cpp (vLLM flavor, first token and latency 0
 // for 1 and 2), started by its fixture; scigate is the real binary in a directory made by
@@ -61,6 +66,7 @@
 #include "bench/bench_options.hpp"
 #include "tests/integration/server_process.hpp"
 #include "tests/support/inference_double.hpp"
+#include "tests/support/nginx_server.hpp"
 
 namespace {
 
@@ -134,23 +140,25 @@ std::string loadavg() {
 void reset_peak_rss(pid_t pid) { std::ofstream("/proc/" + std::to_string(pid) + "/clear_refs") << "5"; }
 
 struct CpuWindow {
-  pid_t scigate, backend;
-  double sg0, be0, me0, all0;
+  pid_t scigate, backend, reference;  // reference: the nginx proxy (-1: none)
+  double sg0, be0, ref0, me0, all0;
   Clock::time_point t0;
-  CpuWindow(pid_t s, pid_t b)
-      : scigate(s), backend(b), sg0(cpu_seconds(s)), be0(cpu_seconds(b)), me0(cpu_seconds(getpid())),
-        all0(machine_busy_seconds()), t0(Clock::now()) {}
+  CpuWindow(pid_t s, pid_t b, pid_t r = -1)
+      : scigate(s), backend(b), reference(r), sg0(cpu_seconds(s)), be0(cpu_seconds(b)), ref0(r > 0 ? cpu_seconds(r) : 0),
+        me0(cpu_seconds(getpid())), all0(machine_busy_seconds()), t0(Clock::now()) {}
   json end() const {
     double wall = std::chrono::duration<double>(Clock::now() - t0).count();
     double sg = cpu_seconds(scigate) - sg0, be = cpu_seconds(backend) - be0, me = cpu_seconds(getpid()) - me0;
+    double ref = reference > 0 ? cpu_seconds(reference) - ref0 : 0;
     double all = machine_busy_seconds() - all0;
     json j;
     j["wall_s"] = wall;
     j["scigate_cpu_s"] = sg;
     j["backend_cpu_s"] = be;
     j["client_cpu_s"] = me;
+    if (reference > 0) j["nginx_cpu_s"] = ref;
     // Everything else on the machine, in cores (1.0 = one CPU kept busy).
-    j["other_load_cores"] = std::max(0.0, (all - sg - be - me) / wall);
+    j["other_load_cores"] = std::max(0.0, (all - sg - be - me - ref) / wall);
     return j;
   }
 };
@@ -454,6 +462,7 @@ struct Options {
   bool pin = true;
   bool credits = true;  // false: [credits] enabled = false (no hold, no settlement)
   bool echo = false;    // also phase 1b: /v1 against MCP's no-op echo (the pipeline without a backend)
+  bool nginx = true;    // phase 1 also through nginx as a reverse proxy (the reference hop), if installed
   int threads = -1;  // -1: 1 when pinned, else the server's default
   int nice = 0;
   std::string json_path;
@@ -529,7 +538,8 @@ int run_bench(int argc, char** argv) {
   scigate::bench::parse_options(argc, argv, 1,
                        "scigate_inference_bench [--rate 500] [--seconds 20] [--warmup 3] [--streams 1000] "
                        "[--stream-tokens 50] [--stream-interval-ms 50] [--max-tokens 8] [--durability commit,fsync] "
-                       "[--pin 1] [--threads N] [--credits on] [--echo 0] [--nice -20] [--server KEY=VALUE] [--json FILE]",
+                       "[--pin 1] [--threads N] [--credits on] [--echo 0] [--nice -20] [--nginx 1] [--server KEY=VALUE] "
+                       "[--json FILE]",
                        [&](const std::string& a, const std::string& v) {
                          if (a == "--rate") o.rate = std::stod(v);
                          else if (a == "--seconds") o.seconds = std::stod(v);
@@ -541,6 +551,7 @@ int run_bench(int argc, char** argv) {
                          else if (a == "--pin") o.pin = v != "0";
                          else if (a == "--credits") o.credits = v != "0" && v != "off";
                          else if (a == "--echo") o.echo = v != "0";
+                         else if (a == "--nginx") o.nginx = v != "0";
                          else if (a == "--threads") o.threads = std::stoi(v);
                          else if (a == "--nice") o.nice = std::stoi(v);
                          else if (a == "--json") o.json_path = v;
@@ -600,6 +611,18 @@ int run_bench(int argc, char** argv) {
   g_backend_pid = backend.pid();
   backend.control(json::parse(R"({"first_token_ms":0,"token_interval_ms":0,"latency_ms":0,"completion_tokens":16})"));
 
+  // The reference proxy hop, where scigate runs (CPU 1 when pinned) and at the same priority.
+  std::unique_ptr<scigate::test::NginxServer> nginx;
+  if (o.nginx) {
+    std::string why;
+    if (o.pin) pin_to(1);
+    nginx = scigate::test::NginxServer::start(&why, 200 * 1024, backend.port());
+    if (o.pin) pin_to(0);
+    if (!nginx) std::printf("no nginx reference: %s\n", why.c_str());  // (its priority: inherited, as scigate's)
+  }
+  const pid_t nginx_pid = nginx ? nginx->pid() : -1;
+  out["options"]["nginx_reference"] = nginx != nullptr;
+
   const std::string straight_body = chat_body(o.max_tokens, false).dump();
   const std::string stream_body = chat_body(o.max_tokens, true).dump();
   const std::map<std::string, std::string> json_ct = {{"Content-Type", "application/json"}};
@@ -624,6 +647,10 @@ int run_bench(int argc, char** argv) {
     Target mcp = make_target("scigate MCP call_inference", g.server->port(), post_bytes("/mcp", mcp_headers, mcp_req.dump()));
     mcp.expect = {text, "structuredContent"};
     mcp.refuse = "\"isError\":true";
+    Target via_nginx = make_target("nginx /v1", nginx ? nginx->port() : 0, post_bytes("/v1/chat/completions", json_ct, straight_body));
+    via_nginx.expect = {text};
+    Target nginx_s = make_target("nginx /v1 stream", nginx ? nginx->port() : 0, post_bytes("/v1/chat/completions", json_ct, stream_body), true);
+    nginx_s.expect = {last_token, "data: [DONE]"};
     Target straight_s = make_target("straight stream", backend.port(), post_bytes("/v1/chat/completions", json_ct, stream_body), true);
     straight_s.expect = {last_token, "data: [DONE]"};
     Target v1_s = make_target("scigate /v1 stream", g.server->port(), post_bytes("/v1/chat/completions", auth, stream_body), true);
@@ -631,49 +658,94 @@ int run_bench(int argc, char** argv) {
 
     Client client(io);
     for (Target* t : {&straight, &v1, &mcp, &straight_s, &v1_s}) run(io, client.fill_pool(*t, 16));
+    // Phase 1's kinds: each gets rate/2 calls/s, scigate `rate` in all.
+    std::vector<Target*> kinds1 = {&straight, &v1, &mcp};
+    // Phase 2's: each gets `rate` streams/s.
+    std::vector<Target*> kinds2 = {&straight_s, &v1_s};
+    if (nginx) {
+      for (Target* t : {&via_nginx, &nginx_s}) run(io, client.fill_pool(*t, 16));
+      kinds1.push_back(&via_nginx);
+      kinds2.push_back(&nginx_s);
+    }
+    const double rate1 = o.rate / 2 * static_cast<double>(kinds1.size());
+    const double rate2 = o.rate * static_cast<double>(kinds2.size());
 
     json phase;
     phase["durability"] = mode;
     phase["scigate_rss_kib_start"] = status_field(sg, "VmRSS");
 
-    // 1. Non-streaming: three kinds in turn; scigate receives `rate` calls/s.
-    std::printf("[%s] non-streaming, open loop: %.0f requests/s (scigate %.0f/s), %.0f s\n", mode.c_str(), o.rate * 1.5,
-                o.rate, o.seconds);
+    // 1. Non-streaming: the kinds in turn; scigate receives `rate` calls/s.
+    std::printf("[%s] non-streaming, open loop: %.0f requests/s (scigate %.0f/s%s), %.0f s\n", mode.c_str(), rate1, o.rate,
+                nginx ? ", nginx half that" : "", o.seconds);
     std::fflush(stdout);
-    run(io, client.paced({&straight, &v1, &mcp}, o.rate * 1.5, o.warmup, false));
-    for (Target* t : {&straight, &v1, &mcp}) t->errors = 0, t->late_connects = 0;
+    run(io, client.paced(kinds1, rate1, o.warmup, false));
+    for (Target* t : kinds1) t->errors = 0, t->late_connects = 0;
     {
-      CpuWindow w(sg, backend.pid());
-      run(io, client.paced({&straight, &v1, &mcp}, o.rate * 1.5, o.seconds, true));
+      CpuWindow w(sg, backend.pid(), nginx_pid);
+      run(io, client.paced(kinds1, rate1, o.seconds, true));
       json cpu = w.end();
       long through = static_cast<long>(v1.samples.size() + mcp.samples.size());
       cpu["scigate_cpu_us_per_call"] = through ? cpu["scigate_cpu_s"].get<double>() * 1e6 / static_cast<double>(through) : 0.0;
+      if (nginx && !via_nginx.samples.empty())
+        cpu["nginx_cpu_us_per_call"] = cpu["nginx_cpu_s"].get<double>() * 1e6 / static_cast<double>(via_nginx.samples.size());
       phase["nonstream_cpu"] = cpu;
     }
     json a = summary(straight), b = summary(v1), c = summary(mcp);
     phase["nonstream"] = {{"straight", a}, {"v1", b}, {"mcp", c}};
-    phase["added_ms"] = {
-        {"v1", {{"p50", b["ms"]["p50"].get<double>() - a["ms"]["p50"].get<double>()},
-                {"p99", b["ms"]["p99"].get<double>() - a["ms"]["p99"].get<double>()}}},
-        {"mcp", {{"p50", c["ms"]["p50"].get<double>() - a["ms"]["p50"].get<double>()},
-                 {"p99", c["ms"]["p99"].get<double>() - a["ms"]["p99"].get<double>()}}}};
+    auto added = [&](const json& x) {
+      return json{{"p50", x["ms"]["p50"].get<double>() - a["ms"]["p50"].get<double>()},
+                  {"p99", x["ms"]["p99"].get<double>() - a["ms"]["p99"].get<double>()}};
+    };
+    phase["added_ms"] = {{"v1", added(b)}, {"mcp", added(c)}};
     print_row("straight to the backend", a, "ms");
     print_row("scigate /v1/chat/completions", b, "ms");
     print_row("scigate MCP tools/call", c, "ms");
+    if (nginx) {
+      json n = summary(via_nginx);
+      phase["nonstream"]["nginx"] = n;
+      phase["added_ms"]["nginx"] = added(n);
+      print_row("nginx reverse proxy (reference)", n, "ms");
+    }
     std::printf("  pacing: the client sent %.3f ms late at p99 (max %.3f ms); connections opened in the window: %ld\n",
-                std::max({a["pacing_lag_ms"]["p99"].get<double>(), b["pacing_lag_ms"]["p99"].get<double>(),
-                          c["pacing_lag_ms"]["p99"].get<double>()}),
-                std::max({a["pacing_lag_ms"]["max"].get<double>(), b["pacing_lag_ms"]["max"].get<double>(),
-                          c["pacing_lag_ms"]["max"].get<double>()}),
-                a["late_connects"].get<long>() + b["late_connects"].get<long>() + c["late_connects"].get<long>());
+                [&] {
+                  double m = 0;
+                  for (auto& [k, v] : phase["nonstream"].items()) m = std::max(m, v["pacing_lag_ms"]["p99"].get<double>());
+                  return m;
+                }(),
+                [&] {
+                  double m = 0;
+                  for (auto& [k, v] : phase["nonstream"].items()) m = std::max(m, v["pacing_lag_ms"]["max"].get<double>());
+                  return m;
+                }(),
+                [&] {
+                  long n = 0;
+                  for (auto& [k, v] : phase["nonstream"].items()) n += v["late_connects"].get<long>();
+                  return n;
+                }());
     std::printf("  added: /v1 p50 %+.3f p99 %+.3f ms; MCP p50 %+.3f p99 %+.3f ms; scigate CPU %.0f us/call; other load %.2f cores\n",
                 phase["added_ms"]["v1"]["p50"].get<double>(), phase["added_ms"]["v1"]["p99"].get<double>(),
                 phase["added_ms"]["mcp"]["p50"].get<double>(), phase["added_ms"]["mcp"]["p99"].get<double>(),
                 phase["nonstream_cpu"]["scigate_cpu_us_per_call"].get<double>(),
                 phase["nonstream_cpu"]["other_load_cores"].get<double>());
+    if (nginx) {
+      // What one plain proxy hop costs here, and scigate's figures over it.
+      const json& n = phase["added_ms"]["nginx"];
+      const json& cpu = phase["nonstream_cpu"];
+      double nginx_cpu = cpu.value("nginx_cpu_us_per_call", 0.0), sg_cpu = cpu["scigate_cpu_us_per_call"].get<double>();
+      json ref;
+      ref["v1_minus_nginx_p50_ms"] = phase["added_ms"]["v1"]["p50"].get<double>() - n["p50"].get<double>();
+      ref["v1_minus_nginx_p99_ms"] = phase["added_ms"]["v1"]["p99"].get<double>() - n["p99"].get<double>();
+      if (n["p50"].get<double>() > 0) ref["v1_over_nginx_added_p50"] = phase["added_ms"]["v1"]["p50"].get<double>() / n["p50"].get<double>();
+      if (nginx_cpu > 0) ref["scigate_over_nginx_cpu_per_call"] = sg_cpu / nginx_cpu;
+      phase["nginx_reference"] = ref;
+      std::printf("  reference: nginx adds p50 %+.3f p99 %+.3f ms, %.0f us CPU/call; scigate /v1 adds %.2fx nginx's p50 "
+                  "(%+.3f ms over it), %.1fx its CPU per call\n",
+                  n["p50"].get<double>(), n["p99"].get<double>(), nginx_cpu, ref.value("v1_over_nginx_added_p50", 0.0),
+                  ref["v1_minus_nginx_p50_ms"].get<double>(), ref.value("scigate_over_nginx_cpu_per_call", 0.0));
+    }
     std::fflush(stdout);
 
-    for (Target* t : {&straight, &v1, &mcp}) any_error = any_error || t->errors > 0;
+    for (Target* t : kinds1) any_error = any_error || t->errors > 0;
 
     // 1b. (--echo) What the pipeline costs without a backend: /v1 against a no-op MCP echo call
     // (authenticated, policy-checked, audited, free), straight as before; scigate at `rate`.
@@ -701,15 +773,15 @@ int run_bench(int argc, char** argv) {
       echo.idle.clear();
     }
 
-    // 2. Streaming: straight and /v1 in turn; scigate receives `rate` streams/s.
-    std::printf("[%s] streaming, open loop: %.0f requests/s (scigate %.0f/s), %.0f s\n", mode.c_str(), o.rate * 2, o.rate,
-                o.seconds);
+    // 2. Streaming: straight, /v1 (and nginx) in turn; each receives `rate` streams/s.
+    std::printf("[%s] streaming, open loop: %.0f requests/s (scigate %.0f/s%s), %.0f s\n", mode.c_str(), rate2, o.rate,
+                nginx ? ", nginx as many" : "", o.seconds);
     std::fflush(stdout);
-    run(io, client.paced({&straight_s, &v1_s}, o.rate * 2, o.warmup, false));
-    for (Target* t : {&straight_s, &v1_s}) t->errors = 0, t->late_connects = 0;
+    run(io, client.paced(kinds2, rate2, o.warmup, false));
+    for (Target* t : kinds2) t->errors = 0, t->late_connects = 0;
     {
-      CpuWindow w(sg, backend.pid());
-      run(io, client.paced({&straight_s, &v1_s}, o.rate * 2, o.seconds, true));
+      CpuWindow w(sg, backend.pid(), nginx_pid);
+      run(io, client.paced(kinds2, rate2, o.seconds, true));
       json cpu = w.end();
       cpu["scigate_cpu_us_per_call"] =
           v1_s.samples.empty() ? 0.0 : cpu["scigate_cpu_s"].get<double>() * 1e6 / static_cast<double>(v1_s.samples.size());
@@ -727,9 +799,17 @@ int run_bench(int argc, char** argv) {
                 phase["added_ttft_ms"]["p50"].get<double>(), phase["added_ttft_ms"]["p99"].get<double>(),
                 phase["stream_cpu"]["scigate_cpu_us_per_call"].get<double>(),
                 phase["stream_cpu"]["other_load_cores"].get<double>());
+    if (nginx) {
+      json sn = summary(nginx_s);
+      phase["stream"]["nginx"] = sn;
+      phase["added_ttft_ms_nginx"] = {{"p50", ttft(sn, "p50") - ttft(sa, "p50")}, {"p99", ttft(sn, "p99") - ttft(sa, "p99")}};
+      print_row("nginx reverse proxy, first token", sn, "ttft_ms");
+      std::printf("  reference: nginx adds to the first token p50 %+.3f p99 %+.3f ms\n",
+                  phase["added_ttft_ms_nginx"]["p50"].get<double>(), phase["added_ttft_ms_nginx"]["p99"].get<double>());
+    }
     std::fflush(stdout);
 
-    for (Target* t : {&straight, &v1, &mcp, &straight_s, &v1_s}) any_error = any_error || t->errors > 0;
+    for (Target* t : {&straight, &v1, &mcp, &straight_s, &v1_s, &via_nginx, &nginx_s}) any_error = any_error || t->errors > 0;
 
     // 3. N concurrent streams (once, with the first durability mode).
     if (d == 0 && o.streams > 0) {

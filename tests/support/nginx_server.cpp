@@ -63,7 +63,7 @@ void stop_child(pid_t pid) {
 
 }  // namespace
 
-std::unique_ptr<NginxServer> NginxServer::start(std::string* why, int64_t slow_rate) {
+std::unique_ptr<NginxServer> NginxServer::start(std::string* why, int64_t slow_rate, uint16_t proxy_port) {
   const char* binary = "/usr/sbin/nginx";
   if (::access(binary, X_OK) != 0) {
     *why = "nginx is not installed (scripts/install-deps.sh --test installs it)";
@@ -78,6 +78,17 @@ std::unique_ptr<NginxServer> NginxServer::start(std::string* why, int64_t slow_r
   fs::create_directories(s->dir_ / "tmp");
   s->port_ = free_port();
   std::string d = s->dir_.string(), r = s->root_.string(), port = std::to_string(s->port_);
+  // The reverse proxy as one would run it in front of an inference server: connections to the
+  // upstream kept alive and reused, answers passed on as they come (streams), and neither side's
+  // connections closed after nginx's default 1,000 requests (a benchmark's pooled connections
+  // would otherwise be reopened in its measured window).
+  std::string upstream, proxy;
+  if (proxy_port != 0) {
+    upstream = "  upstream inference { server 127.0.0.1:" + std::to_string(proxy_port) +
+               "; keepalive 64; keepalive_requests 100000000; keepalive_timeout 300s; }\n";
+    proxy = "    location /v1/ { proxy_pass http://inference; proxy_http_version 1.1; "
+            "proxy_set_header Connection \"\"; proxy_buffering off; access_log off; }\n";
+  }
   std::ofstream(s->dir_ / "nginx.conf") << "daemon off;\n"
                                            "master_process off;\n"
                                            "worker_processes 1;\n"
@@ -95,8 +106,11 @@ std::unique_ptr<NginxServer> NginxServer::start(std::string* why, int64_t slow_r
                                            "  sendfile on;\n"
                                            "  tcp_nopush on;\n"
                                            "  keepalive_timeout 30;\n"
+                                           "  keepalive_requests 100000000;\n"
+                                        << upstream <<
                                            "  server {\n"
                                            "    listen 127.0.0.1:" << port << ";\n"
+                                        << proxy <<
                                            "    location /files/ { alias " << r << "/; }\n"
                                            "    location /slow/ { alias " << r << "/; limit_rate " << slow_rate << "; }\n"
                                            "    location /upload/ { root " << d << "; dav_methods PUT; "

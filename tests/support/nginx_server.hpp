@@ -11,6 +11,9 @@
 //   /redirect/loopback  302 to http://127.0.0.2:<port>/files/data.bin
 //   /redirect/metadata  302 to http://169.254.169.254/latest/meta-data/
 //   /redirect/loop      302 to itself
+//   /v1/...             with `proxy_port`: a reverse proxy to http://127.0.0.1:<proxy_port>/v1/...
+//                       (HTTP/1.1 keep-alive upstream, no buffering, no access log) - the
+//                       reference proxy hop of bench/inference
 //
 // Lying Content-Lengths need a server that breaks HTTP on purpose, which nginx will not do:
 // tests/support/lying_http.py (Debian's /usr/bin/python3) covers those.
@@ -26,7 +29,7 @@ namespace scigate::test {
 class NginxServer {
  public:
   // The server, or nullptr with *why when nginx is not installed (tests skip, loudly).
-  static std::unique_ptr<NginxServer> start(std::string* why, int64_t slow_rate = 200 * 1024);
+  static std::unique_ptr<NginxServer> start(std::string* why, int64_t slow_rate = 200 * 1024, uint16_t proxy_port = 0);
   ~NginxServer();
 
   uint16_t port() const { return port_; }
