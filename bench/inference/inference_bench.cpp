@@ -706,22 +706,15 @@ int run_bench(int argc, char** argv) {
       phase["added_ms"]["nginx"] = added(n);
       print_row("nginx reverse proxy (reference)", n, "ms");
     }
+    double lag_p99 = 0, lag_max = 0;
+    long late = 0;
+    for (auto& [kind, sum] : phase["nonstream"].items()) {
+      lag_p99 = std::max(lag_p99, sum["pacing_lag_ms"]["p99"].get<double>());
+      lag_max = std::max(lag_max, sum["pacing_lag_ms"]["max"].get<double>());
+      late += sum["late_connects"].get<long>();
+    }
     std::printf("  pacing: the client sent %.3f ms late at p99 (max %.3f ms); connections opened in the window: %ld\n",
-                [&] {
-                  double m = 0;
-                  for (auto& [k, v] : phase["nonstream"].items()) m = std::max(m, v["pacing_lag_ms"]["p99"].get<double>());
-                  return m;
-                }(),
-                [&] {
-                  double m = 0;
-                  for (auto& [k, v] : phase["nonstream"].items()) m = std::max(m, v["pacing_lag_ms"]["max"].get<double>());
-                  return m;
-                }(),
-                [&] {
-                  long n = 0;
-                  for (auto& [k, v] : phase["nonstream"].items()) n += v["late_connects"].get<long>();
-                  return n;
-                }());
+                lag_p99, lag_max, late);
     std::printf("  added: /v1 p50 %+.3f p99 %+.3f ms; MCP p50 %+.3f p99 %+.3f ms; scigate CPU %.0f us/call; other load %.2f cores\n",
                 phase["added_ms"]["v1"]["p50"].get<double>(), phase["added_ms"]["v1"]["p99"].get<double>(),
                 phase["added_ms"]["mcp"]["p50"].get<double>(), phase["added_ms"]["mcp"]["p99"].get<double>(),
