@@ -136,6 +136,37 @@ TEST_CASE("redact: credential-looking strings, wherever they are") {
   CHECK(out["list"][1] == "[redacted]");
 }
 
+TEST_CASE("redact: a credential is found anywhere in a long text, at the shortest length each form needs") {
+  // looks_like_secret reads a value once for the shape a secret needs (a 16-character token run,
+  // '=', ':') before searching for each form: a secret at the end of a long prompt, and one just
+  // long enough, must still be found.
+  std::string prose;
+  while (prose.size() < 20000) prose += "The sample was annealed at 450 degrees for two hours, then cooled slowly. ";
+  const char* shortest[] = {
+      "Bearer abcdefghijklmnop",                   // 16 characters after the scheme
+      "AKIAIOSFODNN7EXAMPLE",                      // the prefix and 16
+      "password=abcd",                             // a 4-character value
+      "X-Api-Key: 12345678",                       // an 8-character header value
+      "https://u:p@h",                             // a password in a URL
+      "-----BEGIN EC PRIVATE KEY-----",
+  };
+  for (const char* s : shortest) {
+    INFO(s);
+    CHECK(looks_like_secret(s));
+    CHECK(looks_like_secret(prose + s));
+    CHECK(looks_like_secret(s + (" " + prose)));
+  }
+  // One character short of each: kept, alone and inside the prose.
+  const char* almost[] = {"Bearer abcdefghijklmno", "AKIAIOSFODNN7EXAMPL", "password=abc", "X-Api-Key: 1234567",
+                          "https://u:@h"};
+  for (const char* s : almost) {
+    INFO(s);
+    CHECK_FALSE(looks_like_secret(s));
+    CHECK_FALSE(looks_like_secret(prose + s));
+  }
+  CHECK_FALSE(looks_like_secret(prose));
+}
+
 TEST_CASE("redact: ordinary values that look a little like secrets are kept") {
   const std::string sha256 = crypto::sha256_hex("some data");
   const char* plain[] = {
