@@ -309,13 +309,11 @@ bool looks_like_secret(std::string_view value) {
   // at least 16 characters of the bearer class (its prefix included, or after "bearer "), a
   // parameter has '=', a URL's password and a header have ':'. Prose has none of the three,
   // and a long prompt is then read once instead of once per needle (~45 finds).
-  static constexpr auto kShape = [] {
+  static const auto kShape = [] {
     std::array<unsigned char, 256> t{};
     for (int c = 0; c < 256; ++c) {
       const char ch = static_cast<char>(c);
-      const bool bearer = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-                          ch == '_' || ch == '-' || ch == '.' || ch == '~' || ch == '+' || ch == '/' || ch == '=';
-      t[c] = static_cast<unsigned char>((bearer ? 1 : 0) | (ch == '=' ? 2 : 0) | (ch == ':' ? 4 : 0));
+      t[c] = static_cast<unsigned char>((in_class(ch, Chars::kBase64) ? 1 : 0) | (ch == '=' ? 2 : 0) | (ch == ':' ? 4 : 0));
     }
     return t;
   }();
