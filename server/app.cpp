@@ -261,7 +261,7 @@ void App::prepare_to_serve() {
 int App::serve_http(const std::string& host, uint16_t port, const std::string& port_file) {
   prepare_to_serve();
   asio::io_context io;
-  mcp::SessionStore sessions(config_.http.max_sessions);
+  mcp::SessionStore sessions(config_.http.max_sessions, config_.http.max_sessions_per_principal);
   dispatcher_.on_tools_changed_legacy = [&sessions] {
     for (auto& s : sessions.all()) s->send(jsonrpc::make_notification("notifications/tools/list_changed", nullptr));
   };

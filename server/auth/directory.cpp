@@ -7,10 +7,13 @@ namespace {
 
 bool matches(const std::vector<std::string>& entries, const Principal& p) {
   for (const auto& e : entries) {
-    if (e == p.name) return true;
-    if (e.rfind("group:", 0) == 0 &&
-        std::find(p.groups.begin(), p.groups.end(), std::string_view(e).substr(6)) != p.groups.end())
+    // A "group:" entry names a group, never a principal: a user whose IdP username is
+    // "group:admins" is not thereby in the group.
+    if (e.rfind("group:", 0) == 0) {
+      if (std::find(p.groups.begin(), p.groups.end(), std::string_view(e).substr(6)) != p.groups.end()) return true;
+    } else if (e == p.name) {
       return true;
+    }
   }
   return false;
 }

@@ -27,6 +27,10 @@ struct Principal {
   std::vector<std::string> scopes;    // for jwt: the OAuth scopes the token grants
   std::map<std::string, std::vector<std::string>> roles;  // project -> roles held there
 
+  // Whose a task or a session is: the kind with the name, so that a user and a service account
+  // of the same name (an IdP username can be anything) never reach each other's.
+  std::string owner_id() const { return kind + ":" + name; }
+
   const std::string& default_project() const {
     static const std::string kNone;
     return projects.empty() ? kNone : projects.front();

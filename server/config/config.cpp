@@ -669,11 +669,15 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
     reject_unknown(*s,
                    {"listen", "allowed_origins", "max_header_bytes", "header_timeout_s", "body_timeout_s",
                     "idle_timeout_s", "session_idle_timeout_s", "shutdown_grace_s", "max_connections", "max_sessions",
+                    "max_sessions_per_principal",
                     "tls_cert", "tls_key"},
                    "[http]", source);
     if (auto listen = get<std::string>(*s, "listen", "", source); !listen.empty()) parse_listen(listen, c.http, source);
     c.http.allowed_origins = get_strings(*s, "allowed_origins", c.http.allowed_origins, source);
     c.http.max_header_bytes = get<std::size_t>(*s, "max_header_bytes", c.http.max_header_bytes, source);
+    if (c.http.max_header_bytes < 1024 || c.http.max_header_bytes > (1u << 20))
+      throw ConfigError(source + ": http.max_header_bytes must be between 1024 and 1048576 (got " +
+                        std::to_string(c.http.max_header_bytes) + ")");
     auto secs = [&](std::string_view k, std::chrono::seconds d) {
       return std::chrono::seconds(get<int64_t>(*s, k, d.count(), source));
     };
@@ -684,6 +688,10 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
     c.http.shutdown_grace = secs("shutdown_grace_s", c.http.shutdown_grace);
     c.http.max_connections = get<std::size_t>(*s, "max_connections", c.http.max_connections, source);
     c.http.max_sessions = get<std::size_t>(*s, "max_sessions", c.http.max_sessions, source);
+    c.http.max_sessions_per_principal =
+        get<std::size_t>(*s, "max_sessions_per_principal", c.http.max_sessions_per_principal, source);
+    if (c.http.max_sessions_per_principal == 0)
+      throw ConfigError(source + ": http.max_sessions_per_principal must be at least 1");
     c.http.tls_cert = get<std::string>(*s, "tls_cert", "", source);
     c.http.tls_key = get<std::string>(*s, "tls_key", "", source);
     if (c.http.tls_cert.empty() != c.http.tls_key.empty())

@@ -54,6 +54,7 @@ struct HttpConfig {
   std::chrono::seconds shutdown_grace{30};
   std::size_t max_connections = 20000;
   std::size_t max_sessions = 100000;
+  std::size_t max_sessions_per_principal = 1000;  // beyond it, the principal's least recently used ends
   std::string tls_cert;  // PEM chain; TLS is on when both are set
   std::string tls_key;
 };

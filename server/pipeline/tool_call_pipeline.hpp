@@ -20,6 +20,10 @@
 
 namespace scigate {
 
+// The longest idempotency key a caller may send (docs/CREDITS.md), on every transport: it is
+// kept with the hold and in the audit record.
+constexpr std::size_t kMaxIdempotencyKeyChars = 200;
+
 struct ToolCallRequest {
   std::string tool;
   json arguments = json::object();

@@ -219,7 +219,7 @@ Outbound Dispatcher::initialize(Inbound& in) {
   std::string requested = p["protocolVersion"].get<std::string>();
   // Version negotiation: echo a version we speak, else offer our latest of this era.
   std::string chosen = is_legacy_version(requested) ? requested : kLatestLegacyVersion;
-  in.session->initialize(chosen, object_member(p, "capabilities"), object_member(p, "clientInfo"));
+  in.session->initialize(chosen, string_member(object_member(p, "clientInfo"), "name"));
   json r{{"protocolVersion", chosen}, {"capabilities", capabilities(chosen)}, {"serverInfo", server_info()}};
   if (!config_.instructions.empty()) r["instructions"] = config_.instructions;
   return result(msg.id, std::move(r));
@@ -271,8 +271,9 @@ asio::awaitable<Outbound> Dispatcher::tools_call(Inbound& in, const std::string&
   else req.requested_project = in.project_header;
   if (auto ik = meta.find(kMetaIdempotencyKey); ik != meta.end() && ik->is_string()) req.idempotency_key = *ik;
   else req.idempotency_key = in.idempotency_header;
-  if (req.idempotency_key.size() > 200)
-    co_return error(msg.id, jsonrpc::kInvalidParams, "the idempotency key is longer than 200 characters");
+  if (req.idempotency_key.size() > kMaxIdempotencyKeyChars)
+    co_return error(msg.id, jsonrpc::kInvalidParams,
+                    "the idempotency key is longer than " + std::to_string(kMaxIdempotencyKeyChars) + " characters");
   req.request_id = crypto::request_id();
   req.protocol_version = version;
   req.era = version == kModernVersion ? kModernVersion : kLatestLegacyVersion;
@@ -373,7 +374,7 @@ asio::awaitable<Outbound> Dispatcher::subscriptions_listen(Inbound& in, const js
   bool tools = bool_member(filter, "toolsListChanged");
   if (tools) acknowledged["toolsListChanged"] = true;  // the only list this server has
   std::vector<std::string> task_ids;
-  std::string owner = in.principal ? in.principal->name : std::string();
+  std::string owner = in.principal ? in.principal->owner_id() : std::string();
   if (auto t = filter.find("taskIds"); t != filter.end() && t->is_array() && !t->empty()) {
     bool declared = declares_tasks(meta);
     if (!tasks_ || !declared)

@@ -4,13 +4,45 @@
 
 namespace scigate::mcp {
 
-std::shared_ptr<LegacySession> SessionStore::create() {
+std::shared_ptr<LegacySession> SessionStore::create(const Principal& owner) {
   // 128 bits from the CSPRNG: session ids are unguessable, so knowing one is a capability.
   auto s = std::make_shared<LegacySession>(crypto::random_hex(16));
-  std::lock_guard g(mutex_);
-  if (sessions_.size() >= max_) return nullptr;
-  sessions_.emplace(s->id(), s);
+  s->owner = owner;
+  const std::string key = owner.owner_id();
+  std::shared_ptr<LegacySession> evicted;
+  {
+    std::lock_guard g(mutex_);
+    std::size_t& mine = per_owner_[key];
+    if (mine >= per_principal_) {
+      // The owner's least recently used session makes room (a scan, only at the limit).
+      auto oldest = sessions_.end();
+      for (auto it = sessions_.begin(); it != sessions_.end(); ++it)
+        if (it->second->owner && it->second->owner->owner_id() == key &&
+            (oldest == sessions_.end() || it->second->last_used() < oldest->second->last_used()))
+          oldest = it;
+      if (oldest != sessions_.end()) {
+        evicted = std::move(oldest->second);
+        sessions_.erase(oldest);
+        --mine;
+      }
+    }
+    if (sessions_.size() >= max_) {
+      if (mine == 0) per_owner_.erase(key);
+      s = nullptr;
+    } else {
+      sessions_.emplace(s->id(), s);
+      ++mine;
+    }
+  }
+  if (evicted) evicted->set_outlet(nullptr);
   return s;
+}
+
+void SessionStore::forget_locked(const LegacySession& s) {
+  if (!s.owner) return;
+  auto it = per_owner_.find(s.owner->owner_id());
+  if (it == per_owner_.end()) return;
+  if (--it->second == 0) per_owner_.erase(it);
 }
 
 std::shared_ptr<LegacySession> SessionStore::find(const std::string& id) {
@@ -29,6 +61,7 @@ bool SessionStore::erase(const std::string& id) {
     if (it == sessions_.end()) return false;
     s = std::move(it->second);
     sessions_.erase(it);
+    forget_locked(*s);
   }
   s->set_outlet(nullptr);
   return true;
@@ -41,6 +74,7 @@ std::size_t SessionStore::expire(std::chrono::steady_clock::duration idle) {
     std::lock_guard g(mutex_);
     for (auto it = sessions_.begin(); it != sessions_.end();) {
       if (it->second->last_used() < cutoff) {
+        forget_locked(*it->second);
         dead.push_back(std::move(it->second));
         it = sessions_.erase(it);
       } else {

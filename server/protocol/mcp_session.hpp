@@ -1,6 +1,7 @@
 #pragma once
 // State of a 2025-11-25-era MCP session: one per stdio process, or one per Mcp-Session-Id on
 // Streamable HTTP. The 2026-07-28 era has no sessions; its requests carry everything in _meta.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <functional>
@@ -26,12 +27,14 @@ class LegacySession {
 
   const std::string& id() const { return id_; }
 
-  // Set once by initialize; read by every later request.
-  void initialize(std::string version, json client_capabilities, json client_info) {
+  // Set once by initialize; read by every later request. Only what later requests use is
+  // kept (the client's name, for the audit, at most kMaxClientName bytes): a session lives for
+  // hours, and initialize's clientInfo and capabilities can be as large as a request body.
+  static constexpr std::size_t kMaxClientName = 128;
+  void initialize(std::string version, std::string client_name) {
     std::lock_guard g(mutex_);
     version_ = std::move(version);
-    client_capabilities_ = std::move(client_capabilities);
-    client_info_ = std::move(client_info);
+    client_name_ = client_name.substr(0, kMaxClientName);
   }
   bool initialized() const {
     std::lock_guard g(mutex_);
@@ -43,7 +46,7 @@ class LegacySession {
   }
   std::string client_name() const {
     std::lock_guard g(mutex_);
-    return string_member(client_info_, "name");
+    return client_name_;
   }
 
   // The principal that created the session; later requests must present the same one.
@@ -54,10 +57,27 @@ class LegacySession {
   void set_outlet(Notifier n) {
     std::lock_guard g(mutex_);
     outlet_ = std::move(n);
+    outlet_id_ = 0;
   }
   bool has_outlet() const {
     std::lock_guard g(mutex_);
     return static_cast<bool>(outlet_);
+  }
+  // The GET stream's outlet, only when none is open (checked and set at once: two GETs racing
+  // on one session get one stream and one 409); 0 when one is. The number closes it.
+  uint64_t open_outlet(Notifier n) {
+    std::lock_guard g(mutex_);
+    if (outlet_) return 0;
+    outlet_ = std::move(n);
+    return outlet_id_ = ++outlets_opened_;
+  }
+  // Ends the outlet `id` opened, not one opened after it.
+  void close_outlet(uint64_t id) {
+    std::lock_guard g(mutex_);
+    if (id != 0 && id == outlet_id_) {
+      outlet_ = nullptr;
+      outlet_id_ = 0;
+    }
   }
   bool send(const json& message) {
     Notifier n;
@@ -81,18 +101,22 @@ class LegacySession {
   const std::string id_;
   mutable std::mutex mutex_;
   std::string version_;
-  json client_capabilities_;
-  json client_info_;
+  std::string client_name_;
   Notifier outlet_;
+  uint64_t outlet_id_ = 0, outlets_opened_ = 0;
   std::atomic<std::chrono::steady_clock::rep> last_used_{0};
 };
 
 // The HTTP transport's sessions, by id. Thread-safe.
 class SessionStore {
  public:
-  explicit SessionStore(std::size_t max_sessions) : max_(max_sessions) {}
-  // nullptr when the store is full.
-  std::shared_ptr<LegacySession> create();
+  // At most `max_sessions` in all, and `per_principal` of any one principal's.
+  explicit SessionStore(std::size_t max_sessions, std::size_t per_principal = 1000)
+      : max_(max_sessions), per_principal_(std::max<std::size_t>(1, per_principal)) {}
+  // A new session owned by `owner`. A principal at its limit loses its least recently used
+  // session (its client gets 404 and initializes again, as after an expiry), so one caller
+  // cannot fill the store for the others; nullptr when the store is full of others'.
+  std::shared_ptr<LegacySession> create(const Principal& owner);
   std::shared_ptr<LegacySession> find(const std::string& id);
   bool erase(const std::string& id);
   // Ends sessions idle for longer than `idle`; returns how many.
@@ -102,9 +126,12 @@ class SessionStore {
   std::vector<std::shared_ptr<LegacySession>> all() const;
 
  private:
-  std::size_t max_;
+  void forget_locked(const LegacySession& s);
+
+  std::size_t max_, per_principal_;
   mutable std::mutex mutex_;
   std::unordered_map<std::string, std::shared_ptr<LegacySession>> sessions_;
+  std::unordered_map<std::string, std::size_t> per_owner_;  // Principal::owner_id() -> sessions
 };
 
 }  // namespace scigate::mcp

@@ -109,7 +109,7 @@ asio::awaitable<Outbound> Dispatcher::start_task(Inbound& in, ToolCallRequest re
   const auto& msg = in.message;
   const int64_t poll_ms = tasks_->config().poll_interval.count();
   req.timeout = tasks_->config().max_duration;
-  std::string owner = req.principal.name;
+  std::string owner = req.principal.owner_id();
   std::string project = req.requested_project.empty() ? req.principal.default_project() : req.requested_project;
   std::string tool = req.tool;
   std::string request_id = req.request_id;
@@ -180,7 +180,7 @@ asio::awaitable<Outbound> Dispatcher::tasks_request(Inbound& in, bool modern) {
   const auto& msg = in.message;
   if (!tasks_) co_return Outbound{jsonrpc::make_error(msg.id, jsonrpc::kMethodNotFound, "Method not found: " + msg.method), 404};
   if (!in.principal) co_return Outbound{jsonrpc::make_error(msg.id, jsonrpc::kInvalidRequest, "not authenticated"), 401};
-  const std::string& owner = in.principal->name;
+  const std::string owner = in.principal->owner_id();
   const int64_t poll_ms = tasks_->config().poll_interval.count();
   auto bad = [&](const std::string& message) {
     return Outbound{jsonrpc::make_error(msg.id, jsonrpc::kInvalidParams, message), 200};

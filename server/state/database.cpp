@@ -294,7 +294,7 @@ const std::vector<Migration>& schema_migrations() {
         -- record names the task; this table holds what tasks/get answers.
         CREATE TABLE tasks (
           id             TEXT PRIMARY KEY,          -- t-<32 hex>, unguessable
-          owner          TEXT NOT NULL,             -- principal name: nobody else may see the task
+          owner          TEXT NOT NULL,             -- principal kind:name: nobody else may see the task
           project        TEXT NOT NULL DEFAULT '',
           tool           TEXT NOT NULL,
           request_id     TEXT NOT NULL,             -- the tool call's correlation id (audit)

@@ -45,6 +45,14 @@ constexpr int kSessionNotFound = -32001;
 constexpr auto kKeepAlive = std::chrono::seconds(15);
 // Read buffer a connection keeps between requests; beyond it (a large body was read) it is freed.
 constexpr std::size_t kKeptReadBuffer = 16 * 1024;
+// What a connection's read buffer may hold at most: a whole header, and the pieces of a chunked
+// body the parser buffers until their line ends (a chunk's size line with its extensions, the
+// trailer). Body bytes pass through it into the request (limited by max_body_bytes); without a
+// cap, a client that never ends a chunk-size line or a trailer grows it without bound, before
+// any authentication.
+constexpr std::size_t kChunkFramingBytes = 8 * 1024;
+constexpr std::size_t kFirstRead = 4096;  // a kept-alive connection's read for its next request
+std::size_t read_buffer_limit(const HttpConfig& cfg) { return cfg.max_header_bytes + kChunkFramingBytes; }
 
 std::string lower(std::string_view s) {
   std::string o(s);
@@ -343,7 +351,10 @@ template <class Stream>
 class Connection : public std::enable_shared_from_this<Connection<Stream>> {
  public:
   Connection(std::shared_ptr<HttpServer::Impl> server, Stream stream)
-      : server_(std::move(server)), stream_(std::move(stream)), cfg_(server_->deps_.config.http) {}
+      : server_(std::move(server)),
+        stream_(std::move(stream)),
+        cfg_(server_->deps_.config.http),
+        buffer_(read_buffer_limit(cfg_)) {}
 
   static asio::awaitable<void> run(std::shared_ptr<Connection> self) {
     self->id_ = self->server_->add_connection(HttpServer::Impl::ConnHandle{
@@ -391,12 +402,17 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
       parser.header_limit(static_cast<std::uint32_t>(cfg_.max_header_bytes));
       parser.body_limit(cfg_.max_body_bytes);
       // Header time is bounded separately from idle keep-alive time, so a slow client that
-      // trickles bytes cannot hold the socket.
-      tcp_layer().expires_after(first ? cfg_.header_timeout : cfg_.idle_timeout);
-      auto [ec, n] = co_await http::async_read_header(stream_, buffer_, parser, kAwait);
-      if (!ec && !first) {
-        tcp_layer().expires_after(cfg_.header_timeout);
+      // trickles bytes cannot hold the socket: a kept-alive connection waits for the next
+      // request's first byte under the idle timeout, and its header, from there, under the
+      // header timeout, as the first request's does.
+      if (!first && buffer_.size() == 0) {
+        tcp_layer().expires_after(cfg_.idle_timeout);
+        auto [ec, n] = co_await stream_.async_read_some(buffer_.prepare(kFirstRead), kAwait);
+        buffer_.commit(n);
+        if (ec) co_return;  // closed, reset or idle too long: nothing was asked
       }
+      tcp_layer().expires_after(cfg_.header_timeout);
+      auto [ec, n] = co_await http::async_read_header(stream_, buffer_, parser, kAwait);
       if (!ec && !parser.is_done()) {
         tcp_layer().expires_after(cfg_.body_timeout);
         std::tie(ec, n) = co_await http::async_read(stream_, buffer_, parser, kAwait);
@@ -415,6 +431,15 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
         co_await send(error_response(http::status::payload_too_large, 11, false, kTransportError,
                                      "request body exceeds the limit of " + std::to_string(cfg_.max_body_bytes) +
                                          " bytes"));
+        co_return;
+      }
+      if (ec == http::error::buffer_overflow) {
+        // Bytes the parser must hold whole before it can go on: a chunk's size line (with its
+        // extensions) or the trailer after the last chunk, neither counted by the header or
+        // body limits.
+        co_await send(error_response(http::status::bad_request, 11, false, kTransportError,
+                                     "a chunk size line or the trailer of the chunked request body exceeds " +
+                                         std::to_string(read_buffer_limit(cfg_) - cfg_.max_header_bytes) + " bytes"));
         co_return;
       }
       if (ec == http::error::header_limit) {
@@ -835,6 +860,10 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     tc.principal = principal;
     tc.requested_project = project;
     tc.idempotency_key = header(req, "Idempotency-Key");
+    if (tc.idempotency_key.size() > kMaxIdempotencyKeyChars)
+      return openai::api_error(400, "invalid_request_error",
+                               "the Idempotency-Key header is longer than " + std::to_string(kMaxIdempotencyKeyChars) +
+                                   " characters");
     tc.request_id = crypto::request_id();
     tc.protocol_version = "openai";
     tc.era = "openai";
@@ -963,7 +992,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
   std::shared_ptr<mcp::LegacySession> find_session(const Request& req, const Principal& p) {
     auto s = server_->deps_.sessions.find(header(req, "Mcp-Session-Id"));
     // A session belongs to the principal that created it; to anyone else it does not exist.
-    if (s && s->owner && s->owner->name != p.name) return nullptr;
+    if (s && s->owner && s->owner->owner_id() != p.owner_id()) return nullptr;
     return s;
   }
 
@@ -1004,24 +1033,24 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
       co_await send(error_response(http::status::not_found, v, ka, kSessionNotFound, "Session not found"));
       co_return ka;
     }
-    if (s->has_outlet()) {
+    // The standalone stream: server-initiated notifications until the client or server ends it.
+    auto q = std::make_shared<EventQueue>(executor());
+    auto self = this->shared_from_this();
+    const uint64_t outlet = s->open_outlet([self, q](const json& m) { self->push(q, jsonrpc::dump(m)); });
+    if (outlet == 0) {
       co_await send(error_response(http::status::conflict, v, ka, kTransportError,
                                    "this session already has an open GET stream"));
       co_return ka;
     }
-    // The standalone stream: server-initiated notifications until the client or server ends it.
     cancel_on_disconnect_ = true;
     busy_ = false;  // long-lived and idle for shutdown purposes
-    auto q = std::make_shared<EventQueue>(executor());
-    auto self = this->shared_from_this();
-    s->set_outlet([self, q](const json& m) { self->push(q, jsonrpc::dump(m)); });
     auto cancel_flag = std::make_shared<CancellationFlag>();
     std::string sid = s->id();
     co_await run_with_disconnect_watch(cancel_flag, [&]() -> asio::awaitable<void> {
       co_await write_sse_header(v, sid);
       co_await pump_events(q, [&] { return server_->shutting_down_ || !server_->deps_.sessions.find(sid); });
     });
-    s->set_outlet(nullptr);
+    s->close_outlet(outlet);
     co_return false;
   }
 
@@ -1097,13 +1126,12 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
         return plan;
       }
       if (msg.kind == jsonrpc::Kind::kRequest && msg.method == "initialize") {
-        new_session = deps.sessions.create();
+        new_session = deps.sessions.create(principal);
         if (!new_session) {
           plan.refusal.emplace(error_response(http::status::service_unavailable, v, ka, kTransportError,
                                               "too many open sessions; try again later", msg.id));
           return plan;
         }
-        new_session->owner = principal;
         in.session = new_session;
       } else {
         if (header(req, "Mcp-Session-Id").empty()) {

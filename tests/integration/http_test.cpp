@@ -365,6 +365,85 @@ TEST_CASE("http: a slow client is cut off at the header timeout while others are
   CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(4));
 }
 
+TEST_CASE("http: a kept-alive connection's next header is bounded by the header timeout too") {
+  ServerProcess s("[http]\nheader_timeout_s = 1\n");
+  Client c(s.port());
+  REQUIRE(c.request(verb::get, "/healthz", {}).status == 200);
+  // The next request starts at once but trickles: the idle timeout (120 s) bounds only the wait
+  // for its first byte.
+  c.send_raw("POST /mcp HTTP/1.1\r\nHost: x\r\n");
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 3; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    c.send_raw("X-Slow: 1\r\n");
+  }
+  CHECK(c.closed_by_peer(std::chrono::seconds(3)));
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(4));
+  // An idle kept-alive connection is not cut at the header timeout.
+  Client idle(s.port());
+  REQUIRE(idle.request(verb::get, "/healthz", {}).status == 200);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  CHECK(idle.request(verb::get, "/healthz", {}).status == 200);
+}
+
+namespace {
+// Sends `head` and then `filler` bytes that never end a line; what the server answered before it
+// closed the connection (empty if it did not close within 5 s).
+std::string flood_unended_line(uint16_t port, const std::string& head, std::size_t filler) {
+  Client c(port);
+  c.send_raw(head);
+  std::string piece(4096, 'a');
+  beast::error_code ec;
+  for (std::size_t sent = 0; sent < filler && !ec; sent += piece.size())
+    asio::write(c.socket(), asio::buffer(piece), ec);  // (fails once the server has closed)
+  std::string answer;
+  c.socket().non_blocking(true);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  char buf[4096];
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::size_t n = c.socket().read_some(asio::buffer(buf), ec);
+    answer.append(buf, n);
+    if (ec && ec != asio::error::would_block) return answer.empty() ? "closed" : answer;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return "";
+}
+}  // namespace
+
+TEST_CASE("http: a chunked body's size line and trailer cannot grow the read buffer without bound") {
+  auto& s = shared_server();
+  const std::string head = "POST /mcp HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+  // A chunk extension that never ends (before any authentication): cut off after about the
+  // header limit, not read until the body timeout.
+  std::string a = flood_unended_line(s.port(), head + "1;", 256 * 1024);
+  REQUIRE_FALSE(a.empty());
+  if (a != "closed") {
+    CHECK(a.rfind("HTTP/1.1 400", 0) == 0);
+    CHECK(a.find("chunk size line or the trailer") != std::string::npos);
+  }
+  // A trailer that never ends, after the last chunk.
+  std::string b = flood_unended_line(s.port(), head + "0\r\nX-Trailer: ", 256 * 1024);
+  REQUIRE_FALSE(b.empty());
+  if (b != "closed") CHECK(b.rfind("HTTP/1.1 400", 0) == 0);
+  // A chunked body of ordinary framing, larger than that buffer, still gets through.
+  Client c(s.port());
+  std::string body = modern_request(1, "tools/call", {{"name", "echo"}, {"arguments", {{"text", std::string(60000, 'x')}}}}).dump();
+  std::string raw = "POST /mcp HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n";
+  for (const auto& [k, v] : modern_headers(s.user_key(), "tools/call", "echo")) raw += k + ": " + v + "\r\n";
+  raw += "\r\n";
+  for (std::size_t at = 0; at < body.size(); at += 10000) {
+    std::string part = body.substr(at, 10000);
+    char size[32];
+    std::snprintf(size, sizeof size, "%zx\r\n", part.size());
+    raw += size + part + "\r\n";
+  }
+  raw += "0\r\n\r\n";
+  c.send_raw(raw);
+  CHECK(c.read_head().status == 200);
+  Client other(s.port());
+  CHECK(other.request(verb::get, "/healthz", {}).status == 200);
+}
+
 TEST_CASE("http: SIGTERM lets an in-flight call finish, then the server exits cleanly") {
   ServerProcess s;
   std::optional<Reply> reply;

@@ -1318,6 +1318,13 @@ TEST_CASE("inference: on /v1 a stream broken after output ends in an error event
   // The same key for a different request is refused, not answered with the other one's result.
   auto other = c.request(verb::post, "/v1/chat/completions", keyed, v1_chat(kModel, 6, false).dump());
   CHECK(other.status == 409);
+  // A key longer than the 200 characters it may have is refused up front, as on MCP.
+  auto long_key = bearer(s.user_key());
+  long_key["Idempotency-Key"] = std::string(201, 'k');
+  auto too_long = c.request(verb::post, "/v1/chat/completions", long_key, v1_chat(kModel, 5, false).dump());
+  CHECK(too_long.status == 400);
+  CHECK(too_long.body.find("longer than 200 characters") != std::string::npos);
+  CHECK(chat_requests(d) == 1);
 
   json stream_body = v1_chat(kModel, 5, true);
   stream_body["stream_options"] = {{"include_usage", true}};

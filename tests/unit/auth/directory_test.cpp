@@ -103,3 +103,16 @@ TEST_CASE("directory: unknown principals belong nowhere, recomputing replaces st
   CHECK(eve.projects.empty());
   CHECK(eve.roles.empty());
 }
+
+TEST_CASE("directory: a group: entry matches groups only, never a principal named like it") {
+  Config c = org();
+  // An IdP username can be any string: one spelled "group:ops" is not in group ops.
+  Principal spoof = user("group:ops");
+  auth::assign_projects(spoof, c);
+  CHECK(spoof.projects.empty());
+  CHECK_FALSE(spoof.has_role("bio", "admin"));
+  // The group itself still works.
+  Principal erin = user("erin", {"ops"});
+  auth::assign_projects(erin, c);
+  CHECK(erin.has_role("bio", "admin"));
+}

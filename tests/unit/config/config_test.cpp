@@ -64,6 +64,13 @@ TEST_CASE("config: errors name file, line and column") {
   CHECK_THROWS_AS(parse_config("[http]\nlisten = \"nohost\"\n", "/x", "t"), ConfigError);
   CHECK_THROWS_AS(parse_config("[http]\nlisten = \"h:99999\"\n", "/x", "t"), ConfigError);
   CHECK_THROWS_AS(parse_config("[http]\ntls_cert = \"a.pem\"\n", "/x", "t"), ConfigError);
+  // (4294967296 once narrowed to 0 inside the HTTP parser: every request got 431.)
+  CHECK_THROWS_WITH(parse_config("[http]\nmax_header_bytes = 4294967296\n", "/x", "t"),
+                    Catch::Contains("max_header_bytes must be between 1024 and 1048576"));
+  CHECK_THROWS_AS(parse_config("[http]\nmax_header_bytes = 100\n", "/x", "t"), ConfigError);
+  CHECK(parse_config("[http]\nmax_header_bytes = 65536\n", "/x", "t").http.max_header_bytes == 65536);
+  CHECK_THROWS_AS(parse_config("[http]\nmax_sessions_per_principal = 0\n", "/x", "t"), ConfigError);
+  CHECK(parse_config("[http]\nmax_sessions_per_principal = 5\n", "/x", "t").http.max_sessions_per_principal == 5);
   CHECK_THROWS_AS(parse_config("[[projects]]\nname = \"no id\"\n", "/x", "t"), ConfigError);
   CHECK_THROWS_AS(parse_config("[server]\nlog_level = \"verbose\"\n", "/x", "t"), ConfigError);
   CHECK_THROWS_AS(parse_config("[server]\nlog_format = \"xml\"\n", "/x", "t"), ConfigError);
