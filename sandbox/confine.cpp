@@ -27,7 +27,7 @@ std::optional<std::string> confine_relative(const std::filesystem::path& root, c
     std::string r = root.lexically_normal().string();
     while (r.size() > 1 && r.back() == '/') r.pop_back();
     if (rel == r) return std::string();
-    if (rel.rfind(r + "/", 0) != 0) return fail("is an absolute path outside " + area + " " + r);
+    if (rel.rfind(r + "/", 0) != 0) return fail("is an absolute path outside " + area);  // (not where that is)
     rel = rel.substr(r.size() + 1);
   }
   // Split by hand (this runs for every file of a transfer; a stringstream costs more than the

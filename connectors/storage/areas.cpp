@@ -1,7 +1,12 @@
 #include "connectors/storage/areas.hpp"
 #include "server/common/thread_name.hpp"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <algorithm>
+#include <cctype>
+#include <optional>
 
 #include "connectors/storage/blocking.hpp"
 #include "connectors/storage/posix_storage.hpp"
@@ -35,6 +40,29 @@ bool valid_area_id(const std::string& id) {
 
 }  // namespace
 
+namespace {
+// Why `host` (lower-cased, from `authority`) is not in the one form libcurl would connect to
+// as written; nullopt when it is.
+std::optional<std::string> noncanonical_host(const std::string& host, const std::string& authority) {
+  if (authority.find('%') != std::string::npos) return std::string("is percent-encoded");
+  if (!authority.empty() && authority.front() == '[') {
+    in6_addr a6{};
+    if (::inet_pton(AF_INET6, host.c_str(), &a6) != 1) return std::string("is not an IPv6 address");
+    return std::nullopt;
+  }
+  for (unsigned char c : host)
+    if (!(std::isalnum(c) || c == '-' || c == '.' || c == '_'))
+      return std::string("has a character outside ASCII letters, digits, '-', '_' and '.'");
+  if (host.back() == '.' || host.find("..") != std::string::npos) return std::string("has an empty label");
+  in_addr a4{};
+  // inet_aton takes the legacy forms (127.1, 0x7f.0.0.1, 2130706433) that libcurl resolves the
+  // same way; inet_pton only the dotted quad.
+  if (::inet_aton(host.c_str(), &a4) == 1 && ::inet_pton(AF_INET, host.c_str(), &a4) != 1)
+    return std::string("is an IPv4 address in a shorthand form");
+  return std::nullopt;
+}
+}  // namespace
+
 std::variant<Location, Error> parse_location(const std::string& uri) {
   Location l;
   for (unsigned char c : uri)
@@ -48,6 +76,12 @@ std::variant<Location, Error> parse_location(const std::string& uri) {
     if (!valid_area_id(l.area))
       return Error::invalid_arguments("\"" + uri + "\" does not name an area",
                                       "write area://<area>/<path>; list_files without a uri lists the project's areas");
+    // A path is relative to its area. "area://a//x" would otherwise reach storage as the
+    // absolute path /x (read beneath the root when it names it) while a policy's prefix rule
+    // sees area://a/x: the two must read a location the same way.
+    if (!l.path.empty() && l.path.front() == '/')
+      return Error::invalid_arguments("\"" + uri + "\" has a path starting with '/': paths are relative to the area",
+                                      "write area://" + l.area + "/<path relative to the area>");
     return l;
   }
   if (uri.rfind("https://", 0) == 0 || uri.rfind("http://", 0) == 0) {
@@ -64,6 +98,13 @@ std::variant<Location, Error> parse_location(const std::string& uri) {
     }
     for (auto& c : l.host) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     if (l.host.empty()) return Error::invalid_arguments("\"" + uri + "\" names no host");
+    // The host a policy sees (source_host, destination_host) must be the one libcurl connects
+    // to: libcurl decodes percent-escapes in a host, reads "127.1" or "0x7f.0.0.1" as
+    // 127.0.0.1, and converts international names. Only the plain form is accepted.
+    if (auto why = noncanonical_host(l.host, authority))
+      return Error::invalid_arguments("the host of \"" + uri + "\" " + *why,
+                                      "write the host in its plain form: a lower-case DNS name or a dotted IPv4 / "
+                                      "bracketed IPv6 address, without percent-escapes");
     return l;
   }
   return Error::invalid_arguments("\"" + uri + "\" is not a location this server knows",
@@ -269,6 +310,11 @@ std::optional<Error> Areas::reserve(const AreaHandle& area, int64_t bytes, int64
     q->measured_ms = now;
   }
   std::lock_guard g(q->m);
+  if (!q->measured.complete)
+    return Error{ErrorCode::kQuotaExceeded,
+                 "area " + a.id + " has a quota, and part of it could not be measured (directories nested deeper than " +
+                     std::to_string(kMaxUsageDepth) + " levels, or one that cannot be opened): nothing more is written to it",
+                 "remove the deeply nested directories from the area (or ask the operators to), or choose another area", {}};
   int64_t used_bytes = q->measured.bytes + q->reserved_bytes;
   int64_t used_files = q->measured.files + q->reserved_files;
   if (a.quota_bytes > 0 && used_bytes + bytes > a.quota_bytes) {

@@ -541,9 +541,18 @@ AreaUsage PosixStorage::usage() {
   AreaUsage u;
   // Temporary files count too: they hold space until they are renamed or removed.
   std::function<void(int, int)> descend = [&](int fd, int depth) {
-    if (depth > 256) return;
-    int dup = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    if (dup < 0) return;
+    if (depth > kMaxUsageDepth) {
+      u.complete = false;
+      return;
+    }
+    // A new open of the directory, not a dup of `fd`: a dup shares its read position, and the
+    // area's root descriptor (kept open) would be left at its end after the first walk, so every
+    // later walk found an empty area and the quota was never enforced again.
+    int dup = ::openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dup < 0) {
+      u.complete = false;
+      return;
+    }
     for (const auto& n : read_names(dup)) {
       struct stat st{};
       if (::fstatat(fd, n.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
@@ -552,6 +561,7 @@ AreaUsage PosixStorage::usage() {
       if (S_ISDIR(st.st_mode)) {
         Fd child(::openat(fd, n.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
         if (child.fd >= 0) descend(child.fd, depth + 1);
+        else u.complete = false;
       }
     }
   };

@@ -49,7 +49,11 @@ struct ListPage {
 struct AreaUsage {
   int64_t bytes = 0;  // allocated size of regular files
   int64_t files = 0;  // regular files, directories and links
+  // False when part of the area could not be walked (directories nested deeper than
+  // kMaxUsageDepth, or one that could not be opened): a quota is then not enforceable.
+  bool complete = true;
 };
+constexpr int kMaxUsageDepth = 256;
 
 class Reader {
  public:

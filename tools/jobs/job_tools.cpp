@@ -67,9 +67,8 @@ const char* kSubmitSchema = R"json({
         "cpus_per_task": {"type": "integer", "minimum": 1, "maximum": 4096, "default": 1},
         "gpus": {"type": "integer", "minimum": 0, "maximum": 64, "default": 0, "description": "per node"},
         "gpu_type": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
-        "memory": {"type": ["string", "integer"], "minimum": 1, "maximum": 1073741824,
-                   "pattern": "^[0-9]+(\\.[0-9]+)? ?([KMGTkmgt](i?[Bb])?)?$",
-                   "description": "per node: MB as an integer, or \"4G\", \"512M\""},
+        "memory": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)? ?[KMGTkmgt](i?[Bb])?$",
+                   "description": "per node, with its unit: \"4G\", \"512M\", \"1.5TiB\" (a bare number is refused: policies read numbers as bytes, Slurm as MB)"},
         "walltime": {"type": "string", "pattern": "^([0-9]{1,3}-)?[0-9]{1,4}(:[0-9]{1,2}){0,2}$", "default": "01:00:00",
                      "description": "\"HH:MM:SS\" or \"D-HH:MM:SS\" (default 01:00:00)"}
       }
@@ -185,6 +184,27 @@ SubmitJobTool::SubmitJobTool(jobs::JobService& jobs) : jobs_(jobs) {
   descriptor_.annotations = ToolAnnotations{.read_only = false, .destructive = false, .idempotent = false, .open_world = true};
 }
 
+namespace {
+// The first scheduler directive sbatch would read from `script`: a line starting "#SBATCH",
+// "#PBS" or "#BSUB" in the leading block of comments and blank lines (sbatch stops reading
+// directives at the first command).
+std::optional<std::string> scheduler_directive(const std::string& script) {
+  std::size_t at = 0;
+  while (at < script.size()) {
+    std::size_t end = script.find('\n', at);
+    if (end == std::string::npos) end = script.size();
+    std::string_view line(script.data() + at, end - at);
+    at = end + 1;
+    std::size_t first = line.find_first_not_of(" \t\r");
+    if (first == std::string_view::npos) continue;
+    if (line[first] != '#') return std::nullopt;
+    for (std::string_view magic : {"#SBATCH", "#PBS", "#BSUB"})
+      if (line.substr(first, magic.size()) == magic) return std::string(line);
+  }
+  return std::nullopt;
+}
+}  // namespace
+
 std::variant<jobs::SubmitRequest, Error> SubmitJobTool::parse(const json& args) {
   jobs::SubmitRequest req;
   jobs::JobSpec& s = req.spec;
@@ -194,6 +214,12 @@ std::variant<jobs::SubmitRequest, Error> SubmitJobTool::parse(const json& args) 
   if (s.script.empty() == s.executable.empty())
     return Error::invalid_arguments("give exactly one of script and executable");
   if (has_nul(s.script) || has_nul(s.executable)) return Error::invalid_arguments("script and executable may not hold NUL bytes");
+  if (auto directive = scheduler_directive(s.script))
+    return Error::invalid_arguments(
+        "the script's line \"" + directive->substr(0, 80) +
+            "\" is a scheduler directive: sbatch would obey it over what the policy and the credit hold were decided on",
+        "remove the #SBATCH (#PBS, #BSUB) lines and give those settings as arguments (resources, partition, account, "
+        "after_ok); job arrays are not offered");
   if (auto it = args.find("arguments"); it != args.end() && it->is_array()) {
     if (s.executable.empty()) return Error::invalid_arguments("arguments go with executable, not with script");
     for (const auto& a : *it) {
@@ -210,10 +236,14 @@ std::variant<jobs::SubmitRequest, Error> SubmitJobTool::parse(const json& args) 
     s.resources.gpus = integer("gpus", 0);
     if (r.contains("gpu_type") && r["gpu_type"].is_string()) s.resources.gpu_type = r["gpu_type"].get<std::string>();
     if (r.contains("memory")) {
-      auto mb = jobs::parse_memory_mb(r["memory"]);
+      // With its unit only: a policy reads a bare number as bytes and Slurm as MB, so a limit
+      // of "64GiB" would pass 1048576 (a terabyte to Slurm).
+      const json& m = r["memory"];
+      const bool unitless = !m.is_string() || m.get<std::string>().find_first_not_of("0123456789. ") == std::string::npos;
+      auto mb = unitless ? std::nullopt : jobs::parse_memory_mb(m);
       if (!mb || *mb <= 0)
-        return Error::invalid_arguments("memory " + r["memory"].dump() + " is not a size",
-                                        "write MB as an integer, or a size like \"4G\" or \"512M\"");
+        return Error::invalid_arguments("memory " + m.dump() + " is not a size with its unit",
+                                        "write a size like \"4G\", \"512M\" or \"1.5TiB\"");
       s.resources.memory_mb = *mb;
     }
     if (r.contains("walltime") && r["walltime"].is_string()) {

@@ -86,6 +86,16 @@ TEST_CASE("submit_job arguments: parsed, and what the schema cannot say is refus
   CHECK_THAT(bad(R"({"script": "x", "environment": {"LD_PRELOAD": "/x.so"}})"), Catch::Contains("LD_PRELOAD"));
   CHECK_THAT(bad(R"({"script": "x", "resources": {"walltime": "00:00:00"}})"), Catch::Contains("walltime"));
   CHECK_THAT(bad(R"({"script": "x", "executable": "/bin/true"})"), Catch::Contains("exactly one"));
+  // Memory needs its unit: a policy would read 1048576 as bytes (1 MiB), Slurm as MB (1 TiB).
+  CHECK_THAT(bad(R"({"script": "x", "resources": {"memory": 1048576}})"), Catch::Contains("with its unit"));
+  CHECK_THAT(bad(R"({"script": "x", "resources": {"memory": "1048576"}})"), Catch::Contains("with its unit"));
+  // Scheduler directives in the script would override the arguments the call was decided on.
+  CHECK_THAT(bad("{\"script\": \"#!/bin/bash\\n# setup\\n#SBATCH --gres=gpu:8\\nhostname\"}"),
+             Catch::Contains("#SBATCH --gres=gpu:8"));
+  CHECK_THAT(bad("{\"script\": \"\\n  #PBS -l nodes=4\\nhostname\"}"), Catch::Contains("scheduler directive"));
+  // After the first command sbatch reads none, so a script may mention them (e.g. one it writes).
+  CHECK(std::holds_alternative<SubmitRequest>(
+      SubmitJobTool::parse(nlohmann::json::parse("{\"script\": \"echo hi\\necho '#SBATCH -N 2' > next.sh\"}"))));
 }
 
 TEST_CASE("read_job_output: UTF-8 cut at either end is trimmed, invalid bytes flag binary") {

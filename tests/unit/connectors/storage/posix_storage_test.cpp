@@ -235,6 +235,19 @@ TEST_CASE("posix storage: read-only areas, usage and paged listing", "[storage]"
   auto u = ro.usage();
   CHECK(u.bytes == 2500);
   CHECK(u.files == 251);
+  CHECK(u.complete);
+  // Measured again (the quota's periodic scan), it finds the same: the walk does not use up
+  // the area's kept root descriptor.
+  auto again = ro.usage();
+  CHECK(again.bytes == 2500);
+  CHECK(again.files == 251);
+  // Nested deeper than the walk goes: the figure is marked incomplete (a quota then refuses
+  // writes) rather than silently leaving out what lies below.
+  std::filesystem::path deep = root.path;
+  for (int i = 0; i <= kMaxUsageDepth + 1; ++i) deep /= "d";
+  write_file(deep / "below.bin", std::string(100, 'x'));
+  auto nested = PosixStorage(area(root.path, false)).usage();
+  CHECK_FALSE(nested.complete);
   std::vector<std::string> names;
   std::string after;
   for (int pages = 0; pages < 10; ++pages) {

@@ -446,3 +446,28 @@ TEST_CASE("areas: write lands a whole file under its name, within quota, never o
         ErrorCode::kNotFound);  // another project's area does not exist for q
   CHECK_FALSE(f.areas->check_write("p", std::get<Location>(parse_location("area://scratch/new/file"))).has_value());
 }
+
+TEST_CASE("locations: read one way by policy and by storage or libcurl, or refused") {
+  auto error_of = [](const std::string& uri) {
+    auto r = parse_location(uri);
+    return std::holds_alternative<Error>(r) ? std::get<Error>(r).message : std::string();
+  };
+  // A path that starts with '/' would be an absolute path to storage but area://a/x to a prefix rule.
+  CHECK_THAT(error_of("area://scratch//tmp/secret"), Catch::Contains("relative to the area"));
+  CHECK(std::get<Location>(parse_location("area://scratch/a//b")).path == "a//b");  // (normalised the same by both)
+  // Hosts libcurl would rewrite before connecting: percent-escapes, IPv4 shorthands, odd bytes.
+  CHECK_THAT(error_of("http://127.0.0.%31:8080/f"), Catch::Contains("percent-encoded"));
+  CHECK_THAT(error_of("https://intern%61l.example.org/f"), Catch::Contains("percent-encoded"));
+  CHECK_THAT(error_of("http://127.1/f"), Catch::Contains("shorthand"));
+  CHECK_THAT(error_of("http://0x7f.0.0.1/f"), Catch::Contains("shorthand"));
+  CHECK_THAT(error_of("http://2130706433/f"), Catch::Contains("shorthand"));
+  CHECK_THAT(error_of("http://0177.0.0.1/f"), Catch::Contains("shorthand"));
+  CHECK_THAT(error_of("https://internal.example.org./f"), Catch::Contains("empty label"));
+  CHECK_THAT(error_of("https://b\xc3\xbc" "cher.example/f"), Catch::Contains("ASCII"));
+  CHECK_THAT(error_of("http://[fe80::1%25eth0]/f"), Catch::Contains("percent-encoded"));
+  CHECK_THAT(error_of("http://[nothex]/f"), Catch::Contains("IPv6"));
+  // The plain forms pass, with the host a policy compares.
+  CHECK(std::get<Location>(parse_location("http://127.0.0.1:8080/f")).host == "127.0.0.1");
+  CHECK(std::get<Location>(parse_location("https://Data.Example.ORG/x?y=%41")).host == "data.example.org");
+  CHECK(std::get<Location>(parse_location("http://[::1]:80/f")).host == "::1");
+}
