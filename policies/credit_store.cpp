@@ -61,7 +61,7 @@ struct CreditStore::Statements {
         update_grant(db, "UPDATE credit_grants SET remaining = ? WHERE id = ?"),
         find_key(db,
                  "SELECT state, args_hash, result, created_ms FROM credit_holds "
-                 "WHERE project = ? AND idempotency_key = ? ORDER BY id DESC LIMIT 1"),
+                 "WHERE project = ? AND idempotency_key = ? AND user = ? ORDER BY id DESC LIMIT 1"),
         epoch(db, "SELECT epoch FROM credit_meta WHERE id = 1"),
         bump(db, "UPDATE credit_meta SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch") {}
   Statement insert_hold, settle_hold, void_hold, insert_posting, update_account, update_user, update_grant, find_key,
@@ -272,7 +272,9 @@ ReserveOutcome CreditStore::hold(const HoldSpec& s, int64_t memory_id) {
   if (!s.idempotency_key.empty()) {
     auto& st = st_->find_key;
     st.reset();
-    st.bind(1, s.project).bind(2, s.idempotency_key);
+    // A caller's key: another caller's call under the same key is not its to replay (its result
+    // was decided and scoped for that caller), nor a conflict. (The hash covers the kind too.)
+    st.bind(1, s.project).bind(2, s.idempotency_key).bind(3, s.user);
     if (st.step() && st.column_int(3) > now - s.key_ttl_ms) {
       std::string state = st.column_text(0);
       if (st.column_text(1) != s.args_hash) out.kind = ReserveOutcome::Kind::kKeyOtherArguments;

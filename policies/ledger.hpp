@@ -61,7 +61,7 @@ struct HoldRequest {
   // worst case is not available but this least useful amount is, everything available is held
   // (Hold::amount says how much) instead of refusing.
   std::optional<Usage> minimum;
-  // Retried calls with the same key (per project) are charged once: see Hold::replay.
+  // Retried calls with the same key (per project and caller) are charged once: see Hold::replay.
   std::string idempotency_key;
   std::string arguments_hash;  // a reused key with other arguments is a conflict
   std::chrono::seconds timeout{3600};  // voided after this if never settled

@@ -7,6 +7,8 @@
 namespace scigate {
 namespace {
 
+constexpr int64_t kClockStepNs = 1'000'000'000;
+
 int64_t to_ns(RateLimiter::Clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
 }
@@ -55,6 +57,9 @@ RateLimiter::Result RateLimiter::acquire(const std::string& key, double per_seco
   Bucket& b = it->second;
   b.per_second = per_second;
   b.burst = burst;
+  // The wall clock stepped back (NTP, a resumed VM): refill from now on, instead of not at
+  // all until it is back where it was. (Concurrent callers' small disorder stays under this.)
+  if (now_ns < b.last_ns - kClockStepNs) b.last_ns = now_ns;
   double tokens = refilled(b.tokens, b.last_ns, now_ns, per_second, burst);
   if (tokens < amount) return Result{false, wait_for(tokens, amount, per_second)};
   if (consume) {

@@ -306,7 +306,10 @@ asio::awaitable<bool> ToolCallPipeline::open(Call& c) {
     if (minimum) minimum->add("call:" + c.req.tool, 1);
     HoldRequest hr{c.project, c.req.principal.name, c.req.tool, c.req.request_id, std::move(worst), std::move(minimum),
                    c.req.idempotency_key,
-                   c.req.idempotency_key.empty() ? std::string() : crypto::sha256_hex(c.req.tool + "\n" + jsonrpc::dump(c.req.arguments)),
+                   // Over the caller too: a user and a service account of one name never share a result.
+                   c.req.idempotency_key.empty() ? std::string()
+                                                 : crypto::sha256_hex(c.req.principal.owner_id() + "\n" + c.req.tool + "\n" +
+                                                                      jsonrpc::dump(c.req.arguments)),
                    c.timeout + std::chrono::seconds(60), {}};
     ReserveResult reserved = co_await ledger_.reserve(std::move(hr));
     if (reserved.error) {

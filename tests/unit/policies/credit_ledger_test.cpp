@@ -293,6 +293,15 @@ TEST_CASE("credit ledger: idempotency keys charge once, replay the result, and r
     REQUIRE(again.hold.replay);
     CHECK((*again.hold.replay)["text"].get<std::string>().find("broken") != std::string::npos);
   }
+  SECTION("another caller's key of the same name is another key: not replayed to it, not a conflict") {
+    auto q = keyed("A");
+    REQUIRE(q.principal != "bob");
+    q.principal = "bob";
+    auto res = r.run(ledger.reserve(q));
+    REQUIRE_FALSE(res.error);
+    CHECK_FALSE(res.hold.replay);  // alice's stored result stays hers
+    CHECK(r.run(ledger.settle(res.hold, units(1), result)) == 1 * C);
+  }
   SECTION("the same key in another project is another key") {
     auto q = keyed("B");
     q.project = "Q";

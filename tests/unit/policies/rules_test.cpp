@@ -656,6 +656,21 @@ rate = "2/hour"
   CHECK(d.reason.find("3 calls per hour per project") != std::string::npos);
 }
 
+TEST_CASE("rate limits: a bucket refills after the wall clock steps back") {
+  RateLimiter limiter;
+  auto t = at(6, 12);
+  const double per_second = 1.0 / 6;  // one token every 6 s
+  CHECK(limiter.acquire("k", per_second, 1, t).allowed);
+  CHECK_FALSE(limiter.acquire("k", per_second, 1, t).allowed);
+  auto back = t - std::chrono::hours(1);  // NTP steps the clock an hour back
+  CHECK_FALSE(limiter.acquire("k", per_second, 1, back).allowed);
+  auto refused = limiter.acquire("k", per_second, 1, back + std::chrono::seconds(3));
+  CHECK_FALSE(refused.allowed);
+  CHECK(refused.retry_after <= std::chrono::seconds(6));
+  // Six seconds on the stepped clock: a token, as its retry-after said (not in an hour).
+  CHECK(limiter.acquire("k", per_second, 1, back + std::chrono::seconds(7)).allowed);
+}
+
 TEST_CASE("rate limits: concurrent callers never get more than the burst") {
   RateLimiter limiter;
   auto t = at(6, 12);
