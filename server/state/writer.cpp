@@ -8,7 +8,9 @@
 #include <cerrno>
 #include <cstring>
 #include <optional>
+#include <unordered_set>
 
+#include "server/common/crypto.hpp"
 #include "server/observability/log.hpp"
 
 namespace scigate::state {
@@ -233,9 +235,19 @@ std::size_t Writer::open_journal(const std::filesystem::path& path, bool append)
   }
   uint64_t top = applied;
   std::vector<std::shared_ptr<Item>> items;
+  // An item whose transaction failed is journaled again under a later number (rejournal), and
+  // its earlier entries stay in the file: one item, several entries with the same bytes. Each
+  // is replayed once (a settle posted twice would charge twice). Distinct items never have the
+  // same entry: a settle names its hold, an audit record its request and time.
+  std::unordered_set<std::string> seen;
+  std::size_t duplicates = 0;
   for (auto& e : contents.entries) {
     top = std::max(top, e.seq);
     if (e.seq <= applied) continue;  // committed before the crash
+    if (!seen.insert(std::string(1, e.tag) + crypto::sha256_hex(e.payload)).second) {
+      ++duplicates;
+      continue;
+    }
     auto owner = std::find_if(participants.begin(), participants.end(),
                               [&](Participant* p) { return p->journal_tag() == e.tag; });
     try {
@@ -264,9 +276,10 @@ std::size_t Writer::open_journal(const std::filesystem::path& path, bool append)
   if (failed_.load() != failed_before)
     throw std::runtime_error("replaying " + path.string() + ": " + std::to_string(failed_.load() - failed_before) +
                              " entries could not be committed (see the log); the journal is kept for the next start");
-  if (replayed > 0)
+  if (replayed > 0 || duplicates > 0)
     log::warn("state_journal_replayed", {{"path", path.string()},
                                          {"entries", replayed},
+                                         {"retried_copies_skipped", duplicates},
                                          {"detail", "answered before the server stopped, committed now"}});
   std::lock_guard g(mutex_);
   journal_->clear();

@@ -109,6 +109,8 @@ class Writer {
     virtual void answer() = 0;
     // Appends what replaying this item after a crash needs (its owner's decode() reads it) and
     // returns true; false: it has no journal entry (enqueue_journaled() then refuses it).
+    // Distinct items must make distinct entries (replay takes entries with the same bytes as
+    // one item journaled again after a failure).
     virtual bool journal_entry(std::string& out) const {
       (void)out;
       return false;

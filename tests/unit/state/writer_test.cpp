@@ -476,6 +476,24 @@ TEST_CASE("writer journal: a journaled item that fails alone is journaled again 
   CHECK(db.rows() == std::vector<std::string>{"a", "c", "b"});
 }
 
+TEST_CASE("writer journal: an item that kept failing is replayed once at the next start, not once per retry") {
+  JournalDb db;
+  {
+    JournalWriter w_p(db.path);
+    w_p.w.open_journal(db.journal, true);
+    auto d = std::make_shared<JournalRow>(w_p.p, "d");
+    d->fail_first = 100;  // the database refuses it (locked from outside, I/O errors) every time
+    CHECK(w_p.w.enqueue_journaled(d));
+    w_p.w.flush();
+    REQUIRE(w_p.w.stats().failed_items == 1);
+  }
+  CHECK(db.rows().empty());
+  // Its entry and the copies journaled for each retry are all in the journal; one is the item.
+  JournalWriter next(db.path);
+  CHECK(next.w.open_journal(db.journal, true) == 1);
+  CHECK(db.rows() == std::vector<std::string>{"d"});
+}
+
 TEST_CASE("writer journal: a crash before a failed item's retry commits replays it, though later items committed") {
   JournalDb db;
   in_crashing_child(db, [](state::Writer& w, Journaled& p) {
