@@ -40,12 +40,39 @@ namespace {
 constexpr const char* kWrapper =
     "trap : TERM INT HUP; \"${@:2}\"; rc=$?; printf '%s\\n' \"$rc\" > \"$1.tmp\" && mv -f \"$1.tmp\" \"$1\"; exit $rc";
 
+// A job's user can write in its job and exit directories: what is read there (running as root,
+// on the scheduler's thread) must not follow a link, wait on a FIFO, or be endless. nullopt
+// for anything but a regular file of at most kMaxSmallFile bytes.
+constexpr std::size_t kMaxSmallFile = 4u << 20;
+
 std::optional<std::string> read_small(const fs::path& p) {
-  std::ifstream in(p);
-  if (!in) return std::nullopt;
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  int fd = ::open(p.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  struct stat st{};
+  std::optional<std::string> out;
+  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+    std::string text;
+    char buf[8192];
+    for (;;) {
+      ssize_t n = ::read(fd, buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0 || text.size() + static_cast<std::size_t>(n) > kMaxSmallFile) {
+        if (n == 0) out = std::move(text);
+        break;
+      }
+      text.append(buf, static_cast<std::size_t>(n));
+    }
+  }
+  ::close(fd);
+  return out;
+}
+
+// The job's stdout or stderr, new: whatever the job's user left at that name (a FIFO that
+// would block the open, a link to another file to truncate) is removed first, and the file is
+// created exclusively (a name put back meanwhile fails the start instead).
+int create_output(const fs::path& p) {
+  ::unlink(p.c_str());
+  return ::open(p.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0640);
 }
 
 bool write_file(const fs::path& p, const std::string& text, mode_t mode) {
@@ -769,8 +796,8 @@ bool LocalScheduler::try_start(Job& job, std::string* why) {
   for (auto& e : env) envp.push_back(e.data());
   envp.push_back(nullptr);
 
-  int out_fd = ::open((job.job_dir / "stdout").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0640);
-  int err_fd = ::open((job.job_dir / "stderr").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0640);
+  int out_fd = create_output(job.job_dir / "stdout");
+  int err_fd = create_output(job.job_dir / "stderr");
   int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   int pfd = ::open(project_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   auto close_all = [&] {

@@ -181,6 +181,27 @@ TEST_CASE("local scheduler: exit codes, output files, scrubbed environment, unpr
   CHECK(again->exit_code == 3);
 }
 
+TEST_CASE("local scheduler: a job that leaves a FIFO where scigate reads or writes does not stop the scheduler") {
+  JobsRoot root;
+  LocalScheduler sched(options(root.path));
+  // The job's user may write its exit-code directory: a FIFO at the exit-code path, then the
+  // wrapper killed before it writes the code. Reading it used to block the scheduler's thread
+  // (and every later submit) until someone opened the FIFO.
+  auto fifo = sched.submit_now(spec_for(
+      root.path, "j-0000000000f1",
+      "E=$(tr '\\0' '\\n' </proc/$PPID/cmdline | sed -n 5p); mkfifo \"$E\" && kill -9 $PPID; sleep 1"));
+  auto st = wait_final(sched, fifo);
+  CHECK(st.state == JobState::kFailed);
+  // A FIFO at a job's stdout (left by a sibling job of the same user) is replaced, not opened.
+  fs::path next_dir = root.path / "proj" / "j-0000000000f2";
+  fs::create_directories(next_dir);
+  REQUIRE(::mkfifo((next_dir / "stdout").c_str(), 0666) == 0);
+  auto ok = sched.submit_now(spec_for(root.path, "j-0000000000f2", "echo fine"));
+  st = wait_final(sched, ok);
+  CHECK(st.state == JobState::kCompleted);
+  CHECK(slurp(next_dir / "stdout") == "fine\n");
+}
+
 TEST_CASE("local scheduler: walltime exceeded is FAILED/TIMEOUT, cancel kills the whole group") {
   JobsRoot root;
   LocalScheduler sched(options(root.path));
