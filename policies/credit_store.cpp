@@ -412,7 +412,7 @@ std::optional<MicroCredits> CreditStore::settle(int64_t hold_id, MicroCredits pr
     st.reset();
     st.bind(1, posted).bind(2, now);
     std::string stored;
-    if (h.keyed) {
+    if (h.keyed && !result.is_null()) {  // (null: charged, but nothing to replay: the key runs again)
       stored = dump_text(result);
       st.bind(3, stored);
     } else {

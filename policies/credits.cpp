@@ -107,12 +107,22 @@ MicroCredits Purse::add_grant(int64_t id, int64_t expires_ms, MicroCredits amoun
 
 std::vector<Lapse> Purse::lapse(int64_t now_ms) {
   std::vector<Lapse> out;
-  while (!grants.empty() && grants.front().expires_ms <= now_ms) {
-    MicroCredits free = std::max<MicroCredits>(0, available());
+  // Expired grants lose their remainder beyond what open holds still need. Those holds were
+  // made before the expiry (a lapse runs before every hold) and are settled from the expired
+  // grants first (charge() draws in expiry order), so what came in since — a new grant, the
+  // credit line — is no cover for them: counting it would lapse credits their settle then
+  // takes from the new grant (or from the line, as debt).
+  MicroCredits expired = 0;
+  for (const auto& g : grants) {
+    if (g.expires_ms > now_ms) break;  // (ordered by expiry)
+    expired += g.remaining;
+  }
+  MicroCredits lapsable = std::max<MicroCredits>(0, expired - held);
+  while (lapsable > 0 && !grants.empty() && grants.front().expires_ms <= now_ms) {
     GrantSlice& g = grants.front();
-    MicroCredits amount = std::min(g.remaining, free);
-    if (amount == 0) break;  // all of it backs open holds; it lapses when they resolve
+    MicroCredits amount = std::min(g.remaining, lapsable);
     g.remaining -= amount;
+    lapsable -= amount;
     out.push_back(Lapse{g.id, amount, g.remaining});
     if (g.remaining > 0) break;
     grants.erase(grants.begin());

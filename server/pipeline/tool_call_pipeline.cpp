@@ -391,10 +391,11 @@ asio::awaitable<void> ToolCallPipeline::close(Call& c, std::optional<ToolResult>
   if (!ctx.incurred.empty()) {
     // Ended without a result, but the tool had used something (a backend generated tokens
     // before the caller went away): that is charged, the rest of the hold released.
+    // No result is stored for its idempotency key: a retry under it runs again (the caller got
+    // no answer to replay), as after a release.
     ctx.incurred.add("call:" + c.req.tool, 1);
     c.facts["incurred"] = true;
-    Error e = outcome == "cancelled" ? Error{ErrorCode::kCancelled, "cancelled by the caller", {}, {}} : failure;
-    c.audit.cost = co_await ledger_.settle(c.hold, std::move(ctx.incurred), error_result(e));
+    c.audit.cost = co_await ledger_.settle(c.hold, std::move(ctx.incurred), json());
   } else if (c.one_writer) {
     ledger_.release_queued(c.hold);
   } else {

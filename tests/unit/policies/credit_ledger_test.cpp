@@ -293,6 +293,20 @@ TEST_CASE("credit ledger: idempotency keys charge once, replay the result, and r
     REQUIRE(again.hold.replay);
     CHECK((*again.hold.replay)["text"].get<std::string>().find("broken") != std::string::npos);
   }
+  SECTION("a keyed call charged for what it used but never answered (cancelled) runs again") {
+    auto q = keyed("A");
+    q.idempotency_key = "key-cut";
+    auto h = r.run(ledger.reserve(q));
+    REQUIRE_FALSE(h.error);
+    CHECK(r.run(ledger.settle(h.hold, units(2), json())) == 2 * C);  // no result to replay
+    auto retry = r.run(ledger.reserve(q));
+    REQUIRE_FALSE(retry.error);
+    CHECK_FALSE(retry.hold.replay);
+    CHECK(r.run(ledger.settle(retry.hold, units(1), result)) == 1 * C);
+    auto replay = r.run(ledger.reserve(q));
+    REQUIRE(replay.hold.replay);  // the answered one is what a later retry gets
+    CHECK(*replay.hold.replay == result);
+  }
   SECTION("another caller's key of the same name is another key: not replayed to it, not a conflict") {
     auto q = keyed("A");
     REQUIRE(q.principal != "bob");
@@ -355,17 +369,19 @@ TEST_CASE("credit ledger: grants expire, charges draw from the earliest-expiring
   CHECK(u.grants[0].remaining == 6 * C);  // the expiring grant paid
   CHECK(u.grants[1].remaining == 10 * C);
 
-  // A hold made before the expiry keeps what it needs of the expiring grant.
+  // A hold made before the expiry keeps what it needs of the expiring grant: its settle draws
+  // on that grant first (charges go in expiry order), so all of the grant's 6 are needed by a
+  // hold of 15, and the outcome is the same whether the sweep comes before the settle or after.
   auto held = r.run(ledger.reserve(request("P", units(15))));
   REQUIRE_FALSE(held.error);
   clock.advance(std::chrono::hours(2));
   auto swept = ledger.sweep_now();
   CHECK(swept.voided == 0);
   u = r.run(ledger.usage("P", "alice", true));
-  CHECK(u.available == 0);  // 16 balance − 1 lapsed − 15 held
-  CHECK(u.balance == 15 * C);
-  // Refused now: the expired credits are not available to new calls.
-  CHECK(r.run(ledger.reserve(request("P", units(0.5)))).error);
+  CHECK(u.balance == 16 * C);  // nothing lapsed yet
+  CHECK(u.available == 1 * C);  // 16 − 15 held: the permanent grant's last credit
+  // Refused now: the expired credits are not available to new calls (1.5 would need 0.5 of them).
+  CHECK(r.run(ledger.reserve(request("P", units(1.5)))).error);
 
   CHECK(r.run(ledger.settle(held.hold, units(2), json::object())) == 2 * C);
   ledger.sweep_now();  // what the hold kept of the expired grant now lapses
@@ -380,6 +396,33 @@ TEST_CASE("credit ledger: grants expire, charges draw from the earliest-expiring
   CHECK(db.scalar("SELECT -SUM(amount) FROM credit_postings WHERE account = 'acct-p' AND kind = 'charge'") == 6 * C);
   CHECK(db.scalar("SELECT -SUM(amount) FROM credit_postings WHERE account = 'acct-p' AND kind = 'lapse'") == 4 * C);
   CHECK(db.scalar("SELECT balance FROM credit_accounts WHERE account = 'acct-p'") == 10 * C);
+  CHECK(db.verify(clock.ms).ok);
+}
+
+TEST_CASE("credit ledger: an expired grant backs the holds made before its expiry, whatever came in since") {
+  TempDb db;
+  TestClock clock;
+  const int64_t t0 = clock.ms;
+  grant(db, clock, "acct-p", 100 * C, t0 + 3'600'000);
+  grant(db, clock, "L", 100 * C, t0 + 3'600'000);  // project L also has a credit line of 50
+  auto opts = make_options(clock);
+  opts.hold_timeout = std::chrono::hours(10);
+  SqliteLedger ledger(db.path, opts);
+  Runner r;
+  auto job = r.run(ledger.reserve(request("P", units(100))));
+  auto lined = r.run(ledger.reserve(request("L", units(100))));
+  REQUIRE_FALSE(job.error);
+  REQUIRE_FALSE(lined.error);
+  clock.advance(std::chrono::hours(2));  // both grants expire with their holds open
+  grant(db, clock, "acct-p", 100 * C);   // the monthly renewal arrives
+  ledger.sweep_now();                     // (used to lapse P's expired grant: the renewal "covered" the hold)
+  CHECK(r.run(ledger.settle(job.hold, units(100), json::object())) == 100 * C);
+  CHECK(r.run(ledger.settle(lined.hold, units(100), json::object())) == 100 * C);
+  ledger.sweep_now();
+  CHECK(r.run(ledger.usage("P", "alice", true)).balance == 100 * C);  // the renewal is intact
+  CHECK(r.run(ledger.usage("L", "alice", true)).balance == 0);         // no debt on the line
+  CHECK(db.scalar("SELECT debt FROM credit_accounts WHERE account = 'L'") == 0);
+  CHECK(db.scalar("SELECT COUNT(*) FROM credit_postings WHERE kind = 'lapse'") == 0);
   CHECK(db.verify(clock.ms).ok);
 }
 
