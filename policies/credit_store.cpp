@@ -259,8 +259,11 @@ bool CreditStore::can_hold_in_memory(const HoldSpec& s) const {
   if (it == accounts_.end()) return true;  // refused: no account, nothing to write
   int64_t now = clock_();
   if (it->second.purse.has_expired(now)) return false;
-  auto u = it->second.users.find(s.user);
-  return u == it->second.users.end() || !u->second.has_expired(now);
+  // hold() lapses every expired purse of the account, other users' allowances too: that is
+  // writes, which belong in the writer's transaction, not beside an in-memory hold.
+  for (const auto& [user, purse] : it->second.users)
+    if (purse.has_expired(now)) return false;
+  return true;
 }
 
 ReserveOutcome CreditStore::hold_in_memory(const HoldSpec& s, int64_t id) { return hold(s, id); }

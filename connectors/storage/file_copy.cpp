@@ -161,8 +161,8 @@ int64_t BlockWriter::finish() {
 
 // --- ChunkSource -------------------------------------------------------------------------------
 
-ChunkSource::ChunkSource(Reader& reader, crypto::Sha256& hash, std::size_t max_buffered)
-    : reader_(reader), hash_(hash), max_buffered_(max_buffered) {}
+ChunkSource::ChunkSource(Reader& reader, crypto::Sha256& hash, std::size_t max_buffered, int64_t length)
+    : reader_(reader), hash_(hash), max_buffered_(max_buffered), length_(length) {}
 
 int64_t ChunkSource::run(const CopyHooks& hooks) {
   int64_t off = 0;
@@ -170,9 +170,27 @@ int64_t ChunkSource::run(const CopyHooks& hooks) {
   try {
     for (;;) {
       if (hooks.cancel && hooks.cancel->load()) throw ErrorException(cancelled());
-      std::string buf(piece, '\0');
-      std::size_t n = reader_.read_at(buf.data(), piece, off);
+      std::size_t want = piece;
+      if (length_ >= 0) {
+        // At the planned length: one byte more must not be there (a file still growing).
+        want = static_cast<std::size_t>(std::min<int64_t>(piece, length_ - off));
+        if (want == 0) {
+          char extra;
+          if (reader_.read_at(&extra, 1, off) != 0)
+            throw ErrorException(Error{ErrorCode::kConflict,
+                                       "the file grew past the " + std::to_string(length_) +
+                                           " bytes it had when the transfer was planned (still being written?)",
+                                       "stage it again once it is complete", {}});
+        }
+      }
+      std::string buf(want, '\0');
+      std::size_t n = want == 0 ? 0 : reader_.read_at(buf.data(), want, off);
       buf.resize(n);
+      if (n == 0 && length_ >= 0 && off < length_)
+        throw ErrorException(Error{ErrorCode::kConflict,
+                                   "the file shrank to " + std::to_string(off) + " of the " + std::to_string(length_) +
+                                       " bytes it had when the transfer was planned",
+                                   "stage it again", {}});
       if (n > 0) hash_.update(buf.data(), n);
       std::unique_lock lk(m_);
       if (n == 0) {

@@ -83,7 +83,9 @@ class BlockWriter {
 // (libcurl's read callback for an upload).
 class ChunkSource {
  public:
-  ChunkSource(Reader& reader, crypto::Sha256& hash, std::size_t max_buffered);
+  // `length`: exactly this many bytes are read and sent (the size the transfer was planned and
+  // announced with); a file that turns out shorter or longer fails the read. -1: to the end.
+  ChunkSource(Reader& reader, crypto::Sha256& hash, std::size_t max_buffered, int64_t length = -1);
   // Worker side: reads to the end (returns the length) or throws; stops early on abort().
   int64_t run(const CopyHooks& hooks);
   // Consumer side: copies up to n bytes into buf; 0 at the end; blocks while nothing is ready.
@@ -96,6 +98,7 @@ class ChunkSource {
   Reader& reader_;
   crypto::Sha256& hash_;
   std::size_t max_buffered_;
+  int64_t length_;
   mutable std::mutex m_;
   std::condition_variable cv_;
   std::deque<std::string> queue_;

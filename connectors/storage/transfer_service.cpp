@@ -1,4 +1,5 @@
 #include "connectors/storage/transfer_service.hpp"
+#include "connectors/storage/posix_storage.hpp"
 #include "server/common/thread_name.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -574,6 +575,10 @@ std::variant<TransferService::Plan, Error> TransferService::plan(const TransferR
     p.items.push_back(Plan::Item{"", si.size, false});
     p.bytes = si.size;
     p.files = 1;
+    if (p.bytes > config_.data.max_transfer_bytes)
+      return Error::invalid_arguments(to_uri(src) + " holds " + human_bytes(p.bytes) + "; one transfer may move at most " +
+                                          human_bytes(config_.data.max_transfer_bytes),
+                                      "stage it in parts");
     return p;
   }
 
@@ -582,6 +587,16 @@ std::variant<TransferService::Plan, Error> TransferService::plan(const TransferR
   p.dst_area = std::get<AreaHandle>(da);
   std::string src_norm = src.kind == Location::Kind::kArea ? normal(si.path) : std::string();
   std::string dst_norm = normal(dst.path);
+  // A name of the form scigate gives a transfer's temporary file is not a destination: another
+  // transfer's temporary could be replaced under it before its rename.
+  for (std::size_t at = 0; at <= dst_norm.size();) {
+    std::size_t end = dst_norm.find('/', at);
+    if (end == std::string::npos) end = dst_norm.size();
+    if (PosixStorage::is_temp_name(dst_norm.substr(at, end - at)))
+      return Error::invalid_arguments(to_uri(dst) + " has a name of the form scigate uses for files in transfer",
+                                      "choose another name");
+    at = end + 1;
+  }
   if (si.type == FileType::kDirectory) {
     if (!recursive)
       return Error::invalid_arguments(to_uri(src) + " is a directory", "pass recursive = true to stage it with its contents");
@@ -1492,8 +1507,15 @@ asio::awaitable<std::optional<Error>> TransferService::upload(std::string id, st
   auto opened = co_await on_pool(transfer_pool_, std::move(open));
   if (auto* e = std::get_if<Error>(&opened)) co_return *e;
   auto reader = std::get<std::shared_ptr<Reader>>(std::move(opened));
+  // What is sent is what was planned (and announced as the upload's size): the file as it was
+  // then, or an error.
+  if (int64_t now = reader->info().size; now != p->src_info.size)
+    co_return Error{ErrorCode::kConflict,
+                    to_uri(p->src) + " is " + std::to_string(now) + " bytes now, " + std::to_string(p->src_info.size) +
+                        " when the transfer was planned",
+                    "stage it again", {}};
   auto hash = std::make_shared<crypto::Sha256>();
-  auto source = std::make_shared<ChunkSource>(*reader, *hash, 16u << 20);
+  auto source = std::make_shared<ChunkSource>(*reader, *hash, 16u << 20, p->src_info.size);
   {
     std::lock_guard g(live->m);
     live->source = source;

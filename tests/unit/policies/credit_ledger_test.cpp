@@ -1199,6 +1199,28 @@ TEST_CASE("credit ledger: a server joining an owner that spends in memory under 
   check_books(db, clock.ms);
 }
 
+TEST_CASE("credit ledger: another user's expired allowance is lapsed in the writer's transaction, not beside an in-memory hold") {
+  TempDb db;
+  TestClock clock;
+  grant(db, clock, "acct-p", 100 * C);
+  grant(db, clock, "acct-p", 10 * C, clock.ms + 3'600'000, "carol");  // carol's allowance, expiring
+  SqliteLedger ledger(db.path, quick_options(clock));
+  ledger.claim(db.path);
+  Runner r;
+  clock.advance(std::chrono::hours(2));  // expired; no sweep yet
+  auto h = r.run(ledger.reserve(request("P", units(1), "alice")));
+  REQUIRE_FALSE(h.error);
+  CHECK(h.hold.id.front() != '-');  // through the writer: it has a lapse to write
+  // What is committed now (a crash here keeps just this) is consistent: the lapse posting and
+  // carol's sub-budget row together.
+  CHECK(db.verify(clock.ms).ok);
+  CHECK(db.scalar("SELECT COUNT(*) FROM credit_postings WHERE kind = 'allowance_lapse'") == 1);
+  CHECK(r.run(ledger.settle(h.hold, units(1), json::object())) == 1 * C);
+  ledger.sweep_now();
+  CHECK(db.scalar("SELECT COUNT(*) FROM credit_postings WHERE kind = 'allowance_lapse'") == 1);  // once
+  CHECK(db.verify(clock.ms).ok);
+}
+
 TEST_CASE("credit ledger: an in-memory hold whose settle's transaction fails is settled by the retry, once") {
   TempDb db;
   TestClock clock;

@@ -10,8 +10,11 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <variant>
 
+#include "connectors/storage/file_copy.hpp"
 #include "connectors/storage/posix_storage.hpp"
+#include "server/common/crypto.hpp"
 #include "tests/support/files.hpp"
 
 using namespace scigate;
@@ -281,4 +284,35 @@ TEST_CASE("posix storage: discard_temps removes one transfer's temporary files b
   CHECK(fs::exists(root.path / "out" / "a" / "kept.txt"));
   s.discard_temps("out", "x-2");
   CHECK(temps() == 0);
+}
+
+TEST_CASE("posix storage: an upload's source sends exactly its planned length, or fails if the file changed", "[storage]") {
+  TempDir root;
+  write_file(root.path / "log.txt", std::string(3000, 'a'));
+  PosixStorage st(area(root.path, false));
+  auto send = [&](int64_t planned) -> std::variant<std::string, Error> {
+    auto reader = st.open_read("log.txt");
+    crypto::Sha256 hash;
+    ChunkSource source(*reader, hash, 1 << 20, planned);
+    std::string got;
+    try {
+      source.run(CopyHooks{});
+    } catch (const ErrorException& e) {
+      return e.error();
+    }
+    char buf[4096];
+    for (long n; (n = source.take(buf, sizeof buf)) > 0;) got.append(buf, static_cast<std::size_t>(n));
+    return got;
+  };
+  auto exact = send(3000);
+  REQUIRE(std::holds_alternative<std::string>(exact));
+  CHECK(std::get<std::string>(exact).size() == 3000);
+  // Planned at 1000 bytes, 3000 now (a log still being written): not 1000 bytes sent and the
+  // hash of 3000 recorded, nor a reader that fills its buffer and waits forever.
+  auto grew = send(1000);
+  REQUIRE(std::holds_alternative<Error>(grew));
+  CHECK_THAT(std::get<Error>(grew).message, Catch::Contains("grew past the 1000 bytes"));
+  auto shrank = send(5000);
+  REQUIRE(std::holds_alternative<Error>(shrank));
+  CHECK_THAT(std::get<Error>(shrank).message, Catch::Contains("shrank to 3000"));
 }

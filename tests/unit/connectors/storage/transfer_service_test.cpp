@@ -247,6 +247,10 @@ TEST_CASE("transfers: overwrite policy, checksum mismatch, refused ends", "[data
   CHECK(error_of(r.stage(request("area://scratch/a.txt", "area://ro/a.txt"))).code == ErrorCode::kForbidden);
   CHECK(error_of(r.stage(request("area://nope/a.txt", "area://scratch/z"))).code == ErrorCode::kNotFound);
   CHECK(error_of(r.stage(request("area://scratch/missing", "area://scratch/z"))).code == ErrorCode::kNotFound);
+  // A transfer's temporary name is not a destination (another transfer's file in flight).
+  auto temp = error_of(r.stage(request("area://scratch/a.txt", "area://scratch/.scigate-t1-0123456789abcdef.part")));
+  CHECK(temp.code == ErrorCode::kInvalidArguments);
+  CHECK(temp.message.find("form scigate uses") != std::string::npos);
   fs::create_symlink(f.scratch() / "a.txt", f.scratch() / "link.txt");
   CHECK(error_of(r.stage(request("area://scratch/link.txt", "area://scratch/z"))).code == ErrorCode::kForbidden);
   // Project q cannot reach p's areas: its own scratch is another directory.
