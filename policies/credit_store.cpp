@@ -423,6 +423,13 @@ std::optional<MicroCredits> CreditStore::settle(int64_t hold_id, MicroCredits pr
     }
     st.bind(4, hold_id);
     st.step();
+    // Written out in this same transaction (a yield to another writer): a rollback takes its
+    // row with it, so it must come back as the in-memory hold it was, for the retry to settle.
+    if (std::find(persisted_in_txn_.begin(), persisted_in_txn_.end(), hold_id) != persisted_in_txn_.end()) {
+      OpenHold again = h;
+      again.in_memory = true;
+      settled_in_txn_.push_back(std::move(again));
+    }
   }
   // A hold of nothing (a keyed free call) leaves no posting: the hold row records the settle.
   if (h.amount > 0)

@@ -1221,6 +1221,37 @@ TEST_CASE("credit ledger: another user's expired allowance is lapsed in the writ
   CHECK(db.verify(clock.ms).ok);
 }
 
+TEST_CASE("credit ledger: a hold written out and settled in a transaction that fails is settled by the retry") {
+  TempDb db;
+  TestClock clock;
+  grant(db, clock, "acct-p", 10 * C);
+  poison(db, "credit_postings");  // a row of tool "poison" fails its insert
+  SqliteLedger ledger(db.path, quick_options(clock));
+  ledger.claim(db.path);
+  Runner r;
+  auto good = r.run(ledger.reserve(request("P", units(3))));
+  auto bad = r.run(ledger.reserve(request("P", units(2), "alice", "poison")));
+  REQUIRE_FALSE(good.error);
+  REQUIRE_FALSE(bad.error);
+  REQUIRE(good.hold.id.front() == '-');  // in memory
+  asio::io_context io;
+  ledger.pause();
+  // A grant from the CLI: the next transaction yields, writing the in-memory holds out as rows,
+  // and settles both in it; the poisoned charge makes it roll back, rows and all.
+  grant(db, clock, "acct-p", 10 * C);
+  auto good_settle = asio::co_spawn(io, ledger.settle(good.hold, units(3), json::object()), asio::use_future);
+  auto bad_settle = asio::co_spawn(io, ledger.settle(bad.hold, units(2), json::object()), asio::use_future);
+  io.poll();
+  ledger.resume();
+  std::thread t([&] { io.run(); });
+  CHECK(good_settle.get() == 3 * C);  // (was 0: "settle without hold", the call never charged)
+  CHECK(bad_settle.get() == 0);
+  t.join();
+  CHECK(ledger.stats().yields >= 1);
+  CHECK(db.scalar("SELECT COUNT(*) FROM credit_postings WHERE kind = 'charge'") == 1);
+  CHECK(db.scalar("SELECT balance FROM credit_accounts WHERE account = 'acct-p'") == 17 * C);
+}
+
 TEST_CASE("credit ledger: an in-memory hold whose settle's transaction fails is settled by the retry, once") {
   TempDb db;
   TestClock clock;
