@@ -229,10 +229,21 @@ std::variant<CheckedTarget, Error> check_target(const Url& url, const DataHttpCo
                "only public addresses are reached unless the site allows a network ([data.http] allowed_networks)", {}};
 }
 
+namespace {
+// Whether `url` lies under a [[data.sources]] `prefix`, at a boundary: "https://data.example"
+// covers https://data.example/x but not https://data.example.evil/x (nor its credentials).
+bool under_source(const std::string& url, const std::string& prefix) {
+  if (prefix.empty() || url.rfind(prefix, 0) != 0) return false;
+  if (url.size() == prefix.size() || prefix.back() == '/') return true;
+  char next = url[prefix.size()];
+  return next == '/' || next == '?' || next == '#';
+}
+}  // namespace
+
 SourceHeaders source_headers(const DataConfig& config, const std::string& project, const std::string& url) {
   SourceHeaders out;
   for (const auto& s : config.sources) {
-    if (url.rfind(s.url, 0) != 0) continue;
+    if (!under_source(url, s.url)) continue;
     bool member = s.projects.empty();
     for (const auto& p : s.projects) member = member || p == "*" || p == project;
     if (!member) continue;

@@ -1411,6 +1411,12 @@ asio::awaitable<std::optional<Error>> TransferService::fetch(std::shared_ptr<Liv
           ex->refused = "the server answered a range request with another range (" + header_of(h, "content-range") + ")";
           return false;
         }
+        // What is asked for runs to the end of the file: a part that stops short of it (or, when
+        // nothing was asked for, of an unknown end) would be committed as the whole file.
+        if (total >= 0 ? last + 1 != total : ex->from == 0) {
+          ex->refused = "the server sent only part of the file (" + header_of(h, "content-range") + ")";
+          return false;
+        }
         ex->length = last - first + 1;
         return true;
       }

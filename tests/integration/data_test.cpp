@@ -200,6 +200,13 @@ TEST_CASE("data: servers that send fewer or more bytes than announced leave no f
   INFO(longer.dump());
   CHECK(code_of(longer) == "integrity_failed");
   CHECK_FALSE(fs::exists(scratch / "grows.bin"));
+  // A 206 with the first half, though nothing was asked for and the size was not announced.
+  auto partial = stage(c, s.user_key(), {{"source", liar->url("/partial")}, {"destination", "area://scratch/partial.bin"},
+                                         {"wait_s", 60}});
+  INFO(partial.dump());
+  CHECK(partial["isError"] == true);
+  CHECK(message_of(partial).find("only part of the file") != std::string::npos);
+  CHECK_FALSE(fs::exists(scratch / "partial.bin"));
   auto stalled = stage(c, s.user_key(), {{"source", liar->url("/stall")}, {"destination", "area://scratch/stall.bin"},
                                          {"wait_s", 60}});
   INFO(stalled.dump());

@@ -9,6 +9,7 @@ on the first line of stdout) and serves one fixed body of SIZE bytes:
   /grows    HEAD announces SIZE bytes; GET sends 2 * SIZE (chunked: no length to check)
   /norange  ignores Range: always 200 with the whole body
   /stall    announces SIZE bytes, sends half, then nothing (until the client gives up)
+  /partial  HEAD gives no length; GET, with or without Range, answers 206 with the first half
 """
 import http.server
 import socketserver
@@ -33,6 +34,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
 
     def do_HEAD(self):
+        if self.path == "/partial":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.end_headers()
+            return
         self.head(SIZE)
 
     def do_GET(self):
@@ -51,6 +57,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         elif self.path == "/norange":
             self.head(SIZE)
             self.wfile.write(BODY)
+        elif self.path == "/partial":
+            self.send_response(206)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Range", "bytes 0-%d/%d" % (SIZE // 2 - 1, SIZE))
+            self.send_header("Content-Length", str(SIZE // 2))
+            self.end_headers()
+            self.wfile.write(BODY[: SIZE // 2])
         elif self.path == "/stall":
             self.head(SIZE)
             self.wfile.write(BODY[: SIZE // 2])

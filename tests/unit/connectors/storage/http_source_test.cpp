@@ -113,6 +113,15 @@ TEST_CASE("http sources: credentials come from [[data.sources]] files, by prefix
   CHECK(source_headers(d, "q", "https://data.example.org/a/file.h5").headers.empty());
   CHECK(source_headers(d, "p", "https://data.example.org/b/file.h5").headers.empty());
   CHECK_FALSE(source_headers(d, "p", "https://data.example.org/b/file.h5").upload_allowed);
+  // A prefix without its trailing slash still ends at a boundary: not another host's credentials.
+  DataSourceConfig bare;
+  bare.url = "https://bare.example.org";
+  bare.bearer_token_file = dir / "token";
+  d.sources.push_back(bare);
+  CHECK(source_headers(d, "p", "https://bare.example.org/x").headers.size() == 1);
+  CHECK(source_headers(d, "p", "https://bare.example.org?x=1").headers.size() == 1);
+  CHECK(source_headers(d, "p", "https://bare.example.org.evil.net/x").headers.empty());
+  CHECK(source_headers(d, "p", "https://bare.example.organic/x").headers.empty());
   auto bad = source_headers(d, "p", "https://broken.example.org/x");
   REQUIRE(bad.error);
   CHECK(bad.error->message.find("cannot be read") != std::string::npos);
