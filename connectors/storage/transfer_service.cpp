@@ -129,6 +129,8 @@ struct TransferService::Plan {
 
 namespace {
 
+constexpr long kMaxDestinationDepth = 64;  // directories a destination path may go down
+
 std::string overwrite_name(OverwritePolicy p) {
   return p == OverwritePolicy::kAlways ? "always" : p == OverwritePolicy::kSkip ? "skip" : "never";
 }
@@ -588,7 +590,13 @@ std::variant<TransferService::Plan, Error> TransferService::plan(const TransferR
   std::string src_norm = src.kind == Location::Kind::kArea ? normal(si.path) : std::string();
   std::string dst_norm = normal(dst.path);
   // A name of the form scigate gives a transfer's temporary file is not a destination: another
-  // transfer's temporary could be replaced under it before its rename.
+  // transfer's temporary could be replaced under it before its rename. And a destination at
+  // most kMaxDestinationDepth directories deep: the directories a transfer creates are not
+  // counted by the quota's reservation (only by its next scan), nor walked by it past 256.
+  if (std::count(dst_norm.begin(), dst_norm.end(), '/') >= kMaxDestinationDepth)
+    return Error::invalid_arguments(to_uri(dst) + " lies deeper than " + std::to_string(kMaxDestinationDepth) +
+                                        " directories",
+                                    "choose a shallower destination");
   for (std::size_t at = 0; at <= dst_norm.size();) {
     std::size_t end = dst_norm.find('/', at);
     if (end == std::string::npos) end = dst_norm.size();

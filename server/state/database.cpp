@@ -1,5 +1,8 @@
 #include "server/state/database.hpp"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <thread>
 
@@ -65,6 +68,13 @@ std::string Statement::column_text(int index) const {
 bool Statement::column_is_null(int index) const { return sqlite3_column_type(stmt_, index) == SQLITE_NULL; }
 
 Database::Database(const std::filesystem::path& path) {
+  // A new database is its owner's only (audit records, the ledger, key hashes): SQLite would
+  // create it with the umask's mode, 0644 by default. Made here, empty (a valid database), with
+  // 0600; its -wal and -shm files take the database's mode. An existing file keeps its mode.
+  if (const std::string& p = path.native(); !p.empty() && p.front() != ':') {
+    int fd = ::open(p.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd >= 0) ::close(fd);
+  }
   if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
                       nullptr) != SQLITE_OK) {
     std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";

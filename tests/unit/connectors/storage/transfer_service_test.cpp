@@ -251,6 +251,9 @@ TEST_CASE("transfers: overwrite policy, checksum mismatch, refused ends", "[data
   auto temp = error_of(r.stage(request("area://scratch/a.txt", "area://scratch/.scigate-t1-0123456789abcdef.part")));
   CHECK(temp.code == ErrorCode::kInvalidArguments);
   CHECK(temp.message.find("form scigate uses") != std::string::npos);
+  std::string deep = "area://scratch";
+  for (int i = 0; i < 70; ++i) deep += "/d";
+  CHECK(error_of(r.stage(request("area://scratch/a.txt", deep + "/x"))).message.find("deeper than 64") != std::string::npos);
   fs::create_symlink(f.scratch() / "a.txt", f.scratch() / "link.txt");
   CHECK(error_of(r.stage(request("area://scratch/link.txt", "area://scratch/z"))).code == ErrorCode::kForbidden);
   // Project q cannot reach p's areas: its own scratch is another directory.
