@@ -298,7 +298,10 @@ CheckpointWriter::CheckpointWriter(fs::path path, SigningKey key) : path_(std::m
       if (::ftruncate(fd_, keep) == 0) ::fsync(fd_);
       tail.resize(nl == std::string::npos ? 0 : nl + 1);
     }
+    // Only a checkpoint of ours counts as the last one written: a line forged or signed by
+    // another key would otherwise decide when this writer checkpoints next.
     last_ = last_complete_line(tail);
+    if (last_ && (last_->key_id != key_.key_id() || !checkpoint_signature_ok(key_, *last_))) last_.reset();
   }
 }
 

@@ -274,8 +274,12 @@ void SqliteAuditLog::prepare_checkpoints() {
 }
 
 int64_t SqliteAuditLog::checkpointed_seq() const {
-  if (checkpoints_) return checkpoints_->last() ? checkpoints_->last()->seq : 0;
-  return last_checkpoint_ ? last_checkpoint_->seq : 0;
+  int64_t seq = checkpoints_ ? (checkpoints_->last() ? checkpoints_->last()->seq : 0)
+                             : (last_checkpoint_ ? last_checkpoint_->seq : 0);
+  // A checkpoint beyond the newest record (records removed, an older database restored) covers
+  // nothing here: checkpointing goes on from the log's head (that checkpoint stays in the file
+  // as the evidence `audit verify` reports).
+  return seq > last_seq_ ? 0 : seq;
 }
 
 // A checkpoint beyond the newest record, or one that disagrees with it, means records were
@@ -283,8 +287,20 @@ int64_t SqliteAuditLog::checkpointed_seq() const {
 // start would let whoever can delete rows stop the gateway), and `scigate audit verify` keeps
 // reporting it.
 void SqliteAuditLog::check_checkpoint_against_log() {
-  const auto& cp = last_checkpoint_;
+  auto& cp = last_checkpoint_;
   if (!cp) return;
+  {
+    std::lock_guard g(key_mutex_);
+    if (key_ && (cp->key_id != key_->key_id() || !audit::checkpoint_signature_ok(*key_, *cp))) {
+      log::error("audit_checkpoint_untrusted",
+                 {{"detail", "the newest line of the checkpoint file is not a checkpoint signed by this server's key: "
+                             "it is ignored, and checkpoints go on from the log's head; run scigate audit verify"},
+                  {"line", cp->line},
+                  {"key_id", cp->key_id}});
+      cp.reset();
+      return;
+    }
+  }
   int64_t last_seq = 0;
   {
     auto lock = writer_->db().lock();

@@ -511,7 +511,7 @@ std::optional<MicroCredits> SqliteLedger::decide_settle(Op& op) {
   const credits::OpenHold* h = store_.pin(op.hold_id);
   if (!h) return std::nullopt;  // voided, or a row now
   op.hold = *h;
-  op.price = std::clamp<MicroCredits>(op.price, 0, h->amount);
+  op.price = credits::posted_for(*h, op.price);
   op.decided = true;
   return op.price;
 }

@@ -8,6 +8,7 @@
 #include <chrono>
 
 #include "server/common/crypto.hpp"
+#include "server/observability/log.hpp"
 
 namespace scigate::credits {
 namespace {
@@ -402,7 +403,7 @@ std::optional<MicroCredits> CreditStore::settle(int64_t hold_id, MicroCredits pr
   if (it == open_.end()) return std::nullopt;
   OpenHold& h = it->second;
   int64_t now = clock_();
-  MicroCredits posted = std::clamp<MicroCredits>(price, 0, h.amount);
+  MicroCredits posted = posted_for(h, price);
   close_hold(h);
   MicroCredits balance_after = charge(h, posted);
   if (h.in_memory) {
@@ -437,6 +438,19 @@ std::optional<MicroCredits> CreditStore::settle(int64_t hold_id, MicroCredits pr
          usage_json);
   open_.erase(it);
   return posted;
+}
+
+MicroCredits posted_for(const OpenHold& h, MicroCredits price) {
+  if (price > h.amount)
+    log::warn("credit_usage_over_hold", {{"hold", h.id},
+                                         {"project", h.project},
+                                         {"tool", h.tool},
+                                         {"request_id", h.request_id},
+                                         {"price", price},
+                                         {"held", h.amount},
+                                         {"detail", "the call used more than its hold, which is all it is charged: the "
+                                                    "tool's worst-case estimate fell short"}});
+  return std::clamp<MicroCredits>(price, 0, h.amount);
 }
 
 MicroCredits CreditStore::charge(const OpenHold& h, MicroCredits posted) {

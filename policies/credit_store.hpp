@@ -64,6 +64,12 @@ struct OpenHold {
   bool settling = false;    // its settle is decided and queued (pin()): the sweep leaves it
 };
 
+// What a settle posts for `price`: never more than the hold (CREDITS.md), and never less than
+// nothing. A price above the hold means the hold was not the call's worst case (a tool's
+// estimate fell short): charged up to the hold, and logged (credit_usage_over_hold) so that the
+// shortfall is seen rather than silently given away.
+MicroCredits posted_for(const OpenHold& h, MicroCredits price);
+
 struct HoldSpec {
   std::string project, user, tool, request_id;
   MicroCredits amount = 0;

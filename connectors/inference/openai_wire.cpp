@@ -117,6 +117,11 @@ ChunkDelta chunk_delta(const json& chunk) {
       out.has_content = !out.text.empty();
     }
     if (auto tc = d->find("tool_calls"); tc != d->end() && tc->is_array() && !tc->empty()) out.has_content = true;
+    // A reasoning model's thinking (vLLM's reasoning_content, llama.cpp's and newer vLLM's
+    // reasoning) is generated output too: a stream cut during it still pays for it.
+    for (const char* k : {"reasoning_content", "reasoning"})
+      if (auto r = d->find(k); r != d->end() && r->is_string() && !r->get_ref<const std::string&>().empty())
+        out.has_content = true;
   } else if (auto t = choice->find("text"); t != choice->end() && t->is_string()) {  // /v1/completions
     out.text = t->get<std::string>();
     out.has_content = !out.text.empty();

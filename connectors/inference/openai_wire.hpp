@@ -74,7 +74,7 @@ std::optional<TokenUsage> parse_usage(const json& body);
 struct ChunkDelta {
   std::string text;
   std::string finish_reason;
-  bool has_content = false;  // a content or tool-call delta (counts as generated output)
+  bool has_content = false;  // a content, reasoning or tool-call delta (counts as generated output)
 };
 ChunkDelta chunk_delta(const json& chunk);
 

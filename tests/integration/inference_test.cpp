@@ -154,8 +154,10 @@ json chat_args(int max_tokens, const std::string& model = kModel, const std::str
   return json{{"model", model}, {"messages", json::array({json{{"role", "user"}, {"content", text}}})}, {"max_tokens", max_tokens}};
 }
 
-// scigate's prompt estimate for chat_args' default message: frame + message + ceil(13 bytes / 3).
+// scigate's prompt estimate for chat_args' default message: frame + message + ceil(13 bytes / 3);
+// and the bound its hold takes for it: one token per byte.
 constexpr int kPromptEstimate = 16 + 8 + 5;
+constexpr int kPromptBound = 16 + 8 + 13;
 
 // What the project has paid since `before`, once the charge has landed (it is settled after the
 // call ends, which a cancelled or cut-off caller does not wait for).
@@ -380,7 +382,7 @@ TEST_CASE("inference: llama.cpp's unasked usage, then /tokenize when a backend r
   CHECK(d.stats()["counts"].value("/tokenize", 0) == 2);
   CHECK(before - balance(c, s) == Approx(4 * 0.001 + 6 * 0.002));
 
-  // No usage and no tokenizer: the hold is charged (the estimate and max_tokens), never zero.
+  // No usage and no tokenizer: the hold is charged (the prompt's bound and max_tokens), never zero.
   d.control({{"tokenize_status", 500}});
   before = balance(c, s);
   r = call_tool(c, s.user_key(), "call_inference", chat_args(6));
@@ -388,9 +390,9 @@ TEST_CASE("inference: llama.cpp's unasked usage, then /tokenize when a backend r
   u = r["structuredContent"]["usage"];
   CHECK(u["counted_by"] == "hold");
   CHECK(u["completion_tokens"] == 6);
-  const int estimate = kPromptEstimate;
-  CHECK(u["prompt_tokens"] == estimate);
-  CHECK(before - balance(c, s) == Approx(estimate * 0.001 + 6 * 0.002));
+  const int held = kPromptBound;
+  CHECK(u["prompt_tokens"] == held);
+  CHECK(before - balance(c, s) == Approx(held * 0.001 + 6 * 0.002));
 }
 
 TEST_CASE("inference: the backends' /v1/models keep the registry's served-now current, down and up again") {
@@ -1324,6 +1326,12 @@ TEST_CASE("inference: on /v1 a stream broken after output ends in an error event
   auto too_long = c.request(verb::post, "/v1/chat/completions", long_key, v1_chat(kModel, 5, false).dump());
   CHECK(too_long.status == 400);
   CHECK(too_long.body.find("longer than 200 characters") != std::string::npos);
+  // llama.cpp's own name for the output length would override max_tokens past the hold.
+  json n_predict = v1_chat(kModel, 5, false);
+  n_predict["n_predict"] = 300;
+  auto refused = c.request(verb::post, "/v1/chat/completions", bearer(s.user_key()), n_predict.dump());
+  CHECK(refused.status == 400);
+  CHECK(refused.body.find("n_predict") != std::string::npos);
   CHECK(chat_requests(d) == 1);
 
   json stream_body = v1_chat(kModel, 5, true);

@@ -112,31 +112,58 @@ constexpr const char* kEmbedOutput = R"({
   "required": ["model", "backend", "count", "dimensions", "inline", "usage"]
 })";
 
-int64_t text_tokens(std::size_t bytes) { return static_cast<int64_t>((bytes + 2) / 3); }
+// Tokens of `bytes` of text: about a third as many for English and code (the estimate policies
+// and rate limits read), or at most as many (the bound the credit hold takes: byte-level BPE and
+// byte-fallback tokenizers never make more tokens than bytes, and numbers or CSV come close to
+// one token per byte, 3x the estimate).
+int64_t text_tokens(std::size_t bytes, bool bound) {
+  return bound ? static_cast<int64_t>(bytes) : static_cast<int64_t>((bytes + 2) / 3);
+}
 
-int64_t content_tokens(const json& content) {
-  if (content.is_string()) return text_tokens(content.get_ref<const std::string&>().size());
+int64_t content_tokens(const json& content, bool bound) {
+  if (content.is_string()) return text_tokens(content.get_ref<const std::string&>().size(), bound);
   if (!content.is_array()) return 0;
   int64_t n = 0;
   for (const auto& part : content) {
     if (!part.is_object()) continue;
     std::string type = part.value("type", "");
     if (type == "text" && part.contains("text") && part["text"].is_string())
-      n += text_tokens(part["text"].get_ref<const std::string&>().size());
+      n += text_tokens(part["text"].get_ref<const std::string&>().size(), bound);
     else if (type == "image_url" || type == "input_image" || type == "image")
       n += kPerImageTokens;
     else
-      n += text_tokens(part.dump().size());
+      n += text_tokens(part.dump().size(), bound);
   }
   return n;
 }
 
-// Keys of `extra` that scigate sets itself.
-const char* reserved_extra_key(const json& extra) {
-  static const char* kReserved[] = {"model", "messages", "prompt", "stream", "stream_options", "max_tokens",
-                                    "max_completion_tokens"};
-  for (const char* k : kReserved)
-    if (extra.contains(k)) return k;
+// Keys of `extra` that scigate sets itself, or that would make the backend do more than the
+// hold covers: another name for the output length (llama.cpp reads n_predict before max_tokens,
+// and -1 there is "no limit"), or several completions of which one is metered.
+struct ReservedKey {
+  const char* key;
+  const char* why;
+  const char* hint;
+};
+const ReservedKey* reserved_extra_key(const json& extra) {
+  static const ReservedKey kReserved[] = {
+      {"model", "is set by scigate", "leave it out of extra"},
+      {"messages", "is set by scigate", "leave it out of extra"},
+      {"prompt", "is set by scigate", "leave it out of extra"},
+      {"stream", "is set by scigate", "leave it out of extra"},
+      {"stream_options", "is set by scigate", "leave it out of extra"},
+      {"max_tokens", "is set by scigate", "leave it out of extra; use max_tokens"},
+      {"max_completion_tokens", "is set by scigate", "leave it out of extra; use max_tokens"},
+      {"n_predict", "would set the output length past what the call holds credits for", "use max_tokens"},
+      {"max_new_tokens", "would set the output length past what the call holds credits for", "use max_tokens"},
+      {"num_predict", "would set the output length past what the call holds credits for", "use max_tokens"},
+      {"best_of", "makes the backend generate several completions, of which one is metered",
+       "make one call per completion you want"},
+      {"use_beam_search", "makes the backend generate several completions, of which one is metered",
+       "leave it out"},
+  };
+  for (const auto& r : kReserved)
+    if (extra.contains(r.key)) return &r;
   return nullptr;
 }
 
@@ -209,26 +236,35 @@ json audit_facts(const std::string& model, const inference::ChatOutcome& out, co
 
 }  // namespace
 
-int64_t estimate_prompt_tokens(const json& args) {
+namespace {
+int64_t prompt_tokens(const json& args, bool bound) {
   int64_t n = kPerCallTokens;
   if (auto m = args.find("messages"); m != args.end() && m->is_array()) {
     for (const auto& msg : *m) {
       n += kPerMessageTokens;
       if (!msg.is_object()) continue;
-      if (auto c = msg.find("content"); c != msg.end()) n += content_tokens(*c);
-      if (auto tc = msg.find("tool_calls"); tc != msg.end()) n += text_tokens(tc->dump().size());
+      if (auto c = msg.find("content"); c != msg.end()) n += content_tokens(*c, bound);
+      if (auto tc = msg.find("tool_calls"); tc != msg.end()) n += text_tokens(tc->dump().size(), bound);
     }
   }
-  if (auto p = args.find("prompt"); p != args.end() && p->is_string()) n += content_tokens(*p);
-  if (auto e = args.find("extra"); e != args.end() && e->is_object() && e->contains("tools"))
-    n += text_tokens((*e)["tools"].dump().size());
+  if (auto p = args.find("prompt"); p != args.end() && p->is_string()) n += content_tokens(*p, bound);
+  // Tool definitions, and for the bound all of extra (documents, template arguments) the
+  // backend may render into the prompt.
+  if (auto e = args.find("extra"); e != args.end() && e->is_object()) {
+    if (bound) n += text_tokens(e->dump().size(), true);
+    else if (e->contains("tools")) n += text_tokens((*e)["tools"].dump().size(), false);
+  }
   if (auto i = args.find("input"); i != args.end()) {  // embed
-    if (i->is_string()) n += content_tokens(*i);
+    if (i->is_string()) n += content_tokens(*i, bound);
     else if (i->is_array())
-      for (const auto& s : *i) n += 1 + content_tokens(s);
+      for (const auto& s : *i) n += 1 + content_tokens(s, bound);
   }
   return n;
 }
+}  // namespace
+
+int64_t estimate_prompt_tokens(const json& args) { return prompt_tokens(args, false); }
+int64_t prompt_token_bound(const json& args) { return prompt_tokens(args, true); }
 
 // --- call_inference --------------------------------------------------------------------------
 
@@ -258,10 +294,8 @@ std::variant<json, Error> CallInferenceTool::derive_facts(const json& args) cons
     return Error::invalid_arguments(has_messages ? "give messages or prompt, not both" : "give messages (or prompt)",
                                     "messages for chat models: [{\"role\": \"user\", \"content\": \"...\"}]");
   if (auto e = args.find("extra"); e != args.end()) {
-    if (const char* k = reserved_extra_key(*e))
-      return Error::invalid_arguments(std::string("extra.") + k + " is set by scigate",
-                                      std::string("leave it out of extra") +
-                                          (std::string(k) == "max_completion_tokens" ? "; use max_tokens" : ""));
+    if (const ReservedKey* r = reserved_extra_key(*e))
+      return Error::invalid_arguments(std::string("extra.") + r->key + " " + r->why, r->hint);
     if (auto n = e->find("n"); n != e->end() && !(n->is_number_integer() && n->get<int64_t>() == 1))
       return Error::invalid_arguments("extra.n must be 1", "make one call per completion you want");
   }
@@ -269,16 +303,29 @@ std::variant<json, Error> CallInferenceTool::derive_facts(const json& args) cons
   int64_t prompt = estimate_prompt_tokens(args);
   facts["prompt_tokens"] = prompt;
   facts["tokens"] = prompt + max_tokens_of(args);
+  facts["prompt_tokens_bound"] = hold_prompt_tokens(args);
   return facts;
 }
 
+int64_t CallInferenceTool::hold_prompt_tokens(const json& args) const {
+  int64_t bound = prompt_token_bound(args);
+  // No prompt longer than the model's context gets through the backend.
+  if (auto len = deps_.service.max_model_len(args.value("model", "")); len && *len > 0) bound = std::min(bound, *len);
+  return std::max(bound, estimate_prompt_tokens(args));
+}
+
+namespace {
+int64_t held_prompt(const json& decided) {
+  return decided.value("prompt_tokens_bound", decided.value("prompt_tokens", int64_t(0)));
+}
+}  // namespace
+
 Usage CallInferenceTool::worst_case_usage(const json& args) const {
-  return token_usage(args.value("model", ""), args.value("prompt_tokens", int64_t(0)), max_tokens_of(args));
+  return token_usage(args.value("model", ""), held_prompt(args), max_tokens_of(args));
 }
 
 std::optional<Usage> CallInferenceTool::minimum_usage(const json& args) const {
-  return token_usage(args.value("model", ""), args.value("prompt_tokens", int64_t(0)),
-                     std::min(max_tokens_of(args), kMinimumOutput));
+  return token_usage(args.value("model", ""), held_prompt(args), std::min(max_tokens_of(args), kMinimumOutput));
 }
 
 int64_t CallInferenceTool::affordable_max_tokens(const credits::RateTable& rates, const std::string& model,
@@ -300,10 +347,11 @@ int64_t CallInferenceTool::affordable_max_tokens(const credits::RateTable& rates
 asio::awaitable<ToolResult> CallInferenceTool::call(const json& args, CallContext& ctx) {
   const std::string model = args["model"].get<std::string>();
   const int64_t prompt_estimate = estimate_prompt_tokens(args);
+  const int64_t prompt_held = hold_prompt_tokens(args);  // as the hold was sized
   const int64_t wanted = max_tokens_of(args);
   int64_t max_tokens = wanted;
   if (ctx.metered && deps_.rates)
-    max_tokens = affordable_max_tokens(*deps_.rates, model, prompt_estimate, wanted, ctx.held);
+    max_tokens = affordable_max_tokens(*deps_.rates, model, prompt_held, wanted, ctx.held);
   const bool capped = max_tokens < wanted;
 
   inference::ChatCall call;
@@ -361,7 +409,7 @@ asio::awaitable<ToolResult> CallInferenceTool::call(const json& args, CallContex
       completion_tokens = *g;
       counted_by = "tokenize";
     } else {
-      prompt_tokens = prompt_estimate;
+      prompt_tokens = prompt_held;
       completion_tokens = max_tokens;
       counted_by = "hold";
     }
@@ -396,6 +444,7 @@ std::variant<json, Error> EmbedTool::derive_facts(const json& args) const {
   int64_t n = estimate_prompt_tokens(args) - kPerCallTokens;
   facts["prompt_tokens"] = n;
   facts["tokens"] = n;
+  facts["prompt_tokens_bound"] = prompt_token_bound(args) - kPerCallTokens;  // what the hold takes
   if (args.contains("save_to")) {
     // Policy sees where the vectors would go, as it does for stage_data's destination.
     auto where = storage::parse_location(args["save_to"].get<std::string>());
@@ -406,7 +455,7 @@ std::variant<json, Error> EmbedTool::derive_facts(const json& args) const {
 }
 
 Usage EmbedTool::worst_case_usage(const json& args) const {
-  return token_usage(args.value("model", ""), args.value("prompt_tokens", int64_t(0)), -1);
+  return token_usage(args.value("model", ""), held_prompt(args), -1);
 }
 
 namespace {

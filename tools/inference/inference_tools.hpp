@@ -26,9 +26,14 @@ struct InferenceToolDeps {
   storage::Areas* areas = nullptr;  // embed's save_to: where vectors are written (null: no areas)
 };
 
-// The estimate the hold is made with: deliberately high for English (about 4 bytes a token)
-// and about right for scripts with multi-byte characters.
+// The prompt's size in tokens as policies and token rate limits read it (`prompt_tokens`): UTF-8
+// bytes / 3 and a little per message, high for English prose (about 4 bytes a token), about
+// right for multi-byte scripts, but a third of the truth for numbers and CSV.
 int64_t estimate_prompt_tokens(const json& args);
+// What the credit hold takes for the prompt (`prompt_tokens_bound`): one token per byte, which
+// no byte-level tokenizer exceeds (images are a flat allowance). A settle never posts more than
+// its hold, so the hold must be the worst case, not the estimate.
+int64_t prompt_token_bound(const json& args);
 
 class CallInferenceTool final : public Tool {
  public:
@@ -44,6 +49,9 @@ class CallInferenceTool final : public Tool {
                                        int64_t wanted, MicroCredits held);
 
  private:
+  // The prompt tokens the hold is made for: prompt_token_bound, at most the model's context.
+  int64_t hold_prompt_tokens(const json& args) const;
+
   int64_t max_tokens_of(const json& args) const;
   ToolDescriptor descriptor_;
   InferenceToolDeps deps_;

@@ -78,6 +78,26 @@ TEST_CASE("call_inference: argument rules and the facts policy sees") {
   CHECK(error_of(R"({"model":"m","prompt":"a","messages":[{"role":"user","content":"b"}]})") == "give messages or prompt, not both");
   CHECK(error_of(R"({"model":"m","prompt":"a","extra":{"stream":true}})") == "extra.stream is set by scigate");
   CHECK(error_of(R"({"model":"m","prompt":"a","extra":{"n":3}})") == "extra.n must be 1");
+  // Other names for the output length (llama.cpp reads n_predict before max_tokens; -1 is "no
+  // limit") and several-completion searches would make the backend do more than the hold covers.
+  CHECK_THAT(error_of(R"({"model":"m","prompt":"a","max_tokens":5,"extra":{"n_predict":300}})"),
+             Catch::Contains("extra.n_predict would set the output length"));
+  CHECK_THAT(error_of(R"({"model":"m","prompt":"a","extra":{"n_predict":-1}})"), Catch::Contains("n_predict"));
+  CHECK_THAT(error_of(R"({"model":"m","prompt":"a","extra":{"best_of":20}})"), Catch::Contains("several completions"));
+  CHECK_THAT(error_of(R"({"model":"m","prompt":"a","extra":{"max_new_tokens":900}})"), Catch::Contains("max_new_tokens"));
+  CHECK(std::holds_alternative<json>(f.chat.derive_facts(json::parse(R"({"model":"m","prompt":"a","extra":{"top_k":40,"seed":1}})"))));
+  // The hold's prompt is a bound, not the estimate: 3,000 bytes of decimals are about 3,000
+  // tokens for Llama-3 or Qwen2 tokenizers (a token never spans "0.1,"'s pieces), 3x the
+  // bytes/3 estimate policies read; a settle posts at most the hold.
+  std::string csv;
+  while (csv.size() < 3000) csv += "0." + std::to_string(csv.size() % 97) + ",";
+  json numeric = {{"model", "m"}, {"max_tokens", 1}, {"messages", {{{"role", "user"}, {"content", csv}}}}};
+  auto nf = std::get<json>(f.chat.derive_facts(numeric));
+  CHECK(nf["prompt_tokens"].get<int64_t>() < static_cast<int64_t>(csv.size()) / 2);  // the estimate
+  CHECK(nf["prompt_tokens_bound"].get<int64_t>() >= static_cast<int64_t>(csv.size()));
+  json decided_numeric = numeric;
+  decided_numeric.update(nf);
+  CHECK(f.chat.worst_case_usage(decided_numeric).lines[0].quantity >= static_cast<double>(csv.size()));
   // Worst case and minimum, as the pipeline holds them (args + facts).
   json decided = json::parse(R"({"model":"m","prompt":"a","max_tokens":500,"prompt_tokens":40})");
   Usage worst = f.chat.worst_case_usage(decided);

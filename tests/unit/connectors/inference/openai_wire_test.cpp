@@ -88,6 +88,12 @@ TEST_CASE("inference wire: usage and deltas from chunks and answers") {
   CHECK(d.has_content);
   CHECK(chunk_delta(nlohmann::json::parse(R"({"choices":[{"index":0,"delta":{"role":"assistant"}}]})")).has_content == false);
   CHECK(chunk_delta(nlohmann::json::parse(R"({"choices":[{"delta":{"tool_calls":[{"index":0}]}}]})")).has_content);
+  // Reasoning is generated output: a stream cut while the model thinks pays for the thinking.
+  auto thinking = chunk_delta(nlohmann::json::parse(R"({"choices":[{"delta":{"reasoning_content":"Let me see"}}]})"));
+  CHECK(thinking.has_content);
+  CHECK(thinking.text.empty());  // (not part of the answer's text)
+  CHECK(chunk_delta(nlohmann::json::parse(R"({"choices":[{"delta":{"reasoning":"hm"}}]})")).has_content);
+  CHECK_FALSE(chunk_delta(nlohmann::json::parse(R"({"choices":[{"delta":{"reasoning_content":""}}]})")).has_content);
   CHECK(chunk_delta(nlohmann::json::parse(R"({"choices":[],"usage":{"prompt_tokens":1}})")).text.empty());
   auto a = answer_delta(nlohmann::json::parse(R"({"choices":[{"message":{"content":"done"},"finish_reason":"stop"}]})"));
   CHECK(a.text == "done");
