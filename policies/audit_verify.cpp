@@ -389,16 +389,25 @@ AuditVerification verify_audit_export(std::istream& in, const AuditVerifyOptions
   int line_no = 0;
   std::optional<ChainVerifier> chain;
   bool to_end = false;
-  std::optional<int64_t> as_of;
+  std::optional<int64_t> as_of, log_last_seq, from_seq;
+  std::string project;  // a project export: every record must be that project's
   int64_t last_seq = 0;
   std::string details;
+  // A record of another project in a project's export: the header does not describe the
+  // records (one of them kept in place of the project's own, or the header edited to excuse gaps).
+  auto foreign = [&](const AuditRowView& r) {
+    if (project.empty() || r.project == project) return false;
+    chain->fail(r.seq, "record " + std::to_string(r.seq) + " is of project " + std::string(r.project) +
+                           ", in an export of project " + project + "'s records");
+    return true;
+  };
   while (std::getline(in, line)) {
     ++line_no;
     if (line.empty()) continue;
     if (chain) {
       // The common case: a line as exported whose hash holds; anything else takes the full parse.
       if (auto fast = ExportLineReader(line).read(); fast && audit_row_hash(*fast) == fast->hash) {
-        if (!chain->add(*fast, true)) break;
+        if (foreign(*fast) || !chain->add(*fast, true)) break;
         last_seq = fast->seq;
         continue;
       }
@@ -406,19 +415,32 @@ AuditVerification verify_audit_export(std::istream& in, const AuditVerifyOptions
     if (chain) ++v.parsed_in_full;
     json j = json::parse(line, nullptr, false);
     if (!chain) {
-      bool sparse = false;
+      bool sparse = false, from_genesis = false;
       if (j.is_object() && j.contains("scigate_audit_export")) {
         const json& h = j["scigate_audit_export"];
         if (h.is_object()) {
           sparse = h.contains("project") && h["project"].is_string() && !h["project"].get<std::string>().empty();
+          if (sparse) project = h["project"].get<std::string>();
           to_end = h.contains("to_end") && h["to_end"].is_boolean() && h["to_end"].get<bool>();
           if (h.contains("exported_at_ms") && h["exported_at_ms"].is_number_integer())
             as_of = h["exported_at_ms"].get<int64_t>();
+          if (h.contains("log_last_seq") && h["log_last_seq"].is_number_integer())
+            log_last_seq = h["log_last_seq"].get<int64_t>();
+          if (h.contains("from_seq") && h["from_seq"].is_number_integer()) from_seq = h["from_seq"].get<int64_t>();
+          // A whole log's export (no --since, no --project) starts at record 1: records cut from
+          // its front are missing, not "where the export starts".
+          from_genesis = !sparse && !h.contains("since");
           if (sparse)
-            v.notes.push_back("the export holds only project " + h["project"].get<std::string>() +
-                              "'s records, so it has gaps by design");
+            v.notes.push_back("the export holds only project " + project + "'s records, so it has gaps by design");
+          if (h.contains("since"))
+            v.notes.push_back("the export starts at --since (the export's header says so; the header is not signed)");
         }
-        chain.emplace(v, std::move(checkpoints), false, sparse);
+        // Checkpoints below the selection's first record say nothing about what it holds.
+        if (from_seq)
+          checkpoints.erase(std::remove_if(checkpoints.begin(), checkpoints.end(),
+                                           [&](const Checkpoint& c) { return c.seq < *from_seq; }),
+                            checkpoints.end());
+        chain.emplace(v, std::move(checkpoints), from_genesis, sparse);
         continue;
       }
       v.notes.push_back("the export has no header line: it is taken to be one run of records that may end early");
@@ -451,12 +473,19 @@ AuditVerification verify_audit_export(std::istream& in, const AuditVerifyOptions
     r.details = details;
     r.prev_hash = j["prev_hash"].get_ref<const std::string&>();
     r.hash = j["hash"].get_ref<const std::string&>();
-    if (!chain->add(r)) break;
+    if (foreign(r) || !chain->add(r)) break;
     last_seq = r.seq;
   }
   if (!chain) {
     chain.emplace(v, std::move(checkpoints), false, false);
     v.notes.push_back("the export holds no records");
+  }
+  // A whole run to the end of the log ends at the record the header says the log ended at.
+  if (to_end && project.empty() && log_last_seq && !chain->broken() && last_seq < *log_last_seq &&
+      (!from_seq || *from_seq <= *log_last_seq)) {
+    v.truncated = true;
+    chain->fail(last_seq + 1, "records after seq " + std::to_string(last_seq) + " were removed: the export's header says "
+                                  "the log ended at seq " + std::to_string(*log_last_seq) + " when it was exported");
   }
   chain->finish(to_end, as_of);
   return v;

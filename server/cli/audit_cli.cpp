@@ -149,6 +149,7 @@ int cmd_export(const std::vector<std::string>& a) {
     int64_t since = time_arg(args, "since", now);
     header["since"] = audit::format_time(since);
     f.from_seq = reader.first_seq_since(since).value_or(last + 1);
+    header["from_seq"] = *f.from_seq;
   }
   if (!args.opt("until").empty()) {
     int64_t until = time_arg(args, "until", now);

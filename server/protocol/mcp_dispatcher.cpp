@@ -310,7 +310,8 @@ asio::awaitable<Outbound> Dispatcher::tools_call(Inbound& in, const std::string&
       as_task = requested && support != TaskSupport::kForbidden;
       if (as_task)
         if (auto ttl_it = t->find("ttl"); ttl_it != t->end() && ttl_it->is_number() && ttl_it->get<double>() >= 0)
-          ttl = static_cast<int64_t>(ttl_it->get<double>());
+          // Clamped as a double: a cast of 1e19 is undefined (INT64_MIN on x86-64, then 1 s).
+          ttl = static_cast<int64_t>(std::min(ttl_it->get<double>(), 9.0e15));
     }
     if (as_task) {
       json token = meta.contains("progressToken") ? meta["progressToken"] : json();

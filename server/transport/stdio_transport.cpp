@@ -192,9 +192,9 @@ void run_stdio(asio::io_context& io, mcp::Dispatcher& dispatcher, const Principa
     if (!discarding) {
       pending.append(buf + start, static_cast<std::size_t>(n) - start);
       if (pending.size() > options.max_message_bytes) {
-        writer.write(jsonrpc::make_error(nullptr, jsonrpc::kInvalidRequest,
-                                         "message exceeds the limit of " + std::to_string(options.max_message_bytes) +
-                                             " bytes"));
+        const std::string why = "message exceeds the limit of " + std::to_string(options.max_message_bytes) + " bytes";
+        audit_refusal(jsonrpc::kInvalidRequest, why, "", "");  // (as HTTP's 413 is)
+        writer.write(jsonrpc::make_error(nullptr, jsonrpc::kInvalidRequest, why));
         pending.clear();
         pending.shrink_to_fit();
         discarding = true;

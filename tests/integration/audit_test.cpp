@@ -417,13 +417,16 @@ TEST_CASE("audit edge: every refused request leaves exactly one record with a cl
 }
 
 TEST_CASE("audit edge: malformed stdio lines are recorded too") {
-  ServerProcess s("", false);
+  ServerProcess s("[limits]\nmax_message_bytes = 4096\n", false);
   std::string input = "this is not json\n" + modern_request(1, "nope/nope").dump() + "\n" +
-                      modern_request(2, "tools/call", {{"name", "echo"}, {"arguments", {{"text", "fine"}}}}).dump() + "\n";
+                      modern_request(2, "tools/call", {{"name", "echo"}, {"arguments", {{"text", "fine"}}}}).dump() + "\n" +
+                      // Over the line limit (as HTTP's 413 is audited).
+                      modern_request(3, "tools/call", {{"name", "echo"}, {"arguments", {{"text", std::string(5000, 'x')}}}}).dump() +
+                      "\n";
   std::string out;
   REQUIRE(run_command({binary(), "serve", "--config", s.config_path(), "--stdio"}, &out, input) == 0);
   auto records = export_records(s);
-  REQUIRE(records.size() == 3);
+  REQUIRE(records.size() == 4);
   std::map<std::string, json> by_outcome;
   int invalid = 0;
   for (auto& r : records) {
@@ -433,7 +436,11 @@ TEST_CASE("audit edge: malformed stdio lines are recorded too") {
       CHECK(r["details"]["transport"] == "stdio");
     }
   }
-  CHECK(invalid == 2);
+  CHECK(invalid == 3);
+  int over_limit = 0;
+  for (auto& r : records)
+    if (r["details"].value("reason", "").find("exceeds the limit of 4096 bytes") != std::string::npos) ++over_limit;
+  CHECK(over_limit == 1);
 }
 
 TEST_CASE("audit crash: after SIGKILL at random points, verify passes and no acknowledged call is missing") {

@@ -399,6 +399,41 @@ TEST_CASE("audit log: a checkpoint at a clean stop, by count and by time") {
   CHECK((perms & (fs::perms::group_all | fs::perms::others_all)) == fs::perms::none);
 }
 
+TEST_CASE("audit log: a forged or foreign last checkpoint line does not stop the server checkpointing") {
+  TempDir t;
+  write_log(t, 6);  // checkpoints at 5 and at the stop (6)
+  // Appended by someone who can write the file but has no key: far beyond the log.
+  {
+    std::ofstream f(t.checkpoints(), std::ios::app);
+    f << R"({"hash":"00","key_id":"ffffffffffffffff","seq":1000000000000,"sig":"AA==","time_ms":1,)"
+         R"("type":"scigate.audit.checkpoint.v1"})"
+      << "\n";
+  }
+  AuditLogOptions o;
+  o.also_log = false;
+  o.signing_key = t.key();
+  o.checkpoint_file = t.checkpoints();
+  o.checkpoint_every_records = 5;
+  o.checkpoint_every = std::chrono::seconds(0);
+  {
+    SqliteAuditLog log(t.db(), o);
+    for (int i = 7; i <= 12; ++i) {
+      log.append(record(i));
+      log.flush();
+    }
+  }
+  // Records 7..12 are checkpointed (at 11 by count, at 12 at the stop), with this server's key.
+  auto cps = audit::read_checkpoints(t.checkpoints());
+  REQUIRE_FALSE(cps.checkpoints.empty());
+  CHECK(cps.checkpoints.back().seq == 12);
+  auto key = audit::SigningKey::load(t.key());
+  CHECK(audit::checkpoint_signature_ok(key, cps.checkpoints.back()));
+  // verify still reports the forged line.
+  state::Database db(t.db());
+  auto v = verify_audit_log(db, with_checkpoints(t));
+  CHECK_FALSE(v.ok);
+}
+
 TEST_CASE("audit export: verifies offline, a tampered line is found, key order does not matter") {
   TempDir t;
   write_log(t);
@@ -407,8 +442,13 @@ TEST_CASE("audit export: verifies offline, a tampered line is found, key order d
     std::string out;
     nlohmann::json header = {{"version", 1}, {"to_end", to_end}, {"exported_at_ms", audit::now_ms()}};
     if (!project.empty()) header["project"] = project;
-    out += canonical::dump(nlohmann::json{{"scigate_audit_export", header}}) + "\n";
     audit::AuditReader reader(t.db());
+    header["log_last_seq"] = reader.last_seq();
+    if (f.from_seq) {  // (the CLI's --since)
+      header["since"] = "2026-01-01T00:00:00Z";
+      header["from_seq"] = *f.from_seq;
+    }
+    out += canonical::dump(nlohmann::json{{"scigate_audit_export", header}}) + "\n";
     reader.scan(f, [&](const AuditRowView& r) {
       out += audit_export_line(r) + "\n";
       return true;
@@ -509,6 +549,41 @@ TEST_CASE("audit export: verifies offline, a tampered line is found, key order d
     CHECK(v.records == 10);
     CHECK_FALSE(v.contiguous);
     CHECK(contains(describe(v), "links between records that are not adjacent cannot be verified"));
+  }
+  SECTION("a whole export with its oldest records cut off is broken, not 'a run that starts later'") {
+    auto lines = lines_of(full);
+    lines.erase(lines.begin() + 1, lines.begin() + 8);  // records 1..7
+    auto v = verify(join(lines));
+    CHECK_FALSE(v.ok);
+    CHECK(v.first_bad_seq == 1);
+    CHECK(contains(v.detail, "missing"));
+  }
+  SECTION("a whole export with its newest records cut off is broken, checkpoints or not") {
+    auto lines = lines_of(full);
+    lines.resize(lines.size() - 3);  // records 18..20 (no checkpoint beyond 15 covers them)
+    auto v = verify(join(lines));
+    CHECK_FALSE(v.ok);
+    CHECK(v.first_bad_seq == 18);
+    CHECK(contains(v.detail, "the log ended at seq 20"));
+  }
+  SECTION("a project's export holds only that project's records") {
+    audit::EventFilter f;
+    f.projects = std::vector<std::string>{"demo"};
+    auto lines = lines_of(export_log(f, true, "demo"));
+    // Another project's record kept among them (its line verifies on its own).
+    auto other = lines_of(full)[2];  // record 2, project "other"
+    lines.insert(lines.begin() + 2, other);
+    auto v = verify(join(lines));
+    CHECK_FALSE(v.ok);
+    CHECK(v.first_bad_seq == 2);
+    CHECK(contains(v.detail, "is of project other"));
+  }
+  SECTION("an export --since that selects nothing is not taken for a truncated log") {
+    audit::EventFilter f;
+    f.from_seq = 21;  // past the last record: nothing selected
+    auto v = verify(export_log(f, true, ""));
+    CHECK(v.ok);
+    CHECK(v.records == 0);
   }
   SECTION("a partial export by seq range verifies as a chain") {
     audit::EventFilter f;
