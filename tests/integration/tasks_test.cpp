@@ -230,6 +230,12 @@ TEST_CASE("tasks 2025-11-25: params.task, tasks/list, tasks/result and the tool-
   CHECK(s.call(11, "tasks/result", {{"taskId", id2}})["error"]["code"] == -32602);
   CHECK(call_tool(c, js.s.user_key(), "cancel_job", {{"job_id", long_job["job_id"]}})["isError"] == false);
 
+  // A TTL too large to be an integer gets the most the server allows (7 days), not 1 s.
+  auto huge = s.call(12, "tools/call",
+                     {{"name", "wait_job"}, {"arguments", {{"job_id", job["job_id"]}}}, {"task", {{"ttl", 1e19}}}});
+  INFO(huge.dump());
+  CHECK(huge["result"]["task"]["ttl"] == 7 * 86400 * 1000LL);
+
   // Another principal's session sees none of these.
   Session bob(c, js.bob_key);
   CHECK(bob.call(2, "tasks/list", json::object())["result"]["tasks"].empty());
