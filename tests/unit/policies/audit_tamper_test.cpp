@@ -54,8 +54,8 @@ AuditRecord record(int i) {
   return r;
 }
 
-// 20 records with a checkpoint every 5.
-void write_log(const TempDir& t, int n = 20, bool checkpoints = true) {
+// Records first..n (20 from an empty log) with a checkpoint every 5.
+void write_log(const TempDir& t, int n = 20, bool checkpoints = true, int first = 1) {
   AuditLogOptions o;
   o.also_log = false;
   if (checkpoints) {
@@ -65,7 +65,7 @@ void write_log(const TempDir& t, int n = 20, bool checkpoints = true) {
   o.checkpoint_every_records = 5;
   o.checkpoint_every = std::chrono::seconds(0);
   SqliteAuditLog log(t.db(), o);
-  for (int i = 1; i <= n; ++i) {
+  for (int i = first; i <= n; ++i) {
     log.append(record(i));
     log.flush();  // one batch per record, so that checkpoints fall every 5
   }
@@ -409,19 +409,7 @@ TEST_CASE("audit log: a forged or foreign last checkpoint line does not stop the
          R"("type":"scigate.audit.checkpoint.v1"})"
       << "\n";
   }
-  AuditLogOptions o;
-  o.also_log = false;
-  o.signing_key = t.key();
-  o.checkpoint_file = t.checkpoints();
-  o.checkpoint_every_records = 5;
-  o.checkpoint_every = std::chrono::seconds(0);
-  {
-    SqliteAuditLog log(t.db(), o);
-    for (int i = 7; i <= 12; ++i) {
-      log.append(record(i));
-      log.flush();
-    }
-  }
+  write_log(t, 12, true, 7);
   // Records 7..12 are checkpointed (at 11 by count, at 12 at the stop), with this server's key.
   auto cps = audit::read_checkpoints(t.checkpoints());
   REQUIRE_FALSE(cps.checkpoints.empty());
