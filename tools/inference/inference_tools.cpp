@@ -303,15 +303,15 @@ std::variant<json, Error> CallInferenceTool::derive_facts(const json& args) cons
   int64_t prompt = estimate_prompt_tokens(args);
   facts["prompt_tokens"] = prompt;
   facts["tokens"] = prompt + max_tokens_of(args);
-  facts["prompt_tokens_bound"] = hold_prompt_tokens(args);
+  facts["prompt_tokens_bound"] = hold_prompt_tokens(args, prompt);
   return facts;
 }
 
-int64_t CallInferenceTool::hold_prompt_tokens(const json& args) const {
+int64_t CallInferenceTool::hold_prompt_tokens(const json& args, int64_t estimate) const {
   int64_t bound = prompt_token_bound(args);
   // No prompt longer than the model's context gets through the backend.
   if (auto len = deps_.service.max_model_len(args.value("model", "")); len && *len > 0) bound = std::min(bound, *len);
-  return std::max(bound, estimate_prompt_tokens(args));
+  return std::max(bound, estimate);
 }
 
 namespace {
@@ -347,7 +347,7 @@ int64_t CallInferenceTool::affordable_max_tokens(const credits::RateTable& rates
 asio::awaitable<ToolResult> CallInferenceTool::call(const json& args, CallContext& ctx) {
   const std::string model = args["model"].get<std::string>();
   const int64_t prompt_estimate = estimate_prompt_tokens(args);
-  const int64_t prompt_held = hold_prompt_tokens(args);  // as the hold was sized
+  const int64_t prompt_held = hold_prompt_tokens(args, prompt_estimate);  // as the hold was sized
   const int64_t wanted = max_tokens_of(args);
   int64_t max_tokens = wanted;
   if (ctx.metered && deps_.rates)

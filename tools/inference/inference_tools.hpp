@@ -49,8 +49,9 @@ class CallInferenceTool final : public Tool {
                                        int64_t wanted, MicroCredits held);
 
  private:
-  // The prompt tokens the hold is made for: prompt_token_bound, at most the model's context.
-  int64_t hold_prompt_tokens(const json& args) const;
+  // The prompt tokens the hold is made for: prompt_token_bound, at most the model's context,
+  // never below `estimate` (estimate_prompt_tokens of the same arguments, already computed).
+  int64_t hold_prompt_tokens(const json& args, int64_t estimate) const;
 
   int64_t max_tokens_of(const json& args) const;
   ToolDescriptor descriptor_;
