@@ -22,6 +22,24 @@ using tasks::TaskRecord;
 
 namespace {
 
+// tasks/list's cursor: "<created_ms>.<task id>" of the last task of the previous page.
+std::optional<tasks::TaskManager::PageKey> parse_task_cursor(const json& c) {
+  if (!c.is_string()) return std::nullopt;
+  const std::string& s = c.get_ref<const std::string&>();
+  const auto dot = s.find('.');
+  if (dot == std::string::npos || dot == 0 || dot > 16) return std::nullopt;
+  const std::string ms = s.substr(0, dot), id = s.substr(dot + 1);
+  if (ms.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+  if (id.size() != 34 || id.compare(0, 2, "t-") != 0 || id.find_first_not_of("0123456789abcdef", 2) != std::string::npos)
+    return std::nullopt;
+  return tasks::TaskManager::PageKey{std::stoll(ms), id};
+}
+
+json next_task_cursor(const std::vector<TaskRecord>& page, bool more) {
+  if (!more || page.empty()) return nullptr;
+  return std::to_string(page.back().created_ms) + "." + page.back().id;
+}
+
 // Not built inside coroutines: GCC 12 miscompiles brace-initialised json there.
 
 json task_wire(const TaskRecord& r, bool modern, int64_t poll_ms) {
@@ -187,19 +205,16 @@ asio::awaitable<Outbound> Dispatcher::tasks_request(Inbound& in, bool modern) {
   };
 
   if (msg.method == "tasks/list") {
-    std::size_t offset = 0;
+    std::optional<tasks::TaskManager::PageKey> after;
     if (msg.params.is_object() && msg.params.contains("cursor")) {
-      const json& c = msg.params["cursor"];
-      if (!c.is_string() || c.get<std::string>().empty() ||
-          c.get<std::string>().find_first_not_of("0123456789") != std::string::npos || c.get<std::string>().size() > 9)
-        co_return bad("invalid cursor: pass back nextCursor unchanged");
-      offset = std::stoul(c.get<std::string>());
+      after = parse_task_cursor(msg.params["cursor"]);
+      if (!after) co_return bad("invalid cursor: pass back nextCursor unchanged");
     }
     bool more = false;
-    auto page = tasks_->list(owner, offset, page_size, &more);
+    auto page = tasks_->list(owner, after, page_size, &more);
     json r = json::object();
     r["tasks"] = task_list(page, poll_ms);
-    if (more) r["nextCursor"] = std::to_string(offset + page.size());
+    if (json next = next_task_cursor(page, more); !next.is_null()) r["nextCursor"] = std::move(next);
     co_return Outbound{jsonrpc::make_result(msg.id, std::move(r)), 200};
   }
 

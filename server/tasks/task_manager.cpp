@@ -288,22 +288,30 @@ std::optional<TaskRecord> TaskManager::get(const std::string& owner, const std::
   return it->second.record;
 }
 
-std::vector<TaskRecord> TaskManager::list(const std::string& owner, std::size_t offset, std::size_t limit, bool* more) {
-  std::vector<TaskRecord> mine;
-  {
-    std::lock_guard g(mutex_);
-    int64_t now = unix_now_ms();
-    for (const auto& [id, e] : tasks_)
-      if (visible_locked(e, owner, now)) mine.push_back(e.record);
-  }
-  std::sort(mine.begin(), mine.end(), [](const TaskRecord& a, const TaskRecord& b) {
-    return a.created_ms != b.created_ms ? a.created_ms > b.created_ms : a.id < b.id;
-  });
-  if (more) *more = mine.size() > offset + limit;
-  if (offset >= mine.size()) return {};
-  auto first = mine.begin() + static_cast<std::ptrdiff_t>(offset);
-  auto last = mine.begin() + static_cast<std::ptrdiff_t>(std::min(mine.size(), offset + limit));
-  return std::vector<TaskRecord>(first, last);
+std::vector<TaskRecord> TaskManager::list(const std::string& owner, const std::optional<PageKey>& after,
+                                          std::size_t limit, bool* more) {
+  // Newest first, ties by id: the order the keys of every page follow.
+  auto before = [](int64_t ca, const std::string& ia, int64_t cb, const std::string& ib) {
+    return ca != cb ? ca > cb : ia < ib;
+  };
+  std::vector<TaskRecord> page;
+  std::lock_guard g(mutex_);
+  const int64_t now = unix_now_ms();
+  std::vector<const TaskRecord*> mine;
+  for (const auto& [id, e] : tasks_)
+    if (visible_locked(e, owner, now) &&
+        (!after || before(after->created_ms, after->id, e.record.created_ms, e.record.id)))
+      mine.push_back(&e.record);
+  auto order = [&](const TaskRecord* a, const TaskRecord* b) {
+    return before(a->created_ms, a->id, b->created_ms, b->id);
+  };
+  // Only the page is sorted and copied (records carry their results).
+  const std::size_t n = std::min(mine.size(), limit);
+  std::partial_sort(mine.begin(), mine.begin() + static_cast<std::ptrdiff_t>(n), mine.end(), order);
+  if (more) *more = mine.size() > n;
+  page.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) page.push_back(*mine[i]);
+  return page;
 }
 
 asio::awaitable<std::optional<TaskRecord>> TaskManager::wait(std::string owner, std::string id,

@@ -91,8 +91,15 @@ class TaskManager {
                                                                 Listener listener);
 
   std::optional<TaskRecord> get(const std::string& owner, const std::string& id);
-  // The owner's tasks, newest first.
-  std::vector<TaskRecord> list(const std::string& owner, std::size_t offset, std::size_t limit, bool* more);
+  // Where a tasks/list page ends: the last task it showed. The next page starts strictly after
+  // it, so tasks created or expired between calls never make a page repeat or skip one.
+  struct PageKey {
+    int64_t created_ms = 0;
+    std::string id;
+  };
+  // The owner's tasks, newest first (ties by id), from just after `after` (or the newest).
+  std::vector<TaskRecord> list(const std::string& owner, const std::optional<PageKey>& after, std::size_t limit,
+                               bool* more);
   // Waits until the task is terminal (tasks/result). nullopt: unknown, or `abandon` was set.
   boost::asio::awaitable<std::optional<TaskRecord>> wait(std::string owner, std::string id,
                                                          std::shared_ptr<CancellationFlag> abandon);

@@ -13,6 +13,7 @@
 
 #include <filesystem>
 #include <future>
+#include <set>
 #include <thread>
 
 #include "tests/support/eventually.hpp"
@@ -149,13 +150,50 @@ TEST_CASE("a task is visible to its owner only") {
   TaskRecord rec = create_ok(f, m, "alice", gated(gate, "x"));
   CHECK_FALSE(m.get("mallory", rec.id));
   bool more = true;
-  CHECK(m.list("mallory", 0, 10, &more).empty());
-  CHECK(m.list("alice", 0, 10, &more).size() == 1);
+  CHECK(m.list("mallory", std::nullopt, 10, &more).empty());
+  CHECK(m.list("alice", std::nullopt, 10, &more).size() == 1);
   CHECK_FALSE(more);
   auto c = f.run(m.cancel("mallory", rec.id));
   REQUIRE(std::holds_alternative<Error>(c));
   CHECK(std::get<Error>(c).code == ErrorCode::kNotFound);
   CHECK(m.get("alice", rec.id)->status == Status::kWorking);  // untouched
+  gate->release = true;
+  REQUIRE(eventually([&] { return m.running() == 0; }));
+  m.join();
+}
+
+TEST_CASE("tasks/list pages continue after the last task shown, whatever was created between pages") {
+  Fixture f;
+  TaskManager m(TasksConfig{}, f.db);
+  m.recover();
+  auto gate = std::make_shared<Gate>();
+  std::set<std::string> created;
+  for (int i = 0; i < 5; ++i) created.insert(create_ok(f, m, "alice", gated(gate, "x")).id);
+  bool more = false;
+  auto first = m.list("alice", std::nullopt, 2, &more);
+  REQUIRE(first.size() == 2);
+  CHECK(more);
+  // Newer tasks arrive between pages: an offset cursor would show first[1] again on page two.
+  // (2 ms later, so they do not share a created_ms with the first five and sort after the cursor.)
+  std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  for (int i = 0; i < 3; ++i) create_ok(f, m, "alice", gated(gate, "y"));
+  std::vector<std::string> seen = {first[0].id, first[1].id};
+  std::optional<TaskManager::PageKey> after = TaskManager::PageKey{first.back().created_ms, first.back().id};
+  while (more) {
+    auto page = m.list("alice", after, 2, &more);
+    REQUIRE(!page.empty());
+    for (const auto& r : page) seen.push_back(r.id);
+    after = TaskManager::PageKey{page.back().created_ms, page.back().id};
+  }
+  // Every task of the first five shown exactly once, in the order of the first page's sort.
+  std::set<std::string> unique(seen.begin(), seen.end());
+  CHECK(unique.size() == seen.size());
+  for (const auto& id : created) CHECK(unique.count(id) == 1);
+  CHECK(seen.size() == 5);  // the three newer ones sort before the cursor: the next first page shows them
+  for (std::size_t i = 1; i < seen.size(); ++i) {
+    auto a = *m.get("alice", seen[i - 1]), b = *m.get("alice", seen[i]);
+    CHECK((a.created_ms > b.created_ms || (a.created_ms == b.created_ms && a.id < b.id)));
+  }
   gate->release = true;
   REQUIRE(eventually([&] { return m.running() == 0; }));
   m.join();
