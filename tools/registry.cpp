@@ -11,12 +11,68 @@
 
 namespace scigate {
 
+namespace {
+
+// libstdc++'s std::regex (valijson's engine for `pattern` and `format`) recurses once per
+// repeated character: "[0-9]+" over 30,000 digits overflows an I/O thread's stack and kills the
+// server. So every string schema with a pattern or format must bound its length, and the pattern
+// only runs on strings within that bound: {"pattern": P, "maxLength": M} is compiled as
+// {"maxLength": M, "if": {"maxLength": M}, "then": {"pattern": P}} (valijson reports every
+// failing keyword, so a plain pattern would still run on a string maxLength refused).
+constexpr std::size_t kMaxPatternSubject = 4096;
+
+void guard_patterns(json& node, const std::string& where);
+
+void guard_each(json& map_of_schemas, const std::string& where) {
+  if (!map_of_schemas.is_object()) return;
+  for (auto& [k, sub] : map_of_schemas.items()) guard_patterns(sub, where + "." + k);
+}
+
+void guard_patterns(json& node, const std::string& where) {
+  if (!node.is_object()) return;
+  if (node.contains("patternProperties") || node.contains("propertyNames"))
+    throw std::invalid_argument(where + ": patternProperties/propertyNames would run regexes on unbounded client keys");
+  for (const char* k : {"properties", "definitions", "$defs"})
+    if (auto it = node.find(k); it != node.end()) guard_each(*it, where + "." + k);
+  for (const char* k : {"items", "additionalItems", "additionalProperties", "contains", "not", "if", "then", "else"})
+    if (auto it = node.find(k); it != node.end()) {
+      if (it->is_array())
+        for (std::size_t i = 0; i < it->size(); ++i) guard_patterns((*it)[i], where + "." + k + "[" + std::to_string(i) + "]");
+      else
+        guard_patterns(*it, where + "." + k);
+    }
+  for (const char* k : {"allOf", "anyOf", "oneOf"})
+    if (auto it = node.find(k); it != node.end() && it->is_array())
+      for (std::size_t i = 0; i < it->size(); ++i) guard_patterns((*it)[i], where + "." + k + "[" + std::to_string(i) + "]");
+
+  json regex_keywords = json::object();
+  for (const char* k : {"pattern", "format"})
+    if (auto it = node.find(k); it != node.end() && it->is_string()) regex_keywords[k] = *it;
+  if (regex_keywords.empty()) return;
+  auto max = node.find("maxLength");
+  if (max == node.end() || !max->is_number_unsigned() || max->get<std::size_t>() > kMaxPatternSubject)
+    throw std::invalid_argument(where + ": a pattern or format needs a maxLength of at most " +
+                                std::to_string(kMaxPatternSubject) + " (std::regex recurses per character)");
+  if (node.contains("if")) throw std::invalid_argument(where + ": pattern together with if/then is not supported");
+  for (auto& [k, v] : regex_keywords.items()) node.erase(k);
+  node["if"] = json{{"maxLength", *max}};
+  node["then"] = std::move(regex_keywords);
+}
+
+json guarded(json schema, const std::string& where) {
+  guard_patterns(schema, where);
+  return schema;
+}
+
+}  // namespace
+
 // valijson's compiled form of one schema. Validation only reads it, so it can be shared.
 class CompiledSchema {
  public:
-  explicit CompiledSchema(const json& schema) {
+  CompiledSchema(const json& schema, const std::string& where) {
+    const json source = guarded(schema, where);
     valijson::SchemaParser parser(valijson::SchemaParser::kDraft7);
-    valijson::adapters::NlohmannJsonAdapter adapter(schema);
+    valijson::adapters::NlohmannJsonAdapter adapter(source);
     parser.populateSchema(adapter, schema_);
   }
   // nullopt when valid; otherwise "<path>: <problem>" for the first problem found.
@@ -71,8 +127,8 @@ void ToolRegistry::add(std::unique_ptr<Tool> tool) {
   if (!d.output_schema.is_null() && d.output_schema.value("type", "") != "object")
     throw std::invalid_argument("outputSchema of " + d.name + " must be an object schema");
   Entry e;
-  e.input = std::make_unique<CompiledSchema>(d.input_schema);
-  if (!d.output_schema.is_null()) e.output = std::make_unique<CompiledSchema>(d.output_schema);
+  e.input = std::make_unique<CompiledSchema>(d.input_schema, d.name + " inputSchema");
+  if (!d.output_schema.is_null()) e.output = std::make_unique<CompiledSchema>(d.output_schema, d.name + " outputSchema");
   e.tool = std::move(tool);
   entries_.emplace(d.name, std::move(e));
   ordered_.clear();

@@ -19,7 +19,7 @@ namespace {
 
 double credits_number(MicroCredits micro) { return static_cast<double>(micro) / 1e6; }
 
-json transfer_id_schema() { return json::parse(R"({"type": "string", "pattern": "^x-[0-9a-f]{12}$"})"); }
+json transfer_id_schema() { return json::parse(R"({"type": "string", "maxLength": 14, "pattern": "^x-[0-9a-f]{12}$"})"); }
 
 const char* kTransferOutputSchema = R"({
   "type": "object",
@@ -154,7 +154,7 @@ StageDataTool::StageDataTool(storage::TransferService& transfers) : transfers_(t
                   "description": "globs; without '/' they match names, with '/' paths relative to the source"},
       "exclude": {"type": "array", "maxItems": 64, "items": {"type": "string", "minLength": 1, "maxLength": 256}},
       "overwrite": {"type": "string", "enum": ["never", "always", "skip"], "default": "never"},
-      "sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+      "sha256": {"type": "string", "maxLength": 64, "pattern": "^[0-9a-fA-F]{64}$"},
       "wait_s": {"type": "number", "minimum": 0, "maximum": 86400}
     },
     "required": ["source", "destination"]})json");
@@ -276,7 +276,7 @@ ListTransfersTool::ListTransfersTool(storage::TransferService& transfers) : tran
     "properties": {
       "state": {"type": "string", "enum": ["QUEUED", "ACTIVE", "COMPLETED", "FAILED", "CANCELED"]},
       "limit": {"type": "integer", "minimum": 1, "maximum": 200},
-      "cursor": {"type": "string", "pattern": "^[0-9]{1,16}[.]x-[0-9a-f]{12}$"}
+      "cursor": {"type": "string", "maxLength": 31, "pattern": "^[0-9]{1,16}[.]x-[0-9a-f]{12}$"}
     }})");
   descriptor_.output_schema = json::parse(R"({"type": "object", "properties": {
       "transfers": {"type": "array"}, "next_cursor": {"type": ["string", "null"]}}, "required": ["transfers"]})");

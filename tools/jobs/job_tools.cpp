@@ -38,7 +38,7 @@ ToolAnnotations read_only() {
   return ToolAnnotations{.read_only = true, .destructive = false, .idempotent = true, .open_world = false};
 }
 
-json job_id_schema() { return json::parse(R"({"type": "string", "pattern": "^j-[0-9a-f]{12}$"})"); }
+json job_id_schema() { return json::parse(R"({"type": "string", "maxLength": 14, "pattern": "^j-[0-9a-f]{12}$"})"); }
 
 json schema_with_job_id(const char* extra_properties, const char* required) {
   json s = json::parse(std::string(R"({"type":"object","additionalProperties":false,"properties":)") + extra_properties +
@@ -51,7 +51,7 @@ const char* kSubmitSchema = R"json({
   "type": "object",
   "additionalProperties": false,
   "properties": {
-    "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$",
+    "name": {"type": "string", "maxLength": 128, "pattern": "^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$",
              "description": "a label for people and list_jobs filters"},
     "script": {"type": "string", "minLength": 1, "maxLength": 1048576,
                "description": "a bash script (the #! line is optional)"},
@@ -66,21 +66,21 @@ const char* kSubmitSchema = R"json({
         "tasks": {"type": "integer", "minimum": 1, "maximum": 10000000, "default": 1},
         "cpus_per_task": {"type": "integer", "minimum": 1, "maximum": 4096, "default": 1},
         "gpus": {"type": "integer", "minimum": 0, "maximum": 64, "default": 0, "description": "per node"},
-        "gpu_type": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
-        "memory": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)? ?[KMGTkmgt](i?[Bb])?$",
+        "gpu_type": {"type": "string", "maxLength": 64, "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+        "memory": {"type": "string", "maxLength": 32, "pattern": "^[0-9]+(\\.[0-9]+)? ?[KMGTkmgt](i?[Bb])?$",
                    "description": "per node, with its unit: \"4G\", \"512M\", \"1.5TiB\" (a bare number is refused: policies read numbers as bytes, Slurm as MB)"},
-        "walltime": {"type": "string", "pattern": "^([0-9]{1,3}-)?[0-9]{1,4}(:[0-9]{1,2}){0,2}$", "default": "01:00:00",
+        "walltime": {"type": "string", "maxLength": 16, "pattern": "^([0-9]{1,3}-)?[0-9]{1,4}(:[0-9]{1,2}){0,2}$", "default": "01:00:00",
                      "description": "\"HH:MM:SS\" or \"D-HH:MM:SS\" (default 01:00:00)"}
       }
     },
-    "partition": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
-    "account": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+    "partition": {"type": "string", "maxLength": 64, "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+    "account": {"type": "string", "maxLength": 64, "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
     "environment": {"type": "object", "maxProperties": 256,
                     "additionalProperties": {"type": "string", "maxLength": 65536}},
     "working_directory": {"type": "string", "maxLength": 1024,
                           "description": "relative to the project's job area; default: the job's own directory"},
-    "site": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
-    "after_ok": {"type": "array", "maxItems": 64, "items": {"type": "string", "pattern": "^j-[0-9a-f]{12}$"},
+    "site": {"type": "string", "maxLength": 64, "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+    "after_ok": {"type": "array", "maxItems": 64, "items": {"type": "string", "maxLength": 14, "pattern": "^j-[0-9a-f]{12}$"},
                  "description": "start only after these jobs completed successfully"}
   },
   "oneOf": [{"required": ["script"]}, {"required": ["executable"]}]
@@ -335,7 +335,7 @@ ListJobsTool::ListJobsTool(jobs::JobService& jobs) : jobs_(jobs) {
       "name": {"type": "string", "maxLength": 128},
       "site": {"type": "string", "maxLength": 64},
       "limit": {"type": "integer", "minimum": 1, "maximum": 200},
-      "cursor": {"type": "string", "pattern": "^[0-9]{1,16}[.]j-[0-9a-f]{12}$"}
+      "cursor": {"type": "string", "maxLength": 31, "pattern": "^[0-9]{1,16}[.]j-[0-9a-f]{12}$"}
     }})");
   descriptor_.output_schema = json::parse(R"({"type": "object", "properties": {
       "jobs": {"type": "array"}, "next_cursor": {"type": ["string", "null"]}}, "required": ["jobs"]})");

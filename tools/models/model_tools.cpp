@@ -22,7 +22,7 @@ const char* kQuerySchema = R"json({
     "text": {"type": "string", "minLength": 1, "maxLength": 200,
              "description": "words to search for in model ids, names, families, tasks and descriptions (all must match; prefixes count)"},
     "modality": {"type": "string", "enum": ["text", "vision", "ocr", "embedding", "speech"]},
-    "task": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,63}$", "description": "e.g. chat, tool-use, ocr, embedding, transcription"},
+    "task": {"type": "string", "maxLength": 64, "pattern": "^[a-z0-9][a-z0-9-]{0,63}$", "description": "e.g. chat, tool-use, ocr, embedding, transcription"},
     "license": {"type": "string", "maxLength": 64, "description": "e.g. apache-2.0, mit, llama3.1 (case-insensitive)"},
     "family": {"type": "string", "maxLength": 128},
     "min_parameters": {"type": "integer", "minimum": 0, "description": "parameter count, e.g. 1000000000 for 1B"},
@@ -30,7 +30,7 @@ const char* kQuerySchema = R"json({
     "min_context": {"type": "integer", "minimum": 0, "description": "context length in tokens"},
     "served_now": {"type": "boolean", "default": false, "description": "only models a backend serves now"},
     "limit": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
-    "cursor": {"type": "string", "pattern": "^[0-9]{1,9}[.][0-9a-f]{8}$",
+    "cursor": {"type": "string", "maxLength": 18, "pattern": "^[0-9]{1,9}[.][0-9a-f]{8}$",
                "description": "next_cursor of the previous page (same filters)"}
   }
 })json";
@@ -49,7 +49,7 @@ const char* kGetSchema = R"json({
   "type": "object",
   "additionalProperties": false,
   "properties": {
-    "model": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$",
+    "model": {"type": "string", "maxLength": 128, "pattern": "^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$",
               "description": "a model id from query_model_registry"}
   },
   "required": ["model"]

@@ -41,10 +41,10 @@ const char* kInputSchema = R"json({
       "type": "array", "maxItems": 64,
       "description": "Pauli strings (qubit 0 rightmost) or sums of weighted ones; expectation values of the final state",
       "items": {"oneOf": [
-        {"type": "string", "pattern": "^[IXYZ]{1,64}$"},
+        {"type": "string", "maxLength": 64, "pattern": "^[IXYZ]{1,64}$"},
         {"type": "array", "minItems": 1, "maxItems": 256, "items": {
           "type": "object", "additionalProperties": false, "required": ["pauli"],
-          "properties": {"pauli": {"type": "string", "pattern": "^[IXYZ]{1,64}$"}, "coeff": {"type": "number", "default": 1}}}}
+          "properties": {"pauli": {"type": "string", "maxLength": 64, "pattern": "^[IXYZ]{1,64}$"}, "coeff": {"type": "number", "default": 1}}}}
       ]}
     }
   },

@@ -62,6 +62,35 @@ TEST_CASE("registry: validation messages point at the offending member") {
   CHECK(e3->message.find("resources") != std::string::npos);
 }
 
+TEST_CASE("registry: a pattern never runs on a string longer than its maxLength") {
+  ToolRegistry r;
+  // std::regex recurses per character: "[0-9]+" over a long digit run overflowed the stack.
+  CHECK_THROWS_AS(r.add(std::make_unique<Fake>("unbounded", json::parse(R"({
+    "type":"object","properties":{"memory":{"type":"string","pattern":"^[0-9]+G$"}}})"))),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(r.add(std::make_unique<Fake>("keys", json::parse(R"({
+    "type":"object","patternProperties":{"^x":{"type":"string"}}})"))),
+                  std::invalid_argument);
+  r.add(std::make_unique<Fake>("job", json::parse(R"({
+    "type":"object",
+    "properties":{"memory":{"type":"string","maxLength":32,"pattern":"^[0-9]+G$"},
+                  "pattern":{"type":"string"}}})")));
+  const Tool& t = *r.find("job");
+  CHECK_FALSE(r.validate_arguments(t, json{{"memory", "64G"}}));
+  CHECK_FALSE(r.validate_arguments(t, json{{"pattern", std::string(100000, '9')}}));  // a property, not the keyword
+  auto bad = r.validate_arguments(t, json{{"memory", "64 gigs"}});
+  REQUIRE(bad);
+  CHECK(bad->message.find("arguments.memory") != std::string::npos);
+  CHECK(bad->message.find("pattern") != std::string::npos);
+  // A million digits: refused by maxLength, and the pattern is never tried (this crashed before).
+  auto huge = r.validate_arguments(t, json{{"memory", std::string(1000000, '1') + "G"}});
+  REQUIRE(huge);
+  CHECK(huge->message.find("arguments.memory") != std::string::npos);
+  CHECK(huge->message.find("length") != std::string::npos);
+  // The schema clients see is the one the tool declared.
+  CHECK(ToolRegistry::to_wire(t.descriptor())["inputSchema"]["properties"]["memory"]["pattern"] == "^[0-9]+G$");
+}
+
 TEST_CASE("registry: the built-in list depends on config") {
   Config c;
   CHECK(tools::make_registry(c).tools().size() == 1);
