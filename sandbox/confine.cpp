@@ -123,7 +123,7 @@ int make_dirs_beneath(const std::filesystem::path& root, const std::string& rel,
   return e;
 }
 
-int make_dirs_at(int root_fd, const std::string& rel, unsigned mode, int* out_fd) {
+int make_dirs_at(int root_fd, const std::string& rel, unsigned mode, int* out_fd, const DirOwner* owner) {
   int fd = ::fcntl(root_fd, F_DUPFD_CLOEXEC, 0);
   if (fd < 0) return errno;
   std::stringstream ss(rel);
@@ -134,7 +134,8 @@ int make_dirs_at(int root_fd, const std::string& rel, unsigned mode, int* out_fd
       ::close(fd);
       return EXDEV;
     }
-    if (::mkdirat(fd, part.c_str(), mode) != 0 && errno != EEXIST) {
+    const bool created = ::mkdirat(fd, part.c_str(), mode) == 0;
+    if (!created && errno != EEXIST) {
       int e = errno;
       ::close(fd);
       return e;
@@ -146,6 +147,11 @@ int make_dirs_at(int root_fd, const std::string& rel, unsigned mode, int* out_fd
     if (next < 0 && ::fstatat(fd, part.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)) e = EXDEV;
     ::close(fd);
     if (next < 0) return e == ELOOP ? EXDEV : e;
+    if (created && owner && ::fchown(next, owner->uid, owner->gid) != 0) {
+      e = errno;
+      ::close(next);
+      return e;
+    }
     fd = next;
   }
   if (out_fd) *out_fd = fd;

@@ -33,7 +33,14 @@ int open_file_beneath(int root_fd, const char* rel, int flags, unsigned mode = 0
 // following a symlink) and returns 0, or an errno value.
 int make_dirs_beneath(const std::filesystem::path& root, const std::string& rel, unsigned mode);
 // The same beneath the directory open at `root_fd`; on success, when `out_fd` is given, it
-// receives an O_DIRECTORY fd of the last directory (the caller closes it).
-int make_dirs_at(int root_fd, const std::string& rel, unsigned mode, int* out_fd = nullptr);
+// receives an O_DIRECTORY fd of the last directory (the caller closes it). With `owner`, each
+// directory it creates is given to that uid:gid (fchown on the opened directory, so a symlink
+// swapped in never redirects it); directories that existed keep their owner.
+struct DirOwner {
+  unsigned uid = 0;
+  unsigned gid = 0;
+};
+int make_dirs_at(int root_fd, const std::string& rel, unsigned mode, int* out_fd = nullptr,
+                 const DirOwner* owner = nullptr);
 
 }  // namespace scigate::sandbox

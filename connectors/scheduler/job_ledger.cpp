@@ -375,6 +375,7 @@ asio::awaitable<std::variant<JobRecord, Error>> JobService::submit(SubmitRequest
   }
   spec.gateway_id = new_gateway_id();
   auto area = project_dir(*site_cfg, spec.project);
+  spec.jobs_root = site_cfg->jobs_root;
   spec.working_directory = req.working_directory.empty() ? area / spec.gateway_id : area / req.working_directory;
   spec.stdout_path = area / spec.gateway_id / "stdout";
   spec.stderr_path = area / spec.gateway_id / "stderr";

@@ -63,6 +63,8 @@ struct JobSpec {
   std::string partition;  // "" = the site's default
   std::string account;    // the scheduler's account ("" = the site's mapping for the project)
   std::map<std::string, std::string> environment;  // only these (plus what the site adds)
+  // The site's job root: the directories below are created beneath it, never through a symlink.
+  std::filesystem::path jobs_root;
   std::filesystem::path working_directory;  // absolute, confined to the project's area
   std::filesystem::path stdout_path;        // absolute; the job's stdout and stderr land here
   std::filesystem::path stderr_path;

@@ -1,13 +1,17 @@
 #include "connectors/scheduler/slurm/slurm_common.hpp"
 
+#include <fcntl.h>
 #include <pwd.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <charconv>
+#include <cstring>
 #include <filesystem>
 #include <ctime>
 #include <map>
 
+#include "sandbox/confine.hpp"
 #include "server/common/error.hpp"
 
 namespace scigate::jobs::slurm {
@@ -326,33 +330,37 @@ std::vector<std::string> id_lists(const std::vector<std::string>& ids, size_t pe
 
 void prepare_job_directories(const JobSpec& spec) {
   namespace fs = std::filesystem;
-  uid_t uid = 0;
-  gid_t gid = 0;
-  bool give = false;
+  std::optional<sandbox::DirOwner> owner;
   if (::geteuid() == 0 && !spec.run_as.empty()) {
-    if (struct passwd* pw = ::getpwnam(spec.run_as.c_str())) {
-      uid = pw->pw_uid;
-      gid = pw->pw_gid;
-      give = uid != 0;
-    }
+    if (struct passwd* pw = ::getpwnam(spec.run_as.c_str()); pw && pw->pw_uid != 0)
+      owner = sandbox::DirOwner{pw->pw_uid, pw->pw_gid};
   }
+  auto fail = [](const std::string& what, const fs::path& dir, int err) {
+    return ErrorException(Error{ErrorCode::kBackendUnavailable, "the job's directory could not be " + what, {},
+                                dir.string() + ": " + std::strerror(err)});
+  };
+  // The site's root is the operator's (created if missing, never given away); everything below
+  // it is made with mkdirat + openat(O_NOFOLLOW) from a descriptor, and what is created is
+  // fchown'ed: the job account can write the project's directory, so a symlink it planted there
+  // must never lead root's mkdir/chown elsewhere.
+  std::error_code ec;
+  if (spec.jobs_root.empty()) throw fail("created", spec.working_directory, EINVAL);
+  fs::create_directories(spec.jobs_root, ec);
+  int root_fd = ::open(spec.jobs_root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (root_fd < 0) throw fail("created", spec.jobs_root, errno);
   for (const fs::path& dir : {spec.working_directory, spec.stdout_path.parent_path(), spec.stderr_path.parent_path()}) {
     if (dir.empty()) continue;
-    std::vector<fs::path> missing;
-    std::error_code ec;
-    for (fs::path p = dir; !p.empty() && !fs::exists(p, ec); p = p.parent_path()) {
-      missing.push_back(p);
-      if (p == p.parent_path()) break;
+    fs::path rel = dir.lexically_normal().lexically_relative(spec.jobs_root.lexically_normal());
+    if (rel.empty() || *rel.begin() == "..") {
+      ::close(root_fd);
+      throw fail("created", dir, EXDEV);
     }
-    for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
-      if (!fs::create_directory(*it, ec) && ec)
-        throw ErrorException(Error{ErrorCode::kBackendUnavailable, "the job's directory could not be created", {},
-                                   it->string() + ": " + ec.message()});
-      if (give && ::chown(it->c_str(), uid, gid) != 0)
-        throw ErrorException(Error{ErrorCode::kBackendUnavailable, "the job's directory could not be prepared", {},
-                                   "chown " + it->string() + " to " + spec.run_as + " failed"});
+    if (int e = sandbox::make_dirs_at(root_fd, rel.string(), 0755, nullptr, owner ? &*owner : nullptr); e != 0) {
+      ::close(root_fd);
+      throw fail(e == EXDEV ? "created (a symlink on its path leads out of the job area)" : "created", dir, e);
     }
   }
+  ::close(root_fd);
 }
 
 }  // namespace scigate::jobs::slurm
