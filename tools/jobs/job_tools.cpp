@@ -185,21 +185,28 @@ SubmitJobTool::SubmitJobTool(jobs::JobService& jobs) : jobs_(jobs) {
 }
 
 namespace {
-// The first scheduler directive sbatch would read from `script`: a line starting "#SBATCH",
-// "#PBS" or "#BSUB" in the leading block of comments and blank lines (sbatch stops reading
-// directives at the first command).
+// The first scheduler directive a batch system could read from `script`: a line whose first
+// non-blank characters are "#SBATCH" or "#SLURM" (sbatch reads both), "#PBS" or "#BSUB", in
+// any case, in the leading block of comments and blank lines. sbatch stops reading directives
+// at the first line with anything but whitespace (isspace: also \v and \f) before a '#'; it
+// matches the magic words at column 0, so refusing them after blanks too is the safe side.
 std::optional<std::string> scheduler_directive(const std::string& script) {
+  auto blank = [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; };
   std::size_t at = 0;
   while (at < script.size()) {
     std::size_t end = script.find('\n', at);
     if (end == std::string::npos) end = script.size();
     std::string_view line(script.data() + at, end - at);
     at = end + 1;
-    std::size_t first = line.find_first_not_of(" \t\r");
-    if (first == std::string_view::npos) continue;
+    std::size_t first = 0;
+    while (first < line.size() && blank(line[first])) ++first;
+    if (first == line.size()) continue;
     if (line[first] != '#') return std::nullopt;
-    for (std::string_view magic : {"#SBATCH", "#PBS", "#BSUB"})
-      if (line.substr(first, magic.size()) == magic) return std::string(line);
+    std::string word;
+    for (std::size_t i = first + 1; i < line.size() && word.size() < 6 && std::isalpha(static_cast<unsigned char>(line[i])); ++i)
+      word += static_cast<char>(std::toupper(static_cast<unsigned char>(line[i])));
+    for (std::string_view magic : {"SBATCH", "SLURM", "PBS", "BSUB"})
+      if (word.compare(0, magic.size(), magic) == 0) return std::string(line);
   }
   return std::nullopt;
 }

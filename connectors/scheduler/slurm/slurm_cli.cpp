@@ -100,6 +100,9 @@ std::vector<std::string> SlurmCliScheduler::sbatch_argv(const JobSpec& spec) con
     a.push_back("--gres=gpu:" + (r.gpu_type.empty() ? std::string() : r.gpu_type + ":") + std::to_string(r.gpus));
   if (r.memory_mb > 0) a.push_back("--mem=" + std::to_string(r.memory_mb) + "M");
   a.push_back("--time=" + std::to_string(walltime_minutes(r.walltime)));
+  // A requeued job keeps its id and restarts; the ledger charges one run, so a job that requeues
+  // itself (scontrol requeue $SLURM_JOB_ID) would run again and again for the price of the last.
+  a.push_back("--no-requeue");
   if (!spec.working_directory.empty()) a.push_back("--chdir=" + spec.working_directory.string());
   if (!spec.stdout_path.empty()) a.push_back("--output=" + spec.stdout_path.string());
   if (!spec.stderr_path.empty()) a.push_back("--error=" + spec.stderr_path.string());

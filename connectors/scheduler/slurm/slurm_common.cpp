@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <ctime>
 #include <map>
+#include <set>
 
 #include "sandbox/confine.hpp"
 #include "server/common/error.hpp"
@@ -244,8 +245,16 @@ void check_spec(const JobSpec& spec) {
       if (name.rfind(prefix, 0) == 0)
         reject("environment variable " + name + " is reserved for Slurm", "choose a name that does not start with " +
                                                                               std::string(prefix));
-    if (name == "LD_PRELOAD" || name == "LD_LIBRARY_PATH" || name == "LD_AUDIT")
-      reject("environment variable " + name + " may not be set for a job");
+    // sbatch runs as root with the job's variables in its own environment: whatever steers the
+    // dynamic loader or libc is refused, as glibc itself drops these for setuid programs
+    // (unsecvars.h; TMPDIR aside, which jobs commonly set and sbatch does not use).
+    static const std::set<std::string, std::less<>> kLoaderAndLibc = {
+        "GCONV_PATH", "GETCONF_DIR", "GLIBC_TUNABLES", "HOSTALIASES", "LOCALDOMAIN", "LOCPATH", "MALLOC_TRACE",
+        "NIS_PATH", "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS", "TZDIR", "MALLOC_ARENA_MAX", "MALLOC_CHECK_",
+        "MALLOC_PERTURB_"};
+    if (name.rfind("LD_", 0) == 0 || kLoaderAndLibc.count(name))
+      reject("environment variable " + name + " may not be set for a job",
+             "it steers the dynamic loader or libc of sbatch, which runs as root; set it inside the script instead");
     if (value.find('\0') != std::string::npos) reject("environment variable " + name + " contains a NUL byte");
   }
   for (const auto& [what, p] : {std::pair<const char*, const std::filesystem::path*>{"working directory", &spec.working_directory},

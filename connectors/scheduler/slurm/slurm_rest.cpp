@@ -205,6 +205,7 @@ json SlurmRestScheduler::submit_body(const JobSpec& spec) const {
   if (r.gpus > 0) job["gpus_per_node"] = (r.gpu_type.empty() ? std::string() : r.gpu_type + ":") + std::to_string(r.gpus);
   if (r.memory_mb > 0) job["memory_per_node"] = r.memory_mb;
   job["time_limit"] = walltime_minutes(r.walltime);
+  job["requeue"] = false;  // as sbatch --no-requeue: the ledger charges one run per job
   job["current_working_directory"] =
       (spec.working_directory.empty() ? options_.default_working_directory : spec.working_directory).string();
   if (!spec.stdout_path.empty()) job["standard_output"] = spec.stdout_path.string();

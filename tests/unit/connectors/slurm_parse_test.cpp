@@ -158,6 +158,15 @@ TEST_CASE("slurm specs with injection attempts are refused before anything runs"
   s = base();
   s.environment["LD_PRELOAD"] = "/tmp/x.so";
   CHECK(refused(s));
+  // sbatch runs as root with these in its environment (glibc drops them for setuid programs).
+  for (const char* name : {"GLIBC_TUNABLES", "GCONV_PATH", "LOCPATH", "HOSTALIASES", "RES_OPTIONS", "TZDIR", "LD_DEBUG"}) {
+    s = base();
+    s.environment[name] = "x";
+    CHECK(refused(s));
+  }
+  s = base();
+  s.environment["TMPDIR"] = "/scratch/me";
+  CHECK_NOTHROW(check_spec(s));
   s = base();
   s.environment["A=B"] = "x";
   CHECK(refused(s));
@@ -205,7 +214,7 @@ TEST_CASE("sbatch command line: every value glued to its option, no shell", "[sl
   CHECK(argv == std::vector<std::string>{"/usr/bin/sbatch", "--parsable", "--job-name=-o /etc/passwd",
                                          "--comment=job-42", "--partition=gpu", "--account=proj", "--nodes=2",
                                          "--ntasks=8", "--cpus-per-task=4", "--gres=gpu:a100:2", "--mem=4096M",
-                                         "--time=90", "--chdir=/work/p", "--output=/work/p/out", "--error=/work/p/err",
+                                         "--time=90", "--no-requeue", "--chdir=/work/p", "--output=/work/p/out", "--error=/work/p/err",
                                          "--dependency=afterok:10:11", "--kill-on-invalid-dep=yes", "--export=ALL"});
   auto env = cli.sbatch_environment(s);
   CHECK(env.at("FOO") == "a,b");
@@ -363,6 +372,7 @@ TEST_CASE("slurmrestd submission body", "[slurm]") {
   CHECK(b["job"]["gpus_per_node"] == "1");
   CHECK(b["job"]["memory_per_node"] == 1000);
   CHECK(b["job"]["time_limit"] == 2);
+  CHECK(b["job"]["requeue"] == false);  // one run per job: the ledger charges one
   CHECK(b["job"]["current_working_directory"] == "/tmp");
   CHECK(b["job"]["standard_output"] == "/w/out");
   CHECK(b["job"]["dependency"] == "afterok:3");

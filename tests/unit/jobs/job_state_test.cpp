@@ -93,6 +93,11 @@ TEST_CASE("submit_job arguments: parsed, and what the schema cannot say is refus
   CHECK_THAT(bad("{\"script\": \"#!/bin/bash\\n# setup\\n#SBATCH --gres=gpu:8\\nhostname\"}"),
              Catch::Contains("#SBATCH --gres=gpu:8"));
   CHECK_THAT(bad("{\"script\": \"\\n  #PBS -l nodes=4\\nhostname\"}"), Catch::Contains("scheduler directive"));
+  // sbatch also reads #SLURM, and skips lines of any isspace() characters (\v, \f) as blank.
+  CHECK_THAT(bad("{\"script\": \"#!/bin/bash\\n#SLURM --array=0-999\\nsrun work\"}"), Catch::Contains("#SLURM"));
+  CHECK_THAT(bad("{\"script\": \"#!/bin/bash\\n\\u000b\\n\\f \\n#SBATCH --array=0-9\\nsrun work\"}"),
+             Catch::Contains("--array=0-9"));
+  CHECK_THAT(bad("{\"script\": \"#sbatch --gres=gpu:8\\nhostname\"}"), Catch::Contains("scheduler directive"));
   // After the first command sbatch reads none, so a script may mention them (e.g. one it writes).
   CHECK(std::holds_alternative<SubmitRequest>(
       SubmitJobTool::parse(nlohmann::json::parse("{\"script\": \"echo hi\\necho '#SBATCH -N 2' > next.sh\"}"))));
