@@ -130,14 +130,17 @@ struct Expr {
   double value = 0;
   int param = -1;
   int a = -1, b = -1;
+  int height = 1;  // of the tree below: eval() recurses this deep
 };
 
 struct ExprPool {
   std::vector<Expr> nodes;
   int add(Expr e) {
+    e.height = 1 + std::max(e.a >= 0 ? nodes[e.a].height : 0, e.b >= 0 ? nodes[e.b].height : 0);
     nodes.push_back(e);
     return static_cast<int>(nodes.size()) - 1;
   }
+  int height(int i) const { return nodes[i].height; }
   double eval(int i, std::span<const double> params) const {
     const Expr& e = nodes[i];
     switch (e.kind) {
@@ -503,6 +506,12 @@ class Parser {
     return true;
   }
 
+  bool height_ok(const ExprPool& pool, int node) {
+    if (pool.height(node) <= limits_.max_expression_height) return true;
+    return fail(peek(), "expression has more than " + std::to_string(limits_.max_expression_height) + " operations in a chain",
+                "compute the value beforehand and write the number");
+  }
+
   // expression := term (('+'|'-') term)*; term := unary (('*'|'/') unary)*;
   // unary := '-' unary | '+' unary | power; power := primary ('^' unary)?  (so -2^2 is -4)
   bool expression(ExprPool& pool, const std::map<std::string, int>* params, int& out, int depth) {
@@ -514,6 +523,7 @@ class Parser {
       int rhs;
       if (!term(pool, params, rhs, depth)) return false;
       lhs = pool.add(Expr{k, 0, -1, lhs, rhs});
+      if (!height_ok(pool, lhs)) return false;
     }
     out = lhs;
     return true;
@@ -526,6 +536,7 @@ class Parser {
       int rhs;
       if (!unary(pool, params, rhs, depth)) return false;
       lhs = pool.add(Expr{k, 0, -1, lhs, rhs});
+      if (!height_ok(pool, lhs)) return false;
     }
     out = lhs;
     return true;
@@ -776,6 +787,9 @@ class Parser {
     for (double p : params)
       if (!std::isfinite(p)) return fail(at, "a parameter of gate '" + name + "' is not a finite number");
     if (depth > limits_.max_gate_depth) return fail(at, "gate definitions are nested more than " + std::to_string(limits_.max_gate_depth) + " deep");
+    if (++expansion_steps_ > limits_.max_expansion_steps)
+      return fail(at, "gate definitions expand to more than " + std::to_string(limits_.max_expansion_steps) + " gate calls",
+                  "this server runs smaller circuits");
     if (name == "gphase") {
       Op op;
       op.kind = OpKind::kGlobalPhase;
@@ -879,6 +893,7 @@ class Parser {
   QasmVersion version_;
   QasmLimits limits_;
   Circuit circuit_;
+  std::size_t expansion_steps_ = 0;  // apply() calls so far (limits_.max_expansion_steps)
   std::unordered_map<std::string, GateDef> gates_;
   bool stdlib_loaded_ = false;
   Error error_;

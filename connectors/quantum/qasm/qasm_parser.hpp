@@ -22,6 +22,12 @@ struct QasmLimits {
   std::size_t max_ops = 250'000;  // after expanding gate definitions (an op is ~250 bytes)
   int max_gate_depth = 64;      // nesting of gate definitions
   int max_expression_depth = 200;
+  // Gate calls visited while expanding definitions, whether they emit an op or not: ten nested
+  // definitions of ten calls to an empty gate emit nothing but take 10^10 steps.
+  std::size_t max_expansion_steps = 2'000'000;
+  // Height of one expression's tree: "0+0+...+0" nests no parentheses, but is evaluated
+  // recursively (200,000 terms overflowed the stack).
+  int max_expression_height = 1000;
 };
 
 struct ParsedCircuit {

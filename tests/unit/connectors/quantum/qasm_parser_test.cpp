@@ -1,5 +1,7 @@
 #include <catch2/catch.hpp>
 
+#include <chrono>
+
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -356,6 +358,29 @@ TEST_CASE("qasm: limits stop hostile sources", "[quantum][qasm]") {
   CHECK(parse_err(src).message.find("more than 250000 operations") != std::string::npos);
   CHECK(parse_err("OPENQASM 2.0;\nqreg q[1];\nU(" + std::string(500, '(') + "0" + std::string(500, ')') + ",0,0) q[0];\n")
             .message.find("nested too deeply") != std::string::npos);
+  // Empty gates emit nothing, so the operation limit never fires: ten nested levels of ten
+  // calls are 10^12 expansion steps (the I/O thread spun for hours). Refused within the budget.
+  std::string empty = "OPENQASM 2.0;\ngate g0 a { }\n";
+  for (int i = 1; i <= 12; ++i) {
+    empty += "gate g" + std::to_string(i) + " a {";
+    for (int k = 0; k < 10; ++k) empty += " g" + std::to_string(i - 1) + " a;";
+    empty += " }\n";
+  }
+  empty += "qreg q[1];\ng12 q[0];\n";
+  auto t0 = std::chrono::steady_clock::now();
+  CHECK(parse_err(empty).message.find("more than 2000000 gate calls") != std::string::npos);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+  // A long chain of + nests no parentheses but made a tree 200,000 deep (eval overflowed the stack).
+  std::string chain = "OPENQASM 2.0;\nqreg q[1];\nU(0";
+  for (int i = 0; i < 200000; ++i) chain += "+0";
+  chain += ",0,0) q[0];\n";
+  CHECK(parse_err(chain).message.find("more than 1000 operations in a chain") != std::string::npos);
+  std::string fine = "OPENQASM 2.0;\nqreg q[1];\nU(0";
+  for (int i = 0; i < 900; ++i) fine += "+0.001";
+  fine += ",0,0) q[0];\n";
+  auto ok = parse_qasm(fine);
+  REQUIRE(std::holds_alternative<ParsedCircuit>(ok));
+  CHECK(std::get<ParsedCircuit>(ok).circuit.ops.at(0).params.at(0) == Approx(0.9));
 }
 
 TEST_CASE("qasm: the OpenQASM 3 subset", "[quantum][qasm]") {
