@@ -43,4 +43,11 @@ std::string utf8_safe(std::string_view b, bool* binary, std::size_t* trimmed_fro
   return out;
 }
 
+std::string utf8_prefix(std::string_view s, std::size_t max_bytes) {
+  if (s.size() <= max_bytes) return std::string(s);
+  std::size_t n = max_bytes;
+  while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;  // s[n] continues a character
+  return std::string(s.substr(0, n));
+}
+
 }  // namespace scigate

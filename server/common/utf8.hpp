@@ -11,4 +11,10 @@ namespace scigate {
 // place of invalid bytes and *binary is set. *trimmed_front: bytes dropped at the start.
 std::string utf8_safe(std::string_view bytes, bool* binary, std::size_t* trimmed_front);
 
+// At most `max_bytes` of valid UTF-8 `s`, cut at a character boundary (a client-given name kept
+// for the audit or a log, where the whole of it could be megabytes).
+std::string utf8_prefix(std::string_view s, std::size_t max_bytes);
+// How much of a client-given tool or client name an audit record keeps.
+inline constexpr std::size_t kMaxAuditedName = 128;
+
 }  // namespace scigate

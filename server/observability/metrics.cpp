@@ -1,5 +1,6 @@
 #include "server/observability/metrics.hpp"
 
+#include <set>
 #include <sstream>
 
 namespace scigate {
@@ -31,13 +32,16 @@ void Metrics::record_http(int status) {
 }
 
 void Metrics::record_rpc(const std::string& method) {
+  // Only the protocol's own method names are labels: any other string a client sends (2 MiB
+  // long, or 65 of them sent first so real methods fell into "other") is counted as "other".
+  static const std::set<std::string, std::less<>> kKnown = {
+      "initialize", "notifications/initialized", "ping", "server/discover", "tools/list", "tools/call",
+      "resources/list", "resources/templates/list", "resources/read", "resources/subscribe", "resources/unsubscribe",
+      "prompts/list", "prompts/get", "completion/complete", "logging/setLevel", "subscriptions/listen",
+      "tasks/get", "tasks/list", "tasks/result", "tasks/cancel", "tasks/update", "notifications/cancelled",
+      "notifications/progress", "notifications/roots/list_changed"};
   std::lock_guard g(mutex_);
-  // Unknown methods are folded so a client cannot grow the label set without bound.
-  if (rpc_.size() > 64 && !rpc_.count(method)) {
-    ++rpc_["other"];
-    return;
-  }
-  ++rpc_[method];
+  ++rpc_[kKnown.count(method) ? method : std::string("other")];
 }
 
 void Metrics::add_collector(std::function<std::string()> collector) {

@@ -11,6 +11,7 @@
 #include "server/common/time_format.hpp"
 #include "policies/redact.hpp"
 #include "server/common/crypto.hpp"
+#include "server/common/utf8.hpp"
 #include "server/protocol/jsonrpc.hpp"
 #include "server/observability/log.hpp"
 
@@ -179,10 +180,10 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest request) 
   c.audit.time_ms = unix_now_ms();
   c.audit.request_id = c.req.request_id;
   c.audit.principal = c.req.principal.name;
-  c.audit.tool = c.req.tool;
+  c.audit.tool = utf8_prefix(c.req.tool, kMaxAuditedName);  // an unknown tool's name is the client's
   c.facts = json::object();
   c.facts["auth"] = c.req.principal.auth_method;
-  if (!c.req.client_name.empty()) c.facts["client"] = c.req.client_name;
+  if (!c.req.client_name.empty()) c.facts["client"] = utf8_prefix(c.req.client_name, kMaxAuditedName);
   if (!c.req.idempotency_key.empty()) c.facts["idempotency_key"] = c.req.idempotency_key;
   if (!c.req.task_id.empty()) c.facts["task_id"] = c.req.task_id;
   c.timeout = c.req.timeout.value_or(tool_timeout_);

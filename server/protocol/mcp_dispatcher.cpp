@@ -35,7 +35,8 @@ Outbound result(const json& id, json r) { return Outbound{jsonrpc::make_result(i
 
 Outbound accepted() { return Outbound{std::nullopt, 202}; }
 
-// The data of a -32021 answer naming the tasks extension. Not built inside a coroutine: GCC 12
+// The data of a -32021 answer naming the tasks extension (on HTTP with 400 Bad Request, as the
+// 2026-07-28 spec requires: dual-era clients read the 400 to tell the eras apart). Not built inside a coroutine: GCC 12
 // miscompiles brace-initialised json there.
 json tasks_extension_required() {
   json ext = json::object();
@@ -170,7 +171,7 @@ asio::awaitable<Outbound> Dispatcher::handle_modern(Inbound& in, const std::stri
       co_return error(msg.id, kMissingRequiredClientCapability,
                       std::string("Missing required client capability: ") + msg.method + " needs the " +
                           kTasksExtension + " extension in this request's client capabilities",
-                      200, tasks_extension_required());
+                      400, tasks_extension_required());
     out = co_await tasks_request(in, true);
   } else {
     co_return error(msg.id, jsonrpc::kMethodNotFound, "Method not found: " + msg.method, 404);
@@ -296,7 +297,7 @@ asio::awaitable<Outbound> Dispatcher::tools_call(Inbound& in, const std::string&
         co_return error(msg.id, kMissingRequiredClientCapability,
                         "Missing required client capability: " + req.tool + " runs only as a task; declare the " +
                             kTasksExtension + " extension in this request's client capabilities",
-                        200, tasks_extension_required());
+                        400, tasks_extension_required());
       as_task = declared && support != TaskSupport::kForbidden;
     } else if (version == kLatestLegacyVersion) {
       auto t = p.find("task");
@@ -382,7 +383,7 @@ asio::awaitable<Outbound> Dispatcher::subscriptions_listen(Inbound& in, const js
       co_return error(msg.id, kMissingRequiredClientCapability,
                       std::string("Missing required client capability: task notifications need the ") + kTasksExtension +
                           " extension in this request's client capabilities",
-                      200, tasks_extension_required());
+                      400, tasks_extension_required());
     // Only the caller's own, live tasks; the others are left out of the acknowledgement.
     for (const auto& id : *t)
       if (id.is_string() && task_ids.size() < 1000 && tasks_->get(owner, id.get<std::string>()))

@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "server/common/utf8.hpp"
 #include "server/auth/principal.hpp"
 #include "server/common/json_util.hpp"
 
@@ -30,11 +31,11 @@ class LegacySession {
   // Set once by initialize; read by every later request. Only what later requests use is
   // kept (the client's name, for the audit, at most kMaxClientName bytes): a session lives for
   // hours, and initialize's clientInfo and capabilities can be as large as a request body.
-  static constexpr std::size_t kMaxClientName = 128;
+  static constexpr std::size_t kMaxClientName = kMaxAuditedName;
   void initialize(std::string version, std::string client_name) {
     std::lock_guard g(mutex_);
     version_ = std::move(version);
-    client_name_ = client_name.substr(0, kMaxClientName);
+    client_name_ = utf8_prefix(client_name, kMaxClientName);
   }
   bool initialized() const {
     std::lock_guard g(mutex_);

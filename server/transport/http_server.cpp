@@ -1,3 +1,4 @@
+#include "server/common/utf8.hpp"
 #include "server/transport/http_server.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -622,7 +623,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     auto remote = tcp_layer().socket().remote_endpoint(ec);
     if (!ec) e.remote = remote.address().to_string();
     e.rpc_method = facts_.rpc_method;
-    e.tool = facts_.tool.substr(0, 128);
+    e.tool = utf8_prefix(facts_.tool, kMaxAuditedName);
     e.project = facts_.project;
     if (facts_.principal) e.principal = &*facts_.principal;
     return e;
@@ -867,7 +868,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     tc.request_id = crypto::request_id();
     tc.protocol_version = "openai";
     tc.era = "openai";
-    tc.client_name = header(req, "User-Agent").substr(0, 128);
+    tc.client_name = utf8_prefix(header(req, "User-Agent"), kMaxAuditedName);
     if (!st.call.stream) {
       OpenAiCall* p = &st;  // lives until the call ends (the handler holds it)
       tc.partial = [p](const json& piece) {

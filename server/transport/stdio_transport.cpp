@@ -1,3 +1,4 @@
+#include "server/common/utf8.hpp"
 #include "server/transport/stdio_transport.hpp"
 #include "server/common/thread_name.hpp"
 
@@ -111,7 +112,7 @@ void run_stdio(asio::io_context& io, mcp::Dispatcher& dispatcher, const Principa
     e.reason = message;
     e.transport = "stdio";
     e.rpc_method = method;
-    e.tool = tool.substr(0, 128);
+    e.tool = utf8_prefix(tool, kMaxAuditedName);
     e.principal = &principal;
     options.audit->append(edge_refusal_record(e));
   };

@@ -128,6 +128,7 @@ TEST_CASE("tasks 2026-07-28: wait_job becomes a task the client polls to its res
   // The extension's methods need the extension declared on the request.
   auto undeclared = modern_request(8, "tasks/get", {{"taskId", task_id}});
   auto u = c.request(verb::post, "/mcp", modern_headers(key, "tasks/get", task_id), undeclared.dump());
+  CHECK(u.status == 400);  // the 2026-07-28 spec: MissingRequiredClientCapability is 400 on HTTP
   CHECK(u.json_body()["error"]["code"] == -32021);
   CHECK(u.json_body()["error"]["data"]["requiredCapabilities"]["extensions"].contains(kTasksExt));
 

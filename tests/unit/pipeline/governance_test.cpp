@@ -130,3 +130,22 @@ TEST_CASE("governance: audited arguments keep ordinary values and redact credent
   call_tool(h, "echo", {{"text", "/scratch/run1/input.h5"}});
   CHECK(h.audit.records[1].details["arguments"]["text"] == "/scratch/run1/input.h5");
 }
+
+TEST_CASE("governance: a client's unknown tool name and client name are audited cut to 128 bytes") {
+  Harness h;
+  // A megabyte of tool name and of clientInfo.name went into the hash-chained log whole.
+  const std::string tool = std::string(1 << 20, 'x');
+  json params{{"name", tool}, {"arguments", json::object()}};
+  auto msg = Harness::modern(1, "tools/call", std::move(params));
+  msg["params"]["_meta"]["io.modelcontextprotocol/clientInfo"] = {{"name", "é" + std::string(1 << 20, 'c')},
+                                                                 {"version", "1"}};
+  auto out = h.call(msg);
+  REQUIRE(out.response);
+  REQUIRE(h.audit.records.size() == 1);
+  CHECK(h.audit.records[0].tool.size() <= 128);
+  CHECK(h.audit.records[0].tool.rfind("xxxx", 0) == 0);
+  const std::string client = h.audit.records[0].details.value("client", "");
+  CHECK(!client.empty());
+  CHECK(client.size() <= 128);
+  CHECK(h.audit.records[0].details.dump().size() < 4096);
+}
