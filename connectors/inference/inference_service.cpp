@@ -242,8 +242,17 @@ void InferenceService::start(asio::io_context& io) {
   // Driven by the I/O threads' reactor: a call's request and answer stay on the thread that
   // serves it (its callbacks only buffer and ring; nothing in them blocks).
   if (!client_ && !stopping_->load()) client_ = std::make_unique<http::CurlClient>(io.get_executor());
-  if (backends_.empty()) return;
-  asio::co_spawn(io, poll_loop(), asio::detached);
+  if (backends_.empty() && !registry_) return;
+  // The loop catches what one round throws; should it still end by an exception, say so (with
+  // asio::detached, health checks and availability stopped for good without a word).
+  asio::co_spawn(io, poll_loop(), [](std::exception_ptr e) {
+    if (!e) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      log::error("inference_health_loop_ended", {{"detail", ex.what()}});
+    }
+  });
 }
 
 void InferenceService::stop() {
@@ -254,6 +263,16 @@ void InferenceService::stop() {
 asio::awaitable<void> InferenceService::poll_loop() {
   auto stopping = stopping_;
   asio::steady_timer timer(co_await asio::this_coro::executor);
+  if (registry_) {
+    std::vector<std::string> ids;
+    for (const auto& b : backends_) ids.push_back(b->cfg.id);
+    try {
+      if (auto n = co_await registry_->retain_backends(std::move(ids)))
+        log::info("inference_registry_forgot_backends", {{"rows", n}, {"detail", "backends no longer configured"}});
+    } catch (const std::exception& e) {
+      log::warn("inference_registry_sync_failed", {{"detail", e.what()}});
+    }
+  }
   while (!stopping->load()) {
     co_await refresh();
     if (stopping->load()) co_return;
@@ -265,7 +284,13 @@ asio::awaitable<void> InferenceService::poll_loop() {
 asio::awaitable<void> InferenceService::refresh() {
   for (auto& b : backends_) {
     if (stopping_->load()) co_return;
-    co_await check(*b);
+    // One backend's failed round (the database locked for a while, say) must not end the loop:
+    // the next round retries it.
+    try {
+      co_await check(*b);
+    } catch (const std::exception& e) {
+      log::warn("inference_health_check_failed", {{"backend", b->cfg.id}, {"detail", e.what()}});
+    }
   }
 }
 

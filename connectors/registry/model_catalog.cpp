@@ -1,6 +1,7 @@
 #include "connectors/registry/model_catalog.hpp"
 
 #include <nlohmann/json.hpp>
+#include <sqlite3.h>
 
 #include <algorithm>
 #include <charconv>
@@ -316,6 +317,27 @@ std::vector<std::string> ModelCatalog::set_served(const std::string& backend, co
   }
   tx.commit();
   return unknown;
+}
+
+std::size_t ModelCatalog::retain_backends(const std::vector<std::string>& configured) {
+  auto lk = db_.lock();
+  Transaction tx(db_);
+  std::set<std::string> keep(configured.begin(), configured.end());
+  std::vector<std::string> gone;
+  {
+    Statement st(db_.handle(), "SELECT DISTINCT backend FROM model_backends");
+    while (st.step())
+      if (!keep.count(st.column_text(0))) gone.push_back(st.column_text(0));
+  }
+  std::size_t removed = 0;
+  for (const auto& b : gone) {
+    Statement del(db_.handle(), "DELETE FROM model_backends WHERE backend = ?");
+    del.bind(1, b);
+    del.step();
+    removed += static_cast<std::size_t>(sqlite3_changes(db_.handle()));
+  }
+  tx.commit();
+  return removed;
 }
 
 std::size_t ModelCatalog::count() {

@@ -74,6 +74,9 @@ class ModelCatalog {
   // An empty list removes the backend (it went away or serves nothing).
   std::vector<std::string> set_served(const std::string& backend, const std::vector<std::string>& model_ids,
                                       int64_t now_ms);
+  // Forgets what backends no longer configured served (a backend removed or renamed in the
+  // config kept showing in served_by for ever). Returns how many rows went.
+  std::size_t retain_backends(const std::vector<std::string>& configured);
 
   std::size_t count();
 

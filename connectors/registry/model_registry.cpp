@@ -37,4 +37,13 @@ asio::awaitable<std::vector<std::string>> ModelRegistry::set_served(std::string 
   co_return unknown;
 }
 
+asio::awaitable<std::size_t> ModelRegistry::retain_backends(std::vector<std::string> configured) {
+  std::size_t removed = 0;
+  std::function<void(state::Database&)> fn = [&](state::Database& db) {
+    removed = ModelCatalog(db).retain_backends(configured);
+  };
+  co_await worker_.run(std::move(fn));
+  co_return removed;
+}
+
 }  // namespace scigate::registry

@@ -32,6 +32,8 @@ class ModelRegistry {
   // does not know (worth a log line: a backend serves a model no manifest describes).
   boost::asio::awaitable<std::vector<std::string>> set_served(std::string backend, std::vector<std::string> model_ids,
                                                               int64_t now_ms);
+  // See ModelCatalog::retain_backends.
+  boost::asio::awaitable<std::size_t> retain_backends(std::vector<std::string> configured);
 
   // Waits for queued work (App::drain_writers).
   void join() { worker_.join(); }

@@ -222,6 +222,22 @@ TEST_CASE("registry catalog: pages follow the cursor and skip hidden models with
   CHECK(std::holds_alternative<QueryError>(c.query(other)));
 }
 
+TEST_CASE("registry catalog: backends no longer configured stop counting as serving") {
+  Db d;
+  ModelCatalog c(d.db);
+  c.import(sample(), 1);
+  c.set_served("gpuA", {"llama-8b", "bge-m3"}, 100);
+  c.set_served("gpuB", {"llama-8b"}, 100);
+  // The config now names gpuB and gpuC only: gpuA's rows are stale (the server restarted).
+  CHECK(c.retain_backends({"gpuB", "gpuC"}) == 2);
+  CHECK(c.get("bge-m3")->served_by.empty());
+  REQUIRE(c.get("llama-8b")->served_by.size() == 1);
+  CHECK(c.get("llama-8b")->served_by[0].backend == "gpuB");
+  CHECK(c.retain_backends({"gpuB"}) == 0);
+  CHECK(c.retain_backends({}) == 1);
+  CHECK(c.get("llama-8b")->served_by.empty());
+}
+
 TEST_CASE("registry catalog: set_served replaces one backend's set and feeds served_now") {
   Db d;
   ModelCatalog c(d.db);
