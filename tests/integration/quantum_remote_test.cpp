@@ -203,8 +203,9 @@ TEST_CASE("quantum remote: a device run is a job whose counts follow the exact d
   REQUIRE(eventually([&] { return call_tool(c, s.user_key(), "get_job", {{"job_id", job}})["structuredContent"]["credits"]["settled"] == true; }));
   double after = balance(c, s);
   // Only run_quantum_circuit has a call fee (0.5, twice); the simulator run also pays the demo
-  // rate of 0.0001 per qubit-gate (3 x 7); the device run pays 4000 shots x 0.01.
-  CHECK(before - after == Approx(0.5 + 0.5 + 21 * 0.0001 + 40.0));
+  // rate of 0.0001 per qubit-operation (3 qubits x (7 gates + 3 measurements)); the device run
+  // pays 4000 shots x 0.01.
+  CHECK(before - after == Approx(0.5 + 0.5 + 30 * 0.0001 + 40.0));
 
   // The service saw one sign-in, its headers on every call, and the circuit as one sampler PUB.
   auto st = d.stats();

@@ -24,8 +24,8 @@ json usage(Client& c, const ServerProcess& s) { return call_tool(c, s.user_key()
 
 }  // namespace
 
-TEST_CASE("quantum: a Bell pair through the server, charged by qubits x gates") {
-  // 1 credit per qubit-gate: the Bell circuit is 2 qubits x 2 gates = 4 credits.
+TEST_CASE("quantum: a Bell pair through the server, charged by qubits x operations") {
+  // 1 credit per qubit-operation: the Bell circuit is 2 qubits x (2 gates + 2 measurements) = 8 credits.
   ServerProcess s("[credits.rates]\n\"quantum_sim_qubit_gate\" = 1\n");
   Client c(s.port());
   double before = usage(c, s)["balance"].get<double>();
@@ -44,7 +44,7 @@ TEST_CASE("quantum: a Bell pair through the server, charged by qubits x gates") 
   CHECK(sc["language"] == "openqasm2");
   CHECK(r["content"][0]["text"].get<std::string>().find("2 qubits, 2 gates on statevector") != std::string::npos);
   double after = usage(c, s)["balance"].get<double>();
-  CHECK(before - after == Approx(4.0));
+  CHECK(before - after == Approx(8.0));
 
   // The same seed gives the same counts.
   auto again = call_tool(c, s.user_key(), "run_quantum_circuit", {{"source", kBell}, {"shots", 2000}, {"seed", 11}});

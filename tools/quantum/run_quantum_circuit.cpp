@@ -7,6 +7,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <mutex>
@@ -76,18 +77,19 @@ bool mid_circuit(const Circuit& c) { return !c.measurements_terminal(); }
 
 uint64_t runs_for(bool mid, uint64_t shots) { return mid ? std::max<uint64_t>(shots, 1) : 1; }
 
-// Credits: qubits x gates (per simulated run), and the same in 2^20 amplitudes x gates so that
-// a site can price the state's exponential size; both lines are always reported.
-Usage sim_usage(int qubits, uint64_t gates, uint64_t runs) {
+// Credits: qubits x operations (per simulated run), and the same in 2^20 amplitudes x
+// operations so that a site can price the state's exponential size; both lines are always
+// reported. Operations are gates, measurements, resets and global phases: each is at least one
+// pass over the state (3,000 gphase or a few resets on 20 qubits took seconds and cost nothing
+// when only gates counted). `fraction` < 1: the part done when a run was cut short.
+Usage sim_usage(int qubits, uint64_t ops, uint64_t runs, double fraction = 1.0) {
   Usage u;
-  double qg = double(qubits) * double(gates) * double(runs);
-  double mamp = std::ldexp(1.0, qubits - 20) * double(gates) * double(runs);
-  std::string how = std::to_string(qubits) + " qubits x " + std::to_string(gates) + " gates" +
-                    (runs > 1 ? " x " + std::to_string(runs) + " runs" : "");
-  u.add(RunQuantumCircuitTool::kQubitGateResource, qg, how);
-  u.add(RunQuantumCircuitTool::kAmplitudeGateResource, mamp, "2^" + std::to_string(qubits) + " amplitudes x " +
-                                                                std::to_string(gates) + " gates" +
-                                                                (runs > 1 ? " x " + std::to_string(runs) + " runs" : ""));
+  double qg = double(qubits) * double(ops) * double(runs) * fraction;
+  double mamp = std::ldexp(1.0, qubits - 20) * double(ops) * double(runs) * fraction;
+  std::string of = std::to_string(ops) + " operations" + (runs > 1 ? " x " + std::to_string(runs) + " runs" : "") +
+                   (fraction < 1.0 ? " x " + std::to_string(static_cast<int>(fraction * 100)) + "% done" : "");
+  u.add(RunQuantumCircuitTool::kQubitGateResource, qg, std::to_string(qubits) + " qubits x " + of);
+  u.add(RunQuantumCircuitTool::kAmplitudeGateResource, mamp, "2^" + std::to_string(qubits) + " amplitudes x " + of);
   return u;
 }
 
@@ -297,6 +299,7 @@ std::variant<json, Error> RunQuantumCircuitTool::derive_facts(const json& args) 
   f["qubits"] = c.num_qubits;
   f["clbits"] = c.num_clbits;
   f["gates"] = c.gate_count();
+  f["operations"] = c.ops.size();  // what credits count: gates, measurements, resets, phases
   f["mid_circuit_measurement"] = mid_circuit(c);
   return f;
 }
@@ -306,7 +309,8 @@ Usage RunQuantumCircuitTool::worst_case_usage(const json& args) const {
   // A device run is a job with its own hold (shots x the device's rate), taken at submit.
   if (args.value("backend", "statevector") != "statevector") return {};
   bool mid = args.value("mid_circuit_measurement", false);
-  return sim_usage(args["qubits"].get<int>(), args["gates"].get<uint64_t>(), runs_for(mid, args.value("shots", uint64_t{1024})));
+  const uint64_t ops = args.contains("operations") ? args["operations"].get<uint64_t>() : args["gates"].get<uint64_t>();
+  return sim_usage(args["qubits"].get<int>(), ops, runs_for(mid, args.value("shots", uint64_t{1024})));
 }
 
 asio::awaitable<ToolResult> RunQuantumCircuitTool::call(const json& args, CallContext& ctx) {
@@ -342,14 +346,18 @@ asio::awaitable<ToolResult> RunQuantumCircuitTool::call(const json& args, CallCo
   auto relay = std::make_shared<ProgressRelay>();
   relay->reporter = ctx.progress;
   auto exec = co_await asio::this_coro::executor;
-  if (ctx.progress.enabled()) {
-    request->progress = [relay, exec](double f) {
-      asio::post(exec, [relay, f] {
-        std::lock_guard lock(relay->m);
-        if (!relay->finished) relay->reporter.report(std::floor(f * 100), 100.0, "simulating");
-      });
-    };
-  }
+  // The fraction of the work done (every 1%): a run cut short by the caller or the deadline is
+  // charged for that much, not nothing.
+  auto done = std::make_shared<std::atomic<double>>(0.0);
+  const bool report = ctx.progress.enabled();
+  request->progress = [relay, exec, done, report](double f) {
+    done->store(f);
+    if (!report) return;
+    asio::post(exec, [relay, f] {
+      std::lock_guard lock(relay->m);
+      if (!relay->finished) relay->reporter.report(std::floor(f * 100), 100.0, "simulating");
+    });
+  };
 
   quantum::QuantumBackend* backend = b->second.get();
   // Posted to the pool and posted back (not co_spawned onto the pool), with the initiation
@@ -379,12 +387,17 @@ asio::awaitable<ToolResult> RunQuantumCircuitTool::call(const json& args, CallCo
   }
   if (auto* e = std::get_if<Error>(&outcome.result)) {
     Error err = *e;
-    if (err.code == ErrorCode::kCancelled && !flag->cancelled()) {
+    const bool cut = err.code == ErrorCode::kCancelled;
+    if (cut && !flag->cancelled()) {
       err.code = ErrorCode::kTimeout;
       err.message = "the simulation ran past the call's deadline";
       err.hint = "use fewer qubits, gates or shots";
     }
-    co_return ToolResult::failure(std::move(err));
+    ToolResult failed = ToolResult::failure(std::move(err));
+    if (cut && done->load() > 0)
+      failed.usage = sim_usage(pc->circuit.num_qubits, pc->circuit.ops.size(), runs_for(mid_circuit(pc->circuit), shots),
+                               std::min(1.0, done->load()));
+    co_return failed;
   }
   const auto& r = std::get<quantum::SimResult>(outcome.result);
   json structured = result_json(*pc, r, args, seed, backend_name, parse_ms, outcome.seconds * 1000);
@@ -392,7 +405,7 @@ asio::awaitable<ToolResult> RunQuantumCircuitTool::call(const json& args, CallCo
   ctx.audit_fields["gates"] = pc->circuit.gate_count();
   ctx.audit_fields["backend"] = backend_name;
   ToolResult tr = ToolResult::success(structured, result_text(structured));
-  tr.usage = sim_usage(pc->circuit.num_qubits, pc->circuit.gate_count(), runs_for(mid_circuit(pc->circuit), shots));
+  tr.usage = sim_usage(pc->circuit.num_qubits, pc->circuit.ops.size(), runs_for(mid_circuit(pc->circuit), shots));
   co_return tr;
 }
 
