@@ -4,6 +4,8 @@
 #include <ctime>
 #include <iomanip>
 #include <iostream>
+#include <map>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 
@@ -320,7 +322,13 @@ std::optional<int64_t> parse_utc_date(const std::string& text) {
   std::string rest;
   in >> rest;
   if (!(rest.empty() || rest == "Z")) return std::nullopt;
-  return static_cast<int64_t>(timegm(&tm)) * 1000;
+  const std::tm given = tm;
+  const int64_t t = static_cast<int64_t>(timegm(&tm));
+  // timegm normalises: 2027-02-31 would quietly be 2027-03-03. Only dates that exist pass.
+  if (tm.tm_year != given.tm_year || tm.tm_mon != given.tm_mon || tm.tm_mday != given.tm_mday ||
+      tm.tm_hour != given.tm_hour || tm.tm_min != given.tm_min || tm.tm_sec != given.tm_sec)
+    return std::nullopt;
+  return t * 1000;
 }
 
 int64_t grant_credits(const Config& config, const std::string& project, const std::string& user, MicroCredits amount,
@@ -363,6 +371,23 @@ int64_t grant_credits(const Config& config, const std::string& project, const st
 }
 
 int credits_command(const Config& config, const CreditsArgs& a, std::ostream& out) {
+  // An option a command does not take is refused: money commands must not read
+  // "--expire=2027-01-01" (a typo) as "never expires".
+  static const std::map<std::string, std::pair<std::set<std::string>, std::set<std::string>>> kTakes = {
+      {"grant", {{"project", "expires", "days", "note", "user", "by"}, {}}},
+      {"balance", {{"project", "format"}, {}}},
+      {"statement", {{"project", "since", "format"}, {}}},
+      {"rates", {{}, {"history"}}},
+      {"verify", {{}, {}}}};
+  if (auto it = kTakes.find(a.command); it != kTakes.end()) {
+    for (const auto& [k, v] : a.options)
+      if (!it->second.first.count(k))
+        throw std::invalid_argument("credits " + a.command + " takes no option --" + k);
+    for (const auto& f : a.flags)
+      if (!it->second.second.count(f))
+        throw std::invalid_argument("credits " + a.command + " takes no option --" + f +
+                                    (it->second.first.count(f) ? " without a value" : ""));
+  }
   if (a.command == "grant") return cmd_grant(config, a, out);
   if (a.command == "balance") return cmd_balance(config, a, out);
   if (a.command == "statement") return cmd_statement(config, a, out);

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <sstream>
 
@@ -27,8 +28,12 @@ T get(const toml::table& t, std::string_view key, T fallback, const std::string&
     if (auto v = n->value<bool>()) return *v;
   } else if constexpr (std::is_integral_v<T>) {
     if (auto v = n->value<int64_t>()) {
-      if (*v >= 0) return static_cast<T>(*v);
-      throw ConfigError(where(n->source(), source) + ": \"" + std::string(key) + "\" must be zero or more");
+      if (*v < 0) throw ConfigError(where(n->source(), source) + ": \"" + std::string(key) + "\" must be zero or more");
+      // A value the field cannot hold wrapped (max_qubits = 4294967306 became 10).
+      if (static_cast<uint64_t>(*v) > static_cast<uint64_t>(std::numeric_limits<T>::max()))
+        throw ConfigError(where(n->source(), source) + ": \"" + std::string(key) + "\" must be at most " +
+                          std::to_string(std::numeric_limits<T>::max()));
+      return static_cast<T>(*v);
     }
   } else {
     if (auto v = n->value<std::string>()) return *v;
@@ -842,10 +847,15 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
 }
 
 Config load_config(const std::filesystem::path& file) {
+  // A directory opens as an empty stream: the server ran on defaults, its database beside it.
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(file, ec))
+    throw ConfigError("config file " + file.string() + (std::filesystem::exists(file, ec) ? " is not a regular file" : " does not exist"));
   std::ifstream in(file);
   if (!in) throw ConfigError("cannot read config file " + file.string());
   std::stringstream ss;
   ss << in.rdbuf();
+  if (in.bad()) throw ConfigError("cannot read config file " + file.string());
   auto abs = std::filesystem::absolute(file);
   Config c = parse_config(ss.str(), abs.parent_path(), file.string());
   c.path = abs;

@@ -119,6 +119,10 @@ TEST_CASE("credits: a call the project cannot pay is refused with the price, and
   CHECK(err["hint"].get<std::string>().find("scigate credits grant --project demo") != std::string::npos);
   CHECK(s.wait_for_log("\"error_code\":\"insufficient_credits\""));
 
+  // A mistyped option or a date that does not exist grants nothing (they read as "never
+  // expires" and as 2027-03-03 before).
+  credits_text(s, {"grant", "--project", "demo", "5", "--expire=2027-01-01"}, 2);
+  credits_text(s, {"grant", "--project", "demo", "5", "--expires", "2027-02-31"}, 2);
   std::string out = credits_text(s, {"grant", "--project", "demo", "3000", "--days", "30", "--note", "top-up"});
   CHECK(out.find("granted 3000 credits to project demo") != std::string::npos);
   auto ok = call_tool(c, s.user_key(), "sleep", {{"seconds", 0.2}, {"steps", 1}});

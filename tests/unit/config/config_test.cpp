@@ -264,3 +264,23 @@ TEST_CASE("config: the quantum table is off by default, read when present, and c
   CHECK_THROWS_WITH(parse_config("[quantum]\nmax_fused_qubits = 9\n", "/etc", "test.toml"), Catch::Contains("max_fused_qubits 2..5"));
   CHECK_THROWS_WITH(parse_config("[quantum]\nqubits = 9\n", "/etc", "test.toml"), Catch::Contains("qubits"));
 }
+
+TEST_CASE("config: numbers too large for their field are refused, not wrapped") {
+  // 4294967306 = 2^32 + 10: it became 10 qubits, and max_depth 2^32 became 0.
+  for (const char* text : {"[quantum]\nmax_qubits = 4294967306\n", "[limits]\nmax_depth = 4294967296\n"}) {
+    try {
+      parse_config(text, "/x", "big.toml");
+      FAIL("expected ConfigError for " << text);
+    } catch (const ConfigError& e) {
+      CHECK(std::string(e.what()).find("must be at most 2147483647") != std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("config: a directory given as the config file is refused") {
+  auto dir = std::filesystem::temp_directory_path() / "scigate-config-dir-test";
+  std::filesystem::create_directories(dir);
+  CHECK_THROWS_WITH(load_config(dir), Catch::Contains("is not a regular file"));
+  CHECK_THROWS_WITH(load_config(dir / "missing.toml"), Catch::Contains("does not exist"));
+  std::filesystem::remove_all(dir);
+}
