@@ -22,6 +22,16 @@ std::string seq_range(int64_t from, int64_t to) {
   return from == to ? "record " + std::to_string(from) : "records " + std::to_string(from) + ".." + std::to_string(to);
 }
 
+// With require_checkpoints: records but not one usable checkpoint fails the verification.
+void check_required(const AuditVerifyOptions& o, AuditVerification& v, bool no_checkpoints) {
+  if (!o.require_checkpoints || !no_checkpoints || v.records == 0) return;
+  v.ok = false;
+  v.checkpoint_problems.push_back(
+      (o.checkpoint_file ? o.checkpoint_file->string() : std::string("the checkpoint file")) +
+      " holds no usable checkpoint (missing, empty, or none signed by the given key): removal of the newest records "
+      "cannot be ruled out");
+}
+
 // Reads and (with a key) authenticates the checkpoints; returns the usable ones by seq.
 std::vector<Checkpoint> prepare_checkpoints(const AuditVerifyOptions& o, AuditVerification& v) {
   if (!o.checkpoint_file) {
@@ -327,6 +337,7 @@ AuditVerification verify_connection(sqlite3* handle, const AuditVerifyOptions& o
   // Checkpoints first: each names a record committed before it was written, so every one read
   // now is in the snapshot the query below sees.
   auto checkpoints = prepare_checkpoints(options, v);
+  const bool no_checkpoints = checkpoints.empty();
   ChainVerifier chain(v, std::move(checkpoints), true, false);
   sqlite3_stmt* st = nullptr;
   const char* sql =
@@ -357,6 +368,7 @@ AuditVerification verify_connection(sqlite3* handle, const AuditVerifyOptions& o
   if (rc != SQLITE_ROW && rc != SQLITE_DONE)
     throw state::DbError(std::string("reading the audit log failed: ") + sqlite3_errmsg(handle));
   chain.finish(true);
+  check_required(options, v, no_checkpoints);
   return v;
 }
 
@@ -385,6 +397,7 @@ AuditVerification verify_audit_log(const std::filesystem::path& db_path, const A
 AuditVerification verify_audit_export(std::istream& in, const AuditVerifyOptions& options) {
   AuditVerification v;
   auto checkpoints = prepare_checkpoints(options, v);
+  const bool no_checkpoints = checkpoints.empty();
   std::string line;
   int line_no = 0;
   std::optional<ChainVerifier> chain;
@@ -488,6 +501,7 @@ AuditVerification verify_audit_export(std::istream& in, const AuditVerifyOptions
                                   "the log ended at seq " + std::to_string(*log_last_seq) + " when it was exported");
   }
   chain->finish(to_end, as_of);
+  check_required(options, v, no_checkpoints);
   return v;
 }
 

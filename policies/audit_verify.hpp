@@ -20,6 +20,10 @@ struct AuditVerifyOptions {
   std::optional<std::filesystem::path> checkpoint_file;
   // The public key the checkpoints must be signed with; none: signatures are not checked.
   std::optional<audit::SigningKey> key;
+  // Fail, rather than note, when the log has records and the checkpoint file is missing or
+  // holds no usable checkpoint: whoever can delete the newest records can delete that file too.
+  // (`scigate audit verify` sets it when --checkpoints or --pubkey is given.)
+  bool require_checkpoints = false;
 };
 
 struct AuditVerification {

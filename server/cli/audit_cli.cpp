@@ -100,6 +100,8 @@ int cmd_verify(const std::vector<std::string>& a) {
   AuditVerifyOptions o;
   if (auto pk = args.opt("pubkey"); !pk.empty()) o.key = audit::SigningKey::load(pk);
   if (auto cp = args.opt("checkpoints"); !cp.empty()) o.checkpoint_file = fs::path(cp);
+  // Asked for explicitly: a missing or empty checkpoint file is a failure, not a note.
+  o.require_checkpoints = !args.opt("pubkey").empty() || !args.opt("checkpoints").empty();
   AuditVerification v;
   if (auto file = args.opt("export"); !file.empty()) {
     // Offline: the export, the checkpoints and the public key are all it needs.

@@ -314,6 +314,15 @@ TEST_CASE("audit cli: export, offline verify, tail and pubkey through the real b
                        "DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq > 7;"}) == 0);
   CHECK(run_command({binary(), "audit", "verify", "--config", cfg, "--pubkey", pub}, &out) == 1);
   CHECK(out.find("BROKEN at record 8: records after seq 7 were removed: the checkpoint at seq 9") != std::string::npos);
+  // ... and the checkpoint file removed with them: asked for by --checkpoints/--pubkey, its
+  // absence (or emptiness) fails the verification instead of leaving a note ("intact", exit 0).
+  const std::string gone = (dir / "no-such-checkpoints.jsonl").string();
+  CHECK(run_command({binary(), "audit", "verify", "--config", cfg, "--checkpoints", gone, "--pubkey", pub}, &out) == 1);
+  CHECK(out.find("holds no usable checkpoint") != std::string::npos);
+  const std::string empty = (dir / "empty-checkpoints.jsonl").string();
+  std::ofstream(empty).flush();
+  CHECK(run_command({binary(), "audit", "verify", "--config", cfg, "--checkpoints", empty}, &out) == 1);
+  CHECK(out.find("holds no usable checkpoint") != std::string::npos);
 
   CHECK(run_command({binary(), "audit", "frobnicate", "--config", cfg}, &out) == 2);
   CHECK(run_command({binary(), "audit", "export", "--config", cfg, "--since", "soon"}, &out) == 2);
