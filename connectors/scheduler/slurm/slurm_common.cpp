@@ -353,7 +353,13 @@ void prepare_job_directories(const JobSpec& spec) {
   // fchown'ed: the job account can write the project's directory, so a symlink it planted there
   // must never lead root's mkdir/chown elsewhere.
   std::error_code ec;
-  if (spec.jobs_root.empty()) throw fail("created", spec.working_directory, EINVAL);
+  if (spec.jobs_root.empty()) {
+    // A spec built without the ledger (a connector used directly) names no root to create
+    // beneath: its directories must exist already.
+    for (const fs::path& dir : {spec.working_directory, spec.stdout_path.parent_path(), spec.stderr_path.parent_path()})
+      if (!dir.empty() && !fs::is_directory(dir, ec)) throw fail("created (the spec names no job root)", dir, ENOENT);
+    return;
+  }
   fs::create_directories(spec.jobs_root, ec);
   int root_fd = ::open(spec.jobs_root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (root_fd < 0) throw fail("created", spec.jobs_root, errno);
