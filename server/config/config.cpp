@@ -199,7 +199,8 @@ std::string default_unit(const std::string& resource) {
 void parse_tasks(const toml::table& s, TasksConfig& c, const std::string& source) {
   reject_unknown(s,
                  {"enabled", "default_ttl_s", "max_ttl_s", "min_retention_s", "poll_interval_ms",
-                  "max_running_per_principal", "max_duration_s"},
+                  "max_running_per_principal", "max_duration_s", "max_retained_per_principal",
+                  "max_retained_result_mb_per_principal"},
                  "[tasks]", source);
   c.enabled = get<bool>(s, "enabled", c.enabled, source);
   auto positive = [&](std::string_view k, int64_t d) {
@@ -214,6 +215,12 @@ void parse_tasks(const toml::table& s, TasksConfig& c, const std::string& source
   c.max_running_per_principal =
       static_cast<std::size_t>(positive("max_running_per_principal", int64_t(c.max_running_per_principal)));
   c.max_duration = std::chrono::seconds(positive("max_duration_s", c.max_duration.count()));
+  c.max_retained_per_principal =
+      static_cast<std::size_t>(positive("max_retained_per_principal", int64_t(c.max_retained_per_principal)));
+  c.max_retained_result_mb_per_principal = static_cast<uint64_t>(
+      positive("max_retained_result_mb_per_principal", int64_t(c.max_retained_result_mb_per_principal)));
+  if (c.max_retained_result_mb_per_principal > (uint64_t(1) << 30))
+    throw ConfigError(source + ": tasks.max_retained_result_mb_per_principal must be at most 1073741824 (1 PiB)");
   if (c.default_ttl > c.max_ttl)
     throw ConfigError(source + ": tasks.default_ttl_s must not exceed tasks.max_ttl_s");
 }

@@ -152,6 +152,10 @@ struct TasksConfig {
   std::chrono::seconds min_retention{600};       // a finished task stays at least this long after it ends
   std::chrono::milliseconds poll_interval{1000}; // suggested to clients
   std::size_t max_running_per_principal = 32;
+  // Finished tasks kept per principal (their results are in SQLite, not memory); beyond either
+  // bound the oldest finished ones are discarded before their ttl.
+  std::size_t max_retained_per_principal = 1000;
+  uint64_t max_retained_result_mb_per_principal = 256;
   std::chrono::seconds max_duration{86400};      // a task's tool call is cut after this (not tool_timeout_s)
 };
 

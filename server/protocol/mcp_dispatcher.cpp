@@ -333,24 +333,14 @@ asio::awaitable<Outbound> Dispatcher::tools_call(Inbound& in, const std::string&
     });
   }
 
-  std::string key;
-  if (!in.channel.empty()) {
-    key = in_flight_key(in.channel, msg.id);
-    std::lock_guard g(in_flight_mutex_);
-    if (!in_flight_.emplace(key, in.cancel ? in.cancel : [] {}).second)
-      co_return error(msg.id, jsonrpc::kInvalidRequest, "request id " + msg.id.dump() + " is already in use");
-  }
+  auto key = track(in);
+  if (!key) co_return error(msg.id, jsonrpc::kInvalidRequest, "request id " + msg.id.dump() + " is already in use");
+  InFlightGuard tracked{*this, *key};
   // Undone however the call ends, exceptions included.
-  struct InFlight {
-    Dispatcher& d;
-    std::string key;
-    ~InFlight() {
-      d.metrics_.in_flight.fetch_sub(1);
-      if (key.empty()) return;
-      std::lock_guard g(d.in_flight_mutex_);
-      d.in_flight_.erase(key);
-    }
-  } in_flight{*this, key};
+  struct Gauge {
+    Metrics& m;
+    ~Gauge() { m.in_flight.fetch_sub(1); }
+  } gauge{metrics_};
   metrics_.in_flight.fetch_add(1);
   ToolCallOutcome outcome = co_await pipeline_.run(std::move(req));
   Outbound out;
@@ -391,6 +381,9 @@ asio::awaitable<Outbound> Dispatcher::subscriptions_listen(Inbound& in, const js
     acknowledged["taskIds"] = task_ids;
   }
 
+  auto key = track(in);
+  if (!key) co_return error(msg.id, jsonrpc::kInvalidRequest, "request id " + msg.id.dump() + " is already in use");
+  InFlightGuard tracked{*this, *key};  // notifications/cancelled ends the stream
   auto executor = co_await asio::this_coro::executor;
   auto timer = std::make_shared<asio::steady_timer>(executor, asio::steady_timer::time_point::max());
   auto closed = std::make_shared<std::atomic<bool>>(false);
@@ -434,6 +427,14 @@ void Dispatcher::broadcast_tools_changed() {
                                             json{{"_meta", {{kMetaSubscriptionId, l.subscription_id}}}}));
   }
   if (on_tools_changed_legacy) on_tools_changed_legacy();
+}
+
+std::optional<std::string> Dispatcher::track(const Inbound& in) {
+  if (in.channel.empty()) return std::string();
+  std::string key = in_flight_key(in.channel, in.message.id);
+  std::lock_guard g(in_flight_mutex_);
+  if (!in_flight_.emplace(key, in.cancel ? in.cancel : [] {}).second) return std::nullopt;
+  return key;
 }
 
 void Dispatcher::cancel_request(const std::string& channel, const json& request_id) {

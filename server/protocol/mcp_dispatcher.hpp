@@ -107,6 +107,20 @@ class Dispatcher {
   boost::asio::awaitable<Outbound> tasks_request(Inbound& in, bool modern);
   void notify_task_listeners(const tasks::TaskRecord& r);
   void cancel_request(const std::string& channel, const json& request_id);
+  // Requests that last (tools/call, tasks/result, subscriptions/listen) are registered under
+  // their channel and id while they run, so notifications/cancelled can reach them. track():
+  // the key ("" without a channel), or nullopt when the id is already in use; the guard
+  // unregisters it however the request ends.
+  std::optional<std::string> track(const Inbound& in);
+  struct InFlightGuard {
+    Dispatcher& d;
+    std::string key;
+    ~InFlightGuard() {
+      if (key.empty()) return;
+      std::lock_guard g(d.in_flight_mutex_);
+      d.in_flight_.erase(key);
+    }
+  };
 
   const Config& config_;
   ToolCallPipeline& pipeline_;

@@ -47,7 +47,7 @@ json task_wire(const TaskRecord& r, bool modern, int64_t poll_ms) {
   t["taskId"] = r.id;
   Status status = r.status;
   // 2025-11-25: "For tool calls, this includes cases where the tool call result has isError".
-  if (!modern && status == Status::kCompleted && r.result.is_object() && r.result.value("isError", false))
+  if (!modern && status == Status::kCompleted && r.result_is_error)
     status = Status::kFailed;
   t["status"] = std::string(tasks::to_string(status));
   if (!r.status_message.empty()) t["statusMessage"] = r.status_message;
@@ -220,12 +220,23 @@ asio::awaitable<Outbound> Dispatcher::tasks_request(Inbound& in, bool modern) {
 
   std::string id = msg.params.is_object() ? string_member(msg.params, "taskId") : std::string();
   if (id.empty()) co_return bad(msg.method + " needs params.taskId (a string)");
-  const std::string not_found = "Failed to retrieve task: Task not found (" + id +
-                                "; it never existed, belongs to another principal, or has expired)";
+  std::string not_found = "Failed to retrieve task: Task not found (" + id +
+                          "; it never existed, belongs to another principal, or has expired)";
+  if (auto why = tasks_->why_missing(owner, id))
+    not_found = "Failed to retrieve task: Task not found (" + id + "; " + *why + ")";
 
   if (msg.method == "tasks/get") {
-    auto r = tasks_->get(owner, id);
-    if (!r) co_return bad(not_found);
+    // 2026-07-28 carries the result inline: read it from the database. (Not a ?: around a
+    // co_await: GCC 12 destroys its result twice.)
+    std::optional<TaskRecord> r;
+    if (modern) r = co_await tasks_->fetch(owner, id);
+    else r = tasks_->get(owner, id);
+    if (!r) {
+      // Discarded by retention between the lookup and the read: say so.
+      if (auto why = tasks_->why_missing(owner, id))
+        not_found = "Failed to retrieve task: Task not found (" + id + "; " + *why + ")";
+      co_return bad(not_found);
+    }
     co_return Outbound{jsonrpc::make_result(msg.id, modern ? detailed_task(*r, poll_ms) : task_wire(*r, false, poll_ms)),
                        200};
   }
@@ -243,9 +254,15 @@ asio::awaitable<Outbound> Dispatcher::tasks_request(Inbound& in, bool modern) {
         jsonrpc::make_result(msg.id, modern ? json::object() : task_wire(std::get<TaskRecord>(c), false, poll_ms)), 200};
   }
   // tasks/result (2025-11-25): waits for the end, then answers what the call would have.
+  // notifications/cancelled stops the wait (not the task).
+  auto key = track(in);
+  if (!key) co_return Outbound{jsonrpc::make_error(msg.id, jsonrpc::kInvalidRequest, "request id " + msg.id.dump() + " is already in use"), 200};
+  InFlightGuard tracked{*this, *key};
   auto r = co_await tasks_->wait(owner, id, in.cancellation);
   if (!r) {
     if (in.cancellation->cancelled()) co_return Outbound{std::nullopt, 200};
+    if (auto why = tasks_->why_missing(owner, id))
+      not_found = "Failed to retrieve task: Task not found (" + id + "; " + *why + ")";
     co_return bad(not_found);
   }
   if (r->status == Status::kCancelled) co_return bad("task " + id + " was cancelled and has no result");

@@ -455,6 +455,18 @@ const std::vector<Migration>& schema_migrations() {
         CREATE TABLE state_journal (id INTEGER PRIMARY KEY CHECK (id = 1), applied INTEGER NOT NULL);
         INSERT INTO state_journal(id, applied) VALUES (1, 0);
       )sql"},
+      {13, R"sql(
+        -- What the scheduler allocated to a job once it ran (JSON {nodes, cpus, gpus, gpu_type}),
+        -- charged instead of what was asked for (connectors/scheduler/job_ledger.cpp).
+        ALTER TABLE jobs ADD COLUMN alloc TEXT;
+      )sql"},
+      {14, R"sql(
+        -- What a task's result weighs and whether it is an isError result, so that a start
+        -- reads task states without reading (or parsing) their results (server/tasks/).
+        -- NULL for rows written before: computed once at the next start.
+        ALTER TABLE tasks ADD COLUMN result_bytes INTEGER;
+        ALTER TABLE tasks ADD COLUMN result_is_error INTEGER;
+      )sql"},
   };
   return kMigrations;
 }

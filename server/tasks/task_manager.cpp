@@ -12,6 +12,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
+#include <set>
 
 #include "server/common/time_format.hpp"
 #include "server/common/crypto.hpp"
@@ -34,22 +35,41 @@ json parse_or_null(const std::string& text) {
   return json::parse(text, nullptr, false);
 }
 
-void write_record(state::Database& db, const TaskRecord& r) {
+// Discarded tasks remembered, so a lookup can say why it fails (about 300 bytes each).
+constexpr std::size_t kMaxTombstones = 10'000;
+
+// Writes the row; returns the stored size of result and error.
+int64_t write_record(state::Database& db, const TaskRecord& r) {
   state::Statement st(db.handle(),
                       "INSERT OR REPLACE INTO tasks(id, owner, project, tool, request_id, status, status_message, "
-                      "created_ms, updated_ms, expires_ms, result, error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)");
+                      "created_ms, updated_ms, expires_ms, result, error, result_bytes, result_is_error) "
+                      "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
   st.bind(1, r.id).bind(2, r.owner).bind(3, r.project).bind(4, r.tool).bind(5, r.request_id);
   st.bind(6, to_string(r.status)).bind(7, r.status_message).bind(8, r.created_ms).bind(9, r.updated_ms);
   st.bind(10, r.expires_ms);
-  if (r.result.is_null()) st.bind_null(11);
-  else st.bind(11, r.result.dump());
-  if (r.error.is_null()) st.bind_null(12);
-  else st.bind(12, r.error.dump());
+  int64_t bytes = 0;
+  if (r.result.is_null()) {
+    st.bind_null(11);
+  } else {
+    std::string text = r.result.dump();
+    bytes += static_cast<int64_t>(text.size());
+    st.bind(11, text);
+  }
+  if (r.error.is_null()) {
+    st.bind_null(12);
+  } else {
+    std::string text = r.error.dump();
+    bytes += static_cast<int64_t>(text.size());
+    st.bind(12, text);
+  }
+  st.bind(13, bytes);
+  st.bind(14, int64_t(r.result.is_object() && r.result.value("isError", false) ? 1 : 0));
   st.step();
+  return bytes;
 }
 
-std::function<void(state::Database&)> write_op(TaskRecord record) {
-  return [record = std::move(record)](state::Database& db) { write_record(db, record); };
+std::function<void(state::Database&)> write_op(TaskRecord record, std::shared_ptr<int64_t> bytes) {
+  return [record = std::move(record), bytes](state::Database& db) { *bytes = write_record(db, record); };
 }
 
 }  // namespace
@@ -93,32 +113,56 @@ void TaskManager::recover() {
     state::Statement purge(db_.db().handle(), "DELETE FROM tasks WHERE expires_ms < ?");
     purge.bind(1, now);
     purge.step();
+    // Rows written before the size columns existed (migration 14): measured once, here.
+    db_.db().exec(
+        "UPDATE tasks SET result_bytes = coalesce(length(CAST(result AS BLOB)), 0) + "
+        "coalesce(length(CAST(error AS BLOB)), 0), result_is_error = CASE WHEN json_valid(result) THEN "
+        "coalesce(json_extract(result, '$.isError'), 0) ELSE 0 END WHERE result_bytes IS NULL");
     db_.db().exec("COMMIT");
   } catch (...) {
     db_.db().exec("ROLLBACK");
     throw;
   }
+  // Results stay in the database (fetch() reads one when asked): a start costs no more with
+  // gigabytes of retained results than with none.
   state::Statement st(db_.db().handle(),
                       "SELECT id, owner, project, tool, request_id, status, status_message, created_ms, updated_ms, "
-                      "expires_ms, result, error FROM tasks");
-  std::lock_guard g(mutex_);
-  while (st.step()) {
-    TaskRecord r;
-    r.id = st.column_text(0);
-    r.owner = st.column_text(1);
-    r.project = st.column_text(2);
-    r.tool = st.column_text(3);
-    r.request_id = st.column_text(4);
-    r.status = status_from_string(st.column_text(5)).value_or(Status::kFailed);
-    r.status_message = st.column_text(6);
-    r.created_ms = st.column_int(7);
-    r.updated_ms = st.column_int(8);
-    r.expires_ms = st.column_int(9);
-    if (!st.column_is_null(10)) r.result = parse_or_null(st.column_text(10));
-    if (!st.column_is_null(11)) r.error = parse_or_null(st.column_text(11));
-    Entry e;
-    e.record = std::move(r);
-    tasks_.emplace(e.record.id, std::move(e));
+                      "expires_ms, error, result_bytes, result_is_error FROM tasks");
+  std::vector<std::string> evicted;
+  {
+    std::lock_guard g(mutex_);
+    std::set<std::string> owners;
+    while (st.step()) {
+      TaskRecord r;
+      r.id = st.column_text(0);
+      r.owner = st.column_text(1);
+      r.project = st.column_text(2);
+      r.tool = st.column_text(3);
+      r.request_id = st.column_text(4);
+      r.status = status_from_string(st.column_text(5)).value_or(Status::kFailed);
+      r.status_message = st.column_text(6);
+      r.created_ms = st.column_int(7);
+      r.updated_ms = st.column_int(8);
+      r.expires_ms = st.column_int(9);
+      if (!st.column_is_null(10)) r.error = parse_or_null(st.column_text(10));
+      r.result_bytes = st.column_int(11);
+      r.result_is_error = st.column_int(12) != 0;
+      Entry e;
+      e.record = std::move(r);
+      e.stored = true;
+      owners.insert(e.record.owner);
+      tasks_.emplace(e.record.id, std::move(e));
+    }
+    // Limits lowered since the last run apply now.
+    for (const auto& owner : owners) {
+      auto ids = enforce_retention_locked(owner, {});
+      evicted.insert(evicted.end(), ids.begin(), ids.end());
+    }
+  }
+  for (const auto& id : evicted) {
+    state::Statement del(db_.db().handle(), "DELETE FROM tasks WHERE id = ?");
+    del.bind(1, id);
+    del.step();
   }
   last_purge_ms_ = now;
 }
@@ -138,6 +182,93 @@ void TaskManager::purge_expired_locked(int64_t now) {
       it = tasks_.erase(it);
     else
       ++it;
+  }
+  for (auto it = tombstones_.begin(); it != tombstones_.end();)
+    it = it->second.expires_ms < now ? tombstones_.erase(it) : std::next(it);
+  std::erase_if(tombstone_order_, [this](const std::string& id) { return !tombstones_.count(id); });
+}
+
+std::vector<std::string> TaskManager::enforce_retention_locked(const std::string& owner, const std::string& keep) {
+  // Terminal tasks count, including one whose work is still unwinding (`running` is cleared
+  // after finish()); only those whose work has ended may be discarded.
+  std::vector<Entry*> finished;
+  uint64_t bytes = 0;
+  std::size_t count = 0;
+  for (auto& [id, e] : tasks_) {
+    if (e.record.owner != owner || !is_terminal(e.record.status)) continue;
+    ++count;
+    bytes += static_cast<uint64_t>(e.record.result_bytes);
+    // Only stored ones: a task whose finish() (a cancel) is still writing its row stays.
+    if (!e.running && e.stored && id != keep) finished.push_back(&e);
+  }
+  const uint64_t max_bytes = config_.max_retained_result_mb_per_principal << 20;
+  if (count <= config_.max_retained_per_principal && bytes <= max_bytes) return {};
+  // Oldest finished first; the one that just finished (`keep`) is never discarded.
+  std::sort(finished.begin(), finished.end(), [](const Entry* a, const Entry* b) {
+    return a->record.updated_ms != b->record.updated_ms ? a->record.updated_ms < b->record.updated_ms
+                                                        : a->record.id < b->record.id;
+  });
+  std::vector<std::string> evicted;
+  for (Entry* e : finished) {
+    if (count <= config_.max_retained_per_principal && bytes <= max_bytes) break;
+    --count;
+    bytes -= static_cast<uint64_t>(e->record.result_bytes);
+    const std::string id = e->record.id;
+    std::string reason = "its result was discarded before its ttl to keep " + owner + " within the retention limits (" +
+                         std::to_string(config_.max_retained_per_principal) + " finished tasks, " +
+                         std::to_string(config_.max_retained_result_mb_per_principal) +
+                         " MB of results); fetch results sooner, or ask the operator to raise [tasks] "
+                         "max_retained_per_principal / max_retained_result_mb_per_principal";
+    tombstones_[id] = Tombstone{owner, e->record.expires_ms, std::move(reason)};
+    tombstone_order_.push_back(id);
+    tasks_.erase(id);
+    evicted.push_back(id);
+  }
+  // Tombstones are small, but bounded all the same.
+  while (tombstone_order_.size() > kMaxTombstones) {
+    tombstones_.erase(tombstone_order_.front());
+    tombstone_order_.pop_front();
+  }
+  if (!evicted.empty())
+    log::info("tasks_retention_discarded", {{"principal", owner}, {"tasks", evicted.size()}});
+  return evicted;
+}
+
+namespace {
+std::function<void(state::Database&)> delete_op(std::vector<std::string> ids) {
+  return [ids = std::move(ids)](state::Database& db) {
+    db.exec("BEGIN IMMEDIATE");
+    try {
+      state::Statement del(db.handle(), "DELETE FROM tasks WHERE id = ?");
+      for (const auto& id : ids) {
+        del.reset();
+        del.bind(1, id);
+        del.step();
+      }
+      db.exec("COMMIT");
+    } catch (...) {
+      db.exec("ROLLBACK");
+      throw;
+    }
+  };
+}
+
+std::function<void(state::Database&)> load_op(std::string id, std::shared_ptr<std::optional<std::string>> out) {
+  return [id = std::move(id), out](state::Database& db) {
+    state::Statement st(db.handle(), "SELECT result FROM tasks WHERE id = ?");
+    st.bind(1, id);
+    if (st.step()) *out = st.column_is_null(0) ? std::string() : st.column_text(0);
+  };
+}
+}  // namespace
+
+asio::awaitable<void> TaskManager::delete_rows(std::vector<std::string> ids) {
+  if (ids.empty()) co_return;
+  try {
+    co_await db_.run(delete_op(std::move(ids)));
+  } catch (const std::exception& e) {
+    // Memory no longer serves them; the next start enforces the limits again.
+    log::error("tasks_retention_delete_failed", {{"detail", e.what()}});
   }
 }
 
@@ -263,22 +394,40 @@ asio::awaitable<bool> TaskManager::finish(std::string id, Status status, std::st
     r.updated_ms = now;
     // However long the work took, its outcome stays readable a while after it ends.
     r.expires_ms = std::max(r.expires_ms, now + std::chrono::milliseconds(config_.min_retention).count());
+    r.result_is_error = r.result.is_object() && r.result.value("isError", false);
     copy = r;
     listener = it->second.listener;
   }
+  bool persisted = false;
+  std::shared_ptr<int64_t> bytes;
   try {
-    co_await persist(copy);
+    bytes = co_await persist(copy);
+    persisted = true;
   } catch (const std::exception& e) {
     // Memory keeps serving it; a restart would fail the task instead (recover()).
     log::error("task_persist_failed", {{"task_id", id}, {"detail", e.what()}});
   }
   if (listener) listener(copy);
+  std::vector<std::string> evicted;
+  if (persisted) {
+    std::lock_guard g(mutex_);
+    if (auto it = tasks_.find(id); it != tasks_.end()) {
+      // The database holds the result now; memory keeps the state only.
+      it->second.record.result_bytes = *bytes;
+      it->second.record.result = nullptr;
+      it->second.stored = true;
+      evicted = enforce_retention_locked(it->second.record.owner, id);
+    }
+  }
+  co_await delete_rows(std::move(evicted));
   co_return true;
 }
 
-asio::awaitable<void> TaskManager::persist(TaskRecord record) {
+asio::awaitable<std::shared_ptr<int64_t>> TaskManager::persist(TaskRecord record) {
   // Built by a plain function: GCC 12 destroys a lambda made inside a co_await expression twice.
-  co_await db_.run(write_op(std::move(record)));
+  auto bytes = std::make_shared<int64_t>(0);
+  co_await db_.run(write_op(std::move(record), bytes));
+  co_return bytes;
 }
 
 std::optional<TaskRecord> TaskManager::get(const std::string& owner, const std::string& id) {
@@ -286,6 +435,32 @@ std::optional<TaskRecord> TaskManager::get(const std::string& owner, const std::
   auto it = tasks_.find(id);
   if (it == tasks_.end() || !visible_locked(it->second, owner, unix_now_ms())) return std::nullopt;
   return it->second.record;
+}
+
+asio::awaitable<std::optional<TaskRecord>> TaskManager::fetch(std::string owner, std::string id) {
+  bool stored = false;
+  std::optional<TaskRecord> r;
+  {
+    std::lock_guard g(mutex_);
+    auto it = tasks_.find(id);
+    if (it == tasks_.end() || !visible_locked(it->second, owner, unix_now_ms())) co_return std::nullopt;
+    r = it->second.record;
+    stored = it->second.stored;
+  }
+  if (!stored || r->status != Status::kCompleted) co_return r;
+  auto text = std::make_shared<std::optional<std::string>>();
+  co_await db_.run(load_op(id, text));
+  if (!*text) co_return std::nullopt;  // discarded meanwhile
+  if (!(*text)->empty()) r->result = parse_or_null(**text);
+  co_return r;
+}
+
+std::optional<std::string> TaskManager::why_missing(const std::string& owner, const std::string& id) const {
+  std::lock_guard g(mutex_);
+  auto it = tombstones_.find(id);
+  if (it == tombstones_.end() || it->second.owner != owner || it->second.expires_ms < unix_now_ms())
+    return std::nullopt;
+  return it->second.reason;
 }
 
 std::vector<TaskRecord> TaskManager::list(const std::string& owner, const std::optional<PageKey>& after,
@@ -319,7 +494,8 @@ asio::awaitable<std::optional<TaskRecord>> TaskManager::wait(std::string owner, 
   asio::steady_timer timer(co_await asio::this_coro::executor);
   for (;;) {
     auto r = get(owner, id);
-    if (!r || is_terminal(r->status)) co_return r;
+    if (!r) co_return r;
+    if (is_terminal(r->status)) co_return co_await fetch(owner, id);
     if (abandon && abandon->cancelled()) co_return std::nullopt;
     // Polling memory is cheap, and it cannot miss a wake-up.
     timer.expires_after(std::chrono::milliseconds(50));

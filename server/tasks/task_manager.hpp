@@ -19,6 +19,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -54,8 +55,10 @@ struct TaskRecord {
   int64_t created_ms = 0;
   int64_t updated_ms = 0;
   int64_t expires_ms = 0;  // may be deleted after this once terminal (ttl = expires - created)
-  json result;             // the CallToolResult, when completed
+  json result;             // the CallToolResult, when completed (see TaskManager::fetch)
   json error;              // the JSON-RPC error object, when failed
+  bool result_is_error = false;  // the result's isError, known without loading the result
+  int64_t result_bytes = 0;      // the stored size of result and error, counted against retention
 };
 
 // What a task's work ends with: a CallToolResult (isError or not) or a JSON-RPC error.
@@ -90,7 +93,14 @@ class TaskManager {
                                                                 std::optional<int64_t> ttl_ms, Work work,
                                                                 Listener listener);
 
+  // The task's state; its `result` may be absent (null) once stored: a finished task's result
+  // lives in the database only, so that retained results cost no memory. fetch() loads it.
   std::optional<TaskRecord> get(const std::string& owner, const std::string& id);
+  // The task with its result (read from the database when it is no longer in memory).
+  boost::asio::awaitable<std::optional<TaskRecord>> fetch(std::string owner, std::string id);
+  // Why get() finds no task `id` of `owner`, when the reason is more than "never existed":
+  // its result was discarded to keep the owner within the retention limits.
+  std::optional<std::string> why_missing(const std::string& owner, const std::string& id) const;
   // Where a tasks/list page ends: the last task it showed. The next page starts strictly after
   // it, so tasks created or expired between calls never make a page repeat or skip one.
   struct PageKey {
@@ -100,7 +110,8 @@ class TaskManager {
   // The owner's tasks, newest first (ties by id), from just after `after` (or the newest).
   std::vector<TaskRecord> list(const std::string& owner, const std::optional<PageKey>& after, std::size_t limit,
                                bool* more);
-  // Waits until the task is terminal (tasks/result). nullopt: unknown, or `abandon` was set.
+  // Waits until the task is terminal (tasks/result) and fetches it. nullopt: unknown, or
+  // `abandon` was set.
   boost::asio::awaitable<std::optional<TaskRecord>> wait(std::string owner, std::string id,
                                                          std::shared_ptr<CancellationFlag> abandon);
   // Marks the task cancelled (durably) and stops its work. An error when it is unknown or
@@ -123,18 +134,31 @@ class TaskManager {
     std::function<void()> stop;  // cancels the work's coroutine (posted to its strand)
     Listener listener;
     bool running = false;
+    bool stored = false;  // terminal and persisted: `record.result` was dropped from memory
+  };
+  struct Tombstone {
+    std::string owner;
+    int64_t expires_ms = 0;
+    std::string reason;
   };
   boost::asio::awaitable<void> run(std::string id, Work work);
   // Sets a terminal status unless one is set already; persists it; tells the listener.
   boost::asio::awaitable<bool> finish(std::string id, Status status, std::string message, json result, json error);
-  boost::asio::awaitable<void> persist(TaskRecord record);
+  // Writes the record; returns the stored size of its result and error.
+  boost::asio::awaitable<std::shared_ptr<int64_t>> persist(TaskRecord record);
   void purge_expired_locked(int64_t now);
+  // Drops the owner's oldest finished tasks (never `keep`) beyond max_retained_per_principal
+  // or max_retained_result_mb_per_principal; returns their ids, whose rows must be deleted.
+  std::vector<std::string> enforce_retention_locked(const std::string& owner, const std::string& keep);
+  boost::asio::awaitable<void> delete_rows(std::vector<std::string> ids);
   bool visible_locked(const Entry& e, const std::string& owner, int64_t now) const;
 
   TasksConfig config_;
   state::DbWorker db_;
   mutable std::mutex mutex_;
   std::map<std::string, Entry> tasks_;
+  std::map<std::string, Tombstone> tombstones_;  // discarded by retention, until they would have expired
+  std::deque<std::string> tombstone_order_;      // oldest first, to bound tombstones_
   std::atomic<bool> stopping_{false};
   int64_t last_purge_ms_ = 0;
 };

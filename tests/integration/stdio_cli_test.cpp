@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include <signal.h>
+#include <poll.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -182,4 +183,76 @@ TEST_CASE("stdio: SIGHUP announces a changed tool list instead of killing the se
   REQUIRE(msgs.size() == 3);
   CHECK(msgs[1]["method"] == "notifications/tools/list_changed");
   CHECK(msgs[2]["id"] == 2);
+}
+
+namespace {
+// Reads the child's stdout until the answer to `id` arrives (or 10 s pass); keeps every message.
+json await_answer(int fd, const json& id, std::string& pending, std::vector<json>& seen) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  for (;;) {
+    for (auto nl = pending.find('\n'); nl != std::string::npos; nl = pending.find('\n')) {
+      json m = json::parse(pending.substr(0, nl), nullptr, false);
+      pending.erase(0, nl + 1);
+      REQUIRE_FALSE(m.is_discarded());
+      seen.push_back(m);
+      if (m.contains("id") && m["id"] == id) return m;
+    }
+    REQUIRE(std::chrono::steady_clock::now() < deadline);
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0) continue;
+    char buf[4096];
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    REQUIRE(n > 0);
+    pending.append(buf, static_cast<std::size_t>(n));
+  }
+}
+
+void send_line(const Child& c, const json& m) {
+  std::string line = m.dump() + "\n";
+  REQUIRE(::write(c.in_fd, line.data(), line.size()) == static_cast<ssize_t>(line.size()));
+}
+}  // namespace
+
+TEST_CASE("stdio: notifications/cancelled ends a subscription and a tasks/result wait, with no answer") {
+  ServerProcess s("", false);
+  Child child = spawn({binary(), "serve", "--config", s.config_path(), "--stdio"});
+  std::string pending;
+  std::vector<json> seen;
+  send_line(child, json::parse(R"({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}})"));
+  send_line(child, json::parse(R"({"jsonrpc":"2.0","method":"notifications/initialized"})"));
+  await_answer(child.out_fd, 1, pending, seen);
+  send_line(child, json{{"jsonrpc", "2.0"}, {"id", 2}, {"method", "tools/call"},
+                        {"params", {{"name", "submit_job"},
+                                    {"arguments", {{"script", "sleep 30"}, {"resources", {{"walltime", "00:01:00"}}}}}}}});
+  json job = await_answer(child.out_fd, 2, pending, seen)["result"]["structuredContent"];
+  REQUIRE(job.contains("job_id"));
+  send_line(child, json{{"jsonrpc", "2.0"}, {"id", 3}, {"method", "tools/call"},
+                        {"params", {{"name", "wait_job"}, {"arguments", {{"job_id", job["job_id"]}}}, {"task", json::object()}}}});
+  std::string task_id = await_answer(child.out_fd, 3, pending, seen)["result"]["task"]["taskId"];
+  send_line(child, json{{"jsonrpc", "2.0"}, {"id", "r"}, {"method", "tasks/result"}, {"params", {{"taskId", task_id}}}});
+  send_line(child, modern_request("listen", "subscriptions/listen", {{"notifications", {{"toolsListChanged", true}}}}));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  send_line(child, json{{"jsonrpc", "2.0"}, {"method", "notifications/cancelled"}, {"params", {{"requestId", "r"}}}});
+  send_line(child, json{{"jsonrpc", "2.0"}, {"method", "notifications/cancelled"}, {"params", {{"requestId", "listen"}}}});
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  send_line(child, json{{"jsonrpc", "2.0"}, {"id", "r"}, {"method", "tasks/get"}, {"params", {{"taskId", task_id}}}});
+  json again = await_answer(child.out_fd, "r", pending, seen);
+  CHECK(again["result"]["status"] == "working");  // cancelling the wait is not cancelling the task
+  send_line(child, json{{"jsonrpc", "2.0"}, {"id", 9}, {"method", "tools/call"},
+                        {"params", {{"name", "cancel_job"}, {"arguments", {{"job_id", job["job_id"]}}}}}});
+  await_answer(child.out_fd, 9, pending, seen);
+  std::string rest;
+  CHECK(finish(child, &rest) == 0);
+  for (auto& m : lines_of(pending + rest)) seen.push_back(m);
+  // At EOF a live subscription ends with a result and a live tasks/result with the task's end:
+  // cancelled ones had no answer at all. ("r" answered once: the tasks/get.)
+  int answers_r = 0;
+  bool acked = false;
+  for (const auto& m : seen) {
+    if (m.value("method", "") == "notifications/subscriptions/acknowledged") acked = true;
+    CHECK_FALSE((m.contains("id") && m["id"] == "listen"));
+    if (m.contains("id") && m["id"] == "r") ++answers_r;
+  }
+  CHECK(acked);
+  CHECK(answers_r == 1);
 }

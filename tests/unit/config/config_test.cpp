@@ -284,3 +284,23 @@ TEST_CASE("config: a directory given as the config file is refused") {
   CHECK_THROWS_WITH(load_config(dir / "missing.toml"), Catch::Contains("does not exist"));
   std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("config: [tasks] retention limits have defaults, are read, and must be positive") {
+  auto d = parse_config("", "/x", "t.toml");
+  CHECK(d.tasks.max_retained_per_principal == 1000);
+  CHECK(d.tasks.max_retained_result_mb_per_principal == 256);
+  auto c = parse_config("[tasks]\nmax_retained_per_principal = 5\nmax_retained_result_mb_per_principal = 64\n", "/x",
+                        "t.toml");
+  CHECK(c.tasks.max_retained_per_principal == 5);
+  CHECK(c.tasks.max_retained_result_mb_per_principal == 64);
+  for (const char* bad : {"[tasks]\nmax_retained_per_principal = 0\n", "[tasks]\nmax_retained_result_mb_per_principal = -1\n",
+                          "[tasks]\nmax_retained_result_mb_per_principal = 1073741825\n"}) {
+    try {
+      parse_config(bad, "/x", "t.toml");
+      FAIL("expected a ConfigError for " << bad);
+    } catch (const ConfigError& e) {
+      INFO(e.what());
+      CHECK(std::string(e.what()).find("max_retained") != std::string::npos);
+    }
+  }
+}

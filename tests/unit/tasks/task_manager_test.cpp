@@ -128,18 +128,23 @@ TEST_CASE("a task is durable before its id is returned, runs, and keeps its resu
     CHECK(m.running() == 1);
     gate->release = true;
     REQUIRE(eventually([&] { return m.get("alice", id)->status == Status::kCompleted; }));
-    auto done = *m.get("alice", id);
+    // Once stored, the result lives in the database only; fetch() reads it.
+    REQUIRE(eventually([&] { return m.get("alice", id)->result.is_null(); }));
+    auto done = *f.run(m.fetch("alice", id));
     CHECK(done.result["content"][0]["text"] == "done!");
+    CHECK(done.result_bytes > 0);
     CHECK(eventually([&] { return m.running() == 0; }));
     m.join();
   }
   // A new process serves the finished task from the database.
   TaskManager again(cfg, f.db);
   again.recover();
-  auto r = again.get("alice", id);
+  auto r = f.run(again.fetch("alice", id));
   REQUIRE(r);
   CHECK(r->status == Status::kCompleted);
   CHECK(r->result["content"][0]["text"] == "done!");
+  CHECK_FALSE(r->result_is_error);
+  CHECK_FALSE(f.run(again.fetch("mallory", id)));
 }
 
 TEST_CASE("a task is visible to its owner only") {
@@ -317,4 +322,115 @@ TEST_CASE("wait returns the finished task, or nothing when the waiter gives up")
   CHECK(r->result["content"][0]["text"] == "awaited");
   CHECK_FALSE(f.run(m.wait("mallory", rec.id, nullptr)));
   m.join();
+}
+
+namespace {
+// Work that ends at once with a result of about `bytes` bytes (isError when asked).
+TaskManager::Work sized(std::size_t bytes, bool is_error = false) {
+  return [bytes, is_error](std::string, std::shared_ptr<CancellationFlag>,
+                           std::function<void(std::string)>) -> asio::awaitable<TaskOutcome> {
+    TaskOutcome o;
+    o.result = nlohmann::json::object();
+    o.result["content"] = nlohmann::json::array({{{"type", "text"}, {"text", std::string(bytes, 'q')}}});
+    o.result["isError"] = is_error;
+    co_return o;
+  };
+}
+
+int64_t rows(const fs::path& db, const std::string& owner) {
+  state::Database d(db);
+  state::Statement st(d.handle(), "SELECT count(*) FROM tasks WHERE owner = ?");
+  st.bind(1, owner);
+  st.step();
+  return st.column_int(0);
+}
+
+// Creates a task and waits until it is finished and stored (its result dropped from memory).
+std::string finished(Fixture& f, TaskManager& m, const std::string& owner, TaskManager::Work work) {
+  std::string id = create_ok(f, m, owner, std::move(work)).id;
+  REQUIRE(eventually([&] {
+    auto r = m.get(owner, id);
+    return r && is_terminal(r->status) && r->result_bytes > 0 && m.running() == 0;
+  }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(2));  // distinct end times: a defined "oldest"
+  return id;
+}
+}  // namespace
+
+TEST_CASE("finished tasks beyond the retention count are discarded oldest first, and a lookup says why") {
+  Fixture f;
+  TasksConfig cfg;
+  cfg.max_retained_per_principal = 3;
+  TaskManager m(cfg, f.db);
+  m.recover();
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) ids.push_back(finished(f, m, "alice", sized(100)));
+  std::string bobs = finished(f, m, "bob", sized(100));
+  // The two oldest of alice's are gone from memory and the database; the three newest stay.
+  CHECK_FALSE(m.get("alice", ids[0]));
+  CHECK_FALSE(m.get("alice", ids[1]));
+  for (int i = 2; i < 5; ++i) CHECK(f.run(m.fetch("alice", ids[i]))->result["content"][0]["text"].get<std::string>().size() == 100);
+  REQUIRE(eventually([&] { return rows(f.db, "alice") == 3; }));
+  CHECK(rows(f.db, "bob") == 1);  // another principal's tasks are not displaced
+  CHECK(m.get("bob", bobs));
+  auto why = m.why_missing("alice", ids[0]);
+  REQUIRE(why);
+  CHECK(why->find("discarded before its ttl") != std::string::npos);
+  CHECK(why->find("max_retained_per_principal") != std::string::npos);
+  CHECK_FALSE(m.why_missing("mallory", ids[0]));  // the reason is the owner's to read
+  CHECK_FALSE(m.why_missing("alice", ids[2]));
+  m.join();
+}
+
+TEST_CASE("finished tasks beyond the retained result bytes are discarded, but never the one that just ended") {
+  Fixture f;
+  TasksConfig cfg;
+  cfg.max_retained_result_mb_per_principal = 1;
+  TaskManager m(cfg, f.db);
+  m.recover();
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i) ids.push_back(finished(f, m, "alice", sized(400'000)));
+  // Three results of ~400 kB are 1.2 MB, over 1 MiB: the oldest went, the other two stay.
+  CHECK_FALSE(m.get("alice", ids[0]));
+  CHECK(m.get("alice", ids[1]));
+  CHECK(m.get("alice", ids[2]));
+  CHECK(m.why_missing("alice", ids[0])->find("1 MB of results") != std::string::npos);
+  // A single result larger than the whole allowance is still kept: it is what the caller waits for.
+  std::string big = finished(f, m, "alice", sized(2'000'000));
+  auto r = f.run(m.fetch("alice", big));
+  REQUIRE(r);
+  CHECK(r->result["content"][0]["text"].get<std::string>().size() == 2'000'000);
+  CHECK_FALSE(m.get("alice", ids[1]));
+  CHECK_FALSE(m.get("alice", ids[2]));
+  REQUIRE(eventually([&] { return rows(f.db, "alice") == 1; }));
+  m.join();
+}
+
+TEST_CASE("a restart reads task states without their results, and applies lowered retention limits") {
+  Fixture f;
+  std::vector<std::string> ids;
+  {
+    TaskManager m(TasksConfig{}, f.db);
+    m.recover();
+    for (int i = 0; i < 4; ++i) ids.push_back(finished(f, m, "alice", sized(1000, i == 3)));
+    m.join();
+  }
+  TasksConfig lower;
+  lower.max_retained_per_principal = 2;
+  TaskManager again(lower, f.db);
+  again.recover();
+  CHECK_FALSE(again.get("alice", ids[0]));
+  CHECK_FALSE(again.get("alice", ids[1]));
+  CHECK(again.why_missing("alice", ids[1]));
+  CHECK(rows(f.db, "alice") == 2);
+  auto meta = again.get("alice", ids[3]);
+  REQUIRE(meta);
+  CHECK(meta->result.is_null());       // not loaded at start
+  CHECK(meta->result_is_error);        // but known, for 2025-11-25's "failed"
+  CHECK(meta->result_bytes > 1000);
+  auto full = f.run(again.fetch("alice", ids[3]));
+  REQUIRE(full);
+  CHECK(full->result["isError"] == true);
+  CHECK_FALSE(again.get("alice", ids[2])->result_is_error);
+  again.join();
 }
