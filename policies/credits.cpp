@@ -27,11 +27,23 @@ std::string format_rate(int64_t pico_per_unit) { return decimal::format(pico_per
 
 RateTable::RateTable(std::vector<Rate> rates) : rates_(std::move(rates)) {
   for (std::size_t i = 0; i < rates_.size(); ++i) index_[rates_[i].resource] = i;
+  // "gpu_hour" without a rate of its own: the dearest "gpu_hour:<type>" prices it, so a job
+  // that asks for GPUs of no particular type is never free where only typed GPUs have rates.
+  for (std::size_t i = 0; i < rates_.size(); ++i) {
+    const std::string& r = rates_[i].resource;
+    auto colon = r.find(':');
+    if (colon == std::string::npos || colon == 0) continue;
+    std::string base = r.substr(0, colon);
+    if (index_.count(base)) continue;
+    auto [it, fresh] = dearest_.emplace(base, i);
+    if (!fresh && rates_[i].pico_per_unit > rates_[it->second].pico_per_unit) it->second = i;
+  }
 }
 
 const Rate* RateTable::find(const std::string& resource) const {
-  auto it = index_.find(resource);
-  return it == index_.end() ? nullptr : &rates_[it->second];
+  if (auto it = index_.find(resource); it != index_.end()) return &rates_[it->second];
+  if (auto it = dearest_.find(resource); it != dearest_.end()) return &rates_[it->second];
+  return nullptr;
 }
 
 MicroCredits RateTable::price(const Usage& usage) const {

@@ -37,7 +37,9 @@ struct Rate {
 
 // The rates in force. Pricing a Usage: each line's quantity is taken to 6 decimals (micro-units),
 // multiplied by its rate, the lines summed exactly, and the total rounded up to a whole
-// micro-credit. Resources without a rate (or with rate 0) are free.
+// micro-credit. Resources without a rate (or with rate 0) are free, except that an untyped
+// resource ("gpu_hour") without a rate of its own is priced at its dearest typed rate
+// ("gpu_hour:a100"): the type it will get is not known when it is asked for.
 class RateTable {
  public:
   RateTable() = default;
@@ -60,6 +62,7 @@ class RateTable {
  private:
   std::vector<Rate> rates_;
   std::map<std::string, std::size_t, std::less<>> index_;
+  std::map<std::string, std::size_t, std::less<>> dearest_;  // base without a rate -> its dearest typed rate
 };
 
 // One grant's unspent part, as a purse holds it.

@@ -9,7 +9,9 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
+#include <set>
 #include <thread>
 #include <unordered_map>
 
@@ -25,11 +27,42 @@ std::string format_bytes(uint64_t b) {
   return buf;
 }
 
-uint64_t required_memory(const Circuit& c, const SimRequest& r, Precision p) {
+uint64_t max_outcomes(const Circuit& c, const SimRequest& r) {
+  if (r.shots == 0 || !c.has_measurements()) return 0;
+  std::set<int> written, measured;
+  for (const auto& op : c.ops)
+    if (op.kind == OpKind::kMeasure) {
+      written.insert(op.clbit);
+      measured.insert(op.targets[0]);
+    }
+  // Bits never measured are always 0: only the measured ones tell outcomes apart. Terminal
+  // measurements read one final state: at most as many outcomes as the measured qubits have.
+  std::size_t bits = written.size();
+  if (c.measurements_terminal()) bits = std::min(bits, measured.size());
+  if (bits >= 63) return r.shots;
+  return std::min<uint64_t>(r.shots, uint64_t{1} << bits);
+}
+
+uint64_t answer_memory(const Circuit& c, const SimRequest& r) {
+  // Per distinct outcome: its key (every classical bit, a space between registers) in the
+  // counts map, in the JSON answer, in that answer's text and in its copy for the audit, with
+  // about 48 bytes of bookkeeping each time. Built after the state is freed.
+  const uint64_t key = static_cast<uint64_t>(c.num_clbits) + c.cregs.size() + 48;
+  const uint64_t outcomes = max_outcomes(c, r);
+  if (outcomes > UINT64_MAX / 4 / key) return UINT64_MAX;
+  return 4 * outcomes * key;
+}
+
+uint64_t state_memory(const Circuit& c, const SimRequest& r, Precision p) {
   if (c.num_qubits >= 58) return UINT64_MAX;
   uint64_t one = (uint64_t{1} << c.num_qubits) * (p == Precision::kDouble ? 16 : 8);
   bool per_shot = !c.measurements_terminal() && r.shots > 1;
   return per_shot ? 2 * one : one;
+}
+
+uint64_t required_memory(const Circuit& c, const SimRequest& r, Precision p) {
+  // The state and the answer are not held at once: each must fit.
+  return std::max(state_memory(c, r, p), answer_memory(c, r));
 }
 
 // --- fusion ----------------------------------------------------------------------------------
@@ -286,7 +319,8 @@ class Simulation {
       }
       if (req_.return_statevector) copy_out();
       for (const auto& o : req_.observables) result_.expectation_values.push_back(expectation(o));
-      if (c_.has_measurements() && req_.shots > 0) sample(rng);
+      if (c_.has_measurements() && req_.shots > 0)
+        if (auto e = sample(rng)) return *e;
       result_.sampled_once = true;
       return std::move(result_);
     }
@@ -459,7 +493,7 @@ class Simulation {
 
   // All shots from the final state in one pass: sorted uniforms against the running sum of
   // probabilities.
-  void sample(std::mt19937_64& rng) {
+  std::optional<Error> sample(std::mt19937_64& rng) {
     std::vector<double> u(req_.shots);
     for (auto& x : u) x = uniform(rng);
     std::sort(u.begin(), u.end());
@@ -477,13 +511,24 @@ class Simulation {
     }
     if (next < u.size()) by_index[last_nonzero] += u.size() - next;  // rounding: the total may fall short of 1
     ++result_.passes;
+    // Which qubit each classical bit ends up holding (the last measurement into it wins), once:
+    // not the whole circuit again for every outcome.
+    std::vector<int> source(static_cast<std::size_t>(c_.num_clbits), -1);
+    for (const auto& op : c_.ops)
+      if (op.kind == OpKind::kMeasure) source[static_cast<std::size_t>(op.clbit)] = op.targets[0];
+    std::vector<std::pair<int, int>> measured;  // (clbit, qubit)
+    for (std::size_t b = 0; b < source.size(); ++b)
+      if (source[b] >= 0) measured.emplace_back(static_cast<int>(b), source[b]);
     std::vector<uint8_t> bits(static_cast<std::size_t>(c_.num_clbits));
+    std::size_t done = 0;
     for (const auto& [idx, n] : by_index) {
+      if ((++done & 1023) == 0 && opt_.cancelled && opt_.cancelled())
+        return Error{ErrorCode::kCancelled, "the simulation was cancelled", {}, {}};
       std::fill(bits.begin(), bits.end(), 0);
-      for (const auto& op : c_.ops)
-        if (op.kind == OpKind::kMeasure) bits[op.clbit] = static_cast<uint8_t>((idx >> op.targets[0]) & 1);
+      for (const auto& [clbit, qubit] : measured) bits[static_cast<std::size_t>(clbit)] = static_cast<uint8_t>((idx >> qubit) & 1);
       result_.counts[key(bits)] += n;
     }
+    return std::nullopt;
   }
 
   std::string key(const std::vector<uint8_t>& bits) const {
@@ -514,11 +559,18 @@ class Simulation {
 std::variant<SimResult, Error> run_statevector(const Circuit& circuit, const SimRequest& request, const SimOptions& options) {
   uint64_t need = required_memory(circuit, request, options.precision);
   if (need > options.max_memory_bytes) {
-    std::string what = std::to_string(circuit.num_qubits) + " qubits need " + format_bytes(need);
-    if (need == UINT64_MAX) what = std::to_string(circuit.num_qubits) + " qubits need more memory than exists";
+    const bool counts = answer_memory(circuit, request) > state_memory(circuit, request, options.precision);
+    std::string who = std::to_string(circuit.num_qubits) + " qubits";
+    // Name the counts when they are what does not fit.
+    if (counts)
+      who = "the counts of up to " + std::to_string(max_outcomes(circuit, request)) + " distinct outcomes of " +
+             std::to_string(circuit.num_clbits) + " classical bits";
+    std::string what = who + " need " + format_bytes(need);
+    if (need == UINT64_MAX) what = who + " need more memory than exists";
     return Error{ErrorCode::kPolicyDenied, what + "; this project may use " + format_bytes(options.max_memory_bytes),
-                 options.precision == Precision::kDouble ? "use fewer qubits, or precision \"single\" to halve the memory"
-                                                         : "use fewer qubits",
+                 counts ? "use fewer shots, or measure into fewer classical bits"
+                 : options.precision == Precision::kDouble ? "use fewer qubits, or precision \"single\" to halve the memory"
+                                                           : "use fewer qubits",
                  {}};
   }
   if (options.precision == Precision::kSingle) return Simulation<float>(circuit, request, options).run();

@@ -159,6 +159,19 @@ TEST_CASE("credit ledger: pricing is exact integer arithmetic, rounded up once p
   CHECK(credits::format_rate(200'000) == "0.0000002");
 }
 
+TEST_CASE("credit ledger: GPUs of no particular type cost the dearest typed GPU rate, unless they have a rate") {
+  credits::RateTable typed({{"gpu_hour:a100", 1'500'000'000'000, "GPU-h"},
+                            {"gpu_hour:h100", 3 * kPico, "GPU-h"},
+                            {"gpu_hour:t4", kPico / 2, "GPU-h"}});
+  // A job asking for 2 GPUs of any type for 1 h may get H100s: it holds for them.
+  CHECK(typed.price(Usage().add("gpu_hour", 2)) == 6 * C);
+  CHECK(typed.unpriced(Usage().add("gpu_hour", 2)).empty());
+  CHECK(typed.price(Usage().add("gpu_hour:t4", 2)) == 1 * C);  // a typed line keeps its own rate
+  CHECK(typed.price(Usage().add("gpu_hour:v100", 2)) == 0);     // an unknown type is not guessed
+  credits::RateTable own({{"gpu_hour", kPico, "GPU-h"}, {"gpu_hour:h100", 3 * kPico, "GPU-h"}});
+  CHECK(own.price(Usage().add("gpu_hour", 2)) == 2 * C);
+}
+
 TEST_CASE("credit ledger: a refusal says what the call needs, how that was priced and what is available") {
   TempDb db;
   TestClock clock;
@@ -1211,6 +1224,8 @@ TEST_CASE("credit ledger: another user's expired allowance is lapsed in the writ
   auto h = r.run(ledger.reserve(request("P", units(1), "alice")));
   REQUIRE_FALSE(h.error);
   CHECK(h.hold.id.front() != '-');  // through the writer: it has a lapse to write
+  // A hold is answered before its transaction's COMMIT (Op::answer_before_commit): wait for it.
+  ledger.flush();
   // What is committed now (a crash here keeps just this) is consistent: the lapse posting and
   // carol's sub-budget row together.
   CHECK(db.verify(clock.ms).ok);

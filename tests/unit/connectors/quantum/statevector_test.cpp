@@ -244,6 +244,59 @@ TEST_CASE("statevector: memory is checked before anything is allocated", "[quant
   CHECK(std::get<Error>(run_statevector(big, SimRequest{}, SimOptions{})).message.rfind("60 qubits need more memory than exists", 0) == 0);
 }
 
+TEST_CASE("statevector: the counts an answer can hold are part of the memory budget", "[quantum][statevector]") {
+  // One qubit measured into 4,096 classical bits, reset between: every shot a new outcome, so
+  // 100,000 shots answer with 100,000 keys of 4,096 characters (400 MB) from a 1-qubit state.
+  std::string wide = "qreg q[1];\ncreg c[4096];\n";
+  for (int b = 0; b < 4096; ++b) wide += "h q[0];\nmeasure q[0] -> c[" + std::to_string(b) + "];\nreset q[0];\n";
+  Circuit c = parse(wide);
+  REQUIRE_FALSE(c.measurements_terminal());
+  SimRequest r;
+  r.shots = 100'000;
+  auto e = run_statevector(c, r, SimOptions{});
+  REQUIRE(std::holds_alternative<Error>(e));
+  CHECK(std::get<Error>(e).code == ErrorCode::kPolicyDenied);
+  CHECK(std::get<Error>(e).message.rfind("the counts of up to 100000 distinct outcomes of 4096 classical bits need 1.5 GiB", 0) == 0);
+  CHECK(std::get<Error>(e).hint.find("fewer shots") != std::string::npos);
+  // Fewer shots fit, and run.
+  r.shots = 20;
+  auto ok = run_statevector(c, r, SimOptions{});
+  REQUIRE(std::holds_alternative<SimResult>(ok));
+  CHECK(std::get<SimResult>(ok).counts.begin()->first.size() == 4096);
+  // Terminal measurements of 2 qubits have 4 outcomes however many bits they are copied into.
+  std::string copied = "qreg q[2];\ncreg c[4096];\nh q[0];\n";
+  for (int b = 0; b < 4096; ++b) copied += "measure q[" + std::to_string(b % 2) + "] -> c[" + std::to_string(b) + "];\n";
+  r.shots = 1'000'000;
+  CHECK(required_memory(parse(copied), r, Precision::kDouble) < 100'000);
+  // The state and the answer are not held at once: a state that fills the budget still fits.
+  Circuit full = parse("qreg q[26];\ncreg c[26];\nh q;\nmeasure q -> c;\n");
+  r.shots = 1024;
+  CHECK(required_memory(full, r, Precision::kDouble) == uint64_t{1} << 30);
+}
+
+TEST_CASE("statevector: sampling many distinct outcomes can be cancelled", "[quantum][statevector]") {
+  // 16 qubits in uniform superposition, 200,000 shots: ~65,000 distinct outcomes to tally.
+  Circuit c = parse("qreg q[16];\ncreg c[16];\nh q;\nmeasure q -> c;\n");
+  REQUIRE(c.measurements_terminal());
+  SimRequest r;
+  r.shots = 200'000;
+  bool gates_done = false;
+  SimOptions o;
+  o.progress = [&](double f) { gates_done = f >= 1; };  // what follows the last op is the sampling
+  o.cancelled = [&] { return gates_done; };
+  auto e = run_statevector(c, r, o);
+  REQUIRE(std::holds_alternative<Error>(e));
+  CHECK(std::get<Error>(e).code == ErrorCode::kCancelled);
+  // Uncancelled, the same run tallies every shot.
+  SimOptions plain;
+  auto ok = run_statevector(c, r, plain);
+  REQUIRE(std::holds_alternative<SimResult>(ok));
+  uint64_t total = 0;
+  for (const auto& [k, n] : std::get<SimResult>(ok).counts) total += n;
+  CHECK(total == 200'000);
+  CHECK(std::get<SimResult>(ok).counts.size() > 60'000);
+}
+
 TEST_CASE("statevector: cancellation stops a run and progress rises to 1", "[quantum][statevector]") {
   Circuit c = parse(random_circuit(8, 200, 9));
   std::atomic<bool> cancel{false};
