@@ -1,5 +1,7 @@
 #include "connectors/scheduler/job_ledger.hpp"
 
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
@@ -172,6 +174,66 @@ Usage job_usage(const Resources& r, std::chrono::milliseconds elapsed, const std
   return u;
 }
 
+Usage allocated_usage(const JobRecord& r, std::chrono::milliseconds elapsed) {
+  Resources used = r.resources;
+  std::string type = r.resources.gpu_type;
+  if (r.alloc_cpus > 0) {
+    used.tasks = r.alloc_cpus;
+    used.cpus_per_task = 1;
+  }
+  if (r.alloc_gpus > 0) {  // a total over the job's nodes
+    used.gpus = r.alloc_gpus;
+    used.nodes = 1;
+    if (!r.alloc_gpu_type.empty()) type = r.alloc_gpu_type;
+  }
+  return job_usage(used, elapsed, type);
+}
+
+namespace {
+std::string alloc_text(const JobRecord& r) {
+  json a = json::object();
+  a["nodes"] = r.alloc_nodes;
+  a["cpus"] = r.alloc_cpus;
+  a["gpus"] = r.alloc_gpus;
+  if (!r.alloc_gpu_type.empty()) a["gpu_type"] = r.alloc_gpu_type;
+  return a.dump();
+}
+
+void read_alloc(const std::string& text, JobRecord& r) {
+  json a = json::parse(text, nullptr, false);
+  if (!a.is_object()) return;
+  auto num = [&](const char* k) { return a.contains(k) && a[k].is_number_integer() ? a[k].get<int>() : 0; };
+  r.alloc_nodes = num("nodes");
+  r.alloc_cpus = num("cpus");
+  r.alloc_gpus = num("gpus");
+  if (a.contains("gpu_type") && a["gpu_type"].is_string()) r.alloc_gpu_type = a["gpu_type"].get<std::string>();
+}
+}  // namespace
+
+static std::string submitted_name(const std::string& name, const std::string& gateway_id) {
+  return name.empty() ? gateway_id : name;  // as the Slurm connectors name the job
+}
+
+asio::awaitable<std::optional<std::optional<std::string>>> JobService::find_submitted(SiteRuntime* rt,
+                                                                                       std::string gateway_id,
+                                                                                       std::string name, int attempts) {
+  asio::steady_timer pause(co_await asio::this_coro::executor);
+  for (int i = 0; i < attempts; ++i) {
+    if (i > 0) {
+      pause.expires_after(std::chrono::seconds(1 << (i - 1)));
+      co_await pause.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+    try {
+      co_return co_await rt->scheduler->find_submitted(gateway_id, name);
+    } catch (const ErrorException& e) {
+      log::warn("job_lookup_failed", {{"job", gateway_id}, {"detail", e.error().message}});
+    } catch (const std::exception& e) {
+      log::warn("job_lookup_failed", {{"job", gateway_id}, {"detail", e.what()}});
+    }
+  }
+  co_return std::nullopt;
+}
+
 std::string JobService::new_gateway_id() {
   static thread_local std::mt19937_64 rng{std::random_device{}()};
   static const char* kHex = "0123456789abcdef";
@@ -213,7 +275,7 @@ void JobService::load() {
   state::Statement st(db_.db().handle(),
                       "SELECT id, site, native_id, project, principal, name, spec, state, native_state, reason, "
                       "exit_code, term_signal, created_ms, submit_ms, start_ms, end_ms, hold_id, held, cost, settled, "
-                      "result FROM jobs WHERE state IN ('NEW','QUEUED','ACTIVE') OR settled = 0 OR created_ms > ?");
+                      "result, alloc FROM jobs WHERE state IN ('NEW','QUEUED','ACTIVE') OR settled = 0 OR created_ms > ?");
   // Final, settled jobs older than a week stay in the table but not in memory.
   st.bind(1, unix_now_ms() - int64_t(7) * 86'400'000);
   std::lock_guard g(mutex_);
@@ -243,6 +305,7 @@ void JobService::load() {
     r.settled = st.column_int(19) != 0;
     if (!st.column_is_null(20)) r.result = json::parse(st.column_text(20), nullptr, false);
     if (r.result.is_discarded()) r.result = nullptr;
+    if (!st.column_is_null(21)) read_alloc(st.column_text(21), r);
     r.stdout_path = text_of(r.spec, "stdout");
     r.stderr_path = text_of(r.spec, "stderr");
     jobs_.emplace(r.id, std::move(r));
@@ -293,7 +356,7 @@ void JobService::write_job(state::Database& db, const JobRecord& r) {
   state::Statement st(db.handle(),
                       "INSERT OR REPLACE INTO jobs(id, site, native_id, project, principal, name, spec, state, "
                       "native_state, reason, exit_code, term_signal, created_ms, submit_ms, start_ms, end_ms, hold_id, "
-                      "held, cost, settled, result) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+                      "held, cost, settled, result, alloc) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
   st.bind(1, r.id).bind(2, r.site).bind(3, r.native_id).bind(4, r.project).bind(5, r.principal).bind(6, r.name);
   st.bind(7, r.spec.dump()).bind(8, to_string(r.state)).bind(9, r.native_state).bind(10, r.reason);
   auto opt = [&](int i, const auto& v) {
@@ -311,6 +374,8 @@ void JobService::write_job(state::Database& db, const JobRecord& r) {
   st.bind(20, int64_t(r.settled ? 1 : 0));
   if (r.result.is_null()) st.bind_null(21);
   else st.bind(21, r.result.dump());
+  if (r.alloc_cpus > 0 || r.alloc_gpus > 0) st.bind(22, alloc_text(r));
+  else st.bind_null(22);
   st.step();
 }
 
@@ -381,6 +446,20 @@ asio::awaitable<std::variant<JobRecord, Error>> JobService::submit(SubmitRequest
   spec.stderr_path = area / spec.gateway_id / "stderr";
   if (spec.run_as.empty()) spec.run_as = site_cfg->run_as;
 
+  // From the hold on, the submission runs to its end whatever happens to the caller: a submit
+  // cut short by a client's cancel or the call's deadline cannot tell whether the scheduler
+  // took the job, and treating it as refused would let the job run untracked and free. So it
+  // runs as a coroutine of its own that no caller's cancellation reaches; the caller waits at
+  // most the scheduler's own timeouts (sbatch, the REST client) longer.
+  auto executor = co_await asio::this_coro::executor;
+  auto held = submit_held(std::move(req), site_cfg, rt);
+  auto detached_from_caller = asio::bind_cancellation_slot(asio::cancellation_slot(), asio::use_awaitable);
+  co_return co_await asio::co_spawn(executor, std::move(held), detached_from_caller);
+}
+
+asio::awaitable<std::variant<JobRecord, Error>> JobService::submit_held(SubmitRequest req, const SiteConfig* site_cfg,
+                                                                       SiteRuntime* rt) {
+  JobSpec& spec = req.spec;
   JobRecord rec;
   rec.id = spec.gateway_id;
   rec.site = site_cfg->id;
@@ -413,7 +492,16 @@ asio::awaitable<std::variant<JobRecord, Error>> JobService::submit(SubmitRequest
   {
     std::lock_guard g(mutex_);
     jobs_.emplace(rec.id, rec);
+    submitting_.insert(rec.id);  // the poller leaves a NEW job alone while its submit runs
   }
+  struct Submitting {
+    JobService& s;
+    std::string id;
+    ~Submitting() {
+      std::lock_guard g(s.mutex_);
+      s.submitting_.erase(id);
+    }
+  } submitting{*this, rec.id};
   {
     auto op = write_op(rec, rec.events.back());
     co_await on_db(std::move(op));
@@ -429,6 +517,29 @@ asio::awaitable<std::variant<JobRecord, Error>> JobService::submit(SubmitRequest
     // A connector bug or an OS failure: the job must not stay NEW with its credits held.
     refused = Error{ErrorCode::kBackendUnavailable, "site \"" + rec.site + "\" could not take the job", "retry later",
                     e.what()};
+  }
+  // Unavailable (a timeout, a lost connection, an unexpected answer) is not a refusal: the
+  // scheduler may have taken the job before the answer was lost. Ask for it by its comment.
+  bool unconfirmed = false;
+  if (refused && refused->code == ErrorCode::kBackendUnavailable) {
+    auto found = co_await find_submitted(rt, rec.id, submitted_name(spec.name, rec.id), 3);
+    if (found && *found) {
+      log::warn("job_submit_recovered", {{"job", rec.id}, {"native_id", **found}, {"detail", refused->message}});
+      native_id = **found;
+      refused.reset();
+    } else if (!found) {
+      unconfirmed = true;  // could not ask: the poller asks again before calling it lost
+    }
+  }
+  if (unconfirmed) {
+    log::error("job_submit_unconfirmed", {{"job", rec.id}, {"site", rec.site}, {"detail", refused->message}});
+    co_return Error{ErrorCode::kBackendUnavailable,
+                    "site \"" + rec.site + "\" did not confirm job " + rec.id + " (" + refused->message +
+                        "); it may have been taken",
+                    "do not submit again yet: get_job " + rec.id +
+                        " shows within a few minutes whether the site has it (QUEUED/ACTIVE) or not (FAILED, "
+                        "nothing charged)",
+                    refused->detail};
   }
   if (refused) {
     Hold h;
@@ -483,7 +594,7 @@ std::optional<JobRecord> JobService::get(const std::string& project, const std::
   if (pricer_ && r->state == JobState::kActive && r->start_ms && !r->hold_id.empty() && !r->spec.contains("payload")) {
     auto elapsed = std::chrono::milliseconds(std::max<int64_t>(0, unix_now_ms() - *r->start_ms));
     elapsed = std::min(elapsed, std::chrono::duration_cast<std::chrono::milliseconds>(r->resources.walltime));
-    r->cost_so_far = std::min(r->held, pricer_(job_usage(r->resources, elapsed, r->resources.gpu_type)));
+    r->cost_so_far = std::min(r->held, pricer_(allocated_usage(*r, elapsed)));
   }
   return r;
 }
@@ -539,7 +650,7 @@ asio::awaitable<void> JobService::poller(SiteRuntime* site) {
         if (active(r) && !r.native_id.empty()) {
           ids.push_back(r.native_id);
           by_native.emplace(r.native_id, r);
-        } else if (active(r) && r.state == JobState::kNew && r.native_id.empty() &&
+        } else if (active(r) && r.state == JobState::kNew && r.native_id.empty() && !submitting_.count(id) &&
                    unix_now_ms() - r.created_ms > 60'000) {
           unsettled.push_back(id);  // never reached the scheduler (a crash during submit)
         } else if (is_final(r.state) && !r.settled) {
@@ -549,6 +660,39 @@ asio::awaitable<void> JobService::poller(SiteRuntime* site) {
     }
     for (const auto& id : unsettled) {
       std::optional<JobRecord> r;
+      std::optional<JobRecord> unsent;
+      {
+        std::lock_guard g(mutex_);
+        auto it = jobs_.find(id);
+        if (it != jobs_.end() && it->second.state == JobState::kNew) unsent = it->second;
+      }
+      if (unsent) {
+        // Its submit's outcome is unknown (a crash, an unconfirmed submit): the scheduler may
+        // have it. Not reachable: ask again at the next poll.
+        auto found = co_await find_submitted(site, unsent->id, submitted_name(unsent->name, unsent->id), 1);
+        if (!found) continue;
+        if (*found) {
+          std::optional<JobRecord> adopted;
+          {
+            std::lock_guard g(mutex_);
+            auto it = jobs_.find(id);
+            if (it != jobs_.end() && it->second.state == JobState::kNew && it->second.native_id.empty()) {
+              it->second.native_id = **found;
+              it->second.state = JobState::kQueued;
+              it->second.native_state = "submitted";
+              it->second.submit_ms = unix_now_ms();
+              it->second.events.push_back(JobEvent{*it->second.submit_ms, JobState::kQueued, "", ""});
+              adopted = it->second;
+            }
+          }
+          if (adopted) {
+            log::warn("job_submit_recovered", {{"job", id}, {"native_id", adopted->native_id}});
+            auto op = write_op(*adopted, adopted->events.back());
+            co_await on_db(std::move(op));
+          }
+          continue;
+        }
+      }
       {
         std::lock_guard g(mutex_);
         auto it = jobs_.find(id);
@@ -588,6 +732,19 @@ asio::awaitable<void> JobService::poller(SiteRuntime* site) {
           if (it == by_native.end()) continue;
           seen.insert(s.native_id);
           missing.erase(s.native_id);
+          if (!s.comment.empty() && s.comment != it->second.id) {
+            // The id now names another job (slurmctld lost its state and counts again): ours
+            // is gone, and neither this status nor sacct's record of that id is its.
+            JobStatus lost;
+            lost.native_id = s.native_id;
+            lost.state = JobState::kFailed;
+            lost.native_state = "lost";
+            lost.reason = "the scheduler's job " + s.native_id + " is now another job (comment \"" +
+                          s.comment.substr(0, 64) + "\"): the scheduler lost this one";
+            lost.end_ms = unix_now_ms();
+            co_await apply(it->second, lost);
+            continue;
+          }
           co_await apply(it->second, s);
         }
         for (const auto& [native, rec] : by_native) {
@@ -643,12 +800,22 @@ asio::awaitable<void> JobService::apply(JobRecord before, const JobStatus& s) {
     if (!s.result.is_null()) r.result = s.result;
     if (is_final(r.state) && !r.end_ms) r.end_ms = unix_now_ms();
     if (r.state == JobState::kActive && !r.start_ms) r.start_ms = unix_now_ms();
+    // The allocation, once the job holds one (a pending job's figures are what it asked for).
+    if ((s.state == JobState::kActive || is_final(s.state)) && s.alloc_cpus > 0) {
+      r.alloc_nodes = s.alloc_nodes;
+      r.alloc_cpus = s.alloc_cpus;
+    }
+    if ((s.state == JobState::kActive || is_final(s.state)) && s.alloc_gpus > 0) {
+      r.alloc_gpus = s.alloc_gpus;
+      if (!s.gpu_type.empty()) r.alloc_gpu_type = s.gpu_type;
+    }
     if (r.state != old.state) {
       event = JobEvent{unix_now_ms(), r.state, r.native_state, r.reason};
       r.events.push_back(*event);
     }
     if (r.state != old.state || r.native_state != old.native_state || r.reason != old.reason ||
-        r.exit_code != old.exit_code || r.start_ms != old.start_ms || r.end_ms != old.end_ms || r.result != old.result)
+        r.exit_code != old.exit_code || r.start_ms != old.start_ms || r.end_ms != old.end_ms || r.result != old.result ||
+        r.alloc_nodes != old.alloc_nodes || r.alloc_cpus != old.alloc_cpus || r.alloc_gpus != old.alloc_gpus || r.alloc_gpu_type != old.alloc_gpu_type)
       after = r;
   }
   if (!after) co_return;
@@ -682,9 +849,9 @@ asio::awaitable<void> JobService::settle_if_final(std::string id) {
     result["job"] = r->id;
     // A payload job (a QPU run) is charged what its payload declares once it ran (seen running,
     // or completed between two polls), nothing if it never left the queue; a batch job its
-    // allocated resources x elapsed.
+    // allocated resources x elapsed (what it asked for where the scheduler reported nothing).
     bool ran = r->start_ms || r->state == JobState::kCompleted;
-    Usage used = !r->spec.contains("payload") ? job_usage(r->resources, elapsed, r->resources.gpu_type)
+    Usage used = !r->spec.contains("payload") ? allocated_usage(*r, elapsed)
                  : ran                         ? payload_usage(r->spec["payload"])
                                                : Usage{};
     posted = co_await ledger_.settle(h, std::move(used), std::move(result));

@@ -28,6 +28,7 @@
 #include <atomic>
 #include <functional>
 #include <map>
+#include <set>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -62,6 +63,10 @@ struct JobRecord {
   std::optional<MicroCredits> cost;
   std::optional<MicroCredits> cost_so_far;  // a running job: elapsed x resources, priced (not stored)
   bool settled = false;
+  // What the scheduler allocated once the job ran (0: not reported); charged instead of what
+  // was asked for (a whole node where the site allocates whole nodes; the GPU type it got).
+  int alloc_nodes = 0, alloc_cpus = 0, alloc_gpus = 0;
+  std::string alloc_gpu_type;
   std::vector<JobEvent> events;
   std::filesystem::path stdout_path, stderr_path;
   nlohmann::json result;  // JobStatus::result of a payload job once it has one (QPU counts)
@@ -125,6 +130,16 @@ class JobService {
     std::unique_ptr<Scheduler> scheduler;
   };
   boost::asio::awaitable<void> poller(SiteRuntime* site);
+  // submit() from the hold on: hold, row, Scheduler::submit, row again. Runs detached from the
+  // caller's cancellation.
+  boost::asio::awaitable<std::variant<JobRecord, Error>> submit_held(SubmitRequest req, const SiteConfig* site_cfg,
+                                                                     SiteRuntime* rt);
+  // The scheduler's id for a job whose submit outcome is unknown, asked up to `attempts`
+  // times (1 s, 2 s, ... apart). nullopt: the scheduler could not be asked; a nullopt inside:
+  // it has no such job.
+  boost::asio::awaitable<std::optional<std::optional<std::string>>> find_submitted(SiteRuntime* rt,
+                                                                                 std::string gateway_id,
+                                                                                 std::string name, int attempts);
   boost::asio::awaitable<void> apply(JobRecord before, const JobStatus& status);
   boost::asio::awaitable<void> settle_if_final(std::string id);
   // Runs `fn` on the database thread; the caller resumes on its own executor.
@@ -143,6 +158,7 @@ class JobService {
   state::DbWorker db_;
   mutable std::mutex mutex_;
   std::map<std::string, JobRecord> jobs_;
+  std::set<std::string> submitting_;  // gateway ids whose submit_held() is running
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> polls_{0};
   std::optional<boost::asio::any_io_executor> executor_;
@@ -156,6 +172,9 @@ std::optional<int64_t> parse_memory_mb(const nlohmann::json& value);
 bool valid_env_name(const std::string& name, std::string* why);
 // The credits a job may use: cpu_core_hour x cpus x h, gpu_hour:<type> x gpus x h.
 Usage job_usage(const Resources& r, std::chrono::milliseconds elapsed, const std::string& gpu_type);
+// What a job that ran `elapsed` is charged for: its allocation where the scheduler reported
+// one, else what it asked for.
+Usage allocated_usage(const JobRecord& r, std::chrono::milliseconds elapsed);
 // A payload job's declared charge (JobSpec::payload "usage").
 Usage payload_usage(const nlohmann::json& payload);
 

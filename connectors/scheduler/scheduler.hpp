@@ -93,6 +93,9 @@ struct JobStatus {
   int alloc_cpus = 0;
   int alloc_gpus = 0;
   std::string gpu_type;
+  // The job's comment where the scheduler reports it: the gateway id scigate submitted it with
+  // ("" when not reported). A status whose comment names another job is not this job's.
+  std::string comment;
   // What a job whose output is data rather than files produced (a QPU run's counts); null
   // otherwise. Kept in the job ledger and shown by get_job.
   nlohmann::json result;
@@ -115,6 +118,13 @@ class Scheduler {
   // The final state of a job poll() no longer reports (sacct -c, the wrapper's exit file), or
   // nothing when even that is gone.
   virtual boost::asio::awaitable<std::optional<JobStatus>> final_status(std::string native_id) = 0;
+  // The native id of the job submitted with `gateway_id` (its comment) under the job name
+  // `name`, when a submit's outcome is unknown (sbatch timed out after slurmctld took the job,
+  // a crash between submit and record). nullopt: the scheduler has no such job. Throws when
+  // it cannot be asked. Schedulers whose submit cannot be ambiguous answer nullopt.
+  virtual boost::asio::awaitable<std::optional<std::string>> find_submitted(std::string gateway_id, std::string name) {
+    co_return std::nullopt;
+  }
 };
 
 }  // namespace scigate::jobs

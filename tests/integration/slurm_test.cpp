@@ -315,8 +315,10 @@ TEST_CASE("slurm: one poll answers for several jobs with one query", "[slurm]") 
   auto rest = make_rest_jwt(*cluster);
   std::vector<std::string> ids;
   // Long enough that none can end and be purged (MinJobAge=2) before the polls below.
-  for (int i = 0; i < 3; ++i) ids.push_back(run_blocking(cli->submit(spec_for(*cluster, "many", "sleep 60\n"))));
-  for (int i = 0; i < 3; ++i) ids.push_back(run_blocking(rest->submit(spec_for(*cluster, "many", "sleep 60\n"))));
+  std::vector<JobSpec> specs;
+  for (int i = 0; i < 6; ++i) specs.push_back(spec_for(*cluster, "many", "sleep 60\n"));
+  for (int i = 0; i < 3; ++i) ids.push_back(run_blocking(cli->submit(specs[i])));
+  for (int i = 3; i < 6; ++i) ids.push_back(run_blocking(rest->submit(specs[i])));
   auto with_unknown = ids;
   with_unknown.push_back("999999");
 
@@ -333,6 +335,18 @@ TEST_CASE("slurm: one poll answers for several jobs with one query", "[slurm]") 
     CHECK((st.state == JobState::kQueued || st.state == JobState::kActive));
     CHECK(st.submit_ms);
   }
+  // Each answer carries the comment the job was submitted with (the gateway id), through both.
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    for (const auto& st : by_cli)
+      if (st.native_id == ids[i]) CHECK(st.comment == specs[i].gateway_id);
+    for (const auto& st : by_rest)
+      if (st.native_id == ids[i]) CHECK(st.comment == specs[i].gateway_id);
+  }
+  // A submit whose answer was lost is found again by its comment (and name), through both.
+  CHECK(run_blocking(cli->find_submitted(specs[0].gateway_id, specs[0].name)) == std::optional<std::string>(ids[0]));
+  CHECK(run_blocking(rest->find_submitted(specs[4].gateway_id, specs[4].name)) == std::optional<std::string>(ids[4]));
+  CHECK_FALSE(run_blocking(cli->find_submitted("gw-never-submitted", specs[0].name)));
+  CHECK_FALSE(run_blocking(rest->find_submitted("gw-never-submitted", specs[0].name)));
   // Ids Slurm never knew: an empty answer, not an error.
   CHECK(run_blocking(cli->poll({"999998"})).empty());
   CHECK(run_blocking(rest->poll({"999998"})).empty());

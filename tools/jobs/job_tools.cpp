@@ -132,6 +132,15 @@ json job_to_json(const JobRecord& r, bool full) {
   res["memory_mb"] = r.resources.memory_mb;
   res["walltime"] = walltime_text(r.resources.walltime);
   j["resources"] = std::move(res);
+  if (r.alloc_cpus > 0 || r.alloc_gpus > 0) {
+    // What the scheduler gave it, and what it is charged for.
+    json alloc = json::object();
+    if (r.alloc_nodes > 0) alloc["nodes"] = r.alloc_nodes;
+    if (r.alloc_cpus > 0) alloc["cpus"] = r.alloc_cpus;
+    if (r.alloc_gpus > 0) alloc["gpus"] = r.alloc_gpus;
+    if (!r.alloc_gpu_type.empty()) alloc["gpu_type"] = r.alloc_gpu_type;
+    j["allocated"] = std::move(alloc);
+  }
   json credits = json::object();
   credits["held"] = credits_number(r.held);
   if (r.cost) credits["cost"] = credits_number(*r.cost);

@@ -15,8 +15,8 @@ namespace {
 // squeue -O: a field with a suffix and no width is printed whole. Reason comes last: it is the
 // one field that can hold free text, so a '|' in it cannot shift the others.
 constexpr const char* kSqueueFields =
-    "JobID:|,State:|,exit_code:|,SubmitTime:|,StartTime:|,EndTime:|,NumNodes:|,NumCPUs:|,tres-alloc:|,Reason:|";
-constexpr size_t kSqueueFixed = 9;
+    "JobID:|,State:|,exit_code:|,SubmitTime:|,StartTime:|,EndTime:|,NumNodes:|,NumCPUs:|,tres-alloc:|,Comment:|,Reason:|";
+constexpr size_t kSqueueFixed = 10;
 
 std::vector<std::string_view> split(std::string_view s, char sep) {
   std::vector<std::string_view> out;
@@ -133,6 +133,10 @@ std::vector<std::string> SlurmCliScheduler::squeue_argv(const std::string& id_li
   return {program("squeue"), "--noheader", "--states=all", "--jobs=" + id_list, std::string("--Format=") + kSqueueFields};
 }
 
+std::vector<std::string> SlurmCliScheduler::squeue_by_name_argv(const std::string& name) const {
+  return {program("squeue"), "--noheader", "--states=all", "--name=" + name, std::string("--Format=") + kSqueueFields};
+}
+
 std::vector<std::string> SlurmCliScheduler::scancel_argv(const std::string& id) const {
   return {program("scancel"), id};
 }
@@ -180,6 +184,7 @@ std::vector<JobStatus> SlurmCliScheduler::parse_squeue(std::string_view out) {
     st.alloc_nodes = to_int(f[6]);
     st.alloc_cpus = to_int(f[7]);
     st.alloc_gpus = tres_gpus(f[8], &st.gpu_type);
+    if (f[9] != "(null)") st.comment = std::string(f[9]);
     result.push_back(std::move(st));
   }
   return result;
@@ -262,6 +267,17 @@ asio::awaitable<void> SlurmCliScheduler::cancel(std::string native_id) {
     co_return;
   throw ErrorException(Error{ErrorCode::kBackendRejected, "Slurm refused to cancel job " + native_id + ": " + slurm_message(r.err),
                              {}, "scancel: " + r.describe() + " stderr: " + r.err.substr(0, 2000)});
+}
+
+asio::awaitable<std::optional<std::string>> SlurmCliScheduler::find_submitted(std::string gateway_id, std::string name) {
+  // squeue filters by name, not by comment: the jobs of that name, then the one whose comment
+  // is the gateway id. squeue keeps ended jobs for MinJobAge (300 s by default).
+  std::vector<std::string> argv = squeue_by_name_argv(name);
+  auto r = co_await run(std::move(argv), base_environment());
+  if (!r.success()) throw ErrorException(unavailable("squeue", r));
+  for (const auto& st : parse_squeue(r.out))
+    if (st.comment == gateway_id) co_return st.native_id;
+  co_return std::nullopt;
 }
 
 asio::awaitable<std::optional<JobStatus>> SlurmCliScheduler::final_status(std::string native_id) {

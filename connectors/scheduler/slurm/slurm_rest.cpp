@@ -241,6 +241,11 @@ std::optional<JobStatus> SlurmRestScheduler::parse_job(const json& j) {
   st.alloc_nodes = static_cast<int>(get_int(j, "node_count"));
   st.alloc_cpus = static_cast<int>(get_int(j, "cpus"));
   st.alloc_gpus = tres_gpus(get_string(j, "tres_alloc_str"), &st.gpu_type);
+  // v0.0.38 and older: "comment" is a string; from v0.0.39 an object with the user's in "job".
+  if (auto c = j.find("comment"); c != j.end()) {
+    if (c->is_string()) st.comment = c->get<std::string>();
+    else if (c->is_object()) st.comment = get_string(*c, "job");
+  }
   return st;
 }
 
@@ -322,6 +327,18 @@ asio::awaitable<void> SlurmRestScheduler::cancel(std::string native_id) {
   Error e = error_from(r.status, r.body, "the cancellation");
   if (e.code == ErrorCode::kBackendRejected) e.message = "Slurm refused to cancel job " + native_id + e.message.substr(e.message.find(':'));
   throw ErrorException(std::move(e));
+}
+
+asio::awaitable<std::optional<std::string>> SlurmRestScheduler::find_submitted(std::string gateway_id, std::string) {
+  auto r = co_await request("GET", path("/jobs"), {});
+  if (r.status != 200 || r.body.is_discarded()) {
+    Error e = error_from(r.status, r.body.is_discarded() ? json::object() : r.body, "the job list");
+    e.code = ErrorCode::kBackendUnavailable;
+    throw ErrorException(std::move(e));
+  }
+  for (const auto& st : parse_jobs(r.body))
+    if (st.comment == gateway_id) co_return st.native_id;
+  co_return std::nullopt;
 }
 
 asio::awaitable<std::optional<JobStatus>> SlurmRestScheduler::final_status(std::string native_id) {

@@ -235,21 +235,24 @@ TEST_CASE("sbatch --parsable output", "[slurm]") {
 
 TEST_CASE("squeue -O output captured from Slurm 22.05", "[slurm]") {
   // squeue --noheader --states=all --jobs=7,8,9,10,11 --Format=<SlurmCliScheduler's fields>
+  // (the Comment column: job 9 submitted with --comment, the others without)
   const char* out =
-      "9|CANCELLED|0|2026-11-21T22:55:22|2026-11-21T22:55:24|2026-11-21T22:55:24|1|1|cpu=1,mem=256M,node=1,billing=1|Dependency|\n"
-      "7|FAILED|768|2026-11-21T22:55:22|2026-11-21T22:55:23|2026-11-21T22:55:23|1|1|cpu=1,mem=256M,node=1,billing=1|NonZeroExitCode|\n"
-      "10|PENDING|0|2026-11-21T22:55:22|N/A|N/A|1|1|cpu=1,mem=256M,node=1,billing=1|Resources|\n"
-      "11|PENDING|0|2026-11-21T22:55:22|N/A|N/A|1|1|cpu=1,mem=256M,node=1,billing=1|Priority|\n"
-      "8|RUNNING|0|2026-11-21T22:55:22|2026-11-21T22:55:23|2026-11-21T22:56:23|1|1|cpu=1,mem=256M,node=1,billing=1|None|\n"
-      "12|TIMEOUT|15|2026-11-21T22:55:22|2026-11-21T22:55:23|2026-11-21T22:56:53|1|2|cpu=2,mem=512M,node=1,billing=2,gres/gpu=1|TimeLimit|\n"
-      "13|OUT_OF_MEMORY|0|2026-11-21T22:55:22|2026-11-21T22:55:23|2026-11-21T22:56:53|1|1|cpu=1|OutOfMemory|\n"
-      "14|PENDING|0|2026-11-21T22:55:22|N/A|N/A|1|1|cpu=1|launch failed|requeued held|\n"
+      "9|CANCELLED|0|2026-11-21T22:55:22|2026-11-21T22:55:24|2026-11-21T22:55:24|1|1|cpu=1,mem=256M,node=1,billing=1|j-000000000009|Dependency|\n"
+      "7|FAILED|768|2026-11-21T22:55:22|2026-11-21T22:55:23|2026-11-21T22:55:23|1|1|cpu=1,mem=256M,node=1,billing=1|(null)|NonZeroExitCode|\n"
+      "10|PENDING|0|2026-11-21T22:55:22|N/A|N/A|1|1|cpu=1,mem=256M,node=1,billing=1|(null)|Resources|\n"
+      "11|PENDING|0|2026-11-21T22:55:22|N/A|N/A|1|1|cpu=1,mem=256M,node=1,billing=1|(null)|Priority|\n"
+      "8|RUNNING|0|2026-11-21T22:55:22|2026-11-21T22:55:23|2026-11-21T22:56:23|1|1|cpu=1,mem=256M,node=1,billing=1|(null)|None|\n"
+      "12|TIMEOUT|15|2026-11-21T22:55:22|2026-11-21T22:55:23|2026-11-21T22:56:53|1|2|cpu=2,mem=512M,node=1,billing=2,gres/gpu=1|(null)|TimeLimit|\n"
+      "13|OUT_OF_MEMORY|0|2026-11-21T22:55:22|2026-11-21T22:55:23|2026-11-21T22:56:53|1|1|cpu=1|(null)|OutOfMemory|\n"
+      "14|PENDING|0|2026-11-21T22:55:22|N/A|N/A|1|1|cpu=1|(null)|launch failed|requeued held|\n"
       "garbage line\n";
   auto st = SlurmCliScheduler::parse_squeue(out);
   REQUIRE(st.size() == 8);
   CHECK(st[0].native_id == "9");
   CHECK(st[0].state == JobState::kCanceled);
   CHECK(st[0].end_ms);
+  CHECK(st[0].comment == "j-000000000009");
+  CHECK(st[1].comment.empty());  // "(null)": no comment
   CHECK(st[1].state == JobState::kFailed);
   CHECK(st[1].exit_code == 3);
   CHECK(st[1].reason == "NonZeroExitCode");
@@ -332,6 +335,14 @@ TEST_CASE("slurmrestd v0.0.38 job objects and errors", "[slurm]") {
   CHECK(jobs[3].reason == "out of memory");
   CHECK(jobs[3].alloc_gpus == 1);
   CHECK(jobs[3].gpu_type == "h100");
+  // The comment: a string up to v0.0.38, an object from v0.0.39 (the user's under "job").
+  auto with_comment = json::parse(R"({"jobs":[{"job_id":8,"job_state":"PENDING","comment":"j-000000000008"},
+    {"job_id":9,"job_state":"PENDING","comment":{"administrator":"","job":"j-000000000009","system":""}}]})");
+  auto commented = SlurmRestScheduler::parse_jobs(with_comment);
+  REQUIRE(commented.size() == 2);
+  CHECK(commented[0].comment == "j-000000000008");
+  CHECK(commented[1].comment == "j-000000000009");
+  CHECK(jobs[0].comment.empty());
 
   auto rejected = SlurmRestScheduler::error_from(
       500, json::parse(R"({"errors":[{"error_code":2000,"error":"Invalid partition name specified"}]})"), "the submission");

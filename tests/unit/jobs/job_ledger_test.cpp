@@ -3,6 +3,11 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_future.hpp>
 
 #include <filesystem>
@@ -26,6 +31,13 @@ struct Script {
   int polls = 0;
   std::size_t largest_poll = 0;
   int submitted = 0;
+  std::chrono::milliseconds submit_delay{0};  // sbatch taking its time (the wait is cancellable)
+  // An answer lost on the way back: the job is taken (kept in `known`) but submit() throws
+  // "unavailable", as sbatch does on "Socket timed out" after slurmctld queued the job.
+  bool lose_submit_answer = false;
+  bool drop_submit = false;   // submit() throws "unavailable" and the scheduler never got the job
+  bool lookup_fails = false;  // find_submitted() cannot reach the scheduler
+  int lookups = 0;
 };
 
 class ScriptedScheduler final : public Scheduler {
@@ -33,14 +45,31 @@ class ScriptedScheduler final : public Scheduler {
   explicit ScriptedScheduler(std::shared_ptr<Script> s) : s_(std::move(s)) {}
   std::string kind() const override { return "scripted"; }
   asio::awaitable<std::string> submit(JobSpec spec) override {
+    if (s_->drop_submit)
+      throw ErrorException(Error{ErrorCode::kBackendUnavailable, "the Slurm site is unavailable: Connection refused", {}, {}});
+    if (s_->submit_delay.count() > 0) {
+      asio::steady_timer t(co_await asio::this_coro::executor, s_->submit_delay);
+      co_await t.async_wait(asio::use_awaitable);
+    }
     std::lock_guard g(s_->m);
     std::string id = std::to_string(100 + s_->submitted++);
     JobStatus st;
     st.native_id = id;
     st.state = JobState::kQueued;
     st.native_state = "PENDING";
+    st.comment = spec.gateway_id;
     s_->known[id] = st;
+    if (s_->lose_submit_answer)
+      throw ErrorException(Error{ErrorCode::kBackendUnavailable, "the Slurm site is unavailable: sbatch: Socket timed out", {}, {}});
     co_return id;
+  }
+  asio::awaitable<std::optional<std::string>> find_submitted(std::string gateway_id, std::string) override {
+    std::lock_guard g(s_->m);
+    ++s_->lookups;
+    if (s_->lookup_fails) throw ErrorException(Error{ErrorCode::kBackendUnavailable, "squeue: Socket timed out", {}, {}});
+    for (const auto& [id, st] : s_->known)
+      if (st.comment == gateway_id) co_return id;
+    co_return std::nullopt;
   }
   asio::awaitable<std::vector<JobStatus>> poll(std::vector<std::string> ids) override {
     std::lock_guard g(s_->m);
@@ -62,25 +91,53 @@ class ScriptedScheduler final : public Scheduler {
   std::shared_ptr<Script> s_;
 };
 
-struct Fixture {
+// Holds for every job and keeps what each settlement charged for.
+class RecordingLedger final : public Ledger {
+ public:
+  asio::awaitable<ReserveResult> reserve(HoldRequest request) override {
+    ReserveResult r;
+    r.hold.id = "h" + std::to_string(++holds);
+    r.hold.amount = 1'000'000'000;
+    r.hold.project = request.project;
+    co_return r;
+  }
+  asio::awaitable<MicroCredits> settle(Hold, Usage actual, nlohmann::json) override {
+    std::lock_guard g(m);
+    settled.push_back(std::move(actual));
+    co_return 1;
+  }
+  asio::awaitable<void> release(Hold) override {
+    std::lock_guard g(m);
+    ++released;
+    co_return;
+  }
+  std::mutex m;
+  std::vector<Usage> settled;
+  int holds = 0, released = 0;
+};
+
+template <class L>
+struct BasicFixture {
   fs::path dir;
   Config config;
-  UnmeteredLedger ledger;
+  L ledger;
   std::shared_ptr<Script> script = std::make_shared<Script>();
-  Fixture() {
+  BasicFixture() {
     char tmpl[] = "/tmp/scigate-jobledger-XXXXXX";
     dir = ::mkdtemp(tmpl);
     config = parse_config("[[sites]]\nid = \"s\"\nscheduler = \"slurm\"\npoll_interval_ms = 10\n", dir, "t.toml");
     state::Database db(dir / "db");
     db.migrate(state::schema_migrations());
   }
-  ~Fixture() { fs::remove_all(dir); }
+  ~BasicFixture() { fs::remove_all(dir); }
   std::unique_ptr<JobService> service() {
     auto s = script;
     return std::make_unique<JobService>(config, dir / "db", ledger,
                                         [s](const SiteConfig&) { return std::make_unique<ScriptedScheduler>(s); });
   }
 };
+
+using Fixture = BasicFixture<UnmeteredLedger>;
 
 struct Running {
   asio::io_context io;
@@ -211,4 +268,173 @@ TEST_CASE("job ledger: transitions are recorded, one poll covers every job, fina
       return f.script->polls > before;
     }));
   }
+}
+
+TEST_CASE("job ledger: a job is charged for what the scheduler allocated, kept across a restart") {
+  BasicFixture<RecordingLedger> f;
+  std::string id;
+  {
+    auto svc = f.service();
+    Running r(*svc);
+    SubmitRequest req;
+    req.spec.name = "gpu";
+    req.spec.script = "true";
+    req.spec.project = "p";
+    req.spec.principal = "alice";
+    req.spec.resources.tasks = 2;
+    req.spec.resources.gpus = 1;  // of any type
+    auto v = asio::co_spawn(r.io, svc->submit(std::move(req)), asio::use_future).get();
+    REQUIRE(std::holds_alternative<JobRecord>(v));
+    auto job = std::get<JobRecord>(v);
+    id = job.id;
+    {
+      // Running on a whole node: 64 CPUs and an A100.
+      std::lock_guard g(f.script->m);
+      auto& st = f.script->known[job.native_id];
+      st.state = JobState::kActive;
+      st.native_state = "RUNNING";
+      st.start_ms = 1'000;
+      st.alloc_nodes = 1;
+      st.alloc_cpus = 64;
+      st.alloc_gpus = 1;
+      st.gpu_type = "a100";
+    }
+    REQUIRE(eventually([&] { return svc->get("p", id)->alloc_cpus == 64; }));
+    CHECK(svc->get("p", id)->alloc_gpu_type == "a100");
+    {
+      // sacct at the end reports CPUs but no GPUs: what squeue saw is kept.
+      std::lock_guard g(f.script->m);
+      auto& st = f.script->known[job.native_id];
+      st.state = JobState::kCompleted;
+      st.native_state = "COMPLETED";
+      st.end_ms = 1'000 + 1'800'000;  // half an hour
+      st.alloc_gpus = 0;
+      st.gpu_type.clear();
+    }
+    REQUIRE(eventually([&] { return svc->get("p", id)->settled; }));
+    std::lock_guard g(f.ledger.m);
+    REQUIRE(f.ledger.settled.size() == 1);
+    std::map<std::string, double> used;
+    for (const auto& line : f.ledger.settled[0].lines) used[line.resource] += line.quantity;
+    CHECK(used["cpu_core_hour"] == Approx(32.0));   // 64 CPUs x 0.5 h, not the 2 asked for
+    CHECK(used["gpu_hour:a100"] == Approx(0.5));    // the type it got
+    CHECK(used.count("gpu_hour") == 0);
+  }
+  auto svc = f.service();
+  Running r(*svc);
+  auto again = svc->get("p", id);
+  REQUIRE(again);
+  CHECK(again->alloc_cpus == 64);
+  CHECK(again->alloc_gpus == 1);
+  CHECK(again->alloc_gpu_type == "a100");
+}
+
+TEST_CASE("job ledger: a caller that gives up during the submit still gets its job tracked and held") {
+  BasicFixture<RecordingLedger> f;
+  f.script->submit_delay = std::chrono::milliseconds(300);
+  auto svc = f.service();
+  Running r(*svc);
+  SubmitRequest req;
+  req.spec.name = "slow-sbatch";
+  req.spec.script = "true";
+  req.spec.project = "p";
+  req.spec.principal = "alice";
+  // The client cancels (or the call's deadline passes) while sbatch runs: the scheduler may
+  // have taken the job, so the submission must finish and be recorded, not be called refused.
+  asio::cancellation_signal cancel;
+  auto fut = asio::co_spawn(r.io, svc->submit(std::move(req)), asio::bind_cancellation_slot(cancel.slot(), asio::use_future));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  asio::post(r.io, [&] { cancel.emit(asio::cancellation_type::terminal); });
+  auto v = fut.get();
+  REQUIRE(std::holds_alternative<JobRecord>(v));
+  const auto& job = std::get<JobRecord>(v);
+  CHECK(job.state == JobState::kQueued);
+  CHECK_FALSE(job.native_id.empty());
+  CHECK_FALSE(job.hold_id.empty());  // still held: the job is charged when it ends
+  bool more = false;
+  auto listed = svc->list("p", ListFilter{}, &more);
+  REQUIRE(listed.size() == 1);
+  CHECK(listed[0].native_id == job.native_id);
+  std::lock_guard g(f.ledger.m);
+  CHECK(f.ledger.settled.empty());
+  CHECK(f.ledger.released == 0);
+}
+
+namespace {
+SubmitRequest plain_request(const std::string& name) {
+  SubmitRequest req;
+  req.spec.name = name;
+  req.spec.script = "true";
+  req.spec.project = "p";
+  req.spec.principal = "alice";
+  return req;
+}
+}  // namespace
+
+TEST_CASE("job ledger: a submit whose answer was lost is found by its comment, not called refused") {
+  BasicFixture<RecordingLedger> f;
+  f.script->lose_submit_answer = true;
+  auto svc = f.service();
+  Running r(*svc);
+  auto v = asio::co_spawn(r.io, svc->submit(plain_request("taken")), asio::use_future).get();
+  REQUIRE(std::holds_alternative<JobRecord>(v));
+  auto job = std::get<JobRecord>(v);
+  CHECK(job.state == JobState::kQueued);
+  CHECK(job.native_id == "100");
+  {
+    std::lock_guard g(f.ledger.m);
+    CHECK(f.ledger.released == 0);  // its hold stays: the job will run and be charged
+  }
+  // Not taken at all: the lookup finds nothing and the submit is refused, its hold released.
+  f.script->drop_submit = true;
+  auto w = asio::co_spawn(r.io, svc->submit(plain_request("dropped")), asio::use_future).get();
+  REQUIRE(std::holds_alternative<Error>(w));
+  CHECK(std::get<Error>(w).message.find("Connection refused") != std::string::npos);
+  {
+    std::lock_guard g(f.ledger.m);
+    CHECK(f.ledger.released == 1);
+  }
+  // The squeue/REST answer of another job under our numeric id is not ours: the job is lost.
+  {
+    std::lock_guard g(f.script->m);
+    f.script->known["100"].comment = "j-000000000000";
+  }
+  REQUIRE(eventually([&] { return svc->get("p", job.id)->state == JobState::kFailed; }));
+  CHECK(svc->get("p", job.id)->native_state == "lost");
+  CHECK(svc->get("p", job.id)->reason.find("is now another job") != std::string::npos);
+}
+
+TEST_CASE("job ledger: a submit that cannot be confirmed stays NEW, and the poller adopts or fails it later") {
+  BasicFixture<RecordingLedger> f;
+  f.script->lose_submit_answer = true;
+  f.script->lookup_fails = true;
+  std::string taken_id;
+  {
+    auto svc = f.service();
+    Running r(*svc);
+    auto v = asio::co_spawn(r.io, svc->submit(plain_request("unsure")), asio::use_future).get();
+    REQUIRE(std::holds_alternative<Error>(v));
+    const auto& e = std::get<Error>(v);
+    CHECK(e.code == ErrorCode::kBackendUnavailable);
+    CHECK(e.message.find("did not confirm job") != std::string::npos);
+    CHECK(e.hint.find("do not submit again yet") != std::string::npos);
+    bool more = false;
+    auto listed = svc->list("p", ListFilter{}, &more);
+    REQUIRE(listed.size() == 1);
+    taken_id = listed[0].id;
+    CHECK(listed[0].state == JobState::kNew);  // neither refused nor released
+    CHECK(f.script->lookups == 3);             // asked three times before answering
+    std::lock_guard g(f.ledger.m);
+    CHECK(f.ledger.released == 0);
+  }
+  // A minute later (a restart here), the scheduler answers again and has the job: adopted.
+  {
+    state::Database db(f.dir / "db");
+    db.exec("UPDATE jobs SET created_ms = created_ms - 120000");
+  }
+  f.script->lookup_fails = false;
+  auto svc = f.service();
+  Running r(*svc);
+  REQUIRE(eventually([&] { return svc->get("p", taken_id)->state == JobState::kQueued; }));
+  CHECK(svc->get("p", taken_id)->native_id == "100");
 }
