@@ -1,5 +1,7 @@
 #include "tools/registry.hpp"
 
+#include "server/common/json_util.hpp"
+
 #include <valijson/adapters/nlohmann_json_adapter.hpp>
 #include <valijson/schema.hpp>
 #include <valijson/schema_parser.hpp>
@@ -142,6 +144,10 @@ Tool* ToolRegistry::find(const std::string& name) const {
 
 std::optional<Error> ToolRegistry::validate_arguments(const Tool& tool, const json& args) const {
   const auto& e = entries_.at(tool.descriptor().name);
+  if (auto at = oversized_integer(args))
+    return Error::invalid_arguments("invalid arguments for " + tool.descriptor().name + ": the integer at " + *at +
+                                        " is too large (at most 9223372036854775807)",
+                                    "send a number within the bounds the tool's inputSchema gives");
   if (auto problem = e.input->check(args, "arguments"))
     return Error::invalid_arguments("invalid arguments for " + tool.descriptor().name + ": " + *problem,
                                     "fix the argument and call again; tools/list shows the tool's inputSchema");

@@ -1,5 +1,7 @@
 #include "server/pipeline/tool_call_pipeline.hpp"
 
+#include "server/common/json_util.hpp"
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -286,6 +288,8 @@ asio::awaitable<bool> ToolCallPipeline::open(Call& c) {
   std::exception_ptr fault;
   try {
     // 1-4. The tool, the project and role, the arguments and policy: nothing waits there.
+    // 2.0 is an integer to the tools' JSON Schemas (2020-12): it reaches them as 2.
+    integral_floats_to_integers(c.req.arguments);
     Admission adm = admit(c.req, c.audit, c.facts);
     c.project = adm.project;
     if (adm.refusal) {

@@ -204,6 +204,25 @@ TEST_CASE("tools/call: progress is reported to the request's notifier") {
   CHECK((*out.response)["result"]["isError"] == false);
 }
 
+TEST_CASE("tools/call: 2.0 is an integer, 2.5 is not, and integers beyond int64 are refused by name") {
+  Harness h;
+  auto call = [&](json steps) {
+    json params{{"name", "sleep"}, {"arguments", {{"seconds", 0}, {"steps", std::move(steps)}}}};
+    params["_meta"] = Harness::modern_meta();
+    return *run_blocking(h.io, h.dispatcher->handle(h.inbound(Harness::request(1, "tools/call", params)))).response;
+  };
+  // A Python client's json.dumps(3.0): an integer to JSON Schema 2020-12, which MCP uses.
+  CHECK(call(3.0)["result"]["isError"] == false);
+  CHECK(h.audit.records.back().outcome == "ok");
+  auto frac = call(2.5)["result"];
+  CHECK(frac["isError"] == true);
+  CHECK(frac["_meta"]["io.scigate/error"]["code"] == "invalid_arguments");
+  // 2^64 - 1 (nlohmann keeps it unsigned; valijson read it as -1).
+  auto huge = call(json(std::numeric_limits<uint64_t>::max()))["result"];
+  CHECK(huge["isError"] == true);
+  CHECK(huge["content"][0]["text"].get<std::string>().find("the integer at /steps is too large") != std::string::npos);
+}
+
 TEST_CASE("tools/call: notifications/cancelled stops the handler and sends no response") {
   Harness h;
   h.initialize();
