@@ -509,8 +509,12 @@ asio::awaitable<std::variant<JobRecord, Error>> JobService::submit_held(SubmitRe
 
   std::optional<Error> refused;
   std::string native_id;
+  bool outcome_unknown = false;
   try {
     native_id = co_await rt->scheduler->submit(spec);
+  } catch (const SubmitOutcomeUnknown& e) {
+    refused = e.error();
+    outcome_unknown = true;
   } catch (const ErrorException& e) {
     refused = e.error();
   } catch (const std::exception& e) {
@@ -518,10 +522,10 @@ asio::awaitable<std::variant<JobRecord, Error>> JobService::submit_held(SubmitRe
     refused = Error{ErrorCode::kBackendUnavailable, "site \"" + rec.site + "\" could not take the job", "retry later",
                     e.what()};
   }
-  // Unavailable (a timeout, a lost connection, an unexpected answer) is not a refusal: the
-  // scheduler may have taken the job before the answer was lost. Ask for it by its comment.
+  // A lost answer (a timeout after sending, a cut connection, an unexpected answer) is not a
+  // refusal: the scheduler may have taken the job. Ask for it by its comment.
   bool unconfirmed = false;
-  if (refused && refused->code == ErrorCode::kBackendUnavailable) {
+  if (refused && outcome_unknown) {
     auto found = co_await find_submitted(rt, rec.id, submitted_name(spec.name, rec.id), 3);
     if (found && *found) {
       log::warn("job_submit_recovered", {{"job", rec.id}, {"native_id", **found}, {"detail", refused->message}});

@@ -28,6 +28,8 @@
 #include <string_view>
 #include <vector>
 
+#include "server/common/error.hpp"
+
 namespace scigate::jobs {
 
 // PSI/J job states. Out-of-memory, timeout, node failure and preemption are kFailed, never
@@ -99,6 +101,16 @@ struct JobStatus {
   // What a job whose output is data rather than files produced (a QPU run's counts); null
   // otherwise. Kept in the job ledger and shown by get_job.
   nlohmann::json result;
+};
+
+// Thrown by Scheduler::submit when the request may have reached the scheduler but its answer
+// was lost (a timeout after sending, a connection cut mid-answer, "Socket timed out", an
+// answer that makes no sense): the job may exist. The job ledger then looks it up by its
+// comment (find_submitted) instead of calling it refused. A scheduler that was never reached
+// (connection refused, controller down) throws a plain ErrorException: nothing was taken.
+class SubmitOutcomeUnknown : public ErrorException {
+ public:
+  using ErrorException::ErrorException;
 };
 
 class Scheduler {

@@ -218,7 +218,10 @@ asio::awaitable<std::string> SlurmCliScheduler::submit(JobSpec spec) {
   std::string script = batch_script(spec);
   size_t script_bytes = script.size();
   auto r = co_await run(std::move(argv), std::move(env), std::move(script));
-  if (!r.started() || r.timed_out || r.cancelled || looks_unreachable(r.err)) throw ErrorException(unavailable("sbatch", r));
+  // sbatch that ran out of time, or whose request reached slurmctld but whose answer did not
+  // come back, may have queued the job.
+  if (r.started() && (r.timed_out || r.cancelled || answer_lost(r.err))) throw SubmitOutcomeUnknown(unavailable("sbatch", r));
+  if (!r.started() || looks_unreachable(r.err)) throw ErrorException(unavailable("sbatch", r));
   if (!r.success()) {
     std::string msg = slurm_message(r.err);
     if (msg.empty()) msg = "sbatch " + r.describe();
@@ -227,9 +230,9 @@ asio::awaitable<std::string> SlurmCliScheduler::submit(JobSpec spec) {
                                "sbatch: " + r.describe() + " stderr: " + r.err.substr(0, 2000)});
   }
   std::string id = parse_sbatch(r.out);
-  if (id.empty())
-    throw ErrorException(Error{ErrorCode::kBackendUnavailable, "the Slurm site gave an unexpected answer to sbatch", {},
-                               "sbatch stdout: " + r.out.substr(0, 2000)});
+  if (id.empty())  // sbatch succeeded: something was queued
+    throw SubmitOutcomeUnknown(Error{ErrorCode::kBackendUnavailable, "the Slurm site gave an unexpected answer to sbatch",
+                                     {}, "sbatch stdout: " + r.out.substr(0, 2000)});
   co_return id;
 }
 

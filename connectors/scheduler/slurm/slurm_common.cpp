@@ -313,6 +313,13 @@ bool looks_unreachable(std::string_view text) {
   return false;
 }
 
+bool answer_lost(std::string_view text) {
+  // The request went out; its answer did not come back (slurm_send_recv_controller_msg).
+  for (std::string_view s : {"Socket timed out", "Zero Bytes were transmitted"})
+    if (text.find(s) != std::string_view::npos) return true;
+  return false;
+}
+
 bool valid_job_id(std::string_view id) {
   if (id.empty() || id.size() > 20) return false;
   for (char c : id)

@@ -65,6 +65,8 @@ std::string slurm_message(std::string_view stderr_text);
 std::string explain_rejection(std::string message, size_t script_bytes);
 // Whether a command's stderr says the controller could not be reached (not that it refused).
 bool looks_unreachable(std::string_view stderr_text);
+// Slurm's words for a request that was sent but whose answer was lost: the outcome is unknown.
+bool answer_lost(std::string_view text);
 
 // The comma-separated native ids in chunks small enough for one command line.
 std::vector<std::string> id_lists(const std::vector<std::string>& ids, size_t per_list = 1000);

@@ -166,12 +166,14 @@ asio::awaitable<SlurmRestScheduler::Reply> SlurmRestScheduler::request(std::stri
   auto ex = co_await asio::this_coro::executor;
   std::string where = options_.unix_socket.empty() ? host_ + ":" + port_ : options_.unix_socket.string();
   std::string failure;
+  bool connected = false;  // past this, a POST may have been received: its outcome is unknown
   try {
     if (!options_.unix_socket.empty()) {
       beast::basic_stream<asio::local::stream_protocol> stream(ex);
       stream.expires_after(options_.request_timeout);
       co_await stream.async_connect(asio::local::stream_protocol::endpoint(options_.unix_socket.string()),
                                     asio::use_awaitable);
+      connected = true;
       auto r = co_await exchange(stream, req, options_.max_response);
       co_return r;
     } else {
@@ -180,6 +182,7 @@ asio::awaitable<SlurmRestScheduler::Reply> SlurmRestScheduler::request(std::stri
       beast::basic_stream<asio::ip::tcp> stream(ex);
       stream.expires_after(options_.request_timeout);
       co_await stream.async_connect(endpoints, asio::use_awaitable);
+      connected = true;
       auto r = co_await exchange(stream, req, options_.max_response);
       co_return r;
     }
@@ -189,6 +192,7 @@ asio::awaitable<SlurmRestScheduler::Reply> SlurmRestScheduler::request(std::stri
     else
       failure = "could not be reached (" + e.code().message() + ")";
   }
+  if (connected && method == "POST") throw SubmitOutcomeUnknown(unreachable(where, failure));
   throw ErrorException(unreachable(where, failure));
 }
 
@@ -293,10 +297,13 @@ asio::awaitable<std::string> SlurmRestScheduler::submit(JobSpec spec) {
   int64_t id = r.body.is_object() ? get_int(r.body, "job_id", -1) : -1;
   if (r.status == 200 && id > 0 && !has_errors(r.body)) co_return std::to_string(id);
   if (r.body.is_discarded())
-    throw ErrorException(Error{ErrorCode::kBackendUnavailable, "the Slurm site gave an unexpected answer to a submission",
-                               {}, "HTTP " + std::to_string(r.status) + " " + r.raw.substr(0, 2000)});
+    throw SubmitOutcomeUnknown(Error{ErrorCode::kBackendUnavailable,
+                                     "the Slurm site gave an unexpected answer to a submission", {},
+                                     "HTTP " + std::to_string(r.status) + " " + r.raw.substr(0, 2000)});
   Error e = error_from(r.status, r.body, "the submission");
   if (e.code == ErrorCode::kBackendRejected) e.message = explain_rejection(e.message, batch_script(spec).size());
+  // slurmrestd passed it on, and slurmctld's answer was lost on the way back.
+  if (e.code == ErrorCode::kBackendUnavailable && answer_lost(e.message + e.detail)) throw SubmitOutcomeUnknown(std::move(e));
   throw ErrorException(std::move(e));
 }
 

@@ -35,7 +35,8 @@ struct Script {
   // An answer lost on the way back: the job is taken (kept in `known`) but submit() throws
   // "unavailable", as sbatch does on "Socket timed out" after slurmctld queued the job.
   bool lose_submit_answer = false;
-  bool drop_submit = false;   // submit() throws "unavailable" and the scheduler never got the job
+  bool drop_submit = false;   // submit()'s answer is lost and the scheduler never got the job
+  bool controller_down = false;  // submit() never reaches the scheduler
   bool lookup_fails = false;  // find_submitted() cannot reach the scheduler
   int lookups = 0;
 };
@@ -45,7 +46,9 @@ class ScriptedScheduler final : public Scheduler {
   explicit ScriptedScheduler(std::shared_ptr<Script> s) : s_(std::move(s)) {}
   std::string kind() const override { return "scripted"; }
   asio::awaitable<std::string> submit(JobSpec spec) override {
-    if (s_->drop_submit)
+    if (s_->drop_submit)  // sent, answer lost, and slurmctld never queued it
+      throw SubmitOutcomeUnknown(Error{ErrorCode::kBackendUnavailable, "the Slurm site is unavailable: Socket timed out", {}, {}});
+    if (s_->controller_down)  // never reached: nothing to look for
       throw ErrorException(Error{ErrorCode::kBackendUnavailable, "the Slurm site is unavailable: Connection refused", {}, {}});
     if (s_->submit_delay.count() > 0) {
       asio::steady_timer t(co_await asio::this_coro::executor, s_->submit_delay);
@@ -60,7 +63,7 @@ class ScriptedScheduler final : public Scheduler {
     st.comment = spec.gateway_id;
     s_->known[id] = st;
     if (s_->lose_submit_answer)
-      throw ErrorException(Error{ErrorCode::kBackendUnavailable, "the Slurm site is unavailable: sbatch: Socket timed out", {}, {}});
+      throw SubmitOutcomeUnknown(Error{ErrorCode::kBackendUnavailable, "the Slurm site is unavailable: sbatch: Socket timed out", {}, {}});
     co_return id;
   }
   asio::awaitable<std::optional<std::string>> find_submitted(std::string gateway_id, std::string) override {
@@ -386,13 +389,26 @@ TEST_CASE("job ledger: a submit whose answer was lost is found by its comment, n
     CHECK(f.ledger.released == 0);  // its hold stays: the job will run and be charged
   }
   // Not taken at all: the lookup finds nothing and the submit is refused, its hold released.
+  f.script->lose_submit_answer = false;
   f.script->drop_submit = true;
+  int lookups_before = f.script->lookups;
   auto w = asio::co_spawn(r.io, svc->submit(plain_request("dropped")), asio::use_future).get();
   REQUIRE(std::holds_alternative<Error>(w));
-  CHECK(std::get<Error>(w).message.find("Connection refused") != std::string::npos);
+  CHECK(std::get<Error>(w).message.find("Socket timed out") != std::string::npos);
+  CHECK(f.script->lookups == lookups_before + 1);
   {
     std::lock_guard g(f.ledger.m);
     CHECK(f.ledger.released == 1);
+  }
+  // A controller that was never reached took nothing: refused at once, no lookup.
+  f.script->drop_submit = false;
+  f.script->controller_down = true;
+  auto down = asio::co_spawn(r.io, svc->submit(plain_request("down")), asio::use_future).get();
+  REQUIRE(std::holds_alternative<Error>(down));
+  CHECK(f.script->lookups == lookups_before + 1);
+  {
+    std::lock_guard g(f.ledger.m);
+    CHECK(f.ledger.released == 2);
   }
   // The squeue/REST answer of another job under our numeric id is not ours: the job is lost.
   {
