@@ -48,20 +48,17 @@ int64_t write_record(state::Database& db, const TaskRecord& r) {
   st.bind(6, to_string(r.status)).bind(7, r.status_message).bind(8, r.created_ms).bind(9, r.updated_ms);
   st.bind(10, r.expires_ms);
   int64_t bytes = 0;
-  if (r.result.is_null()) {
-    st.bind_null(11);
-  } else {
-    std::string text = r.result.dump();
+  auto bind_json = [&](int i, const json& value) {
+    if (value.is_null()) {
+      st.bind_null(i);
+      return;
+    }
+    std::string text = value.dump();
     bytes += static_cast<int64_t>(text.size());
-    st.bind(11, text);
-  }
-  if (r.error.is_null()) {
-    st.bind_null(12);
-  } else {
-    std::string text = r.error.dump();
-    bytes += static_cast<int64_t>(text.size());
-    st.bind(12, text);
-  }
+    st.bind(i, text);
+  };
+  bind_json(11, r.result);
+  bind_json(12, r.error);
   st.bind(13, bytes);
   st.bind(14, int64_t(r.result.is_object() && r.result.value("isError", false) ? 1 : 0));
   st.step();

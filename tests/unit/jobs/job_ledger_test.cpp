@@ -164,12 +164,17 @@ struct Running {
 
 using scigate::test::eventually;
 
-JobRecord submit(Running& r, JobService& svc, const std::string& name) {
+SubmitRequest plain_request(const std::string& name) {
   SubmitRequest req;
   req.spec.name = name;
   req.spec.script = "true";
   req.spec.project = "p";
   req.spec.principal = "alice";
+  return req;
+}
+
+JobRecord submit(Running& r, JobService& svc, const std::string& name) {
+  SubmitRequest req = plain_request(name);
   auto fut = asio::co_spawn(r.io, svc.submit(std::move(req)), asio::use_future);
   auto v = fut.get();
   REQUIRE(std::holds_alternative<JobRecord>(v));
@@ -279,11 +284,7 @@ TEST_CASE("job ledger: a job is charged for what the scheduler allocated, kept a
   {
     auto svc = f.service();
     Running r(*svc);
-    SubmitRequest req;
-    req.spec.name = "gpu";
-    req.spec.script = "true";
-    req.spec.project = "p";
-    req.spec.principal = "alice";
+    SubmitRequest req = plain_request("gpu");
     req.spec.resources.tasks = 2;
     req.spec.resources.gpus = 1;  // of any type
     auto v = asio::co_spawn(r.io, svc->submit(std::move(req)), asio::use_future).get();
@@ -337,11 +338,7 @@ TEST_CASE("job ledger: a caller that gives up during the submit still gets its j
   f.script->submit_delay = std::chrono::milliseconds(300);
   auto svc = f.service();
   Running r(*svc);
-  SubmitRequest req;
-  req.spec.name = "slow-sbatch";
-  req.spec.script = "true";
-  req.spec.project = "p";
-  req.spec.principal = "alice";
+  SubmitRequest req = plain_request("slow-sbatch");
   // The client cancels (or the call's deadline passes) while sbatch runs: the scheduler may
   // have taken the job, so the submission must finish and be recorded, not be called refused.
   asio::cancellation_signal cancel;
@@ -362,17 +359,6 @@ TEST_CASE("job ledger: a caller that gives up during the submit still gets its j
   CHECK(f.ledger.settled.empty());
   CHECK(f.ledger.released == 0);
 }
-
-namespace {
-SubmitRequest plain_request(const std::string& name) {
-  SubmitRequest req;
-  req.spec.name = name;
-  req.spec.script = "true";
-  req.spec.project = "p";
-  req.spec.principal = "alice";
-  return req;
-}
-}  // namespace
 
 TEST_CASE("job ledger: a submit whose answer was lost is found by its comment, not called refused") {
   BasicFixture<RecordingLedger> f;
