@@ -210,6 +210,10 @@ void read_alloc(const std::string& text, JobRecord& r) {
 }
 }  // namespace
 
+// How long a job whose submit outcome is unknown is looked for before it counts as never
+// submitted: well past sbatch's timeout and slurmctld's MessageTimeout.
+constexpr int64_t kLostAfterMs = 10 * 60'000;
+
 static std::string submitted_name(const std::string& name, const std::string& gateway_id) {
   return name.empty() ? gateway_id : name;  // as the Slurm connectors name the job
 }
@@ -524,6 +528,9 @@ asio::awaitable<std::variant<JobRecord, Error>> JobService::submit_held(SubmitRe
   }
   // A lost answer (a timeout after sending, a cut connection, an unexpected answer) is not a
   // refusal: the scheduler may have taken the job. Ask for it by its comment.
+  // Not found yet is not proof either: slurmctld may still be working on the request when
+  // squeue answers. Unless found, the job stays NEW and held, and the poller keeps asking
+  // (kLostAfter) before it calls the job lost.
   bool unconfirmed = false;
   if (refused && outcome_unknown) {
     auto found = co_await find_submitted(rt, rec.id, submitted_name(spec.name, rec.id), 3);
@@ -531,8 +538,8 @@ asio::awaitable<std::variant<JobRecord, Error>> JobService::submit_held(SubmitRe
       log::warn("job_submit_recovered", {{"job", rec.id}, {"native_id", **found}, {"detail", refused->message}});
       native_id = **found;
       refused.reset();
-    } else if (!found) {
-      unconfirmed = true;  // could not ask: the poller asks again before calling it lost
+    } else {
+      unconfirmed = true;
     }
   }
   if (unconfirmed) {
@@ -569,7 +576,8 @@ asio::awaitable<std::variant<JobRecord, Error>> JobService::submit_held(SubmitRe
   {
     std::lock_guard g(mutex_);
     auto& m = jobs_[rec.id];
-    // The poller may have seen the job already (it runs as soon as native_id is set).
+    // The poller leaves a job alone while it is being submitted (submitting_); the merge keeps
+    // whatever else changed meanwhile.
     if (!refused && m.state != JobState::kNew) {
       m.native_id = rec.native_id;
       m.submit_ms = rec.submit_ms;
@@ -656,7 +664,7 @@ asio::awaitable<void> JobService::poller(SiteRuntime* site) {
           by_native.emplace(r.native_id, r);
         } else if (active(r) && r.state == JobState::kNew && r.native_id.empty() && !submitting_.count(id) &&
                    unix_now_ms() - r.created_ms > 60'000) {
-          unsettled.push_back(id);  // never reached the scheduler (a crash during submit)
+          unsettled.push_back(id);  // its submit's outcome is unknown (a crash, a lost answer)
         } else if (is_final(r.state) && !r.settled) {
           unsettled.push_back(id);
         }
@@ -674,7 +682,9 @@ asio::awaitable<void> JobService::poller(SiteRuntime* site) {
         // Its submit's outcome is unknown (a crash, an unconfirmed submit): the scheduler may
         // have it. Not reachable: ask again at the next poll.
         auto found = co_await find_submitted(site, unsent->id, submitted_name(unsent->name, unsent->id), 1);
-        if (!found) continue;
+        if (!found) continue;  // the site cannot be asked: next round
+        // Not there: only after kLostAfter of asking is it taken as never submitted.
+        if (!*found && unix_now_ms() - unsent->created_ms < kLostAfterMs) continue;
         if (*found) {
           std::optional<JobRecord> adopted;
           {
@@ -703,7 +713,8 @@ asio::awaitable<void> JobService::poller(SiteRuntime* site) {
         if (it != jobs_.end() && it->second.state == JobState::kNew) {
           it->second.state = JobState::kFailed;
           it->second.native_state = "lost";
-          it->second.reason = "scigate stopped before the job reached the scheduler";
+          it->second.reason = "the job never reached the scheduler (scigate stopped during the submit, or the site "
+                              "lost it); nothing was charged";
           it->second.end_ms = unix_now_ms();
           it->second.events.push_back(JobEvent{*it->second.end_ms, JobState::kFailed, "lost", it->second.reason});
           r = it->second;
@@ -736,9 +747,16 @@ asio::awaitable<void> JobService::poller(SiteRuntime* site) {
           if (it == by_native.end()) continue;
           seen.insert(s.native_id);
           missing.erase(s.native_id);
-          if (!s.comment.empty() && s.comment != it->second.id) {
-            // The id now names another job (slurmctld lost its state and counts again): ours
-            // is gone, and neither this status nor sacct's record of that id is its.
+          // A different comment alone proves nothing (the job's owner may change it with
+          // scontrol; a site's job_submit plugin may rewrite it): only a job submitted well
+          // after ours is another job under a reused id (slurmctld lost its state).
+          const bool reused = !s.comment.empty() && s.comment != it->second.id && s.submit_ms &&
+                              it->second.submit_ms && *s.submit_ms > *it->second.submit_ms + 60'000;
+          if (!s.comment.empty() && s.comment != it->second.id && !reused)
+            log::warn("job_comment_changed", {{"job", it->second.id}, {"native_id", s.native_id},
+                                              {"comment", s.comment.substr(0, 64)}});
+          if (reused) {
+            // Ours is gone, and this status is another job's.
             JobStatus lost;
             lost.native_id = s.native_id;
             lost.state = JobState::kFailed;

@@ -218,6 +218,9 @@ asio::awaitable<std::string> SlurmCliScheduler::submit(JobSpec spec) {
   std::string script = batch_script(spec);
   size_t script_bytes = script.size();
   auto r = co_await run(std::move(argv), std::move(env), std::move(script));
+  // An id printed by an sbatch that succeeded is the answer, whatever else it said.
+  if (r.success())
+    if (std::string id = parse_sbatch(r.out); !id.empty()) co_return id;
   // sbatch that ran out of time, or whose request reached slurmctld but whose answer did not
   // come back, may have queued the job.
   if (r.started() && (r.timed_out || r.cancelled || answer_lost(r.err))) throw SubmitOutcomeUnknown(unavailable("sbatch", r));

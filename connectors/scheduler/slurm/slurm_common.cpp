@@ -236,6 +236,8 @@ void check_spec(const JobSpec& spec) {
     if (value->find_first_of(",:= ") != std::string::npos)
       reject(std::string("the job's ") + what + " may not contain ',', ':', '=' or spaces");
   }
+  // squeue --name takes a list: a comma would hide the job from find_submitted.
+  if (spec.name.find(',') != std::string::npos) reject("the job's name may not contain ','");
   for (const auto& [name, value] : spec.environment) {
     bool ident = !name.empty() && !std::isdigit(static_cast<unsigned char>(name[0]));
     for (char c : name)

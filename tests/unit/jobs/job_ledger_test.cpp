@@ -15,6 +15,7 @@
 
 #include "tests/support/eventually.hpp"
 #include "connectors/scheduler/job_ledger.hpp"
+#include "server/common/time_format.hpp"
 #include "server/state/database.hpp"
 
 using namespace scigate;
@@ -374,32 +375,44 @@ TEST_CASE("job ledger: a submit whose answer was lost is found by its comment, n
     std::lock_guard g(f.ledger.m);
     CHECK(f.ledger.released == 0);  // its hold stays: the job will run and be charged
   }
-  // Not taken at all: the lookup finds nothing and the submit is refused, its hold released.
+  // Not found right away is not proof (slurmctld may still be working on it): unconfirmed,
+  // held, left to the poller.
   f.script->lose_submit_answer = false;
   f.script->drop_submit = true;
   int lookups_before = f.script->lookups;
   auto w = asio::co_spawn(r.io, svc->submit(plain_request("dropped")), asio::use_future).get();
   REQUIRE(std::holds_alternative<Error>(w));
-  CHECK(std::get<Error>(w).message.find("Socket timed out") != std::string::npos);
+  CHECK(std::get<Error>(w).message.find("did not confirm") != std::string::npos);
   CHECK(f.script->lookups == lookups_before + 1);
   {
     std::lock_guard g(f.ledger.m);
-    CHECK(f.ledger.released == 1);
+    CHECK(f.ledger.released == 0);
   }
   // A controller that was never reached took nothing: refused at once, no lookup.
   f.script->drop_submit = false;
   f.script->controller_down = true;
   auto down = asio::co_spawn(r.io, svc->submit(plain_request("down")), asio::use_future).get();
   REQUIRE(std::holds_alternative<Error>(down));
+  CHECK(std::get<Error>(down).message.find("Connection refused") != std::string::npos);
   CHECK(f.script->lookups == lookups_before + 1);
   {
     std::lock_guard g(f.ledger.m);
-    CHECK(f.ledger.released == 2);
+    CHECK(f.ledger.released == 1);
   }
-  // The squeue/REST answer of another job under our numeric id is not ours: the job is lost.
+  // A changed comment alone (the owner's scontrol, a site plugin) does not stop tracking...
+  {
+    std::lock_guard g(f.script->m);
+    f.script->known["100"].comment = "changed-by-the-job";
+    f.script->known["100"].state = JobState::kActive;
+    f.script->known["100"].native_state = "RUNNING";
+    f.script->known["100"].start_ms = unix_now_ms();
+  }
+  REQUIRE(eventually([&] { return svc->get("p", job.id)->state == JobState::kActive; }));
+  // ...but a job submitted well after ours under our numeric id is another job: ours is lost.
   {
     std::lock_guard g(f.script->m);
     f.script->known["100"].comment = "j-000000000000";
+    f.script->known["100"].submit_ms = unix_now_ms() + 120'000;
   }
   REQUIRE(eventually([&] { return svc->get("p", job.id)->state == JobState::kFailed; }));
   CHECK(svc->get("p", job.id)->native_state == "lost");
@@ -410,10 +423,15 @@ TEST_CASE("job ledger: a submit that cannot be confirmed stays NEW, and the poll
   BasicFixture<RecordingLedger> f;
   f.script->lose_submit_answer = true;
   f.script->lookup_fails = true;
-  std::string taken_id;
+  std::string taken_id, dropped_id;
   {
     auto svc = f.service();
     Running r(*svc);
+    // Sent, answer lost, never queued: also unconfirmed, and the poller finds it missing.
+    f.script->drop_submit = true;
+    auto d = asio::co_spawn(r.io, svc->submit(plain_request("never")), asio::use_future).get();
+    REQUIRE(std::holds_alternative<Error>(d));
+    f.script->drop_submit = false;
     auto v = asio::co_spawn(r.io, svc->submit(plain_request("unsure")), asio::use_future).get();
     REQUIRE(std::holds_alternative<Error>(v));
     const auto& e = std::get<Error>(v);
@@ -422,21 +440,32 @@ TEST_CASE("job ledger: a submit that cannot be confirmed stays NEW, and the poll
     CHECK(e.hint.find("do not submit again yet") != std::string::npos);
     bool more = false;
     auto listed = svc->list("p", ListFilter{}, &more);
-    REQUIRE(listed.size() == 1);
-    taken_id = listed[0].id;
-    CHECK(listed[0].state == JobState::kNew);  // neither refused nor released
-    CHECK(f.script->lookups == 3);             // asked three times before answering
+    REQUIRE(listed.size() == 2);
+    for (const auto& j : listed) {
+      (j.name == "unsure" ? taken_id : dropped_id) = j.id;
+      CHECK(j.state == JobState::kNew);  // neither refused nor released
+    }
+    CHECK(f.script->lookups == 6);  // asked three times each before answering
     std::lock_guard g(f.ledger.m);
     CHECK(f.ledger.released == 0);
   }
-  // A minute later (a restart here), the scheduler answers again and has the job: adopted.
+  // Later (a restart here), the scheduler answers again: the job it has is adopted; the one it
+  // does not have is lost once it has been missing long enough (10 minutes), charged nothing.
   {
     state::Database db(f.dir / "db");
-    db.exec("UPDATE jobs SET created_ms = created_ms - 120000");
+    db.exec("UPDATE jobs SET created_ms = created_ms - 120000 WHERE name = 'unsure'");
+    db.exec("UPDATE jobs SET created_ms = created_ms - 700000 WHERE name = 'never'");
   }
   f.script->lookup_fails = false;
   auto svc = f.service();
   Running r(*svc);
   REQUIRE(eventually([&] { return svc->get("p", taken_id)->state == JobState::kQueued; }));
   CHECK(svc->get("p", taken_id)->native_id == "100");
+  REQUIRE(eventually([&] { return svc->get("p", dropped_id)->settled; }));
+  auto dropped = *svc->get("p", dropped_id);
+  CHECK(dropped.state == JobState::kFailed);
+  CHECK(dropped.native_state == "lost");
+  std::lock_guard g(f.ledger.m);
+  REQUIRE_FALSE(f.ledger.settled.empty());
+  CHECK(f.ledger.settled.back().lines.empty());  // never ran: nothing charged
 }
