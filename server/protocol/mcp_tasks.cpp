@@ -220,10 +220,12 @@ asio::awaitable<Outbound> Dispatcher::tasks_request(Inbound& in, bool modern) {
 
   std::string id = msg.params.is_object() ? string_member(msg.params, "taskId") : std::string();
   if (id.empty()) co_return bad(msg.method + " needs params.taskId (a string)");
-  std::string not_found = "Failed to retrieve task: Task not found (" + id +
-                          "; it never existed, belongs to another principal, or has expired)";
-  if (auto why = tasks_->why_missing(owner, id))
-    not_found = "Failed to retrieve task: Task not found (" + id + "; " + *why + ")";
+  // Asked when the answer is "not found": a task retention discarded (possibly just now) says why.
+  auto not_found = [&] {
+    auto why = tasks_->why_missing(owner, id);
+    return "Failed to retrieve task: Task not found (" + id + "; " +
+           (why ? *why : std::string("it never existed, belongs to another principal, or has expired")) + ")";
+  };
 
   if (msg.method == "tasks/get") {
     // 2026-07-28 carries the result inline: read it from the database. (Not a ?: around a
@@ -231,24 +233,19 @@ asio::awaitable<Outbound> Dispatcher::tasks_request(Inbound& in, bool modern) {
     std::optional<TaskRecord> r;
     if (modern) r = co_await tasks_->fetch(owner, id);
     else r = tasks_->get(owner, id);
-    if (!r) {
-      // Discarded by retention between the lookup and the read: say so.
-      if (auto why = tasks_->why_missing(owner, id))
-        not_found = "Failed to retrieve task: Task not found (" + id + "; " + *why + ")";
-      co_return bad(not_found);
-    }
+    if (!r) co_return bad(not_found());
     co_return Outbound{jsonrpc::make_result(msg.id, modern ? detailed_task(*r, poll_ms) : task_wire(*r, false, poll_ms)),
                        200};
   }
   if (msg.method == "tasks/update") {
     // No task here ever asks for input: responses are for no outstanding request and are
     // ignored, as the extension says.
-    if (!tasks_->get(owner, id)) co_return bad(not_found);
+    if (!tasks_->get(owner, id)) co_return bad(not_found());
     co_return Outbound{jsonrpc::make_result(msg.id, json::object()), 200};
   }
   if (msg.method == "tasks/cancel") {
     auto c = co_await tasks_->cancel(owner, id);
-    if (auto* e = std::get_if<Error>(&c)) co_return bad(e->code == ErrorCode::kNotFound ? not_found : e->message);
+    if (auto* e = std::get_if<Error>(&c)) co_return bad(e->code == ErrorCode::kNotFound ? not_found() : e->message);
     log::info("task_cancelled", {{"task_id", id}, {"principal", owner}});
     co_return Outbound{
         jsonrpc::make_result(msg.id, modern ? json::object() : task_wire(std::get<TaskRecord>(c), false, poll_ms)), 200};
@@ -261,9 +258,7 @@ asio::awaitable<Outbound> Dispatcher::tasks_request(Inbound& in, bool modern) {
   auto r = co_await tasks_->wait(owner, id, in.cancellation);
   if (!r) {
     if (in.cancellation->cancelled()) co_return Outbound{std::nullopt, 200};
-    if (auto why = tasks_->why_missing(owner, id))
-      not_found = "Failed to retrieve task: Task not found (" + id + "; " + *why + ")";
-    co_return bad(not_found);
+    co_return bad(not_found());
   }
   if (r->status == Status::kCancelled) co_return bad("task " + id + " was cancelled and has no result");
   if (r->status == Status::kFailed && !r->error.is_null()) {
