@@ -218,22 +218,24 @@ static std::string submitted_name(const std::string& name, const std::string& ga
   return name.empty() ? gateway_id : name;  // as the Slurm connectors name the job
 }
 
-asio::awaitable<std::optional<std::optional<std::string>>> JobService::find_submitted(SiteRuntime* rt,
-                                                                                       std::string gateway_id,
-                                                                                       std::string name, int attempts) {
+asio::awaitable<std::optional<std::map<std::string, std::string>>> JobService::find_submitted(
+    SiteRuntime* rt, std::vector<Scheduler::Submitted> jobs, int attempts) {
   asio::steady_timer pause(co_await asio::this_coro::executor);
   for (int i = 0; i < attempts; ++i) {
     if (i > 0) {
       pause.expires_after(std::chrono::seconds(1 << (i - 1)));
       co_await pause.async_wait(asio::as_tuple(asio::use_awaitable));
     }
+    std::string failure;
     try {
-      co_return co_await rt->scheduler->find_submitted(gateway_id, name);
+      co_return co_await rt->scheduler->find_submitted(jobs);
     } catch (const ErrorException& e) {
-      log::warn("job_lookup_failed", {{"job", gateway_id}, {"detail", e.error().message}});
+      failure = e.error().message;
     } catch (const std::exception& e) {
-      log::warn("job_lookup_failed", {{"job", gateway_id}, {"detail", e.what()}});
+      failure = e.what();
     }
+    log::warn("job_lookup_failed", {{"job", jobs.size() == 1 ? jobs.front().gateway_id : std::to_string(jobs.size()) + " jobs"},
+                                    {"detail", failure}});
   }
   co_return std::nullopt;
 }
@@ -533,10 +535,11 @@ asio::awaitable<std::variant<JobRecord, Error>> JobService::submit_held(SubmitRe
   // (kLostAfter) before it calls the job lost.
   bool unconfirmed = false;
   if (refused && outcome_unknown) {
-    auto found = co_await find_submitted(rt, rec.id, submitted_name(spec.name, rec.id), 3);
-    if (found && *found) {
-      log::warn("job_submit_recovered", {{"job", rec.id}, {"native_id", **found}, {"detail", refused->message}});
-      native_id = **found;
+    std::vector<Scheduler::Submitted> asked{{rec.id, submitted_name(spec.name, rec.id)}};
+    auto found = co_await find_submitted(rt, std::move(asked), 3);
+    if (found && found->count(rec.id)) {
+      native_id = found->at(rec.id);
+      log::warn("job_submit_recovered", {{"job", rec.id}, {"native_id", native_id}, {"detail", refused->message}});
       refused.reset();
     } else {
       unconfirmed = true;
@@ -655,6 +658,7 @@ asio::awaitable<void> JobService::poller(SiteRuntime* site) {
     std::vector<std::string> ids;
     std::vector<std::string> unsettled;
     std::map<std::string, JobRecord> by_native;
+    std::vector<Scheduler::Submitted> unsent;  // their submit's outcome is unknown (a crash, a lost answer)
     {
       std::lock_guard g(mutex_);
       for (const auto& [id, r] : jobs_) {
@@ -664,34 +668,37 @@ asio::awaitable<void> JobService::poller(SiteRuntime* site) {
           by_native.emplace(r.native_id, r);
         } else if (active(r) && r.state == JobState::kNew && r.native_id.empty() && !submitting_.count(id) &&
                    unix_now_ms() - r.created_ms > 60'000) {
-          unsettled.push_back(id);  // its submit's outcome is unknown (a crash, a lost answer)
+          unsettled.push_back(id);
+          unsent.push_back({id, submitted_name(r.name, id)});
         } else if (is_final(r.state) && !r.settled) {
           unsettled.push_back(id);
         }
       }
     }
+    // The unsent jobs may be at the scheduler: one lookup for all of them. Not reachable: ask
+    // again at the next poll.
+    std::optional<std::map<std::string, std::string>> found;
+    if (!unsent.empty()) found = co_await find_submitted(site, unsent, 1);
     for (const auto& id : unsettled) {
       std::optional<JobRecord> r;
-      std::optional<JobRecord> unsent;
+      std::optional<JobRecord> unsent_rec;
       {
         std::lock_guard g(mutex_);
         auto it = jobs_.find(id);
-        if (it != jobs_.end() && it->second.state == JobState::kNew) unsent = it->second;
+        if (it != jobs_.end() && it->second.state == JobState::kNew) unsent_rec = it->second;
       }
-      if (unsent) {
-        // Its submit's outcome is unknown (a crash, an unconfirmed submit): the scheduler may
-        // have it. Not reachable: ask again at the next poll.
-        auto found = co_await find_submitted(site, unsent->id, submitted_name(unsent->name, unsent->id), 1);
+      if (unsent_rec) {
         if (!found) continue;  // the site cannot be asked: next round
+        auto native = found->find(id);
         // Not there: only after kLostAfter of asking is it taken as never submitted.
-        if (!*found && unix_now_ms() - unsent->created_ms < kLostAfterMs) continue;
-        if (*found) {
+        if (native == found->end() && unix_now_ms() - unsent_rec->created_ms < kLostAfterMs) continue;
+        if (native != found->end()) {
           std::optional<JobRecord> adopted;
           {
             std::lock_guard g(mutex_);
             auto it = jobs_.find(id);
             if (it != jobs_.end() && it->second.state == JobState::kNew && it->second.native_id.empty()) {
-              it->second.native_id = **found;
+              it->second.native_id = native->second;
               it->second.state = JobState::kQueued;
               it->second.native_state = "submitted";
               it->second.submit_ms = unix_now_ms();

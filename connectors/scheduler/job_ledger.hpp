@@ -134,12 +134,11 @@ class JobService {
   // caller's cancellation.
   boost::asio::awaitable<std::variant<JobRecord, Error>> submit_held(SubmitRequest req, const SiteConfig* site_cfg,
                                                                      SiteRuntime* rt);
-  // The scheduler's id for a job whose submit outcome is unknown, asked up to `attempts`
-  // times (1 s, 2 s, ... apart). nullopt: the scheduler could not be asked; a nullopt inside:
-  // it has no such job.
-  boost::asio::awaitable<std::optional<std::optional<std::string>>> find_submitted(SiteRuntime* rt,
-                                                                                 std::string gateway_id,
-                                                                                 std::string name, int attempts);
+  // The scheduler's ids for jobs whose submit outcome is unknown (gateway id -> native id;
+  // a job left out is not there), in one query asked up to `attempts` times (1 s, 2 s, ...
+  // apart). nullopt: the scheduler could not be asked.
+  boost::asio::awaitable<std::optional<std::map<std::string, std::string>>> find_submitted(
+      SiteRuntime* rt, std::vector<Scheduler::Submitted> jobs, int attempts);
   boost::asio::awaitable<void> apply(JobRecord before, const JobStatus& status);
   boost::asio::awaitable<void> settle_if_final(std::string id);
   // Runs `fn` on the database thread; the caller resumes on its own executor.

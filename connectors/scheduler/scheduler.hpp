@@ -130,12 +130,17 @@ class Scheduler {
   // The final state of a job poll() no longer reports (sacct -c, the wrapper's exit file), or
   // nothing when even that is gone.
   virtual boost::asio::awaitable<std::optional<JobStatus>> final_status(std::string native_id) = 0;
-  // The native id of the job submitted with `gateway_id` (its comment) under the job name
-  // `name`, when a submit's outcome is unknown (sbatch timed out after slurmctld took the job,
-  // a crash between submit and record). nullopt: the scheduler has no such job. Throws when
-  // it cannot be asked. Schedulers whose submit cannot be ambiguous answer nullopt.
-  virtual boost::asio::awaitable<std::optional<std::string>> find_submitted(std::string gateway_id, std::string name) {
-    co_return std::nullopt;
+  // The native ids of jobs whose submit's outcome is unknown (sbatch timed out after slurmctld
+  // took the job, a crash between submit and record), found by their comment (the gateway id)
+  // among the jobs of their names: gateway id -> native id for each job the scheduler has; a
+  // job left out is not there. One query for all of them. Throws when the scheduler cannot be
+  // asked. Schedulers whose submit cannot be ambiguous answer an empty map.
+  struct Submitted {
+    std::string gateway_id;
+    std::string name;  // the job name it was submitted under
+  };
+  virtual boost::asio::awaitable<std::map<std::string, std::string>> find_submitted(std::vector<Submitted> jobs) {
+    co_return std::map<std::string, std::string>{};
   }
 };
 

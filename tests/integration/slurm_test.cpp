@@ -342,11 +342,20 @@ TEST_CASE("slurm: one poll answers for several jobs with one query", "[slurm]") 
     for (const auto& st : by_rest)
       if (st.native_id == ids[i]) CHECK(st.comment == specs[i].gateway_id);
   }
-  // A submit whose answer was lost is found again by its comment (and name), through both.
-  CHECK(run_blocking(cli->find_submitted(specs[0].gateway_id, specs[0].name)) == std::optional<std::string>(ids[0]));
-  CHECK(run_blocking(rest->find_submitted(specs[4].gateway_id, specs[4].name)) == std::optional<std::string>(ids[4]));
-  CHECK_FALSE(run_blocking(cli->find_submitted("gw-never-submitted", specs[0].name)));
-  CHECK_FALSE(run_blocking(rest->find_submitted("gw-never-submitted", specs[0].name)));
+  // Submits whose answers were lost are found again by their comments (and names), several in
+  // one query through both; a comment no job carries is left out.
+  std::vector<Scheduler::Submitted> asked{{specs[0].gateway_id, specs[0].name},
+                                          {specs[4].gateway_id, specs[4].name},
+                                          {"gw-never-submitted", specs[1].name}};
+  using Found = std::map<std::string, std::string>;
+  const Found expected{{specs[0].gateway_id, ids[0]}, {specs[4].gateway_id, ids[4]}};
+  before = cli->commands_run();
+  CHECK(run_blocking(cli->find_submitted(asked)) == expected);
+  CHECK(cli->commands_run() - before == 1);
+  sent = rest->requests_sent();
+  CHECK(run_blocking(rest->find_submitted(asked)) == expected);
+  CHECK(rest->requests_sent() - sent == 1);
+  CHECK(run_blocking(cli->find_submitted({{"gw-never-submitted", specs[0].name}})).empty());
   // Ids Slurm never knew: an empty answer, not an error.
   CHECK(run_blocking(cli->poll({"999998"})).empty());
   CHECK(run_blocking(rest->poll({"999998"})).empty());

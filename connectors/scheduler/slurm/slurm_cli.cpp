@@ -2,6 +2,7 @@
 
 #include <charconv>
 #include <cstdlib>
+#include <set>
 
 #include "connectors/scheduler/slurm/slurm_common.hpp"
 #include "server/common/error.hpp"
@@ -133,8 +134,8 @@ std::vector<std::string> SlurmCliScheduler::squeue_argv(const std::string& id_li
   return {program("squeue"), "--noheader", "--states=all", "--jobs=" + id_list, std::string("--Format=") + kSqueueFields};
 }
 
-std::vector<std::string> SlurmCliScheduler::squeue_by_name_argv(const std::string& name) const {
-  return {program("squeue"), "--noheader", "--states=all", "--name=" + name, std::string("--Format=") + kSqueueFields};
+std::vector<std::string> SlurmCliScheduler::squeue_by_name_argv(const std::string& names) const {
+  return {program("squeue"), "--noheader", "--states=all", "--name=" + names, std::string("--Format=") + kSqueueFields};
 }
 
 std::vector<std::string> SlurmCliScheduler::scancel_argv(const std::string& id) const {
@@ -275,15 +276,30 @@ asio::awaitable<void> SlurmCliScheduler::cancel(std::string native_id) {
                              {}, "scancel: " + r.describe() + " stderr: " + r.err.substr(0, 2000)});
 }
 
-asio::awaitable<std::optional<std::string>> SlurmCliScheduler::find_submitted(std::string gateway_id, std::string name) {
-  // squeue filters by name, not by comment: the jobs of that name, then the one whose comment
-  // is the gateway id. squeue keeps ended jobs for MinJobAge (300 s by default).
-  std::vector<std::string> argv = squeue_by_name_argv(name);
-  auto r = co_await run(std::move(argv), base_environment());
-  if (!r.success()) throw ErrorException(unavailable("squeue", r));
-  for (const auto& st : parse_squeue(r.out))
-    if (st.comment == gateway_id) co_return st.native_id;
-  co_return std::nullopt;
+asio::awaitable<std::map<std::string, std::string>> SlurmCliScheduler::find_submitted(std::vector<Submitted> jobs) {
+  // squeue filters by name, not by comment: the jobs of those names, then the ones whose
+  // comment is a gateway id asked for. squeue keeps ended jobs for MinJobAge (300 s by default).
+  std::map<std::string, std::string> found;
+  std::set<std::string> wanted;
+  std::set<std::string> names;
+  for (const auto& j : jobs) {
+    wanted.insert(j.gateway_id);
+    names.insert(j.name);
+  }
+  // squeue --name takes a comma-separated list (check_spec refuses ',' in names); a few hundred
+  // names at a time keeps the command line far below ARG_MAX.
+  constexpr std::size_t kNamesPerQuery = 200;
+  auto next = names.begin();
+  while (next != names.end()) {
+    std::string list;
+    for (std::size_t n = 0; n < kNamesPerQuery && next != names.end(); ++n, ++next) list += (list.empty() ? "" : ",") + *next;
+    std::vector<std::string> argv = squeue_by_name_argv(list);
+    auto r = co_await run(std::move(argv), base_environment());
+    if (!r.success()) throw ErrorException(unavailable("squeue", r));
+    for (const auto& st : parse_squeue(r.out))
+      if (wanted.count(st.comment)) found[st.comment] = st.native_id;
+  }
+  co_return found;
 }
 
 asio::awaitable<std::optional<JobStatus>> SlurmCliScheduler::final_status(std::string native_id) {

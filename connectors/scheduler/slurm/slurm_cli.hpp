@@ -37,13 +37,13 @@ class SlurmCliScheduler : public Scheduler {
   boost::asio::awaitable<std::vector<JobStatus>> poll(std::vector<std::string> native_ids) override;
   boost::asio::awaitable<void> cancel(std::string native_id) override;
   boost::asio::awaitable<std::optional<JobStatus>> final_status(std::string native_id) override;
-  boost::asio::awaitable<std::optional<std::string>> find_submitted(std::string gateway_id, std::string name) override;
+  boost::asio::awaitable<std::map<std::string, std::string>> find_submitted(std::vector<Submitted> jobs) override;
 
   // The pieces, for tests and the benchmark.
   std::vector<std::string> sbatch_argv(const JobSpec& spec) const;
   std::map<std::string, std::string> sbatch_environment(const JobSpec& spec) const;
   std::vector<std::string> squeue_argv(const std::string& id_list) const;
-  std::vector<std::string> squeue_by_name_argv(const std::string& name) const;
+  std::vector<std::string> squeue_by_name_argv(const std::string& names) const;  // comma-separated
   std::vector<std::string> scancel_argv(const std::string& id) const;
   std::vector<std::string> sacct_argv(const std::string& id) const;
   static std::vector<JobStatus> parse_squeue(std::string_view out);

@@ -336,16 +336,20 @@ asio::awaitable<void> SlurmRestScheduler::cancel(std::string native_id) {
   throw ErrorException(std::move(e));
 }
 
-asio::awaitable<std::optional<std::string>> SlurmRestScheduler::find_submitted(std::string gateway_id, std::string) {
+asio::awaitable<std::map<std::string, std::string>> SlurmRestScheduler::find_submitted(std::vector<Submitted> jobs) {
+  // slurmrestd cannot filter /jobs by name: one list of all jobs, read for the comments asked for.
   auto r = co_await request("GET", path("/jobs"), {});
   if (r.status != 200 || r.body.is_discarded()) {
     Error e = error_from(r.status, r.body.is_discarded() ? json::object() : r.body, "the job list");
     e.code = ErrorCode::kBackendUnavailable;
     throw ErrorException(std::move(e));
   }
+  std::set<std::string> wanted;
+  for (const auto& j : jobs) wanted.insert(j.gateway_id);
+  std::map<std::string, std::string> found;
   for (const auto& st : parse_jobs(r.body))
-    if (st.comment == gateway_id) co_return st.native_id;
-  co_return std::nullopt;
+    if (wanted.count(st.comment)) found[st.comment] = st.native_id;
+  co_return found;
 }
 
 asio::awaitable<std::optional<JobStatus>> SlurmRestScheduler::final_status(std::string native_id) {

@@ -57,7 +57,7 @@ class SlurmRestScheduler : public Scheduler {
   boost::asio::awaitable<std::vector<JobStatus>> poll(std::vector<std::string> native_ids) override;
   boost::asio::awaitable<void> cancel(std::string native_id) override;
   boost::asio::awaitable<std::optional<JobStatus>> final_status(std::string native_id) override;
-  boost::asio::awaitable<std::optional<std::string>> find_submitted(std::string gateway_id, std::string name) override;
+  boost::asio::awaitable<std::map<std::string, std::string>> find_submitted(std::vector<Submitted> jobs) override;
 
   // The pieces, for tests and the benchmark.
   nlohmann::json submit_body(const JobSpec& spec) const;

@@ -16,6 +16,7 @@
 #include "server/auth/jwks.hpp"
 #include "server/common/crypto.hpp"
 #include "support/jwt_signer.hpp"
+#include "tests/support/files.hpp"
 
 using namespace scigate;
 using namespace scigate::auth;
@@ -68,16 +69,9 @@ ProjectConfig project(const std::string& id, std::vector<std::string> members) {
   return p;
 }
 
-struct TempDir {
-  TempDir() : path(std::filesystem::temp_directory_path() / ("scigate-jwt-" + crypto::random_hex(6))) {
-    std::filesystem::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
+struct TempDir : scigate::test::TempDir {
+  TempDir() : scigate::test::TempDir("jwt") {}
   void write(const std::string& name, const std::string& text) const { std::ofstream(path / name) << text; }
-  std::filesystem::path path;
 };
 
 // A key store, an [oidc] config over a JWKS file and an authenticator with a clock the test

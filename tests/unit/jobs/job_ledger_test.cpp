@@ -40,6 +40,7 @@ struct Script {
   bool controller_down = false;  // submit() never reaches the scheduler
   bool lookup_fails = false;  // find_submitted() cannot reach the scheduler
   int lookups = 0;
+  std::size_t largest_lookup = 0;  // most jobs asked for in one find_submitted()
 };
 
 class ScriptedScheduler final : public Scheduler {
@@ -67,13 +68,16 @@ class ScriptedScheduler final : public Scheduler {
       throw SubmitOutcomeUnknown(Error{ErrorCode::kBackendUnavailable, "the Slurm site is unavailable: sbatch: Socket timed out", {}, {}});
     co_return id;
   }
-  asio::awaitable<std::optional<std::string>> find_submitted(std::string gateway_id, std::string) override {
+  asio::awaitable<std::map<std::string, std::string>> find_submitted(std::vector<Submitted> jobs) override {
     std::lock_guard g(s_->m);
     ++s_->lookups;
+    s_->largest_lookup = std::max(s_->largest_lookup, jobs.size());
     if (s_->lookup_fails) throw ErrorException(Error{ErrorCode::kBackendUnavailable, "squeue: Socket timed out", {}, {}});
-    for (const auto& [id, st] : s_->known)
-      if (st.comment == gateway_id) co_return id;
-    co_return std::nullopt;
+    std::map<std::string, std::string> found;
+    for (const auto& j : jobs)
+      for (const auto& [id, st] : s_->known)
+        if (st.comment == j.gateway_id) found[j.gateway_id] = id;
+    co_return found;
   }
   asio::awaitable<std::vector<JobStatus>> poll(std::vector<std::string> ids) override {
     std::lock_guard g(s_->m);
@@ -457,9 +461,15 @@ TEST_CASE("job ledger: a submit that cannot be confirmed stays NEW, and the poll
     db.exec("UPDATE jobs SET created_ms = created_ms - 700000 WHERE name = 'never'");
   }
   f.script->lookup_fails = false;
+  int lookups_before = f.script->lookups;
   auto svc = f.service();
   Running r(*svc);
   REQUIRE(eventually([&] { return svc->get("p", taken_id)->state == JobState::kQueued; }));
+  {
+    std::lock_guard g(f.script->m);
+    CHECK(f.script->lookups == lookups_before + 1);  // both asked for in one query
+    CHECK(f.script->largest_lookup == 2);
+  }
   CHECK(svc->get("p", taken_id)->native_id == "100");
   REQUIRE(eventually([&] { return svc->get("p", dropped_id)->settled; }));
   auto dropped = *svc->get("p", dropped_id);

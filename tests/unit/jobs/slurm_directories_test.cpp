@@ -11,18 +11,14 @@
 
 #include "connectors/scheduler/slurm/slurm_common.hpp"
 #include "server/common/error.hpp"
+#include "tests/support/files.hpp"
 
 using namespace scigate;
 namespace fs = std::filesystem;
 
 namespace {
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    char tmpl[] = "/tmp/scigate-slurmdirs-XXXXXX";
-    path = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path); }
+struct TempDir : scigate::test::TempDir {
+  TempDir() : scigate::test::TempDir("slurmdirs") {}
 };
 
 jobs::JobSpec spec_in(const fs::path& root, const std::string& workdir) {

@@ -16,26 +16,21 @@
 #include "policies/audit_verify.hpp"
 #include "policies/canonical_json.hpp"
 #include "server/common/crypto.hpp"
+#include "tests/support/files.hpp"
 
 using namespace scigate;
 namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  TempDir() : path(fs::temp_directory_path() / ("scigate-tamper-" + crypto::random_hex(6))) {
-    fs::create_directories(path);
+struct TempDir : scigate::test::TempDir {
+  TempDir() : scigate::test::TempDir("tamper") {
     state::Database db(this->db());
     db.migrate(state::schema_migrations());
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
   }
   fs::path db() const { return path / "audit.db"; }
   fs::path key() const { return path / "key.pem"; }
   fs::path checkpoints() const { return path / "checkpoints.jsonl"; }
-  fs::path path;
 };
 
 AuditRecord record(int i) {

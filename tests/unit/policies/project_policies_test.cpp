@@ -14,22 +14,15 @@
 #include "policies/project_policies.hpp"
 #include "server/common/crypto.hpp"
 #include "support/harness.hpp"
+#include "tests/support/files.hpp"
 
 using namespace scigate;
 namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("scigate-policy-" + std::to_string(rd()) + "-" + std::to_string(getpid()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
+struct TempDir : scigate::test::TempDir {
+  TempDir() : scigate::test::TempDir("policy") {}
   fs::path write(const std::string& name, const std::string& text) const {
     // Write beside and rename, as editors do, so a reader never sees half a file.
     auto tmp = path / (name + ".tmp");
@@ -37,7 +30,6 @@ struct TempDir {
     fs::rename(tmp, path / name);
     return path / name;
   }
-  fs::path path;
 };
 
 Principal user_in(const Config& cfg, const std::string& name) {

@@ -6,18 +6,14 @@
 #include <filesystem>
 
 #include "sandbox/confine.hpp"
+#include "tests/support/files.hpp"
 
 using namespace scigate::sandbox;
 namespace fs = std::filesystem;
 
 namespace {
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    char tmpl[] = "/tmp/scigate-confine-XXXXXX";
-    path = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path); }
+struct TempDir : scigate::test::TempDir {
+  TempDir() : scigate::test::TempDir("confine") {}
 };
 }  // namespace
 

@@ -26,13 +26,8 @@ using scigate::test::write_file;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    char tmpl[] = "/tmp/scigate-storage-XXXXXX";
-    path = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path); }
+struct TempDir : scigate::test::TempDir {
+  TempDir() : scigate::test::TempDir("storage") {}
 };
 
 AreaConfig area(const fs::path& root, bool writable = true) {
