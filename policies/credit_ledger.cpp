@@ -27,12 +27,13 @@ struct SqliteLedger::Op final : state::Writer::Item {
   // kClaim: take in-memory hold ids, own the ledger alone from the COMMIT on. kSignal: a
   // transaction that moves the epoch (asks an owner to share). kYield: a transaction in which
   // an owner that saw the epoch move writes its in-memory holds out (begin()).
-  enum class Kind { kInit, kReserve, kSettle, kRelease, kSweep, kRecover, kUsage, kClaim, kSignal, kYield } kind;
+  enum class Kind { kInit, kReserve, kSettle, kRelease, kExtend, kSweep, kRecover, kUsage, kClaim, kSignal, kYield } kind;
   Op(SqliteLedger* l, Kind k) : Item(l), kind(k), ledger(l) {}
 
   SqliteLedger* ledger;
   credits::HoldSpec spec;   // reserve
-  int64_t hold_id = 0;      // settle, release
+  int64_t hold_id = 0;      // settle, release, extend
+  std::chrono::milliseconds extend_by{0};  // extend: the hold's new expiry from now
   std::string project;      // settle, release (for the log); usage
   MicroCredits price = 0;   // settle
   std::string usage_json;   // settle
@@ -49,6 +50,7 @@ struct SqliteLedger::Op final : state::Writer::Item {
   credits::ReserveOutcome reserved;
   std::optional<MicroCredits> posted;
   bool released = false;
+  bool extended = false;
   credits::SweepCounts swept;
   int rates_added = 0;  // init
   UsageReport report;
@@ -560,6 +562,17 @@ asio::awaitable<void> SqliteLedger::release(Hold hold) {
   if (op->failure) log_hold_event(spdlog::level::err, "credit_release_failed", hold, *op->failure);
 }
 
+asio::awaitable<bool> SqliteLedger::extend(Hold hold, std::chrono::seconds timeout) {
+  if (hold.id.empty()) co_return false;
+  auto op = std::make_shared<Op>(this, Op::Kind::kExtend);
+  op->hold_id = parse_hold_id(hold.id);
+  op->project = hold.project;
+  op->extend_by = timeout;
+  co_await submit(op);
+  if (op->failure) throw std::runtime_error("credit ledger: " + *op->failure);
+  co_return op->extended;
+}
+
 void SqliteLedger::release_queued(Hold hold) {
   if (hold.id.empty()) return;
   auto op = std::make_shared<Op>(this, Op::Kind::kRelease);
@@ -706,6 +719,9 @@ void SqliteLedger::apply(Op& op) {
       break;
     case Op::Kind::kRelease:
       op.released = store_.void_hold(op.hold_id, "released");
+      break;
+    case Op::Kind::kExtend:
+      op.extended = store_.extend_hold(op.hold_id, store_.now() + op.extend_by.count());
       break;
     case Op::Kind::kSweep: {
       op.swept = store_.sweep();

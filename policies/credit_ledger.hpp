@@ -78,6 +78,7 @@ class SqliteLedger final : public Ledger, private state::Writer::Participant {
   boost::asio::awaitable<ReserveResult> reserve(HoldRequest request) override;
   boost::asio::awaitable<MicroCredits> settle(Hold hold, Usage actual, nlohmann::json result) override;
   boost::asio::awaitable<void> release(Hold hold) override;
+  boost::asio::awaitable<bool> extend(Hold hold, std::chrono::seconds timeout) override;
   boost::asio::awaitable<UsageReport> usage(std::string project, std::string user, bool whole_project) override;
   const state::Writer* writer() const override { return writer_; }
   std::optional<MicroCredits> settle_queued(Hold hold, Usage actual, nlohmann::json result,

@@ -54,6 +54,7 @@ struct CreditStore::Statements {
         void_hold(db,
                   "UPDATE credit_holds SET state = 'voided', posted = 0, closed_ms = ?, void_reason = ? "
                   "WHERE id = ? AND state = 'open'"),
+        extend_hold(db, "UPDATE credit_holds SET expires_ms = ? WHERE id = ? AND state = 'open'"),
         insert_posting(db,
                        "INSERT INTO credit_postings(time_ms, account, user, kind, amount, balance_after, sub_budget, "
                        "hold_id, grant_id, tool, request_id, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"),
@@ -65,7 +66,7 @@ struct CreditStore::Statements {
                  "WHERE project = ? AND idempotency_key = ? AND user = ? ORDER BY id DESC LIMIT 1"),
         epoch(db, "SELECT epoch FROM credit_meta WHERE id = 1"),
         bump(db, "UPDATE credit_meta SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch") {}
-  Statement insert_hold, settle_hold, void_hold, insert_posting, update_account, update_user, update_grant, find_key,
+  Statement insert_hold, settle_hold, void_hold, extend_hold, insert_posting, update_account, update_user, update_grant, find_key,
       epoch, bump;
 };
 
@@ -92,7 +93,7 @@ void CreditStore::begin_read() { exec(db_, "BEGIN"); }
 void CreditStore::commit() { exec(db_, "COMMIT"); }
 void CreditStore::rollback() noexcept {
   // A statement left mid-step by an exception would keep its read open past the rollback.
-  for (Statement* st : {&st_->insert_hold, &st_->settle_hold, &st_->void_hold, &st_->insert_posting,
+  for (Statement* st : {&st_->insert_hold, &st_->settle_hold, &st_->void_hold, &st_->extend_hold, &st_->insert_posting,
                         &st_->update_account, &st_->update_user, &st_->update_grant, &st_->find_key, &st_->epoch,
                         &st_->bump})
     st->reset();
@@ -507,6 +508,20 @@ bool CreditStore::void_hold(int64_t hold_id, const std::string& reason) {
     st.step();
   }
   open_.erase(it);
+  return true;
+}
+
+bool CreditStore::extend_hold(int64_t hold_id, int64_t expires_ms) {
+  auto it = open_.find(hold_id);
+  if (it == open_.end()) return false;
+  if (expires_ms <= it->second.expires_ms) return true;
+  it->second.expires_ms = expires_ms;
+  if (!it->second.in_memory) {
+    auto& st = st_->extend_hold;
+    st.reset();
+    st.bind(1, expires_ms).bind(2, hold_id);
+    st.step();
+  }
   return true;
 }
 

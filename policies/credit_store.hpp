@@ -160,6 +160,9 @@ class CreditStore {
   const OpenHold* pin(int64_t hold_id);
   std::optional<MicroCredits> settle_decided(const OpenHold& hold, MicroCredits posted, const std::string& usage_json);
   bool void_hold(int64_t hold_id, const std::string& reason);
+  // Moves an open hold's expiry to `expires_ms` (never earlier than it is). False when the hold
+  // is not open (settled, voided).
+  bool extend_hold(int64_t hold_id, int64_t expires_ms);
   // Restart recovery: voids the open holds whose owner process is gone (another ledger in this
   // process included: one ledger per database per process). Processes sharing a SQLite file in
   // WAL mode share a host, so "gone" is a PID that no longer exists.

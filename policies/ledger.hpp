@@ -139,6 +139,10 @@ class Ledger {
   // `result` is stored for replay when the hold carried an idempotency key.
   virtual boost::asio::awaitable<MicroCredits> settle(Hold hold, Usage actual, nlohmann::json result) = 0;
   virtual boost::asio::awaitable<void> release(Hold hold) = 0;
+  // Keeps an open hold until `timeout` from now (never shortens it): for a detached hold whose
+  // work outlives the timeout it was made with (a batch job waiting in a long queue). False
+  // when the hold is no longer open (settled, voided); throws when the ledger cannot be reached.
+  virtual boost::asio::awaitable<bool> extend(Hold hold, std::chrono::seconds timeout) { co_return !hold.id.empty(); }
   // The writer this ledger's operations go through (nullptr: none). When it is also the audit
   // log's, a call's settle or release can be queued without waiting for it: the call's audit
   // record, queued after it, is written after it — in the same transaction or a later one —

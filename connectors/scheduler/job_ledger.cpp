@@ -214,6 +214,15 @@ void read_alloc(const std::string& text, JobRecord& r) {
 // submitted: well past sbatch's timeout and slurmctld's MessageTimeout.
 constexpr int64_t kLostAfterMs = 10 * 60'000;
 
+// A job's hold lasts its walltime plus this much queue time, extended daily while the job is
+// active (keep_holds): only a hold whose job the ledger stopped following times out.
+constexpr std::chrono::hours kHoldQueueTime{24 * 14};
+constexpr int64_t kHoldKeptEveryMs = 24 * 3'600'000;
+
+static std::chrono::seconds job_hold_timeout(const Resources& r) {
+  return std::chrono::duration_cast<std::chrono::seconds>(r.walltime) + kHoldQueueTime;
+}
+
 static std::string submitted_name(const std::string& name, const std::string& gateway_id) {
   return name.empty() ? gateway_id : name;  // as the Slurm connectors name the job
 }
@@ -489,7 +498,7 @@ asio::awaitable<std::variant<JobRecord, Error>> JobService::submit_held(SubmitRe
                                   spec.resources.gpu_type)
                       : payload_usage(spec.payload);
   hr.owner = "job:" + rec.id;
-  hr.timeout = spec.resources.walltime + std::chrono::hours(24 * 14);  // queue time included
+  hr.timeout = job_hold_timeout(spec.resources);  // queue time included
   auto reserved = co_await ledger_.reserve(std::move(hr));
   if (reserved.error) co_return *reserved.error;
   rec.hold_id = reserved.hold.id;
@@ -499,6 +508,7 @@ asio::awaitable<std::variant<JobRecord, Error>> JobService::submit_held(SubmitRe
     std::lock_guard g(mutex_);
     jobs_.emplace(rec.id, rec);
     submitting_.insert(rec.id);  // the poller leaves a NEW job alone while its submit runs
+    hold_kept_ms_[rec.id] = rec.created_ms;  // just made with the whole timeout
   }
   struct Submitting {
     JobService& s;
@@ -650,11 +660,49 @@ asio::awaitable<std::variant<JobRecord, Error>> JobService::cancel(std::string p
   co_return *r;
 }
 
+asio::awaitable<void> JobService::keep_holds(SiteRuntime* site) {
+  const int64_t now = unix_now_ms();
+  struct Due {
+    std::string job;
+    Hold hold;
+    std::chrono::seconds timeout;
+  };
+  std::vector<Due> due;
+  {
+    std::lock_guard g(mutex_);
+    for (const auto& [id, r] : jobs_) {
+      if (r.site != site->config.id || !active(r) || r.hold_id.empty()) continue;
+      auto kept = hold_kept_ms_.find(id);
+      if (kept != hold_kept_ms_.end() && now - kept->second < kHoldKeptEveryMs) continue;
+      Hold h;
+      h.id = r.hold_id;
+      h.amount = r.held;
+      h.project = r.project;
+      due.push_back(Due{id, std::move(h), job_hold_timeout(r.resources)});
+    }
+  }
+  for (const auto& d : due) {
+    bool open = false;
+    try {
+      open = co_await ledger_.extend(d.hold, d.timeout);
+    } catch (const std::exception& e) {
+      log::warn("job_hold_extend_failed", {{"job", d.job}, {"hold", d.hold.id}, {"detail", e.what()}});
+      co_return;  // the ledger cannot be reached: next round
+    }
+    // Voided under a job still followed (the server was down past the hold's timeout): the
+    // job runs unpaid. Reported once a day while it lasts, not every round.
+    if (!open) log::error("job_hold_lost", {{"job", d.job}, {"hold", d.hold.id}, {"project", d.hold.project}});
+    std::lock_guard g(mutex_);
+    if (auto it = jobs_.find(d.job); it != jobs_.end() && active(it->second)) hold_kept_ms_[d.job] = now;
+  }
+}
+
 asio::awaitable<void> JobService::poller(SiteRuntime* site) {
   auto ex = co_await asio::this_coro::executor;
   asio::steady_timer timer(ex);
   std::map<std::string, int> missing;  // native id -> polls it was absent without a final status
   while (!stop_) {
+    co_await keep_holds(site);
     std::vector<std::string> ids;
     std::vector<std::string> unsettled;
     std::map<std::string, JobRecord> by_native;
@@ -891,6 +939,7 @@ asio::awaitable<void> JobService::settle_if_final(std::string id) {
     if (it == jobs_.end()) co_return;
     it->second.settled = true;
     it->second.cost = posted;
+    hold_kept_ms_.erase(id);
     r = it->second;
   }
   {

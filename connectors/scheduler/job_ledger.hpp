@@ -139,6 +139,10 @@ class JobService {
   // apart). nullopt: the scheduler could not be asked.
   boost::asio::awaitable<std::optional<std::map<std::string, std::string>>> find_submitted(
       SiteRuntime* rt, std::vector<Scheduler::Submitted> jobs, int attempts);
+  // Extends the holds of `site`'s active jobs that this process has not extended for a day
+  // (all of them on its first round) to walltime + 14 days from now, so that a job waiting
+  // long in the queue is never left running without its hold.
+  boost::asio::awaitable<void> keep_holds(SiteRuntime* site);
   boost::asio::awaitable<void> apply(JobRecord before, const JobStatus& status);
   boost::asio::awaitable<void> settle_if_final(std::string id);
   // Runs `fn` on the database thread; the caller resumes on its own executor.
@@ -158,6 +162,9 @@ class JobService {
   mutable std::mutex mutex_;
   std::map<std::string, JobRecord> jobs_;
   std::set<std::string> submitting_;  // gateway ids whose submit_held() is running
+  // When this process last extended each active job's hold (absent: not yet). A job may wait
+  // in the queue longer than the hold's first timeout; see keep_holds().
+  std::map<std::string, int64_t> hold_kept_ms_;
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> polls_{0};
   std::optional<boost::asio::any_io_executor> executor_;

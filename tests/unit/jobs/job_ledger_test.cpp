@@ -119,8 +119,15 @@ class RecordingLedger final : public Ledger {
     ++released;
     co_return;
   }
+  asio::awaitable<bool> extend(Hold h, std::chrono::seconds timeout) override {
+    std::lock_guard g(m);
+    extended.emplace_back(h.id, timeout);
+    co_return !voided.count(h.id);
+  }
   std::mutex m;
   std::vector<Usage> settled;
+  std::vector<std::pair<std::string, std::chrono::seconds>> extended;
+  std::set<std::string> voided;  // holds the sweeper took: extend() answers false
   int holds = 0, released = 0;
 };
 
@@ -168,6 +175,11 @@ struct Running {
 };
 
 using scigate::test::eventually;
+
+int poll_count(Script& s) {
+  std::lock_guard g(s.m);
+  return s.polls;
+}
 
 SubmitRequest plain_request(const std::string& name) {
   SubmitRequest req;
@@ -336,6 +348,60 @@ TEST_CASE("job ledger: a job is charged for what the scheduler allocated, kept a
   CHECK(again->alloc_cpus == 64);
   CHECK(again->alloc_gpus == 1);
   CHECK(again->alloc_gpu_type == "a100");
+}
+
+TEST_CASE("job ledger: a job waiting in the queue keeps its hold, extended once a day and after a restart") {
+  BasicFixture<RecordingLedger> f;
+  std::string hold;
+  {
+    auto svc = f.service();
+    Running r(*svc);
+    SubmitRequest req = plain_request("queued");
+    req.spec.resources.walltime = std::chrono::hours(2);
+    auto v = asio::co_spawn(r.io, svc->submit(std::move(req)), asio::use_future).get();
+    REQUIRE(std::holds_alternative<JobRecord>(v));
+    hold = std::get<JobRecord>(v).hold_id;
+    const int polls = poll_count(*f.script);
+    REQUIRE(eventually([&] { return poll_count(*f.script) >= polls + 5; }));
+    std::lock_guard g(f.ledger.m);
+    CHECK(f.ledger.extended.empty());  // just made with its whole timeout
+  }
+  // A restart cannot know when the last process extended it: at once, then not again today.
+  {
+    auto svc = f.service();
+    Running r(*svc);
+    REQUIRE(eventually([&] {
+      std::lock_guard g(f.ledger.m);
+      return !f.ledger.extended.empty();
+    }));
+    const int polls = poll_count(*f.script);
+    REQUIRE(eventually([&] { return poll_count(*f.script) >= polls + 5; }));
+    std::lock_guard g(f.ledger.m);
+    REQUIRE(f.ledger.extended.size() == 1);
+    CHECK(f.ledger.extended[0].first == hold);
+    CHECK(f.ledger.extended[0].second == std::chrono::hours(2 + 24 * 14));  // walltime + queue time
+    f.ledger.extended.clear();
+  }
+  // A finished, settled job's hold is left alone.
+  {
+    std::lock_guard g(f.script->m);
+    for (auto& [id, st] : f.script->known) {
+      st.state = JobState::kCompleted;
+      st.native_state = "COMPLETED";
+      st.start_ms = 1'000;
+      st.end_ms = 2'000;
+    }
+  }
+  auto svc = f.service();
+  Running r(*svc);
+  REQUIRE(eventually([&] {
+    std::lock_guard g(f.ledger.m);
+    return !f.ledger.settled.empty();
+  }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // 20 poll intervals
+  std::lock_guard g(f.ledger.m);
+  // The first round may have extended it before the poll saw it end; never after.
+  CHECK(f.ledger.extended.size() <= 1);
 }
 
 TEST_CASE("job ledger: a caller that gives up during the submit still gets its job tracked and held") {

@@ -625,6 +625,37 @@ TEST_CASE("credit ledger: the sweeper voids holds past their timeout, and a late
   CHECK(db.scalar("SELECT void_reason = 'timeout' FROM credit_holds") == 1);
 }
 
+TEST_CASE("credit ledger: extending a detached hold keeps it past its first timeout, never shortens it") {
+  TempDb db;
+  TestClock clock;
+  grant(db, clock, "acct-p", 100 * C);
+  SqliteLedger ledger(db.path, make_options(clock));
+  Runner r;
+  auto q = request("P", units(10));
+  q.owner = "job:j-0123456789ab";  // a batch job's: a row, never in memory
+  q.timeout = std::chrono::seconds(60);
+  auto h = r.run(ledger.reserve(q));
+  REQUIRE_FALSE(h.error);
+  clock.advance(std::chrono::seconds(50));
+  CHECK(r.run(ledger.extend(h.hold, std::chrono::seconds(600))));
+  const int64_t extended = db.scalar("SELECT expires_ms FROM credit_holds");
+  CHECK(extended == clock.ms + 600'000);
+  CHECK(r.run(ledger.extend(h.hold, std::chrono::seconds(5))));  // shorter: left as it is
+  CHECK(db.scalar("SELECT expires_ms FROM credit_holds") == extended);
+  clock.advance(std::chrono::seconds(60));  // past the first timeout
+  CHECK(ledger.sweep_now().voided == 0);
+  CHECK(db.verify(clock.ms).ok);
+  // Still the same hold: settled against what it held.
+  CHECK(r.run(ledger.settle(h.hold, units(4), json::object())) == 4 * C);
+  CHECK_FALSE(r.run(ledger.extend(h.hold, std::chrono::seconds(600))));  // settled: not open
+  // A hold that did time out cannot be brought back.
+  auto late = r.run(ledger.reserve(q));
+  clock.advance(std::chrono::seconds(61));
+  CHECK(ledger.sweep_now().voided == 1);
+  CHECK_FALSE(r.run(ledger.extend(late.hold, std::chrono::seconds(600))));
+  CHECK(r.run(ledger.usage("P", "alice", true)).balance == 96 * C);
+}
+
 TEST_CASE("credit ledger: a grant made while the server runs applies to the next call") {
   TempDb db;
   TestClock clock;
