@@ -166,6 +166,7 @@ int tres_gpus(std::string_view tres, std::string* type) {
   // Slurm lists the total ("gres/gpu=2") and, when typed, each type ("gres/gpu:a100=2").
   std::optional<int> total;
   int typed = 0;
+  std::optional<std::string> only_type;  // "" once two types appear
   while (!tres.empty()) {
     auto comma = tres.find(',');
     std::string_view item = tres.substr(0, comma);
@@ -179,9 +180,14 @@ int tres_gpus(std::string_view tres, std::string* type) {
       total = n;
     } else if (key.substr(0, 9) == "gres/gpu:") {
       typed += n;
-      if (type) *type = std::string(key.substr(9));
+      std::string t(key.substr(9));
+      if (n > 0) only_type = !only_type || *only_type == t ? t : std::string();
     }
   }
+  // GPUs of several types (an untyped request on a mixed partition): no one type. The job is
+  // then charged as it was held, at the untyped GPU rate (CREDITS.md), not at whichever type
+  // Slurm listed last.
+  if (type) *type = only_type.value_or("");
   return total ? *total : typed;
 }
 

@@ -34,7 +34,8 @@ void apply_wait_status(int64_t status, JobStatus& st);
 // "None", "" are nullopt.
 std::optional<int64_t> parse_time(std::string_view s);
 
-// Allocated GPUs from a TRES string ("cpu=4,mem=1G,node=1,gres/gpu:a100=2" -> 2, "a100").
+// Allocated GPUs from a TRES string ("cpu=4,mem=1G,node=1,gres/gpu:a100=2" -> 2, "a100"). The
+// type is "" when none is listed or several are ("gres/gpu:a100=1,gres/gpu:v100=1" -> 2, "").
 int tres_gpus(std::string_view tres, std::string* type = nullptr);
 
 // Walltime in whole minutes, rounded up, at least 1 (Slurm's granularity).

@@ -88,7 +88,16 @@ TEST_CASE("slurm helpers: times, TRES, walltime, quoting, ids", "[slurm]") {
   std::string type;
   CHECK(tres_gpus("cpu=8,mem=32G,node=1,billing=8,gres/gpu=2,gres/gpu:a100=2", &type) == 2);
   CHECK(type == "a100");
-  CHECK(tres_gpus("cpu=8,gres/gpu=4") == 4);
+  CHECK(tres_gpus("cpu=8,gres/gpu=4", &type) == 4);
+  CHECK(type.empty());
+  // Two types (an untyped request over a mixed partition), with and without the total: no one
+  // type, so the job is not charged at whichever came last.
+  CHECK(tres_gpus("cpu=8,gres/gpu=3,gres/gpu:a100=1,gres/gpu:v100=2", &type) == 3);
+  CHECK(type.empty());
+  CHECK(tres_gpus("cpu=8,gres/gpu:v100=2,gres/gpu:a100=1", &type) == 3);
+  CHECK(type.empty());
+  CHECK(tres_gpus("cpu=8,gres/gpu:a100=1,gres/gpu:a100=1", &type) == 2);
+  CHECK(type == "a100");
 
   CHECK(walltime_minutes(std::chrono::seconds(1)) == 1);
   CHECK(walltime_minutes(std::chrono::seconds(60)) == 1);
