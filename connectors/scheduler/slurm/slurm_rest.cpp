@@ -46,8 +46,10 @@ std::optional<int64_t> unix_ms(const json& j, const char* key) {
   return s * 1000;
 }
 
+// The address (a socket path, a host:port inside the site) goes to the logs only: the caller
+// is an agent, and the site's layout is none of its business.
 Error unreachable(const std::string& where, const std::string& why) {
-  return Error{ErrorCode::kBackendUnavailable, "the Slurm site is unavailable: slurmrestd at " + where + " " + why,
+  return Error{ErrorCode::kBackendUnavailable, "the Slurm site is unavailable: slurmrestd " + why,
                "try again later; the site's slurmrestd may be down", "slurmrestd " + where + ": " + why};
 }
 

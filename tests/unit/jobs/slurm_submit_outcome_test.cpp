@@ -216,8 +216,11 @@ TEST_CASE("slurm rest: a submit cut after the request went out is unknown, a ref
   auto spec = spec_in(t.path);
   std::string said;
 
-  // No slurmrestd listening: the request never left.
+  // No slurmrestd listening: the request never left. The caller (an agent) is told so, not
+  // where the site's socket is.
   CHECK(classify(rest, spec, &said) == Outcome::kRefused);
+  CHECK_THAT(said, Catch::Contains("slurmrestd could not be reached"));
+  CHECK(said.find(o.unix_socket.string()) == std::string::npos);
 
   RawHttpPeer peer(o.unix_socket);
   peer.answer(http_json(200, R"({"job_id":77,"step_id":"batch","errors":[],"warnings":[]})"));
