@@ -10,6 +10,7 @@
 //    pollIntervalMs; notifications/tasks on subscriptions/listen streams that name the task.
 #include <boost/asio/this_coro.hpp>
 
+#include "server/common/keyset_cursor.hpp"
 #include "server/common/json_util.hpp"
 #include "server/common/time_format.hpp"
 #include "server/observability/log.hpp"
@@ -33,11 +34,6 @@ std::optional<tasks::TaskManager::PageKey> parse_task_cursor(const json& c) {
   if (id.size() != 34 || id.compare(0, 2, "t-") != 0 || id.find_first_not_of("0123456789abcdef", 2) != std::string::npos)
     return std::nullopt;
   return tasks::TaskManager::PageKey{std::stoll(ms), id};
-}
-
-json next_task_cursor(const std::vector<TaskRecord>& page, bool more) {
-  if (!more || page.empty()) return nullptr;
-  return std::to_string(page.back().created_ms) + "." + page.back().id;
 }
 
 // Not built inside coroutines: GCC 12 miscompiles brace-initialised json there.
@@ -214,7 +210,7 @@ asio::awaitable<Outbound> Dispatcher::tasks_request(Inbound& in, bool modern) {
     auto page = tasks_->list(owner, after, page_size, &more);
     json r = json::object();
     r["tasks"] = task_list(page, poll_ms);
-    if (json next = next_task_cursor(page, more); !next.is_null()) r["nextCursor"] = std::move(next);
+    if (json next = next_keyset_cursor(page, more); !next.is_null()) r["nextCursor"] = std::move(next);
     co_return Outbound{jsonrpc::make_result(msg.id, std::move(r)), 200};
   }
 

@@ -8,7 +8,7 @@
 #include <cstdio>
 
 #include "server/common/time_format.hpp"
-#include "tools/keyset_cursor.hpp"
+#include "server/common/keyset_cursor.hpp"
 
 namespace scigate::tools {
 namespace asio = boost::asio;

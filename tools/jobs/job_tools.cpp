@@ -14,7 +14,7 @@
 #include "sandbox/confine.hpp"
 #include "server/common/time_format.hpp"
 #include "server/common/utf8.hpp"
-#include "tools/keyset_cursor.hpp"
+#include "server/common/keyset_cursor.hpp"
 
 namespace scigate::tools {
 namespace asio = boost::asio;

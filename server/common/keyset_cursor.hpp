@@ -1,7 +1,7 @@
 #pragma once
-// The page cursor of list_jobs and list_transfers: "<created_ms>.<id>" of the last row of a page,
-// the next page starting below it (newest first). The tools' input schemas check its shape, so
-// parse() sees only well-formed cursors.
+// The keyset page cursor of list_jobs, list_transfers and tasks/list: "<created_ms>.<id>" of the
+// last row of a page, the next page starting past it. The tools' input schemas check its shape,
+// so parse_keyset_cursor() sees only well-formed cursors; tasks/list checks its own.
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
@@ -9,7 +9,7 @@
 #include <utility>
 #include <vector>
 
-namespace scigate::tools {
+namespace scigate {
 
 inline std::pair<int64_t, std::string> parse_keyset_cursor(const std::string& c) {
   auto dot = c.find('.');
@@ -23,4 +23,4 @@ nlohmann::json next_keyset_cursor(const std::vector<Row>& page, bool more) {
   return std::to_string(page.back().created_ms) + "." + page.back().id;
 }
 
-}  // namespace scigate::tools
+}  // namespace scigate
