@@ -218,6 +218,7 @@ constexpr int64_t kLostAfterMs = 10 * 60'000;
 // active (keep_holds): only a hold whose job the ledger stopped following times out.
 constexpr std::chrono::hours kHoldQueueTime{24 * 14};
 constexpr int64_t kHoldKeptEveryMs = 24 * 3'600'000;
+constexpr std::size_t kHoldsKeptPerRound = 256;
 
 static std::chrono::seconds job_hold_timeout(const Resources& r) {
   return std::chrono::duration_cast<std::chrono::seconds>(r.walltime) + kHoldQueueTime;
@@ -591,6 +592,7 @@ asio::awaitable<std::variant<JobRecord, Error>> JobService::submit_held(SubmitRe
     auto& m = jobs_[rec.id];
     // The poller leaves a job alone while it is being submitted (submitting_); the merge keeps
     // whatever else changed meanwhile.
+    if (refused) hold_kept_ms_.erase(rec.id);  // released: nothing left to keep
     if (!refused && m.state != JobState::kNew) {
       m.native_id = rec.native_id;
       m.submit_ms = rec.submit_ms;
@@ -681,13 +683,16 @@ asio::awaitable<void> JobService::keep_holds(SiteRuntime* site) {
       due.push_back(Due{id, std::move(h), job_hold_timeout(r.resources)});
     }
   }
+  // One writer round trip each: a bounded number per round, so that after a restart with many
+  // active jobs the poll itself is not held up (the rest are days from their timeouts).
+  if (due.size() > kHoldsKeptPerRound) due.resize(kHoldsKeptPerRound);
   for (const auto& d : due) {
     bool open = false;
     try {
       open = co_await ledger_.extend(d.hold, d.timeout);
     } catch (const std::exception& e) {
       log::warn("job_hold_extend_failed", {{"job", d.job}, {"hold", d.hold.id}, {"detail", e.what()}});
-      co_return;  // the ledger cannot be reached: next round
+      continue;  // asked again next round
     }
     // Voided under a job still followed (the server was down past the hold's timeout): the
     // job runs unpaid. Reported once a day while it lasts, not every round.

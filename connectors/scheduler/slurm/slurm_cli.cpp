@@ -297,7 +297,7 @@ asio::awaitable<std::map<std::string, std::string>> SlurmCliScheduler::find_subm
     auto r = co_await run(std::move(argv), base_environment());
     if (!r.success()) throw ErrorException(unavailable("squeue", r));
     for (const auto& st : parse_squeue(r.out))
-      if (wanted.count(st.comment)) found[st.comment] = st.native_id;
+      if (wanted.count(st.comment)) found.emplace(st.comment, st.native_id);  // the first of any twins
   }
   co_return found;
 }

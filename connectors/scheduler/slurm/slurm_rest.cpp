@@ -350,7 +350,7 @@ asio::awaitable<std::map<std::string, std::string>> SlurmRestScheduler::find_sub
   for (const auto& j : jobs) wanted.insert(j.gateway_id);
   std::map<std::string, std::string> found;
   for (const auto& st : parse_jobs(r.body))
-    if (wanted.count(st.comment)) found[st.comment] = st.native_id;
+    if (wanted.count(st.comment)) found.emplace(st.comment, st.native_id);  // the first of any twins
   co_return found;
 }
 
