@@ -37,6 +37,10 @@ using tcp = asio::ip::tcp;
 using Request = http::request<http::string_body>;
 using Response = http::response<http::string_body>;
 constexpr auto kAwait = asio::as_tuple(asio::use_awaitable);
+// For the writes of an event stream: a request's cancellation (notifications/cancelled, the
+// grace period's end) must not abort a chunk half-written, which leaves the client a broken
+// HTTP message; a dead client fails the write by itself, and the body timeout bounds it.
+inline auto whole_write() { return asio::bind_cancellation_slot(asio::cancellation_slot(), kAwait); }
 using namespace asio::experimental::awaitable_operators;
 
 namespace {
@@ -1327,7 +1331,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     http::response_serializer<http::empty_body> sr{res};
     server_->deps_.metrics.record_http(200);
     tcp_layer().expires_after(cfg_.body_timeout);
-    auto [ec, n] = co_await http::async_write_header(stream_, sr, kAwait);
+    auto [ec, n] = co_await http::async_write_header(stream_, sr, whole_write());
     tcp_layer().expires_never();
     if (ec) throw boost::system::system_error(ec);
   }
@@ -1338,7 +1342,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     if (disconnected_ && !cancel_on_disconnect_) co_return;
     // A client that stops reading must not hold the connection: writes share the body timeout.
     tcp_layer().expires_after(cfg_.body_timeout);
-    auto [ec, n] = co_await asio::async_write(stream_, http::make_chunk(asio::buffer(data)), kAwait);
+    auto [ec, n] = co_await asio::async_write(stream_, http::make_chunk(asio::buffer(data)), whole_write());
     tcp_layer().expires_never();
     if (ec) {
       disconnected_ = true;
@@ -1351,7 +1355,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
   asio::awaitable<void> write_last_chunk() {
     if (disconnected_) co_return;
     tcp_layer().expires_after(cfg_.body_timeout);
-    auto [ec, n] = co_await asio::async_write(stream_, http::make_chunk_last(), kAwait);
+    auto [ec, n] = co_await asio::async_write(stream_, http::make_chunk_last(), whole_write());
     tcp_layer().expires_never();
     if (ec) disconnected_ = true;
   }
