@@ -224,6 +224,15 @@ static std::chrono::seconds job_hold_timeout(const Resources& r) {
   return std::chrono::duration_cast<std::chrono::seconds>(r.walltime) + kHoldQueueTime;
 }
 
+// The ledger's view of a job's own hold.
+static Hold hold_of(const JobRecord& r) {
+  Hold h;
+  h.id = r.hold_id;
+  h.amount = r.held;
+  h.project = r.project;
+  return h;
+}
+
 static std::string submitted_name(const std::string& name, const std::string& gateway_id) {
   return name.empty() ? gateway_id : name;  // as the Slurm connectors name the job
 }
@@ -567,10 +576,7 @@ asio::awaitable<std::variant<JobRecord, Error>> JobService::submit_held(SubmitRe
                     refused->detail};
   }
   if (refused) {
-    Hold h;
-    h.id = rec.hold_id;
-    h.amount = rec.held;
-    h.project = rec.project;
+    Hold h = hold_of(rec);
     co_await ledger_.release(h);
     rec.state = JobState::kFailed;
     rec.native_state = "rejected";
@@ -676,11 +682,7 @@ asio::awaitable<void> JobService::keep_holds(SiteRuntime* site) {
       if (r.site != site->config.id || !active(r) || r.hold_id.empty()) continue;
       auto kept = hold_kept_ms_.find(id);
       if (kept != hold_kept_ms_.end() && now - kept->second < kHoldKeptEveryMs) continue;
-      Hold h;
-      h.id = r.hold_id;
-      h.amount = r.held;
-      h.project = r.project;
-      due.push_back(Due{id, std::move(h), job_hold_timeout(r.resources)});
+      due.push_back(Due{id, hold_of(r), job_hold_timeout(r.resources)});
     }
   }
   // One writer round trip each: a bounded number per round, so that after a restart with many
@@ -923,10 +925,7 @@ asio::awaitable<void> JobService::settle_if_final(std::string id) {
     if (r->start_ms && r->end_ms && *r->end_ms > *r->start_ms) elapsed = std::chrono::milliseconds(*r->end_ms - *r->start_ms);
     // Never more than the walltime it held for (a late poll must not charge queue time).
     elapsed = std::min(elapsed, std::chrono::duration_cast<std::chrono::milliseconds>(r->resources.walltime));
-    Hold h;
-    h.id = r->hold_id;
-    h.amount = r->held;
-    h.project = r->project;
+    Hold h = hold_of(*r);
     json result = json::object();
     result["job"] = r->id;
     // A payload job (a QPU run) is charged what its payload declares once it ran (seen running,
