@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <random>
 #include <set>
 
@@ -236,6 +237,79 @@ static Hold hold_of(const JobRecord& r) {
 static std::string submitted_name(const std::string& name, const std::string& gateway_id) {
   return name.empty() ? gateway_id : name;  // as the Slurm connectors name the job
 }
+
+namespace {
+
+// Slurm's clock and ours may differ; Slurm's submit time of our job is before the ledger's
+// (taken when submit() returned).
+constexpr int64_t kClockSlackMs = 60'000;
+
+// Whether a poll answer under this job's native id is another job's: Slurm reuses ids once
+// slurmctld has lost its state. A comment that differs proves nothing alone (the job's owner
+// may change it with scontrol; a site's job_submit plugin may rewrite it): only a job
+// submitted well after ours whose comment is not ours is another job.
+bool reused_id(const JobStatus& s, const JobRecord& r) {
+  return !s.comment.empty() && s.comment != r.id && s.submit_ms && r.submit_ms &&
+         *s.submit_ms > *r.submit_ms + kClockSlackMs;
+}
+
+// How a final record under this job's native id relates to the job. Slurm's completion log
+// (sacct -c) keeps every job that ever had an id, and reports a name but neither a comment nor
+// a submit time (its Submit column is the start).
+enum class Kin { kOurs, kMaybe, kOlder, kOther };
+Kin kin_of(const JobStatus& s, const JobRecord& r) {
+  // Ours was seen running, and a job runs once (submitted with --no-requeue): the one that
+  // started then is ours, whatever its name.
+  constexpr int64_t kSameStartMs = 5'000;
+  const bool seen_start = s.start_ms && r.start_ms;
+  if (seen_start && std::llabs(*s.start_ms - *r.start_ms) <= kSameStartMs) return Kin::kOurs;
+  // Ended before ours was submitted: a job that had the id before ours.
+  if (s.end_ms && r.submit_ms && *s.end_ms < *r.submit_ms - kClockSlackMs) return Kin::kOlder;
+  // Started at another time than ours was seen to: a job that took the id after ours.
+  if (seen_start) return Kin::kOther;
+  if (!s.comment.empty() ? s.comment != r.id : !s.name.empty() && s.name != submitted_name(r.name, r.id))
+    return Kin::kOther;
+  return Kin::kMaybe;
+}
+
+// Of the final records a scheduler keeps under the job's native id (oldest first), the one
+// that is this job's end: one that started when ours was seen running, or else the first of
+// our name after ours was submitted (a later one of the same name took the id after ours
+// ended). `other` is set to a record of another job when there is no such record.
+const JobStatus* own_final_record(const std::vector<JobStatus>& records, const JobRecord& r, const JobStatus** other) {
+  const JobStatus* maybe = nullptr;
+  *other = nullptr;
+  for (const auto& s : records) {
+    if (!is_final(s.state)) continue;
+    switch (kin_of(s, r)) {
+      case Kin::kOurs: return &s;
+      case Kin::kMaybe: if (!maybe) maybe = &s; break;
+      case Kin::kOther: if (!*other) *other = &s; break;
+      case Kin::kOlder: break;
+    }
+  }
+  if (maybe) *other = nullptr;
+  return maybe;
+}
+
+JobStatus lost_status(const std::string& native_id, std::string reason) {
+  JobStatus lost;
+  lost.native_id = native_id;
+  lost.state = JobState::kFailed;
+  lost.native_state = "lost";
+  lost.reason = std::move(reason);
+  lost.end_ms = unix_now_ms();
+  return lost;
+}
+
+std::string taken_by_another(const JobStatus& s, const JobRecord& r) {
+  std::string who = !s.comment.empty()                            ? "comment \"" + s.comment.substr(0, 64) + "\""
+                    : s.name.empty() || s.name == submitted_name(r.name, r.id) ? std::string("started at another time")
+                                                                  : "name \"" + s.name.substr(0, 64) + "\"";
+  return "the scheduler's job " + s.native_id + " is now another job (" + who + "): the scheduler lost this one";
+}
+
+}  // namespace
 
 asio::awaitable<std::optional<std::map<std::string, std::string>>> JobService::find_submitted(
     SiteRuntime* rt, std::vector<Scheduler::Submitted> jobs, int attempts) {
@@ -809,49 +883,37 @@ asio::awaitable<void> JobService::poller(SiteRuntime* site) {
           if (it == by_native.end()) continue;
           seen.insert(s.native_id);
           missing.erase(s.native_id);
-          // A different comment alone proves nothing (the job's owner may change it with
-          // scontrol; a site's job_submit plugin may rewrite it): only a job submitted well
-          // after ours is another job under a reused id (slurmctld lost its state).
-          const bool reused = !s.comment.empty() && s.comment != it->second.id && s.submit_ms &&
-                              it->second.submit_ms && *s.submit_ms > *it->second.submit_ms + 60'000;
-          if (!s.comment.empty() && s.comment != it->second.id && !reused)
-            log::warn("job_comment_changed", {{"job", it->second.id}, {"native_id", s.native_id},
-                                              {"comment", s.comment.substr(0, 64)}});
-          if (reused) {
+          if (reused_id(s, it->second)) {
             // Ours is gone, and this status is another job's.
-            JobStatus lost;
-            lost.native_id = s.native_id;
-            lost.state = JobState::kFailed;
-            lost.native_state = "lost";
-            lost.reason = "the scheduler's job " + s.native_id + " is now another job (comment \"" +
-                          s.comment.substr(0, 64) + "\"): the scheduler lost this one";
-            lost.end_ms = unix_now_ms();
-            co_await apply(it->second, lost);
+            co_await apply(it->second, lost_status(s.native_id, taken_by_another(s, it->second)));
             continue;
           }
+          if (!s.comment.empty() && s.comment != it->second.id)
+            log::warn("job_comment_changed", {{"job", it->second.id}, {"native_id", s.native_id},
+                                              {"comment", s.comment.substr(0, 64)}});
           co_await apply(it->second, s);
         }
         for (const auto& [native, rec] : by_native) {
           if (seen.count(native)) continue;
-          std::optional<JobStatus> fin;
+          std::vector<JobStatus> records;
           try {
-            fin = co_await site->scheduler->final_status(native);
+            records = co_await site->scheduler->final_status(native);
           } catch (const std::exception& e) {
             log_final_failed(site->config.id, rec.id, e.what());
             continue;
           }
-          if (fin && is_final(fin->state)) {
+          const JobStatus* other = nullptr;
+          if (const JobStatus* fin = own_final_record(records, rec, &other)) {
             missing.erase(native);
             co_await apply(rec, *fin);
-          } else if (!fin && ++missing[native] >= 5) {
-            JobStatus lost;
-            lost.native_id = native;
-            lost.state = JobState::kFailed;
-            lost.native_state = "lost";
-            lost.reason = "the scheduler no longer knows the job and has no record of its end";
-            lost.end_ms = unix_now_ms();
+          } else if (other) {
+            // Another job ended under the id since ours was submitted, and ours did not: ours
+            // was lost with slurmctld's state.
             missing.erase(native);
-            co_await apply(rec, lost);
+            co_await apply(rec, lost_status(native, taken_by_another(*other, rec)));
+          } else if (++missing[native] >= 5) {
+            missing.erase(native);
+            co_await apply(rec, lost_status(native, "the scheduler no longer knows the job and has no record of its end"));
           }
         }
       }

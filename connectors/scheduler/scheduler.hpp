@@ -9,7 +9,9 @@
 //   - poll() is called by ONE poller per site for ALL of its active jobs at once, so that the
 //     load on the scheduler does not grow with the number of agents asking;
 //   - jobs a scheduler no longer knows (Slurm after MinJobAge) are absent from poll()'s answer;
-//     the ledger then asks final_status() (sacct -c, or the wrapper's exit file).
+//     the ledger then asks final_status() (sacct -c, or the wrapper's exit file);
+//   - a scheduler reports what it has under a native id; the ledger decides whether that is
+//     its job or another one that took the id (Slurm after slurmctld lost its state).
 //
 // Every method is a coroutine and must not block an I/O thread: commands (sbatch, squeue,
 // sacct...) run with argument vectors, never a shell, off the I/O threads; HTTP to slurmrestd
@@ -98,6 +100,8 @@ struct JobStatus {
   // The job's comment where the scheduler reports it: the gateway id scigate submitted it with
   // ("" when not reported). A status whose comment names another job is not this job's.
   std::string comment;
+  // The job's name where the scheduler reports it ("" otherwise): sacct -c has no comment.
+  std::string name;
   // What a job whose output is data rather than files produced (a QPU run's counts); null
   // otherwise. Kept in the job ledger and shown by get_job.
   nlohmann::json result;
@@ -127,9 +131,11 @@ class Scheduler {
   // Cancels the job (the whole process group / all steps). Cancelling a finished job is not an
   // error.
   virtual boost::asio::awaitable<void> cancel(std::string native_id) = 0;
-  // The final state of a job poll() no longer reports (sacct -c, the wrapper's exit file), or
-  // nothing when even that is gone.
-  virtual boost::asio::awaitable<std::optional<JobStatus>> final_status(std::string native_id) = 0;
+  // The end of a job poll() no longer reports (sacct -c, the wrapper's exit file): every record
+  // the scheduler has under that id, oldest first (Slurm's completion log keeps one per job
+  // that ever had the id, and ids are reused after slurmctld loses its state); empty when even
+  // that is gone. The job ledger tells which one is its job's.
+  virtual boost::asio::awaitable<std::vector<JobStatus>> final_status(std::string native_id) = 0;
   // The native ids of jobs whose submit's outcome is unknown (sbatch timed out after slurmctld
   // took the job, a crash between submit and record), found by their comment (the gateway id)
   // among the jobs of their names: gateway id -> native id for each job the scheduler has; a

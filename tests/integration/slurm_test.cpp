@@ -16,6 +16,7 @@
 #include "connectors/scheduler/slurm/slurm_cli.hpp"
 #include "connectors/scheduler/slurm/slurm_rest.hpp"
 #include "server/common/error.hpp"
+#include "server/common/time_format.hpp"
 #include "tests/support/run_blocking.hpp"
 #include "tests/support/slurm_cluster.hpp"
 
@@ -113,7 +114,7 @@ JobStatus wait_final(Scheduler& s, const std::string& id, std::chrono::seconds l
     if (st && is_final(st->state)) return *st;
     if (!st) {
       auto fin = run_blocking(s.final_status(id));
-      if (fin) return *fin;
+      if (!fin.empty()) return fin.back();
     }
     std::this_thread::sleep_for(200ms);
   }
@@ -368,8 +369,11 @@ TEST_CASE("slurm: after the job leaves slurmctld, final_status comes from sacct 
   SLURM_CLUSTER_OR_SKIP(cluster);
   auto cli = make_cli(*cluster);
   auto rest = make_rest_local(*cluster);
-  std::string a = run_blocking(cli->submit(spec_for(*cluster, "gone", "exit 3\n")));
-  std::string b = run_blocking(rest->submit(spec_for(*cluster, "gone", "echo ok\n")));
+  JobSpec spec_a = spec_for(*cluster, "gone", "exit 3\n");
+  JobSpec spec_b = spec_for(*cluster, "gone", "echo ok\n");
+  const int64_t submitted_ms = unix_now_ms();
+  std::string a = run_blocking(cli->submit(spec_a));
+  std::string b = run_blocking(rest->submit(spec_b));
   // MinJobAge=2 in the test cluster; slurmctld purges on its own schedule (up to a minute).
   auto deadline = std::chrono::steady_clock::now() + 120s;
   bool gone = false;
@@ -378,18 +382,25 @@ TEST_CASE("slurm: after the job leaves slurmctld, final_status comes from sacct 
     if (!gone) std::this_thread::sleep_for(1s);
   }
   REQUIRE(gone);
-  auto fa = run_blocking(cli->final_status(a));
-  REQUIRE(fa);
-  CHECK(fa->state == JobState::kFailed);
-  CHECK(fa->native_state == "FAILED");
-  REQUIRE(fa->exit_code);
-  CHECK(*fa->exit_code == 3);
-  CHECK(fa->end_ms);
-  auto fb = run_blocking(rest->final_status(b));
-  REQUIRE(fb);
-  CHECK(fb->state == JobState::kCompleted);
-  CHECK(fb->exit_code == 0);
-  CHECK_FALSE(run_blocking(cli->final_status("999997")));
+  auto all_a = run_blocking(cli->final_status(a));
+  REQUIRE(all_a.size() == 1);
+  const auto& fa = all_a[0];
+  CHECK(fa.state == JobState::kFailed);
+  CHECK(fa.native_state == "FAILED");
+  REQUIRE(fa.exit_code);
+  CHECK(*fa.exit_code == 3);
+  CHECK(fa.end_ms);
+  // What tells this job from a later one under the same id (the ledger's check).
+  CHECK(fa.name == spec_a.name);
+  REQUIRE(fa.start_ms);
+  CHECK(*fa.start_ms >= submitted_ms - 1000);  // Slurm prints whole seconds
+  CHECK(*fa.start_ms <= *fa.end_ms);
+  auto all_b = run_blocking(rest->final_status(b));
+  REQUIRE(all_b.size() == 1);
+  CHECK(all_b[0].state == JobState::kCompleted);
+  CHECK(all_b[0].exit_code == 0);
+  CHECK(all_b[0].name == spec_b.name);
+  CHECK(run_blocking(cli->final_status("999997")).empty());
 }
 
 TEST_CASE("slurm: a job over its walltime is FAILED (TIMEOUT), never COMPLETED", "[slurm][slow]") {

@@ -387,8 +387,10 @@ asio::awaitable<void> IbmRuntimeScheduler::cancel(std::string native_id) {
        std::to_string(r.status) + " " + service_message(r.body, r.raw));
 }
 
-asio::awaitable<std::optional<JobStatus>> IbmRuntimeScheduler::final_status(std::string native_id) {
-  co_return co_await status_of(native_id);
+asio::awaitable<std::vector<JobStatus>> IbmRuntimeScheduler::final_status(std::string native_id) {
+  std::vector<JobStatus> out;
+  if (auto st = co_await status_of(native_id)) out.push_back(std::move(*st));
+  co_return out;
 }
 
 }  // namespace scigate::quantum

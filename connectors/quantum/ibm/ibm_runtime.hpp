@@ -56,7 +56,7 @@ class IbmRuntimeScheduler final : public jobs::Scheduler {
   boost::asio::awaitable<std::string> submit(jobs::JobSpec spec) override;
   boost::asio::awaitable<std::vector<jobs::JobStatus>> poll(std::vector<std::string> native_ids) override;
   boost::asio::awaitable<void> cancel(std::string native_id) override;
-  boost::asio::awaitable<std::optional<jobs::JobStatus>> final_status(std::string native_id) override;
+  boost::asio::awaitable<std::vector<jobs::JobStatus>> final_status(std::string native_id) override;
 
   // The device's native instructions (fetched and cached). Throws ErrorException.
   boost::asio::awaitable<DeviceTarget> target();

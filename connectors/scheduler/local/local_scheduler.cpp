@@ -332,9 +332,12 @@ boost::asio::awaitable<void> LocalScheduler::cancel(std::string id) {
   auto fn = cancel_fn(this, std::move(id));
   co_await offload<bool>(std::move(fn));
 }
-boost::asio::awaitable<std::optional<JobStatus>> LocalScheduler::final_status(std::string id) {
+boost::asio::awaitable<std::vector<JobStatus>> LocalScheduler::final_status(std::string id) {
   auto fn = final_fn(this, std::move(id));
-  co_return co_await offload<std::optional<JobStatus>>(std::move(fn));
+  auto st = co_await offload<std::optional<JobStatus>>(std::move(fn));
+  std::vector<JobStatus> out;
+  if (st) out.push_back(std::move(*st));
+  co_return out;
 }
 
 std::string LocalScheduler::submit_now(const JobSpec& spec) {

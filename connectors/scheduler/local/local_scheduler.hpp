@@ -56,7 +56,7 @@ class LocalScheduler final : public Scheduler {
   boost::asio::awaitable<std::string> submit(JobSpec spec) override;
   boost::asio::awaitable<std::vector<JobStatus>> poll(std::vector<std::string> native_ids) override;
   boost::asio::awaitable<void> cancel(std::string native_id) override;
-  boost::asio::awaitable<std::optional<JobStatus>> final_status(std::string native_id) override;
+  boost::asio::awaitable<std::vector<JobStatus>> final_status(std::string native_id) override;
 
   bool sandboxed() const { return !bwrap_.empty(); }
 

@@ -146,7 +146,7 @@ std::vector<std::string> SlurmCliScheduler::sacct_argv(const std::string& id) co
   // -c: the job completion log (jobcomp/filetxt), which needs no slurmdbd. The explicit start
   // time: without one sacct may look at today only.
   return {program("sacct"), "-c", "--parsable2", "--noheader", "--starttime=2000-01-01T00:00:00", "--jobs=" + id,
-          "--format=JobID,State,ExitCode,Start,End,NNodes,NCPUS"};
+          "--format=JobID,State,ExitCode,Start,End,NNodes,NCPUS,JobName"};
 }
 
 std::string SlurmCliScheduler::parse_sbatch(std::string_view out) {
@@ -191,13 +191,15 @@ std::vector<JobStatus> SlurmCliScheduler::parse_squeue(std::string_view out) {
   return result;
 }
 
-std::optional<JobStatus> SlurmCliScheduler::parse_sacct(std::string_view out, std::string_view native_id) {
-  // JobID|State|ExitCode|Start|End|NNodes|NCPUS ; the last line for the id wins (a requeued job
-  // has one per run).
-  std::optional<JobStatus> found;
+std::vector<JobStatus> SlurmCliScheduler::parse_sacct(std::string_view out, std::string_view native_id) {
+  // JobID|State|ExitCode|Start|End|NNodes|NCPUS|JobName, one line per record under the id (a
+  // requeued job has one per run; a reused id one per job), in the log's order. The name is
+  // last: it is the rest of the line, '|' and all. (Submit is not asked for: for the completion
+  // log, sacct 22.05 prints the start time there.)
+  std::vector<JobStatus> found;
   for (auto line : lines(out)) {
     auto f = split(line, '|');
-    if (f.size() < 7 || f[0] != native_id) continue;
+    if (f.size() < 8 || f[0] != native_id) continue;
     JobStatus st;
     st.native_id = std::string(f[0]);
     if (!apply_state(st, f[1], "")) st.state = JobState::kNew;
@@ -206,7 +208,8 @@ std::optional<JobStatus> SlurmCliScheduler::parse_sacct(std::string_view out, st
     st.end_ms = parse_time(f[4]);
     st.alloc_nodes = to_int(f[5]);
     st.alloc_cpus = to_int(f[6]);
-    found = std::move(st);
+    st.name = std::string(line.substr(f[7].data() - line.data()));
+    found.push_back(std::move(st));
   }
   return found;
 }
@@ -302,8 +305,8 @@ asio::awaitable<std::map<std::string, std::string>> SlurmCliScheduler::find_subm
   co_return found;
 }
 
-asio::awaitable<std::optional<JobStatus>> SlurmCliScheduler::final_status(std::string native_id) {
-  if (!valid_job_id(native_id)) co_return std::nullopt;
+asio::awaitable<std::vector<JobStatus>> SlurmCliScheduler::final_status(std::string native_id) {
+  if (!valid_job_id(native_id)) co_return std::vector<JobStatus>{};
   std::vector<std::string> argv = sacct_argv(native_id);
   auto r = co_await run(std::move(argv), base_environment());
   if (!r.success()) throw ErrorException(unavailable("sacct", r));

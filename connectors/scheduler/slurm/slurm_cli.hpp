@@ -36,7 +36,7 @@ class SlurmCliScheduler : public Scheduler {
   boost::asio::awaitable<std::string> submit(JobSpec spec) override;
   boost::asio::awaitable<std::vector<JobStatus>> poll(std::vector<std::string> native_ids) override;
   boost::asio::awaitable<void> cancel(std::string native_id) override;
-  boost::asio::awaitable<std::optional<JobStatus>> final_status(std::string native_id) override;
+  boost::asio::awaitable<std::vector<JobStatus>> final_status(std::string native_id) override;
   boost::asio::awaitable<std::map<std::string, std::string>> find_submitted(std::vector<Submitted> jobs) override;
 
   // The pieces, for tests and the benchmark.
@@ -47,7 +47,7 @@ class SlurmCliScheduler : public Scheduler {
   std::vector<std::string> scancel_argv(const std::string& id) const;
   std::vector<std::string> sacct_argv(const std::string& id) const;
   static std::vector<JobStatus> parse_squeue(std::string_view out);
-  static std::optional<JobStatus> parse_sacct(std::string_view out, std::string_view native_id);
+  static std::vector<JobStatus> parse_sacct(std::string_view out, std::string_view native_id);
   static std::string parse_sbatch(std::string_view out);  // "" when it is not an id
   uint64_t commands_run() const { return commands_.load(); }
 

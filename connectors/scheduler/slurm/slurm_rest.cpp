@@ -8,6 +8,7 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 
+#include <exception>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -247,6 +248,7 @@ std::optional<JobStatus> SlurmRestScheduler::parse_job(const json& j) {
   st.alloc_nodes = static_cast<int>(get_int(j, "node_count"));
   st.alloc_cpus = static_cast<int>(get_int(j, "cpus"));
   st.alloc_gpus = tres_gpus(get_string(j, "tres_alloc_str"), &st.gpu_type);
+  st.name = get_string(j, "name");
   // v0.0.38 and older: "comment" is a string; from v0.0.39 an object with the user's in "job".
   if (auto c = j.find("comment"); c != j.end()) {
     if (c->is_string()) st.comment = c->get<std::string>();
@@ -354,15 +356,28 @@ asio::awaitable<std::map<std::string, std::string>> SlurmRestScheduler::find_sub
   co_return found;
 }
 
-asio::awaitable<std::optional<JobStatus>> SlurmRestScheduler::final_status(std::string native_id) {
-  if (!valid_job_id(native_id)) co_return std::nullopt;
+asio::awaitable<std::vector<JobStatus>> SlurmRestScheduler::final_status(std::string native_id) {
+  std::vector<JobStatus> out;
+  if (!valid_job_id(native_id)) co_return out;
   auto r = co_await request("GET", path("/job/" + native_id), {});
   if (r.status == 200 && !r.body.is_discarded()) {
     for (auto& st : parse_jobs(r.body))
-      if (st.native_id == native_id && is_final(st.state)) co_return st;
+      if (st.native_id == native_id && is_final(st.state)) out.push_back(std::move(st));
   }
-  if (sacct_) co_return co_await sacct_->final_status(native_id);
-  co_return std::nullopt;
+  // The completion log too: slurmctld may hold a later job under a reused id while the log
+  // still has ours. The log's records (oldest first) come before the controller's (the newest).
+  // A log that cannot be read leaves what slurmctld said, if it said anything.
+  if (!sacct_) co_return out;
+  std::vector<JobStatus> all;
+  std::exception_ptr failed;
+  try {
+    all = co_await sacct_->final_status(native_id);
+  } catch (const std::exception&) {
+    failed = std::current_exception();
+  }
+  if (failed && out.empty()) std::rethrow_exception(failed);
+  for (auto& st : out) all.push_back(std::move(st));
+  co_return all;
 }
 
 }  // namespace scigate::jobs

@@ -56,7 +56,7 @@ class SlurmRestScheduler : public Scheduler {
   boost::asio::awaitable<std::string> submit(JobSpec spec) override;
   boost::asio::awaitable<std::vector<JobStatus>> poll(std::vector<std::string> native_ids) override;
   boost::asio::awaitable<void> cancel(std::string native_id) override;
-  boost::asio::awaitable<std::optional<JobStatus>> final_status(std::string native_id) override;
+  boost::asio::awaitable<std::vector<JobStatus>> final_status(std::string native_id) override;
   boost::asio::awaitable<std::map<std::string, std::string>> find_submitted(std::vector<Submitted> jobs) override;
 
   // The pieces, for tests and the benchmark.

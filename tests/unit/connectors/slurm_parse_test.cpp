@@ -285,36 +285,54 @@ TEST_CASE("squeue -O output captured from Slurm 22.05", "[slurm]") {
 }
 
 TEST_CASE("sacct -c output captured from Slurm 22.05 (jobcomp/filetxt)", "[slurm]") {
+  // The first two lines as captured with today's format (a job named "na|me" that exited 3;
+  // one cancelled while it waited, whose start is its end); the others captured before the
+  // name was asked for, with a name added.
   const char* out =
-      "7|FAILED|3:0|2026-11-21T22:55:23|2026-11-21T22:55:23|1|1\n"
-      "9|CANCELLED|0:0|2026-11-21T22:55:24|2026-11-21T22:55:24|0|0\n"
-      "8|CANCELLED|0:0|2026-11-21T22:55:23|2026-11-21T22:55:25|1|1\n"
-      "10|FAILED|0:9|2026-11-21T22:55:25|2026-11-21T22:55:25|1|1\n"
-      "11|COMPLETED|0:0|2026-11-21T22:55:25|2026-11-21T22:55:25|1|1\n"
-      "12|TIMEOUT|0:15|2026-11-21T22:55:25|2026-11-21T22:56:55|1|2\n"
-      "13|NODE_FAIL|0:0|2026-11-21T22:55:25|2026-11-21T22:56:55|1|2\n"
-      "13|COMPLETED|0:0|2026-11-21T22:57:25|2026-11-21T22:58:55|1|2\n";
+      "2|CANCELLED|0:0|2026-11-24T09:45:28|2026-11-24T09:45:28|0|0|pend\n"
+      "1|FAILED|3:0|2026-11-24T09:45:28|2026-11-24T09:45:29|1|1|na|me\n"
+      "7|FAILED|3:0|2026-11-21T22:55:23|2026-11-21T22:55:23|1|1|gone\n"
+      "9|CANCELLED|0:0|2026-11-21T22:55:24|2026-11-21T22:55:24|0|0|x\n"
+      "8|CANCELLED|0:0|2026-11-21T22:55:23|2026-11-21T22:55:25|1|1|x\n"
+      "10|FAILED|0:9|2026-11-21T22:55:25|2026-11-21T22:55:25|1|1|x\n"
+      "11|COMPLETED|0:0|2026-11-21T22:55:25|2026-11-21T22:55:25|1|1|x\n"
+      "12|TIMEOUT|0:15|2026-11-21T22:55:25|2026-11-21T22:56:55|1|2|x\n"
+      "13|NODE_FAIL|0:0|2026-11-21T22:55:25|2026-11-21T22:56:55|1|2|x\n"
+      "13|COMPLETED|0:0|2026-11-21T22:57:25|2026-11-21T22:58:55|1|2|x\n";
+  auto named = SlurmCliScheduler::parse_sacct(out, "1");
+  REQUIRE(named.size() == 1);
+  CHECK(named[0].name == "na|me");  // the name is the rest of the line
+  CHECK(named[0].exit_code == 3);
+  CHECK(*named[0].end_ms - *named[0].start_ms == 1000);
+  auto pending = SlurmCliScheduler::parse_sacct(out, "2");
+  REQUIRE(pending.size() == 1);
+  CHECK(pending[0].state == JobState::kCanceled);
+  CHECK(pending[0].name == "pend");
   auto a = SlurmCliScheduler::parse_sacct(out, "7");
-  REQUIRE(a);
-  CHECK(a->state == JobState::kFailed);
-  CHECK(a->exit_code == 3);
+  REQUIRE(a.size() == 1);
+  CHECK(a[0].state == JobState::kFailed);
+  CHECK(a[0].exit_code == 3);
+  CHECK(a[0].name == "gone");
   auto b = SlurmCliScheduler::parse_sacct(out, "10");
-  REQUIRE(b);
-  CHECK(b->state == JobState::kFailed);
-  CHECK(b->term_signal == 9);
+  REQUIRE(b.size() == 1);
+  CHECK(b[0].state == JobState::kFailed);
+  CHECK(b[0].term_signal == 9);
   auto c = SlurmCliScheduler::parse_sacct(out, "8");
-  REQUIRE(c);
-  CHECK(c->state == JobState::kCanceled);
-  CHECK(*c->end_ms - *c->start_ms == 2000);
+  REQUIRE(c.size() == 1);
+  CHECK(c[0].state == JobState::kCanceled);
+  CHECK(*c[0].end_ms - *c[0].start_ms == 2000);
   auto d = SlurmCliScheduler::parse_sacct(out, "12");
-  REQUIRE(d);
-  CHECK(d->native_state == "TIMEOUT");
-  CHECK(d->reason == "walltime exceeded");
-  auto e = SlurmCliScheduler::parse_sacct(out, "13");  // requeued: the last run counts
-  REQUIRE(e);
-  CHECK(e->state == JobState::kCompleted);
-  CHECK_FALSE(SlurmCliScheduler::parse_sacct(out, "1"));
-  CHECK_FALSE(SlurmCliScheduler::parse_sacct("", "7"));
+  REQUIRE(d.size() == 1);
+  CHECK(d[0].native_state == "TIMEOUT");
+  CHECK(d[0].reason == "walltime exceeded");
+  auto e = SlurmCliScheduler::parse_sacct(out, "13");  // one record per run, in the log's order
+  REQUIRE(e.size() == 2);
+  CHECK(e[0].state == JobState::kFailed);
+  CHECK(e[1].state == JobState::kCompleted);
+  CHECK(SlurmCliScheduler::parse_sacct(out, "99").empty());
+  CHECK(SlurmCliScheduler::parse_sacct("", "7").empty());
+  // The format of the connector before JobName was asked for is not read as a record.
+  CHECK(SlurmCliScheduler::parse_sacct("7|FAILED|3:0|2026-11-21T22:55:23|2026-11-21T22:55:23|1|1\n", "7").empty());
 }
 
 TEST_CASE("slurmrestd v0.0.38 job objects and errors", "[slurm]") {

@@ -28,7 +28,8 @@ namespace {
 // What the test says the scheduler knows; poll() answers from it and counts its calls.
 struct Script {
   std::mutex m;
-  std::map<std::string, JobStatus> known, finals;
+  std::map<std::string, JobStatus> known;
+  std::map<std::string, std::vector<JobStatus>> finals;  // what sacct -c has under an id, oldest first
   int polls = 0;
   std::size_t largest_poll = 0;
   int submitted = 0;
@@ -89,10 +90,10 @@ class ScriptedScheduler final : public Scheduler {
     co_return out;
   }
   asio::awaitable<void> cancel(std::string id) override { co_return; }
-  asio::awaitable<std::optional<JobStatus>> final_status(std::string id) override {
+  asio::awaitable<std::vector<JobStatus>> final_status(std::string id) override {
     std::lock_guard g(s_->m);
     if (auto it = s_->finals.find(id); it != s_->finals.end()) co_return it->second;
-    co_return std::nullopt;
+    co_return std::vector<JobStatus>{};
   }
 
  private:
@@ -235,7 +236,7 @@ TEST_CASE("job ledger: transitions are recorded, one poll covers every job, fina
       fin.exit_code = 0;
       fin.start_ms = 1000;
       fin.end_ms = 2000;
-      f.script->finals[a.native_id] = fin;
+      f.script->finals[a.native_id] = {fin};
       f.script->known[b.native_id].state = JobState::kFailed;
       f.script->known[b.native_id].native_state = "OUT_OF_MEMORY";
       f.script->known[b.native_id].exit_code = 137;
@@ -551,4 +552,83 @@ TEST_CASE("job ledger: a submit that cannot be confirmed stays NEW, and the poll
   std::lock_guard g(f.ledger.m);
   REQUIRE_FALSE(f.ledger.settled.empty());
   CHECK(f.ledger.settled.back().lines.empty());  // never ran: nothing charged
+}
+
+// Slurm's completion log (sacct -c) keeps every job that ever had a native id: after slurmctld
+// loses its state and counts from 1 again, the id of a job of ours may also name older and
+// later jobs. The record that is ours is taken, and only ours; sacct -c reports a name and
+// start/end times, no comment and no submit time.
+TEST_CASE("job ledger: of the final records under a reused native id, the job's own is taken") {
+  BasicFixture<RecordingLedger> f;
+  auto svc = f.service();
+  Running r(*svc);
+  auto seen = submit(r, *svc, "seen");          // native 100: seen running, then gone
+  auto same = submit(r, *svc, "same");          // 101: never seen running
+  auto taken = submit(r, *svc, "taken");        // 102
+  auto restarted = submit(r, *svc, "restarted");  // 103: seen running, only a later run logged
+  auto unlogged = submit(r, *svc, "unlogged");  // 104: only an older job's end is logged
+  const int64_t now = unix_now_ms();
+  const int64_t ran = (now / 1000 - 30) * 1000;  // whole seconds, as Slurm prints them
+  {
+    std::lock_guard g(f.script->m);
+    for (const char* id : {"100", "103"}) {
+      f.script->known[id].state = JobState::kActive;
+      f.script->known[id].native_state = "RUNNING";
+      f.script->known[id].start_ms = ran;
+    }
+  }
+  REQUIRE(eventually([&] { return svc->get("p", seen.id)->state == JobState::kActive &&
+                                  svc->get("p", restarted.id)->state == JobState::kActive; }));
+  auto record = [](const std::string& native, const std::string& name, int64_t start_ms, int exit_code) {
+    JobStatus s;
+    s.native_id = native;
+    s.name = name;
+    s.state = exit_code == 0 ? JobState::kCompleted : JobState::kFailed;
+    s.native_state = exit_code == 0 ? "COMPLETED" : "FAILED";
+    s.exit_code = exit_code;
+    s.start_ms = start_ms;
+    s.end_ms = start_ms + 2000;
+    return s;
+  };
+  const int64_t before = now - 86'400'000;  // a day before ours: an older job with the id
+  const int64_t later = now + 3'600'000;    // an hour after: a job that took the id after a loss
+  {
+    std::lock_guard g(f.script->m);
+    f.script->known.clear();  // all of them left slurmctld (purged, or its state was lost)
+    // The one that started when ours was seen running is ours, between an older and a later
+    // job, even renamed since (scontrol update JobName).
+    f.script->finals["100"] = {record("100", "old", before, 0), record("100", "renamed", ran, 3),
+                               record("100", "seen", later, 0)};
+    // Never seen running: the first of our name after ours was submitted.
+    f.script->finals["101"] = {record("101", "same", before, 9), record("101", "same", now + 1000, 4),
+                               record("101", "same", later, 0)};
+    // Only a job of another name ended under the id since: ours was lost with slurmctld's state.
+    f.script->finals["102"] = {record("102", "other", later, 0)};
+    // Ours was seen running at `ran`; a run of our name that started later is another job.
+    f.script->finals["103"] = {record("103", "restarted", later, 0)};
+    // An older job's end alone says nothing about ours: lost only after five rounds without one.
+    f.script->finals["104"] = {record("104", "unlogged", before, 0)};
+  }
+  REQUIRE(eventually([&] {
+    for (const auto* j : {&seen, &same, &taken, &restarted, &unlogged})
+      if (!svc->get("p", j->id)->settled) return false;
+    return true;
+  }));
+  auto a = *svc->get("p", seen.id);
+  CHECK(a.state == JobState::kFailed);
+  CHECK(a.exit_code == 3);
+  auto b = *svc->get("p", same.id);
+  CHECK(b.state == JobState::kFailed);
+  CHECK(b.exit_code == 4);
+  auto c = *svc->get("p", taken.id);
+  CHECK(c.native_state == "lost");
+  CHECK(c.reason.find("is now another job (name \"other\")") != std::string::npos);
+  CHECK_FALSE(c.exit_code);
+  auto d = *svc->get("p", restarted.id);
+  CHECK(d.native_state == "lost");
+  CHECK(d.reason.find("is now another job (started at another time)") != std::string::npos);
+  auto e = *svc->get("p", unlogged.id);
+  CHECK(e.native_state == "lost");
+  CHECK(e.reason.find("no record of its end") != std::string::npos);
+  CHECK_FALSE(e.exit_code);
 }
