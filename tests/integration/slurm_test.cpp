@@ -462,10 +462,23 @@ TEST_CASE("slurm: the JWT is re-read from its file when it changes", "[slurm]") 
     FAIL("a bad token was accepted");
   } catch (const ErrorException& e) {
     CHECK(e.error().code == ErrorCode::kBackendUnavailable);
-    CHECK_THAT(e.error().message, Catch::Contains("slurmrestd refused"));
+    CHECK_THAT(e.error().message, Catch::Contains("slurmrestd token is not a JWT"));
   }
   write_token(*cluster, cluster->token());
   CHECK_NOTHROW(run_blocking(rest.poll({"1"})));
+  // An expired token: slurmctld would drop the connection, which slurmrestd reports as an
+  // answer lost (5005), and the submit would be unknown. It is refused before it is sent.
+  write_token(*cluster, cluster->token(1) + "\n\n");  // another size than the last one
+  std::this_thread::sleep_for(2500ms);
+  try {
+    run_blocking(rest.submit(spec_for(*cluster, "expired", "true\n")));
+    FAIL("a submit with an expired token succeeded");
+  } catch (const SubmitOutcomeUnknown& e) {
+    FAIL("an expired token made the submit's outcome unknown: " << e.error().message);
+  } catch (const ErrorException& e) {
+    CHECK(e.error().code == ErrorCode::kBackendUnavailable);
+    CHECK_THAT(e.error().message, Catch::Contains("slurmrestd token expired at"));
+  }
 }
 
 TEST_CASE("slurm: with slurmctld stopped the site is unavailable, then usable again", "[slurm][slow]") {

@@ -14,7 +14,10 @@
 #include <sstream>
 
 #include "connectors/scheduler/slurm/slurm_common.hpp"
+#include "server/common/crypto.hpp"
 #include "server/common/error.hpp"
+#include "server/common/time_format.hpp"
+#include "server/observability/log.hpp"
 
 namespace scigate::jobs {
 namespace asio = boost::asio;
@@ -93,6 +96,33 @@ asio::awaitable<SlurmRestScheduler::Reply> exchange(Stream& stream, http::reques
   co_return r;
 }
 
+// What can be told about a slurmrestd JWT without the site's key. slurmctld answers an expired
+// or malformed token by closing the connection, which slurmrestd 22.05 reports as 5005 "Zero
+// Bytes were transmitted or received" -- what it also says when slurmctld's answer is lost
+// mid-way, so a submit sent with such a token would look as if it might have been taken.
+struct TokenCheck {
+  std::string trouble;            // "" when nothing is wrong that can be seen
+  std::optional<int64_t> exp_ms;  // its "exp"
+};
+TokenCheck check_token(const std::string& t, int64_t now_ms) {
+  TokenCheck c;
+  auto first = t.find('.');
+  auto second = first == std::string::npos ? std::string::npos : t.find('.', first + 1);
+  std::optional<std::string> payload;
+  if (second != std::string::npos && t.find('.', second + 1) == std::string::npos)
+    payload = crypto::base64url_decode(std::string_view(t).substr(first + 1, second - first - 1));
+  json claims = payload ? json::parse(*payload, nullptr, false) : json();
+  if (!claims.is_object()) {
+    c.trouble = "is not a JWT";
+    return c;
+  }
+  if (auto exp = claims.find("exp"); exp != claims.end() && exp->is_number() && exp->get<double>() < 1e12) {
+    c.exp_ms = static_cast<int64_t>(exp->get<double>()) * 1000;
+    if (*c.exp_ms <= now_ms) c.trouble = "expired at " + rfc3339_seconds(*c.exp_ms);
+  }
+  return c;
+}
+
 std::string trim_token(std::string s) {
   auto first = s.find_first_not_of(" \t\r\n");
   if (first == std::string::npos) return {};
@@ -157,7 +187,21 @@ asio::awaitable<SlurmRestScheduler::Reply> SlurmRestScheduler::request(std::stri
   if (!user_name.empty()) req.set("X-SLURM-USER-NAME", user_name);
   if (options_.unix_socket.empty()) {
     auto t = token();
-    if (!t.empty()) req.set("X-SLURM-USER-TOKEN", t);
+    if (!t.empty()) {
+      const int64_t now = unix_now_ms();
+      TokenCheck c = check_token(t, now);
+      if (!c.trouble.empty())  // refused here: sent, it would fail as an answer lost
+        throw ErrorException(Error{ErrorCode::kBackendUnavailable,
+                                   "the Slurm site is unavailable: the gateway's slurmrestd token " + c.trouble,
+                                   "an operator must renew it (scontrol token username=<user> lifespan=<seconds>) in "
+                                   "the site's token file; it is read again when the file changes",
+                                   "token file: " + options_.token_file.string()});
+      constexpr int64_t kDayMs = 86'400'000;
+      if (c.exp_ms && *c.exp_ms - now < kDayMs && token_warned_exp_ms_.exchange(*c.exp_ms) != *c.exp_ms)
+        log::warn("slurm_token_expiring", {{"url", options_.url}, {"expires", rfc3339_seconds(*c.exp_ms)},
+                                           {"token_file", options_.token_file.string()}});
+      req.set("X-SLURM-USER-TOKEN", t);
+    }
   }
   if (!body.empty() || method == "POST") {
     req.set(http::field::content_type, "application/json");

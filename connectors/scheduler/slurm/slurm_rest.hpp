@@ -6,7 +6,9 @@
 //   - TCP with rest_auth/jwt: every request carries X-SLURM-USER-NAME and X-SLURM-USER-TOKEN.
 //     The token comes from a file (as `scontrol token` writes it, with or without the
 //     "SLURM_JWT=" prefix), re-read whenever the file changes, so an operator (or a cron job)
-//     can rotate it without a restart.
+//     can rotate it without a restart. A token that is not a JWT, or whose "exp" has passed,
+//     is not sent (slurmctld would drop the connection, which reads as an answer lost); one
+//     that expires within a day is logged (`slurm_token_expiring`) once.
 // One HTTP/1.1 request per connection, each bounded by `request_timeout`. poll() is ONE
 // GET /jobs for all ids, filtered here. Slurm forgets finished jobs after MinJobAge and
 // v0.0.38 has no accounting without slurmdbd, so final_status() asks slurmrestd first and then,
@@ -87,6 +89,7 @@ class SlurmRestScheduler : public Scheduler {
   std::string token_cache_;
   std::filesystem::file_time_type token_mtime_{};
   std::uintmax_t token_size_ = 0;
+  std::atomic<int64_t> token_warned_exp_ms_{0};  // the token whose coming expiry was logged
   std::unique_ptr<SlurmCliScheduler> sacct_;
   std::atomic<uint64_t> requests_{0};
 };

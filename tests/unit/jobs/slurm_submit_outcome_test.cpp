@@ -6,6 +6,7 @@
 // 0.0.38 does (or cuts the connection). The happy paths run against the real Slurm in
 // tests/integration/slurm_test.cpp.
 #include <catch2/catch.hpp>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -20,6 +21,8 @@
 
 #include "connectors/scheduler/slurm/slurm_cli.hpp"
 #include "connectors/scheduler/slurm/slurm_rest.hpp"
+#include "server/common/crypto.hpp"
+#include "server/common/time_format.hpp"
 #include "support/files.hpp"
 #include "support/run_blocking.hpp"
 
@@ -66,8 +69,9 @@ Outcome classify(Scheduler& s, const JobSpec& spec, std::string* id_or_message) 
   }
 }
 
-// One connection at a time on a Unix socket: reads a whole HTTP request, then answers with
-// `reply` (a raw HTTP response; "" = close without a word).
+// One connection at a time on a Unix socket (or 127.0.0.1, as slurmrestd with rest_auth/jwt):
+// reads a whole HTTP request, then answers with `reply` (a raw HTTP response; "" = close
+// without a word).
 class RawHttpPeer {
  public:
   explicit RawHttpPeer(fs::path socket) : path_(std::move(socket)) {
@@ -79,6 +83,27 @@ class RawHttpPeer {
     REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
     REQUIRE(::listen(fd_, 8) == 0);
     thread_ = std::thread([this] { serve(); });
+  }
+  RawHttpPeer() {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    socklen_t len = sizeof a;
+    REQUIRE(::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+    port_ = ntohs(a.sin_port);
+    REQUIRE(::listen(fd_, 8) == 0);
+    thread_ = std::thread([this] { serve(); });
+  }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  int requests() {
+    std::lock_guard g(m_);
+    return requests_;
+  }
+  std::string last_request() {
+    std::lock_guard g(m_);
+    return request_;
   }
   ~RawHttpPeer() {
     stop_ = true;
@@ -119,6 +144,8 @@ class RawHttpPeer {
       {
         std::lock_guard g(m_);
         method_ = in.substr(0, in.find(' '));
+        request_ = in;
+        ++requests_;
         reply = reply_;
       }
       // MSG_NOSIGNAL: a client that gave up already must not kill the test binary with SIGPIPE.
@@ -133,6 +160,9 @@ class RawHttpPeer {
   std::thread thread_;
   std::string reply_;
   std::string method_;
+  std::string request_;
+  int requests_ = 0;
+  int port_ = 0;
 };
 
 std::string http_json(int status, const std::string& body) {
@@ -261,4 +291,56 @@ TEST_CASE("slurm rest: a submit cut after the request went out is unknown, a ref
     CHECK(e.error().code == ErrorCode::kBackendUnavailable);
   }
   CHECK(peer.last_method() == "GET");
+}
+
+// slurmctld drops the connection of a request whose JWT is expired or malformed, and slurmrestd
+// 22.05 then answers 5005 "Zero Bytes were transmitted or received" -- as when slurmctld's
+// answer is lost: a submit sent with such a token would be unknown, and its job held while the
+// site cannot even be asked. The token is checked before anything is sent.
+TEST_CASE("slurm rest: a JWT that has expired or is not a JWT is not sent, and the error says so") {
+  TempDir t("rest-token");
+  RawHttpPeer peer;
+  peer.answer(http_json(200, R"({"job_id":78,"step_id":"batch","errors":[],"warnings":[]})"));
+  SlurmRestOptions o;
+  o.url = peer.url();
+  o.user_name = "agent";
+  o.token_file = t.path / "slurm.jwt";
+  o.request_timeout = std::chrono::milliseconds(2000);
+  SlurmRestScheduler rest(o);
+  auto spec = spec_in(t.path);
+  std::string said;
+  // As `scontrol token` writes it (HS256; the signature is the site's business).
+  auto jwt = [](int64_t exp_s, const std::string& extra) {
+    return "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9." +
+           crypto::base64url_encode(R"({"exp":)" + std::to_string(exp_s) + R"(,"iat":1795514769,"sun":"agent")" + extra + "}") +
+           ".c2lnbmF0dXJl";
+  };
+  const int64_t now_s = unix_now_ms() / 1000;
+
+  write_file(o.token_file, "SLURM_JWT=" + jwt(now_s - 5, "") + "\n");
+  CHECK(classify(rest, spec, &said) == Outcome::kRefused);  // not unknown: nothing was sent
+  CHECK_THAT(said, Catch::Contains("slurmrestd token expired at " + rfc3339_seconds((now_s - 5) * 1000)));
+  CHECK(said.find(o.token_file.string()) == std::string::npos);  // the agent is not told where it lives
+  try {
+    run_blocking(rest.poll({"1"}));
+    FAIL("a poll went out with an expired token");
+  } catch (const ErrorException& e) {
+    CHECK(e.error().code == ErrorCode::kBackendUnavailable);
+    CHECK_THAT(e.error().hint, Catch::Contains("scontrol token"));
+    CHECK_THAT(e.error().detail, Catch::Contains(o.token_file.string()));
+  }
+  CHECK(peer.requests() == 0);
+
+  // Renewed in the file (another length: the file's mtime may not have moved): used at once.
+  std::string renewed = jwt(now_s + 3600, R"(,"renewed":true)");
+  write_file(o.token_file, "SLURM_JWT=" + renewed + "\n");
+  CHECK(classify(rest, spec, &said) == Outcome::kId);
+  CHECK(said == "78");
+  CHECK(peer.requests() == 1);
+  CHECK_THAT(peer.last_request(), Catch::Contains("X-SLURM-USER-TOKEN: " + renewed));
+
+  write_file(o.token_file, "not-a-valid-token\n");
+  CHECK(classify(rest, spec, &said) == Outcome::kRefused);
+  CHECK_THAT(said, Catch::Contains("slurmrestd token is not a JWT"));
+  CHECK(peer.requests() == 1);
 }
