@@ -933,9 +933,15 @@ asio::awaitable<void> JobService::apply(JobRecord before, const JobStatus& s) {
     if (it == jobs_.end() || is_final(it->second.state)) co_return;
     JobRecord& r = it->second;
     JobRecord old = r;
-    // A final state never goes back; QUEUED never follows ACTIVE.
+    // States only go forward (NEW, QUEUED, ACTIVE, final). A scheduler's NEW is a state scigate
+    // does not know (a later Slurm's word), and QUEUED after ACTIVE a requeue the job was
+    // submitted not to do: the job keeps what was known, and the native word is recorded.
+    auto rank = [](JobState st) { return st == JobState::kNew ? 0 : st == JobState::kQueued ? 1 : st == JobState::kActive ? 2 : 3; };
     JobState next = s.state;
-    if (r.state == JobState::kActive && (next == JobState::kQueued || next == JobState::kNew)) next = r.state;
+    if (rank(next) < rank(r.state)) next = r.state;
+    if (s.state == JobState::kNew && s.native_state != r.native_state)
+      log::warn("job_state_unknown", {{"job", r.id}, {"native_state", s.native_state.substr(0, 64)},
+                                      {"kept", std::string(to_string(next))}});
     r.state = next;
     r.native_state = s.native_state;
     r.reason = s.reason;

@@ -171,7 +171,7 @@ std::vector<JobStatus> SlurmCliScheduler::parse_squeue(std::string_view out) {
     std::string_view rest = line.substr(f[kSqueueFixed].data() - line.data());
     if (!rest.empty() && rest.back() == '|') rest.remove_suffix(1);
     if (!apply_state(st, f[1], rest)) {
-      st.state = JobState::kNew;  // unknown to us: the caller keeps what it knew, and logs
+      st.state = JobState::kNew;  // unknown to us: the job ledger keeps what it knew, and logs
     }
     bool started = st.state != JobState::kQueued && st.state != JobState::kNew;
     if (is_final(st.state)) {

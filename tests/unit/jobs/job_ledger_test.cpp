@@ -632,3 +632,33 @@ TEST_CASE("job ledger: of the final records under a reused native id, the job's 
   CHECK(e.reason.find("no record of its end") != std::string::npos);
   CHECK_FALSE(e.exit_code);
 }
+
+// A job's state only moves forward: a word the connector does not know (reported as NEW) or a
+// QUEUED after ACTIVE keeps what was known, with the scheduler's own word recorded.
+TEST_CASE("job ledger: an unknown native state or a QUEUED after ACTIVE does not move a job back") {
+  Fixture f;
+  auto svc = f.service();
+  Running r(*svc);
+  auto job = submit(r, *svc, "forward");
+  REQUIRE(job.state == JobState::kQueued);
+  auto report = [&](JobState st, const std::string& native) {
+    std::lock_guard g(f.script->m);
+    f.script->known[job.native_id].state = st;
+    f.script->known[job.native_id].native_state = native;
+    if (st == JobState::kActive) f.script->known[job.native_id].start_ms = unix_now_ms();
+  };
+  report(JobState::kNew, "PENDING_SOMETHING_NEW");
+  REQUIRE(eventually([&] { return svc->get("p", job.id)->native_state == "PENDING_SOMETHING_NEW"; }));
+  CHECK(svc->get("p", job.id)->state == JobState::kQueued);
+  report(JobState::kActive, "RUNNING");
+  REQUIRE(eventually([&] { return svc->get("p", job.id)->state == JobState::kActive; }));
+  report(JobState::kQueued, "REQUEUED");
+  REQUIRE(eventually([&] { return svc->get("p", job.id)->native_state == "REQUEUED"; }));
+  CHECK(svc->get("p", job.id)->state == JobState::kActive);
+  report(JobState::kNew, "RUNNING_SOMEHOW");
+  REQUIRE(eventually([&] { return svc->get("p", job.id)->native_state == "RUNNING_SOMEHOW"; }));
+  CHECK(svc->get("p", job.id)->state == JobState::kActive);
+  auto events = svc->get("p", job.id)->events;
+  REQUIRE(events.size() == 3);  // NEW, QUEUED, ACTIVE: nothing backwards
+  CHECK(events[2].state == JobState::kActive);
+}
