@@ -259,17 +259,19 @@ bool reused_id(const JobStatus& s, const JobRecord& r) {
 enum class Kin { kOurs, kMaybe, kOlder, kOther };
 Kin kin_of(const JobStatus& s, const JobRecord& r) {
   // Ours was seen running, and a job runs once (submitted with --no-requeue): the one that
-  // started then is ours, whatever its name.
-  constexpr int64_t kSameStartMs = 5'000;
+  // started then is ours, whatever its name. A minute's leeway: the start the ledger knows may
+  // be its own clock's (a status without one).
   const bool seen_start = s.start_ms && r.start_ms;
-  if (seen_start && std::llabs(*s.start_ms - *r.start_ms) <= kSameStartMs) return Kin::kOurs;
-  // Ended before ours was submitted: a job that had the id before ours.
-  if (s.end_ms && r.submit_ms && *s.end_ms < *r.submit_ms - kClockSlackMs) return Kin::kOlder;
+  if (seen_start && std::llabs(*s.start_ms - *r.start_ms) <= kClockSlackMs) return Kin::kOurs;
+  // Ended before ours was recorded (created_ms: before the submit, even for a job adopted
+  // later): a job that had the id before ours.
+  if (s.end_ms && *s.end_ms < r.created_ms - kClockSlackMs) return Kin::kOlder;
   // Started at another time than ours was seen to: a job that took the id after ours.
   if (seen_start) return Kin::kOther;
-  if (!s.comment.empty() ? s.comment != r.id : !s.name.empty() && s.name != submitted_name(r.name, r.id))
-    return Kin::kOther;
-  return Kin::kMaybe;
+  // slurmctld's own record has the comment: the rule of a poll answer.
+  if (!s.comment.empty()) return reused_id(s, r) ? Kin::kOther : s.comment == r.id ? Kin::kOurs : Kin::kMaybe;
+  // The completion log has the name only.
+  return !s.name.empty() && s.name != submitted_name(r.name, r.id) ? Kin::kOther : Kin::kMaybe;
 }
 
 // Of the final records a scheduler keeps under the job's native id (oldest first), the one

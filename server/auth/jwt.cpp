@@ -210,6 +210,13 @@ bool looks_like_jwt(std::string_view token) {
   return dots == 2 && first > 0 && second > first + 1;
 }
 
+std::optional<json> unverified_claims(std::string_view token) {
+  if (token.size() > kMaxTokenBytes || !looks_like_jwt(token)) return std::nullopt;
+  auto first = token.find('.');
+  auto second = token.find('.', first + 1);
+  return decode_object(token.substr(first + 1, second - first - 1));
+}
+
 JwtResult verify_jwt(std::string_view token, const KeySet& keys, const JwtExpectations& expect,
                      std::chrono::system_clock::time_point now) {
   if (token.size() > kMaxTokenBytes)

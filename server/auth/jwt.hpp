@@ -63,6 +63,11 @@ struct JwtResult {
 // reach the verifier and are refused by name).
 bool looks_like_jwt(std::string_view token);
 
+// The payload of a token shaped like a JWT, NOT verified: for a token scigate holds for another
+// service (slurmrestd's), to read its "exp". Nullopt when it is not a JWT with a JSON object
+// for a payload.
+std::optional<nlohmann::json> unverified_claims(std::string_view token);
+
 JwtResult verify_jwt(std::string_view token, const KeySet& keys, const JwtExpectations& expect,
                      std::chrono::system_clock::time_point now);
 

@@ -14,7 +14,7 @@
 #include <sstream>
 
 #include "connectors/scheduler/slurm/slurm_common.hpp"
-#include "server/common/crypto.hpp"
+#include "server/auth/jwt.hpp"
 #include "server/common/error.hpp"
 #include "server/common/time_format.hpp"
 #include "server/observability/log.hpp"
@@ -106,19 +106,22 @@ struct TokenCheck {
 };
 TokenCheck check_token(const std::string& t, int64_t now_ms) {
   TokenCheck c;
-  auto first = t.find('.');
-  auto second = first == std::string::npos ? std::string::npos : t.find('.', first + 1);
-  std::optional<std::string> payload;
-  if (second != std::string::npos && t.find('.', second + 1) == std::string::npos)
-    payload = crypto::base64url_decode(std::string_view(t).substr(first + 1, second - first - 1));
-  json claims = payload ? json::parse(*payload, nullptr, false) : json();
-  if (!claims.is_object()) {
+  auto claims = auth::unverified_claims(t);
+  if (!claims) {
     c.trouble = "is not a JWT";
     return c;
   }
-  if (auto exp = claims.find("exp"); exp != claims.end() && exp->is_number() && exp->get<double>() < 1e12) {
-    c.exp_ms = static_cast<int64_t>(exp->get<double>()) * 1000;
+  if (auto exp = claims->find("exp"); exp != claims->end() && exp->is_number()) {
+    double e = exp->get<double>();
+    if (!(e > 0 && e < 1e12)) {
+      c.trouble = "has an exp that is not a time";
+      return c;
+    }
+    c.exp_ms = static_cast<int64_t>(e) * 1000;
+    // A minute's margin: slurmctld's clock may be ahead of ours, and a request takes time.
+    constexpr int64_t kMarginMs = 60'000;
     if (*c.exp_ms <= now_ms) c.trouble = "expired at " + rfc3339_seconds(*c.exp_ms);
+    else if (*c.exp_ms <= now_ms + kMarginMs) c.trouble = "expires at " + rfc3339_seconds(*c.exp_ms) + ", within a minute";
   }
   return c;
 }
@@ -175,7 +178,6 @@ std::string SlurmRestScheduler::token() {
 
 asio::awaitable<SlurmRestScheduler::Reply> SlurmRestScheduler::request(std::string method, std::string target,
                                                                        std::string body, std::string user_name) {
-  ++requests_;
   http::request<http::string_body> req;
   req.method(http::string_to_verb(method));
   req.target(target);
@@ -203,6 +205,7 @@ asio::awaitable<SlurmRestScheduler::Reply> SlurmRestScheduler::request(std::stri
       req.set("X-SLURM-USER-TOKEN", t);
     }
   }
+  ++requests_;  // past the token's check: this one goes out
   if (!body.empty() || method == "POST") {
     req.set(http::field::content_type, "application/json");
     req.body() = std::move(body);
@@ -416,8 +419,9 @@ asio::awaitable<std::vector<JobStatus>> SlurmRestScheduler::final_status(std::st
   std::exception_ptr failed;
   try {
     all = co_await sacct_->final_status(native_id);
-  } catch (const std::exception&) {
+  } catch (const std::exception& e) {
     failed = std::current_exception();
+    log::warn("slurm_sacct_failed", {{"job", native_id}, {"detail", std::string(e.what()).substr(0, 500)}});
   }
   if (failed && out.empty()) std::rethrow_exception(failed);
   for (auto& st : out) all.push_back(std::move(st));

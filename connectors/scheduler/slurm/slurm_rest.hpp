@@ -11,8 +11,8 @@
 //     that expires within a day is logged (`slurm_token_expiring`) once.
 // One HTTP/1.1 request per connection, each bounded by `request_timeout`. poll() is ONE
 // GET /jobs for all ids, filtered here. Slurm forgets finished jobs after MinJobAge and
-// v0.0.38 has no accounting without slurmdbd, so final_status() asks slurmrestd first and then,
-// when `sacct` is configured, `sacct -c` on this machine (see SlurmCliScheduler).
+// v0.0.38 has no accounting without slurmdbd, so final_status() asks slurmrestd and, when
+// `sacct` is configured, also `sacct -c` on this machine (see SlurmCliScheduler).
 //
 // Errors: slurmrestd answers failures with HTTP 500 and `errors[]`; codes 2000-2999 (ESLURM_*,
 // e.g. 2000 "Invalid partition name specified") are the job's fault -> kBackendRejected;

@@ -329,6 +329,10 @@ TEST_CASE("slurm rest: a JWT that has expired or is not a JWT is not sent, and t
     CHECK_THAT(e.error().hint, Catch::Contains("scontrol token"));
     CHECK_THAT(e.error().detail, Catch::Contains(o.token_file.string()));
   }
+  // About to expire: slurmctld's clock may be ahead, and it would expire on the way.
+  write_file(o.token_file, "SLURM_JWT=" + jwt(now_s + 20, R"(,"x":1)") + "\n");
+  CHECK(classify(rest, spec, &said) == Outcome::kRefused);
+  CHECK_THAT(said, Catch::Contains("within a minute"));
   CHECK(peer.requests() == 0);
 
   // Renewed in the file (another length: the file's mtime may not have moved): used at once.
