@@ -277,6 +277,13 @@ TEST_CASE("quantum remote: circuits the device cannot run are refused before any
   REQUIRE(reversed["isError"] == true);
   CHECK(message(reversed).find("not coupled in this direction") != std::string::npos);
 
+  // A transpiled circuit's physical qubits are the device's: `ecr $1, $0` is the pair (1, 0),
+  // which ibm_test does not couple (numbered by first use, as the simulator numbers them, it
+  // would have gone out as the coupled pair (0, 1): on other qubits than the caller chose).
+  auto physical = run("bit[2] c;\necr $1, $0;\nc[0] = measure $0;\nc[1] = measure $1;\n");
+  REQUIRE(physical["isError"] == true);
+  CHECK(message(physical).find("qubits 1 and 0 are not coupled in this direction") != std::string::npos);
+
   auto wide = run("qubit[6] q;\nbit[6] c;\nx q[5];\nc = measure q;\n");
   REQUIRE(wide["isError"] == true);
   CHECK(message(wide).find("ibm_test has 5") != std::string::npos);

@@ -1,5 +1,7 @@
 #include "connectors/quantum/qasm/qasm3_writer.hpp"
 
+#include <algorithm>
+#include <charconv>
 #include <cstdio>
 
 namespace scigate::quantum {
@@ -35,11 +37,45 @@ std::variant<std::string, Error> condition(const Circuit& c, const Condition& co
   return "if (" + r->name + " == " + std::to_string(cond.value) + ") ";
 }
 
+// The device qubit of each of the circuit's qubits. A transpiled circuit names physical qubits
+// ($5 is the device's qubit 5: the parser gives each one used a register of its own, numbered
+// for the simulator in order of first use); declared registers are laid out as declared (q[i]
+// is qubit i). Both in one circuit cannot be placed.
+std::variant<std::vector<int>, Error> device_layout(const Circuit& c) {
+  constexpr int64_t kMaxPhysical = 1 << 20;
+  std::vector<int> where(static_cast<std::size_t>(c.num_qubits), 0);
+  bool physical = false, declared = false;
+  for (const auto& r : c.qregs) {
+    if (!r.name.empty() && r.name[0] == '$') {
+      physical = true;
+      int64_t n = -1;
+      auto [end, ec] = std::from_chars(r.name.data() + 1, r.name.data() + r.name.size(), n);
+      if (ec != std::errc() || end != r.name.data() + r.name.size() || n < 0 || n >= kMaxPhysical)
+        return Error::invalid_arguments("physical qubit " + r.name.substr(0, 24) + " is beyond any device",
+                                        "use the device's qubit numbers ($0 to one less than its qubit count)");
+      where[static_cast<std::size_t>(r.offset)] = static_cast<int>(n);
+    } else {
+      declared = true;
+      for (int i = 0; i < r.size; ++i) where[static_cast<std::size_t>(r.offset + i)] = r.offset + i;
+    }
+  }
+  if (physical && declared)
+    return Error::invalid_arguments("the circuit uses both physical qubits ($n) and declared qubits: a device cannot tell "
+                                    "where the declared ones are",
+                                    "use physical qubits only ($0, $1, ..., as a circuit transpiled for the device does), "
+                                    "or declared qubits only");
+  return where;
+}
+
 }  // namespace
 
 std::variant<std::string, Error> write_openqasm3(const Circuit& c) {
+  auto layout = device_layout(c);
+  if (auto* e = std::get_if<Error>(&layout)) return *e;
+  const std::vector<int>& at = std::get<std::vector<int>>(layout);
+  auto qubit = [&at](int q) { return "q[" + std::to_string(at.at(static_cast<std::size_t>(q))) + "]"; };
   std::string out = "OPENQASM 3.0;\ninclude \"stdgates.inc\";\n";
-  if (c.num_qubits > 0) out += "qubit[" + std::to_string(c.num_qubits) + "] q;\n";
+  if (!at.empty()) out += "qubit[" + std::to_string(*std::max_element(at.begin(), at.end()) + 1) + "] q;\n";
   for (const auto& r : c.cregs) out += "bit[" + std::to_string(r.size) + "] " + r.name + ";\n";
   for (const auto& op : c.ops) {
     std::string line;

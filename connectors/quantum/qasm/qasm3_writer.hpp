@@ -5,7 +5,9 @@
 // The text is the circuit the simulator would run, not the caller's source: user `gate`
 // definitions are already inlined, so what the device receives is exactly what was checked.
 // One qubit register `q` spans all qubits (q[i] is the device's physical qubit i: a circuit for
-// a device is laid out already, as IBM requires "ISA" circuits); classical registers keep their
+// a device is laid out already, as IBM requires "ISA" circuits): physical qubits `$n` are
+// written as q[n], declared registers as declared, and a circuit with both is refused (the
+// parser numbers `$n` by first use, which only the simulator may do); classical registers keep their
 // names and sizes; conditions on a whole register or a single bit become `if`; barriers and
 // global phases, which change no sampled outcome, are left out.
 #include <set>

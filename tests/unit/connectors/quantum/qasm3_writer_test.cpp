@@ -92,6 +92,31 @@ TEST_CASE("qasm3 writer: registers, measurements, resets and conditions", "[quan
   CHECK(again.ops.size() == c.ops.size());
 }
 
+// A transpiled circuit names the device's qubits; the parser numbers them by first use (what
+// the simulator needs), and the text sent to a device must put them back where they were.
+TEST_CASE("qasm3 writer: physical qubits stay the device's qubits", "[quantum][qasm3]") {
+  Circuit c = parse("OPENQASM 3.0;\ninclude \"stdgates.inc\";\nbit[2] c;\nx $3;\necr $4, $3;\nc[0] = measure $3;\n"
+                    "c[1] = measure $4;\n");
+  CHECK(c.num_qubits == 2);  // the simulator's view: two qubits
+  auto text = write_openqasm3(c);
+  REQUIRE(std::holds_alternative<std::string>(text));
+  std::string t = std::get<std::string>(text);
+  CHECK(t.find("qubit[5] q;\n") != std::string::npos);
+  CHECK(t.find("x q[3];\necr q[4], q[3];\nc[0] = measure q[3];\nc[1] = measure q[4];\n") != std::string::npos);
+  // On the device, the pair is (4, 3): ibm_test couples 3->4 only.
+  auto t5 = eagle5();
+  auto wrong_way = check_native(parse(t), t5);
+  REQUIRE(wrong_way);
+  CHECK(wrong_way->message.find("qubits 4 and 3 are not coupled in this direction") != std::string::npos);
+
+  auto mixed = write_openqasm3(parse("OPENQASM 3.0;\ninclude \"stdgates.inc\";\nqubit[1] q;\nx q[0];\nx $0;\n"));
+  REQUIRE(std::holds_alternative<Error>(mixed));
+  CHECK_THAT(std::get<Error>(mixed).message, Catch::Contains("both physical qubits ($n) and declared qubits"));
+  auto far = write_openqasm3(parse("OPENQASM 3.0;\ninclude \"stdgates.inc\";\nx $99999999999;\n"));
+  REQUIRE(std::holds_alternative<Error>(far));
+  CHECK_THAT(std::get<Error>(far).message, Catch::Contains("beyond any device"));
+}
+
 TEST_CASE("native check: basis gates, coupling direction, width and conditionals", "[quantum][qasm3]") {
   auto t = eagle5();
   auto check = [&](const std::string& body) {
