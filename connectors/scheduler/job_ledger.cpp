@@ -258,6 +258,8 @@ bool reused_id(const JobStatus& s, const JobRecord& r) {
 // a submit time (its Submit column is the start).
 enum class Kin { kOurs, kMaybe, kOlder, kOther };
 Kin kin_of(const JobStatus& s, const JobRecord& r) {
+  // Our gateway id in its comment (slurmctld's own record has one): ours, whenever it ran.
+  if (!s.comment.empty() && s.comment == r.id) return Kin::kOurs;
   // Ours was seen running, and a job runs once (submitted with --no-requeue): the one that
   // started then is ours, whatever its name. A minute's leeway: the start the ledger knows may
   // be its own clock's (a status without one).
@@ -269,7 +271,7 @@ Kin kin_of(const JobStatus& s, const JobRecord& r) {
   // Started at another time than ours was seen to: a job that took the id after ours.
   if (seen_start) return Kin::kOther;
   // slurmctld's own record has the comment: the rule of a poll answer.
-  if (!s.comment.empty()) return reused_id(s, r) ? Kin::kOther : s.comment == r.id ? Kin::kOurs : Kin::kMaybe;
+  if (!s.comment.empty()) return reused_id(s, r) ? Kin::kOther : Kin::kMaybe;
   // The completion log has the name only.
   return !s.name.empty() && s.name != submitted_name(r.name, r.id) ? Kin::kOther : Kin::kMaybe;
 }

@@ -567,18 +567,20 @@ TEST_CASE("job ledger: of the final records under a reused native id, the job's 
   auto taken = submit(r, *svc, "taken");        // 102
   auto restarted = submit(r, *svc, "restarted");  // 103: seen running, only a later run logged
   auto unlogged = submit(r, *svc, "unlogged");  // 104: only an older job's end is logged
+  auto requeued = submit(r, *svc, "requeued");  // 105: seen running, run again by an administrator
   const int64_t now = unix_now_ms();
   const int64_t ran = (now / 1000 - 30) * 1000;  // whole seconds, as Slurm prints them
   {
     std::lock_guard g(f.script->m);
-    for (const char* id : {"100", "103"}) {
+    for (const char* id : {"100", "103", "105"}) {
       f.script->known[id].state = JobState::kActive;
       f.script->known[id].native_state = "RUNNING";
       f.script->known[id].start_ms = ran;
     }
   }
   REQUIRE(eventually([&] { return svc->get("p", seen.id)->state == JobState::kActive &&
-                                  svc->get("p", restarted.id)->state == JobState::kActive; }));
+                                  svc->get("p", restarted.id)->state == JobState::kActive &&
+                                  svc->get("p", requeued.id)->state == JobState::kActive; }));
   auto record = [](const std::string& native, const std::string& name, int64_t start_ms, int exit_code) {
     JobStatus s;
     s.native_id = native;
@@ -608,9 +610,12 @@ TEST_CASE("job ledger: of the final records under a reused native id, the job's 
     f.script->finals["103"] = {record("103", "restarted", later, 0)};
     // An older job's end alone says nothing about ours: lost only after five rounds without one.
     f.script->finals["104"] = {record("104", "unlogged", before, 0)};
+    // slurmctld's own record carries the comment: ours, though it started again later.
+    f.script->finals["105"] = {record("105", "requeued", later, 0)};
+    f.script->finals["105"][0].comment = requeued.id;
   }
   REQUIRE(eventually([&] {
-    for (const auto* j : {&seen, &same, &taken, &restarted, &unlogged})
+    for (const auto* j : {&seen, &same, &taken, &restarted, &unlogged, &requeued})
       if (!svc->get("p", j->id)->settled) return false;
     return true;
   }));
@@ -631,6 +636,9 @@ TEST_CASE("job ledger: of the final records under a reused native id, the job's 
   CHECK(e.native_state == "lost");
   CHECK(e.reason.find("no record of its end") != std::string::npos);
   CHECK_FALSE(e.exit_code);
+  auto g = *svc->get("p", requeued.id);
+  CHECK(g.state == JobState::kCompleted);
+  CHECK(g.exit_code == 0);
 }
 
 // A job's state only moves forward: a word the connector does not know (reported as NEW) or a
