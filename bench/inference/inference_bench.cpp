@@ -23,6 +23,7 @@
 //
 //   ninja -C build scigate_inference_bench
 //   build/scigate_inference_bench [--rate 500] [--seconds 20] [--streams 1000]
+//       [--first-token-ms 0] [--token-ms 0] (the backend's pace in phases 1 and 2; see Options)
 //       [--durability commit,fsync] [--pin 1] [--threads N] [--credits on] [--echo 0] [--nice -20]
 //       [--nginx 1] [--json FILE]
 //
@@ -458,6 +459,13 @@ struct Options {
   int stream_tokens = 50;
   int stream_interval_ms = 50;
   int max_tokens = 8;
+  // Phases 1 and 2: the backend's pace. 0 (default): every token at once, the worst case for a
+  // gateway that reads the backend's stream (its per-event work is all on the critical path).
+  // A real model server makes the first token after prefill and the next ones a decode step
+  // apart (milliseconds): --first-token-ms / --token-ms reproduce that, the straight
+  // non-streamed answer then taking the whole generation (first + (max_tokens-1) x token).
+  int first_token_ms = 0;
+  int token_ms = 0;
   std::vector<std::string> durability = {"commit", "fsync"};
   bool pin = true;
   bool credits = true;  // false: [credits] enabled = false (no hold, no settlement)
@@ -537,7 +545,8 @@ int run_bench(int argc, char** argv) {
   if (::geteuid() == 0) o.nice = -20;
   scigate::bench::parse_options(argc, argv, 1,
                        "scigate_inference_bench [--rate 500] [--seconds 20] [--warmup 3] [--streams 1000] "
-                       "[--stream-tokens 50] [--stream-interval-ms 50] [--max-tokens 8] [--durability commit,fsync] "
+                       "[--stream-tokens 50] [--stream-interval-ms 50] [--max-tokens 8] [--first-token-ms 0] "
+                       "[--token-ms 0] [--durability commit,fsync] "
                        "[--pin 1] [--threads N] [--credits on] [--echo 0] [--nice -20] [--nginx 1] [--server KEY=VALUE] "
                        "[--json FILE]",
                        [&](const std::string& a, const std::string& v) {
@@ -548,6 +557,8 @@ int run_bench(int argc, char** argv) {
                          else if (a == "--stream-tokens") o.stream_tokens = std::stoi(v);
                          else if (a == "--stream-interval-ms") o.stream_interval_ms = std::stoi(v);
                          else if (a == "--max-tokens") o.max_tokens = std::stoi(v);
+                         else if (a == "--first-token-ms") o.first_token_ms = std::stoi(v);
+                         else if (a == "--token-ms") o.token_ms = std::stoi(v);
                          else if (a == "--pin") o.pin = v != "0";
                          else if (a == "--credits") o.credits = v != "0" && v != "off";
                          else if (a == "--echo") o.echo = v != "0";
@@ -599,6 +610,7 @@ int run_bench(int argc, char** argv) {
   out["loadavg_start"] = loadavg();
   out["options"] = {{"rate", o.rate}, {"seconds", o.seconds}, {"streams", o.streams}, {"max_tokens", o.max_tokens},
                     {"stream_tokens", o.stream_tokens}, {"stream_interval_ms", o.stream_interval_ms},
+                    {"first_token_ms", o.first_token_ms}, {"token_ms", o.token_ms},
                     {"pin", o.pin}, {"credits", o.credits}, {"scigate_threads", threads}, {"nice", o.nice}};
   bool any_error = false;
 
@@ -609,7 +621,13 @@ int run_bench(int argc, char** argv) {
   dopt.extra_args = {"--keep-alive-ms", "0"};  // the client's pooled connections never time out
   scigate::test::InferenceDouble backend(dopt);
   g_backend_pid = backend.pid();
-  backend.control(json::parse(R"({"first_token_ms":0,"token_interval_ms":0,"latency_ms":0,"completion_tokens":16})"));
+  // The generation's pace for phases 1 and 2 (a non-streamed answer comes when the last token is made).
+  const int generation_ms = o.first_token_ms + std::max(0, o.max_tokens - 1) * o.token_ms;
+  const json pace = {{"first_token_ms", o.first_token_ms}, {"token_interval_ms", o.token_ms},
+                     {"latency_ms", generation_ms}, {"completion_tokens", 16}};
+  backend.control(pace);
+  // Connections per kind: the calls in flight at a kind's rate, twice over, and at least 16.
+  const int pool = std::max(16, static_cast<int>(o.rate * (generation_ms + 2) / 1000.0 * 2));
 
   // The reference proxy hop, where scigate runs (CPU 1 when pinned) and at the same priority.
   std::unique_ptr<scigate::test::NginxServer> nginx;
@@ -657,13 +675,13 @@ int run_bench(int argc, char** argv) {
     v1_s.expect = {last_token, "data: [DONE]"};
 
     Client client(io);
-    for (Target* t : {&straight, &v1, &mcp, &straight_s, &v1_s}) run(io, client.fill_pool(*t, 16));
+    for (Target* t : {&straight, &v1, &mcp, &straight_s, &v1_s}) run(io, client.fill_pool(*t, pool));
     // Phase 1's kinds: each gets rate/2 calls/s, scigate `rate` in all.
     std::vector<Target*> kinds1 = {&straight, &v1, &mcp};
     // Phase 2's: each gets `rate` streams/s.
     std::vector<Target*> kinds2 = {&straight_s, &v1_s};
     if (nginx) {
-      for (Target* t : {&via_nginx, &nginx_s}) run(io, client.fill_pool(*t, 16));
+      for (Target* t : {&via_nginx, &nginx_s}) run(io, client.fill_pool(*t, pool));
       kinds1.push_back(&via_nginx);
       kinds2.push_back(&nginx_s);
     }
@@ -861,7 +879,7 @@ int run_bench(int argc, char** argv) {
         any_error = any_error || t->errors > 0 || static_cast<int>(t->samples.size()) != o.streams;
       }
       phase["concurrent_streams"] = conc;
-      backend.control(json::parse(R"({"completion_tokens":16,"token_interval_ms":0})"));
+      backend.control(pace);  // phases 1 and 2's pace again, for the next durability mode
     }
     phase["scigate_rss_kib_end"] = status_field(sg, "VmRSS");
     phase["scigate_vmhwm_kib_end"] = status_field(sg, "VmHWM");

@@ -152,6 +152,7 @@
 #include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
 
+#include <sys/prctl.h>
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -1634,6 +1635,16 @@ asio::awaitable<bool> sleep_ms(asio::steady_timer& timer, int ms) {
   co_return !ec;
 }
 
+// A model server's decode steps keep their cadence whatever writing a token cost: each token is
+// due at a time fixed from the start (not a sleep after the previous write, whose overshoots
+// would add up over a stream and make it slower than the same answer non-streamed).
+asio::awaitable<bool> sleep_until(asio::steady_timer& timer, Clock::time_point due) {
+  if (due <= Clock::now()) co_return true;
+  timer.expires_at(due);
+  auto [ec] = co_await timer.async_wait(kAwait);
+  co_return !ec;
+}
+
 double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
 
 // Writes the events of one stream; returns how it ended. Cancelled (the peer went away) at any
@@ -1647,7 +1658,8 @@ asio::awaitable<StreamEnd> produce(tcp::socket& sock, const StreamPlan& plan) {
   double prompt_ms = 0;
   auto t_first = t0;
   if (plan.generate) {
-    if (!co_await sleep_ms(timer, plan.first_token_ms)) co_return StreamEnd::peer_gone;
+    const auto first_due = t0 + std::chrono::milliseconds(plan.first_token_ms);
+    if (!co_await sleep_until(timer, first_due)) co_return StreamEnd::peer_gone;
     t_first = Clock::now();
     prompt_ms = ms_since(t0);
     render_opening(plan, buf);
@@ -1655,7 +1667,8 @@ asio::awaitable<StreamEnd> produce(tcp::socket& sock, const StreamPlan& plan) {
     for (int i = 0; i < plan.n_tokens; ++i) {
       if (plan.cut_after == i) co_return StreamEnd::cut;
       if (plan.error_after == i) break;
-      if (i > 0 && !co_await sleep_ms(timer, plan.token_interval_ms)) co_return StreamEnd::peer_gone;
+      if (i > 0 && !co_await sleep_until(timer, first_due + std::chrono::milliseconds(i * plan.token_interval_ms)))
+        co_return StreamEnd::peer_gone;
       render_token(plan, i, buf);
       if (co_await write_chunk(sock, buf) != StreamEnd::completed) co_return StreamEnd::peer_gone;
     }
@@ -1881,6 +1894,11 @@ int main(int argc, char** argv) {
     rl.rlim_cur = rl.rlim_max;
     ::setrlimit(RLIMIT_NOFILE, &rl);
   }
+
+  // Timers to the microsecond: the kernel's default slack (50 us per wake-up) would make a paced
+  // stream late by up to that much per token, which no GPU server's stream is (its tokens come
+  // from a decode loop, not from timers).
+  ::prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
 
   App app(opt);
   asio::io_context io(opt.threads);
