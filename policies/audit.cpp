@@ -77,7 +77,11 @@ AuditRecord edge_refusal_record(const EdgeRefusal& e) {
   }
   if (!e.remote.empty()) d["remote"] = e.remote;
   if (!e.rpc_method.empty()) d["rpc_method"] = e.rpc_method.substr(0, 100);
-  if (e.principal) d["auth"] = e.principal->auth_method;
+  if (e.principal) {
+    d["auth"] = e.principal->auth_method;
+    // A service account may share its name with a user: the record says which one it was.
+    if (e.principal->kind != "user") d["principal_kind"] = e.principal->kind;
+  }
   r.details = std::move(d);
   return r;
 }

@@ -185,6 +185,8 @@ asio::awaitable<ToolCallOutcome> ToolCallPipeline::run(ToolCallRequest request) 
   c.audit.tool = utf8_prefix(c.req.tool, kMaxAuditedName);  // an unknown tool's name is the client's
   c.facts = json::object();
   c.facts["auth"] = c.req.principal.auth_method;
+  // A service account may share its name with a user: the record says which one it was.
+  if (c.req.principal.kind != "user") c.facts["principal_kind"] = c.req.principal.kind;
   if (!c.req.client_name.empty()) c.facts["client"] = utf8_prefix(c.req.client_name, kMaxAuditedName);
   if (!c.req.idempotency_key.empty()) c.facts["idempotency_key"] = c.req.idempotency_key;
   if (!c.req.task_id.empty()) c.facts["task_id"] = c.req.task_id;

@@ -121,6 +121,31 @@ TEST_CASE("governance: the flat per-call rate is held and posted, the audit keep
   CHECK(h.audit.records[0].details["auth"] == "api_key");
 }
 
+TEST_CASE("governance: a service account and a user of one name are told apart in the audit") {
+  Harness h;
+  h.config.projects[0].service_accounts = {"alice"};
+  call_tool(h, "echo", {{"text", "as the user"}});
+  h.alice.kind = "service";
+  auth::assign_projects(h.alice, h.config);
+  call_tool(h, "echo", {{"text", "as the service account"}});
+  REQUIRE(h.audit.records.size() == 2);
+  CHECK(h.audit.records[0].principal == "alice");
+  CHECK_FALSE(h.audit.records[0].details.contains("principal_kind"));
+  CHECK(h.audit.records[1].principal == "alice");
+  CHECK(h.audit.records[1].outcome == "ok");
+  CHECK(h.audit.records[1].details["principal_kind"] == "service");
+
+  // A request refused at the edge says it as well.
+  EdgeRefusal e;
+  e.transport = "http";
+  e.http_status = 403;
+  e.reason = "refused";
+  e.principal = &h.alice;
+  AuditRecord r = edge_refusal_record(e);
+  CHECK(r.principal == "alice");
+  CHECK(r.details["principal_kind"] == "service");
+}
+
 TEST_CASE("governance: audited arguments keep ordinary values and redact credentials") {
   Harness h;
   std::string key = "sgk_abcdef12_" + std::string(40, 'x');
