@@ -233,6 +233,15 @@ InferenceService::InferenceService(const InferenceConfig& config, registry::Mode
     b->served = c.models;  // until its /v1/models says
     backends_.push_back(std::move(b));
   }
+  // Before the first call: a call priced with the default resources while the catalog names
+  // others would be charged (or not) at the wrong price.
+  if (registry_) {
+    try {
+      rates_ = registry_->rates_now();
+    } catch (const std::exception& e) {
+      log::warn("inference_registry_sync_failed", {{"detail", std::string("model rates: ") + e.what()}});
+    }
+  }
 }
 
 InferenceService::~InferenceService() { stop(); }
@@ -282,6 +291,15 @@ asio::awaitable<void> InferenceService::poll_loop() {
 }
 
 asio::awaitable<void> InferenceService::refresh() {
+  if (registry_) {
+    try {
+      registry::ModelRegistry::Rates rates = co_await registry_->rates();
+      std::lock_guard g(m_);
+      rates_ = std::move(rates);
+    } catch (const std::exception& e) {  // the last rates read stay
+      log::warn("inference_registry_sync_failed", {{"detail", std::string("model rates: ") + e.what()}});
+    }
+  }
   for (auto& b : backends_) {
     if (stopping_->load()) co_return;
     // One backend's failed round (the database locked for a while, say) must not end the loop:
@@ -365,6 +383,16 @@ std::vector<std::string> InferenceService::served_models() const {
       if (std::find(out.begin(), out.end(), m) == out.end()) out.push_back(m);
   std::sort(out.begin(), out.end());
   return out;
+}
+
+TokenResources InferenceService::token_resources(const std::string& model) const {
+  TokenResources r{"tokens_in:" + model, "tokens_out:" + model};
+  std::lock_guard g(m_);
+  if (auto it = rates_.find(model); it != rates_.end()) {
+    if (auto in = it->second.find("tokens_in"); in != it->second.end()) r.in = in->second;
+    if (auto out = it->second.find("tokens_out"); out != it->second.end()) r.out = out->second;
+  }
+  return r;
 }
 
 std::optional<int64_t> InferenceService::max_model_len(const std::string& model) const {

@@ -27,6 +27,7 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -76,6 +77,13 @@ struct ChatOutcome {
 // Each stream chunk as the backend sent it (parsed), on the caller's executor.
 using ChunkSink = std::function<void(const json& chunk)>;
 
+// The credit resources a model's tokens are charged to: the catalog's `rates` for it (a
+// manifest may point several models at one priced resource), else tokens_in:<model> and
+// tokens_out:<model> (docs/MODELS.md#rates).
+struct TokenResources {
+  std::string in, out;
+};
+
 struct BackendView {
   std::string id, url, flavor, gpu_type;
   bool healthy = false;
@@ -110,6 +118,9 @@ class InferenceService {
   bool serves(const std::string& model) const;
   std::vector<std::string> served_models() const;
   std::optional<int64_t> max_model_len(const std::string& model) const;
+  // Read from the catalog at construction and again at every health round, so that an import
+  // (`scigate models import`, another process) applies within one health_interval.
+  TokenResources token_resources(const std::string& model) const;
   std::vector<BackendView> backends() const;
 
   struct Backend;
@@ -131,6 +142,8 @@ class InferenceService {
 
   InferenceConfig config_;
   registry::ModelRegistry* registry_;
+  // The catalog's rates by model id (registry::ModelRegistry::Rates); under m_.
+  std::map<std::string, std::map<std::string, std::string>> rates_;
   std::unique_ptr<http::CurlClient> client_;
   std::vector<std::unique_ptr<Backend>> backends_;
   mutable std::mutex m_;  // routing state of every backend

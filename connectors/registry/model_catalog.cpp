@@ -340,6 +340,20 @@ std::size_t ModelCatalog::retain_backends(const std::vector<std::string>& config
   return removed;
 }
 
+std::map<std::string, std::map<std::string, std::string>> ModelCatalog::all_rates() {
+  auto lk = db_.lock();
+  std::map<std::string, std::map<std::string, std::string>> out;
+  Statement st(db_.handle(), "SELECT id, rates FROM models");
+  while (st.step()) {
+    json rates = json::parse(st.column_text(1), nullptr, false);
+    auto& r = out[st.column_text(0)];
+    if (rates.is_object())
+      for (auto it = rates.begin(); it != rates.end(); ++it)
+        if (it->is_string()) r[it.key()] = it->get<std::string>();
+  }
+  return out;
+}
+
 std::size_t ModelCatalog::count() {
   auto lk = db_.lock();
   Statement st(db_.handle(), "SELECT count(*) FROM models");

@@ -8,6 +8,7 @@
 // Thread-safety: as the Database it is given (each call takes the connection's lock).
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <variant>
@@ -77,6 +78,9 @@ class ModelCatalog {
   // Forgets what backends no longer configured served (a backend removed or renamed in the
   // config kept showing in served_by for ever). Returns how many rows went.
   std::size_t retain_backends(const std::vector<std::string>& configured);
+  // Every model's `rates` (usage kind -> credit resource), by id: what the inference tools
+  // charge a call to.
+  std::map<std::string, std::map<std::string, std::string>> all_rates();
 
   std::size_t count();
 

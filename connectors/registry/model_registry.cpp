@@ -46,4 +46,11 @@ asio::awaitable<std::size_t> ModelRegistry::retain_backends(std::vector<std::str
   co_return removed;
 }
 
+asio::awaitable<ModelRegistry::Rates> ModelRegistry::rates() {
+  Rates out;
+  std::function<void(state::Database&)> fn = [&out](state::Database& db) { out = ModelCatalog(db).all_rates(); };
+  co_await worker_.run(std::move(fn));
+  co_return out;
+}
+
 }  // namespace scigate::registry

@@ -354,6 +354,42 @@ TEST_CASE("inference: call_inference streams from vLLM, is charged the backend's
   CHECK(error_code(denied) == "policy_denied");
 }
 
+TEST_CASE("inference: a call is charged to the resources its model's manifest names, a re-import applying at the next health round") {
+  NEEDS_DOUBLE("asserts the double's exact token counts");
+  InferenceDouble d(vllm());
+  InfServer is({backend_entry("gpu01", d)});
+  auto& s = is.s;
+  Client c(s.port());
+  wait_served(c, s);
+
+  // The example catalog's own resources (tokens_in:<id>, tokens_out:<id>): 0.001 and 0.002.
+  double before = balance(c, s);
+  auto r = call_tool(c, s.user_key(), "call_inference", chat_args(10));
+  REQUIRE(r["isError"] == false);
+  CHECK(before - balance(c, s) == Approx(8 * 0.001 + 10 * 0.002));
+
+  // The operator points the model at resources it shares with others (the test config prices
+  // "tokens_in:bge-m3" at 0.001 and "tokens_out:pricey" at 1 credit a token): from the next health
+  // round its calls are charged there.
+  std::string manifest = (s.dir() / "shared.toml").string();
+  std::ofstream(manifest) << "[[models]]\nid = \"" << kModel << "\"\nfamily = \"llama-3.1\"\nmodality = \"text\"\n"
+                             "tasks = [\"chat\"]\nparameters = 8030000000\ncontext_length = 131072\nlicense = \"llama3.1\"\n"
+                             "[models.rates]\ntokens_in = \"tokens_in:bge-m3\"\ntokens_out = \"tokens_out:pricey\"\n";
+  std::string out;
+  REQUIRE(run_command({binary(), "models", "import", "--config", s.config_path(), manifest}, &out) == 0);
+  CHECK(out.find("1 updated") != std::string::npos);
+  auto got = call_tool(c, s.user_key(), "get_model", json{{"model", kModel}});
+  CHECK(got["structuredContent"]["rates"]["tokens_out"] == "tokens_out:pricey");
+  double charged = 0;
+  REQUIRE(eventually([&] {
+    double b = balance(c, s);
+    auto again = call_tool(c, s.user_key(), "call_inference", chat_args(10));
+    charged = b - balance(c, s);
+    return again["isError"] == false && charged > 1;
+  }));
+  CHECK(charged == Approx(8 * 0.001 + 10 * 1.0));
+}
+
 TEST_CASE("inference: llama.cpp's unasked usage, then /tokenize when a backend reports none, then the hold") {
   NEEDS_DOUBLE("switches the double's usage and /tokenize off through /_control");
   InferenceDoubleOptions o = vllm();

@@ -176,10 +176,12 @@ json usage_json(int64_t prompt, int64_t completion, const std::string& counted_b
   return u;
 }
 
-Usage token_usage(const std::string& model, int64_t in, int64_t out) {
+// Charged to the model's resources in the catalog (tokens_in:<model> and tokens_out:<model>
+// unless its manifest names others).
+Usage token_usage(const inference::TokenResources& to, int64_t in, int64_t out) {
   Usage u;
-  u.add("tokens_in:" + model, static_cast<double>(in), std::to_string(in) + " prompt tokens");
-  if (out >= 0) u.add("tokens_out:" + model, static_cast<double>(out), std::to_string(out) + " generated tokens");
+  u.add(to.in, static_cast<double>(in), std::to_string(in) + " prompt tokens");
+  if (out >= 0) u.add(to.out, static_cast<double>(out), std::to_string(out) + " generated tokens");
   return u;
 }
 
@@ -321,14 +323,15 @@ int64_t held_prompt(const json& decided) {
 }  // namespace
 
 Usage CallInferenceTool::worst_case_usage(const json& args) const {
-  return token_usage(args.value("model", ""), held_prompt(args), max_tokens_of(args));
+  return token_usage(deps_.service.token_resources(args.value("model", "")), held_prompt(args), max_tokens_of(args));
 }
 
 std::optional<Usage> CallInferenceTool::minimum_usage(const json& args) const {
-  return token_usage(args.value("model", ""), held_prompt(args), std::min(max_tokens_of(args), kMinimumOutput));
+  return token_usage(deps_.service.token_resources(args.value("model", "")), held_prompt(args),
+                     std::min(max_tokens_of(args), kMinimumOutput));
 }
 
-int64_t CallInferenceTool::affordable_max_tokens(const credits::RateTable& rates, const std::string& model,
+int64_t CallInferenceTool::affordable_max_tokens(const credits::RateTable& rates, const inference::TokenResources& model,
                                                  int64_t prompt_tokens, int64_t wanted, MicroCredits held) {
   auto fits = [&](int64_t n) {
     Usage u = token_usage(model, prompt_tokens, n);
@@ -346,12 +349,13 @@ int64_t CallInferenceTool::affordable_max_tokens(const credits::RateTable& rates
 
 asio::awaitable<ToolResult> CallInferenceTool::call(const json& args, CallContext& ctx) {
   const std::string model = args["model"].get<std::string>();
+  const inference::TokenResources charged_to = deps_.service.token_resources(model);
   const int64_t prompt_estimate = estimate_prompt_tokens(args);
   const int64_t prompt_held = hold_prompt_tokens(args, prompt_estimate);  // as the hold was sized
   const int64_t wanted = max_tokens_of(args);
   int64_t max_tokens = wanted;
   if (ctx.metered && deps_.rates)
-    max_tokens = affordable_max_tokens(*deps_.rates, model, prompt_held, wanted, ctx.held);
+    max_tokens = affordable_max_tokens(*deps_.rates, charged_to, prompt_held, wanted, ctx.held);
   const bool capped = max_tokens < wanted;
 
   inference::ChatCall call;
@@ -362,7 +366,7 @@ asio::awaitable<ToolResult> CallInferenceTool::call(const json& args, CallContex
   call.deadline = ctx.deadline;
 
   // What a call cut short pays: the prompt, and the chunks that came (about a token each).
-  ctx.incurred = token_usage(model, prompt_estimate, 0);
+  ctx.incurred = token_usage(charged_to, prompt_estimate, 0);
   inference::CompletionBuilder builder;
   int64_t chunks = 0;
   CallContext* c = &ctx;
@@ -419,7 +423,7 @@ asio::awaitable<ToolResult> CallInferenceTool::call(const json& args, CallContex
   std::string text = chat_text(structured);
   ctx.audit_fields = audit_facts(model, out, usage);
   ToolResult r = ToolResult::success(std::move(structured), std::move(text));
-  r.usage = token_usage(model, prompt_tokens, completion_tokens);
+  r.usage = token_usage(charged_to, prompt_tokens, completion_tokens);
   co_return r;
 }
 
@@ -455,7 +459,7 @@ std::variant<json, Error> EmbedTool::derive_facts(const json& args) const {
 }
 
 Usage EmbedTool::worst_case_usage(const json& args) const {
-  return token_usage(args.value("model", ""), held_prompt(args), -1);
+  return token_usage(deps_.service.token_resources(args.value("model", "")), held_prompt(args), -1);
 }
 
 namespace {
@@ -575,6 +579,7 @@ json embed_result(const std::string& model, const std::string& backend, Vectors&
 
 asio::awaitable<ToolResult> EmbedTool::call(const json& args, CallContext& ctx) {
   const std::string model = args["model"].get<std::string>();
+  const inference::TokenResources charged_to = deps_.service.token_resources(model);
   if (args.contains("save_to")) {
     // Where the vectors would go is checked before the backend spends anything.
     std::optional<Error> refused = check_save_to(deps_.areas, ctx.project, args["save_to"].get<std::string>());
@@ -627,7 +632,7 @@ asio::awaitable<ToolResult> EmbedTool::call(const json& args, CallContext& ctx) 
     if (auto* e = std::get_if<Error>(&written)) {
       // The backend did the work: the tokens are charged even though the file was not written.
       ToolResult failed = ToolResult::failure(*e);
-      failed.usage = token_usage(model, tokens, -1);
+      failed.usage = token_usage(charged_to, tokens, -1);
       co_return failed;
     }
     saved = saved_json(uri, std::get<storage::WriteResult>(written));
@@ -670,7 +675,7 @@ asio::awaitable<ToolResult> EmbedTool::call(const json& args, CallContext& ctx) 
                      " dimensions, " + std::to_string(tokens) + " tokens" + (note.empty() ? "" : "\n" + note);
   ctx.audit_fields = audit_facts(model, out, usage);
   ToolResult r = ToolResult::success(std::move(structured), std::move(text));
-  r.usage = token_usage(model, tokens, -1);
+  r.usage = token_usage(charged_to, tokens, -1);
   co_return r;
 }
 

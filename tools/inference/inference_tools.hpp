@@ -6,7 +6,8 @@
 // - derive_facts: `prompt_tokens` (an estimate that errs high: UTF-8 bytes / 3 plus a per-message
 //   overhead, images at a flat rate) and `tokens` (prompt_tokens + max_tokens), which policy
 //   conditions and token rate limits (`cost = "tokens"`) read.
-// - worst_case_usage: tokens_in:<model> × prompt_tokens + tokens_out:<model> × max_tokens.
+// - worst_case_usage: tokens_in × prompt_tokens + tokens_out × max_tokens, charged to the
+//   model's resources in the catalog (InferenceService::token_resources).
 // - minimum_usage: the prompt and a few output tokens. A project that cannot pay the worst case
 //   gets a hold of what it has, and max_tokens is cut to what that hold covers, so a budget is
 //   never overrun mid-stream.
@@ -45,8 +46,8 @@ class CallInferenceTool final : public Tool {
   boost::asio::awaitable<ToolResult> call(const json& args, CallContext& ctx) override;
 
   // The largest max_tokens (at most `wanted`) whose worst case `held` micro-credits cover.
-  static int64_t affordable_max_tokens(const credits::RateTable& rates, const std::string& model, int64_t prompt_tokens,
-                                       int64_t wanted, MicroCredits held);
+  static int64_t affordable_max_tokens(const credits::RateTable& rates, const inference::TokenResources& model,
+                                       int64_t prompt_tokens, int64_t wanted, MicroCredits held);
 
  private:
   // The prompt tokens the hold is made for: prompt_token_bound, at most the model's context,

@@ -44,12 +44,13 @@ TEST_CASE("call_inference: max_tokens is cut to what the hold covers, exactly") 
                             {"tokens_in:m", kPico / 2000, "token"},
                             {"call:call_inference", kPico / 10, "call"}});
   const MicroCredits C = kMicroPerCredit;
+  const inference::TokenResources m{"tokens_in:m", "tokens_out:m"};
   // 1000 prompt tokens (0.5) + call (0.1): 1.4 credits left for output = 1400 tokens.
-  CHECK(tools::CallInferenceTool::affordable_max_tokens(rates, "m", 1000, 4096, 2 * C) == 1400);
-  CHECK(tools::CallInferenceTool::affordable_max_tokens(rates, "m", 1000, 512, 2 * C) == 512);  // fits: unchanged
-  CHECK(tools::CallInferenceTool::affordable_max_tokens(rates, "m", 1000, 4096, 0) == 1);        // never below one
+  CHECK(tools::CallInferenceTool::affordable_max_tokens(rates, m, 1000, 4096, 2 * C) == 1400);
+  CHECK(tools::CallInferenceTool::affordable_max_tokens(rates, m, 1000, 512, 2 * C) == 512);  // fits: unchanged
+  CHECK(tools::CallInferenceTool::affordable_max_tokens(rates, m, 1000, 4096, 0) == 1);        // never below one
   // The answer is the largest n whose price fits: n + 1 does not.
-  int64_t n = tools::CallInferenceTool::affordable_max_tokens(rates, "m", 333, 100000, C + 7);
+  int64_t n = tools::CallInferenceTool::affordable_max_tokens(rates, m, 333, 100000, C + 7);
   auto price = [&](int64_t out) {
     Usage u;
     u.add("tokens_in:m", 333).add("tokens_out:m", static_cast<double>(out)).add("call:call_inference", 1);
