@@ -17,7 +17,7 @@ namespace {
 
 constexpr int64_t kPerMessageTokens = 8;   // role markers and separators of a chat template
 constexpr int64_t kPerCallTokens = 16;     // the template's frame around the conversation
-constexpr int64_t kPerImageTokens = 1600;  // a high-resolution image tile set in a VLM
+constexpr int64_t kPerImageTokens = 1600;  // a high-resolution image tile set in a VLM (the estimate)
 constexpr int64_t kMinimumOutput = 16;     // the least output a budget-fitted call is worth
 
 constexpr const char* kChatSchema = R"({
@@ -120,7 +120,9 @@ int64_t text_tokens(std::size_t bytes, bool bound) {
   return bound ? static_cast<int64_t>(bytes) : static_cast<int64_t>((bytes + 2) / 3);
 }
 
-int64_t content_tokens(const json& content, bool bound) {
+// `media_bound`: what the bound takes for a part that is not text (kMediaBoundTokens or the
+// model's context length); the estimate takes kPerImageTokens.
+int64_t content_tokens(const json& content, bool bound, int64_t media_bound) {
   if (content.is_string()) return text_tokens(content.get_ref<const std::string&>().size(), bound);
   if (!content.is_array()) return 0;
   int64_t n = 0;
@@ -129,10 +131,10 @@ int64_t content_tokens(const json& content, bool bound) {
     std::string type = part.value("type", "");
     if (type == "text" && part.contains("text") && part["text"].is_string())
       n += text_tokens(part["text"].get_ref<const std::string&>().size(), bound);
-    else if (type == "image_url" || type == "input_image" || type == "image")
-      n += kPerImageTokens;
-    else
+    else if (type == "text" || type == "refusal")  // text in another shape: its bytes
       n += text_tokens(part.dump().size(), bound);
+    else  // image_url, video_url, input_audio, file, ...: what the model's processor makes of it
+      n += bound ? media_bound : kPerImageTokens;
   }
   return n;
 }
@@ -239,17 +241,22 @@ json audit_facts(const std::string& model, const inference::ChatOutcome& out, co
 }  // namespace
 
 namespace {
-int64_t prompt_tokens(const json& args, bool bound) {
+int64_t prompt_tokens(const json& args, bool bound, int64_t media_bound = kMediaBoundTokens) {
   int64_t n = kPerCallTokens;
   if (auto m = args.find("messages"); m != args.end() && m->is_array()) {
     for (const auto& msg : *m) {
       n += kPerMessageTokens;
       if (!msg.is_object()) continue;
-      if (auto c = msg.find("content"); c != msg.end()) n += content_tokens(*c, bound);
-      if (auto tc = msg.find("tool_calls"); tc != msg.end()) n += text_tokens(tc->dump().size(), bound);
+      for (auto it = msg.begin(); it != msg.end(); ++it) {
+        if (it.key() == "content") n += content_tokens(*it, bound, media_bound);
+        // The bound takes every other field too: a chat template may render any of them (an
+        // assistant's reasoning_content, a tool message's name, ...).
+        else if (it.key() == "tool_calls" || (bound && it.key() != "role"))
+          n += text_tokens(it.key().size() + it->dump().size(), bound);
+      }
     }
   }
-  if (auto p = args.find("prompt"); p != args.end() && p->is_string()) n += content_tokens(*p, bound);
+  if (auto p = args.find("prompt"); p != args.end() && p->is_string()) n += content_tokens(*p, bound, media_bound);
   // Tool definitions, and for the bound all of extra (documents, template arguments) the
   // backend may render into the prompt.
   if (auto e = args.find("extra"); e != args.end() && e->is_object()) {
@@ -257,16 +264,16 @@ int64_t prompt_tokens(const json& args, bool bound) {
     else if (e->contains("tools")) n += text_tokens((*e)["tools"].dump().size(), false);
   }
   if (auto i = args.find("input"); i != args.end()) {  // embed
-    if (i->is_string()) n += content_tokens(*i, bound);
+    if (i->is_string()) n += content_tokens(*i, bound, media_bound);
     else if (i->is_array())
-      for (const auto& s : *i) n += 1 + content_tokens(s, bound);
+      for (const auto& s : *i) n += 1 + content_tokens(s, bound, media_bound);
   }
   return n;
 }
 }  // namespace
 
 int64_t estimate_prompt_tokens(const json& args) { return prompt_tokens(args, false); }
-int64_t prompt_token_bound(const json& args) { return prompt_tokens(args, true); }
+int64_t prompt_token_bound(const json& args, int64_t media_bound) { return prompt_tokens(args, true, media_bound); }
 
 // --- call_inference --------------------------------------------------------------------------
 
@@ -310,9 +317,12 @@ std::variant<json, Error> CallInferenceTool::derive_facts(const json& args) cons
 }
 
 int64_t CallInferenceTool::hold_prompt_tokens(const json& args, int64_t estimate) const {
-  int64_t bound = prompt_token_bound(args);
-  // No prompt longer than the model's context gets through the backend.
-  if (auto len = deps_.service.max_model_len(args.value("model", "")); len && *len > 0) bound = std::min(bound, *len);
+  // No prompt longer than the model's context gets through the backend: it bounds the whole
+  // prompt, and an image, video or audio part alone.
+  auto len = deps_.service.max_model_len(args.value("model", ""));
+  const bool known = len && *len > 0;
+  int64_t bound = prompt_token_bound(args, known ? *len : kMediaBoundTokens);
+  if (known) bound = std::min(bound, *len);
   return std::max(bound, estimate);
 }
 

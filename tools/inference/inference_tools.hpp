@@ -31,10 +31,18 @@ struct InferenceToolDeps {
 // bytes / 3 and a little per message, high for English prose (about 4 bytes a token), about
 // right for multi-byte scripts, but a third of the truth for numbers and CSV.
 int64_t estimate_prompt_tokens(const json& args);
-// What the credit hold takes for the prompt (`prompt_tokens_bound`): one token per byte, which
-// no byte-level tokenizer exceeds (images are a flat allowance). A settle never posts more than
-// its hold, so the hold must be the worst case, not the estimate.
-int64_t prompt_token_bound(const json& args);
+// What the hold takes for an image, a video, audio or a file part where the model's context length
+// is unknown (where it is known: the context, which no prompt exceeds). How many tokens such a
+// part becomes is the model's processor's business and the server's settings' (an image at
+// Qwen2.5-VL's default max_pixels is 16,384 tokens; mm_processor_kwargs can raise it; a video is
+// frames x that), so only the context bounds it.
+inline constexpr int64_t kMediaBoundTokens = 16384;
+
+// What the credit hold takes for the prompt (`prompt_tokens_bound`): one token per byte of every
+// message field, which no byte-level tokenizer exceeds, and `media_bound` for each image, video,
+// audio or file part (call_inference passes the model's context length where the backend reports
+// it). A settle never posts more than its hold, so the hold must be the worst case, not the estimate.
+int64_t prompt_token_bound(const json& args, int64_t media_bound = kMediaBoundTokens);
 
 class CallInferenceTool final : public Tool {
  public:

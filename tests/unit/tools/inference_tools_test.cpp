@@ -38,6 +38,32 @@ TEST_CASE("call_inference: the prompt estimate errs high and counts every part")
   CHECK(tools::estimate_prompt_tokens(tools_extra) > n);
 }
 
+TEST_CASE("call_inference: the hold's bound covers images, video and audio up to the context, and every message field") {
+  // Text: one token per byte, plus the frame and the message.
+  json text = json::parse(R"({"model":"m","messages":[{"role":"user","content":"abc"}]})");
+  CHECK(tools::prompt_token_bound(text) == 16 + 8 + 3);
+  // A video is frames x an image's tokens, an image at a VLM's default resolution up to 16,384:
+  // neither is a flat 1,600 (the estimate's allowance); without a known context each such part
+  // is held at kMediaBoundTokens, with one at the context length.
+  json media = json::parse(R"({"model":"m","messages":[{"role":"user","content":[
+      {"type":"text","text":"describe"},
+      {"type":"video_url","video_url":{"url":"https://h/v.mp4"}},
+      {"type":"input_audio","input_audio":{"data":"UklGR","format":"wav"}},
+      {"type":"image_url","image_url":{"url":"https://h/i.png"}}]}]})");
+  CHECK(tools::prompt_token_bound(media) == 16 + 8 + 8 + 3 * tools::kMediaBoundTokens);
+  CHECK(tools::prompt_token_bound(media, 32768) == 16 + 8 + 8 + 3 * 32768);
+  CHECK(tools::estimate_prompt_tokens(media) == 16 + 8 + 3 + 3 * 1600);
+  // A refusal part is text.
+  json refusal = json::parse(R"({"model":"m","messages":[{"role":"assistant","content":[{"type":"refusal","refusal":"no"}]}]})");
+  CHECK(tools::prompt_token_bound(refusal) < 100);
+  // Fields besides content that a chat template renders (an assistant's reasoning_content, a
+  // tool message's name) are in the bound, byte for byte.
+  json reasoning = text;
+  reasoning["messages"].push_back(json{{"role", "assistant"}, {"content", "ok"}, {"reasoning_content", std::string(3000, 'r')}});
+  CHECK(tools::prompt_token_bound(reasoning) >= 16 + 8 + 3 + 8 + 2 + 3000);
+  CHECK(tools::estimate_prompt_tokens(reasoning) < 100);  // the estimate reads content and tool calls
+}
+
 TEST_CASE("call_inference: max_tokens is cut to what the hold covers, exactly") {
   // 1 credit per 1000 output tokens, 1 per 2000 input tokens, 0.1 per call.
   credits::RateTable rates({{"tokens_out:m", kPico / 1000, "token"},
