@@ -305,8 +305,11 @@ std::variant<json, Error> CallInferenceTool::derive_facts(const json& args) cons
   if (auto e = args.find("extra"); e != args.end()) {
     if (const ReservedKey* r = reserved_extra_key(*e))
       return Error::invalid_arguments(std::string("extra.") + r->key + " " + r->why, r->hint);
-    if (auto n = e->find("n"); n != e->end() && !(n->is_number_integer() && n->get<int64_t>() == 1))
-      return Error::invalid_arguments("extra.n must be 1", "make one call per completion you want");
+    // The number of completions: `n` (OpenAI, vLLM), `n_cmpl` (llama.cpp's own name; `n` is its
+    // alias): one is what the hold is for.
+    for (const char* key : {"n", "n_cmpl"})
+      if (auto n = e->find(key); n != e->end() && !(n->is_number_integer() && n->get<int64_t>() == 1))
+        return Error::invalid_arguments(std::string("extra.") + key + " must be 1", "make one call per completion you want");
   }
   json facts = json::object();
   int64_t prompt = estimate_prompt_tokens(args);

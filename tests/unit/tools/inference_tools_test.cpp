@@ -105,6 +105,8 @@ TEST_CASE("call_inference: argument rules and the facts policy sees") {
   CHECK(error_of(R"({"model":"m","prompt":"a","messages":[{"role":"user","content":"b"}]})") == "give messages or prompt, not both");
   CHECK(error_of(R"({"model":"m","prompt":"a","extra":{"stream":true}})") == "extra.stream is set by scigate");
   CHECK(error_of(R"({"model":"m","prompt":"a","extra":{"n":3}})") == "extra.n must be 1");
+  CHECK(error_of(R"({"model":"m","prompt":"a","extra":{"n_cmpl":8}})") == "extra.n_cmpl must be 1");  // llama.cpp's name
+  CHECK(std::holds_alternative<json>(f.chat.derive_facts(json::parse(R"({"model":"m","prompt":"a","extra":{"n_cmpl":1}})"))));
   // Other names for the output length (llama.cpp reads n_predict before max_tokens; -1 is "no
   // limit") and several-completion searches would make the backend do more than the hold covers.
   CHECK_THAT(error_of(R"({"model":"m","prompt":"a","max_tokens":5,"extra":{"n_predict":300}})"),
