@@ -301,11 +301,17 @@ struct CurlClient::Impl {
         t->response.partial = result == CURLE_PARTIAL_FILE;
         t->response.timed_out = result == CURLE_OPERATION_TIMEDOUT;
         // libcurl reports the connect timeout and the whole-exchange timeout with the same
-        // code; the connect time (set for a reused connection too) tells them apart.
+        // code. The connect time alone does not tell them apart: libcurl 7.88 reports 0 for a
+        // reused connection, so a slow answer on one read as "could not connect" (retried as
+        // unreachable, counted against the backend). A request that was written went over a
+        // connection that was up.
         curl_off_t connect_us = 0;
+        long request_bytes = 0;
         curl_easy_getinfo(t->easy, CURLINFO_CONNECT_TIME_T, &connect_us);
+        curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &request_bytes);
+        const bool connected = connect_us > 0 || request_bytes > 0 || t->response.status != 0;
         t->response.connect_failed = result == CURLE_COULDNT_CONNECT || result == CURLE_COULDNT_RESOLVE_HOST ||
-                                     (t->response.timed_out && connect_us == 0);
+                                     (t->response.timed_out && !connected);
         std::string what = !t->abort_reason.empty() ? t->abort_reason
                            : t->errbuf[0]         ? std::string(t->errbuf)
                                                   : std::string(curl_easy_strerror(result));

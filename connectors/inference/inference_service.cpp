@@ -674,11 +674,22 @@ asio::awaitable<void> InferenceService::stream_once(Backend& b, const ChatCall& 
 
   // The first byte of the answer, within the first-token limit: a timer that stops the
   // exchange (not `next() || timer`: GCC 12 miscompiles that nested in the pipeline's own `||`).
-  asio::steady_timer first(ex, std::min<Clock::duration>(b.cfg.first_token_timeout, left(call.deadline)));
+  // When what is left of the call is shorter than the first-token limit, the timer is the
+  // call's own deadline: running out of it is a timeout, not a backend that failed to start.
+  const Clock::duration call_left = left(call.deadline);
+  const bool deadline_first = call_left < b.cfg.first_token_timeout;
+  asio::steady_timer first(ex, std::min<Clock::duration>(b.cfg.first_token_timeout, call_left));
   auto first_missed = std::make_shared<bool>(false);
   first.async_wait(FirstTokenWatch{s.cancel_token(), first_missed});
   std::optional<std::string> piece = co_await s.next();
   first.cancel();
+  if (!piece && *first_missed && deadline_first) {
+    t.fail(ErrorCode::kTimeout,
+           "inference backend " + b.cfg.id + " sent nothing before the call's time limit (" +
+               std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(call_left).count()) + " ms left)",
+           "retry with a longer time limit, or later", false, false);
+    co_return;
+  }
   if (!piece && *first_missed) {
     t.fail(ErrorCode::kBackendUnavailable,
            "inference backend " + b.cfg.id + " sent nothing within " +
@@ -690,12 +701,17 @@ asio::awaitable<void> InferenceService::stream_once(Backend& b, const ChatCall& 
     const http::Response& resp = s.response();
     if (resp.cancelled) {
       out.cancelled = true;
-    } else if (resp.status == 0 && resp.timed_out && !resp.connect_failed) {
+    } else if (resp.timed_out && !resp.connect_failed) {  // also after a 200's headers: the stream never began
+      // The call's limit, not the backend's fault (docs/INFERENCE.md: timeouts do not count
+      // against the breaker).
       t.fail(ErrorCode::kTimeout,
              "inference backend " + b.cfg.id + " did not answer within " + std::to_string(limit.count()) + " ms",
-             "retry later, or raise the call's time limit", false, true);
+             "retry later, or raise the call's time limit", false, false);
     } else if (resp.status == 0) {
       t.fail(ErrorCode::kBackendUnavailable, "cannot reach inference backend " + b.cfg.id + ": " + resp.error,
+             "retry shortly", true, true);
+    } else if (resp.status == 200) {  // a success with nothing in it: the backend is broken, not the request
+      t.fail(ErrorCode::kBackendUnavailable, "inference backend " + b.cfg.id + " answered 200 with an empty body",
              "retry shortly", true, true);
     } else {
       classify(t, b.cfg.id, resp.status, "");
@@ -835,7 +851,7 @@ asio::awaitable<void> InferenceService::json_once(Backend& b, Kind kind, const C
     t.fail(timeout ? ErrorCode::kTimeout : ErrorCode::kBackendUnavailable,
            (timeout ? "inference backend " + b.cfg.id + " did not answer in time: "
                     : "cannot reach inference backend " + b.cfg.id + ": ") + resp.error,
-           "retry shortly", !timeout, true);
+           "retry shortly", !timeout, !timeout);  // a timeout is the call's limit, not a backend fault
     co_return;
   }
   if (resp.status != 200) {

@@ -587,6 +587,30 @@ TEST_CASE("inference: a stream past the whole-call limit is a timeout (504 on /v
   CHECK(h.json_body()["error"]["type"] == "timeout_error");
 }
 
+TEST_CASE("inference: a call that runs out of time before the first token is a timeout, and does not open the breaker") {
+  NEEDS_DOUBLE("delays the double's first token through /_control");
+  InferenceDouble d(vllm());
+  // One failure would open the breaker; the whole-call limit is shorter than the first-token one.
+  InfServer is({backend_entry("gpu01", d, "request_timeout_ms = 600, first_token_timeout_ms = 30000")},
+               "retries = 2\nbreaker_failures = 1\n");
+  auto& s = is.s;
+  Client c(s.port());
+  wait_served(c, s);
+  d.control({{"first_token_ms", 3000}});
+  for (int i = 0; i < 2; ++i) {
+    auto r = call_tool(c, s.user_key(), "call_inference", chat_args(5));
+    INFO(r.dump());
+    CHECK(error_code(r) == "timeout");
+    CHECK(error_message(r).find("within 600 ms") != std::string::npos);
+  }
+  // Both reached the backend: the first did not open its breaker (nor was either retried).
+  CHECK(chat_requests(d) == 2);
+  CHECK(s.log().find("inference_breaker_open") == std::string::npos);
+  d.control({{"first_token_ms", 0}});
+  auto ok = call_tool(c, s.user_key(), "call_inference", chat_args(5));
+  CHECK(ok["isError"] == false);
+}
+
 TEST_CASE("inference: max_tokens is cut to what the project can pay, so the budget is never overrun") {
   NEEDS_DOUBLE("needs the double's model 'pricey' and its deterministic output");
   InferenceDouble d(vllm({"pricey"}));

@@ -60,6 +60,49 @@ class SlowServer {
   std::thread thread_;
 };
 
+// Answers the first request on a connection at once and keeps it open; the next request on it
+// gets no answer (a backend that stalls on a reused connection).
+class StallSecondServer {
+ public:
+  StallSecondServer() : acceptor_(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)) {
+    accept();
+    thread_ = std::thread([this] { io_.run(); });
+  }
+  ~StallSecondServer() {
+    io_.stop();
+    thread_.join();
+  }
+  uint16_t port() const { return acceptor_.local_endpoint().port(); }
+  int accepted() const { return accepted_.load(); }
+
+ private:
+  void accept() {
+    acceptor_.async_accept([this](boost::system::error_code ec, tcp::socket sock) {
+      if (ec) return;
+      ++accepted_;
+      auto s = std::make_shared<tcp::socket>(std::move(sock));
+      auto buf = std::make_shared<std::string>();
+      asio::async_read_until(*s, asio::dynamic_buffer(*buf), "\r\n\r\n", [this, s, buf](boost::system::error_code ec, std::size_t n) {
+        if (ec) return;
+        buf->erase(0, n);
+        auto out = std::make_shared<std::string>("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        asio::async_write(*s, asio::buffer(*out), [this, s, buf, out](boost::system::error_code ec, std::size_t) {
+          if (ec) return;
+          // The second request is read and never answered; the connection stays open (held here).
+          asio::async_read_until(*s, asio::dynamic_buffer(*buf), "\r\n\r\n",
+                                 [this, s, buf](boost::system::error_code, std::size_t) { held_.push_back(s); });
+        });
+      });
+      accept();
+    });
+  }
+  asio::io_context io_;
+  tcp::acceptor acceptor_;
+  std::atomic<int> accepted_{0};
+  std::vector<std::shared_ptr<tcp::socket>> held_;  // the I/O thread's only
+  std::thread thread_;
+};
+
 http::Request get(uint16_t port) {
   http::Request r;
   r.url = "http://127.0.0.1:" + std::to_string(port) + "/x";
@@ -153,6 +196,18 @@ TEST_CASE("curl client: size limit, refused connection, timeout and cancellation
   CHECK(timed.timed_out);
   CHECK_FALSE(timed.error.empty());
   CHECK(std::chrono::steady_clock::now() - t1 < std::chrono::milliseconds(2000));  // curl's timer fired
+
+  // A timeout on a reused connection is a timeout, not a connection that could not be made
+  // (libcurl reports no connect time for a reused one).
+  StallSecondServer stall;
+  auto first = run(get(stall.port()));
+  CHECK(first.ok());
+  auto second_req = get(stall.port());
+  second_req.timeout = std::chrono::milliseconds(300);
+  auto second = run(second_req);
+  CHECK(stall.accepted() == 1);  // the same connection
+  CHECK(second.timed_out);
+  CHECK_FALSE(second.connect_failed);
 
   // Cancelling the awaiting coroutine ends the transfer at once.
   using namespace asio::experimental::awaitable_operators;
