@@ -156,7 +156,11 @@ void CompletionBuilder::add(const json& chunk) {
   if (cs == chunk.end() || !cs->is_array()) return;
   for (const auto& c : *cs) {
     if (!c.is_object()) continue;
-    std::size_t index = c.value("index", 0);
+    // A backend's index is a small integer; anything else (a string, a negative or huge
+    // number) is not a choice this builder can place.
+    auto ix = c.find("index");
+    if (ix != c.end() && !ix->is_number_unsigned() && !(ix->is_number_integer() && ix->get<int64_t>() >= 0)) continue;
+    std::size_t index = ix == c.end() ? 0 : ix->get<std::size_t>();
     if (index > 1024) continue;
     if (choices_.size() <= index) choices_.resize(index + 1);
     Choice& ch = choices_[index];
@@ -185,7 +189,9 @@ void CompletionBuilder::add(const json& chunk) {
     if (auto tcs = d->find("tool_calls"); tcs != d->end() && tcs->is_array()) {
       for (const auto& tc : *tcs) {
         if (!tc.is_object()) continue;
-        std::size_t i = tc.value("index", ch.tool_calls.size());
+        auto ti = tc.find("index");
+        if (ti != tc.end() && !ti->is_number_unsigned() && !(ti->is_number_integer() && ti->get<int64_t>() >= 0)) continue;
+        std::size_t i = ti == tc.end() ? ch.tool_calls.size() : ti->get<std::size_t>();
         if (i > 1024) continue;
         while (ch.tool_calls.size() <= i)
           ch.tool_calls.push_back(json{{"id", ""}, {"type", "function"}, {"function", {{"name", ""}, {"arguments", ""}}}});
@@ -206,6 +212,18 @@ void CompletionBuilder::add(const json& chunk) {
 
 json CompletionBuilder::tool_calls() const {
   return choices_.empty() ? json::array() : choices_[0].tool_calls;
+}
+
+std::string CompletionBuilder::generated_text() const {
+  if (choices_.empty()) return {};
+  const Choice& c = choices_[0];
+  std::string out = c.text + c.content;
+  if (!c.reasoning.empty()) out += (out.empty() ? "" : "\n") + c.reasoning;
+  for (const auto& call : c.tool_calls) {
+    const json& f = call["function"];
+    out += "\n" + f.value("name", std::string()) + " " + f.value("arguments", std::string());
+  }
+  return out;
 }
 
 json CompletionBuilder::build() const {

@@ -91,6 +91,9 @@ class CompletionBuilder {
   json build() const;
   // The first choice's tool calls so far (empty array when none).
   json tool_calls() const;
+  // Everything the first choice generated, as text for a tokenizer: its content (or completion
+  // text), its reasoning, and its tool calls' names and arguments.
+  std::string generated_text() const;
 
  private:
   struct Choice {

@@ -91,7 +91,14 @@ std::variant<MappedCall, ApiAnswer> OpenAiApi::map_chat(const json& body) {
       if (!it->is_boolean() && !it->is_null()) return api_error(400, "invalid_request_error", "stream must be a boolean");
       m.stream = it->is_boolean() && it->get<bool>();
     } else if (k == "stream_options") {
-      if (it->is_object()) m.include_usage = it->value("include_usage", false) == true;
+      if (!it->is_object() && !it->is_null())
+        return api_error(400, "invalid_request_error", "stream_options must be an object");
+      if (it->is_object()) {
+        auto u = it->find("include_usage");
+        if (u != it->end() && !u->is_boolean() && !u->is_null())
+          return api_error(400, "invalid_request_error", "stream_options.include_usage must be a boolean");
+        m.include_usage = u != it->end() && u->is_boolean() && u->get<bool>();
+      }
     } else if (k == "max_tokens" || k == "max_completion_tokens") {
       if (!it->is_null()) args["max_tokens"] = *it;  // the newer name wins when both are set (it comes later)
     } else if (k == "n") {

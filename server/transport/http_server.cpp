@@ -235,6 +235,14 @@ json events_body(const audit::AuditPage& page) {
   return j;
 }
 
+// The usage chunk of a stream: usage and no choices (vLLM sends `"choices": []`, other servers
+// leave the key out). scigate always asks the backend for it; a client that did not gets none.
+bool usage_only_chunk(const json& chunk) {
+  if (!chunk.is_object()) return false;
+  auto c = chunk.find("choices");
+  return (c == chunk.end() || (c->is_array() && c->empty())) && chunk.contains("usage");
+}
+
 struct EventQueue {
   explicit EventQueue(const asio::any_io_executor& ex) : wake(ex) {}
   std::deque<std::string> items;
@@ -893,7 +901,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     const bool include_usage = st->call.include_usage;
     st->call.request.partial = [self, q, include_usage](const json& chunk) {
       // The usage chunk (no choices) was asked for by scigate, not necessarily by the client.
-      if (!include_usage && chunk.contains("choices") && chunk["choices"].is_array() && chunk["choices"].empty()) return;
+      if (!include_usage && usage_only_chunk(chunk)) return;
       self->push(q, jsonrpc::dump(chunk));
     };
     openai::OpenAiApi* api = server_->deps_.openai;
@@ -912,7 +920,7 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
       co_await write_sse_header(v, "");
       std::vector<json> chunks = openai::OpenAiApi::chunks_from_result(st->out.result);
       for (const auto& chunk : chunks) {
-        if (!include_usage && chunk["choices"].empty()) continue;
+        if (!include_usage && usage_only_chunk(chunk)) continue;
         co_await write_chunk("data: " + jsonrpc::dump(chunk) + "\n\n");
       }
       co_await write_chunk("data: [DONE]\n\n");

@@ -390,6 +390,28 @@ TEST_CASE("inference: a call is charged to the resources its model's manifest na
   CHECK(charged == Approx(8 * 0.001 + 10 * 1.0));
 }
 
+TEST_CASE("inference: a backend whose usage counts fewer generated tokens than it streamed is charged what it streamed") {
+  NEEDS_DOUBLE("makes the double misreport its usage");
+  InferenceDouble d(vllm());
+  InfServer is({backend_entry("gpu01", d)});
+  auto& s = is.s;
+  Client c(s.port());
+  wait_served(c, s);
+  d.control({{"misreport_completion_tokens", 0}});  // "generated nothing", after 10 tokens
+  double before = balance(c, s);
+  auto r = call_tool(c, s.user_key(), "call_inference", chat_args(10));
+  INFO(r.dump());
+  REQUIRE(r["isError"] == false);
+  CHECK(r["structuredContent"]["text"] == words(10));
+  CHECK(r["structuredContent"]["usage"]["completion_tokens"] == 10);  // one a chunk, at least
+  CHECK(before - balance(c, s) == Approx(8 * 0.001 + 10 * 0.002));
+  d.control({{"misreport_completion_tokens", 25}});  // more than it streamed: believed (a chunk may carry several)
+  before = balance(c, s);
+  r = call_tool(c, s.user_key(), "call_inference", chat_args(30));
+  CHECK(r["structuredContent"]["usage"]["completion_tokens"] == 25);
+  CHECK(before - balance(c, s) == Approx(8 * 0.001 + 25 * 0.002));
+}
+
 TEST_CASE("inference: llama.cpp's unasked usage, then /tokenize when a backend reports none, then the hold") {
   NEEDS_DOUBLE("switches the double's usage and /tokenize off through /_control");
   InferenceDoubleOptions o = vllm();

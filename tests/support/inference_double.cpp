@@ -16,6 +16,8 @@
 //   POST /_control        JSON; any of first_token_ms, token_interval_ms, latency_ms,
 //                         completion_tokens, loading_ms, fail_next {status, count, format},
 //                         cut_after_tokens, error_after_tokens, wrong_content_type, omit_usage,
+//                         misreport_completion_tokens (a backend whose streamed usage says
+//                         this many generated tokens, whatever it made; -1/null: the truth),
 //                         tokenize_status, down, reset. 204 when applied, 400 (nothing applied) for an unknown
 //                         key or a bad value. `reset` is applied first, then the other keys.
 //   GET  /_control        the behaviour now in force
@@ -360,6 +362,7 @@ struct Behaviour {
   std::string fail_format;  // "", "flat", "nested"
   int cut_after_tokens = -1;
   int error_after_tokens = -1;
+  int misreport_completion_tokens = -1;
   bool wrong_content_type = false;
   bool omit_usage = false;
   int tokenize_status = 0;
@@ -395,7 +398,7 @@ class State {
     if (!j.is_object()) return "the control body must be a JSON object";
     static const char* kKnown[] = {"first_token_ms",  "token_interval_ms", "latency_ms",   "completion_tokens",
                                    "loading_ms",      "fail_next",         "cut_after_tokens", "error_after_tokens",
-                                   "wrong_content_type",
+                                   "wrong_content_type", "misreport_completion_tokens",
                                    "omit_usage",      "tokenize_status",   "down",         "reset"};
     for (auto it = j.begin(); it != j.end(); ++it) {
       if (std::none_of(std::begin(kKnown), std::end(kKnown), [&](const char* k) { return it.key() == k; }))
@@ -434,7 +437,8 @@ class State {
       return "tokenize_status must be 0 or an HTTP status";
     if (loading_ms >= 0) b.loading_until = loading_ms == 0 ? Clock::time_point{} : Clock::now() + std::chrono::milliseconds(loading_ms);
     for (auto [key, field] : {std::pair<const char*, int*>{"cut_after_tokens", &b.cut_after_tokens},
-                              std::pair<const char*, int*>{"error_after_tokens", &b.error_after_tokens}}) {
+                              std::pair<const char*, int*>{"error_after_tokens", &b.error_after_tokens},
+                              std::pair<const char*, int*>{"misreport_completion_tokens", &b.misreport_completion_tokens}}) {
       if (!j.contains(key)) continue;
       const auto& v = j[key];
       if (v.is_null()) {
@@ -498,6 +502,7 @@ class State {
                 {"fail_next", f},
                 {"cut_after_tokens", b_.cut_after_tokens},
                 {"error_after_tokens", b_.error_after_tokens},
+                {"misreport_completion_tokens", b_.misreport_completion_tokens},
                 {"wrong_content_type", b_.wrong_content_type},
                 {"omit_usage", b_.omit_usage},
                 {"tokenize_status", b_.tokenize_status},
@@ -844,6 +849,7 @@ struct StreamPlan {
   bool include_usage = false;
   bool continuous_usage = false;
   bool omit_usage = false;
+  int misreport_completion = -1;  // >= 0: the completion count the final usage claims
   bool generate = true;
   std::string immediate;  // events sent right after the head (llama.cpp's late context error)
   int first_token_ms = 0;
@@ -1000,7 +1006,7 @@ void render_closing(const StreamPlan& p, double prompt_ms, double predicted_ms, 
       if (p.include_usage && !p.omit_usage) {
         append_vllm_head(out, p);
         out += R"(,"choices":[],"usage":)";
-        append_usage(out, p, p.n_tokens);
+        append_usage(out, p, p.misreport_completion >= 0 ? p.misreport_completion : p.n_tokens);
         out += "}\n\n";
       }
     } else {
@@ -1127,6 +1133,7 @@ Prepared generate(App& app, const Request& req, const Behaviour& b, Kind kind) {
   plan.kind = kind;
   plan.prompt_tokens = static_cast<int>(prompt);
   plan.omit_usage = b.omit_usage;
+  plan.misreport_completion = b.misreport_completion_tokens;
   int n_tokens = b.completion_tokens;
   bool capped = false;
 

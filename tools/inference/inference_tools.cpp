@@ -128,7 +128,8 @@ int64_t content_tokens(const json& content, bool bound, int64_t media_bound) {
   int64_t n = 0;
   for (const auto& part : content) {
     if (!part.is_object()) continue;
-    std::string type = part.value("type", "");
+    auto t = part.find("type");
+    const std::string type = t != part.end() && t->is_string() ? t->get<std::string>() : std::string();
     if (type == "text" && part.contains("text") && part["text"].is_string())
       n += text_tokens(part["text"].get_ref<const std::string&>().size(), bound);
     else if (type == "text" || type == "refusal")  // text in another shape: its bytes
@@ -407,17 +408,20 @@ asio::awaitable<ToolResult> CallInferenceTool::call(const json& args, CallContex
     ctx.incurred = Usage{};
     co_return r;
   }
-  ctx.incurred = Usage{};
-
-  // What to charge: the backend's count, else its tokenizer's, else the hold.
+  // What to charge: the backend's count, else its tokenizer's, else the hold. ctx.incurred (the
+  // prompt estimate and the chunks) stays until it is known: a call cancelled while the
+  // tokenizer is asked still pays for what was generated.
   int64_t prompt_tokens = 0, completion_tokens = 0;
   std::string counted_by = "backend";
   if (out.usage) {
     prompt_tokens = out.usage->prompt_tokens;
-    completion_tokens = out.usage->completion_tokens;
+    // Every chunk with content carries at least one token: a usage that counts fewer (or none,
+    // as one without completion_tokens) is not believed below that.
+    completion_tokens = std::max(out.usage->completion_tokens, out.content_chunks);
   } else {
     json input = args.contains("messages") ? args["messages"] : args["prompt"];
-    json generated = out.text;
+    // All of it: the text, the reasoning and the tool calls.
+    json generated = builder.generated_text();
     std::optional<int64_t> p = co_await deps_.service.count_tokens(out.backend, model, std::move(input));
     std::optional<int64_t> g;
     if (p) g = co_await deps_.service.count_tokens(out.backend, model, std::move(generated));
@@ -431,6 +435,7 @@ asio::awaitable<ToolResult> CallInferenceTool::call(const json& args, CallContex
       counted_by = "hold";
     }
   }
+  ctx.incurred = Usage{};
   json usage = usage_json(prompt_tokens, completion_tokens, counted_by);
   json structured = chat_result(out, builder.tool_calls(), model, max_tokens, capped, usage);
   std::string text = chat_text(structured);
@@ -495,7 +500,15 @@ Vectors read_vectors(const json& response) {
   std::vector<const json*> ordered(data->size(), nullptr);
   for (std::size_t i = 0; i < data->size(); ++i) {
     const json& item = (*data)[i];
-    std::size_t index = item.is_object() ? item.value("index", i) : i;
+    std::size_t index = i;
+    if (item.is_object())
+      if (auto ix = item.find("index"); ix != item.end()) {
+        if (!ix->is_number_unsigned()) {  // a string, a negative or a fraction: not an answer to place
+          v.ok = false;
+          return v;
+        }
+        index = ix->get<std::size_t>();
+      }
     if (index >= ordered.size() || !item.is_object() || !item.contains("embedding") || !item["embedding"].is_array()) {
       v.ok = false;
       return v;

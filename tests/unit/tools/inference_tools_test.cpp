@@ -169,6 +169,9 @@ TEST_CASE("OpenAI endpoint: a chat body becomes call_inference arguments, unknow
   CHECK(status_of(R"({"model":"m"})") == 400);
   CHECK(status_of(R"({"model":"m","messages":[],"n":2})") == 400);
   CHECK(status_of(R"({"model":"m","messages":[],"stream":"yes"})") == 400);
+  // stream_options of the wrong type is the client's error, not a server fault.
+  CHECK(status_of(R"({"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":"yes"}})") == 400);
+  CHECK(status_of(R"({"model":"m","messages":[],"stream":true,"stream_options":"usage"})") == 400);
   auto b64 = openai::OpenAiApi::map_embeddings(json::parse(R"({"model":"e","input":["a","b"],"encoding_format":"base64"})"));
   REQUIRE(std::holds_alternative<openai::MappedCall>(b64));
   CHECK(std::get<openai::MappedCall>(b64).base64);

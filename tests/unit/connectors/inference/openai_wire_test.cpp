@@ -125,4 +125,14 @@ TEST_CASE("inference wire: a streamed answer rebuilt for a non-streaming client"
   CHECK(r["choices"][0]["finish_reason"] == "tool_calls");
   CHECK(r["usage"]["total_tokens"] == 13);
   CHECK(b.tool_calls().size() == 1);
+  // Everything generated, for a tokenizer when the backend reports no usage.
+  CHECK(b.generated_text() == "Hello\nget_weather {\"a\":1}");
+
+  // A choice index a backend should not send (a string, negative) is skipped, not a crash.
+  CompletionBuilder odd;
+  odd.add(nlohmann::json::parse(R"({"choices":[{"index":"0","delta":{"content":"x"}}]})"));
+  odd.add(nlohmann::json::parse(R"({"choices":[{"index":-1,"delta":{"content":"y"}}]})"));
+  odd.add(nlohmann::json::parse(R"({"choices":[{"index":0,"delta":{"content":"z","tool_calls":[{"index":"1"}]}}]})"));
+  CHECK(odd.build()["choices"][0]["message"]["content"] == "z");
+  CHECK(odd.tool_calls().empty());
 }
