@@ -265,10 +265,7 @@ std::variant<ModelPage, QueryError> ModelCatalog::query(const ModelFilter& f, co
     while (st.step()) {
       ModelRecord m = read_row(st);
       std::size_t here = pos + rows++;
-      if (visible && !visible(m)) {
-        if (page.models.size() < limit) ++page.hidden;
-        continue;
-      }
+      if (visible && !visible(m)) continue;
       if (page.models.size() == limit) {
         more = true;
         break;
@@ -281,6 +278,14 @@ std::variant<ModelPage, QueryError> ModelCatalog::query(const ModelFilter& f, co
   }
   for (auto& m : page.models) load_served_by(db_, m);
   if (more) page.next_cursor = std::to_string(next) + "." + fp;
+  // How many models of the whole catalog `visible` hides, whatever the filters: a count that
+  // followed them would let a caller learn a hidden model's id a letter at a time (text is a
+  // prefix search) and its size by bisection.
+  if (visible) {
+    Statement all(db_.handle(), std::string("SELECT ") + kColumns + " FROM models m");
+    while (all.step())
+      if (!visible(read_row(all))) ++page.hidden;
+  }
   return page;
 }
 

@@ -39,7 +39,7 @@ struct ModelFilter {
 struct ModelPage {
   std::vector<ModelRecord> models;
   std::string next_cursor;       // empty: this was the last page
-  std::size_t hidden = 0;        // matching models `visible` refused, on the rows this page looked at
+  std::size_t hidden = 0;        // models of the whole catalog `visible` refuses (not only matching ones)
 };
 
 // A cursor that does not belong to the query it came with, or text with nothing to search for.

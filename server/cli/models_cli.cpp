@@ -127,7 +127,16 @@ int cmd_list(const Config& config, const ModelsArgs& a, std::ostream& out, std::
   ModelCatalog catalog(*db);
   registry::ModelFilter f;
   if (auto m = opt(a, "modality"); !m.empty()) f.modality = m;
-  if (auto t = opt(a, "text"); !t.empty()) f.text = t;
+  if (auto t = opt(a, "text"); !t.empty()) {
+    std::string why;
+    try {
+      (void)json(t).dump();  // throws on bytes that are not UTF-8
+    } catch (const json::exception&) {
+      why = "--text is not valid UTF-8";
+    }
+    if (!why.empty()) throw std::invalid_argument(why);
+    f.text = t;
+  }
   f.served_now = flag(a, "served");
   f.limit = ModelCatalog::kMaxPageSize;
   ModelCatalog::Visible visible;
@@ -145,7 +154,7 @@ int cmd_list(const Config& config, const ModelsArgs& a, std::ostream& out, std::
     auto r = catalog.query(f, visible);
     if (auto* e = std::get_if<registry::QueryError>(&r)) throw std::invalid_argument(e->message);
     auto& page = std::get<registry::ModelPage>(r);
-    hidden += page.hidden;
+    hidden = page.hidden;  // the whole catalog's, the same on every page
     for (const auto& m : page.models) {
       if (format == "json") {
         json j = registry::full_json(m);
@@ -167,8 +176,8 @@ int cmd_list(const Config& config, const ModelsArgs& a, std::ostream& out, std::
   }
   if (format == "json") out << arr.dump(2) << "\n";
   if (who && hidden > 0)
-    err << "note: " << hidden << " more not shown to " << who->name << " in project " << project
-        << ": its policy permits no inference call with them\n";
+    err << "note: " << hidden << (hidden == 1 ? " model" : " models") << " of the catalog not shown to " << who->name
+        << " in project " << project << ": its policy permits no inference call with them\n";
   return 0;
 }
 

@@ -204,7 +204,10 @@ TEST_CASE("cli: models import validates and upserts, models list shows the catal
   CHECK(out.find("llama-3.1-8b-instruct\t") != std::string::npos);
   CHECK(out.find("qwen2.5-vl-7b-instruct") == std::string::npos);
   CHECK(out.find("tiny\t") == std::string::npos);
-  CHECK(out.find("note: 2 more not shown to demo in project demo") != std::string::npos);
+  CHECK(out.find("note: 2 models of the catalog not shown to demo in project demo") != std::string::npos);
+  // Not valid UTF-8: a usage error, not a crash.
+  CHECK(run_merged({binary(), "models", "list", "--config", s.config_path(), "--text", "\xff"}, &out) == 2);
+  CHECK(out.find("--text is not valid UTF-8") != std::string::npos);
 
   CHECK(run_command({binary(), "models", "list", "--config", s.config_path(), "--text", "embeddings"}, &out) == 0);
   CHECK(out.find("bge-m3\t") != std::string::npos);

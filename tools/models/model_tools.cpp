@@ -40,7 +40,7 @@ const char* kQueryOutputSchema = R"json({
   "properties": {
     "models": {"type": "array", "items": {"type": "object", "required": ["id", "modality"]}},
     "next_cursor": {"type": ["string", "null"]},
-    "hidden_by_policy": {"type": "integer", "minimum": 0}
+    "hidden_by_policy": {"type": "integer", "minimum": 0, "description": "models of the catalog (not only matching ones) that the project's policy does not let it use; ask a project admin to permit them"}
   },
   "required": ["models", "next_cursor"]
 })json";
@@ -147,14 +147,12 @@ asio::awaitable<ToolResult> QueryModelRegistryTool::call(const json& args, CallC
   out["models"] = std::move(arr);
   out["next_cursor"] = page.next_cursor.empty() ? json(nullptr) : json(page.next_cursor);
   out["hidden_by_policy"] = page.hidden;
-  if (page.models.empty()) {
-    text = "no models match";
-    if (page.hidden > 0)
-      text += "; " + std::to_string(page.hidden) + " that match are not available to project " + ctx.project +
-              " under its policy (an admin of the project can permit them)";
-  } else if (!page.next_cursor.empty()) {
-    text += "more: cursor " + page.next_cursor;
-  }
+  if (page.models.empty()) text = "no models match\n";
+  else if (!page.next_cursor.empty()) text += "more: cursor " + page.next_cursor + "\n";
+  if (page.hidden > 0)
+    text += std::to_string(page.hidden) + " model" + (page.hidden == 1 ? " in the catalog is" : "s in the catalog are") +
+            " not available to project " + ctx.project + " under its policy (an admin of the project can permit them)";
+  if (!text.empty() && text.back() == '\n') text.pop_back();
   ctx.audit_fields["models_returned"] = page.models.size();
   co_return ToolResult::success(std::move(out), text);
 }

@@ -184,7 +184,9 @@ TEST_CASE("registry catalog: pages follow the cursor and skip hidden models with
   for (;;) {
     auto p = page_of(c.query(f, visible));
     ++pages;
-    hidden += p.hidden;
+    // Every page says how many of the whole catalog are hidden, the same number.
+    if (pages > 1) CHECK(p.hidden == hidden);
+    hidden = p.hidden;
     for (const auto& m : p.models) seen.push_back(m.id);
     if (p.next_cursor.empty()) {
       CHECK(p.models.size() == 84 - 30 * 2);
@@ -199,6 +201,20 @@ TEST_CASE("registry catalog: pages follow the cursor and skip hidden models with
   CHECK(seen.back() == "m-249");
   CHECK(std::set<std::string>(seen.begin(), seen.end()).size() == 84);
   CHECK(hidden == 250 - 84);
+  // ... whatever the filters: a count that followed them would tell a caller a hidden model's id
+  // a prefix at a time (m-001 is hidden; "m" "001" would otherwise count 1, "m" "002" ...).
+  ModelFilter narrow;
+  narrow.text = "number 1";
+  CHECK(page_of(c.query(narrow, visible)).hidden == 250 - 84);
+  narrow.text = "zzz-nothing";
+  auto none = c.query(narrow, visible);
+  if (auto* p = std::get_if<ModelPage>(&none)) CHECK(p->hidden == 250 - 84);
+  narrow.text.reset();
+  narrow.min_parameters = 1001;
+  narrow.max_parameters = 1001;  // exactly m-001, hidden
+  auto one = page_of(c.query(narrow, visible));
+  CHECK(one.models.empty());
+  CHECK(one.hidden == 250 - 84);
 
   // The page size is bounded.
   ModelFilter big;
