@@ -237,7 +237,7 @@ InferenceService::InferenceService(const InferenceConfig& config, registry::Mode
   // others would be charged (or not) at the wrong price.
   if (registry_) {
     try {
-      rates_ = registry_->rates_now();
+      terms_ = registry_->terms_now();
     } catch (const std::exception& e) {
       log::warn("inference_registry_sync_failed", {{"detail", std::string("model rates: ") + e.what()}});
     }
@@ -293,9 +293,9 @@ asio::awaitable<void> InferenceService::poll_loop() {
 asio::awaitable<void> InferenceService::refresh() {
   if (registry_) {
     try {
-      registry::ModelRegistry::Rates rates = co_await registry_->rates();
+      registry::ModelRegistry::Terms terms = co_await registry_->terms();
       std::lock_guard g(m_);
-      rates_ = std::move(rates);
+      terms_ = std::move(terms);
     } catch (const std::exception& e) {  // the last rates read stay
       log::warn("inference_registry_sync_failed", {{"detail", std::string("model rates: ") + e.what()}});
     }
@@ -378,9 +378,11 @@ bool InferenceService::serves(const std::string& model) const {
 std::vector<std::string> InferenceService::served_models() const {
   std::lock_guard g(m_);
   std::vector<std::string> out;
-  for (const auto& b : backends_)
+  for (const auto& b : backends_) {
+    if (b->checked && !b->healthy) continue;  // down: what it served is not served now (as in the registry)
     for (const auto& m : b->served)
       if (std::find(out.begin(), out.end(), m) == out.end()) out.push_back(m);
+  }
   std::sort(out.begin(), out.end());
   return out;
 }
@@ -388,11 +390,18 @@ std::vector<std::string> InferenceService::served_models() const {
 TokenResources InferenceService::token_resources(const std::string& model) const {
   TokenResources r{"tokens_in:" + model, "tokens_out:" + model};
   std::lock_guard g(m_);
-  if (auto it = rates_.find(model); it != rates_.end()) {
-    if (auto in = it->second.find("tokens_in"); in != it->second.end()) r.in = in->second;
-    if (auto out = it->second.find("tokens_out"); out != it->second.end()) r.out = out->second;
+  if (auto it = terms_.find(model); it != terms_.end()) {
+    const auto& rates = it->second.rates;
+    if (auto in = rates.find("tokens_in"); in != rates.end()) r.in = in->second;
+    if (auto out = rates.find("tokens_out"); out != rates.end()) r.out = out->second;
   }
   return r;
+}
+
+std::optional<std::string> InferenceService::modality(const std::string& model) const {
+  std::lock_guard g(m_);
+  if (auto it = terms_.find(model); it != terms_.end()) return it->second.modality;
+  return std::nullopt;
 }
 
 std::optional<int64_t> InferenceService::max_model_len(const std::string& model) const {

@@ -37,6 +37,7 @@
 #include <nlohmann/json.hpp>
 
 #include "connectors/inference/openai_wire.hpp"
+#include "connectors/registry/model_catalog.hpp"
 #include "server/common/error.hpp"
 #include "server/config/config.hpp"
 
@@ -121,6 +122,9 @@ class InferenceService {
   // Read from the catalog at construction and again at every health round, so that an import
   // (`scigate models import`, another process) applies within one health_interval.
   TokenResources token_resources(const std::string& model) const;
+  // The catalog's modality of `model` (read as token_resources is); nullopt for a model no
+  // manifest describes.
+  std::optional<std::string> modality(const std::string& model) const;
   std::vector<BackendView> backends() const;
 
   struct Backend;
@@ -142,8 +146,8 @@ class InferenceService {
 
   InferenceConfig config_;
   registry::ModelRegistry* registry_;
-  // The catalog's rates by model id (registry::ModelRegistry::Rates); under m_.
-  std::map<std::string, std::map<std::string, std::string>> rates_;
+  // The catalog's modality and rates by model id (registry::ModelRegistry::Terms); under m_.
+  std::map<std::string, registry::ModelCatalog::Terms> terms_;
   std::unique_ptr<http::CurlClient> client_;
   std::vector<std::unique_ptr<Backend>> backends_;
   mutable std::mutex m_;  // routing state of every backend

@@ -345,16 +345,17 @@ std::size_t ModelCatalog::retain_backends(const std::vector<std::string>& config
   return removed;
 }
 
-std::map<std::string, std::map<std::string, std::string>> ModelCatalog::all_rates() {
+std::map<std::string, ModelCatalog::Terms> ModelCatalog::all_terms() {
   auto lk = db_.lock();
-  std::map<std::string, std::map<std::string, std::string>> out;
-  Statement st(db_.handle(), "SELECT id, rates FROM models");
+  std::map<std::string, Terms> out;
+  Statement st(db_.handle(), "SELECT id, modality, rates FROM models");
   while (st.step()) {
-    json rates = json::parse(st.column_text(1), nullptr, false);
-    auto& r = out[st.column_text(0)];
+    Terms& t = out[st.column_text(0)];
+    t.modality = st.column_text(1);
+    json rates = json::parse(st.column_text(2), nullptr, false);
     if (rates.is_object())
       for (auto it = rates.begin(); it != rates.end(); ++it)
-        if (it->is_string()) r[it.key()] = it->get<std::string>();
+        if (it->is_string()) t.rates[it.key()] = it->get<std::string>();
   }
   return out;
 }

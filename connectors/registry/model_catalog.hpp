@@ -78,9 +78,13 @@ class ModelCatalog {
   // Forgets what backends no longer configured served (a backend removed or renamed in the
   // config kept showing in served_by for ever). Returns how many rows went.
   std::size_t retain_backends(const std::vector<std::string>& configured);
-  // Every model's `rates` (usage kind -> credit resource), by id: what the inference tools
-  // charge a call to.
-  std::map<std::string, std::map<std::string, std::string>> all_rates();
+  // What the inference connector keeps of every model, by id: its modality (which tool uses it)
+  // and its `rates` (usage kind -> credit resource: what a call is charged to).
+  struct Terms {
+    std::string modality;
+    std::map<std::string, std::string> rates;
+  };
+  std::map<std::string, Terms> all_terms();
 
   std::size_t count();
 

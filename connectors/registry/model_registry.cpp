@@ -46,9 +46,9 @@ asio::awaitable<std::size_t> ModelRegistry::retain_backends(std::vector<std::str
   co_return removed;
 }
 
-asio::awaitable<ModelRegistry::Rates> ModelRegistry::rates() {
-  Rates out;
-  std::function<void(state::Database&)> fn = [&out](state::Database& db) { out = ModelCatalog(db).all_rates(); };
+asio::awaitable<ModelRegistry::Terms> ModelRegistry::terms() {
+  Terms out;
+  std::function<void(state::Database&)> fn = [&out](state::Database& db) { out = ModelCatalog(db).all_terms(); };
   co_await worker_.run(std::move(fn));
   co_return out;
 }

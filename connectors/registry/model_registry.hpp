@@ -34,11 +34,11 @@ class ModelRegistry {
                                                               int64_t now_ms);
   // See ModelCatalog::retain_backends.
   boost::asio::awaitable<std::size_t> retain_backends(std::vector<std::string> configured);
-  // See ModelCatalog::all_rates; rates_now() reads on the calling thread (start-up, before the
+  // See ModelCatalog::all_terms; terms_now() reads on the calling thread (start-up, before the
   // worker has anything to do).
-  using Rates = std::map<std::string, std::map<std::string, std::string>>;
-  boost::asio::awaitable<Rates> rates();
-  Rates rates_now() { return ModelCatalog(worker_.db()).all_rates(); }
+  using Terms = std::map<std::string, ModelCatalog::Terms>;
+  boost::asio::awaitable<Terms> terms();
+  Terms terms_now() { return ModelCatalog(worker_.db()).all_terms(); }
 
   // Waits for queued work (App::drain_writers).
   void join() { worker_.join(); }

@@ -3,6 +3,7 @@
 #include <map>
 
 #include "connectors/inference/inference_service.hpp"
+#include "connectors/registry/model_record.hpp"
 #include "policies/policy.hpp"
 #include "server/common/crypto.hpp"
 
@@ -259,9 +260,14 @@ json OpenAiApi::models(const Principal& principal, const std::string& project) c
   for (const auto& id : service_.served_models()) {
     json fixed = json::object();
     fixed["model"] = id;
-    if (!policy_.could_permit(principal, project, "call_inference", fixed) &&
-        !policy_.could_permit(principal, project, "embed", fixed))
-      continue;
+    // As the registry shows it: a catalogued model by the tool its modality needs; one no
+    // manifest describes by either.
+    const std::optional<std::string> modality = service_.modality(id);
+    const bool usable = modality ? policy_.could_permit(principal, project,
+                                                        std::string(registry::inference_tool_for(*modality)), fixed)
+                                 : policy_.could_permit(principal, project, "call_inference", fixed) ||
+                                       policy_.could_permit(principal, project, "embed", fixed);
+    if (!usable) continue;
     json m = json::object();
     m["id"] = id;
     m["object"] = "model";

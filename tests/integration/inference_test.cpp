@@ -475,15 +475,50 @@ TEST_CASE("inference: the backends' /v1/models keep the registry's served-now cu
   CHECK(s.wait_for_log("\"event\":\"inference_model_not_in_catalog\""));
   CHECK(s.wait_for_log("in-house-finetune"));
 
-  // The backend goes away: it serves nothing, and the registry says so.
+  auto listed = [&] {  // the OpenAI-compatible list
+    auto r = c.request(verb::get, "/v1/models", {{"Authorization", "Bearer " + s.user_key()}});
+    return r.status == 200 && r.body.find("\"" + std::string(kModel) + "\"") != std::string::npos;
+  };
+  CHECK(listed());
+
+  // The backend goes away: it serves nothing, and the registry says so; /v1/models too.
   d.control({{"down", true}});
   CHECK(eventually([&] { return served_now().empty(); }));
   CHECK(s.wait_for_log("\"event\":\"inference_backend_down\""));
   CHECK(call_tool(c, s.user_key(), "get_model", {{"model", kModel}})["structuredContent"]["served_by"].empty());
+  CHECK_FALSE(listed());
   // And comes back.
   d.control({{"down", false}});
   CHECK(eventually([&] { return served_now() == std::set<std::string>{kModel}; }));
   CHECK(s.wait_for_log("\"event\":\"inference_backend_up\""));
+  CHECK(listed());
+}
+
+TEST_CASE("inference: /v1/models lists a catalogued model only if the tool of its modality may be called, as the registry does") {
+  NEEDS_DOUBLE("serves an embedding model from the double");
+  InferenceDouble d(vllm({kModel, "bge-m3"}));
+  InfServer is({backend_entry("gpu01", d)});
+  auto& s = is.s;
+  Client c(s.port());
+  wait_served(c, s);
+  wait_served(c, s, "bge-m3");
+  // A policy that lets members call call_inference with any model, and embed with none.
+  std::ofstream(s.dir() / "policies" / "demo.toml") << R"([[rules]]
+id = "chat-only"
+effect = "permit"
+principals = ["role:member"]
+tools = ["call_inference", "query_model_registry", "get_model"]
+)";
+  ::kill(s.pid(), SIGHUP);
+  auto listed = [&](const std::string& id) {
+    auto r = c.request(verb::get, "/v1/models", {{"Authorization", "Bearer " + s.user_key()}});
+    return r.status == 200 && r.body.find("\"" + id + "\"") != std::string::npos;
+  };
+  // bge-m3 is an embedding model: call_inference cannot use it, and embed is not permitted.
+  REQUIRE(eventually([&] { return !listed("bge-m3"); }));
+  CHECK(listed(kModel));
+  auto reg = call_tool(c, s.user_key(), "get_model", {{"model", "bge-m3"}});
+  CHECK(error_code(reg) == "not_found");
 }
 
 TEST_CASE("inference: a failing replica is retried elsewhere, its breaker opens, and a trial closes it after the cooldown") {
