@@ -201,6 +201,16 @@ App::App(Config config)
     const Tool* t = registry_.find(tool);
     return t ? &t->descriptor().input_schema : nullptr;
   });
+  // Without inference backends no health poller keeps availability current: what backends of an
+  // earlier configuration served would stay "served now" in the registry for ever.
+  if (!inference_) {
+    try {
+      if (auto n = models_->retain_backends_now({}))
+        log::info("inference_registry_forgot_backends", {{"rows", n}, {"detail", "no inference backends configured"}});
+    } catch (const std::exception& e) {
+      log::warn("inference_registry_sync_failed", {{"detail", e.what()}});
+    }
+  }
 }
 
 App::~App() { policy_.stop_watching(); }  // the watcher reports reloads to audit_, destroyed first

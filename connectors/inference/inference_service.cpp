@@ -96,6 +96,11 @@ bool read_model_list(const std::string& text, const std::vector<std::string>& on
   for (const auto& m : body["data"]) {
     if (!m.is_object() || !m.contains("id") || !m["id"].is_string()) continue;
     std::string id = m["id"].get<std::string>();
+    // Not a name a caller could pass or a manifest describe: empty, control characters, or
+    // longer than any model id (a misbehaving server; nothing of it reaches the registry).
+    if (id.empty() || id.size() > 256 ||
+        std::any_of(id.begin(), id.end(), [](char ch) { return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f; }))
+      continue;
     if (!only.empty() && std::find(only.begin(), only.end(), id) == only.end()) continue;
     served->push_back(id);
     // vLLM: max_model_len; llama.cpp: meta.n_ctx_train.
@@ -155,6 +160,7 @@ struct InferenceService::Backend {
   bool checked = false;
   std::vector<std::string> served;
   std::map<std::string, int64_t> max_len;
+  std::vector<std::string> uncatalogued;  // served ids no manifest describes, as last logged (poller only)
   int in_flight = 0;
   int failures = 0;            // consecutive
   Clock::time_point open_until{};  // breaker open until then
@@ -335,6 +341,8 @@ asio::awaitable<void> InferenceService::check(Backend& b) {
                                         (upstream ? ": " + upstream->message : std::string());
   } else {
     r.url = b.cfg.url + "/v1/models";
+    // A server with many LoRA adapters lists thousands of models: more than /health's limit.
+    r.max_body = 16 << 20;
     http::Response models = co_await client_->perform(r);
     if (stopping->load()) co_return;
     if (!models.ok() || !read_model_list(models.body, b.cfg.models, &served, &max_len))
@@ -361,10 +369,18 @@ asio::awaitable<void> InferenceService::check(Backend& b) {
   if (registry_) {
     std::vector<std::string> now_served;  // nothing while it is down
     if (error.empty()) now_served = served;
-    auto unknown = co_await registry_->set_served(b.cfg.id, std::move(now_served), unix_now_ms());
-    for (const auto& id : unknown)
-      log::info("inference_model_not_in_catalog", {{"backend", b.cfg.id}, {"model", id},
-                                                   {"detail", "served but described by no manifest (scigate models import)"}});
+    std::vector<std::string> unknown = co_await registry_->set_served(b.cfg.id, std::move(now_served), unix_now_ms());
+    std::sort(unknown.begin(), unknown.end());
+    // Said once, and again when the set changes: not every health round (a backend serving
+    // thousands of uncatalogued adapters would fill the log).
+    if (!unknown.empty() && unknown != b.uncatalogued) {
+      json ids = json::array();
+      for (std::size_t i = 0; i < unknown.size() && i < 20; ++i) ids.push_back(unknown[i]);
+      log::info("inference_model_not_in_catalog",
+                {{"backend", b.cfg.id}, {"models", ids}, {"count", unknown.size()},
+                 {"detail", "served but described by no manifest (scigate models import)"}});
+    }
+    if (error.empty()) b.uncatalogued = std::move(unknown);
   }
 }
 

@@ -39,6 +39,10 @@ class ModelRegistry {
   using Terms = std::map<std::string, ModelCatalog::Terms>;
   boost::asio::awaitable<Terms> terms();
   Terms terms_now() { return ModelCatalog(worker_.db()).all_terms(); }
+  // retain_backends on the calling thread (start-up, with no inference connector to do it).
+  std::size_t retain_backends_now(const std::vector<std::string>& configured) {
+    return ModelCatalog(worker_.db()).retain_backends(configured);
+  }
 
   // Waits for queued work (App::drain_writers).
   void join() { worker_.join(); }

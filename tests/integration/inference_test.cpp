@@ -474,6 +474,16 @@ TEST_CASE("inference: the backends' /v1/models keep the registry's served-now cu
   // A served model no manifest describes is not invented; the operator is told.
   CHECK(s.wait_for_log("\"event\":\"inference_model_not_in_catalog\""));
   CHECK(s.wait_for_log("in-house-finetune"));
+  // Once, not every health round (every 200 ms here).
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  {
+    std::string log = s.log();
+    std::size_t lines = 0;
+    for (auto at = log.find("inference_model_not_in_catalog"); at != std::string::npos;
+         at = log.find("inference_model_not_in_catalog", at + 1))
+      ++lines;
+    CHECK(lines == 1);
+  }
 
   auto listed = [&] {  // the OpenAI-compatible list
     auto r = c.request(verb::get, "/v1/models", {{"Authorization", "Bearer " + s.user_key()}});
@@ -492,6 +502,22 @@ TEST_CASE("inference: the backends' /v1/models keep the registry's served-now cu
   CHECK(eventually([&] { return served_now() == std::set<std::string>{kModel}; }));
   CHECK(s.wait_for_log("\"event\":\"inference_backend_up\""));
   CHECK(listed());
+
+  // Restarted with no inference backends at all, nothing polls them: what they served is
+  // forgotten at start rather than shown as served for ever.
+  REQUIRE(s.stop() == 0);
+  std::stringstream cfg;
+  cfg << std::ifstream(s.config_path()).rdbuf();
+  std::string text = cfg.str();
+  auto at = text.find("backends = [");
+  REQUIRE(at != std::string::npos);
+  text.replace(at, text.find('\n', at) - at, "backends = []");
+  std::ofstream(s.config_path()) << text;
+  s.start();
+  Client c2(s.port());
+  CHECK(call_tool(c2, s.user_key(), "get_model", {{"model", kModel}})["structuredContent"]["served_by"].empty());
+  CHECK(call_tool(c2, s.user_key(), "query_model_registry", {{"served_now", true}})["structuredContent"]["models"].empty());
+  CHECK(s.wait_for_log("no inference backends configured"));
 }
 
 TEST_CASE("inference: /v1/models lists a catalogued model only if the tool of its modality may be called, as the registry does") {
