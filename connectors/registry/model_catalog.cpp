@@ -114,13 +114,53 @@ std::string fingerprint(const ModelFilter& f) {
   return crypto::sha256_hex(j.dump()).substr(0, 8);
 }
 
-std::optional<std::size_t> parse_cursor(const std::string& cursor, const std::string& fp) {
+// Cursors: in id order (no text) "k<hex of the last id shown>.<fp>", so that a page starts after
+// that id however the catalog changed in between (no model repeated or skipped); in relevance
+// order "<offset>.<fp>" (a text query's ranking itself moves when models are imported).
+struct Cursor {
+  std::size_t offset = 0;
+  std::optional<std::string> after;  // id order: the last id of the previous page
+};
+
+std::string hex_of(std::string_view bytes) {
+  static const char* kDigits = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : bytes) {
+    out.push_back(kDigits[c >> 4]);
+    out.push_back(kDigits[c & 15]);
+  }
+  return out;
+}
+
+std::optional<std::string> unhex(std::string_view hex) {
+  if (hex.empty() || hex.size() % 2) return std::nullopt;
+  auto digit = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  };
+  std::string out;
+  for (std::size_t i = 0; i < hex.size(); i += 2) {
+    int hi = digit(hex[i]), lo = digit(hex[i + 1]);
+    if (hi < 0 || lo < 0) return std::nullopt;
+    out.push_back(static_cast<char>(hi * 16 + lo));
+  }
+  return out;
+}
+
+std::optional<Cursor> parse_cursor(const std::string& cursor, const std::string& fp, bool by_id) {
   auto dot = cursor.find('.');
   if (dot == std::string::npos || cursor.substr(dot + 1) != fp) return std::nullopt;
-  std::size_t offset = 0;
-  auto [p, ec] = std::from_chars(cursor.data(), cursor.data() + dot, offset);
+  Cursor c;
+  if (by_id) {
+    if (cursor[0] != 'k') return std::nullopt;
+    c.after = unhex(std::string_view(cursor).substr(1, dot - 1));
+    if (!c.after) return std::nullopt;
+    return c;
+  }
+  auto [p, ec] = std::from_chars(cursor.data(), cursor.data() + dot, c.offset);
   if (ec != std::errc() || p != cursor.data() + dot) return std::nullopt;
-  return offset;
+  return c;
 }
 
 }  // namespace
@@ -187,14 +227,15 @@ ImportResult ModelCatalog::import(const std::vector<ModelRecord>& records, int64
 
 std::variant<ModelPage, QueryError> ModelCatalog::query(const ModelFilter& f, const Visible& visible) {
   const std::string fp = fingerprint(f);
-  std::size_t start = 0;
+  const bool by_id = !f.text;
+  Cursor cur;
   if (!f.cursor.empty()) {
-    auto c = parse_cursor(f.cursor, fp);
+    auto c = parse_cursor(f.cursor, fp, by_id);
     if (!c)
-      return QueryError{"cursor " + f.cursor + " does not belong to this query",
+      return QueryError{"cursor " + f.cursor.substr(0, 64) + " does not belong to this query",
                         "pass next_cursor back with the same filters as the call that returned it, or leave "
                         "cursor out to start again"};
-    start = *c;
+    cur = *c;
   }
   const std::size_t limit = std::clamp<std::size_t>(f.limit, 1, kMaxPageSize);
 
@@ -242,12 +283,14 @@ std::variant<ModelPage, QueryError> ModelCatalog::query(const ModelFilter& f, co
     binds.emplace_back(*f.min_context);
   }
   if (f.served_now) sql += " AND EXISTS (SELECT 1 FROM model_backends b WHERE b.model_id = m.id)";
+  if (by_id) sql += " AND m.id > ?";  // bound per batch: after the last id read
   sql += f.text ? " ORDER BY bm25(models_fts), m.id" : " ORDER BY m.id";
   sql += " LIMIT ? OFFSET ?";
 
   auto lk = db_.lock();
   ModelPage page;
-  std::size_t pos = start;
+  std::size_t pos = cur.offset;            // relevance order
+  std::string after = cur.after.value_or("");  // id order ("" sorts before every id)
   std::size_t next = 0;
   bool more = false;
   for (;;) {
@@ -259,12 +302,14 @@ std::variant<ModelPage, QueryError> ModelCatalog::query(const ModelFilter& f, co
       else
         st.bind(i++, std::get<int64_t>(b));
     }
+    if (by_id) st.bind(i++, after);
     st.bind(i++, static_cast<int64_t>(kBatch));
-    st.bind(i++, static_cast<int64_t>(pos));
+    st.bind(i++, static_cast<int64_t>(by_id ? 0 : pos));
     std::size_t rows = 0;
     while (st.step()) {
       ModelRecord m = read_row(st);
       std::size_t here = pos + rows++;
+      if (by_id) after = m.id;
       if (visible && !visible(m)) continue;
       if (page.models.size() == limit) {
         more = true;
@@ -277,7 +322,7 @@ std::variant<ModelPage, QueryError> ModelCatalog::query(const ModelFilter& f, co
     pos += rows;
   }
   for (auto& m : page.models) load_served_by(db_, m);
-  if (more) page.next_cursor = std::to_string(next) + "." + fp;
+  if (more) page.next_cursor = by_id ? "k" + hex_of(page.models.back().id) + "." + fp : std::to_string(next) + "." + fp;
   // How many models of the whole catalog `visible` hides, whatever the filters: a count that
   // followed them would let a caller learn a hidden model's id a letter at a time (text is a
   // prefix search) and its size by bisection.

@@ -30,7 +30,7 @@ const char* kQuerySchema = R"json({
     "min_context": {"type": "integer", "minimum": 0, "description": "context length in tokens"},
     "served_now": {"type": "boolean", "default": false, "description": "only models a backend serves now"},
     "limit": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
-    "cursor": {"type": "string", "maxLength": 18, "pattern": "^[0-9]{1,9}[.][0-9a-f]{8}$",
+    "cursor": {"type": "string", "maxLength": 300, "pattern": "^([0-9]{1,9}|k[0-9a-f]{2,280})[.][0-9a-f]{8}$",
                "description": "next_cursor of the previous page (same filters)"}
   }
 })json";

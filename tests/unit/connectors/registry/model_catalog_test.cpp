@@ -236,6 +236,44 @@ TEST_CASE("registry catalog: pages follow the cursor and skip hidden models with
   CHECK(ids(page_of(c.query(other))).front() == "m-010");
   other.cursor = "garbage";
   CHECK(std::holds_alternative<QueryError>(c.query(other)));
+  // A tampered cursor (odd hex, not hex) is refused, not read as some id.
+  other.cursor = "k6d2d3." + p1.next_cursor.substr(p1.next_cursor.find('.') + 1);
+  CHECK(std::holds_alternative<QueryError>(c.query(other)));
+  other.cursor = "kzz." + p1.next_cursor.substr(p1.next_cursor.find('.') + 1);
+  CHECK(std::holds_alternative<QueryError>(c.query(other)));
+}
+
+TEST_CASE("registry catalog: a page in id order starts after the last one shown, whatever was imported in between") {
+  Db d;
+  ModelCatalog c(d.db);
+  std::vector<ModelRecord> four;
+  for (const char* id : {"b-model", "c-model", "d-model", "e-model"})
+    four.push_back(model(id, "text", {"chat"}, 1000, 4096, "mit", "a model"));
+  c.import(four, 1);
+  ModelFilter f;
+  f.limit = 2;
+  auto p1 = page_of(c.query(f));
+  REQUIRE(ids(p1) == std::vector<std::string>{"b-model", "c-model"});
+  // Imported meanwhile: one before the page (an offset would repeat c-model) and one inside the
+  // next (it belongs there).
+  c.import({model("a-model", "text", {"chat"}, 1000, 4096, "mit", "new"), model("cc-model", "text", {"chat"}, 1000, 4096, "mit", "new")}, 2);
+  f.cursor = p1.next_cursor;
+  auto p2 = page_of(c.query(f));
+  CHECK(ids(p2) == std::vector<std::string>{"cc-model", "d-model"});
+  f.cursor = p2.next_cursor;
+  auto p3 = page_of(c.query(f));
+  CHECK(ids(p3) == std::vector<std::string>{"e-model"});
+  CHECK(p3.next_cursor.empty());
+  // A text query's cursor (an offset in relevance order) is no cursor for an id-order query.
+  ModelFilter t;
+  t.text = "model";
+  t.limit = 2;
+  auto tp = page_of(c.query(t));
+  REQUIRE_FALSE(tp.next_cursor.empty());
+  ModelFilter by_id;
+  by_id.limit = 2;
+  by_id.cursor = tp.next_cursor;
+  CHECK(std::holds_alternative<QueryError>(c.query(by_id)));
 }
 
 TEST_CASE("registry catalog: backends no longer configured stop counting as serving") {
