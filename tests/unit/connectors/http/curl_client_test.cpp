@@ -17,90 +17,89 @@ using asio::ip::tcp;
 
 namespace {
 
-// Answers every request with `body` after `delay`, one connection per request.
-class SlowServer {
+// An HTTP server on 127.0.0.1 with one thread of its own; serve() gets each accepted
+// connection. A derived class calls start() last in its constructor and stop() first in its
+// destructor (the thread uses its members).
+class TestServer {
  public:
-  SlowServer(std::chrono::milliseconds delay, std::string body)
-      : acceptor_(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)), delay_(delay), body_(std::move(body)) {
+  virtual ~TestServer() = default;
+  uint16_t port() const { return acceptor_.local_endpoint().port(); }
+  int accepted() const { return accepted_.load(); }
+
+ protected:
+  TestServer() : acceptor_(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)) {}
+  void start() {
     accept();
     thread_ = std::thread([this] { io_.run(); });
   }
-  ~SlowServer() {
+  void stop() {
     io_.stop();
-    thread_.join();
+    if (thread_.joinable()) thread_.join();
   }
-  uint16_t port() const { return acceptor_.local_endpoint().port(); }
-  int accepted() const { return accepted_.load(); }
+  virtual void serve(std::shared_ptr<tcp::socket> s) = 0;
+  asio::io_context io_;
 
  private:
   void accept() {
     acceptor_.async_accept([this](boost::system::error_code ec, tcp::socket sock) {
       if (ec) return;
       ++accepted_;
-      auto s = std::make_shared<tcp::socket>(std::move(sock));
-      auto buf = std::make_shared<std::string>();
-      asio::async_read_until(*s, asio::dynamic_buffer(*buf), "\r\n\r\n", [this, s, buf](boost::system::error_code ec, std::size_t) {
-        if (ec) return;
-        auto t = std::make_shared<asio::steady_timer>(io_, delay_);
-        t->async_wait([this, s, t](boost::system::error_code) {
-          auto out = std::make_shared<std::string>("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Test: yes\r\n"
-                                                   "Content-Length: " + std::to_string(body_.size()) +
-                                                   "\r\nConnection: close\r\n\r\n" + body_);
-          asio::async_write(*s, asio::buffer(*out), [s, out](boost::system::error_code, std::size_t) {});
-        });
-      });
+      serve(std::make_shared<tcp::socket>(std::move(sock)));
       accept();
     });
   }
-  asio::io_context io_;
   tcp::acceptor acceptor_;
-  std::chrono::milliseconds delay_;
-  std::string body_;
   std::atomic<int> accepted_{0};
   std::thread thread_;
 };
 
-// Answers the first request on a connection at once and keeps it open; the next request on it
-// gets no answer (a backend that stalls on a reused connection).
-class StallSecondServer {
+// Answers every request with `body` after `delay`, one connection per request.
+class SlowServer final : public TestServer {
  public:
-  StallSecondServer() : acceptor_(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)) {
-    accept();
-    thread_ = std::thread([this] { io_.run(); });
-  }
-  ~StallSecondServer() {
-    io_.stop();
-    thread_.join();
-  }
-  uint16_t port() const { return acceptor_.local_endpoint().port(); }
-  int accepted() const { return accepted_.load(); }
+  SlowServer(std::chrono::milliseconds delay, std::string body) : delay_(delay), body_(std::move(body)) { start(); }
+  ~SlowServer() override { stop(); }
 
  private:
-  void accept() {
-    acceptor_.async_accept([this](boost::system::error_code ec, tcp::socket sock) {
+  void serve(std::shared_ptr<tcp::socket> s) override {
+    auto buf = std::make_shared<std::string>();
+    asio::async_read_until(*s, asio::dynamic_buffer(*buf), "\r\n\r\n", [this, s, buf](boost::system::error_code ec, std::size_t) {
       if (ec) return;
-      ++accepted_;
-      auto s = std::make_shared<tcp::socket>(std::move(sock));
-      auto buf = std::make_shared<std::string>();
-      asio::async_read_until(*s, asio::dynamic_buffer(*buf), "\r\n\r\n", [this, s, buf](boost::system::error_code ec, std::size_t n) {
-        if (ec) return;
-        buf->erase(0, n);
-        auto out = std::make_shared<std::string>("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-        asio::async_write(*s, asio::buffer(*out), [this, s, buf, out](boost::system::error_code ec, std::size_t) {
-          if (ec) return;
-          // The second request is read and never answered; the connection stays open (held here).
-          asio::async_read_until(*s, asio::dynamic_buffer(*buf), "\r\n\r\n",
-                                 [this, s, buf](boost::system::error_code, std::size_t) { held_.push_back(s); });
-        });
+      auto t = std::make_shared<asio::steady_timer>(io_, delay_);
+      t->async_wait([this, s, t](boost::system::error_code) {
+        auto out = std::make_shared<std::string>("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Test: yes\r\n"
+                                                 "Content-Length: " + std::to_string(body_.size()) +
+                                                 "\r\nConnection: close\r\n\r\n" + body_);
+        asio::async_write(*s, asio::buffer(*out), [s, out](boost::system::error_code, std::size_t) {});
       });
-      accept();
     });
   }
-  asio::io_context io_;
-  tcp::acceptor acceptor_;
-  std::atomic<int> accepted_{0};
-  std::vector<std::shared_ptr<tcp::socket>> held_;  // the I/O thread's only
-  std::thread thread_;
+  std::chrono::milliseconds delay_;
+  std::string body_;
+};
+
+// Answers the first request on a connection at once and keeps it open; the next request on it
+// gets no answer (a backend that stalls on a reused connection).
+class StallSecondServer final : public TestServer {
+ public:
+  StallSecondServer() { start(); }
+  ~StallSecondServer() override { stop(); }
+
+ private:
+  void serve(std::shared_ptr<tcp::socket> s) override {
+    auto buf = std::make_shared<std::string>();
+    asio::async_read_until(*s, asio::dynamic_buffer(*buf), "\r\n\r\n", [this, s, buf](boost::system::error_code ec, std::size_t n) {
+      if (ec) return;
+      buf->erase(0, n);
+      auto out = std::make_shared<std::string>("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+      asio::async_write(*s, asio::buffer(*out), [this, s, buf, out](boost::system::error_code ec, std::size_t) {
+        if (ec) return;
+        // The second request is read and never answered; the connection stays open (held here).
+        asio::async_read_until(*s, asio::dynamic_buffer(*buf), "\r\n\r\n",
+                               [this, s, buf](boost::system::error_code, std::size_t) { held_.push_back(s); });
+      });
+    });
+  }
+  std::vector<std::shared_ptr<tcp::socket>> held_;  // the server thread's only
 };
 
 http::Request get(uint16_t port) {
