@@ -681,7 +681,7 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
     reject_unknown(*s,
                    {"listen", "allowed_origins", "max_header_bytes", "header_timeout_s", "body_timeout_s",
                     "idle_timeout_s", "session_idle_timeout_s", "shutdown_grace_s", "max_connections", "max_sessions",
-                    "max_sessions_per_principal",
+                    "max_sessions_per_principal", "stream_backlog_bytes",
                     "tls_cert", "tls_key"},
                    "[http]", source);
     if (auto listen = get<std::string>(*s, "listen", "", source); !listen.empty()) parse_listen(listen, c.http, source);
@@ -704,6 +704,10 @@ Config parse_config(std::string_view text, const std::filesystem::path& base_dir
         get<std::size_t>(*s, "max_sessions_per_principal", c.http.max_sessions_per_principal, source);
     if (c.http.max_sessions_per_principal == 0)
       throw ConfigError(source + ": http.max_sessions_per_principal must be at least 1");
+    c.http.stream_backlog_bytes = get<std::size_t>(*s, "stream_backlog_bytes", c.http.stream_backlog_bytes, source);
+    if (c.http.stream_backlog_bytes < (64u << 10))
+      throw ConfigError(source + ": http.stream_backlog_bytes must be at least 65536 (got " +
+                        std::to_string(c.http.stream_backlog_bytes) + ")");
     c.http.tls_cert = get<std::string>(*s, "tls_cert", "", source);
     c.http.tls_key = get<std::string>(*s, "tls_key", "", source);
     if (c.http.tls_cert.empty() != c.http.tls_key.empty())

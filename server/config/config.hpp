@@ -49,6 +49,10 @@ struct HttpConfig {
   std::size_t max_header_bytes = 16 * 1024;
   std::chrono::seconds header_timeout{10};
   std::chrono::seconds body_timeout{30};
+  // Events queued for one response stream (an OpenAI stream, an MCP SSE stream) that the client
+  // has not read yet; beyond it the client is taken for gone (a reader that stopped, or trickles
+  // while the backend generates) and the call is cancelled as on a disconnect.
+  std::size_t stream_backlog_bytes = 8u << 20;
   std::chrono::seconds idle_timeout{120};
   std::chrono::seconds session_idle_timeout{3600};
   std::chrono::seconds shutdown_grace{30};

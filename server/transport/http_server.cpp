@@ -246,6 +246,8 @@ bool usage_only_chunk(const json& chunk) {
 struct EventQueue {
   explicit EventQueue(const asio::any_io_executor& ex) : wake(ex) {}
   std::deque<std::string> items;
+  std::size_t bytes = 0;   // in items
+  bool overflow = false;   // more than [http] stream_backlog_bytes waited for the client
   bool done = false;
   asio::steady_timer wake;
 };
@@ -952,9 +954,12 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
   // Relays queued chunks as `data:` events; the stream's head goes out with the first one.
   asio::awaitable<void> pump_openai(EventQueue* q, unsigned version, bool* started) {
     for (;;) {
+      // The call is cancelled as on a disconnect (stream_overflow() said so when it happened).
+      if (q->overflow) throw boost::system::system_error(asio::error::no_buffer_space);
       while (!q->items.empty()) {
         std::string s = std::move(q->items.front());
         q->items.pop_front();
+        q->bytes -= s.size();
         if (!*started) {
           co_await write_sse_header(version, "");
           *started = true;
@@ -1321,11 +1326,33 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
   // --- SSE ------------------------------------------------------------------------------------
   void push(const std::shared_ptr<EventQueue>& q, std::string data) {
     auto ex = executor();
-    auto deliver = [q, data = std::move(data)]() mutable {
-      q->items.push_back(std::move(data));
+    auto deliver = [self = this->shared_from_this(), q, data = std::move(data),
+                    limit = cfg_.stream_backlog_bytes]() mutable {
+      if (q->overflow) return;
+      if (q->bytes + data.size() > limit) {
+        // The client reads slower than the events come: not memory without end for it. The
+        // write it is stuck in is stopped, so that the call ends now, not at the body timeout.
+        q->overflow = true;
+        self->stream_overflow();
+      } else {
+        q->bytes += data.size();
+        q->items.push_back(std::move(data));
+      }
       q->wake.cancel();
     };
     asio::post(ex, std::move(deliver));
+  }
+
+  // A stream whose client let more than stream_backlog_bytes pile up: it is taken for gone, and
+  // the write it is stuck in (if any) fails at once.
+  void stream_overflow() {
+    boost::system::error_code ec;
+    auto remote = tcp_layer().socket().remote_endpoint(ec);
+    log::warn("http_stream_backlog_full",
+              {{"limit_bytes", cfg_.stream_backlog_bytes}, {"remote", ec ? std::string() : remote.address().to_string()},
+               {"detail", "the client read the stream slower than it was produced; the call was cancelled"}});
+    disconnected_ = true;
+    tcp_layer().socket().cancel(ec);
   }
 
   asio::awaitable<void> write_sse_header(unsigned version, const std::string& session_id) {
@@ -1373,9 +1400,14 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
   template <class Stop>
   asio::awaitable<void> pump_events(std::shared_ptr<EventQueue> q, Stop stop) {
     for (;;) {
+      if (q->overflow) {  // as a failed write would
+        if (cancel_on_disconnect_) throw boost::system::system_error(asio::error::no_buffer_space);
+        co_return;
+      }
       while (!q->items.empty()) {
         std::string s = std::move(q->items.front());
         q->items.pop_front();
+        q->bytes -= s.size();
         co_await write_event(s);
       }
       if (q->done || stop() || (disconnected_ && cancel_on_disconnect_)) co_return;

@@ -8,6 +8,7 @@
 #include <set>
 
 #include <arpa/inet.h>
+#include <poll.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -821,6 +822,58 @@ TEST_CASE("inference: a client that hangs up mid-stream stops the generation and
   CHECK(charged >= estimate * 0.001 + 3 * 0.002 - 1e-9);
   CHECK(charged < estimate * 0.001 + 100 * 0.002);
   CHECK(d.stats()["streams_completed"].get<int>() == 0);
+}
+
+TEST_CASE("inference: a /v1 stream whose client stops reading is cancelled at the backlog limit, and others are served") {
+  NEEDS_DOUBLE("makes the double stream 100,000 tokens at once");
+  InferenceDoubleOptions o = vllm();
+  o.max_model_len = 1'000'000;
+  InferenceDouble d(o);
+  InfServer is({backend_entry("gpu01", d)}, "", "", "[http]\nstream_backlog_bytes = 65536\n");
+  auto& s = is.s;
+  Client c(s.port());
+  wait_served(c, s);
+  d.control({{"completion_tokens", 100000}});
+  double before = balance(c, s);
+  json body = {{"model", kModel}, {"messages", json::array({json{{"role", "user"}, {"content", "Hello, world!"}}})},
+               {"max_tokens", 100000}, {"stream", true}};
+  // A client with a small receive buffer that sends its request and never reads.
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(fd >= 0);
+  int small = 4096;
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(s.port());
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  std::string req = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + s.user_key() +
+                    "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.dump().size()) +
+                    "\r\n\r\n" + body.dump();
+  REQUIRE(::send(fd, req.data(), req.size(), 0) == static_cast<ssize_t>(req.size()));
+
+  // The backlog passes 64 KiB once the kernel's buffers are full: the client is taken for gone
+  // at once (not after the 30 s write timeout) and its connection closed; the call is settled
+  // for what was generated (the double makes its 100,000 tokens faster than any of this).
+  auto t0 = std::chrono::steady_clock::now();
+  CHECK(s.wait_for_log("\"event\":\"http_stream_backlog_full\"", std::chrono::seconds(20)));
+  std::vector<char> sink(1 << 16);
+  bool closed = false;
+  while (!closed && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(20)) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 1000) <= 0) continue;
+    ssize_t n = ::recv(fd, sink.data(), sink.size(), 0);
+    closed = n <= 0;
+  }
+  CHECK(closed);  // what the kernel held, then the end: no more than the backlog ever waited
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(20));
+  double charged = charged_since(c, s, before);
+  CHECK(charged <= kPromptBound * 0.001 + 100000 * 0.002 + 1e-9);
+  // The server goes on serving others.
+  d.control({{"completion_tokens", 16}});
+  auto r = call_tool(c, s.user_key(), "call_inference", chat_args(5));
+  CHECK(r["isError"] == false);
+  ::close(fd);
 }
 
 TEST_CASE("inference: call_inference reports progress, and notifications/cancelled stops the backend's generation") {

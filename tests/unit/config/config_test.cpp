@@ -69,6 +69,10 @@ TEST_CASE("config: errors name file, line and column") {
                     Catch::Contains("max_header_bytes must be between 1024 and 1048576"));
   CHECK_THROWS_AS(parse_config("[http]\nmax_header_bytes = 100\n", "/x", "t"), ConfigError);
   CHECK(parse_config("[http]\nmax_header_bytes = 65536\n", "/x", "t").http.max_header_bytes == 65536);
+  CHECK(parse_config("", "/x", "t").http.stream_backlog_bytes == 8u << 20);
+  CHECK(parse_config("[http]\nstream_backlog_bytes = 65536\n", "/x", "t").http.stream_backlog_bytes == 65536);
+  CHECK_THROWS_WITH(parse_config("[http]\nstream_backlog_bytes = 1000\n", "/x", "t"),
+                    Catch::Contains("stream_backlog_bytes must be at least 65536"));
   CHECK_THROWS_AS(parse_config("[http]\nmax_sessions_per_principal = 0\n", "/x", "t"), ConfigError);
   CHECK(parse_config("[http]\nmax_sessions_per_principal = 5\n", "/x", "t").http.max_sessions_per_principal == 5);
   CHECK_THROWS_AS(parse_config("[[projects]]\nname = \"no id\"\n", "/x", "t"), ConfigError);
