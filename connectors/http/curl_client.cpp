@@ -305,11 +305,15 @@ struct CurlClient::Impl {
         // reused connection, so a slow answer on one read as "could not connect" (retried as
         // unreachable, counted against the backend). A request that was written went over a
         // connection that was up.
+        // (libcurl keeps the request size of a first attempt on a pooled connection that died
+        // when it retries on a new one: only with no new connection made does it prove one.)
         curl_off_t connect_us = 0;
-        long request_bytes = 0;
+        long request_bytes = 0, new_connections = 0;
         curl_easy_getinfo(t->easy, CURLINFO_CONNECT_TIME_T, &connect_us);
         curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &request_bytes);
-        const bool connected = connect_us > 0 || request_bytes > 0 || t->response.status != 0;
+        curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &new_connections);
+        const bool connected =
+            connect_us > 0 || t->response.status != 0 || (new_connections == 0 && request_bytes > 0);
         t->response.connect_failed = result == CURLE_COULDNT_CONNECT || result == CURLE_COULDNT_RESOLVE_HOST ||
                                      (t->response.timed_out && !connected);
         std::string what = !t->abort_reason.empty() ? t->abort_reason

@@ -326,7 +326,7 @@ std::variant<ModelPage, QueryError> ModelCatalog::query(const ModelFilter& f, co
   // How many models of the whole catalog `visible` hides, whatever the filters: a count that
   // followed them would let a caller learn a hidden model's id a letter at a time (text is a
   // prefix search) and its size by bisection.
-  if (visible) {
+  if (visible && f.count_hidden) {
     Statement all(db_.handle(), std::string("SELECT ") + kColumns + " FROM models m");
     while (all.step())
       if (!visible(read_row(all))) ++page.hidden;

@@ -34,6 +34,7 @@ struct ModelFilter {
   std::optional<std::string> text;     // full-text search over id, name, family, tasks, description
   std::size_t limit = 20;              // page size, 1..kMaxPageSize
   std::string cursor;                  // next_cursor of the previous page, or empty
+  bool count_hidden = true;            // ModelPage::hidden (a pass over the whole catalog)
 };
 
 struct ModelPage {

@@ -154,7 +154,8 @@ int cmd_list(const Config& config, const ModelsArgs& a, std::ostream& out, std::
     auto r = catalog.query(f, visible);
     if (auto* e = std::get_if<registry::QueryError>(&r)) throw std::invalid_argument(e->message);
     auto& page = std::get<registry::ModelPage>(r);
-    hidden = page.hidden;  // the whole catalog's, the same on every page
+    if (f.count_hidden) hidden = page.hidden;  // the whole catalog's: read once
+    f.count_hidden = false;
     for (const auto& m : page.models) {
       if (format == "json") {
         json j = registry::full_json(m);

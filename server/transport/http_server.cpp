@@ -1350,7 +1350,8 @@ class Connection : public std::enable_shared_from_this<Connection<Stream>> {
     auto remote = tcp_layer().socket().remote_endpoint(ec);
     log::warn("http_stream_backlog_full",
               {{"limit_bytes", cfg_.stream_backlog_bytes}, {"remote", ec ? std::string() : remote.address().to_string()},
-               {"detail", "the client read the stream slower than it was produced; the call was cancelled"}});
+               {"detail", "the client read the stream slower than it was produced; the stream was ended (and its call "
+                          "cancelled, as on a disconnect, where a disconnect cancels it)"}});
     disconnected_ = true;
     tcp_layer().socket().cancel(ec);
   }

@@ -130,12 +130,14 @@ int64_t content_tokens(const json& content, bool bound, int64_t media_bound) {
     if (!part.is_object()) continue;
     auto t = part.find("type");
     const std::string type = t != part.end() && t->is_string() ? t->get<std::string>() : std::string();
-    if (type == "text" && part.contains("text") && part["text"].is_string())
-      n += text_tokens(part["text"].get_ref<const std::string&>().size(), bound);
+    auto text = part.find("text");
+    if (text != part.end() && text->is_string())  // text, input_text, output_text, thinking, ...
+      n += text_tokens(text->get_ref<const std::string&>().size(), bound);
     else if (type == "text" || type == "refusal")  // text in another shape: its bytes
       n += text_tokens(part.dump().size(), bound);
-    else  // image_url, video_url, input_audio, file, ...: what the model's processor makes of it
-      n += bound ? media_bound : kPerImageTokens;
+    else  // image_url, video_url, input_audio, file, ...: what the model's processor makes of it,
+          // and never less than its bytes would be as text (a part of a type no one knows)
+      n += std::max(bound ? media_bound : kPerImageTokens, text_tokens(part.dump().size(), bound));
   }
   return n;
 }
@@ -325,7 +327,9 @@ int64_t CallInferenceTool::hold_prompt_tokens(const json& args, int64_t estimate
   // prompt, and an image, video or audio part alone.
   auto len = deps_.service.max_model_len(args.value("model", ""));
   const bool known = len && *len > 0;
-  int64_t bound = prompt_token_bound(args, known ? *len : kMediaBoundTokens);
+  // One media part is held at most at kMaxMediaTokens, however long a context the backend
+  // reports (a 10M-token context would make every image call unaffordable, or overflow).
+  int64_t bound = prompt_token_bound(args, known ? std::min(*len, kMaxMediaTokens) : kMediaBoundTokens);
   if (known) bound = std::min(bound, *len);
   return std::max(bound, estimate);
 }
@@ -415,9 +419,10 @@ asio::awaitable<ToolResult> CallInferenceTool::call(const json& args, CallContex
   std::string counted_by = "backend";
   if (out.usage) {
     prompt_tokens = out.usage->prompt_tokens;
-    // Every chunk with content carries at least one token: a usage that counts fewer (or none,
-    // as one without completion_tokens) is not believed below that.
-    completion_tokens = std::max(out.usage->completion_tokens, out.content_chunks);
+    // A usage that says nothing was generated (or has no completion_tokens) after chunks with
+    // output is not believed: each of them carried at least one token. (Not a floor otherwise:
+    // llama.cpp may send a token as several chunks, one per changed field.)
+    completion_tokens = out.usage->completion_tokens > 0 ? out.usage->completion_tokens : out.content_chunks;
   } else {
     json input = args.contains("messages") ? args["messages"] : args["prompt"];
     // All of it: the text, the reasoning and the tool calls.

@@ -37,6 +37,8 @@ int64_t estimate_prompt_tokens(const json& args);
 // Qwen2.5-VL's default max_pixels is 16,384 tokens; mm_processor_kwargs can raise it; a video is
 // frames x that), so only the context bounds it.
 inline constexpr int64_t kMediaBoundTokens = 16384;
+// ... and where it is known, at most this much of it per part.
+inline constexpr int64_t kMaxMediaTokens = 131072;
 
 // What the credit hold takes for the prompt (`prompt_tokens_bound`): one token per byte of every
 // message field, which no byte-level tokenizer exceeds, and `media_bound` for each image, video,

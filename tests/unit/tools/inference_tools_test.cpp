@@ -53,6 +53,15 @@ TEST_CASE("call_inference: the hold's bound covers images, video and audio up to
   CHECK(tools::prompt_token_bound(media) == 16 + 8 + 8 + 3 * tools::kMediaBoundTokens);
   CHECK(tools::prompt_token_bound(media, 32768) == 16 + 8 + 8 + 3 * 32768);
   CHECK(tools::estimate_prompt_tokens(media) == 16 + 8 + 3 + 3 * 1600);
+  // A part of any type with a text string is text (vLLM reads input_text, output_text as text);
+  // any other part is never less than its bytes (a megabyte of base64 audio is not 1,600).
+  json input_text = json::parse(R"({"model":"m","messages":[{"role":"user","content":[{"type":"input_text","text":"abc"}]}]})");
+  CHECK(tools::prompt_token_bound(input_text) == 16 + 8 + 3);
+  CHECK(tools::estimate_prompt_tokens(input_text) == 16 + 8 + 1);
+  json big_audio = json::parse(R"({"model":"m","messages":[{"role":"user","content":[{"type":"input_audio","input_audio":{"format":"wav"}}]}]})");
+  big_audio["messages"][0]["content"][0]["input_audio"]["data"] = std::string(300000, 'A');
+  CHECK(tools::prompt_token_bound(big_audio) >= 16 + 8 + 300000);
+  CHECK(tools::estimate_prompt_tokens(big_audio) >= 16 + 8 + 100000);
   // A refusal part is text.
   json refusal = json::parse(R"({"model":"m","messages":[{"role":"assistant","content":[{"type":"refusal","refusal":"no"}]}]})");
   CHECK(tools::prompt_token_bound(refusal) < 100);
